@@ -1,0 +1,251 @@
+//! `/api/v1/devices` and below: the device registry, latest values and raw readings.
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use device_protocol::OwnedValue;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::ApiState;
+use super::error::ApiError;
+use super::params;
+use crate::auth::{Identity, Scope};
+use crate::ingest::now_ms;
+use crate::store::{Device, Order, ReadingsQuery};
+
+/// A device counts as online when it was heard from within this window.
+const ONLINE_WINDOW_MS: u64 = 5 * 60 * 1000;
+/// Page size when the client gives none.
+const DEFAULT_PAGE: usize = 100;
+
+fn require(identity: &Identity, scope: Scope, name: &'static str) -> Result<(), ApiError> {
+    if identity.has(scope) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(name))
+    }
+}
+
+/// A device the identity may see, or 404 (the same answer as for a device that does not exist,
+/// so a restricted token cannot probe for the others).
+fn visible_device<'a>(identity: &Identity, id: &'a str) -> Result<&'a str, ApiError> {
+    let id = params::device_id(id)?;
+    if identity.may_access(id) {
+        Ok(id)
+    } else {
+        Err(ApiError::NotFound(format!("no device {id:?}")))
+    }
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(t)| t)
+        .map_err(|e| ApiError::BadRequest(e.body_text()))
+}
+
+/// A value as plain JSON.
+pub fn value_json(value: &OwnedValue) -> Value {
+    match value {
+        OwnedValue::F64(f) => json!(f),
+        OwnedValue::I64(i) => json!(i),
+        OwnedValue::Bool(b) => json!(b),
+        OwnedValue::Str(s) => json!(s),
+    }
+}
+
+fn device_summary(device: &Device, now: u64) -> Map<String, Value> {
+    let r = &device.record;
+    let mut m = Map::new();
+    m.insert("id".into(), json!(r.name));
+    m.insert("transport".into(), json!(r.transport));
+    m.insert("first_seen".into(), json!(params::rfc3339(r.first_seen_ms)));
+    m.insert("last_seen".into(), json!(params::rfc3339(r.last_seen_ms)));
+    m.insert(
+        "online".into(),
+        json!(now.saturating_sub(r.last_seen_ms) < ONLINE_WINDOW_MS),
+    );
+    m.insert("labels".into(), json!(r.labels));
+    m
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListParams {
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// `GET /api/v1/devices`: devices by id, paged by the last id of the previous page.
+pub(super) async fn list(
+    State(state): State<ApiState>,
+    Extension(identity): Extension<Identity>,
+    q: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    require(&identity, Scope::Read, "read")?;
+    let p = query(q)?;
+    let limit = params::limit(p.limit, DEFAULT_PAGE, state.max_page)?;
+    if let Some(c) = &p.cursor {
+        params::device_id(c)
+            .map_err(|_| ApiError::BadRequest("`cursor` is not one this API returned".into()))?;
+    }
+    let now = now_ms();
+    // Read one more than a page to know whether another follows; skip devices this identity may
+    // not see, so a restricted token still gets full pages.
+    let mut after = p.cursor.clone();
+    let mut out = Vec::new();
+    loop {
+        let page = state.store.devices(after.as_deref(), limit + 1)?;
+        let registry_ended = page.len() <= limit;
+        for device in page {
+            after = Some(device.record.name.clone());
+            if identity.may_access(&device.record.name) {
+                out.push(device);
+            }
+        }
+        if out.len() > limit || registry_ended {
+            break;
+        }
+    }
+    let next = if out.len() > limit {
+        out.truncate(limit);
+        out.last().map(|d| d.record.name.clone())
+    } else {
+        None
+    };
+    let devices: Vec<Value> = out
+        .iter()
+        .map(|d| Value::Object(device_summary(d, now)))
+        .collect();
+    Ok(Json(json!({ "devices": devices, "next_cursor": next })))
+}
+
+/// `GET /api/v1/devices/{id}`
+pub(super) async fn detail(
+    State(state): State<ApiState>,
+    Extension(identity): Extension<Identity>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require(&identity, Scope::Read, "read")?;
+    let id = visible_device(&identity, &id)?;
+    let device = state
+        .store
+        .device(id)?
+        .ok_or_else(|| ApiError::NotFound(format!("no device {id:?}")))?;
+    let mut m = device_summary(&device, now_ms());
+    let mut metrics = device.metric_names.clone();
+    metrics.sort();
+    m.insert("metrics".into(), json!(metrics));
+    m.insert("firmware".into(), json!(device.record.firmware));
+    m.insert(
+        "counters".into(),
+        json!({ "readings": device.record.readings, "last_seq": device.record.last_seq }),
+    );
+    Ok(Json(Value::Object(m)))
+}
+
+/// `GET /api/v1/devices/{id}/latest`
+pub(super) async fn latest(
+    State(state): State<ApiState>,
+    Extension(identity): Extension<Identity>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require(&identity, Scope::Read, "read")?;
+    let id = visible_device(&identity, &id)?.to_owned();
+    let store = state.store.clone();
+    let lookup = id.clone();
+    let values = tokio::task::spawn_blocking(move || store.latest(&lookup))
+        .await
+        .map_err(|_| ApiError::Internal)??
+        .ok_or_else(|| ApiError::NotFound(format!("no device {id:?}")))?;
+    let mut metrics = Map::new();
+    for v in values {
+        metrics.insert(
+            v.metric,
+            json!({ "value": value_json(&v.value), "ts": params::rfc3339(v.timestamp_ms), "offset": v.offset }),
+        );
+    }
+    Ok(Json(json!({ "device": id, "metrics": metrics })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ReadingsParams {
+    metric: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+    order: Option<String>,
+}
+
+/// `GET /api/v1/devices/{id}/readings`: raw readings by time, newest first unless `order=oldest`.
+pub(super) async fn readings(
+    State(state): State<ApiState>,
+    Extension(identity): Extension<Identity>,
+    Path(id): Path<String>,
+    q: Result<Query<ReadingsParams>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    require(&identity, Scope::Read, "read")?;
+    let id = visible_device(&identity, &id)?.to_owned();
+    let p = query(q)?;
+    let now = now_ms();
+    let order = match p.order.as_deref() {
+        None | Some("newest") => Order::Newest,
+        Some("oldest") => Order::Oldest,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "`order`: {other:?} is not newest or oldest"
+            )));
+        }
+    };
+    if let Some(m) = &p.metric {
+        if !device_protocol::is_valid_id(m) {
+            return Err(ApiError::BadRequest(
+                "`metric` must be 1 to 64 characters of A-Z a-z 0-9 . _ -".into(),
+            ));
+        }
+    }
+    let from_ms = p
+        .from
+        .as_deref()
+        .map(|t| params::parse_time("from", t, now))
+        .transpose()?;
+    let to_ms =
+        p.to.as_deref()
+            .map(|t| params::parse_time("to", t, now))
+            .transpose()?;
+    if let (Some(f), Some(t)) = (from_ms, to_ms) {
+        if f > t {
+            return Err(ApiError::BadRequest("`from` is after `to`".into()));
+        }
+    }
+    let query = ReadingsQuery {
+        device: id.clone(),
+        metric: p.metric,
+        from_ms,
+        to_ms,
+        order,
+        limit: params::limit(p.limit, DEFAULT_PAGE, state.max_page)?,
+        after: p.cursor.as_deref().map(params::decode_cursor).transpose()?,
+    };
+    let store = state.store.clone();
+    let page = tokio::task::spawn_blocking(move || store.readings(&query))
+        .await
+        .map_err(|_| ApiError::Internal)??
+        .ok_or_else(|| ApiError::NotFound(format!("no device {id:?}")))?;
+    let readings: Vec<Value> = page
+        .readings
+        .iter()
+        .map(|r| {
+            let metrics: Map<String, Value> =
+                r.metrics.iter().map(|(n, v)| (n.clone(), value_json(v))).collect();
+            json!({ "offset": r.offset, "seq": r.seq, "ts": params::rfc3339(r.timestamp_ms), "metrics": metrics })
+        })
+        .collect();
+    Ok(Json(json!({
+        "device": id,
+        "readings": readings,
+        "next_cursor": page.next.map(params::encode_cursor),
+    })))
+}

@@ -1,0 +1,121 @@
+//! One error type for every HTTP failure. Its body is `application/problem+json` (RFC 9457) with
+//! the request id; the detail says what the client can fix, never a path, a secret or a stack.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// An API failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    /// 400: a parameter is wrong; the text says which and why.
+    BadRequest(String),
+    /// 401: no credentials, or ones that are not valid.
+    Unauthorized,
+    /// 403: valid credentials without the needed scope.
+    Forbidden(&'static str),
+    /// 404: no such thing (or not visible to this identity).
+    NotFound(String),
+    /// 500: the hub failed; the detail goes to the log only.
+    Internal,
+    /// 503: a dependency is not ready.
+    Unavailable(String),
+}
+
+/// The problem fields, kept on the response until the request-id layer writes the body.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    /// A URI naming the kind of problem.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// A short summary of the kind.
+    pub title: &'static str,
+    /// The HTTP status.
+    pub status: u16,
+    /// What went wrong in this request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The request id, also in the `x-request-id` header.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+impl Problem {
+    /// A problem for a bare status, used for errors produced outside the handlers.
+    pub fn for_status(status: StatusCode) -> Problem {
+        Problem {
+            kind: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail: None,
+            request_id: None,
+        }
+    }
+
+    /// The response with `request_id` filled in.
+    pub fn into_response_with_id(mut self, request_id: &str) -> Response {
+        self.request_id = Some(request_id.to_owned());
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&self).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        response
+    }
+}
+
+impl ApiError {
+    fn problem(&self) -> (StatusCode, Problem) {
+        let (status, title, detail) = match self {
+            ApiError::BadRequest(d) => (StatusCode::BAD_REQUEST, "Bad request", Some(d.clone())),
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                Some("send a valid token as `Authorization: Bearer <token>`".to_owned()),
+            ),
+            ApiError::Forbidden(scope) => (
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                Some(format!("this identity lacks the `{scope}` scope")),
+            ),
+            ApiError::NotFound(d) => (StatusCode::NOT_FOUND, "Not found", Some(d.clone())),
+            ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "Internal error", None),
+            ApiError::Unavailable(d) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service unavailable",
+                Some(d.clone()),
+            ),
+        };
+        let problem = Problem {
+            kind: "about:blank",
+            title,
+            status: status.as_u16(),
+            detail,
+            request_id: None,
+        };
+        (status, problem)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, problem) = self.problem();
+        let mut response = status.into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response.extensions_mut().insert(problem);
+        response
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        tracing::error!(error = %e, "store read failed");
+        ApiError::Internal
+    }
+}

@@ -1,0 +1,269 @@
+//! Builds the parts, wires their channels, supervises the tasks and drives the shutdown.
+//!
+//! Start-up: data directory, store, tokens, TLS material, API listener, embedded broker, then the
+//! tasks. Shutdown, on the root token: stop ingest, let the store writer commit what is queued
+//! (it ends when ingest drops its sender), then drain the API within a deadline. A task that ends
+//! on its own before shutdown is a failure: the root is cancelled and `run` returns an error, so
+//! the process exits non-zero and systemd restarts it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{self, ApiState, RequestIds};
+use crate::auth::{self, AuthError, TokenRegistry, pki};
+use crate::config::{Broker, Config};
+use crate::files;
+use crate::ingest::broker::{self, BrokerError, BrokerSettings};
+use crate::ingest::mqtt::{Link, MqttIngest, MqttSettings};
+use crate::ingest::{IngestStats, now_ms};
+use crate::store::writer::{StoreWriter, WriterStats};
+use crate::store::{self, Store, StoreError, TokenRecord};
+
+/// How long shutdown waits for open API requests.
+const API_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What starting or running the hub can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The data directory is unusable.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The store could not be opened.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// Tokens or TLS could not be set up.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The embedded broker could not start.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// The API listener could not bind.
+    #[error("API cannot listen on {addr}: {source}")]
+    ApiBind {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A task stopped before shutdown.
+    #[error("task `{0}` stopped unexpectedly")]
+    TaskFailed(&'static str),
+}
+
+/// Addresses the hub ended up listening on (useful when configured with port 0).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    /// The HTTPS API.
+    pub api: SocketAddr,
+    /// The embedded broker, when it runs.
+    pub mqtt: Option<SocketAddr>,
+}
+
+/// Runs the hub until `shutdown` is cancelled. `on_ready` is called once everything listens.
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    on_ready: impl FnOnce(Bound),
+) -> Result<(), AppError> {
+    let data_dir = config.data.dir.clone();
+    files::create_private_dir(&data_dir).map_err(|source| AppError::DataDir {
+        path: data_dir.clone(),
+        source,
+    })?;
+
+    let engine = store::open_engine(config.data.engine, &data_dir, config.data.cache.0 as usize)?;
+    let store = Store::open(engine)?;
+    tracing::info!(
+        engine = store.engine_name(),
+        readings = store.next_offset()?,
+        devices = store.device_count()?,
+        "store open"
+    );
+
+    let tokens = TokenRegistry::open(&data_dir.join("token.key"), store.clone())?;
+    let token_created = ensure_admin_token(&data_dir, &tokens)?;
+
+    let (tls_cert, tls_key) = match (&config.api.tls_cert, &config.api.tls_key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        _ => {
+            let (made, created) = pki::ensure(&config.tls_dir())?;
+            if created {
+                tracing::info!(dir = %config.tls_dir().display(), "made a development CA, a server certificate and an admin client certificate");
+            }
+            (made.server_cert, made.server_key)
+        }
+    };
+    let client_ca = config
+        .api
+        .client_ca
+        .clone()
+        .unwrap_or_else(|| config.tls_dir().join("ca.crt"));
+    let tls = auth::tls::server_config(
+        &auth::tls::TlsPaths {
+            cert: &tls_cert,
+            key: &tls_key,
+            client_ca: &client_ca,
+        },
+        config.api.client_auth,
+    )?;
+
+    let api_listener = tokio::net::TcpListener::bind(&config.api.listen)
+        .await
+        .map_err(|source| AppError::ApiBind {
+            addr: config.api.listen.clone(),
+            source,
+        })?;
+    let api_addr = api_listener
+        .local_addr()
+        .map_err(|source| AppError::ApiBind {
+            addr: config.api.listen.clone(),
+            source,
+        })?;
+
+    let (mqtt_host, mqtt_port, embedded) = match config.mqtt.broker() {
+        Ok(Broker::External { host, port }) => (host, port, None),
+        // `validate` has checked both the broker and the listen address.
+        _ => {
+            let wanted: SocketAddr = config.mqtt.listen.parse().map_err(|_| BrokerError::Bind {
+                addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+                source: std::io::Error::other("mqtt.listen is not an address"),
+            })?;
+            let listen = broker::resolve_listen(wanted)?;
+            broker::start(BrokerSettings {
+                listen,
+                max_connections: 1000,
+            })?;
+            tracing::info!(%listen, "embedded MQTT broker listening");
+            let host = if listen.ip().is_unspecified() {
+                "127.0.0.1".to_owned()
+            } else {
+                listen.ip().to_string()
+            };
+            (host, listen.port(), Some(listen))
+        }
+    };
+
+    let ingest_stats = Arc::new(IngestStats::default());
+    let writer_stats = Arc::new(WriterStats::default());
+    let (submissions_tx, submissions_rx) = mpsc::channel(config.ingest.queue);
+    let (link_tx, link_rx) = watch::channel(Link::Down);
+
+    let tasks = TaskTracker::new();
+    let ingest_shutdown = CancellationToken::new();
+    let api_shutdown = CancellationToken::new();
+
+    let writer = StoreWriter::new(store.clone(), config.ingest.batch_max, writer_stats);
+    let writer_task = tasks.spawn(writer.run(submissions_rx));
+
+    let mqtt = MqttIngest::new(
+        MqttSettings {
+            host: mqtt_host,
+            port: mqtt_port,
+            client_id: config.mqtt.client_id.clone(),
+            inflight: config.mqtt.inflight,
+            max_payload: config.ingest.max_payload.0 as usize,
+        },
+        submissions_tx,
+        ingest_stats,
+        link_tx,
+    );
+    let mut ingest_task = tasks.spawn(mqtt.run(ingest_shutdown.clone()));
+
+    let state = ApiState {
+        store: store.clone(),
+        tokens,
+        max_page: config.api.max_page,
+        mqtt_link: link_rx,
+        request_ids: Arc::new(RequestIds::new()),
+    };
+    let limits = api::server::ServerLimits {
+        max_connections: config.api.max_connections,
+        header_timeout: config.api.header_timeout.0,
+        drain_timeout: API_DRAIN_TIMEOUT,
+    };
+    let mut api_task = tasks.spawn(api::server::serve(
+        api_listener,
+        Arc::new(tls),
+        api::router(state),
+        limits,
+        api_shutdown.clone(),
+    ));
+    tasks.close();
+
+    if let Some(secret_path) = token_created {
+        tracing::info!(path = %secret_path.display(), "made the admin token");
+    }
+    on_ready(Bound {
+        api: api_addr,
+        mqtt: embedded,
+    });
+
+    let failure = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        _ = &mut ingest_task => Some("mqtt-ingest"),
+        _ = &mut api_task => Some("api"),
+    };
+    if let Some(task) = failure {
+        tracing::error!(task, "a task stopped unexpectedly; shutting down");
+    }
+    tracing::info!("shutting down: stopping ingest");
+    ingest_shutdown.cancel();
+    if failure != Some("mqtt-ingest") {
+        let _ = ingest_task.await;
+    }
+    // The ingest task held the only sender: the writer now commits what is queued and ends.
+    let _ = writer_task.await;
+    tracing::info!(next_offset = store.next_offset()?, "store flushed");
+    api_shutdown.cancel();
+    if failure != Some("api") {
+        let _ = api_task.await;
+    }
+    tasks.wait().await;
+    match failure {
+        Some(task) => Err(AppError::TaskFailed(task)),
+        None => Ok(()),
+    }
+}
+
+/// Makes the admin token on first run and writes it to `<data.dir>/admin.token` (mode 0600).
+/// A later run reuses it; if the store was reset but the file kept, the token is registered again.
+fn ensure_admin_token(
+    data_dir: &std::path::Path,
+    tokens: &TokenRegistry,
+) -> Result<Option<PathBuf>, AuthError> {
+    let path = data_dir.join("admin.token");
+    let record = TokenRecord {
+        name: "admin".into(),
+        scopes: vec!["admin".into()],
+        devices: vec![],
+        created_ms: now_ms(),
+        expires_ms: None,
+        revoked: false,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(secret) => {
+            let secret = secret.trim();
+            if !tokens.contains(secret) {
+                tokens.register(secret, record)?;
+            }
+            Ok(None)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let secret = tokens.create(record)?;
+            files::write_private(&path, format!("{secret}\n").as_bytes())?;
+            Ok(Some(path))
+        }
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,78 @@
+//! The API's TLS: rustls with the ring provider, TLS 1.2 and 1.3 only, client certificates checked
+//! against the client CA when the policy asks for them.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+
+use super::AuthError;
+use crate::config::ClientAuth;
+
+/// Where the server's TLS material is.
+#[derive(Debug, Clone)]
+pub struct TlsPaths<'a> {
+    /// Certificate chain (PEM).
+    pub cert: &'a Path,
+    /// Private key (PEM).
+    pub key: &'a Path,
+    /// CA of client certificates (PEM).
+    pub client_ca: &'a Path,
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, AuthError> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| AuthError::Tls(format!("{}: {e}", path.display())))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| AuthError::Tls(format!("{}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(AuthError::Tls(format!(
+            "{}: no certificate in the file",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+/// Builds the server configuration for the API listener.
+pub fn server_config(
+    paths: &TlsPaths<'_>,
+    client_auth: ClientAuth,
+) -> Result<rustls::ServerConfig, AuthError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs = read_certs(paths.cert)?;
+    let key = PrivateKeyDer::from_pem_file(paths.key)
+        .map_err(|e| AuthError::Tls(format!("{}: {e}", paths.key.display())))?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| AuthError::Tls(e.to_string()))?;
+    let builder = match client_auth {
+        ClientAuth::Off => builder.with_no_client_auth(),
+        ClientAuth::Optional | ClientAuth::Required => {
+            let mut roots = RootCertStore::empty();
+            for ca in read_certs(paths.client_ca)? {
+                roots
+                    .add(ca)
+                    .map_err(|e| AuthError::Tls(format!("client CA: {e}")))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier = if client_auth == ClientAuth::Optional {
+                verifier.allow_unauthenticated()
+            } else {
+                verifier
+            };
+            let verifier = verifier
+                .build()
+                .map_err(|e| AuthError::Tls(format!("client CA: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| AuthError::Tls(format!("server key: {e}")))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}

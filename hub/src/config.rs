@@ -1,0 +1,635 @@
+//! Typed configuration: defaults, then the TOML file, then `HUB_*` environment variables, then flags.
+//!
+//! Every key has a default, so no file at all gives a working hub. Unknown keys are refused (a typo
+//! must not silently fall back to a default), and [`Config::validate`] lists every problem at once.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::store::EngineKind;
+
+/// The annotated example configuration; `hub print-config` prints it.
+pub const EXAMPLE: &str = include_str!("../../deploy/hub.example.toml");
+
+/// What loading the configuration can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file or an override is not valid TOML for this configuration.
+    #[error("{0}")]
+    Parse(String),
+    /// The values parse but do not make sense together.
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Storage.
+    pub data: DataConfig,
+    /// The store writer.
+    pub ingest: IngestConfig,
+    /// MQTT: embedded or external broker.
+    pub mqtt: MqttConfig,
+    /// The HTTPS API.
+    pub api: ApiConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[data]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    /// The data directory: store, TLS material, tokens.
+    pub dir: PathBuf,
+    /// The storage engine.
+    pub engine: EngineKind,
+    /// The engine's page cache.
+    pub cache: ByteSize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            dir: PathBuf::from("./hub-data"),
+            engine: EngineKind::Redb,
+            cache: ByteSize(4 << 20),
+        }
+    }
+}
+
+/// `[ingest]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Readings waiting for the store writer; when full, ingest waits (back-pressure to the broker).
+    pub queue: usize,
+    /// Most readings in one durable commit.
+    pub batch_max: usize,
+    /// Largest accepted telemetry payload.
+    pub max_payload: ByteSize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            queue: 4096,
+            batch_max: 1024,
+            max_payload: ByteSize(16 << 10),
+        }
+    }
+}
+
+/// `[mqtt]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// `embedded`, or `mqtt://host:port` for an external broker.
+    pub broker: String,
+    /// The embedded broker's listener.
+    pub listen: String,
+    /// The client id of the hub's own subscription.
+    pub client_id: String,
+    /// Most QoS 1 messages the broker may have in flight to the hub before the hub acks.
+    pub inflight: u16,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            broker: "embedded".into(),
+            listen: "127.0.0.1:1883".into(),
+            client_id: "hub".into(),
+            inflight: 100,
+        }
+    }
+}
+
+/// Where the hub's MQTT client connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Broker {
+    /// The embedded broker, at its listen address.
+    Embedded,
+    /// An external broker without TLS.
+    External {
+        /// Host name or address.
+        host: String,
+        /// Port.
+        port: u16,
+    },
+}
+
+impl MqttConfig {
+    /// The parsed `broker` value.
+    pub fn broker(&self) -> Result<Broker, String> {
+        if self.broker == "embedded" {
+            return Ok(Broker::Embedded);
+        }
+        let rest = self.broker.strip_prefix("mqtt://").ok_or_else(|| {
+            format!(
+                "mqtt.broker: {:?} is neither \"embedded\" nor mqtt://host:port",
+                self.broker
+            )
+        })?;
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) => {
+                let port = p
+                    .parse::<u16>()
+                    .map_err(|_| format!("mqtt.broker: bad port {p:?}"))?;
+                (
+                    h.trim_start_matches('[').trim_end_matches(']').to_owned(),
+                    port,
+                )
+            }
+            None => (rest.to_owned(), 1883),
+        };
+        if host.is_empty() {
+            return Err("mqtt.broker: no host".into());
+        }
+        Ok(Broker::External { host, port })
+    }
+}
+
+/// `[api]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// The HTTPS listener.
+    pub listen: String,
+    /// Client certificates: `off`, `optional` or `required`.
+    pub client_auth: ClientAuth,
+    /// Server certificate chain (PEM); default `<data.dir>/tls/server.crt`.
+    pub tls_cert: Option<PathBuf>,
+    /// Server private key (PEM); default `<data.dir>/tls/server.key`.
+    pub tls_key: Option<PathBuf>,
+    /// CA that signs client certificates (PEM); default `<data.dir>/tls/ca.crt`.
+    pub client_ca: Option<PathBuf>,
+    /// Most readings or devices in one page.
+    pub max_page: usize,
+    /// Most concurrent connections.
+    pub max_connections: usize,
+    /// Time allowed for the TLS handshake and the request head.
+    pub header_timeout: HumanDuration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: "127.0.0.1:8443".into(),
+            client_auth: ClientAuth::Optional,
+            tls_cert: None,
+            tls_key: None,
+            client_ca: None,
+            max_page: 1000,
+            max_connections: 256,
+            header_timeout: HumanDuration(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// Client certificate policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// Client certificates are not asked for.
+    Off,
+    /// Asked for; a client without one may still use a token.
+    Optional,
+    /// Every client must present one signed by the client CA.
+    Required,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `pretty` or `json`.
+    pub format: LogFormat,
+    /// A `RUST_LOG`-style filter; `RUST_LOG` itself wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Pretty,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// For people.
+    Pretty,
+    /// One JSON object a line, for collectors.
+    Json,
+}
+
+/// Overrides given as command-line flags; they win over file and environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--data-dir`
+    pub data_dir: Option<PathBuf>,
+    /// `--api-listen`
+    pub api_listen: Option<String>,
+    /// `--mqtt-listen`
+    pub mqtt_listen: Option<String>,
+    /// `--mqtt-broker`
+    pub mqtt_broker: Option<String>,
+    /// `--log-format`
+    pub log_format: Option<LogFormat>,
+}
+
+impl Config {
+    /// Loads defaults, then `file`, then `HUB_*` variables from `env`, then `overrides`; validates.
+    pub fn load(
+        file: Option<&std::path::Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Parse(format!("{}: {e}", path.display())))?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, value) in env {
+            let Some(path) = name.strip_prefix("HUB_") else {
+                continue;
+            };
+            if path == "CONFIG" || path.is_empty() {
+                continue;
+            }
+            let keys: Vec<String> = path.split("__").map(|k| k.to_ascii_lowercase()).collect();
+            set_path(&mut table, &keys, env_value(&value))
+                .map_err(|e| ConfigError::Parse(format!("{name}: {e}")))?;
+        }
+        let mut config: Config = table
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(format!("configuration: {e}")))?;
+        if let Some(dir) = &overrides.data_dir {
+            config.data.dir = dir.clone();
+        }
+        if let Some(listen) = &overrides.api_listen {
+            config.api.listen = listen.clone();
+        }
+        if let Some(listen) = &overrides.mqtt_listen {
+            config.mqtt.listen = listen.clone();
+        }
+        if let Some(broker) = &overrides.mqtt_broker {
+            config.mqtt.broker = broker.clone();
+        }
+        if let Some(format) = overrides.log_format {
+            config.log.format = format;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the values together and lists every problem.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.api.listen.parse::<SocketAddr>().is_err() {
+            problems.push(format!(
+                "api.listen: {:?} is not an address:port",
+                self.api.listen
+            ));
+        }
+        match self.mqtt.broker() {
+            Ok(Broker::Embedded) => {
+                if self.mqtt.listen.parse::<SocketAddr>().is_err() {
+                    problems.push(format!(
+                        "mqtt.listen: {:?} is not an address:port",
+                        self.mqtt.listen
+                    ));
+                }
+            }
+            Ok(Broker::External { .. }) => {}
+            Err(e) => problems.push(e),
+        }
+        if self.mqtt.client_id.is_empty() || self.mqtt.client_id.len() > 23 {
+            problems.push("mqtt.client_id: must be 1 to 23 characters".into());
+        }
+        if self.mqtt.inflight == 0 {
+            problems.push("mqtt.inflight: must be at least 1".into());
+        }
+        if self.ingest.queue == 0 {
+            problems.push("ingest.queue: must be at least 1".into());
+        }
+        if !(1..=65_536).contains(&self.ingest.batch_max) {
+            problems.push("ingest.batch_max: must be 1 to 65536".into());
+        }
+        if !(64..=(1 << 20)).contains(&self.ingest.max_payload.0) {
+            problems.push("ingest.max_payload: must be 64B to 1MiB".into());
+        }
+        if self.data.cache.0 < (256 << 10) {
+            problems.push("data.cache: must be at least 256KiB".into());
+        }
+        if self.data.dir.as_os_str().is_empty() {
+            problems.push("data.dir: must not be empty".into());
+        }
+        if !(1..=100_000).contains(&self.api.max_page) {
+            problems.push("api.max_page: must be 1 to 100000".into());
+        }
+        if self.api.max_connections == 0 {
+            problems.push("api.max_connections: must be at least 1".into());
+        }
+        if self.api.header_timeout.0.is_zero() {
+            problems.push("api.header_timeout: must be more than 0".into());
+        }
+        if self.api.tls_cert.is_some() != self.api.tls_key.is_some() {
+            problems.push("api.tls_cert and api.tls_key: give both or neither".into());
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            problems.push(format!(
+                "log.level: {:?} is not a valid filter",
+                self.log.level
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// The directory of TLS material.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.data.dir.join("tls")
+    }
+}
+
+/// An environment value as TOML: numbers and booleans as such, anything else as a string.
+fn env_value(raw: &str) -> toml::Value {
+    if let Ok(i) = raw.parse::<i64>() {
+        return toml::Value::Integer(i);
+    }
+    if let Ok(b) = raw.parse::<bool>() {
+        return toml::Value::Boolean(b);
+    }
+    toml::Value::String(raw.to_owned())
+}
+
+fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) -> Result<(), String> {
+    match keys {
+        [] => Err("empty key".into()),
+        [last] => {
+            table.insert(last.clone(), value);
+            Ok(())
+        }
+        [first, rest @ ..] => {
+            let entry = table
+                .entry(first.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(inner) => set_path(inner, rest, value),
+                _ => Err(format!("{first} is not a section")),
+            }
+        }
+    }
+}
+
+/// A size in bytes, written as `16KiB`, `2GiB`, `512` or `1MB`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// Parses `"<number><unit>"` with units B, KB, MB, GB, KiB, MiB, GiB (case-insensitive).
+    pub fn parse(text: &str) -> Result<ByteSize, String> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let number: u64 = number
+            .parse()
+            .map_err(|_| format!("{text:?} is not a size like 16KiB"))?;
+        let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kb" => 1_000,
+            "mb" => 1_000_000,
+            "gb" => 1_000_000_000,
+            "kib" => 1 << 10,
+            "mib" => 1 << 20,
+            "gib" => 1 << 30,
+            other => {
+                return Err(format!(
+                    "unknown size unit {other:?} (use B, KiB, MiB, GiB)"
+                ));
+            }
+        };
+        number
+            .checked_mul(scale)
+            .map(ByteSize)
+            .ok_or_else(|| format!("{text:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(ByteSize(n)),
+            Raw::Text(t) => ByteSize::parse(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+/// A duration written as `250ms`, `10s`, `5m` or `1h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl HumanDuration {
+    /// Parses `"<number><unit>"` with units ms, s, m, h.
+    pub fn parse(text: &str) -> Result<HumanDuration, String> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let n: u64 = number
+            .parse()
+            .map_err(|_| format!("{text:?} is not a duration like 10s"))?;
+        let d = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            other => return Err(format!("unknown duration unit {other:?} (use ms, s, m, h)")),
+        };
+        Ok(HumanDuration(d))
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}ms", self.0.as_millis())
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        HumanDuration::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.toml");
+        std::fs::write(&path, text).unwrap();
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Config::load(Some(&path), env, &Overrides::default())
+    }
+
+    #[test]
+    fn no_file_gives_the_documented_defaults() {
+        let c = Config::load(None, Vec::new(), &Overrides::default()).unwrap();
+        assert_eq!(c.api.listen, "127.0.0.1:8443");
+        assert_eq!(c.mqtt.listen, "127.0.0.1:1883");
+        assert_eq!(c.mqtt.broker().unwrap(), Broker::Embedded);
+        assert_eq!(c.data.dir, PathBuf::from("./hub-data"));
+        assert_eq!(c.data.engine, EngineKind::Redb);
+    }
+
+    #[test]
+    fn the_example_file_is_valid_and_matches_the_defaults() {
+        let c = load(EXAMPLE, &[]).unwrap();
+        let d = Config::default();
+        assert_eq!(c.api.listen, d.api.listen);
+        assert_eq!(c.ingest.batch_max, d.ingest.batch_max);
+        assert_eq!(c.data.cache, d.data.cache);
+    }
+
+    #[test]
+    fn environment_overrides_file_and_flags_override_both() {
+        let c = load(
+            "[api]\nlisten = \"127.0.0.1:1\"\n",
+            &[
+                ("HUB_API__LISTEN", "127.0.0.1:2"),
+                ("HUB_INGEST__QUEUE", "7"),
+                ("OTHER", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.api.listen, "127.0.0.1:2");
+        assert_eq!(c.ingest.queue, 7);
+        let overrides = Overrides {
+            api_listen: Some("127.0.0.1:3".into()),
+            ..Overrides::default()
+        };
+        let c = Config::load(
+            None,
+            vec![("HUB_API__LISTEN".into(), "127.0.0.1:2".into())],
+            &overrides,
+        )
+        .unwrap();
+        assert_eq!(c.api.listen, "127.0.0.1:3");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = load("[api]\nlisen = \"x\"\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_listed_at_once() {
+        let text = "[api]\nlisten = \"nowhere\"\nmax_page = 0\n[mqtt]\nbroker = \"amqp://x\"\n[ingest]\nbatch_max = 0\n";
+        let err = load(text, &[]).unwrap_err().to_string();
+        for needle in [
+            "api.listen",
+            "api.max_page",
+            "mqtt.broker",
+            "ingest.batch_max",
+        ] {
+            assert!(err.contains(needle), "{needle} missing from: {err}");
+        }
+    }
+
+    #[test]
+    fn sizes_and_durations_parse_with_units_and_refuse_nonsense() {
+        assert_eq!(ByteSize::parse("16KiB").unwrap(), ByteSize(16384));
+        assert_eq!(ByteSize::parse("2GiB").unwrap(), ByteSize(2 << 30));
+        assert_eq!(ByteSize::parse("512").unwrap(), ByteSize(512));
+        assert!(ByteSize::parse("12 parsecs").is_err());
+        assert!(ByteSize::parse("99999999999999999999GiB").is_err());
+        assert_eq!(
+            HumanDuration::parse("250ms").unwrap().0,
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            HumanDuration::parse("5m").unwrap().0,
+            Duration::from_secs(300)
+        );
+        assert!(HumanDuration::parse("soon").is_err());
+    }
+
+    #[test]
+    fn external_broker_urls_parse() {
+        let mut m = MqttConfig {
+            broker: "mqtt://10.0.0.5:1884".into(),
+            ..MqttConfig::default()
+        };
+        assert_eq!(
+            m.broker().unwrap(),
+            Broker::External {
+                host: "10.0.0.5".into(),
+                port: 1884
+            }
+        );
+        m.broker = "mqtt://broker.lan".into();
+        assert_eq!(
+            m.broker().unwrap(),
+            Broker::External {
+                host: "broker.lan".into(),
+                port: 1883
+            }
+        );
+        m.broker = "mqtt://:1".into();
+        assert!(m.broker().is_err());
+    }
+}

@@ -1,0 +1,99 @@
+//! Ingest: readings arrive from devices and go to the store writer.
+//!
+//! - `broker`: the embedded MQTT broker (rumqttd) devices connect to.
+//! - `mqtt`: the hub's MQTT client (rumqttc), subscribed to device topics on the embedded or an
+//!   external broker; it acks a QoS 1 message to the broker only once its reading is durable.
+//! - `telemetry`: turns a topic and payload into a reading, or a reason to skip it.
+//!
+//! Bad input is counted by reason and logged at most once a second per reason; it never stops
+//! ingest.
+
+pub mod broker;
+pub mod mqtt;
+pub mod telemetry;
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Why a message was skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// The topic is not one the hub understands.
+    BadTopic,
+    /// The device id in the topic is not 1 to 64 of `[A-Za-z0-9._-]`.
+    BadDeviceId,
+    /// The payload is larger than `ingest.max_payload`.
+    TooLarge,
+    /// The payload is not valid telemetry.
+    BadPayload,
+}
+
+impl Rejection {
+    /// All reasons, in a fixed order.
+    pub const ALL: [Rejection; 4] = [
+        Rejection::BadTopic,
+        Rejection::BadDeviceId,
+        Rejection::TooLarge,
+        Rejection::BadPayload,
+    ];
+
+    /// A short name for logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Rejection::BadTopic => "bad_topic",
+            Rejection::BadDeviceId => "bad_device_id",
+            Rejection::TooLarge => "too_large",
+            Rejection::BadPayload => "bad_payload",
+        }
+    }
+}
+
+/// Ingest counters, shared with whoever reports them.
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    /// Messages accepted and handed to the store writer.
+    pub accepted: AtomicU64,
+    rejected: [AtomicU64; 4],
+    last_logged: Mutex<[Option<Instant>; 4]>,
+}
+
+/// Least time between two log lines for the same rejection reason.
+const REJECTION_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+impl IngestStats {
+    /// Counts a skipped message and logs why, at most once per interval per reason.
+    pub fn reject(&self, reason: Rejection, topic: &str, detail: &str) {
+        let i = reason as usize;
+        let total = self.rejected[i].fetch_add(1, Ordering::Relaxed) + 1;
+        let now = Instant::now();
+        let due = match self.last_logged.lock() {
+            Ok(mut last) => {
+                let due = last[i].is_none_or(|t| now.duration_since(t) >= REJECTION_LOG_INTERVAL);
+                if due {
+                    last[i] = Some(now);
+                }
+                due
+            }
+            Err(_) => true,
+        };
+        if due {
+            // The topic is cut so a hostile one cannot flood the log.
+            let topic: String = topic.chars().take(120).collect();
+            tracing::warn!(reason = reason.name(), %topic, detail, total, "skipped a device message");
+        }
+    }
+
+    /// How many messages were skipped for `reason`.
+    pub fn rejected(&self, reason: Rejection) -> u64 {
+        self.rejected[reason as usize].load(Ordering::Relaxed)
+    }
+}
+
+/// Unix time in milliseconds from the hub's clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

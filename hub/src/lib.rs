@@ -1,0 +1,12 @@
+//! The edge hub: devices push telemetry over MQTT, the hub stores every reading durably, apps read
+//! it over an authenticated HTTPS API.
+//!
+//! Data flows one way: `ingest -> store -> api`. `app` builds the parts and wires them together.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod files;
+pub mod ingest;
+pub mod store;

@@ -1,0 +1,149 @@
+//! `hub`: parse the command line, load the configuration, run. Nothing else lives here.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use hub::config::{Config, LogFormat, Overrides};
+use tokio_util::sync::CancellationToken;
+
+/// Edge/IoT device API hub.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file (TOML). Without one, every default applies.
+    #[arg(short, long, global = true, env = "HUB_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (overrides data.dir).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// HTTPS API listener (overrides api.listen).
+    #[arg(long, global = true)]
+    api_listen: Option<String>,
+    /// Embedded broker listener (overrides mqtt.listen).
+    #[arg(long, global = true)]
+    mqtt_listen: Option<String>,
+    /// `embedded` or mqtt://host:port (overrides mqtt.broker).
+    #[arg(long, global = true)]
+    mqtt_broker: Option<String>,
+    /// Log format (overrides log.format).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the hub (the default).
+    Serve,
+    /// Load and validate the configuration, print every problem, exit non-zero if any.
+    CheckConfig,
+    /// Print the annotated example configuration.
+    PrintConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if matches!(cli.command, Some(Command::PrintConfig)) {
+        print!("{}", hub::config::EXAMPLE);
+        return ExitCode::SUCCESS;
+    }
+    let overrides = Overrides {
+        data_dir: cli.data_dir.clone(),
+        api_listen: cli.api_listen.clone(),
+        mqtt_listen: cli.mqtt_listen.clone(),
+        mqtt_broker: cli.mqtt_broker.clone(),
+        log_format: cli.log_format,
+    };
+    let config = match Config::load(cli.config.as_deref(), std::env::vars(), &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hub: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if matches!(cli.command, Some(Command::CheckConfig)) {
+        println!("configuration is valid");
+        return ExitCode::SUCCESS;
+    }
+    init_logging(&config);
+    match serve(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("hub: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    // rumqttd logs every ordinary client disconnect at ERROR, which would break our rule that
+    // ERROR means data loss or an operator must act; its lines are off unless asked for by name.
+    let level = if config.log.level.contains("rumqttd") {
+        config.log.level.clone()
+    } else {
+        format!("{},rumqttd=off", config.log.level)
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    if rustls::crypto::ring::default_provider()
+        .install_default()
+        .is_err()
+    {
+        anyhow::bail!("a TLS crypto provider was already installed");
+    }
+    // Two workers are plenty for a gateway; blocking work (commits, scans) has its own small pool.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(8)
+        .thread_name("hub")
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(watch_signals(shutdown.clone()));
+        let data_dir = config.data.dir.clone();
+        hub::app::run(config, shutdown, |bound| {
+            let mqtt = bound.mqtt.map(|a| a.to_string()).unwrap_or_else(|| "external".into());
+            let host = if bound.api.ip().is_loopback() { "localhost".to_owned() } else { bound.api.ip().to_string() };
+            let dir = data_dir.display();
+            println!("hub ready: api=https://{} mqtt={mqtt} data={dir}", bound.api);
+            println!(
+                "try: curl --cacert {dir}/tls/ca.crt -H \"Authorization: Bearer $(cat {dir}/admin.token)\" https://{host}:{}/api/v1/devices",
+                bound.api.port()
+            );
+        })
+        .await?;
+        Ok(())
+    })
+}
+
+/// SIGINT or SIGTERM starts a graceful shutdown; a second one exits at once.
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the hub with SIGKILL");
+        return;
+    };
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::info!("signal received; shutting down (again to quit at once)");
+    shutdown.cancel();
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    std::process::exit(130);
+}

@@ -1,0 +1,229 @@
+//! The small ordered key-value engine the store is written over.
+//!
+//! An engine holds a fixed set of [`Table`]s of byte keys and byte values, ordered by key. It offers
+//! point reads, ordered scans in either direction from a consistent view, and atomic, durable batch
+//! commits. Everything the hub knows about readings, devices and tokens is laid out over this by
+//! `store::Store`; nothing else touches an engine.
+//!
+//! Invariant every engine keeps: when [`Engine::commit`] returns `Ok`, the whole batch is on disk
+//! and survives a crash or a power cut; when it returns `Err`, none of it is visible.
+
+use std::ops::{Bound, ControlFlow};
+
+/// The tables of the store. Adding one is allowed; renaming one changes the on-disk format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    /// Store-wide values: schema version, next hub offset.
+    Meta,
+    /// The readings log: hub offset (u64 BE) -> encoded reading.
+    Readings,
+    /// Per-device time index: device number, timestamp, offset (all BE) -> nothing.
+    DeviceTime,
+    /// Latest value per device and metric: device number, metric number -> encoded latest value.
+    Latest,
+    /// Device registry: device number (u32 BE) -> encoded device record.
+    Devices,
+    /// Metric names: metric name -> metric number (u32 BE).
+    Metrics,
+    /// API tokens: keyed hash of the secret -> encoded token record.
+    Tokens,
+}
+
+impl Table {
+    /// Every table, in a fixed order.
+    pub const ALL: [Table; 7] = [
+        Table::Meta,
+        Table::Readings,
+        Table::DeviceTime,
+        Table::Latest,
+        Table::Devices,
+        Table::Metrics,
+        Table::Tokens,
+    ];
+
+    /// The table's name on disk.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Meta => "meta",
+            Table::Readings => "readings",
+            Table::DeviceTime => "device_time",
+            Table::Latest => "latest",
+            Table::Devices => "devices",
+            Table::Metrics => "metrics",
+            Table::Tokens => "tokens",
+        }
+    }
+
+    /// A one-byte tag, for engines that keep every table in one keyspace.
+    pub fn tag(self) -> u8 {
+        self as u8
+    }
+}
+
+/// The direction of a scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Smallest key first.
+    Forward,
+    /// Largest key first.
+    Reverse,
+}
+
+/// A key range for a scan.
+#[derive(Debug, Clone)]
+pub struct KeyRange {
+    /// Where the range starts.
+    pub start: Bound<Vec<u8>>,
+    /// Where the range ends.
+    pub end: Bound<Vec<u8>>,
+}
+
+impl KeyRange {
+    /// Every key of the table.
+    pub fn all() -> Self {
+        KeyRange {
+            start: Bound::Unbounded,
+            end: Bound::Unbounded,
+        }
+    }
+
+    /// Every key that starts with `prefix`.
+    pub fn prefix(prefix: &[u8]) -> Self {
+        KeyRange {
+            start: Bound::Included(prefix.to_vec()),
+            end: match prefix_successor(prefix) {
+                Some(end) => Bound::Excluded(end),
+                None => Bound::Unbounded,
+            },
+        }
+    }
+
+    /// Keys from `start` (included) to `end` (excluded).
+    pub fn between(start: Vec<u8>, end: Vec<u8>) -> Self {
+        KeyRange {
+            start: Bound::Included(start),
+            end: Bound::Excluded(end),
+        }
+    }
+
+    /// Whether `key` lies inside the range.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        let after_start = match &self.start {
+            Bound::Included(s) => key >= s.as_slice(),
+            Bound::Excluded(s) => key > s.as_slice(),
+            Bound::Unbounded => true,
+        };
+        let before_end = match &self.end {
+            Bound::Included(e) => key <= e.as_slice(),
+            Bound::Excluded(e) => key < e.as_slice(),
+            Bound::Unbounded => true,
+        };
+        after_start && before_end
+    }
+}
+
+/// The smallest key greater than every key with this prefix, if there is one.
+pub fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// One change in a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Insert or replace a value.
+    Put {
+        table: Table,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    /// Remove a key, if present.
+    Delete { table: Table, key: Vec<u8> },
+}
+
+/// Changes committed together: all or nothing, durable when the commit returns.
+#[derive(Debug, Default, Clone)]
+pub struct WriteBatch {
+    changes: Vec<Change>,
+}
+
+impl WriteBatch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds an insert.
+    pub fn put(&mut self, table: Table, key: Vec<u8>, value: Vec<u8>) {
+        self.changes.push(Change::Put { table, key, value });
+    }
+
+    /// Adds a removal.
+    pub fn delete(&mut self, table: Table, key: Vec<u8>) {
+        self.changes.push(Change::Delete { table, key });
+    }
+
+    /// The changes, in the order they were added (later ones win).
+    pub fn changes(&self) -> &[Change] {
+        &self.changes
+    }
+
+    /// Whether the batch has no change.
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+}
+
+/// What an engine can fail with. The detail is for logs; it never reaches an API client.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The storage engine reported an error.
+    #[error("storage engine: {0}")]
+    Engine(String),
+    /// The disk or file system failed.
+    #[error("storage I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl EngineError {
+    /// Wraps any engine-specific error.
+    pub fn engine(err: impl std::fmt::Display) -> Self {
+        EngineError::Engine(err.to_string())
+    }
+}
+
+/// Called for each entry of a scan; return `Break` to stop early.
+pub type Visitor<'v> = dyn FnMut(&[u8], &[u8]) -> ControlFlow<()> + 'v;
+
+/// A consistent read view of the engine.
+pub trait Snapshot {
+    /// The value of `key`, if present.
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError>;
+
+    /// Visits the entries of `range` in `direction` order until the visitor breaks.
+    fn scan(
+        &self,
+        table: Table,
+        range: &KeyRange,
+        direction: Direction,
+        visit: &mut Visitor<'_>,
+    ) -> Result<(), EngineError>;
+}
+
+/// An ordered key-value engine. All calls block: run them off the async workers.
+pub trait Engine: Send + Sync + 'static {
+    /// A read view; it sees every batch committed before it was taken.
+    fn snapshot(&self) -> Result<Box<dyn Snapshot + '_>, EngineError>;
+
+    /// Applies `batch` atomically and durably.
+    fn commit(&self, batch: &WriteBatch) -> Result<(), EngineError>;
+
+    /// The engine's name, for logs and metrics.
+    fn name(&self) -> &'static str;
+}

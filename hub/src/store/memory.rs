@@ -1,0 +1,109 @@
+//! An in-memory engine for component tests. It keeps the same contract as the disk engines except
+//! durability: a "reopen" is a new [`MemoryEngine`] over the same shared tables.
+
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use super::engine::{
+    Change, Direction, Engine, EngineError, KeyRange, Snapshot, Table, Visitor, WriteBatch,
+};
+
+type Tables = BTreeMap<(Table, Vec<u8>), Vec<u8>>;
+
+/// Tables held in memory, shared between clones so a test can "reopen" them.
+#[derive(Clone, Default)]
+pub struct MemoryEngine {
+    tables: Arc<RwLock<Tables>>,
+}
+
+impl MemoryEngine {
+    /// An empty engine.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A second engine over the same data, as if the store were closed and opened again.
+    pub fn reopen(&self) -> Self {
+        self.clone()
+    }
+
+    fn read(&self) -> Result<RwLockReadGuard<'_, Tables>, EngineError> {
+        self.tables
+            .read()
+            .map_err(|_| EngineError::engine("memory engine lock poisoned"))
+    }
+}
+
+struct MemorySnapshot<'a> {
+    tables: RwLockReadGuard<'a, Tables>,
+}
+
+impl Snapshot for MemorySnapshot<'_> {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+        Ok(self.tables.get(&(table, key.to_vec())).cloned())
+    }
+
+    fn scan(
+        &self,
+        table: Table,
+        range: &KeyRange,
+        direction: Direction,
+        visit: &mut Visitor<'_>,
+    ) -> Result<(), EngineError> {
+        let entries = self
+            .tables
+            .range((table, Vec::new())..)
+            .take_while(|((t, _), _)| *t == table)
+            .filter(|((_, k), _)| range.contains(k));
+        let mut step = |((_, k), v): (&(Table, Vec<u8>), &Vec<u8>)| visit(k, v);
+        match direction {
+            Direction::Forward => {
+                for entry in entries {
+                    if step(entry).is_break() {
+                        break;
+                    }
+                }
+            }
+            Direction::Reverse => {
+                let all: Vec<_> = entries.collect();
+                for entry in all.into_iter().rev() {
+                    if let ControlFlow::Break(()) = step(entry) {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Engine for MemoryEngine {
+    fn snapshot(&self) -> Result<Box<dyn Snapshot + '_>, EngineError> {
+        Ok(Box::new(MemorySnapshot {
+            tables: self.read()?,
+        }))
+    }
+
+    fn commit(&self, batch: &WriteBatch) -> Result<(), EngineError> {
+        let mut tables = self
+            .tables
+            .write()
+            .map_err(|_| EngineError::engine("memory engine lock poisoned"))?;
+        for change in batch.changes() {
+            match change {
+                Change::Put { table, key, value } => {
+                    tables.insert((*table, key.clone()), value.clone());
+                }
+                Change::Delete { table, key } => {
+                    tables.remove(&(*table, key.clone()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+}

@@ -1,0 +1,709 @@
+//! The store: every reading, device, latest value and token of the hub, over an ordered key-value
+//! [`Engine`] (redb by default, sled behind a feature, memory for tests).
+//!
+//! Inputs: batches of [`NewReading`]s from the store writer (one writer at a time). Outputs: reads for
+//! the API and, later, sync. Invariants:
+//! - a batch is committed atomically and durably before [`Store::append`] returns;
+//! - hub offsets only grow, across restarts (the next offset is committed with every batch);
+//! - device and metric names are interned to small numbers, recorded in the same batch that first
+//!   uses them, so a reading never refers to a number the file does not know.
+
+pub mod engine;
+pub mod memory;
+pub mod records;
+mod redb_engine;
+#[cfg(feature = "sled")]
+mod sled_engine;
+#[cfg(test)]
+mod tests;
+pub mod writer;
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::{Bound, ControlFlow};
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+
+use device_protocol::OwnedValue;
+
+pub use engine::{Direction, Engine, EngineError, KeyRange, Table, WriteBatch};
+pub use records::{DeviceRecord, TokenRecord, Transport};
+use records::{LatestRecord, ReadingRecord};
+pub use redb_engine::RedbEngine;
+#[cfg(feature = "sled")]
+pub use sled_engine::SledEngine;
+
+/// The layout version this build writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+/// Distinct metric names a store accepts; a guard against a device inventing names without end.
+pub const MAX_METRICS: usize = 65_536;
+
+/// What the store can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The engine failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The file holds something this version cannot read.
+    #[error("store data is corrupt or from another version: {0}")]
+    Corrupt(String),
+    /// The file was written by a newer hub.
+    #[error("store schema version {found} is newer than this hub supports ({supported})")]
+    SchemaTooNew {
+        /// Version in the file.
+        found: u32,
+        /// Version of this build.
+        supported: u32,
+    },
+    /// Too many distinct metric names.
+    #[error("the store already holds {MAX_METRICS} distinct metric names")]
+    TooManyMetrics,
+    /// A lock was poisoned by a panic elsewhere.
+    #[error("store state lock poisoned")]
+    Poisoned,
+}
+
+/// Which engine to open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// redb, the default.
+    Redb,
+    /// sled (needs the `sled` cargo feature).
+    Sled,
+}
+
+/// Opens the engine of `kind` in `dir`.
+pub fn open_engine(
+    kind: EngineKind,
+    dir: &Path,
+    cache_bytes: usize,
+) -> Result<Arc<dyn Engine>, StoreError> {
+    match kind {
+        EngineKind::Redb => Ok(Arc::new(RedbEngine::open(
+            &dir.join("store.redb"),
+            cache_bytes,
+        )?)),
+        #[cfg(feature = "sled")]
+        EngineKind::Sled => Ok(Arc::new(SledEngine::open(
+            &dir.join("store.sled"),
+            cache_bytes,
+        )?)),
+        #[cfg(not(feature = "sled"))]
+        EngineKind::Sled => Err(StoreError::Engine(EngineError::Engine(
+            "this hub was built without the sled engine (cargo feature `sled`)".into(),
+        ))),
+    }
+}
+
+/// A reading on its way in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewReading {
+    /// Device id (already validated).
+    pub device: String,
+    /// Transport it came over.
+    pub transport: Transport,
+    /// The device's seq, if it sent one.
+    pub seq: Option<u32>,
+    /// The device's timestamp, if it sent one.
+    pub timestamp_ms: Option<u64>,
+    /// When the hub received it.
+    pub received_ms: u64,
+    /// Metric names (already validated) and values.
+    pub metrics: Vec<(String, OwnedValue)>,
+}
+
+/// A stored reading.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Reading {
+    /// Hub offset.
+    pub offset: u64,
+    /// Device id.
+    pub device: String,
+    /// Device sequence number.
+    pub seq: u32,
+    /// Timestamp (device clock, or hub receive time).
+    pub timestamp_ms: u64,
+    /// Metric names and values.
+    pub metrics: Vec<(String, OwnedValue)>,
+}
+
+/// The latest value of one metric.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatestValue {
+    /// Metric name.
+    pub metric: String,
+    /// Timestamp of the reading it came in.
+    pub timestamp_ms: u64,
+    /// Offset of that reading.
+    pub offset: u64,
+    /// The value.
+    pub value: OwnedValue,
+}
+
+/// A device as the API shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Device {
+    /// The stored record.
+    pub record: DeviceRecord,
+    /// Metric names it has sent.
+    pub metric_names: Vec<String>,
+}
+
+/// Order of a readings query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Oldest first.
+    Oldest,
+    /// Newest first.
+    Newest,
+}
+
+/// Where a readings page stopped: the last reading returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// Its timestamp.
+    pub timestamp_ms: u64,
+    /// Its offset.
+    pub offset: u64,
+}
+
+/// A raw readings query over one device's time index.
+#[derive(Debug, Clone)]
+pub struct ReadingsQuery {
+    /// Device id.
+    pub device: String,
+    /// Only this metric (readings without it are skipped, the others' values left out).
+    pub metric: Option<String>,
+    /// Inclusive lower time bound.
+    pub from_ms: Option<u64>,
+    /// Exclusive upper time bound.
+    pub to_ms: Option<u64>,
+    /// Order.
+    pub order: Order,
+    /// Most readings to return.
+    pub limit: usize,
+    /// Continue after this position (from the previous page).
+    pub after: Option<Position>,
+}
+
+/// One page of readings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadingsPage {
+    /// The readings.
+    pub readings: Vec<Reading>,
+    /// Position to continue from, when more may follow.
+    pub next: Option<Position>,
+}
+
+/// What a committed batch assigned, in input order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Hub offset.
+    pub offset: u64,
+    /// Seq (given or assigned).
+    pub seq: u32,
+}
+
+#[derive(Default, Clone)]
+struct Catalog {
+    device_numbers: HashMap<String, u32>,
+    devices: BTreeMap<u32, DeviceRecord>,
+    metric_numbers: HashMap<String, u32>,
+    metric_names: Vec<String>,
+    next_offset: u64,
+}
+
+impl Catalog {
+    fn metric_name(&self, number: u32) -> String {
+        self.metric_names
+            .get(number as usize)
+            .cloned()
+            .unwrap_or_else(|| format!("#{number}"))
+    }
+}
+
+/// The hub's store. Cheap to clone; reads may run from any thread, appends from one writer.
+#[derive(Clone)]
+pub struct Store {
+    engine: Arc<dyn Engine>,
+    catalog: Arc<RwLock<Catalog>>,
+    writer: Arc<Mutex<()>>,
+}
+
+impl Store {
+    /// Opens the store over `engine`, creating its layout on first use.
+    pub fn open(engine: Arc<dyn Engine>) -> Result<Self, StoreError> {
+        let mut catalog = Catalog::default();
+        {
+            let snap = engine.snapshot()?;
+            match snap.get(Table::Meta, records::META_SCHEMA_VERSION)? {
+                Some(v) => {
+                    let found = records::be_u32(&v, "schema version")?;
+                    if found > SCHEMA_VERSION {
+                        return Err(StoreError::SchemaTooNew {
+                            found,
+                            supported: SCHEMA_VERSION,
+                        });
+                    }
+                }
+                None => {
+                    drop(snap);
+                    let mut batch = WriteBatch::new();
+                    batch.put(
+                        Table::Meta,
+                        records::META_SCHEMA_VERSION.to_vec(),
+                        SCHEMA_VERSION.to_be_bytes().to_vec(),
+                    );
+                    engine.commit(&batch)?;
+                }
+            }
+            let snap = engine.snapshot()?;
+            if let Some(v) = snap.get(Table::Meta, records::META_NEXT_OFFSET)? {
+                catalog.next_offset = records::be_u64(&v, "next offset")?;
+            }
+            let mut failure = None;
+            snap.scan(
+                Table::Metrics,
+                &KeyRange::all(),
+                Direction::Forward,
+                &mut |k, v| match (std::str::from_utf8(k), records::be_u32(v, "metric number")) {
+                    (Ok(name), Ok(number)) => {
+                        catalog.metric_numbers.insert(name.to_owned(), number);
+                        let slot = number as usize;
+                        if catalog.metric_names.len() <= slot {
+                            catalog.metric_names.resize(slot + 1, String::new());
+                        }
+                        catalog.metric_names[slot] = name.to_owned();
+                        ControlFlow::Continue(())
+                    }
+                    _ => {
+                        failure = Some(StoreError::Corrupt("metric name entry".into()));
+                        ControlFlow::Break(())
+                    }
+                },
+            )?;
+            snap.scan(
+                Table::Devices,
+                &KeyRange::all(),
+                Direction::Forward,
+                &mut |k, v| {
+                    let parsed = records::be_u32(k, "device number").and_then(|n| {
+                        Ok((n, records::decode::<DeviceRecord>(v, "device record")?))
+                    });
+                    match parsed {
+                        Ok((number, record)) => {
+                            catalog.device_numbers.insert(record.name.clone(), number);
+                            catalog.devices.insert(number, record);
+                            ControlFlow::Continue(())
+                        }
+                        Err(e) => {
+                            failure = Some(e);
+                            ControlFlow::Break(())
+                        }
+                    }
+                },
+            )?;
+            if let Some(e) = failure {
+                return Err(e);
+            }
+        }
+        Ok(Store {
+            engine,
+            catalog: Arc::new(RwLock::new(catalog)),
+            writer: Arc::new(Mutex::new(())),
+        })
+    }
+
+    /// The engine's name.
+    pub fn engine_name(&self) -> &'static str {
+        self.engine.name()
+    }
+
+    fn catalog(&self) -> Result<std::sync::RwLockReadGuard<'_, Catalog>, StoreError> {
+        self.catalog.read().map_err(|_| StoreError::Poisoned)
+    }
+
+    /// The offset the next stored reading will get.
+    pub fn next_offset(&self) -> Result<u64, StoreError> {
+        Ok(self.catalog()?.next_offset)
+    }
+
+    /// Stores `readings` in one durable transaction and returns what each was assigned.
+    /// Blocks until the batch is on disk.
+    pub fn append(&self, readings: &[NewReading]) -> Result<Vec<Appended>, StoreError> {
+        let _writer = self.writer.lock().map_err(|_| StoreError::Poisoned)?;
+        // Work on a copy, so a failed commit leaves the catalog as the disk has it.
+        let mut cat = self.catalog()?.clone();
+        let mut batch = WriteBatch::new();
+        let mut touched = std::collections::BTreeSet::new();
+        let mut latest: BTreeMap<(u32, u32), LatestRecord> = BTreeMap::new();
+        let mut assigned = Vec::with_capacity(readings.len());
+        let snap = self.engine.snapshot()?;
+
+        for reading in readings {
+            let device = match cat.device_numbers.get(&reading.device) {
+                Some(n) => *n,
+                None => {
+                    let n = u32::try_from(cat.devices.len())
+                        .map_err(|_| StoreError::Corrupt("device numbers exhausted".into()))?;
+                    cat.device_numbers.insert(reading.device.clone(), n);
+                    cat.devices.insert(
+                        n,
+                        DeviceRecord {
+                            name: reading.device.clone(),
+                            transport: reading.transport,
+                            first_seen_ms: reading.received_ms,
+                            last_seen_ms: reading.received_ms,
+                            last_seq: None,
+                            readings: 0,
+                            firmware: None,
+                            labels: BTreeMap::new(),
+                            metrics: Vec::new(),
+                        },
+                    );
+                    n
+                }
+            };
+            let mut metrics = Vec::with_capacity(reading.metrics.len());
+            for (name, value) in &reading.metrics {
+                let metric = match cat.metric_numbers.get(name) {
+                    Some(n) => *n,
+                    None => {
+                        if cat.metric_names.len() >= MAX_METRICS {
+                            return Err(StoreError::TooManyMetrics);
+                        }
+                        let n = cat.metric_names.len() as u32;
+                        cat.metric_numbers.insert(name.clone(), n);
+                        cat.metric_names.push(name.clone());
+                        batch.put(
+                            Table::Metrics,
+                            name.as_bytes().to_vec(),
+                            n.to_be_bytes().to_vec(),
+                        );
+                        n
+                    }
+                };
+                metrics.push((metric, value.clone()));
+            }
+            let offset = cat.next_offset;
+            cat.next_offset += 1;
+            let Some(record) = cat.devices.get_mut(&device) else {
+                return Err(StoreError::Corrupt("device vanished from catalog".into()));
+            };
+            let seq = match reading.seq {
+                Some(seq) => seq,
+                None => record.last_seq.map_or(0, |s| s.wrapping_add(1)),
+            };
+            record.last_seq = Some(record.last_seq.map_or(seq, |s| s.max(seq)));
+            record.last_seen_ms = record.last_seen_ms.max(reading.received_ms);
+            record.transport = reading.transport;
+            record.readings += 1;
+            for (metric, _) in &metrics {
+                if !record.metrics.contains(metric) {
+                    record.metrics.push(*metric);
+                }
+            }
+            touched.insert(device);
+
+            let timestamp_ms = reading.timestamp_ms.unwrap_or(reading.received_ms);
+            for (metric, value) in &metrics {
+                let newer = match latest.get(&(device, *metric)) {
+                    Some(current) => timestamp_ms >= current.timestamp_ms,
+                    None => match snap.get(Table::Latest, &records::latest_key(device, *metric))? {
+                        Some(bytes) => {
+                            let current: LatestRecord = records::decode(&bytes, "latest value")?;
+                            timestamp_ms >= current.timestamp_ms
+                        }
+                        None => true,
+                    },
+                };
+                if newer {
+                    latest.insert(
+                        (device, *metric),
+                        LatestRecord {
+                            timestamp_ms,
+                            offset,
+                            value: value.clone(),
+                        },
+                    );
+                }
+            }
+            let record = ReadingRecord {
+                device,
+                seq,
+                timestamp_ms,
+                metrics,
+            };
+            batch.put(
+                Table::Readings,
+                records::reading_key(offset),
+                records::encode(&record)?,
+            );
+            batch.put(
+                Table::DeviceTime,
+                records::device_time_key(device, timestamp_ms, offset),
+                vec![],
+            );
+            assigned.push(Appended { offset, seq });
+        }
+        drop(snap);
+        for ((device, metric), record) in &latest {
+            batch.put(
+                Table::Latest,
+                records::latest_key(*device, *metric),
+                records::encode(record)?,
+            );
+        }
+        for device in &touched {
+            if let Some(record) = cat.devices.get(device) {
+                batch.put(
+                    Table::Devices,
+                    device.to_be_bytes().to_vec(),
+                    records::encode(record)?,
+                );
+            }
+        }
+        batch.put(
+            Table::Meta,
+            records::META_NEXT_OFFSET.to_vec(),
+            cat.next_offset.to_be_bytes().to_vec(),
+        );
+        self.engine.commit(&batch)?;
+        *self.catalog.write().map_err(|_| StoreError::Poisoned)? = cat;
+        Ok(assigned)
+    }
+
+    /// Devices ordered by id, starting after `after`, at most `limit`.
+    pub fn devices(&self, after: Option<&str>, limit: usize) -> Result<Vec<Device>, StoreError> {
+        let cat = self.catalog()?;
+        let mut names: Vec<&String> = cat
+            .device_numbers
+            .keys()
+            .filter(|name| after.is_none_or(|a| name.as_str() > a))
+            .collect();
+        names.sort();
+        Ok(names
+            .into_iter()
+            .take(limit)
+            .filter_map(|name| cat.device_numbers.get(name))
+            .filter_map(|n| cat.devices.get(n))
+            .map(|record| Device {
+                metric_names: record.metrics.iter().map(|m| cat.metric_name(*m)).collect(),
+                record: record.clone(),
+            })
+            .collect())
+    }
+
+    /// How many devices the store knows.
+    pub fn device_count(&self) -> Result<usize, StoreError> {
+        Ok(self.catalog()?.devices.len())
+    }
+
+    /// One device, if known.
+    pub fn device(&self, id: &str) -> Result<Option<Device>, StoreError> {
+        let cat = self.catalog()?;
+        Ok(cat
+            .device_numbers
+            .get(id)
+            .and_then(|n| cat.devices.get(n))
+            .map(|record| Device {
+                metric_names: record.metrics.iter().map(|m| cat.metric_name(*m)).collect(),
+                record: record.clone(),
+            }))
+    }
+
+    /// The latest value of each metric of a device, by metric name; `None` for an unknown device.
+    pub fn latest(&self, id: &str) -> Result<Option<Vec<LatestValue>>, StoreError> {
+        let (device, names) = {
+            let cat = self.catalog()?;
+            let Some(device) = cat.device_numbers.get(id).copied() else {
+                return Ok(None);
+            };
+            (device, cat.metric_names.clone())
+        };
+        let snap = self.engine.snapshot()?;
+        let mut values = Vec::new();
+        let mut failure = None;
+        let prefix = device.to_be_bytes();
+        snap.scan(
+            Table::Latest,
+            &KeyRange::prefix(&prefix),
+            Direction::Forward,
+            &mut |k, v| {
+                let metric = k
+                    .get(4..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u32::from_be_bytes);
+                match (metric, records::decode::<LatestRecord>(v, "latest value")) {
+                    (Some(metric), Ok(record)) => {
+                        values.push(LatestValue {
+                            metric: names.get(metric as usize).cloned().unwrap_or_default(),
+                            timestamp_ms: record.timestamp_ms,
+                            offset: record.offset,
+                            value: record.value,
+                        });
+                        ControlFlow::Continue(())
+                    }
+                    (_, Err(e)) => {
+                        failure = Some(e);
+                        ControlFlow::Break(())
+                    }
+                    (None, _) => {
+                        failure = Some(StoreError::Corrupt("latest key".into()));
+                        ControlFlow::Break(())
+                    }
+                }
+            },
+        )?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        values.sort_by(|a, b| a.metric.cmp(&b.metric));
+        Ok(Some(values))
+    }
+
+    /// A page of raw readings of one device; `None` for an unknown device.
+    pub fn readings(&self, query: &ReadingsQuery) -> Result<Option<ReadingsPage>, StoreError> {
+        let (device, metric, names) = {
+            let cat = self.catalog()?;
+            let Some(device) = cat.device_numbers.get(&query.device).copied() else {
+                return Ok(None);
+            };
+            let metric = match &query.metric {
+                None => None,
+                Some(name) => match cat.metric_numbers.get(name) {
+                    Some(n) => Some(*n),
+                    // A metric the store has never seen: an empty page, not an error.
+                    None => {
+                        return Ok(Some(ReadingsPage {
+                            readings: vec![],
+                            next: None,
+                        }));
+                    }
+                },
+            };
+            (device, metric, cat.metric_names.clone())
+        };
+        let from = query.from_ms.unwrap_or(0);
+        let to = query.to_ms.unwrap_or(u64::MAX);
+        let mut start = Bound::Included(records::device_time_key(device, from, 0));
+        let mut end = if to == u64::MAX {
+            Bound::Included(records::device_time_key(device, u64::MAX, u64::MAX))
+        } else {
+            Bound::Excluded(records::device_time_key(device, to, 0))
+        };
+        if let Some(after) = query.after {
+            let key = records::device_time_key(device, after.timestamp_ms, after.offset);
+            match query.order {
+                Order::Oldest => start = Bound::Excluded(key),
+                Order::Newest => end = Bound::Excluded(key),
+            }
+        }
+        let direction = match query.order {
+            Order::Oldest => Direction::Forward,
+            Order::Newest => Direction::Reverse,
+        };
+        let snap = self.engine.snapshot()?;
+        let mut positions = Vec::new();
+        let mut failure = None;
+        let mut last = None;
+        let limit = query.limit;
+        snap.scan(
+            Table::DeviceTime,
+            &KeyRange { start, end },
+            direction,
+            &mut |k, _| {
+                let Some((timestamp_ms, offset)) = records::split_device_time_key(k) else {
+                    failure = Some(StoreError::Corrupt("device time key".into()));
+                    return ControlFlow::Break(());
+                };
+                last = Some(Position {
+                    timestamp_ms,
+                    offset,
+                });
+                let reading = match snap.get(Table::Readings, &records::reading_key(offset)) {
+                    Ok(Some(bytes)) => match records::decode::<ReadingRecord>(&bytes, "reading") {
+                        Ok(r) => r,
+                        Err(e) => {
+                            failure = Some(e);
+                            return ControlFlow::Break(());
+                        }
+                    },
+                    // Index entry without its reading: retention removed it between the two.
+                    Ok(None) => return ControlFlow::Continue(()),
+                    Err(e) => {
+                        failure = Some(e.into());
+                        return ControlFlow::Break(());
+                    }
+                };
+                let metrics: Vec<(String, OwnedValue)> = reading
+                    .metrics
+                    .into_iter()
+                    .filter(|(m, _)| metric.is_none_or(|want| *m == want))
+                    .map(|(m, v)| (names.get(m as usize).cloned().unwrap_or_default(), v))
+                    .collect();
+                if metrics.is_empty() {
+                    return ControlFlow::Continue(());
+                }
+                positions.push(Reading {
+                    offset,
+                    device: query.device.clone(),
+                    seq: reading.seq,
+                    timestamp_ms,
+                    metrics,
+                });
+                if positions.len() >= limit {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            },
+        )?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let next = if positions.len() >= limit && limit > 0 {
+            last
+        } else {
+            None
+        };
+        Ok(Some(ReadingsPage {
+            readings: positions,
+            next,
+        }))
+    }
+
+    /// Every token record with the keyed hash it is stored under.
+    pub fn tokens(&self) -> Result<Vec<(Vec<u8>, TokenRecord)>, StoreError> {
+        let snap = self.engine.snapshot()?;
+        let mut tokens = Vec::new();
+        let mut failure = None;
+        snap.scan(
+            Table::Tokens,
+            &KeyRange::all(),
+            Direction::Forward,
+            &mut |k, v| match records::decode::<TokenRecord>(v, "token") {
+                Ok(record) => {
+                    tokens.push((k.to_vec(), record));
+                    ControlFlow::Continue(())
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    ControlFlow::Break(())
+                }
+            },
+        )?;
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(tokens),
+        }
+    }
+
+    /// Stores a token record under the keyed hash of its secret.
+    pub fn put_token(&self, hash: &[u8], record: &TokenRecord) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::new();
+        batch.put(Table::Tokens, hash.to_vec(), records::encode(record)?);
+        self.engine.commit(&batch)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,409 @@
+//! One conformance suite, run against every engine: the engine contract itself, then the store's
+//! domain behaviour, each including close and reopen.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use device_protocol::OwnedValue;
+
+use super::engine::{Direction, Engine, KeyRange, Table, WriteBatch};
+use super::memory::MemoryEngine;
+use super::*;
+
+/// Opens an engine, closes it and opens it again over the same data.
+trait Harness {
+    fn open(&mut self) -> Arc<dyn Engine>;
+}
+
+struct Memory(MemoryEngine);
+impl Harness for Memory {
+    fn open(&mut self) -> Arc<dyn Engine> {
+        Arc::new(self.0.reopen())
+    }
+}
+
+struct OnDisk(tempfile::TempDir, EngineKind);
+impl Harness for OnDisk {
+    fn open(&mut self) -> Arc<dyn Engine> {
+        open_engine(self.1, self.0.path(), 1 << 20).expect("open engine")
+    }
+}
+
+fn harnesses() -> Vec<(&'static str, Box<dyn Harness>)> {
+    let mut all: Vec<(&'static str, Box<dyn Harness>)> = vec![
+        ("memory", Box::new(Memory(MemoryEngine::new()))),
+        (
+            "redb",
+            Box::new(OnDisk(
+                tempfile::tempdir().expect("tempdir"),
+                EngineKind::Redb,
+            )),
+        ),
+    ];
+    #[cfg(feature = "sled")]
+    all.push((
+        "sled",
+        Box::new(OnDisk(
+            tempfile::tempdir().expect("tempdir"),
+            EngineKind::Sled,
+        )),
+    ));
+    all
+}
+
+fn collect(engine: &dyn Engine, table: Table, range: KeyRange, dir: Direction) -> Vec<Vec<u8>> {
+    let snap = engine.snapshot().unwrap();
+    let mut keys = Vec::new();
+    snap.scan(table, &range, dir, &mut |k, _| {
+        keys.push(k.to_vec());
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    keys
+}
+
+#[test]
+fn engine_put_get_delete_and_reopen() {
+    for (name, mut h) in harnesses() {
+        let engine = h.open();
+        let mut batch = WriteBatch::new();
+        batch.put(Table::Meta, b"a".to_vec(), b"1".to_vec());
+        batch.put(Table::Meta, b"b".to_vec(), b"2".to_vec());
+        batch.put(Table::Devices, b"a".to_vec(), b"other table".to_vec());
+        batch.put(Table::Meta, b"a".to_vec(), b"1b".to_vec()); // later change wins
+        batch.delete(Table::Meta, b"b".to_vec());
+        engine.commit(&batch).unwrap();
+        drop(engine);
+
+        let engine = h.open();
+        let snap = engine.snapshot().unwrap();
+        assert_eq!(
+            snap.get(Table::Meta, b"a").unwrap().as_deref(),
+            Some(&b"1b"[..]),
+            "{name}"
+        );
+        assert_eq!(snap.get(Table::Meta, b"b").unwrap(), None, "{name}");
+        assert_eq!(
+            snap.get(Table::Devices, b"a").unwrap().as_deref(),
+            Some(&b"other table"[..])
+        );
+        assert_eq!(
+            snap.get(Table::Readings, b"a").unwrap(),
+            None,
+            "{name}: tables are separate"
+        );
+    }
+}
+
+#[test]
+fn engine_scans_in_order_both_ways_with_ranges_and_early_stop() {
+    for (name, mut h) in harnesses() {
+        let engine = h.open();
+        let mut batch = WriteBatch::new();
+        for i in [5u64, 1, 300, 2, 256, 255] {
+            batch.put(Table::Readings, i.to_be_bytes().to_vec(), vec![i as u8]);
+        }
+        batch.put(Table::Latest, vec![0xff, 0xff], vec![]);
+        batch.put(Table::Latest, vec![0xff], vec![]);
+        batch.put(Table::Latest, vec![0x01, 0x02], vec![]);
+        engine.commit(&batch).unwrap();
+        let nums = |keys: Vec<Vec<u8>>| -> Vec<u64> {
+            keys.into_iter()
+                .map(|k| u64::from_be_bytes(k.try_into().unwrap()))
+                .collect()
+        };
+        let all = collect(
+            &*engine,
+            Table::Readings,
+            KeyRange::all(),
+            Direction::Forward,
+        );
+        assert_eq!(nums(all), vec![1, 2, 5, 255, 256, 300], "{name}");
+        let rev = collect(
+            &*engine,
+            Table::Readings,
+            KeyRange::all(),
+            Direction::Reverse,
+        );
+        assert_eq!(nums(rev), vec![300, 256, 255, 5, 2, 1], "{name}");
+        let mid = KeyRange::between(2u64.to_be_bytes().to_vec(), 256u64.to_be_bytes().to_vec());
+        assert_eq!(
+            nums(collect(
+                &*engine,
+                Table::Readings,
+                mid.clone(),
+                Direction::Forward
+            )),
+            vec![2, 5, 255]
+        );
+        assert_eq!(
+            nums(collect(&*engine, Table::Readings, mid, Direction::Reverse)),
+            vec![255, 5, 2]
+        );
+        // A prefix of all 0xff bytes has no successor: the range runs to the end of the table.
+        let ff = collect(
+            &*engine,
+            Table::Latest,
+            KeyRange::prefix(&[0xff]),
+            Direction::Forward,
+        );
+        assert_eq!(ff, vec![vec![0xff], vec![0xff, 0xff]], "{name}");
+
+        let snap = engine.snapshot().unwrap();
+        let mut seen = 0;
+        snap.scan(
+            Table::Readings,
+            &KeyRange::all(),
+            Direction::Reverse,
+            &mut |_, _| {
+                seen += 1;
+                if seen == 2 {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            },
+        )
+        .unwrap();
+        assert_eq!(seen, 2, "{name}: scan stops when the visitor breaks");
+    }
+}
+
+fn reading(
+    device: &str,
+    seq: Option<u32>,
+    ts: Option<u64>,
+    metrics: &[(&str, OwnedValue)],
+) -> NewReading {
+    NewReading {
+        device: device.into(),
+        transport: Transport::Mqtt,
+        seq,
+        timestamp_ms: ts,
+        received_ms: 1_000_000,
+        metrics: metrics
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.clone()))
+            .collect(),
+    }
+}
+
+fn query(device: &str, order: Order, limit: usize) -> ReadingsQuery {
+    ReadingsQuery {
+        device: device.into(),
+        metric: None,
+        from_ms: None,
+        to_ms: None,
+        order,
+        limit,
+        after: None,
+    }
+}
+
+#[test]
+fn store_appends_reads_back_and_keeps_everything_across_reopen() {
+    for (name, mut h) in harnesses() {
+        let store = Store::open(h.open()).unwrap();
+        let batch = vec![
+            reading(
+                "dev-1",
+                Some(7),
+                Some(1000),
+                &[
+                    ("temp", OwnedValue::F64(21.5)),
+                    ("door", OwnedValue::Bool(false)),
+                ],
+            ),
+            reading(
+                "dev-2",
+                None,
+                None,
+                &[("label", OwnedValue::Str("a".into()))],
+            ),
+            reading(
+                "dev-1",
+                Some(8),
+                Some(2000),
+                &[
+                    ("temp", OwnedValue::F64(22.0)),
+                    ("count", OwnedValue::I64(-3)),
+                ],
+            ),
+        ];
+        let assigned = store.append(&batch).unwrap();
+        assert_eq!(
+            assigned.iter().map(|a| a.offset).collect::<Vec<_>>(),
+            vec![0, 1, 2],
+            "{name}"
+        );
+        assert_eq!(
+            assigned[1].seq, 0,
+            "{name}: a device without seq gets one assigned"
+        );
+        drop(store);
+
+        let store = Store::open(h.open()).unwrap();
+        assert_eq!(
+            store.next_offset().unwrap(),
+            3,
+            "{name}: offsets survive reopen"
+        );
+        let more = store
+            .append(&[reading(
+                "dev-2",
+                None,
+                None,
+                &[("label", OwnedValue::Str("b".into()))],
+            )])
+            .unwrap();
+        assert_eq!(more, vec![Appended { offset: 3, seq: 1 }], "{name}");
+
+        let page = store
+            .readings(&query("dev-1", Order::Oldest, 10))
+            .unwrap()
+            .unwrap();
+        assert_eq!(page.readings.len(), 2, "{name}");
+        assert_eq!(page.readings[0].seq, 7);
+        assert_eq!(page.readings[0].timestamp_ms, 1000);
+        assert!(
+            page.readings[0]
+                .metrics
+                .contains(&("temp".into(), OwnedValue::F64(21.5)))
+        );
+        assert_eq!(page.next, None);
+
+        let latest = store.latest("dev-1").unwrap().unwrap();
+        let names: Vec<_> = latest.iter().map(|l| l.metric.as_str()).collect();
+        assert_eq!(names, vec!["count", "door", "temp"], "{name}");
+        let temp = latest.iter().find(|l| l.metric == "temp").unwrap();
+        assert_eq!(
+            (temp.value.clone(), temp.timestamp_ms, temp.offset),
+            (OwnedValue::F64(22.0), 2000, 2)
+        );
+
+        let devices = store.devices(None, 10).unwrap();
+        assert_eq!(
+            devices
+                .iter()
+                .map(|d| d.record.name.as_str())
+                .collect::<Vec<_>>(),
+            vec!["dev-1", "dev-2"]
+        );
+        assert_eq!(devices[0].record.readings, 2);
+        assert_eq!(devices[0].record.last_seq, Some(8));
+        assert_eq!(
+            store.devices(Some("dev-1"), 10).unwrap().len(),
+            1,
+            "{name}: paging by id"
+        );
+        assert!(store.device("nope").unwrap().is_none());
+        assert!(store.latest("nope").unwrap().is_none());
+        assert!(
+            store
+                .readings(&query("nope", Order::Oldest, 10))
+                .unwrap()
+                .is_none()
+        );
+    }
+}
+
+#[test]
+fn store_pages_by_cursor_in_both_orders_with_time_and_metric_filters() {
+    for (name, mut h) in harnesses() {
+        let store = Store::open(h.open()).unwrap();
+        let batch: Vec<_> = (0..25u64)
+            .map(|i| {
+                let mut metrics = vec![("temp", OwnedValue::F64(i as f64))];
+                if i % 5 == 0 {
+                    metrics.push(("door", OwnedValue::Bool(true)));
+                }
+                // Timestamps out of arrival order: the index orders by time, not by offset.
+                reading("d", Some(i as u32), Some(10_000 - i * 100), &metrics)
+            })
+            .collect();
+        store.append(&batch).unwrap();
+
+        for order in [Order::Oldest, Order::Newest] {
+            let mut after = None;
+            let mut seen = Vec::new();
+            loop {
+                let mut q = query("d", order, 7);
+                q.after = after;
+                let page = store.readings(&q).unwrap().unwrap();
+                seen.extend(page.readings.iter().map(|r| r.timestamp_ms));
+                match page.next {
+                    Some(p) => after = Some(p),
+                    None => break,
+                }
+            }
+            let mut expected: Vec<u64> = (0..25u64).map(|i| 10_000 - i * 100).collect();
+            expected.sort();
+            if order == Order::Newest {
+                expected.reverse();
+            }
+            assert_eq!(seen, expected, "{name} {order:?}");
+        }
+
+        let mut q = query("d", Order::Oldest, 100);
+        q.from_ms = Some(8_000);
+        q.to_ms = Some(9_000);
+        let page = store.readings(&q).unwrap().unwrap();
+        let ts: Vec<_> = page.readings.iter().map(|r| r.timestamp_ms).collect();
+        assert_eq!(
+            ts,
+            (0..10).map(|i| 8_000 + i * 100).collect::<Vec<_>>(),
+            "{name}: from inclusive, to exclusive"
+        );
+
+        let mut q = query("d", Order::Oldest, 100);
+        q.metric = Some("door".into());
+        let page = store.readings(&q).unwrap().unwrap();
+        assert_eq!(page.readings.len(), 5, "{name}");
+        assert!(
+            page.readings
+                .iter()
+                .all(|r| r.metrics.len() == 1 && r.metrics[0].0 == "door")
+        );
+        q.metric = Some("never-sent".into());
+        assert!(store.readings(&q).unwrap().unwrap().readings.is_empty());
+    }
+}
+
+#[test]
+fn store_refuses_a_newer_schema() {
+    let engine = MemoryEngine::new();
+    let mut batch = WriteBatch::new();
+    batch.put(
+        Table::Meta,
+        records::META_SCHEMA_VERSION.to_vec(),
+        (SCHEMA_VERSION + 1).to_be_bytes().to_vec(),
+    );
+    engine.commit(&batch).unwrap();
+    assert!(matches!(
+        Store::open(Arc::new(engine)),
+        Err(StoreError::SchemaTooNew { .. })
+    ));
+}
+
+#[test]
+fn tokens_round_trip() {
+    for (name, mut h) in harnesses() {
+        let store = Store::open(h.open()).unwrap();
+        let record = TokenRecord {
+            name: "admin".into(),
+            scopes: vec!["admin".into()],
+            devices: vec![],
+            created_ms: 5,
+            expires_ms: None,
+            revoked: false,
+        };
+        store.put_token(&[1, 2, 3], &record).unwrap();
+        drop(store);
+        let store = Store::open(h.open()).unwrap();
+        assert_eq!(
+            store.tokens().unwrap(),
+            vec![(vec![1, 2, 3], record)],
+            "{name}"
+        );
+    }
+}
