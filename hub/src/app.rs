@@ -25,6 +25,8 @@ use crate::ingest::{IngestStats, now_ms};
 use crate::store::writer::{StoreWriter, WriterStats};
 use crate::store::{self, Store, StoreError, TokenRecord};
 
+/// How long start-up waits for the subscription on the embedded broker.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for open API requests.
 const API_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -158,6 +160,7 @@ pub async fn run(
     let writer_stats = Arc::new(WriterStats::default());
     let (submissions_tx, submissions_rx) = mpsc::channel(config.ingest.queue);
     let (link_tx, link_rx) = watch::channel(Link::Down);
+    let ready_link_rx = link_rx.clone();
 
     let tasks = TaskTracker::new();
     let ingest_shutdown = CancellationToken::new();
@@ -203,6 +206,19 @@ pub async fn run(
 
     if let Some(secret_path) = token_created {
         tracing::info!(path = %secret_path.display(), "made the admin token");
+    }
+    // With the embedded broker, a message published before the hub's subscription exists has no
+    // subscriber and is dropped: ready means subscribed. An external broker may be down for a
+    // while; its persistent session keeps messages for the hub, so the hub does not wait for it.
+    if embedded.is_some() {
+        let mut link = ready_link_rx;
+        let subscribed = link.wait_for(|l| *l == Link::Up);
+        if tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribed)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the embedded broker did not accept the hub's subscription in time");
+        }
     }
     on_ready(Bound {
         api: api_addr,

@@ -1,0 +1,85 @@
+//! The command line: print-config, check-config, and configuration errors that list every problem.
+
+use std::process::Command;
+
+use crate::harness::binary;
+
+#[test]
+fn print_config_prints_a_config_that_check_config_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(binary("hub"))
+        .arg("print-config")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let example = String::from_utf8(out.stdout).unwrap();
+    assert!(example.contains("[api]") && example.contains("listen"));
+    let path = dir.path().join("hub.toml");
+    std::fs::write(&path, &example).unwrap();
+    let out = Command::new(binary("hub"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn check_config_lists_every_problem_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hub.toml");
+    std::fs::write(
+        &path,
+        "[api]\nlisten = \"nowhere\"\nmax_page = 0\n[mqtt]\nbroker = \"amqp://x\"\n",
+    )
+    .unwrap();
+    let out = Command::new(binary("hub"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in ["api.listen", "api.max_page", "mqtt.broker"] {
+        assert!(err.contains(needle), "{needle} not in: {err}");
+    }
+    // A typo in a key is named, not ignored.
+    std::fs::write(&path, "[api]\nlisen = \"127.0.0.1:1\"\n").unwrap();
+    let out = Command::new(binary("hub"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lisen"));
+    // The environment is checked too.
+    let out = Command::new(binary("hub"))
+        .arg("check-config")
+        .env("HUB_INGEST__BATCH_MAX", "0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ingest.batch_max"));
+}
+
+#[test]
+fn a_taken_port_is_a_clear_error_and_a_non_zero_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(binary("hub"))
+        .current_dir(dir.path())
+        .args(["--api-listen", &addr, "--mqtt-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&addr) && err.contains("API cannot listen"),
+        "{err}"
+    );
+}

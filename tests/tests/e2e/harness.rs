@@ -1,0 +1,359 @@
+//! Runs the real `hub` binary (and firmware-sim, mosquitto, mosquitto_pub) for end-to-end tests.
+//!
+//! Binaries come from the workspace's target directory: `tests/run` builds them before the tests.
+//! Every child process is killed by a `Drop` guard, so a failing test never leaves one running.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+/// Generous deadlines: CI machines are shared and slow; polls return as soon as the thing is there.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The path of a workspace binary, built by `tests/run` (or `cargo build -p hub -p firmware-sim`).
+pub fn binary(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let path = target.join("debug").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with tests/run, or `cargo build -p hub -p firmware-sim` first",
+        path.display()
+    );
+    path
+}
+
+/// Installs the TLS provider for the test's HTTP client, once.
+pub fn init_tls() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// A free TCP port on loopback for a server the test starts: a broker, say.
+///
+/// Ports come from a range below the kernel's ephemeral ports (32768 and up on Linux), handed out
+/// once each per test process, so neither another test's server nor an outgoing client socket can
+/// take one between this check and the server's own bind. (Binding port 0 and releasing it is not
+/// safe: the kernel hands the same port to the next bind(0) or connect().)
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        20_000 + (std::process::id() % 600) as u16 * 20,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::SeqCst);
+        assert!(port < 32_000, "ran out of test ports");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A running hub.
+pub struct Hub {
+    child: Option<Child>,
+    /// The data directory.
+    pub data: PathBuf,
+    /// Where its stderr goes.
+    pub log_path: PathBuf,
+    /// The API address.
+    pub api: SocketAddr,
+    /// The embedded broker's address, if it runs one.
+    pub mqtt: Option<SocketAddr>,
+    /// Lines the hub printed on stdout up to readiness.
+    pub stdout: Vec<String>,
+}
+
+impl Hub {
+    /// Starts a hub with its data in `root/hub-data`, on free ports, plus `args`.
+    pub fn start(root: &Path, args: &[&str]) -> Hub {
+        // The API binds port 0 itself and reports it; the broker gets a port of its own (see free_port).
+        let mqtt = format!("127.0.0.1:{}", free_port());
+        Self::start_in(
+            root,
+            &["--api-listen", "127.0.0.1:0", "--mqtt-listen", &mqtt],
+            args,
+        )
+    }
+
+    /// Starts a hub with exactly `base` and `args` as flags, in `root` as working directory.
+    pub fn start_in(root: &Path, base: &[&str], args: &[&str]) -> Hub {
+        let data = root.join("hub-data");
+        let log_path = root.join(format!("hub-{}.log", std::process::id() ^ rand_suffix()));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut child = Command::new(binary("hub"))
+            .current_dir(root)
+            .args(base)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env("HUB_LOG__LEVEL", "info,hub=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start hub");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut hub = Hub {
+            child: Some(child),
+            data,
+            log_path,
+            api: "0.0.0.0:0".parse().unwrap(),
+            mqtt: None,
+            stdout: vec![],
+        };
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    hub.stdout.push(line.clone());
+                    if let Some(rest) = line.strip_prefix("hub ready: ") {
+                        for part in rest.split_whitespace() {
+                            if let Some(api) = part.strip_prefix("api=https://") {
+                                hub.api = api.parse().unwrap();
+                            } else if let Some(mqtt) = part.strip_prefix("mqtt=") {
+                                hub.mqtt = mqtt.parse().ok();
+                            }
+                        }
+                        // Keep reading the rest of stdout in the background.
+                        if let Ok(next) = rx.recv_timeout(Duration::from_secs(2)) {
+                            hub.stdout.push(next);
+                        }
+                        std::thread::spawn(move || while rx.recv().is_ok() {});
+                        return hub;
+                    }
+                }
+                Err(_) => panic!("hub did not become ready; log:\n{}", hub.log()),
+            }
+        }
+    }
+
+    /// The embedded broker's port.
+    pub fn mqtt_port(&self) -> u16 {
+        self.mqtt.expect("hub runs the embedded broker").port()
+    }
+
+    /// The admin token from the first run.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data.join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    /// An HTTPS client that trusts the hub's CA and nothing else.
+    pub fn client(&self) -> reqwest::Client {
+        init_tls();
+        let ca = std::fs::read(self.data.join("tls/ca.crt")).unwrap();
+        reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()])
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap()
+    }
+
+    /// `https://localhost:<port><path>`: the name the server certificate is made for.
+    pub fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.api.port())
+    }
+
+    /// GET with the admin token; returns status and JSON body.
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let response = self
+            .client()
+            .get(self.url(path))
+            .bearer_auth(self.token())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body = response.json().await.unwrap_or(serde_json::Value::Null);
+        (status, body)
+    }
+
+    /// Everything the hub logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn stop(mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        signal(&child, "TERM");
+        wait_with_deadline(&mut child)
+            .unwrap_or_else(|| panic!("hub did not stop on SIGTERM; log:\n{}", self.log()))
+    }
+
+    /// Kills the hub with SIGKILL, as a power cut would stop it.
+    pub fn kill9(mut self) {
+        let mut child = self.child.take().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- hub log ({}) ----\n{}",
+                self.log_path.display(),
+                self.log()
+            );
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn rand_suffix() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn wait_with_deadline(child: &mut Child) -> Option<ExitStatus> {
+    let deadline = Instant::now() + DEADLINE;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// Publishes with the real `mosquitto_pub`.
+pub fn mosquitto_pub(port: u16, topic: &str, payload: &[u8], qos: u8) {
+    use std::io::Write;
+    let mut child = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            topic,
+            "-q",
+            &qos.to_string(),
+            "-s",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_pub (Debian package mosquitto-clients) must be installed");
+    child.stdin.take().unwrap().write_all(payload).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "mosquitto_pub failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after the deadline.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(t) = check().await {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A real mosquitto broker on a free loopback port.
+pub struct Mosquitto {
+    child: Option<Child>,
+    /// Its port.
+    pub port: u16,
+    conf: PathBuf,
+}
+
+impl Mosquitto {
+    /// Starts mosquitto with a config of its own in `dir`.
+    pub fn start(dir: &Path) -> Mosquitto {
+        let port = free_port();
+        let conf = dir.join(format!("mosquitto-{port}.conf"));
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\n"),
+        )
+        .unwrap();
+        let mut m = Mosquitto {
+            child: None,
+            port,
+            conf,
+        };
+        m.restart();
+        m
+    }
+
+    /// (Re)starts the broker process on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&self.conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto (Debian package mosquitto) must be installed");
+        self.child = Some(child);
+        let deadline = Instant::now() + DEADLINE;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the broker.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
