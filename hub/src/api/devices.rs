@@ -199,12 +199,12 @@ pub(super) async fn readings(
             )));
         }
     };
-    if let Some(m) = &p.metric {
-        if !device_protocol::is_valid_id(m) {
-            return Err(ApiError::BadRequest(
-                "`metric` must be 1 to 64 characters of A-Z a-z 0-9 . _ -".into(),
-            ));
-        }
+    if let Some(m) = &p.metric
+        && !device_protocol::is_valid_id(m)
+    {
+        return Err(ApiError::BadRequest(
+            "`metric` must be 1 to 64 characters of A-Z a-z 0-9 . _ -".into(),
+        ));
     }
     let from_ms = p
         .from
@@ -215,10 +215,10 @@ pub(super) async fn readings(
         p.to.as_deref()
             .map(|t| params::parse_time("to", t, now))
             .transpose()?;
-    if let (Some(f), Some(t)) = (from_ms, to_ms) {
-        if f > t {
-            return Err(ApiError::BadRequest("`from` is after `to`".into()));
-        }
+    if let (Some(f), Some(t)) = (from_ms, to_ms)
+        && f > t
+    {
+        return Err(ApiError::BadRequest("`from` is after `to`".into()));
     }
     let query = ReadingsQuery {
         device: id.clone(),

@@ -110,14 +110,12 @@ impl Engine for RedbEngine {
                 let table = match change {
                     Change::Put { table, .. } | Change::Delete { table, .. } => *table,
                 };
-                if !open.contains_key(&table) {
-                    let handle = txn
-                        .open_table(definition(table))
-                        .map_err(EngineError::engine)?;
-                    open.insert(table, handle);
-                }
-                let Some(handle) = open.get_mut(&table) else {
-                    continue;
+                let handle = match open.entry(table) {
+                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(e) => e.insert(
+                        txn.open_table(definition(table))
+                            .map_err(EngineError::engine)?,
+                    ),
                 };
                 match change {
                     Change::Put { key, value, .. } => {

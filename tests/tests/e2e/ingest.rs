@@ -90,7 +90,7 @@ async fn bad_input_is_counted_logged_and_skipped_and_the_hub_keeps_going() {
             "bad_device_id",
         ),
         (
-            &"devices/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa/telemetry",
+            "devices/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa/telemetry",
             br#"{"a":1}"#.to_vec(),
             "bad_device_id",
         ),
