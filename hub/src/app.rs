@@ -166,7 +166,12 @@ pub async fn run(
     let ingest_shutdown = CancellationToken::new();
     let api_shutdown = CancellationToken::new();
 
-    let writer = StoreWriter::new(store.clone(), config.ingest.batch_max, writer_stats);
+    let writer = StoreWriter::new(
+        store.clone(),
+        config.ingest.batch_max,
+        config.ingest.batch_window.0,
+        writer_stats,
+    );
     let writer_task = tasks.spawn(writer.run(submissions_rx));
 
     let mqtt = MqttIngest::new(

@@ -80,6 +80,8 @@ pub struct IngestConfig {
     pub queue: usize,
     /// Most readings in one durable commit.
     pub batch_max: usize,
+    /// How long a commit waits after its first reading for more to share its fsync.
+    pub batch_window: HumanDuration,
     /// Largest accepted telemetry payload.
     pub max_payload: ByteSize,
 }
@@ -89,6 +91,7 @@ impl Default for IngestConfig {
         IngestConfig {
             queue: 4096,
             batch_max: 1024,
+            batch_window: HumanDuration(Duration::from_millis(2)),
             max_payload: ByteSize(16 << 10),
         }
     }
@@ -340,6 +343,12 @@ impl Config {
         }
         if !(1..=65_536).contains(&self.ingest.batch_max) {
             problems.push("ingest.batch_max: must be 1 to 65536".into());
+        }
+        if self.ingest.batch_window.0 > Duration::from_secs(1) {
+            problems.push("ingest.batch_window: at most 1s (acks wait for it)".into());
+        }
+        if self.ingest.batch_window.0 > Duration::from_secs(1) {
+            problems.push("ingest.batch_window: at most 1s (acks wait for it)".into());
         }
         if !(64..=(1 << 20)).contains(&self.ingest.max_payload.0) {
             problems.push("ingest.max_payload: must be 64B to 1MiB".into());

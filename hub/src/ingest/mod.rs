@@ -3,14 +3,14 @@
 //! - `broker`: the embedded MQTT broker (rumqttd) devices connect to.
 //! - `mqtt`: the hub's MQTT client (rumqttc), subscribed to device topics on the embedded or an
 //!   external broker; it acks a QoS 1 message to the broker only once its reading is durable.
-//! - `telemetry`: turns a topic and payload into a reading, or a reason to skip it.
+//! - `decode`: turns what devices send into store items, or a reason to skip it.
 //!
 //! Bad input is counted by reason and logged at most once a second per reason; it never stops
 //! ingest.
 
 pub mod broker;
+pub mod decode;
 pub mod mqtt;
-pub mod telemetry;
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,8 +25,14 @@ pub enum Rejection {
     BadDeviceId,
     /// The payload is larger than `ingest.max_payload`.
     TooLarge,
-    /// The payload is not valid telemetry.
+    /// The payload is not valid telemetry or not a valid message.
     BadPayload,
+    /// A serial frame was garbled (COBS, CRC) or too long.
+    BadFrame,
+    /// A serial line sent telemetry before saying which device it is.
+    UnknownDevice,
+    /// A message this hub version does not handle.
+    Unsupported,
 }
 
 impl Rejection {
@@ -45,6 +51,9 @@ impl Rejection {
             Rejection::BadDeviceId => "bad_device_id",
             Rejection::TooLarge => "too_large",
             Rejection::BadPayload => "bad_payload",
+            Rejection::BadFrame => "bad_frame",
+            Rejection::UnknownDevice => "unknown_device",
+            Rejection::Unsupported => "unsupported",
         }
     }
 }
@@ -54,8 +63,8 @@ impl Rejection {
 pub struct IngestStats {
     /// Messages accepted and handed to the store writer.
     pub accepted: AtomicU64,
-    rejected: [AtomicU64; 4],
-    last_logged: Mutex<[Option<Instant>; 4]>,
+    rejected: [AtomicU64; Rejection::ALL.len()],
+    last_logged: Mutex<[Option<Instant>; Rejection::ALL.len()]>,
 }
 
 /// Least time between two log lines for the same rejection reason.

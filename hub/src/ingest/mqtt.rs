@@ -1,5 +1,7 @@
-//! The hub's MQTT client: subscribes to device telemetry with QoS 1 in a persistent session and
-//! acks each message to the broker only after the store has made its reading durable.
+//! The hub's MQTT client: subscribes to device telemetry (JSON) and uplink (binary) topics with QoS 1
+//! in a persistent session, acks each message to the broker only after the store has made it
+//! durable, and then tells the device: `{"seq":n}` on `devices/{id}/ack` for JSON devices that send
+//! `seq`, `Ack` (and `TimeSync` after a `Hello`) on `devices/{id}/down` for binary ones.
 //!
 //! Two tasks share the connection. The session task alone polls rumqttc's event loop (polling is
 //! not cancel-safe, so it is never raced in a `select!`), decodes messages and hands them to the
@@ -9,13 +11,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::HashMap;
+
+use device_protocol::{Ack, Downlink, TimeSync};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{IngestStats, now_ms, telemetry};
-use crate::store::Appended;
+use super::decode::{self, Topic};
+use super::{IngestStats, now_ms};
 use crate::store::writer::{CommitFailed, Submission};
+use crate::store::{Applied, Ingest, Outcome};
 
 /// First wait after a failed connection; doubled up to [`RECONNECT_MAX`], with full jitter.
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
@@ -46,10 +52,25 @@ pub enum Link {
     Up,
 }
 
-type PendingAck = (
-    oneshot::Receiver<Result<Vec<Appended>, CommitFailed>>,
-    Publish,
-);
+/// What the device is told once its message is durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Reply {
+    /// Nothing (a device without seq, or a skipped message).
+    Nothing,
+    /// `{"seq":n}` on `devices/{id}/ack`.
+    Json(String),
+    /// `Ack` on `devices/{id}/down`.
+    Binary(String),
+    /// `TimeSync` on `devices/{id}/down`, after a `Hello`.
+    TimeSync(String),
+}
+
+/// A message waiting for its commit: the PUBACK to send (QoS 1) and the reply to the device.
+struct Pending {
+    done_rx: oneshot::Receiver<Result<Vec<Applied>, CommitFailed>>,
+    publish: Option<Publish>,
+    reply: Reply,
+}
 
 /// The MQTT ingest component.
 pub struct MqttIngest {
@@ -89,7 +110,7 @@ impl MqttIngest {
         // Room for every in-flight ack plus subscribe requests: try_ack then only fails while
         // the connection is down, and is retried.
         let (client, mut eventloop) = AsyncClient::new(options, inflight * 2 + 16);
-        let (acks_tx, acks_rx) = mpsc::channel::<PendingAck>(inflight * 2);
+        let (acks_tx, acks_rx) = mpsc::channel::<Pending>(inflight * 2);
         let acker = tokio::spawn(ack_in_order(client.clone(), acks_rx, shutdown.clone()));
 
         let mut backoff = RECONNECT_MIN;
@@ -102,9 +123,9 @@ impl MqttIngest {
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     backoff = RECONNECT_MIN;
-                    if let Err(e) =
-                        client.try_subscribe(telemetry::TELEMETRY_FILTER, QoS::AtLeastOnce)
-                    {
+                    let filters = [decode::TELEMETRY_FILTER, decode::UP_FILTER]
+                        .map(|f| rumqttc::SubscribeFilter::new(f.to_owned(), QoS::AtLeastOnce));
+                    if let Err(e) = client.try_subscribe_many(filters) {
                         tracing::warn!(error = %e, "could not queue the subscription");
                     }
                 }
@@ -139,20 +160,41 @@ impl MqttIngest {
     async fn handle(
         &self,
         publish: Publish,
-        acks_tx: &mpsc::Sender<PendingAck>,
+        acks_tx: &mpsc::Sender<Pending>,
         shutdown: &CancellationToken,
     ) -> bool {
-        let decoded = telemetry::decode(
-            &publish.topic,
-            &publish.payload,
-            self.settings.max_payload,
-            now_ms(),
-        );
+        let received_ms = now_ms();
+        let decoded = decode::parse_topic(&publish.topic)
+            .map_err(|r| (r, String::new()))
+            .and_then(|topic| match topic {
+                Topic::Telemetry(device) => decode::json_telemetry(
+                    device,
+                    &publish.payload,
+                    self.settings.max_payload,
+                    received_ms,
+                )
+                .map(|r| {
+                    let reply = if r.seq.is_some() {
+                        Reply::Json(device.to_owned())
+                    } else {
+                        Reply::Nothing
+                    };
+                    (Ingest::Reading(r), reply)
+                }),
+                Topic::Up(device) => decode::mqtt_uplink(device, &publish.payload, received_ms)
+                    .map(|item| {
+                        let reply = match &item {
+                            Ingest::Hello(_) => Reply::TimeSync(device.to_owned()),
+                            Ingest::Reading(_) => Reply::Binary(device.to_owned()),
+                        };
+                        (item, reply)
+                    }),
+            });
         let (done_tx, done_rx) = oneshot::channel();
-        match decoded {
-            Ok(reading) => {
+        let reply = match decoded {
+            Ok((item, reply)) => {
                 let submission = Submission {
-                    readings: vec![reading],
+                    items: vec![item],
                     done_tx: Some(done_tx),
                 };
                 tokio::select! {
@@ -162,32 +204,56 @@ impl MqttIngest {
                 self.stats
                     .accepted
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                reply
             }
             Err((reason, detail)) => {
                 self.stats.reject(reason, &publish.topic, &detail);
                 // Skipped for good: acked at once so the broker does not redeliver it forever.
                 let _ = done_tx.send(Ok(Vec::new()));
+                Reply::Nothing
             }
-        }
-        if publish.qos == QoS::AtMostOnce {
+        };
+        let publish = (publish.qos != QoS::AtMostOnce).then_some(publish);
+        if publish.is_none() && reply == Reply::Nothing {
             return true;
         }
         tokio::select! {
             _ = shutdown.cancelled() => false,
-            sent = acks_tx.send((done_rx, publish)) => sent.is_ok(),
+            sent = acks_tx.send(Pending { done_rx, publish, reply }) => sent.is_ok(),
         }
     }
 }
 
-/// Sends each PUBACK once its commit is done, in arrival order. A failed commit is not acked, so
-/// the broker redelivers the message after the next reconnection.
+/// Once each commit is done, in arrival order: tells the device (its ack, or a time sync) and
+/// sends the PUBACK. A failed commit is neither acked nor answered, so the broker redelivers the
+/// message after the next reconnection and the device retransmits it.
 async fn ack_in_order(
     client: AsyncClient,
-    mut acks_rx: mpsc::Receiver<PendingAck>,
+    mut acks_rx: mpsc::Receiver<Pending>,
     shutdown: CancellationToken,
 ) {
-    while let Some((done_rx, publish)) = acks_rx.recv().await {
-        let Ok(Ok(_)) = done_rx.await else { continue };
+    // The highest ack each device was told, so a burst of readings gets one ack, not one each.
+    let mut told: HashMap<String, u32> = HashMap::new();
+    while let Some(pending) = acks_rx.recv().await {
+        let Ok(Ok(applied)) = pending.done_rx.await else {
+            continue;
+        };
+        if let Some((topic, payload)) = reply_message(&pending.reply, &applied, &mut told) {
+            // Best effort: a lost ack makes the device retransmit, and the retransmission is acked.
+            for _ in 0..20 {
+                match client.try_publish(topic.as_str(), QoS::AtMostOnce, false, payload.clone()) {
+                    Ok(()) => break,
+                    Err(_) if shutdown.is_cancelled() => break,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                }
+            }
+        }
+        if told.len() > MAX_TOLD_DEVICES {
+            told.clear();
+        }
+        let Some(publish) = pending.publish else {
+            continue;
+        };
         loop {
             match client.try_ack(&publish) {
                 Ok(()) => break,
@@ -195,6 +261,44 @@ async fn ack_in_order(
                 Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
             }
         }
+    }
+}
+
+/// Devices whose last ack is remembered; past this the memory is dropped (acks are then resent).
+const MAX_TOLD_DEVICES: usize = 100_000;
+
+/// The topic and payload of the reply to a device, if one is due.
+fn reply_message(
+    reply: &Reply,
+    applied: &[Applied],
+    told: &mut HashMap<String, u32>,
+) -> Option<(String, Vec<u8>)> {
+    let (device, binary) = match reply {
+        Reply::Nothing => return None,
+        Reply::TimeSync(device) => {
+            let sync = Downlink::TimeSync(TimeSync { unix_ms: now_ms() });
+            return Some((format!("devices/{device}/down"), sync.to_vec().ok()?));
+        }
+        Reply::Json(device) => (device, false),
+        Reply::Binary(device) => (device, true),
+    };
+    let first = applied.first()?;
+    let ack = first.ack?;
+    // A duplicate means the device missed an ack: always answer it. Otherwise skip an ack the
+    // device was already given.
+    let duplicate = matches!(first.outcome, Outcome::Duplicate { .. });
+    if !duplicate && told.get(device) == Some(&ack) {
+        return None;
+    }
+    told.insert(device.clone(), ack);
+    if binary {
+        let message = Downlink::Ack(Ack { seq: ack });
+        Some((format!("devices/{device}/down"), message.to_vec().ok()?))
+    } else {
+        Some((
+            format!("devices/{device}/ack"),
+            device_protocol::json::ack_json(ack).into_bytes(),
+        ))
     }
 }
 

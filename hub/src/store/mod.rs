@@ -12,6 +12,7 @@ pub mod engine;
 pub mod memory;
 pub mod records;
 mod redb_engine;
+pub mod sequence;
 #[cfg(feature = "sled")]
 mod sled_engine;
 #[cfg(test)]
@@ -195,13 +196,57 @@ pub struct ReadingsPage {
     pub next: Option<Position>,
 }
 
-/// What a committed batch assigned, in input order.
+/// A device introducing itself (binary `Hello`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceHello {
+    /// Device id (already validated).
+    pub device: String,
+    /// Transport it came over.
+    pub transport: Transport,
+    /// Firmware version.
+    pub firmware: String,
+    /// Protocol version it speaks.
+    pub protocol_version: u16,
+    /// When the hub received it.
+    pub received_ms: u64,
+}
+
+/// One thing for the store writer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ingest {
+    /// A reading to store.
+    Reading(NewReading),
+    /// A device registering or updating itself.
+    Hello(DeviceHello),
+}
+
+/// What became of one item of a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Appended {
-    /// Hub offset.
-    pub offset: u64,
-    /// Seq (given or assigned).
-    pub seq: u32,
+pub enum Outcome {
+    /// Stored at this offset with this seq (given or assigned).
+    Stored {
+        /// Hub offset.
+        offset: u64,
+        /// Seq.
+        seq: u32,
+    },
+    /// Already stored earlier: not stored again.
+    Duplicate {
+        /// Seq.
+        seq: u32,
+    },
+    /// A `Hello` was recorded.
+    Registered,
+}
+
+/// The outcome of an item and, for a device that sends seqs, its cumulative ack after the batch:
+/// every seq of its current run up to `ack` is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// What became of the item.
+    pub outcome: Outcome,
+    /// The device's ack, when it numbers its readings.
+    pub ack: Option<u32>,
 }
 
 #[derive(Default, Clone)]
@@ -214,6 +259,58 @@ struct Catalog {
 }
 
 impl Catalog {
+    /// The number of `name`, registering a new device when it has none.
+    fn device_number(
+        &mut self,
+        name: &str,
+        transport: Transport,
+        seen_ms: u64,
+    ) -> Result<u32, StoreError> {
+        if let Some(n) = self.device_numbers.get(name) {
+            return Ok(*n);
+        }
+        let n = u32::try_from(self.devices.len())
+            .map_err(|_| StoreError::Corrupt("device numbers exhausted".into()))?;
+        self.device_numbers.insert(name.to_owned(), n);
+        self.devices.insert(
+            n,
+            DeviceRecord {
+                name: name.to_owned(),
+                transport,
+                first_seen_ms: seen_ms,
+                last_seen_ms: seen_ms,
+                last_seq: None,
+                readings: 0,
+                firmware: None,
+                labels: BTreeMap::new(),
+                metrics: Vec::new(),
+                protocol_version: None,
+                seq_window: None,
+                duplicates: 0,
+            },
+        );
+        Ok(n)
+    }
+
+    /// The number of metric `name`, registering it (in `batch`) when new.
+    fn metric_number(&mut self, name: &str, batch: &mut WriteBatch) -> Result<u32, StoreError> {
+        if let Some(n) = self.metric_numbers.get(name) {
+            return Ok(*n);
+        }
+        if self.metric_names.len() >= MAX_METRICS {
+            return Err(StoreError::TooManyMetrics);
+        }
+        let n = self.metric_names.len() as u32;
+        self.metric_numbers.insert(name.to_owned(), n);
+        self.metric_names.push(name.to_owned());
+        batch.put(
+            Table::Metrics,
+            name.as_bytes().to_vec(),
+            n.to_be_bytes().to_vec(),
+        );
+        Ok(n)
+    }
+
     fn metric_name(&self, number: u32) -> String {
         self.metric_names
             .get(number as usize)
@@ -328,82 +425,88 @@ impl Store {
         Ok(self.catalog()?.next_offset)
     }
 
-    /// Stores `readings` in one durable transaction and returns what each was assigned.
-    /// Blocks until the batch is on disk.
-    pub fn append(&self, readings: &[NewReading]) -> Result<Vec<Appended>, StoreError> {
+    /// Stores readings only; see [`Store::apply`].
+    pub fn append(&self, readings: &[NewReading]) -> Result<Vec<Applied>, StoreError> {
+        let items: Vec<Ingest> = readings.iter().cloned().map(Ingest::Reading).collect();
+        self.apply(&items)
+    }
+
+    /// Applies `items` in one durable transaction and returns what became of each, in order.
+    /// Blocks until the batch is on disk. Retransmitted readings (same device and seq) are
+    /// recognised and not stored again.
+    pub fn apply(&self, items: &[Ingest]) -> Result<Vec<Applied>, StoreError> {
         let _writer = self.writer.lock().map_err(|_| StoreError::Poisoned)?;
         // Work on a copy, so a failed commit leaves the catalog as the disk has it.
         let mut cat = self.catalog()?.clone();
         let mut batch = WriteBatch::new();
         let mut touched = std::collections::BTreeSet::new();
         let mut latest: BTreeMap<(u32, u32), LatestRecord> = BTreeMap::new();
-        let mut assigned = Vec::with_capacity(readings.len());
+        let mut outcomes = Vec::with_capacity(items.len());
         let snap = self.engine.snapshot()?;
 
-        for reading in readings {
-            let device = match cat.device_numbers.get(&reading.device) {
-                Some(n) => *n,
-                None => {
-                    let n = u32::try_from(cat.devices.len())
-                        .map_err(|_| StoreError::Corrupt("device numbers exhausted".into()))?;
-                    cat.device_numbers.insert(reading.device.clone(), n);
-                    cat.devices.insert(
-                        n,
-                        DeviceRecord {
-                            name: reading.device.clone(),
-                            transport: reading.transport,
-                            first_seen_ms: reading.received_ms,
-                            last_seen_ms: reading.received_ms,
-                            last_seq: None,
-                            readings: 0,
-                            firmware: None,
-                            labels: BTreeMap::new(),
-                            metrics: Vec::new(),
-                        },
-                    );
-                    n
-                }
+        for item in items {
+            let (name, transport, received_ms) = match item {
+                Ingest::Reading(r) => (&r.device, r.transport, r.received_ms),
+                Ingest::Hello(h) => (&h.device, h.transport, h.received_ms),
             };
-            let mut metrics = Vec::with_capacity(reading.metrics.len());
-            for (name, value) in &reading.metrics {
-                let metric = match cat.metric_numbers.get(name) {
-                    Some(n) => *n,
-                    None => {
-                        if cat.metric_names.len() >= MAX_METRICS {
-                            return Err(StoreError::TooManyMetrics);
-                        }
-                        let n = cat.metric_names.len() as u32;
-                        cat.metric_numbers.insert(name.clone(), n);
-                        cat.metric_names.push(name.clone());
-                        batch.put(
-                            Table::Metrics,
-                            name.as_bytes().to_vec(),
-                            n.to_be_bytes().to_vec(),
-                        );
-                        n
-                    }
-                };
-                metrics.push((metric, value.clone()));
-            }
-            let offset = cat.next_offset;
-            cat.next_offset += 1;
+            let device = cat.device_number(name, transport, received_ms)?;
+            touched.insert(device);
             let Some(record) = cat.devices.get_mut(&device) else {
                 return Err(StoreError::Corrupt("device vanished from catalog".into()));
             };
+            record.last_seen_ms = record.last_seen_ms.max(received_ms);
+            record.transport = transport;
+            let reading = match item {
+                Ingest::Hello(hello) => {
+                    record.firmware = Some(hello.firmware.clone());
+                    record.protocol_version = Some(hello.protocol_version);
+                    outcomes.push((device, Outcome::Registered, false));
+                    continue;
+                }
+                Ingest::Reading(reading) => reading,
+            };
             let seq = match reading.seq {
-                Some(seq) => seq,
+                Some(seq) => {
+                    let verdict = record.seq_window.as_ref().map(|w| w.classify(seq));
+                    match verdict {
+                        Some(sequence::Verdict::Duplicate) => {
+                            record.duplicates += 1;
+                            outcomes.push((device, Outcome::Duplicate { seq }, true));
+                            continue;
+                        }
+                        Some(sequence::Verdict::New) => {
+                            if let Some(w) = record.seq_window.as_mut() {
+                                w.record(seq);
+                            }
+                        }
+                        None | Some(sequence::Verdict::Restart) => {
+                            if verdict.is_some() {
+                                tracing::warn!(device = %record.name, seq, "device sequence restarted; devices should keep seq across restarts");
+                            }
+                            record.seq_window = Some(sequence::SeqWindow::starting_at(seq));
+                        }
+                    }
+                    seq
+                }
                 None => record.last_seq.map_or(0, |s| s.wrapping_add(1)),
             };
             record.last_seq = Some(record.last_seq.map_or(seq, |s| s.max(seq)));
-            record.last_seen_ms = record.last_seen_ms.max(reading.received_ms);
-            record.transport = reading.transport;
             record.readings += 1;
+            let mut metrics = Vec::with_capacity(reading.metrics.len());
+            for (name, value) in &reading.metrics {
+                let metric = cat.metric_number(name, &mut batch)?;
+                metrics.push((metric, value.clone()));
+            }
+            let Some(record) = cat.devices.get_mut(&device) else {
+                return Err(StoreError::Corrupt("device vanished from catalog".into()));
+            };
             for (metric, _) in &metrics {
                 if !record.metrics.contains(metric) {
                     record.metrics.push(*metric);
                 }
             }
-            touched.insert(device);
+            let offset = cat.next_offset;
+            cat.next_offset += 1;
 
             let timestamp_ms = reading.timestamp_ms.unwrap_or(reading.received_ms);
             for (metric, value) in &metrics {
@@ -444,7 +547,11 @@ impl Store {
                 records::device_time_key(device, timestamp_ms, offset),
                 vec![],
             );
-            assigned.push(Appended { offset, seq });
+            outcomes.push((
+                device,
+                Outcome::Stored { offset, seq },
+                reading.seq.is_some(),
+            ));
         }
         drop(snap);
         for ((device, metric), record) in &latest {
@@ -469,8 +576,20 @@ impl Store {
             cat.next_offset.to_be_bytes().to_vec(),
         );
         self.engine.commit(&batch)?;
+        // Acks are cumulative: every item of a device gets the device's ack after the whole batch.
+        let applied = outcomes
+            .into_iter()
+            .map(|(device, outcome, numbered)| Applied {
+                outcome,
+                ack: numbered
+                    .then(|| cat.devices.get(&device))
+                    .flatten()
+                    .and_then(|r| r.seq_window.as_ref())
+                    .and_then(|w| w.ack()),
+            })
+            .collect();
         *self.catalog.write().map_err(|_| StoreError::Poisoned)? = cat;
-        Ok(assigned)
+        Ok(applied)
     }
 
     /// Devices ordered by id, starting after `after`, at most `limit`.

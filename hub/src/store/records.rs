@@ -65,6 +65,12 @@ pub struct DeviceRecord {
     pub labels: BTreeMap<String, String>,
     /// Metric numbers it has sent.
     pub metrics: Vec<u32>,
+    /// Protocol version from its `Hello`, if any.
+    pub protocol_version: Option<u16>,
+    /// Duplicate detection over the seqs it sends; `None` for a device that sends none.
+    pub seq_window: Option<super::sequence::SeqWindow>,
+    /// Readings refused as duplicates.
+    pub duplicates: u64,
 }
 
 /// The latest value of one metric of one device.

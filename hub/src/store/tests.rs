@@ -11,7 +11,7 @@ use super::memory::MemoryEngine;
 use super::*;
 
 /// Opens an engine, closes it and opens it again over the same data.
-trait Harness {
+pub(super) trait Harness {
     fn open(&mut self) -> Arc<dyn Engine>;
 }
 
@@ -22,7 +22,7 @@ impl Harness for Memory {
     }
 }
 
-struct OnDisk(tempfile::TempDir, EngineKind);
+pub(super) struct OnDisk(pub(super) tempfile::TempDir, pub(super) EngineKind);
 impl Harness for OnDisk {
     fn open(&mut self) -> Arc<dyn Engine> {
         open_engine(self.1, self.0.path(), 1 << 20).expect("open engine")
@@ -188,7 +188,7 @@ fn reading(
     }
 }
 
-fn query(device: &str, order: Order, limit: usize) -> ReadingsQuery {
+pub(super) fn query(device: &str, order: Order, limit: usize) -> ReadingsQuery {
     ReadingsQuery {
         device: device.into(),
         metric: None,
@@ -231,15 +231,26 @@ fn store_appends_reads_back_and_keeps_everything_across_reopen() {
             ),
         ];
         let assigned = store.append(&batch).unwrap();
+        let stored: Vec<_> = assigned.iter().map(|a| a.outcome).collect();
         assert_eq!(
-            assigned.iter().map(|a| a.offset).collect::<Vec<_>>(),
-            vec![0, 1, 2],
-            "{name}"
-        );
-        assert_eq!(
-            assigned[1].seq, 0,
+            stored,
+            vec![
+                Outcome::Stored { offset: 0, seq: 7 },
+                Outcome::Stored { offset: 1, seq: 0 },
+                Outcome::Stored { offset: 2, seq: 8 }
+            ],
             "{name}: a device without seq gets one assigned"
         );
+        assert_eq!(
+            assigned[0].ack,
+            Some(8),
+            "{name}: the ack is the device's after the batch"
+        );
+        assert_eq!(
+            assigned[1].ack, None,
+            "{name}: no ack for a device that sends no seq"
+        );
+
         drop(store);
 
         let store = Store::open(h.open()).unwrap();
@@ -256,7 +267,11 @@ fn store_appends_reads_back_and_keeps_everything_across_reopen() {
                 &[("label", OwnedValue::Str("b".into()))],
             )])
             .unwrap();
-        assert_eq!(more, vec![Appended { offset: 3, seq: 1 }], "{name}");
+        assert_eq!(
+            more[0].outcome,
+            Outcome::Stored { offset: 3, seq: 1 },
+            "{name}"
+        );
 
         let page = store
             .readings(&query("dev-1", Order::Oldest, 10))
@@ -405,5 +420,170 @@ fn tokens_round_trip() {
             vec![(vec![1, 2, 3], record)],
             "{name}"
         );
+    }
+}
+
+#[test]
+fn retransmissions_are_stored_once_even_across_reopen() {
+    for (name, mut h) in harnesses() {
+        let store = Store::open(h.open()).unwrap();
+        let batch: Vec<_> = (0..5)
+            .map(|s| reading("d", Some(s), None, &[("v", OwnedValue::I64(1))]))
+            .collect();
+        store.append(&batch).unwrap();
+        drop(store);
+        let store = Store::open(h.open()).unwrap();
+        let batch: Vec<_> = (3..8)
+            .map(|s| reading("d", Some(s), None, &[("v", OwnedValue::I64(2))]))
+            .collect();
+        let applied = store.append(&batch).unwrap();
+        let outcomes: Vec<_> = applied.iter().map(|a| a.outcome).collect();
+        assert_eq!(
+            outcomes,
+            vec![
+                Outcome::Duplicate { seq: 3 },
+                Outcome::Duplicate { seq: 4 },
+                Outcome::Stored { offset: 5, seq: 5 },
+                Outcome::Stored { offset: 6, seq: 6 },
+                Outcome::Stored { offset: 7, seq: 7 },
+            ],
+            "{name}"
+        );
+        assert!(applied.iter().all(|a| a.ack == Some(7)), "{name}");
+        let device = store.device("d").unwrap().unwrap();
+        assert_eq!(
+            (device.record.readings, device.record.duplicates),
+            (8, 2),
+            "{name}"
+        );
+        let page = store
+            .readings(&query("d", Order::Oldest, 100))
+            .unwrap()
+            .unwrap();
+        let seqs: Vec<_> = page.readings.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, (0..8).collect::<Vec<_>>(), "{name}");
+    }
+}
+
+#[test]
+fn hello_registers_firmware_and_protocol() {
+    for (name, mut h) in harnesses() {
+        let store = Store::open(h.open()).unwrap();
+        let hello = DeviceHello {
+            device: "bin-1".into(),
+            transport: Transport::Serial,
+            firmware: "1.2.3".into(),
+            protocol_version: 1,
+            received_ms: 5,
+        };
+        let applied = store.apply(&[Ingest::Hello(hello)]).unwrap();
+        assert_eq!(applied[0].outcome, Outcome::Registered);
+        drop(store);
+        let store = Store::open(h.open()).unwrap();
+        let device = store.device("bin-1").unwrap().unwrap();
+        assert_eq!(device.record.firmware.as_deref(), Some("1.2.3"), "{name}");
+        assert_eq!(device.record.protocol_version, Some(1));
+        assert_eq!(device.record.transport, Transport::Serial);
+        assert_eq!(
+            store.next_offset().unwrap(),
+            0,
+            "{name}: a hello is not a reading"
+        );
+    }
+}
+
+mod model {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A batch of (device index, seq or none).
+        Append(Vec<(u8, Option<u32>)>),
+        /// Close and open the store again.
+        Reopen,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => proptest::collection::vec((0u8..3, proptest::option::weighted(0.8, 0u32..40)), 1..12).prop_map(Op::Append),
+            1 => Just(Op::Reopen),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// The store against a model that remembers every (device, seq): each reading is stored
+        /// exactly once, offsets count up from 0 without gaps across reopen, hub-assigned seqs
+        /// count up per device, and the device's readings are exactly the model's.
+        #[test]
+        fn store_matches_a_simple_model(ops in proptest::collection::vec(op(), 1..25)) {
+            let mut harness = OnDisk(tempfile::tempdir().unwrap(), EngineKind::Redb);
+            let mut store = Store::open(harness.open()).unwrap();
+            // Per device: the seqs the device numbered (for dedup), every stored seq (a multiset:
+            // a hub-assigned seq may equal one the device sends later), and the highest seq.
+            let mut seen: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
+            let mut all: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+            let mut highest: BTreeMap<String, u32> = BTreeMap::new();
+            let mut first: BTreeMap<String, u32> = BTreeMap::new();
+            let mut next_offset = 0u64;
+            for op in ops {
+                match op {
+                    Op::Reopen => {
+                        drop(store);
+                        store = Store::open(harness.open()).unwrap();
+                    }
+                    Op::Append(items) => {
+                        let batch: Vec<NewReading> = items
+                            .iter()
+                            .map(|(d, seq)| {
+                                // Devices 0 and 1 send seqs; device 2 never does.
+                                let seq = if *d == 2 { None } else { *seq };
+                                reading(&format!("d{d}"), seq, None, &[("v", OwnedValue::I64(1))])
+                            })
+                            .collect();
+                        let applied = store.append(&batch).unwrap();
+                        for (r, a) in batch.iter().zip(&applied) {
+                            let set = seen.entry(r.device.clone()).or_default();
+                            let stored = all.entry(r.device.clone()).or_default();
+                            let high = highest.get(&r.device).copied();
+                            let expected = match r.seq {
+                                Some(s) => {
+                                    let start = *first.entry(r.device.clone()).or_insert(s);
+                                    (s >= start && set.insert(s)).then_some(s)
+                                }
+                                // Unnumbered: the next seq after the highest, outside dedup.
+                                None => Some(high.map_or(0, |h| h + 1)),
+                            };
+                            match expected {
+                                Some(s) => {
+                                    prop_assert_eq!(a.outcome, Outcome::Stored { offset: next_offset, seq: s });
+                                    next_offset += 1;
+                                    stored.push(s);
+                                    highest.insert(r.device.clone(), high.map_or(s, |h| h.max(s)));
+                                }
+                                None => {
+                                    prop_assert_eq!(a.outcome, Outcome::Duplicate { seq: r.seq.unwrap() });
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            prop_assert_eq!(store.next_offset().unwrap(), next_offset);
+            for (device, seqs) in &all {
+                let page = store.readings(&query(device, Order::Oldest, 10_000)).unwrap().unwrap();
+                let mut stored: Vec<u32> = page.readings.iter().map(|r| r.seq).collect();
+                stored.sort();
+                let mut expected = seqs.clone();
+                expected.sort();
+                prop_assert_eq!(stored, expected);
+            }
+
+        }
     }
 }

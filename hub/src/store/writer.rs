@@ -1,6 +1,7 @@
 //! The store writer: the one task that appends to the store. It takes submissions from every
-//! transport through one bounded channel, commits whatever has queued up (up to `batch_max`
-//! readings) in one durable transaction off the async workers, then answers each submission.
+//! transport through one bounded channel, commits a batch (at most `batch_max` items, gathered for
+//! at most `batch_window` after the first) in one durable transaction off the async workers, then
+//! answers each submission.
 //!
 //! Group commit falls out of the loop: while one commit is on disk, the next batch queues up.
 //! The writer stops when every sender is gone, after committing what was queued: stopping ingest
@@ -8,18 +9,19 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Appended, NewReading, Store};
+use super::{Applied, Ingest, Outcome, Store};
 
-/// Readings from one source message, and where to say when they are durable.
+/// The items of one source message, and where to say when they are durable.
 #[derive(Debug)]
 pub struct Submission {
-    /// The readings (usually one).
-    pub readings: Vec<NewReading>,
+    /// The items (usually one reading).
+    pub items: Vec<Ingest>,
     /// Told the outcome once the batch holding them is committed (or failed).
-    pub done_tx: Option<oneshot::Sender<Result<Vec<Appended>, CommitFailed>>>,
+    pub done_tx: Option<oneshot::Sender<Result<Vec<Applied>, CommitFailed>>>,
 }
 
 /// The batch holding a submission could not be committed; nothing of it is stored.
@@ -31,6 +33,8 @@ pub struct CommitFailed;
 pub struct WriterStats {
     /// Readings committed.
     pub readings: AtomicU64,
+    /// Readings recognised as retransmissions and not stored again.
+    pub duplicates: AtomicU64,
     /// Commits done.
     pub commits: AtomicU64,
     /// Commits that failed.
@@ -41,73 +45,71 @@ pub struct WriterStats {
 pub struct StoreWriter {
     store: Store,
     batch_max: usize,
+    batch_window: Duration,
     stats: Arc<WriterStats>,
 }
 
 impl StoreWriter {
-    /// A writer for `store` committing at most `batch_max` readings at once.
-    pub fn new(store: Store, batch_max: usize, stats: Arc<WriterStats>) -> Self {
+    /// A writer for `store` committing at most `batch_max` items at once, waiting at most
+    /// `batch_window` after the first item for more.
+    pub fn new(
+        store: Store,
+        batch_max: usize,
+        batch_window: Duration,
+        stats: Arc<WriterStats>,
+    ) -> Self {
         StoreWriter {
             store,
             batch_max: batch_max.max(1),
+            batch_window,
             stats,
         }
     }
 
     /// Runs until every sender of `submissions_rx` is dropped and the queue is empty.
     pub async fn run(self, mut submissions_rx: mpsc::Receiver<Submission>) {
-        let mut queued: Vec<Submission> = Vec::new();
         while let Some(first) = submissions_rx.recv().await {
-            let mut count = first.readings.len();
-            queued.push(first);
+            let mut count = first.items.len();
+            let mut batch = vec![first];
+            let window_ends = tokio::time::Instant::now() + self.batch_window;
             while count < self.batch_max {
-                match submissions_rx.try_recv() {
-                    Ok(next) => {
-                        count += next.readings.len();
-                        queued.push(next);
+                let next = match submissions_rx.try_recv() {
+                    Ok(next) => Some(next),
+                    Err(_) if self.batch_window.is_zero() => None,
+                    Err(_) => tokio::time::timeout_at(window_ends, submissions_rx.recv())
+                        .await
+                        .ok()
+                        .flatten(),
+                };
+                match next {
+                    Some(next) => {
+                        count += next.items.len();
+                        batch.push(next);
                     }
-                    Err(_) => break,
+                    None => break,
                 }
             }
-            let batch = std::mem::take(&mut queued);
             self.commit(batch).await;
         }
         tracing::debug!("store writer drained and stopped");
     }
 
     async fn commit(&self, batch: Vec<Submission>) {
-        let readings: Vec<NewReading> = batch
-            .iter()
-            .flat_map(|s| s.readings.iter().cloned())
-            .collect();
+        let items: Vec<Ingest> = batch.iter().flat_map(|s| s.items.iter().cloned()).collect();
         let store = self.store.clone();
-        let count = readings.len();
-        let outcome = tokio::task::spawn_blocking(move || store.append(&readings)).await;
-        match outcome {
-            Ok(Ok(assigned)) => {
-                self.stats
-                    .readings
-                    .fetch_add(count as u64, Ordering::Relaxed);
-                self.stats.commits.fetch_add(1, Ordering::Relaxed);
-                let mut assigned = assigned.into_iter();
-                for submission in batch {
-                    let mine: Vec<Appended> =
-                        assigned.by_ref().take(submission.readings.len()).collect();
-                    if let Some(done_tx) = submission.done_tx {
-                        // The submitter may have gone (shutdown); the readings are stored anyway.
-                        let _ = done_tx.send(Ok(mine));
-                    }
-                }
-            }
+        let count = items.len();
+        let outcome = tokio::task::spawn_blocking(move || store.apply(&items)).await;
+        let applied = match outcome {
+            Ok(Ok(applied)) => applied,
             failure => {
                 self.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
                 match failure {
                     Ok(Err(e)) => {
-                        tracing::error!(error = %e, readings = count, "commit failed; the readings were not acknowledged and will be redelivered")
+                        tracing::error!(error = %e, items = count, "commit failed; nothing of it was acknowledged, so devices and brokers send it again")
                     }
                     _ => tracing::error!(
-                        readings = count,
-                        "commit task died; the readings were not acknowledged"
+                        items = count,
+                        "commit task died; nothing of it was acknowledged"
                     ),
                 }
                 for submission in batch {
@@ -115,6 +117,30 @@ impl StoreWriter {
                         let _ = done_tx.send(Err(CommitFailed));
                     }
                 }
+                return;
+            }
+        };
+        let stored = applied
+            .iter()
+            .filter(|a| matches!(a.outcome, Outcome::Stored { .. }))
+            .count();
+        let duplicates = applied
+            .iter()
+            .filter(|a| matches!(a.outcome, Outcome::Duplicate { .. }))
+            .count();
+        self.stats
+            .readings
+            .fetch_add(stored as u64, Ordering::Relaxed);
+        self.stats
+            .duplicates
+            .fetch_add(duplicates as u64, Ordering::Relaxed);
+        self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        let mut applied = applied.into_iter();
+        for submission in batch {
+            let mine: Vec<Applied> = applied.by_ref().take(submission.items.len()).collect();
+            if let Some(done_tx) = submission.done_tx {
+                // The submitter may have gone (shutdown); the items are stored anyway.
+                let _ = done_tx.send(Ok(mine));
             }
         }
     }
@@ -123,8 +149,8 @@ impl StoreWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Transport;
     use crate::store::memory::MemoryEngine;
+    use crate::store::{NewReading, Outcome, Transport};
     use device_protocol::OwnedValue;
 
     fn reading(seq: u32) -> NewReading {
@@ -139,38 +165,47 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn answers_every_submission_in_order_and_drains_on_close() {
+    async fn answers_every_submission_in_order_with_acks_and_drains_on_close() {
         let store = Store::open(Arc::new(MemoryEngine::new())).unwrap();
         let stats = Arc::new(WriterStats::default());
-        let (tx, rx) = mpsc::channel(64);
+        let (tx, rx) = mpsc::channel(128);
         let mut answers = Vec::new();
-        for seq in 0..50 {
+        // 0..50, then 40..50 again: the retransmissions are answered but not stored.
+        for seq in (0..50).chain(40..50) {
             let (done_tx, done_rx) = oneshot::channel();
+            let items = vec![Ingest::Reading(reading(seq))];
             tx.send(Submission {
-                readings: vec![reading(seq)],
+                items,
                 done_tx: Some(done_tx),
             })
             .await
             .unwrap();
-            answers.push(done_rx);
+            answers.push((seq, done_rx));
         }
         drop(tx);
-        StoreWriter::new(store.clone(), 8, stats.clone())
+        let window = std::time::Duration::from_millis(1);
+        StoreWriter::new(store.clone(), 8, window, stats.clone())
             .run(rx)
             .await;
-        for (i, answer) in answers.into_iter().enumerate() {
-            let appended = answer.await.unwrap().unwrap();
-            assert_eq!(
-                appended,
-                vec![Appended {
+        for (i, (seq, answer)) in answers.into_iter().enumerate() {
+            let applied = answer.await.unwrap().unwrap();
+            assert_eq!(applied.len(), 1);
+            let expected = if i < 50 {
+                Outcome::Stored {
                     offset: i as u64,
-                    seq: i as u32
-                }]
-            );
+                    seq,
+                }
+            } else {
+                Outcome::Duplicate { seq }
+            };
+            assert_eq!(applied[0].outcome, expected);
+            let ack = applied[0].ack.unwrap();
+            assert!(ack >= seq, "the ack covers the reading once it is durable");
         }
         assert_eq!(stats.readings.load(Ordering::Relaxed), 50);
+        assert_eq!(stats.duplicates.load(Ordering::Relaxed), 10);
         assert!(
-            stats.commits.load(Ordering::Relaxed) >= 50 / 8,
+            stats.commits.load(Ordering::Relaxed) >= 60 / 8,
             "batched by at most batch_max"
         );
         assert_eq!(store.next_offset().unwrap(), 50);

@@ -1,0 +1,241 @@
+//! Turns what devices send into items for the store writer, or the reason to skip it. Pure
+//! functions, shared by the MQTT and serial transports, so every rule is tested here.
+
+use device_protocol::{OwnedValue, Uplink, json};
+
+use super::Rejection;
+use crate::store::{DeviceHello, Ingest, NewReading, Transport};
+
+/// Topic filter of JSON telemetry.
+pub const TELEMETRY_FILTER: &str = "devices/+/telemetry";
+/// Topic filter of binary (postcard) uplink messages.
+pub const UP_FILTER: &str = "devices/+/up";
+
+/// A device topic the hub reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topic<'a> {
+    /// `devices/{id}/telemetry`: JSON.
+    Telemetry(&'a str),
+    /// `devices/{id}/up`: postcard `Uplink`.
+    Up(&'a str),
+}
+
+/// Parses `devices/{id}/telemetry` or `devices/{id}/up`, checking the id.
+pub fn parse_topic(topic: &str) -> Result<Topic<'_>, Rejection> {
+    let rest = topic.strip_prefix("devices/").ok_or(Rejection::BadTopic)?;
+    let (id, kind) = rest.rsplit_once('/').ok_or(Rejection::BadTopic)?;
+    let parsed = match kind {
+        "telemetry" => Topic::Telemetry(id),
+        "up" => Topic::Up(id),
+        _ => return Err(Rejection::BadTopic),
+    };
+    if device_protocol::is_valid_id(id) {
+        Ok(parsed)
+    } else {
+        Err(Rejection::BadDeviceId)
+    }
+}
+
+/// Decodes JSON telemetry from `device`.
+pub fn json_telemetry(
+    device: &str,
+    payload: &[u8],
+    max_payload: usize,
+    received_ms: u64,
+) -> Result<NewReading, (Rejection, String)> {
+    if payload.len() > max_payload {
+        return Err((
+            Rejection::TooLarge,
+            format!("{} bytes, limit {max_payload}", payload.len()),
+        ));
+    }
+    let telemetry =
+        json::parse_telemetry(payload).map_err(|e| (Rejection::BadPayload, e.to_string()))?;
+    Ok(NewReading {
+        device: device.to_owned(),
+        transport: Transport::Mqtt,
+        seq: telemetry.seq,
+        timestamp_ms: telemetry.timestamp_ms,
+        received_ms,
+        metrics: telemetry.metrics,
+    })
+}
+
+/// Turns a decoded binary uplink from `device` into a store item.
+pub fn uplink(
+    message: &Uplink<'_>,
+    device: &str,
+    transport: Transport,
+    received_ms: u64,
+) -> Result<Ingest, (Rejection, String)> {
+    match message {
+        Uplink::Hello(hello) => Ok(Ingest::Hello(DeviceHello {
+            device: device.to_owned(),
+            transport,
+            firmware: hello.firmware.to_owned(),
+            protocol_version: hello.protocol_version,
+            received_ms,
+        })),
+        Uplink::Telemetry(t) => Ok(Ingest::Reading(NewReading {
+            device: device.to_owned(),
+            transport,
+            seq: Some(t.seq),
+            timestamp_ms: t.timestamp_ms,
+            received_ms,
+            metrics: t
+                .readings
+                .iter()
+                .map(|f| (f.name.to_owned(), OwnedValue::from(&f.value)))
+                .collect(),
+        })),
+        Uplink::CommandResult(_) => Err((
+            Rejection::Unsupported,
+            "command results are not handled by this hub version".into(),
+        )),
+        #[allow(unreachable_patterns)]
+        _ => Err((Rejection::Unsupported, "unknown uplink message".into())),
+    }
+}
+
+/// Decodes a binary uplink published on `devices/{device}/up`; a `Hello` must name that device.
+pub fn mqtt_uplink(
+    device: &str,
+    payload: &[u8],
+    received_ms: u64,
+) -> Result<Ingest, (Rejection, String)> {
+    let message = Uplink::decode(payload).map_err(|e| (Rejection::BadPayload, e.to_string()))?;
+    if let Uplink::Hello(hello) = &message
+        && hello.device_id != device
+    {
+        return Err((
+            Rejection::BadPayload,
+            format!("Hello names another device on {device}'s topic"),
+        ));
+    }
+    uplink(&message, device, Transport::Mqtt, received_ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use device_protocol::{Field, Fields, Hello, Telemetry, Value};
+
+    #[test]
+    fn topics_parse_and_bad_ones_are_named() {
+        assert_eq!(
+            parse_topic("devices/gh-1/telemetry"),
+            Ok(Topic::Telemetry("gh-1"))
+        );
+        assert_eq!(parse_topic("devices/gh-1/up"), Ok(Topic::Up("gh-1")));
+        assert_eq!(parse_topic("device/x/telemetry"), Err(Rejection::BadTopic));
+        assert_eq!(parse_topic("devices/x/down"), Err(Rejection::BadTopic));
+        assert_eq!(
+            parse_topic("devices/x/telemetry/more"),
+            Err(Rejection::BadTopic)
+        );
+        assert_eq!(
+            parse_topic("devices/x/y/telemetry"),
+            Err(Rejection::BadDeviceId)
+        );
+        assert_eq!(
+            parse_topic("devices/x y/telemetry"),
+            Err(Rejection::BadDeviceId)
+        );
+        assert_eq!(
+            parse_topic("devices//telemetry"),
+            Err(Rejection::BadDeviceId)
+        );
+        let long = format!("devices/{}/telemetry", "a".repeat(65));
+        assert_eq!(parse_topic(&long), Err(Rejection::BadDeviceId));
+    }
+
+    #[test]
+    fn flat_and_envelope_forms_become_readings() {
+        let r = json_telemetry("gh-1", br#"{"temp":21.5,"door":false}"#, 1024, 77).unwrap();
+        assert_eq!((r.seq, r.timestamp_ms, r.received_ms), (None, None, 77));
+        assert!(r.metrics.contains(&("temp".into(), OwnedValue::F64(21.5))));
+        assert!(
+            r.metrics
+                .contains(&("door".into(), OwnedValue::Bool(false)))
+        );
+        let r = json_telemetry(
+            "gh-1",
+            br#"{"seq":7,"ts":"2026-11-21T10:00:00Z","metrics":{"temp":1}}"#,
+            1024,
+            77,
+        )
+        .unwrap();
+        assert_eq!(r.seq, Some(7));
+        assert_eq!(r.timestamp_ms, Some(1_795_255_200_000));
+        assert_eq!(r.metrics, vec![("temp".into(), OwnedValue::I64(1))]);
+    }
+
+    #[test]
+    fn bad_sizes_and_payloads_are_rejected_with_a_reason() {
+        assert_eq!(
+            json_telemetry("x", &[b' '; 65], 64, 0).unwrap_err().0,
+            Rejection::TooLarge
+        );
+        for bad in [
+            &b"not json"[..],
+            b"[1,2]",
+            b"{}",
+            b"{\"a\":null}",
+            b"{\"a\":{\"b\":1}}",
+            b"\"s\"",
+        ] {
+            let (reason, detail) = json_telemetry("x", bad, 64, 0).unwrap_err();
+            assert_eq!(
+                reason,
+                Rejection::BadPayload,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+            assert!(!detail.is_empty());
+        }
+    }
+
+    #[test]
+    fn binary_uplinks_become_readings_and_hellos() {
+        let mut readings = Fields::new();
+        readings
+            .push(Field {
+                name: "t",
+                value: Value::F64(1.5),
+            })
+            .unwrap();
+        let telemetry = Uplink::Telemetry(Telemetry {
+            seq: 9,
+            timestamp_ms: Some(5),
+            readings,
+        });
+        let bytes = telemetry.to_vec().unwrap();
+        match mqtt_uplink("b-1", &bytes, 7).unwrap() {
+            Ingest::Reading(r) => {
+                assert_eq!(
+                    (r.seq, r.timestamp_ms, r.received_ms),
+                    (Some(9), Some(5), 7)
+                );
+                assert_eq!(r.metrics, vec![("t".into(), OwnedValue::F64(1.5))]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let hello = Uplink::Hello(Hello {
+            device_id: "b-1",
+            firmware: "2.0",
+            protocol_version: 1,
+        });
+        let bytes = hello.to_vec().unwrap();
+        assert!(
+            matches!(mqtt_uplink("b-1", &bytes, 7), Ok(Ingest::Hello(h)) if h.firmware == "2.0")
+        );
+        assert_eq!(
+            mqtt_uplink("b-2", &bytes, 7).unwrap_err().0,
+            Rejection::BadPayload
+        );
+        assert_eq!(
+            mqtt_uplink("b-1", b"\xff\xff", 7).unwrap_err().0,
+            Rejection::BadPayload
+        );
+    }
+}
