@@ -21,6 +21,8 @@ use crate::config::{Broker, Config};
 use crate::files;
 use crate::ingest::broker::{self, BrokerError, BrokerSettings};
 use crate::ingest::mqtt::{Link, MqttIngest, MqttSettings};
+use crate::ingest::serial::{SerialIngest, SerialSettings};
+
 use crate::ingest::{IngestStats, now_ms};
 use crate::store::writer::{StoreWriter, WriterStats};
 use crate::store::{self, Store, StoreError, TokenRecord};
@@ -133,8 +135,8 @@ pub async fn run(
             source,
         })?;
 
-    let (mqtt_host, mqtt_port, embedded) = match config.mqtt.broker() {
-        Ok(Broker::External { host, port }) => (host, port, None),
+    let (mqtt_host, mqtt_port, mqtt_tls, embedded) = match config.mqtt.broker() {
+        Ok(Broker::External { host, port, tls }) => (host, port, tls, None),
         // `validate` has checked both the broker and the listen address.
         _ => {
             let wanted: SocketAddr = config.mqtt.listen.parse().map_err(|_| BrokerError::Bind {
@@ -152,11 +154,26 @@ pub async fn run(
             } else {
                 listen.ip().to_string()
             };
-            (host, listen.port(), Some(listen))
+            (host, listen.port(), false, Some(listen))
         }
     };
 
+    let mqtt_tls_config = if mqtt_tls {
+        let client = config
+            .mqtt
+            .client_cert
+            .as_deref()
+            .zip(config.mqtt.client_key.as_deref());
+        Some(Arc::new(auth::tls::client_config(
+            config.mqtt.ca.as_deref(),
+            client,
+        )?))
+    } else {
+        None
+    };
+
     let ingest_stats = Arc::new(IngestStats::default());
+
     let writer_stats = Arc::new(WriterStats::default());
     let (submissions_tx, submissions_rx) = mpsc::channel(config.ingest.queue);
     let (link_tx, link_rx) = watch::channel(Link::Down);
@@ -178,15 +195,46 @@ pub async fn run(
         MqttSettings {
             host: mqtt_host,
             port: mqtt_port,
+            tls: mqtt_tls_config,
+            credentials: config
+                .mqtt
+                .username
+                .clone()
+                .map(|user| (user, config.mqtt.password.clone().unwrap_or_default())),
             client_id: config.mqtt.client_id.clone(),
             inflight: config.mqtt.inflight,
             max_payload: config.ingest.max_payload.0 as usize,
         },
-        submissions_tx,
-        ingest_stats,
+        submissions_tx.clone(),
+        ingest_stats.clone(),
         link_tx,
     );
-    let mut ingest_task = tasks.spawn(mqtt.run(ingest_shutdown.clone()));
+    // Ingest tasks report their name when they end; before shutdown, that is a failure.
+    let mut ingest_tasks = tokio::task::JoinSet::new();
+    let stop = ingest_shutdown.clone();
+    ingest_tasks.spawn(async move {
+        mqtt.run(stop).await;
+        "mqtt-ingest"
+    });
+    for port in &config.serial {
+        let serial = SerialIngest::new(
+            SerialSettings {
+                path: port.path.clone(),
+                baud: port.baud,
+                device_id: port.device_id.clone(),
+                silence_timeout: port.silence_timeout.0,
+            },
+            submissions_tx.clone(),
+            ingest_stats.clone(),
+        );
+        let stop = ingest_shutdown.clone();
+        ingest_tasks.spawn(async move {
+            serial.run(stop).await;
+            "serial-ingest"
+        });
+    }
+    // The ingest tasks now hold every sender: when they end, the writer drains and ends.
+    drop(submissions_tx);
 
     let state = ApiState {
         store: store.clone(),
@@ -232,7 +280,10 @@ pub async fn run(
 
     let failure = tokio::select! {
         _ = shutdown.cancelled() => None,
-        _ = &mut ingest_task => Some("mqtt-ingest"),
+        ended = ingest_tasks.join_next() => Some(match ended {
+            Some(Ok(name)) => name,
+            _ => "ingest",
+        }),
         _ = &mut api_task => Some("api"),
     };
     if let Some(task) = failure {
@@ -240,10 +291,8 @@ pub async fn run(
     }
     tracing::info!("shutting down: stopping ingest");
     ingest_shutdown.cancel();
-    if failure != Some("mqtt-ingest") {
-        let _ = ingest_task.await;
-    }
-    // The ingest task held the only sender: the writer now commits what is queued and ends.
+    while ingest_tasks.join_next().await.is_some() {}
+    // The ingest tasks held the only senders: the writer now commits what is queued and ends.
     let _ = writer_task.await;
     tracing::info!(next_offset = store.next_offset()?, "store flushed");
     api_shutdown.cancel();

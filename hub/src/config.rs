@@ -46,6 +46,8 @@ pub struct Config {
     pub mqtt: MqttConfig,
     /// The HTTPS API.
     pub api: ApiConfig,
+    /// Serial ports with devices on them (`[[serial]]`, any number).
+    pub serial: Vec<SerialConfig>,
     /// Logging.
     pub log: LogConfig,
 }
@@ -109,6 +111,16 @@ pub struct MqttConfig {
     pub client_id: String,
     /// Most QoS 1 messages the broker may have in flight to the hub before the hub acks.
     pub inflight: u16,
+    /// CA of an `mqtts://` broker (PEM); default: the system bundle.
+    pub ca: Option<PathBuf>,
+    /// Client certificate for an external broker (PEM), with `client_key`.
+    pub client_cert: Option<PathBuf>,
+    /// Private key of `client_cert` (PEM).
+    pub client_key: Option<PathBuf>,
+    /// User name for an external broker.
+    pub username: Option<String>,
+    /// Password for an external broker (better given as `HUB_MQTT__PASSWORD`).
+    pub password: Option<String>,
 }
 
 impl Default for MqttConfig {
@@ -118,6 +130,11 @@ impl Default for MqttConfig {
             listen: "127.0.0.1:1883".into(),
             client_id: "hub".into(),
             inflight: 100,
+            ca: None,
+            client_cert: None,
+            client_key: None,
+            username: None,
+            password: None,
         }
     }
 }
@@ -127,12 +144,14 @@ impl Default for MqttConfig {
 pub enum Broker {
     /// The embedded broker, at its listen address.
     Embedded,
-    /// An external broker without TLS.
+    /// An external broker.
     External {
         /// Host name or address.
         host: String,
         /// Port.
         port: u16,
+        /// `mqtts://`: TLS.
+        tls: bool,
     },
 }
 
@@ -142,12 +161,19 @@ impl MqttConfig {
         if self.broker == "embedded" {
             return Ok(Broker::Embedded);
         }
-        let rest = self.broker.strip_prefix("mqtt://").ok_or_else(|| {
-            format!(
-                "mqtt.broker: {:?} is neither \"embedded\" nor mqtt://host:port",
-                self.broker
-            )
-        })?;
+        let (rest, tls) = match (
+            self.broker.strip_prefix("mqtt://"),
+            self.broker.strip_prefix("mqtts://"),
+        ) {
+            (Some(rest), _) => (rest, false),
+            (_, Some(rest)) => (rest, true),
+            _ => {
+                return Err(format!(
+                    "mqtt.broker: {:?} is not \"embedded\", mqtt://host:port or mqtts://host:port",
+                    self.broker
+                ));
+            }
+        };
         let (host, port) = match rest.rsplit_once(':') {
             Some((h, p)) => {
                 let port = p
@@ -158,13 +184,38 @@ impl MqttConfig {
                     port,
                 )
             }
-            None => (rest.to_owned(), 1883),
+            None => (rest.to_owned(), if tls { 8883 } else { 1883 }),
         };
         if host.is_empty() {
             return Err("mqtt.broker: no host".into());
         }
-        Ok(Broker::External { host, port })
+        Ok(Broker::External { host, port, tls })
     }
+}
+
+/// `[[serial]]`: one serial port with one device on it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialConfig {
+    /// The port, e.g. `/dev/ttyUSB0` (or a stable `/dev/serial/by-id/...` link).
+    pub path: PathBuf,
+    /// Line speed.
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+    /// The device's id, for a device that sends no `Hello`.
+    #[serde(default)]
+    pub device_id: Option<String>,
+    /// No byte for this long: the port is closed and opened again.
+    #[serde(default = "default_silence")]
+    pub silence_timeout: HumanDuration,
+}
+
+fn default_baud() -> u32 {
+    115_200
+}
+
+fn default_silence() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
 }
 
 /// `[api]`
@@ -329,9 +380,20 @@ impl Config {
                     ));
                 }
             }
-            Ok(Broker::External { .. }) => {}
+            Ok(Broker::External { tls, .. }) => {
+                if !tls && (self.mqtt.ca.is_some() || self.mqtt.client_cert.is_some()) {
+                    problems.push("mqtt.ca and mqtt.client_cert need an mqtts:// broker".into());
+                }
+            }
             Err(e) => problems.push(e),
         }
+        if self.mqtt.client_cert.is_some() != self.mqtt.client_key.is_some() {
+            problems.push("mqtt.client_cert and mqtt.client_key: give both or neither".into());
+        }
+        if self.mqtt.password.is_some() && self.mqtt.username.is_none() {
+            problems.push("mqtt.password needs mqtt.username".into());
+        }
+
         if self.mqtt.client_id.is_empty() || self.mqtt.client_id.len() > 23 {
             problems.push("mqtt.client_id: must be 1 to 23 characters".into());
         }
@@ -361,6 +423,36 @@ impl Config {
         }
         if !(1..=100_000).contains(&self.api.max_page) {
             problems.push("api.max_page: must be 1 to 100000".into());
+        }
+        for (i, serial) in self.serial.iter().enumerate() {
+            if serial.path.as_os_str().is_empty() {
+                problems.push(format!("serial[{i}].path: must not be empty"));
+            }
+            if !(300..=4_000_000).contains(&serial.baud) {
+                problems.push(format!(
+                    "serial[{i}].baud: {} is not 300 to 4000000",
+                    serial.baud
+                ));
+            }
+            if let Some(id) = &serial.device_id
+                && !device_protocol::is_valid_id(id)
+            {
+                problems.push(format!(
+                    "serial[{i}].device_id: {id:?} is not 1 to 64 of A-Z a-z 0-9 . _ -"
+                ));
+            }
+            if serial.silence_timeout.0 < Duration::from_millis(100) {
+                problems.push(format!("serial[{i}].silence_timeout: at least 100ms"));
+            }
+            if self.serial[..i]
+                .iter()
+                .any(|other| other.path == serial.path)
+            {
+                problems.push(format!(
+                    "serial[{i}].path: {} is listed twice",
+                    serial.path.display()
+                ));
+            }
         }
         if self.api.max_connections == 0 {
             problems.push("api.max_connections: must be at least 1".into());
@@ -619,26 +711,35 @@ mod tests {
 
     #[test]
     fn external_broker_urls_parse() {
-        let mut m = MqttConfig {
-            broker: "mqtt://10.0.0.5:1884".into(),
-            ..MqttConfig::default()
+        let parse = |url: &str| {
+            MqttConfig {
+                broker: url.into(),
+                ..MqttConfig::default()
+            }
+            .broker()
+        };
+        let external = |host: &str, port, tls| Broker::External {
+            host: host.into(),
+            port,
+            tls,
         };
         assert_eq!(
-            m.broker().unwrap(),
-            Broker::External {
-                host: "10.0.0.5".into(),
-                port: 1884
-            }
+            parse("mqtt://10.0.0.5:1884").unwrap(),
+            external("10.0.0.5", 1884, false)
         );
-        m.broker = "mqtt://broker.lan".into();
         assert_eq!(
-            m.broker().unwrap(),
-            Broker::External {
-                host: "broker.lan".into(),
-                port: 1883
-            }
+            parse("mqtt://broker.lan").unwrap(),
+            external("broker.lan", 1883, false)
         );
-        m.broker = "mqtt://:1".into();
-        assert!(m.broker().is_err());
+        assert_eq!(
+            parse("mqtts://broker.lan").unwrap(),
+            external("broker.lan", 8883, true)
+        );
+        assert_eq!(
+            parse("mqtts://[::1]:8884").unwrap(),
+            external("::1", 8884, true)
+        );
+        assert!(parse("mqtt://:1").is_err());
+        assert!(parse("amqp://x").is_err());
     }
 }

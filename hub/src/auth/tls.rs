@@ -37,6 +37,40 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, AuthError> {
     Ok(certs)
 }
 
+/// The system's CA bundle (Debian and Raspberry Pi OS), used when no CA file is configured.
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// Builds a client configuration (for an external MQTT broker, or a cloud endpoint): server
+/// certificates checked against `ca` (or the system bundle), and an optional client certificate.
+pub fn client_config(
+    ca: Option<&Path>,
+    client_cert: Option<(&Path, &Path)>,
+) -> Result<rustls::ClientConfig, AuthError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let ca = ca.unwrap_or(Path::new(SYSTEM_CA_BUNDLE));
+    let mut roots = RootCertStore::empty();
+    for cert in read_certs(ca)? {
+        roots
+            .add(cert)
+            .map_err(|e| AuthError::Tls(format!("{}: {e}", ca.display())))?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| AuthError::Tls(e.to_string()))?
+        .with_root_certificates(roots);
+    match client_cert {
+        None => Ok(builder.with_no_client_auth()),
+        Some((cert, key)) => {
+            let certs = read_certs(cert)?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| AuthError::Tls(format!("{}: {e}", key.display())))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| AuthError::Tls(format!("client certificate: {e}")))
+        }
+    }
+}
+
 /// Builds the server configuration for the API listener.
 pub fn server_config(
     paths: &TlsPaths<'_>,

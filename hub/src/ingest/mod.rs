@@ -4,6 +4,8 @@
 //! - `mqtt`: the hub's MQTT client (rumqttc), subscribed to device topics on the embedded or an
 //!   external broker; it acks a QoS 1 message to the broker only once its reading is durable.
 //! - `decode`: turns what devices send into store items, or a reason to skip it.
+//! - `serial`: serial ports with device-protocol frames; acks written back on the line.
+
 //!
 //! Bad input is counted by reason and logged at most once a second per reason; it never stops
 //! ingest.
@@ -11,6 +13,7 @@
 pub mod broker;
 pub mod decode;
 pub mod mqtt;
+pub mod serial;
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,11 +40,14 @@ pub enum Rejection {
 
 impl Rejection {
     /// All reasons, in a fixed order.
-    pub const ALL: [Rejection; 4] = [
+    pub const ALL: [Rejection; 7] = [
         Rejection::BadTopic,
         Rejection::BadDeviceId,
         Rejection::TooLarge,
         Rejection::BadPayload,
+        Rejection::BadFrame,
+        Rejection::UnknownDevice,
+        Rejection::Unsupported,
     ];
 
     /// A short name for logs and metrics.
@@ -105,4 +111,26 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_is_counted_on_its_own() {
+        let stats = IngestStats::default();
+        // Each variant's number is its place in ALL (the counters are indexed by it).
+        for (i, reason) in Rejection::ALL.into_iter().enumerate() {
+            assert_eq!(reason as usize, i, "{}", reason.name());
+            for _ in 0..=i {
+                stats.reject(reason, "devices/x/telemetry", "test");
+            }
+        }
+        for (i, reason) in Rejection::ALL.into_iter().enumerate() {
+            assert_eq!(stats.rejected(reason), i as u64 + 1, "{}", reason.name());
+        }
+        // The last variant: adding one after it without listing it in ALL fails here.
+        assert_eq!(Rejection::Unsupported as usize + 1, Rejection::ALL.len());
+    }
 }

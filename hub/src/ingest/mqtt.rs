@@ -35,6 +35,10 @@ pub struct MqttSettings {
     pub host: String,
     /// Broker port.
     pub port: u16,
+    /// TLS to the broker (`mqtts://`).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// User name and password.
+    pub credentials: Option<(String, String)>,
     /// Client id of the hub's persistent session.
     pub client_id: String,
     /// Most unacked QoS 1 messages in flight.
@@ -106,6 +110,15 @@ impl MqttIngest {
             .set_keep_alive(Duration::from_secs(30))
             .set_inflight(s.inflight)
             .set_max_packet_size(super::broker::BROKER_MAX_PAYLOAD + 1024, 64 << 10);
+        if let Some(tls) = &s.tls {
+            options.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(tls.clone()),
+            ));
+        }
+        if let Some((user, password)) = &s.credentials {
+            options.set_credentials(user.clone(), password.clone());
+        }
+
         let inflight = usize::from(s.inflight).max(1);
         // Room for every in-flight ack plus subscribe requests: try_ack then only fails while
         // the connection is down, and is retried.

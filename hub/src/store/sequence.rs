@@ -97,10 +97,10 @@ impl SeqWindow {
     fn shift(&mut self, n: i64) {
         for k in 0..n.min(i64::from(WINDOW)) {
             let seq = self.base + 1 + k;
-            if !self.bit(seq) {
-                if let Ok(seq) = u32::try_from(seq) {
-                    self.missing.push(seq);
-                }
+            if !self.bit(seq)
+                && let Ok(seq) = u32::try_from(seq)
+            {
+                self.missing.push(seq);
             }
         }
         if self.missing.len() > MAX_MISSING {

@@ -307,6 +307,17 @@ pub struct Mosquitto {
 }
 
 impl Mosquitto {
+    /// Starts mosquitto with the given configuration file, listening on `port`.
+    pub fn start_with(conf: &Path, port: u16) -> Mosquitto {
+        let mut m = Mosquitto {
+            child: None,
+            port,
+            conf: conf.to_owned(),
+        };
+        m.restart();
+        m
+    }
+
     /// Starts mosquitto with a config of its own in `dir`.
     pub fn start(dir: &Path) -> Mosquitto {
         let port = free_port();
@@ -355,5 +366,159 @@ impl Mosquitto {
 impl Drop for Mosquitto {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A `mosquitto_sub` whose output lines (payloads as hex) are collected in the background.
+pub struct Subscriber {
+    child: Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Subscriber {
+    /// Subscribes to `topic` on the broker at `port`; payloads are printed as hex.
+    pub fn start(port: u16, topic: &str) -> Subscriber {
+        let mut child = Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-t",
+                topic,
+                "-F",
+                "%x",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto_sub (Debian package mosquitto-clients) must be installed");
+        let stdout = child.stdout.take().unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Subscriber { child, lines }
+    }
+
+    /// The payloads received so far.
+    pub fn payloads(&self) -> Vec<Vec<u8>> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|hex| {
+                (0..hex.len() / 2)
+                    .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A firmware-sim run, killed if the test fails before it ends.
+pub struct Sim(Option<Child>);
+
+impl Sim {
+    /// Starts `devices` simulated devices that each produce `count` readings, keeping an outbox.
+    pub fn start(
+        broker: &str,
+        transport: &str,
+        prefix: &str,
+        devices: u32,
+        count: u32,
+        outbox: &std::path::Path,
+    ) -> Sim {
+        let child = Command::new(binary("firmware-sim"))
+            .args([
+                "--broker",
+                broker,
+                "--transport",
+                transport,
+                "--prefix",
+                prefix,
+            ])
+            .args([
+                "--devices",
+                &devices.to_string(),
+                "--count",
+                &count.to_string(),
+                "--rate",
+                "40",
+            ])
+            .args(["--ack-timeout", "1", "--drain-timeout", "240"])
+            .arg("--outbox")
+            .arg(outbox)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start firmware-sim");
+        Sim(Some(child))
+    }
+
+    /// Waits for the end: whether every reading was acknowledged, and the output.
+    pub fn wait(mut self) -> (bool, String) {
+        let child = self.0.take().unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    /// Whether it still runs.
+    pub fn running(&mut self) -> bool {
+        self.0
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Checks that devices `{prefix}0..devices` each have readings with seq 0..count, each once.
+pub async fn check_every_reading_once(hub: &Hub, prefix: &str, devices: u32, count: u32) {
+    for d in 0..devices {
+        let id = format!("{prefix}{d}");
+        let (status, body) = hub
+            .get(&format!(
+                "/api/v1/devices/{id}/readings?order=oldest&limit=100000"
+            ))
+            .await;
+        assert_eq!(status, 200, "{id}: {body}");
+        let mut seqs: Vec<u64> = body["readings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["seq"].as_u64().unwrap())
+            .collect();
+        seqs.sort();
+        let mut unique = seqs.clone();
+        unique.dedup();
+        assert_eq!(unique.len(), seqs.len(), "{id}: a reading stored twice");
+        assert_eq!(
+            unique,
+            (0..u64::from(count)).collect::<Vec<_>>(),
+            "{id}: readings lost"
+        );
     }
 }

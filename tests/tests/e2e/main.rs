@@ -1,7 +1,11 @@
 //! End-to-end tests: the real `hub` binary, real mosquitto and mosquitto_pub, real TLS.
 
+mod acks;
 mod api;
+
 mod cli;
+mod crash;
+
 mod external_broker;
 mod first_run;
 mod harness;
