@@ -1,172 +1,622 @@
-//! One simulated device: its values, its seq, and its MQTT session.
+//! One simulated device that counts a reading as delivered when the hub's ack covers it
+//! (`--acks hub`): its values, its outbox, its link to the hub, and its retransmissions.
+//!
+//! # The loop
+//!
+//! A single task per device waits on four things, none of which it ever cancels half-way:
+//! the production ticker, the next event of its link, the time to reconnect, and a housekeeping
+//! tick (stop requests, probe and ack timeouts, `--disconnect-every`, persisting the ack).
+//!
+//! - Producing: each tick makes `--burst` readings; each is appended to the outbox *before* it is
+//!   sent. A full outbox stops production (a stall, counted) until acks free space.
+//! - Connecting: on every new connection the device first *probes*: a binary or serial device sends
+//!   its `Hello` and waits for the hub's `TimeSync`; a JSON device sends only its oldest unacked
+//!   reading (or, with none, its next one) and waits for an ack. Only then does it send its
+//!   backlog, oldest first (as far as the window goes), and stream new readings. This makes sure the first reading the hub
+//!   sees on a connection is the oldest one: the hub starts a new device's run at the first seq
+//!   it sees, and a broker drops what arrives before the hub has subscribed. A probe is repeated
+//!   after each ack timeout; after three unanswered probes the device streams anyway.
+//! - The window: only the `--window` oldest unacked readings are ever on the wire; a reading
+//!   beyond them waits until acks move the window. So the hub's stored seqs never run more than
+//!   the window ahead of the device's ack, and a retransmission is never so far behind that the
+//!   hub (whose duplicate detection spans 1024 seqs) would take it for a restarted counter and
+//!   store it again. It also bounds the duplicates one retransmission can cause.
+//! - Acks: the hub's cumulative ack removes every reading up to it from the outbox and moves the
+//!   window. When the ack has not moved for `--ack-timeout` while readings are unacked, the
+//!   window is resent, oldest first (see [`crate::retransmit`]). A binary or serial device
+//!   first probes again with its `Hello`: a hub restarted behind a serial line that stayed open
+//!   has forgotten which device is on it, and rejects telemetry until it hears a `Hello`.
+//! - Stopping: after `--count` (seqs `0..count` in all, an outbox's earlier runs included), at
+//!   `--duration` or on Ctrl-C, production stops and the device waits for its last ack, at most
+//!   `--drain-timeout`.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
-use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use anyhow::Context;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::time::MissedTickBehavior;
+
+use crate::faults::Noise;
+use crate::link::{Endpoint, Link, LinkEvent};
+use crate::outbox::Outbox;
+use crate::retransmit::Retransmit;
+use crate::sensors::{Sensors, hello_bytes, now_ms};
+
+/// First wait before reconnecting; doubled up to [`RECONNECT_MAX`] with jitter.
+const RECONNECT_MIN: Duration = Duration::from_millis(100);
+const RECONNECT_MAX: Duration = Duration::from_secs(2);
+/// Wait before reopening after `--disconnect-every` dropped the link.
+const REOPEN_AFTER_FAULT: Duration = Duration::from_millis(50);
+/// Unanswered probes before streaming anyway.
+const PROBE_TRIES: u32 = 3;
+/// How often the ack file is written, at most.
+const PERSIST_EVERY: Duration = Duration::from_millis(250);
+
+/// The stop requests of the whole simulator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stop {
+    /// Keep producing.
+    Run,
+    /// Stop producing and wait for the acks (`--duration`, first Ctrl-C).
+    Finish,
+    /// Give up at once (second Ctrl-C).
+    Abort,
+}
+
+/// Where a device keeps its outbox.
+#[derive(Debug, Clone)]
+pub struct OutboxPlan {
+    /// `--outbox DIR`, or in memory.
+    pub dir: Option<PathBuf>,
+    pub max: usize,
+    pub fsync: bool,
+}
 
 /// What one device does.
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub id: String,
-    pub host: String,
-    pub port: u16,
-    pub qos: QoS,
+    pub endpoint: Endpoint,
+    /// Time between bursts.
     pub interval: Duration,
+    /// Readings per tick.
+    pub burst: u32,
+    /// Most readings sent beyond the oldest unacked one (the send window).
+    pub window: usize,
+    /// Produce seqs up to `count - 1`, then stop (0: no limit).
     pub count: u64,
-    pub deadline: Option<Instant>,
+    pub ack_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub disconnect_every: Option<Duration>,
+    /// Serial line noise probability per frame.
+    pub noise: f64,
     pub seed: u64,
+    pub outbox: OutboxPlan,
+    pub stop: watch::Receiver<Stop>,
 }
 
-/// Plausible sensor values that change a little with every reading.
-pub struct Sensors {
-    rng: SmallRng,
-    temperature: f64,
-    humidity: f64,
-    battery: f64,
-    door_open: bool,
+/// What one device did, for the summary and `--report`.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct DeviceReport {
+    #[serde(skip)]
+    pub id: String,
+    /// Readings produced by this run.
+    pub produced: u64,
+    /// Readings acked during this run (a loaded backlog included).
+    pub acked: u64,
+    /// Every seq up to this one is acked (null: none yet).
+    pub acked_through: Option<u32>,
+    /// Readings sent again (after a reconnect, an ack timeout, or loaded from the outbox).
+    pub retransmitted: u64,
+    /// Readings still unacked at the end.
+    pub unacked: u64,
+    /// Times production stopped because the outbox was full.
+    pub stalls: u64,
+    /// Time spent stalled.
+    pub stalled_seconds: f64,
+    /// Unacked readings loaded from the outbox at start.
+    pub loaded: u64,
+    /// The seq the next reading would get.
+    pub next_seq: u64,
+    /// Connections that came up.
+    pub connections: u64,
+    /// Times the ack did not move for the ack timeout (and the window was resent).
+    pub ack_timeouts: u64,
+    /// Probes that went unanswered for the ack timeout.
+    pub probe_timeouts: u64,
+    /// Connections dropped on purpose by `--disconnect-every`.
+    pub forced_disconnects: u64,
+    /// Time syncs received.
+    pub time_syncs: u64,
+    /// Acks for seqs this device never produced (the hub knows another run of it).
+    pub acks_beyond: u64,
+    /// Serial frames preceded by garbage.
+    pub noise_frames: u64,
+    /// Serial frames sent with a flipped bit.
+    pub corrupted_frames: u64,
+    /// Why the device failed, if it did.
+    pub error: Option<String>,
 }
 
-impl Sensors {
-    pub fn new(seed: u64) -> Self {
-        let mut rng = SmallRng::seed_from_u64(seed);
-        Sensors {
-            temperature: rng.random_range(18.0..24.0),
-            humidity: rng.random_range(35.0..60.0),
-            battery: rng.random_range(80.0..100.0),
-            door_open: false,
-            rng,
-        }
+impl DeviceReport {
+    /// True if every reading was acked.
+    pub fn ok(&self) -> bool {
+        self.error.is_none() && self.unacked == 0
     }
-
-    /// The next reading's metrics, as a JSON object.
-    pub fn next(&mut self) -> serde_json::Value {
-        self.temperature = (self.temperature + self.rng.random_range(-0.2..0.2)).clamp(-20.0, 50.0);
-        self.humidity = (self.humidity + self.rng.random_range(-0.5..0.5)).clamp(5.0, 95.0);
-        self.battery = (self.battery - self.rng.random_range(0.0..0.01)).max(0.0);
-        if self.rng.random_bool(0.02) {
-            self.door_open = !self.door_open;
-        }
-        let round = |v: f64, places: i32| (v * 10f64.powi(places)).round() / 10f64.powi(places);
-        serde_json::json!({
-            "temperature": round(self.temperature, 2),
-            "humidity": round(self.humidity, 1),
-            "battery": round(self.battery, 2),
-            "door": self.door_open,
-        })
-    }
 }
 
-fn now_rfc3339() -> String {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    // Civil date from days since the epoch (Howard Hinnant's algorithm), to avoid a date crate.
-    let secs = d.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
-}
-
-/// Runs the device; returns how many readings it published, once the broker has accepted them all
-/// (PUBACK for QoS 1, written to the socket for QoS 0).
-pub async fn run(plan: Plan) -> anyhow::Result<u64> {
-    let mut options = MqttOptions::new(plan.id.clone(), plan.host.clone(), plan.port);
-    options
-        .set_keep_alive(Duration::from_secs(30))
-        .set_inflight(100);
-    let (client, mut eventloop) = AsyncClient::new(options, 64);
-    let topic = format!("devices/{}/telemetry", plan.id);
-    let mut sensors = Sensors::new(plan.seed);
-
-    // Wait for the connection, so a wrong address fails fast and clearly.
-    let connect = async {
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
-                Ok(_) => {}
-                Err(e) => return Err(e),
-            }
+/// Runs the device until it has stopped producing and every reading is acked, or it gives up.
+pub async fn run(plan: Plan) -> DeviceReport {
+    let mut report = DeviceReport {
+        id: plan.id.clone(),
+        ..Default::default()
+    };
+    let device = match Device::new(&plan, &mut report) {
+        Ok(device) => device,
+        Err(e) => {
+            report.error = Some(format!("{e:#}"));
+            return report;
         }
     };
-    tokio::time::timeout(Duration::from_secs(10), connect)
-        .await
-        .context("timed out connecting")?
-        .with_context(|| format!("{}: cannot connect to {}:{}", plan.id, plan.host, plan.port))?;
-
-    // The event loop is polled by its own task alone: polling is not cancel-safe, so it is never
-    // raced against the ticker. It counts what the broker accepted.
-    let (accepted_tx, mut accepted_rx) = tokio::sync::watch::channel(0u64);
-    let qos = plan.qos;
-    let id = plan.id.clone();
-    let poller = tokio::spawn(async move {
-        let mut accepted = 0u64;
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Outgoing(Outgoing::Disconnect)) => return Ok(accepted),
-                Ok(event) => {
-                    accepted += counts(&event, qos);
-                    accepted_tx.send_replace(accepted);
-                }
-                Err(e) => return Err(anyhow::anyhow!("{id}: connection lost: {e}")),
-            }
-        }
-    });
-
-    let mut ticker = tokio::time::interval(plan.interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut seq: u64 = 0;
-    while !((plan.count > 0 && seq >= plan.count)
-        || plan.deadline.is_some_and(|d| Instant::now() >= d))
-    {
-        ticker.tick().await;
-        let payload =
-            serde_json::json!({ "seq": seq, "ts": now_rfc3339(), "metrics": sensors.next() });
-        client
-            .publish(topic.clone(), plan.qos, false, payload.to_string())
-            .await
-            .with_context(|| format!("{}: publish", plan.id))?;
-        seq += 1;
-        if poller.is_finished() {
-            break;
-        }
+    if let Err(e) = device.run().await {
+        report.error = Some(format!("{e:#}"));
     }
-    let all_accepted = accepted_rx.wait_for(|n| *n >= seq);
-    if tokio::time::timeout(Duration::from_secs(30), all_accepted)
-        .await
-        .is_err()
-    {
-        bail!(
-            "{}: the broker did not acknowledge every reading within 30 s",
-            plan.id
-        );
-    }
-    let _ = client.disconnect().await;
-    // Every reading was acknowledged; how the connection then ends does not change that.
-    let _ = tokio::time::timeout(Duration::from_secs(5), poller).await;
-    Ok(seq)
+    report
 }
 
-fn counts(event: &Event, qos: QoS) -> u64 {
-    match (event, qos) {
-        (Event::Incoming(Packet::PubAck(_)), QoS::AtLeastOnce) => 1,
-        (Event::Outgoing(Outgoing::Publish(_)), QoS::AtMostOnce) => 1,
-        _ => 0,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// No link; open one at `retry_at`.
+    Down { retry_at: Instant },
+    /// A link is opening (MQTT: waiting for the ConnAck).
+    Connecting,
+    /// Up: the probe was sent at `sent_at` (`None`: a JSON device with nothing to send yet).
+    Probing {
+        sent_at: Option<Instant>,
+        tries: u32,
+    },
+    /// Up and answered: everything is sent as it is produced.
+    Streaming,
+}
+
+struct Device<'a> {
+    plan: &'a Plan,
+    report: &'a mut DeviceReport,
+    outbox: Outbox,
+    sensors: Sensors,
+    noise: Noise,
+    retransmit: Retransmit,
+    link: Option<Link>,
+    phase: Phase,
+    /// Index in the outbox of the first reading of the window not sent yet in this round.
+    next_unsent: usize,
+    /// Probing again after an ack timeout (not after a new connection).
+    reprobing: bool,
+    backoff: Duration,
+    /// Failed connection attempts in a row (for quieter logs).
+    failures: u32,
+    producing: bool,
+    drain_deadline: Option<Instant>,
+    stalled_since: Option<Instant>,
+    next_disconnect: Option<Instant>,
+    last_persist: Instant,
+    hello: Vec<u8>,
+    jitter: rand::rngs::SmallRng,
+}
+
+impl<'a> Device<'a> {
+    fn new(plan: &'a Plan, report: &'a mut DeviceReport) -> anyhow::Result<Self> {
+        use rand::SeedableRng;
+        let now = Instant::now();
+        let outbox = match &plan.outbox.dir {
+            Some(dir) => {
+                let (outbox, loaded) =
+                    Outbox::open(dir, &plan.id, plan.outbox.max, plan.outbox.fsync)
+                        .with_context(|| format!("{}: opening its outbox", plan.id))?;
+                if loaded.corrupt > 0 || loaded.torn_bytes > 0 {
+                    eprintln!(
+                        "firmware-sim: {}: outbox: skipped {} corrupt record(s) and {} torn byte(s)",
+                        plan.id, loaded.corrupt, loaded.torn_bytes
+                    );
+                }
+                report.loaded = loaded.unacked as u64;
+                outbox
+            }
+            None => Outbox::in_memory(plan.outbox.max),
+        };
+        let producing = plan.count == 0 || outbox.next_seq() < plan.count;
+        if !producing && report.loaded == 0 {
+            eprintln!(
+                "firmware-sim: {}: its outbox is already at seq {} (--count {}): nothing to produce",
+                plan.id,
+                outbox.next_seq(),
+                plan.count
+            );
+        }
+        Ok(Device {
+            plan,
+            outbox,
+            sensors: Sensors::new(plan.seed),
+            noise: Noise::new(plan.noise, plan.seed ^ 0x6e6f_6973),
+            retransmit: Retransmit::new(plan.ack_timeout, now),
+            link: None,
+            phase: Phase::Down { retry_at: now },
+            next_unsent: 0,
+            reprobing: false,
+            backoff: RECONNECT_MIN,
+            failures: 0,
+            producing,
+            drain_deadline: (!producing).then(|| now + plan.drain_timeout),
+            stalled_since: None,
+            next_disconnect: plan.disconnect_every.map(|every| now + every),
+            last_persist: now,
+            hello: hello_bytes(&plan.id)?,
+            jitter: rand::rngs::SmallRng::seed_from_u64(plan.seed ^ 0x6a69_7474),
+            report,
+        })
+    }
+
+    async fn run(mut self) -> anyhow::Result<()> {
+        let burst_every = self.plan.interval.max(Duration::from_micros(1));
+        let mut ticker = tokio::time::interval(burst_every);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let housekeeping_every =
+            (self.plan.ack_timeout / 4).clamp(Duration::from_millis(5), Duration::from_millis(100));
+        let mut housekeeping = tokio::time::interval(housekeeping_every);
+        housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+
+        let result = loop {
+            if !self.producing && self.outbox.is_empty() {
+                break Ok(());
+            }
+            if *self.plan.stop.borrow() == Stop::Abort
+                || self.drain_deadline.is_some_and(|d| Instant::now() >= d)
+            {
+                break Ok(());
+            }
+            let retry_at = match self.phase {
+                Phase::Down { retry_at } => Some(retry_at),
+                _ => None,
+            };
+            let outcome = tokio::select! {
+                _ = ticker.tick(), if self.producing => self.produce().await,
+                event = next_event(&mut self.link), if self.link.is_some() => {
+                    self.on_event(event).await
+                }
+                _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now).into()),
+                    if retry_at.is_some() => {
+                    self.connect();
+                    Ok(())
+                }
+                _ = housekeeping.tick() => self.housekeeping().await,
+            };
+            if let Err(e) = outcome {
+                break Err(e);
+            }
+        };
+        self.finish().await;
+        result
+    }
+
+    /// Makes one burst of readings.
+    async fn produce(&mut self) -> anyhow::Result<()> {
+        let now = Instant::now();
+        if *self.plan.stop.borrow() != Stop::Run {
+            self.stop_producing(now);
+            return Ok(());
+        }
+        for _ in 0..self.plan.burst {
+            let next = self.outbox.next_seq();
+            if (self.plan.count > 0 && next >= self.plan.count) || next > u64::from(u32::MAX) {
+                break;
+            }
+            if self.outbox.is_full() {
+                if self.stalled_since.is_none() {
+                    self.stalled_since = Some(now);
+                    self.report.stalls += 1;
+                }
+                break;
+            }
+            self.end_stall(now);
+            let seq = next as u32;
+            let was_empty = self.outbox.is_empty();
+            let message = self.sensors.reading(seq, now_ms());
+            self.outbox
+                .append(seq, message)
+                .with_context(|| format!("{}: writing its outbox", self.plan.id))?;
+            self.report.produced += 1;
+            if was_empty {
+                self.retransmit.restart(now);
+            }
+            match self.phase {
+                Phase::Streaming => self.pump().await,
+                Phase::Probing {
+                    sent_at: None,
+                    tries,
+                } => {
+                    // A JSON device with nothing to probe with: its first new reading is the probe.
+                    self.phase = Phase::Probing {
+                        sent_at: Some(now),
+                        tries: tries + 1,
+                    };
+                    self.send_at(0).await;
+                    self.next_unsent = 1;
+                }
+                _ => {}
+            }
+        }
+        let next = self.outbox.next_seq();
+        if (self.plan.count > 0 && next >= self.plan.count) || next > u64::from(u32::MAX) {
+            self.stop_producing(now);
+        }
+        Ok(())
+    }
+
+    fn stop_producing(&mut self, now: Instant) {
+        if self.producing {
+            self.producing = false;
+            self.drain_deadline = Some(now + self.plan.drain_timeout);
+            self.end_stall(now);
+        }
+    }
+
+    fn end_stall(&mut self, now: Instant) {
+        if let Some(since) = self.stalled_since.take() {
+            self.report.stalled_seconds += now.duration_since(since).as_secs_f64();
+        }
+    }
+
+    /// Opens a new link.
+    fn connect(&mut self) {
+        match Link::open(&self.plan.endpoint, &self.plan.id) {
+            Ok(link) => {
+                self.link = Some(link);
+                self.phase = Phase::Connecting;
+            }
+            Err(e) => self.schedule_reconnect(&format!("{e:#}")),
+        }
+    }
+
+    async fn on_event(&mut self, event: LinkEvent) -> anyhow::Result<()> {
+        let now = Instant::now();
+        match event {
+            LinkEvent::Up => {
+                self.report.connections += 1;
+                self.backoff = RECONNECT_MIN;
+                if self.failures > 0 {
+                    eprintln!("firmware-sim: {}: connected again", self.plan.id);
+                }
+                self.failures = 0;
+                self.reprobing = false;
+                self.start_probe(now, 0).await;
+            }
+            LinkEvent::Ack(seq) => {
+                let acked = self
+                    .outbox
+                    .ack_through(seq)
+                    .with_context(|| format!("{}: updating its outbox", self.plan.id))?;
+                if acked > 0 {
+                    self.report.acked += acked as u64;
+                    self.retransmit.progress(now);
+                    self.next_unsent = self.next_unsent.saturating_sub(acked);
+                }
+                match self.phase {
+                    Phase::Probing { .. } => self.start_streaming(now).await,
+                    // The window moved: send what entered it.
+                    Phase::Streaming => self.pump().await,
+                    _ => {}
+                }
+            }
+            LinkEvent::TimeSync(_) => {
+                self.report.time_syncs += 1;
+                if matches!(self.phase, Phase::Probing { .. }) {
+                    self.start_streaming(now).await;
+                }
+            }
+            LinkEvent::Down(why) => {
+                if let Some(link) = self.link.take() {
+                    link.close().await;
+                }
+                self.schedule_reconnect(&why);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the probe of a connection (its `tries`-th so far).
+    async fn start_probe(&mut self, now: Instant, tries: u32) {
+        let says_hello = self.link.as_ref().is_some_and(Link::says_hello);
+        self.next_unsent = 0;
+        if says_hello {
+            self.phase = Phase::Probing {
+                sent_at: Some(now),
+                tries: tries + 1,
+            };
+            let hello = std::mem::take(&mut self.hello);
+            self.send_raw(&hello).await;
+            self.hello = hello;
+        } else if self.outbox.is_empty() {
+            self.phase = Phase::Probing {
+                sent_at: None,
+                tries,
+            };
+        } else {
+            self.phase = Phase::Probing {
+                sent_at: Some(now),
+                tries: tries + 1,
+            };
+            self.send_at(0).await;
+            self.next_unsent = 1;
+        }
+    }
+
+    /// The hub answered: send the window, oldest first, and stream from now on.
+    async fn start_streaming(&mut self, now: Instant) {
+        self.phase = Phase::Streaming;
+        if std::mem::take(&mut self.reprobing) {
+            // Still no progress since the ack timeout: keep backing off.
+            self.retransmit.rearm(now);
+        } else {
+            self.retransmit.restart(now);
+        }
+        self.resend_window().await;
+    }
+
+    async fn housekeeping(&mut self) -> anyhow::Result<()> {
+        let now = Instant::now();
+        if self.producing && *self.plan.stop.borrow() != Stop::Run {
+            self.stop_producing(now);
+        }
+        if now.duration_since(self.last_persist) >= PERSIST_EVERY {
+            self.last_persist = now;
+            self.outbox
+                .persist_ack()
+                .with_context(|| format!("{}: writing its ack file", self.plan.id))?;
+        }
+        match self.phase {
+            Phase::Probing {
+                sent_at: Some(sent_at),
+                tries,
+            } if now.duration_since(sent_at) >= self.plan.ack_timeout => {
+                self.report.probe_timeouts += 1;
+                if tries >= PROBE_TRIES {
+                    eprintln!(
+                        "firmware-sim: {}: no answer to {tries} probes; sending anyway",
+                        self.plan.id
+                    );
+                    self.start_streaming(now).await;
+                } else {
+                    self.start_probe(now, tries).await;
+                }
+            }
+            Phase::Streaming if self.retransmit.due(now, !self.outbox.is_empty()) => {
+                self.retransmit.resent(now);
+                self.report.ack_timeouts += 1;
+                if self.link.as_ref().is_some_and(Link::says_hello) {
+                    // The hub may have restarted without this link noticing (a serial line
+                    // stays open) and forgotten who is on it: introduce the device again first.
+                    self.reprobing = true;
+                    self.start_probe(now, 0).await;
+                } else {
+                    self.resend_window().await;
+                }
+            }
+            _ => {}
+        }
+        if let (Some(at), Some(every)) = (self.next_disconnect, self.plan.disconnect_every)
+            && now >= at
+        {
+            self.next_disconnect = Some(now + every);
+            if let Some(link) = self.link.take() {
+                self.report.forced_disconnects += 1;
+                link.close().await;
+                self.phase = Phase::Down {
+                    retry_at: now + REOPEN_AFTER_FAULT,
+                };
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the window again from its start: every unacked reading, oldest first, up to
+    /// `--window` of them.
+    async fn resend_window(&mut self) {
+        self.next_unsent = 0;
+        self.pump().await;
+    }
+
+    /// Sends the readings of the window not sent yet in this round; stops if the link fails.
+    async fn pump(&mut self) {
+        while self.next_unsent < self.outbox.len().min(self.plan.window) {
+            if !self.send_at(self.next_unsent).await {
+                return;
+            }
+            self.next_unsent += 1;
+        }
+    }
+
+    /// Sends the `i`-th unacked reading; false if the link failed (it is then down).
+    async fn send_at(&mut self, i: usize) -> bool {
+        let (Some(link), Some(record)) = (self.link.as_mut(), self.outbox.get_mut(i)) else {
+            return false;
+        };
+        if record.sends > 0 {
+            self.report.retransmitted += 1;
+        }
+        record.sends += 1;
+        match link.send(&record.message, &mut self.noise).await {
+            Ok(()) => true,
+            Err(e) => {
+                self.link_failed(&format!("{e:#}")).await;
+                false
+            }
+        }
+    }
+
+    /// Sends a message that is not a reading (the `Hello`).
+    async fn send_raw(&mut self, message: &[u8]) -> bool {
+        let Some(link) = self.link.as_mut() else {
+            return false;
+        };
+        match link.send(message, &mut self.noise).await {
+            Ok(()) => true,
+            Err(e) => {
+                self.link_failed(&format!("{e:#}")).await;
+                false
+            }
+        }
+    }
+
+    async fn link_failed(&mut self, why: &str) {
+        if let Some(link) = self.link.take() {
+            link.close().await;
+        }
+        self.schedule_reconnect(why);
+    }
+
+    /// No link: try again after a jittered, growing wait.
+    fn schedule_reconnect(&mut self, why: &str) {
+        use rand::Rng;
+        self.failures += 1;
+        let wait = self.backoff.mul_f64(self.jitter.random_range(0.5..=1.0));
+        // The first failure of an outage, then every tenth.
+        if self.failures == 1 || self.failures.is_multiple_of(10) {
+            eprintln!(
+                "firmware-sim: {}: link down ({why}); retrying in {} ms",
+                self.plan.id,
+                wait.as_millis()
+            );
+        }
+        self.backoff = (self.backoff * 2).min(RECONNECT_MAX);
+        self.phase = Phase::Down {
+            retry_at: Instant::now() + wait,
+        };
+    }
+
+    async fn finish(mut self) {
+        let now = Instant::now();
+        self.end_stall(now);
+        if let Err(e) = self.outbox.persist_ack() {
+            eprintln!("firmware-sim: {}: writing its ack file: {e}", self.plan.id);
+        }
+        if let Some(link) = self.link.take() {
+            link.close_gracefully().await;
+        }
+        self.report.unacked = self.outbox.len() as u64;
+        self.report.acked_through = self.outbox.acked_through();
+        self.report.next_seq = self.outbox.next_seq();
+        self.report.acks_beyond = self.outbox.acks_beyond;
+        self.report.noise_frames = self.noise.garbage_frames;
+        self.report.corrupted_frames = self.noise.corrupted_frames;
+    }
+}
+
+/// The link's next event (never resolves without a link).
+async fn next_event(link: &mut Option<Link>) -> LinkEvent {
+    match link {
+        Some(link) => link.next_event().await,
+        None => std::future::pending().await,
     }
 }

@@ -1,110 +1,418 @@
-//! `firmware-sim`: simulated devices publishing JSON telemetry over MQTT, for tests, demos and load.
+//! `firmware-sim`: simulated devices for the hub, for tests, demos, load and fault injection.
 //!
-//! Each device has its own MQTT connection, a `seq` that counts up from 0, and plausible values: a
-//! temperature and humidity that drift, a battery that drains, a door switch that sometimes flips.
-//! It prints one JSON summary line on stdout when it is done.
+//! Each device has its own connection (an MQTT session, or a serial port), a `seq` that counts up
+//! from 0, and plausible values: a temperature and humidity that drift, a battery that drains, a
+//! door switch that sometimes flips.
+//!
+//! - `--transport json` (default): JSON envelopes on `devices/{id}/telemetry`, acks on
+//!   `devices/{id}/ack`; `--transport binary`: postcard `Uplink`s on `devices/{id}/up`, `Downlink`s
+//!   on `devices/{id}/down`; `--transport serial --serial PATH...`: the same messages as frames on
+//!   a serial line, one device per path.
+//! - `--acks hub` (default): a reading is delivered when the hub's cumulative ack covers it; until
+//!   then it stays in the device's outbox ([`outbox`]) and is retransmitted ([`device`]).
+//!   `--acks broker`: delivered when the broker has it, no outbox ([`plain`]).
+//!
+//! It prints one JSON summary line on stdout when it is done, and exits 0 only if every reading it
+//! produced (and every reading of a loaded backlog) was delivered.
 
 mod device;
+mod faults;
+mod link;
+mod outbox;
+mod plain;
+mod retransmit;
+mod sensors;
 
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use rumqttc::QoS;
+use tokio::sync::watch;
+
+use device::{DeviceReport, OutboxPlan, Plan, Stop};
+use link::Endpoint;
+
+/// How devices talk to the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Transport {
+    /// MQTT, JSON telemetry on devices/{id}/telemetry, acks on devices/{id}/ack.
+    Json,
+    /// MQTT, postcard messages on devices/{id}/up and devices/{id}/down.
+    Binary,
+    /// Framed postcard messages on serial ports (--serial).
+    Serial,
+}
+
+/// When a reading counts as delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Acks {
+    /// When the hub's ack covers it (outbox, retransmission).
+    Hub,
+    /// When the broker has it: PUBACK for QoS 1, written for QoS 0 (no outbox).
+    Broker,
+}
 
 /// Simulated devices for the hub.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// Broker address, host:port.
+    /// Broker address, host:port (MQTT transports).
     #[arg(long, default_value = "127.0.0.1:1883")]
     broker: String,
-    /// How many devices.
-    #[arg(long, default_value_t = 1)]
-    devices: usize,
-    /// Device ids are this prefix and a number.
+    /// How devices talk to the hub.
+    #[arg(long, value_enum, default_value_t = Transport::Json)]
+    transport: Transport,
+    /// A serial port (or pty) with one device on it; repeat for more devices (--transport serial).
+    #[arg(long = "serial", value_name = "PATH")]
+    serial: Vec<PathBuf>,
+    /// Baud rate of the serial ports.
+    #[arg(long, default_value_t = 115_200)]
+    baud: u32,
+    /// How many devices (MQTT transports; serial has one per --serial).
+    #[arg(long)]
+    devices: Option<usize>,
+    /// Device ids are this prefix and a number from 0.
     #[arg(long, default_value = "sim-")]
     prefix: String,
-    /// Readings per second per device.
+    /// Readings per second per device (on average, with --burst).
     #[arg(long, default_value_t = 1.0)]
     rate: f64,
-    /// Readings per device, then stop (0: until --duration or Ctrl-C).
+    /// Readings sent back to back per tick; ticks come every burst/rate seconds.
+    #[arg(long, default_value_t = 1)]
+    burst: u32,
+    /// Readings per device, then stop producing and wait for the acks (0: until --duration or
+    /// Ctrl-C). With --outbox this counts seqs: a device produces seqs 0..N-1 once across runs.
     #[arg(long, default_value_t = 0)]
     count: u64,
-    /// Stop after this many seconds (0: no limit).
-    #[arg(long, default_value_t = 0)]
-    duration: u64,
+    /// Stop producing after this many seconds, then wait for the acks (0: no limit).
+    #[arg(long, default_value_t = 0.0)]
+    duration: f64,
     /// MQTT QoS of the publishes (0 or 1).
     #[arg(long, default_value_t = 1)]
     qos: u8,
+    /// When a reading counts as delivered.
+    #[arg(long, value_enum, default_value_t = Acks::Hub)]
+    acks: Acks,
+    /// Keep each device's outbox in files under DIR ({id}.log, {id}.ack), so unacked readings
+    /// and the seq survive a restart (default: in memory).
+    #[arg(long, value_name = "DIR")]
+    outbox: Option<PathBuf>,
+    /// Most unacked readings per device; when full, the device stops producing (a stall).
+    #[arg(long, default_value_t = 100_000)]
+    outbox_max: usize,
+    /// fdatasync the outbox after every append (survives a power cut; slower).
+    #[arg(long)]
+    outbox_fsync: bool,
+    /// Most unacked readings on the wire per device (the send window); more wait for acks.
+    /// Keep it below the hub's duplicate window of 1024 seqs.
+    #[arg(long, default_value_t = 512)]
+    window: usize,
+    /// Resend the unacked readings (of the window) when the hub's ack has not moved for this many seconds.
+    #[arg(long, default_value_t = 2.0)]
+    ack_timeout: f64,
+    /// After producing, wait at most this many seconds for the last acks.
+    #[arg(long, default_value_t = 60.0)]
+    drain_timeout: f64,
+    /// Fault: drop each device's connection (close its serial port) every SECS seconds.
+    #[arg(long, value_name = "SECS")]
+    disconnect_every: Option<f64>,
+    /// Fault (serial): per frame, the probability of garbage bytes before it; a quarter of that
+    /// is the probability of a flipped bit in it.
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    noise: f64,
+    /// Write per-device results to FILE as JSON.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
     /// Seed for the values, so a run can be repeated.
     #[arg(long, default_value_t = 1)]
     seed: u64,
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let (host, port) = args
-        .broker
-        .rsplit_once(':')
-        .context("--broker must be host:port")?;
-    let port: u16 = port.parse().context("--broker port")?;
+fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
+    if !(value.is_finite() && value >= 0.0) {
+        bail!("--{name} must be a number of seconds, 0 or more");
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+/// The device plans, checked.
+fn plans(args: &Args, stop: &watch::Receiver<Stop>) -> anyhow::Result<Vec<Plan>> {
+    if !(args.rate > 0.0 && args.rate.is_finite()) {
+        bail!("--rate must be a positive number");
+    }
+    if args.burst == 0 {
+        bail!("--burst must be at least 1");
+    }
+    if !(0.0..=1.0).contains(&args.noise) {
+        bail!("--noise is a probability, from 0 to 1");
+    }
+    if !(1..=1000).contains(&args.window) {
+        bail!("--window must be from 1 to 1000 (the hub detects duplicates over 1024 seqs)");
+    }
+    if args.outbox_max == 0 {
+        bail!("--outbox-max must be at least 1");
+    }
     let qos = match args.qos {
         0 => QoS::AtMostOnce,
         1 => QoS::AtLeastOnce,
         other => bail!("--qos {other}: use 0 or 1"),
     };
-    if !(args.rate > 0.0 && args.rate.is_finite()) {
-        bail!("--rate must be a positive number");
+    let ack_timeout = seconds("ack-timeout", args.ack_timeout)?;
+    if ack_timeout < Duration::from_millis(10) {
+        bail!("--ack-timeout must be at least 0.01 s");
     }
-    if args.count == 0 && args.duration == 0 {
-        eprintln!("firmware-sim: running until Ctrl-C (give --count or --duration to stop)");
-    }
-    let deadline = (args.duration > 0).then(|| Instant::now() + Duration::from_secs(args.duration));
-    let started = Instant::now();
-    let mut tasks = Vec::with_capacity(args.devices);
-    for i in 0..args.devices {
-        let plan = device::Plan {
-            id: format!("{}{i}", args.prefix),
-            host: host.to_owned(),
-            port,
-            qos,
-            interval: Duration::from_secs_f64(1.0 / args.rate),
-            count: args.count,
-            deadline,
-            seed: args.seed.wrapping_mul(1_000_003).wrapping_add(i as u64),
-        };
-        tasks.push(tokio::spawn(device::run(plan)));
-    }
-    let mut published = 0u64;
-    let mut failed = 0usize;
-    for task in tasks {
-        match task.await {
-            Ok(Ok(n)) => published += n,
-            Ok(Err(e)) => {
-                failed += 1;
-                eprintln!("firmware-sim: {e:#}");
+    let drain_timeout = seconds("drain-timeout", args.drain_timeout)?;
+    let disconnect_every = match args.disconnect_every {
+        None => None,
+        Some(s) => {
+            let every = seconds("disconnect-every", s)?;
+            if every < Duration::from_millis(10) {
+                bail!("--disconnect-every must be at least 0.01 s");
             }
-            Err(e) => {
-                failed += 1;
-                eprintln!("firmware-sim: device task died: {e}");
+            Some(every)
+        }
+    };
+
+    let endpoints: Vec<Endpoint> = match args.transport {
+        Transport::Serial => {
+            if args.serial.is_empty() {
+                bail!("--transport serial needs at least one --serial PATH");
             }
+            if args.devices.is_some_and(|n| n != args.serial.len()) {
+                bail!("--transport serial has one device per --serial; leave out --devices");
+            }
+            args.serial
+                .iter()
+                .map(|path| Endpoint::Serial {
+                    path: path.clone(),
+                    baud: args.baud,
+                })
+                .collect()
+        }
+        Transport::Json | Transport::Binary => {
+            if !args.serial.is_empty() {
+                bail!("--serial needs --transport serial");
+            }
+            let (host, port) = args
+                .broker
+                .rsplit_once(':')
+                .context("--broker must be host:port")?;
+            let port: u16 = port.parse().context("--broker port")?;
+            let devices = args.devices.unwrap_or(1);
+            if devices == 0 {
+                bail!("--devices must be at least 1");
+            }
+            let endpoint = Endpoint::Mqtt {
+                host: host.to_owned(),
+                port,
+                qos,
+                binary: args.transport == Transport::Binary,
+            };
+            vec![endpoint; devices]
+        }
+    };
+    if args.acks == Acks::Broker {
+        if args.transport == Transport::Serial {
+            bail!("--acks broker needs an MQTT transport (json or binary)");
+        }
+        if args.outbox.is_some() {
+            bail!("--acks broker has no outbox: leave out --outbox");
+        }
+        if disconnect_every.is_some() {
+            bail!("--disconnect-every needs --acks hub");
         }
     }
-    let seconds = started.elapsed().as_secs_f64();
-    println!(
-        "{}",
-        serde_json::json!({
-            "devices": args.devices,
-            "published": published,
-            "failed_devices": failed,
-            "seconds": seconds,
-            "rate": published as f64 / seconds.max(1e-9),
-        })
-    );
-    if failed > 0 {
-        bail!("{failed} device(s) failed");
+    if args.noise > 0.0 && args.transport != Transport::Serial {
+        eprintln!("firmware-sim: --noise applies to serial lines only; ignored");
     }
-    Ok(())
+
+    let mut plans = Vec::with_capacity(endpoints.len());
+    for (i, endpoint) in endpoints.into_iter().enumerate() {
+        let id = format!("{}{i}", args.prefix);
+        if !device_protocol::is_valid_id(&id) {
+            bail!("device id {id:?} is not valid: 1 to 64 of A-Z a-z 0-9 . _ - (check --prefix)");
+        }
+        plans.push(Plan {
+            id,
+            endpoint,
+            interval: Duration::from_secs_f64(f64::from(args.burst) / args.rate),
+            burst: args.burst,
+            window: args.window,
+            count: args.count,
+            ack_timeout,
+            drain_timeout,
+            disconnect_every,
+            noise: args.noise,
+            seed: args.seed.wrapping_mul(1_000_003).wrapping_add(i as u64),
+            outbox: OutboxPlan {
+                dir: args.outbox.clone(),
+                max: args.outbox_max,
+                fsync: args.outbox_fsync,
+            },
+            stop: stop.clone(),
+        });
+    }
+    Ok(plans)
+}
+
+/// Ctrl-C or SIGTERM once: finish (stop producing, wait for acks); twice: abort.
+async fn watch_signals(stop_tx: std::sync::Arc<watch::Sender<Stop>>) {
+    #[cfg(unix)]
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    #[cfg(not(unix))]
+    let mut term: Option<()> = None;
+    let mut ctrl_c_works = true;
+    loop {
+        tokio::select! {
+            signal = tokio::signal::ctrl_c(), if ctrl_c_works => {
+                if let Err(e) = signal {
+                    eprintln!("firmware-sim: cannot watch for Ctrl-C: {e}");
+                    ctrl_c_works = false;
+                    continue;
+                }
+            }
+            received = sigterm(&mut term), if term.is_some() => {
+                if !received {
+                    term = None;
+                    continue;
+                }
+            }
+            else => return,
+        }
+        let next = match *stop_tx.borrow() {
+            Stop::Run => Stop::Finish,
+            _ => Stop::Abort,
+        };
+        if next == Stop::Finish {
+            eprintln!(
+                "firmware-sim: stopping; waiting for the last acks (again to give up at once)"
+            );
+        }
+        stop_tx.send_replace(next);
+    }
+}
+
+/// The next SIGTERM; false if they can no longer be received.
+#[cfg(unix)]
+async fn sigterm(term: &mut Option<tokio::signal::unix::Signal>) -> bool {
+    match term {
+        Some(term) => term.recv().await.is_some(),
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(not(unix))]
+async fn sigterm(_: &mut Option<()>) -> bool {
+    std::future::pending().await
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> ExitCode {
+    match run(Args::parse()).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("firmware-sim: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the devices, prints the summary; the exit code says whether every reading was delivered.
+async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let (stop_tx, stop_rx) = watch::channel(Stop::Run);
+    let plans = plans(&args, &stop_rx)?;
+    let duration = seconds("duration", args.duration)?;
+    if args.count == 0 && duration.is_zero() {
+        eprintln!("firmware-sim: running until Ctrl-C (give --count or --duration to stop)");
+    }
+    let started = Instant::now();
+    let stop_tx = std::sync::Arc::new(stop_tx);
+    if !duration.is_zero() {
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(duration).await;
+            stop_tx.send_if_modified(|stop| {
+                let changed = *stop == Stop::Run;
+                if changed {
+                    *stop = Stop::Finish;
+                }
+                changed
+            });
+        });
+    }
+    tokio::spawn(watch_signals(stop_tx.clone()));
+
+    let devices = plans.len();
+    let mut tasks = Vec::with_capacity(devices);
+    for plan in plans {
+        let id = plan.id.clone();
+        let task = match args.acks {
+            Acks::Hub => tokio::spawn(device::run(plan)),
+            Acks::Broker => tokio::spawn(plain::run(plan)),
+        };
+        tasks.push((id, task));
+    }
+    let mut reports: Vec<DeviceReport> = Vec::with_capacity(devices);
+    for (id, task) in tasks {
+        reports.push(match task.await {
+            Ok(report) => report,
+            Err(e) => DeviceReport {
+                id,
+                error: Some(format!("device task died: {e}")),
+                ..Default::default()
+            },
+        });
+    }
+    let seconds = started.elapsed().as_secs_f64();
+
+    let sum = |f: fn(&DeviceReport) -> u64| reports.iter().map(f).sum::<u64>();
+    let published = sum(|r| r.produced);
+    let failed: Vec<&DeviceReport> = reports.iter().filter(|r| !r.ok()).collect();
+    let summary = serde_json::json!({
+        "devices": devices,
+        "published": published,
+        "acked": sum(|r| r.acked),
+        "retransmitted": sum(|r| r.retransmitted),
+        "stalls": sum(|r| r.stalls),
+        "failed_devices": failed.len(),
+        "failed": failed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        "seconds": seconds,
+        "rate": published as f64 / seconds.max(1e-9),
+    });
+    println!("{summary}");
+    let _ = std::io::stdout().flush();
+
+    if let Some(path) = &args.report {
+        let per_device: BTreeMap<&str, &DeviceReport> =
+            reports.iter().map(|r| (r.id.as_str(), r)).collect();
+        let text = serde_json::to_vec_pretty(&serde_json::json!({ "devices": per_device }))?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+
+    if !failed.is_empty() {
+        const SHOWN: usize = 20;
+        let mut names: Vec<String> = failed
+            .iter()
+            .take(SHOWN)
+            .map(|r| match &r.error {
+                Some(e) => format!("{} ({e})", r.id),
+                None => format!("{} ({} unacked)", r.id, r.unacked),
+            })
+            .collect();
+        if failed.len() > SHOWN {
+            names.push(format!("and {} more", failed.len() - SHOWN));
+        }
+        eprintln!(
+            "firmware-sim: {} device(s) did not get every reading delivered: {}",
+            failed.len(),
+            names.join(", ")
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -251,11 +251,22 @@ async fn ack_in_order(
         let Ok(Ok(applied)) = pending.done_rx.await else {
             continue;
         };
-        if let Some((topic, payload)) = reply_message(&pending.reply, &applied, &mut told) {
+        if let Some(reply) = reply_message(&pending.reply, &applied, &told) {
             // Best effort: a lost ack makes the device retransmit, and the retransmission is acked.
             for _ in 0..20 {
-                match client.try_publish(topic.as_str(), QoS::AtMostOnce, false, payload.clone()) {
-                    Ok(()) => break,
+                match client.try_publish(
+                    reply.topic.as_str(),
+                    QoS::AtMostOnce,
+                    false,
+                    reply.payload.clone(),
+                ) {
+                    Ok(()) => {
+                        // Remembered only once queued: an ack that was dropped is sent again.
+                        if let Some((device, ack)) = reply.ack {
+                            told.insert(device, ack);
+                        }
+                        break;
+                    }
                     Err(_) if shutdown.is_cancelled() => break,
                     Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
                 }
@@ -281,16 +292,28 @@ async fn ack_in_order(
 const MAX_TOLD_DEVICES: usize = 100_000;
 
 /// The topic and payload of the reply to a device, if one is due.
+/// A message for a device.
+struct DeviceMessage {
+    topic: String,
+    payload: Vec<u8>,
+    /// The device and the ack this message tells it, if it is an ack.
+    ack: Option<(String, u32)>,
+}
+
 fn reply_message(
     reply: &Reply,
     applied: &[Applied],
-    told: &mut HashMap<String, u32>,
-) -> Option<(String, Vec<u8>)> {
+    told: &HashMap<String, u32>,
+) -> Option<DeviceMessage> {
     let (device, binary) = match reply {
         Reply::Nothing => return None,
         Reply::TimeSync(device) => {
             let sync = Downlink::TimeSync(TimeSync { unix_ms: now_ms() });
-            return Some((format!("devices/{device}/down"), sync.to_vec().ok()?));
+            return Some(DeviceMessage {
+                topic: format!("devices/{device}/down"),
+                payload: sync.to_vec().ok()?,
+                ack: None,
+            });
         }
         Reply::Json(device) => (device, false),
         Reply::Binary(device) => (device, true),
@@ -303,16 +326,18 @@ fn reply_message(
     if !duplicate && told.get(device) == Some(&ack) {
         return None;
     }
-    told.insert(device.clone(), ack);
-    if binary {
+    let (topic, payload) = if binary {
         let message = Downlink::Ack(Ack { seq: ack });
-        Some((format!("devices/{device}/down"), message.to_vec().ok()?))
+        (format!("devices/{device}/down"), message.to_vec().ok()?)
     } else {
-        Some((
-            format!("devices/{device}/ack"),
-            device_protocol::json::ack_json(ack).into_bytes(),
-        ))
-    }
+        let json = device_protocol::json::ack_json(ack).into_bytes();
+        (format!("devices/{device}/ack"), json)
+    };
+    Some(DeviceMessage {
+        topic,
+        payload,
+        ack: Some((device.clone(), ack)),
+    })
 }
 
 /// A random wait between half of `max` and `max`.

@@ -467,24 +467,19 @@ impl Store {
             };
             let seq = match reading.seq {
                 Some(seq) => {
-                    let verdict = record.seq_window.as_ref().map(|w| w.classify(seq));
-                    match verdict {
-                        Some(sequence::Verdict::Duplicate) => {
-                            record.duplicates += 1;
-                            outcomes.push((device, Outcome::Duplicate { seq }, true));
-                            continue;
-                        }
-                        Some(sequence::Verdict::New) => {
-                            if let Some(w) = record.seq_window.as_mut() {
-                                w.record(seq);
+                    match record.seq_window.as_mut() {
+                        Some(window) => match window.classify(seq) {
+                            sequence::Verdict::Duplicate => {
+                                if window.far_behind(seq) {
+                                    tracing::warn!(device = %record.name, seq, "seq far below what this device already sent, taken as a duplicate; if its counter restarted, its readings are being dropped (devices must keep seq across restarts)");
+                                }
+                                record.duplicates += 1;
+                                outcomes.push((device, Outcome::Duplicate { seq }, true));
+                                continue;
                             }
-                        }
-                        None | Some(sequence::Verdict::Restart) => {
-                            if verdict.is_some() {
-                                tracing::warn!(device = %record.name, seq, "device sequence restarted; devices should keep seq across restarts");
-                            }
-                            record.seq_window = Some(sequence::SeqWindow::starting_at(seq));
-                        }
+                            sequence::Verdict::New => window.record(seq),
+                        },
+                        None => record.seq_window = Some(sequence::SeqWindow::starting_at(seq)),
                     }
                     seq
                 }

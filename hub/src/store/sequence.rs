@@ -14,9 +14,13 @@
 //! current run up to `n` is stored: `missing[0] - 1` while gaps remain, else `base`.
 //!
 //! A run starts with the first seq the hub sees from the device; readings older than that are
-//! taken for duplicates (a device with a backlog sends it oldest first). A seq of 0 once the run is
-//! well under way, or one far below the window, means the device's counter restarted: a new run
-//! begins. Devices should keep `seq` across restarts; one that cannot should send no seq at all.
+//! taken for duplicates, so after each (re)connection a device sends its oldest unacknowledged
+//! reading first and waits for its ack before the rest.
+//!
+//! `(device, seq)` identifies a reading, so there is no guessing: a seq at or below `base` that is
+//! not a recorded gap is a duplicate, however old. A device whose counter restarts breaks that
+//! rule (its new readings look like old ones); [`SeqWindow::far_behind`] lets the caller warn about
+//! it. Devices must keep `seq` across their restarts, or send none.
 
 use serde::{Deserialize, Serialize};
 
@@ -24,8 +28,6 @@ use serde::{Deserialize, Serialize};
 pub const WINDOW: u32 = 1024;
 /// Gaps remembered below `base`.
 pub const MAX_MISSING: usize = 256;
-/// A seq of 0 after this many settled readings is a restarted counter, not a retransmission.
-const RESTART_AFTER: i64 = 64;
 
 /// What to do with an arriving seq.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,8 +36,6 @@ pub enum Verdict {
     New,
     /// Already stored: acknowledge, do not store.
     Duplicate,
-    /// The device's counter restarted: a new run begins with this seq; store it.
-    Restart,
 }
 
 /// The dedup state of one device, persisted with its record.
@@ -129,11 +129,6 @@ impl SeqWindow {
     /// What `seq` is, without changing anything.
     pub fn classify(&self, seq: u32) -> Verdict {
         let s = i64::from(seq);
-        let far_behind = s < self.base - i64::from(WINDOW);
-        let zero_again = seq == 0 && self.base >= RESTART_AFTER && self.missing.first() != Some(&0);
-        if far_behind || zero_again {
-            return Verdict::Restart;
-        }
         if s <= self.base {
             return if self.missing.binary_search(&seq).is_ok() {
                 Verdict::New
@@ -148,8 +143,13 @@ impl SeqWindow {
         }
     }
 
-    /// Records `seq` as stored, after a [`Verdict::New`] (a restart is handled by the caller
-    /// starting a new window).
+    /// Whether `seq` lies far below everything tracked: a very late retransmission, or a device
+    /// whose counter restarted (which the hub cannot tell apart, and reports).
+    pub fn far_behind(&self, seq: u32) -> bool {
+        i64::from(seq) < self.base - i64::from(WINDOW)
+    }
+
+    /// Records `seq` as stored, after a [`Verdict::New`].
     pub fn record(&mut self, seq: u32) {
         let s = i64::from(seq);
         if s <= self.base {
@@ -189,7 +189,7 @@ mod tests {
         let mut w: Option<SeqWindow> = None;
         for &s in seqs {
             match w.as_ref().map(|w| w.classify(s)) {
-                None | Some(Verdict::Restart) => {
+                None => {
                     w = Some(SeqWindow::starting_at(s));
                     stored.push(s);
                 }
@@ -244,19 +244,16 @@ mod tests {
     }
 
     #[test]
-    fn a_restarted_counter_starts_a_new_run() {
-        let mut seqs: Vec<u32> = (0..100).collect();
-        seqs.extend([0, 1, 2]);
+    fn old_seqs_are_duplicates_however_far_behind() {
+        // A retransmission that lags far behind (its acks were lost) is stored once, not again.
+        let seqs: Vec<u32> = (0..5000).chain(0..5000).collect();
         let (stored, w) = run(&seqs);
-        assert_eq!(
-            stored.len(),
-            103,
-            "the readings after the restart are stored"
-        );
-        assert_eq!(w.ack(), Some(2));
-        // Far below the window: also a restart.
+        assert_eq!(stored, (0..5000).collect::<Vec<_>>());
+        assert_eq!(w.ack(), Some(4999));
+        assert!(w.far_behind(0) && !w.far_behind(4000));
+        // Below the first seq of the run: a duplicate too (a backlog is sent oldest first).
         let (stored, _) = run(&[5000, 5001, 7]);
-        assert_eq!(stored, vec![5000, 5001, 7]);
+        assert_eq!(stored, vec![5000, 5001]);
     }
 
     #[test]

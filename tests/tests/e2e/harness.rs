@@ -466,6 +466,11 @@ impl Sim {
         Sim(Some(child))
     }
 
+    /// Wraps a firmware-sim process started by the test itself.
+    pub fn from_child(child: Child) -> Sim {
+        Sim(Some(child))
+    }
+
     /// Waits for the end: whether every reading was acknowledged, and the output.
     pub fn wait(mut self) -> (bool, String) {
         let child = self.0.take().unwrap();
@@ -499,18 +504,26 @@ impl Drop for Sim {
 pub async fn check_every_reading_once(hub: &Hub, prefix: &str, devices: u32, count: u32) {
     for d in 0..devices {
         let id = format!("{prefix}{d}");
-        let (status, body) = hub
-            .get(&format!(
-                "/api/v1/devices/{id}/readings?order=oldest&limit=100000"
-            ))
-            .await;
-        assert_eq!(status, 200, "{id}: {body}");
-        let mut seqs: Vec<u64> = body["readings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["seq"].as_u64().unwrap())
-            .collect();
+        let mut seqs = Vec::new();
+        let mut path = format!("/api/v1/devices/{id}/readings?order=oldest&limit=1000");
+        loop {
+            let (status, body) = hub.get(&path).await;
+            assert_eq!(status, 200, "{id}: {body}");
+            seqs.extend(
+                body["readings"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r["seq"].as_u64().unwrap()),
+            );
+            match body["next_cursor"].as_str() {
+                Some(c) => {
+                    path =
+                        format!("/api/v1/devices/{id}/readings?order=oldest&limit=1000&cursor={c}")
+                }
+                None => break,
+            }
+        }
         seqs.sort();
         let mut unique = seqs.clone();
         unique.dedup();
@@ -520,5 +533,64 @@ pub async fn check_every_reading_once(hub: &Hub, prefix: &str, devices: u32, cou
             (0..u64::from(count)).collect::<Vec<_>>(),
             "{id}: readings lost"
         );
+    }
+}
+
+/// A pair of linked pseudo-terminals made by socat: `hub` and `device` ends, like a serial cable.
+pub struct SerialCable {
+    child: Option<Child>,
+    /// The hub's end (what `[[serial]] path` names).
+    pub hub: PathBuf,
+    /// The device's end.
+    pub device: PathBuf,
+}
+
+impl SerialCable {
+    /// Plugs a new cable with its ends at `dir/name-hub` and `dir/name-dev`.
+    pub fn plug(dir: &Path, name: &str) -> SerialCable {
+        let mut cable = SerialCable {
+            child: None,
+            hub: dir.join(format!("{name}-hub")),
+            device: dir.join(format!("{name}-dev")),
+        };
+        cable.replug();
+        cable
+    }
+
+    /// Pulls the cable: both ends disappear.
+    pub fn unplug(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.hub);
+        let _ = std::fs::remove_file(&self.device);
+    }
+
+    /// Plugs it in again: the same paths, new pseudo-terminals.
+    pub fn replug(&mut self) {
+        self.unplug();
+        let link = |p: &Path| format!("pty,raw,echo=0,link={}", p.display());
+        let child = Command::new("socat")
+            .args(["-d", "-d", &link(&self.hub), &link(&self.device)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat (Debian package socat) must be installed");
+        self.child = Some(child);
+        let deadline = Instant::now() + DEADLINE;
+        while !(self.hub.exists() && self.device.exists()) {
+            assert!(
+                Instant::now() < deadline,
+                "socat did not make the pseudo-terminals"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for SerialCable {
+    fn drop(&mut self) {
+        self.unplug();
     }
 }

@@ -10,3 +10,4 @@ mod external_broker;
 mod first_run;
 mod harness;
 mod ingest;
+mod serial;

@@ -1,0 +1,334 @@
+//! One connection of a device to the hub: an MQTT session (JSON or binary payloads) or an open
+//! serial port. A [`Link`] is opened, used and closed; the device opens a new one to reconnect.
+//!
+//! A background task per link reads what the hub says and reports it as [`LinkEvent`]s on an
+//! unbounded channel, so it never waits for the device (and the device, which may wait on the
+//! link while sending, can never deadlock with it):
+//!
+//! - MQTT: the task alone polls rumqttc's event loop (polling is not cancel-safe, so it is never
+//!   raced against anything). On every ConnAck it subscribes to the device's ack topic
+//!   (`devices/{id}/ack` for JSON, `devices/{id}/down` for binary) before it reports
+//!   [`LinkEvent::Up`], so the subscription is queued ahead of every publish of the session. The
+//!   session is clean and the link is never reconnected in place: a new link means a new client
+//!   and event loop, so nothing queued for an old connection is replayed ahead of the device's
+//!   own oldest-first retransmission.
+//! - Serial: the task reads the port and decodes [`Downlink`] frames. The port is reported up as
+//!   soon as it is open.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use device_protocol::{Downlink, FeedResult, FrameDecoder, MAX_FRAME_LEN, Uplink, encode_frame};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_serial::{SerialPortBuilderExt, SerialStream};
+
+use crate::faults::Noise;
+use crate::sensors::telemetry_json;
+
+/// Longest wait for one send before the link is taken for dead.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a device talks to the hub.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    /// An MQTT broker: JSON on `devices/{id}/telemetry` or postcard on `devices/{id}/up`.
+    Mqtt {
+        host: String,
+        port: u16,
+        qos: QoS,
+        binary: bool,
+    },
+    /// A serial port (or a pty).
+    Serial { path: PathBuf, baud: u32 },
+}
+
+/// What the hub said, or what happened to the link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// Connected (MQTT: ConnAck received and the subscription queued; serial: port open).
+    Up,
+    /// The hub's cumulative ack.
+    Ack(u32),
+    /// The hub's clock, unix milliseconds.
+    TimeSync(u64),
+    /// The link is gone; the device opens a new one.
+    Down(String),
+}
+
+/// An open link.
+pub struct Link {
+    events: mpsc::UnboundedReceiver<LinkEvent>,
+    task: JoinHandle<()>,
+    io: Io,
+}
+
+enum Io {
+    Mqtt {
+        client: AsyncClient,
+        topic: String,
+        qos: QoS,
+        binary: bool,
+    },
+    Serial {
+        writer: WriteHalf<SerialStream>,
+        buf: Vec<u8>,
+    },
+}
+
+impl Link {
+    /// Starts connecting device `id` to `endpoint`. For MQTT this returns at once and the
+    /// connection is reported by [`LinkEvent::Up`] (or `Down`); a serial port is opened here.
+    pub fn open(endpoint: &Endpoint, id: &str) -> anyhow::Result<Link> {
+        let (tx, events) = mpsc::unbounded_channel();
+        match endpoint {
+            Endpoint::Mqtt {
+                host,
+                port,
+                qos,
+                binary,
+            } => {
+                let mut options = MqttOptions::new(id, host.clone(), *port);
+                options
+                    .set_clean_session(true)
+                    .set_keep_alive(Duration::from_secs(15))
+                    .set_inflight(100);
+                let (client, eventloop) = AsyncClient::new(options, 256);
+                let (up, down) = if *binary {
+                    (format!("devices/{id}/up"), format!("devices/{id}/down"))
+                } else {
+                    (
+                        format!("devices/{id}/telemetry"),
+                        format!("devices/{id}/ack"),
+                    )
+                };
+                let task = tokio::spawn(poll_mqtt(eventloop, client.clone(), down, *binary, tx));
+                Ok(Link {
+                    events,
+                    task,
+                    io: Io::Mqtt {
+                        client,
+                        topic: up,
+                        qos: *qos,
+                        binary: *binary,
+                    },
+                })
+            }
+            Endpoint::Serial { path, baud } => {
+                let port = tokio_serial::new(path.to_string_lossy(), *baud)
+                    .open_native_async()
+                    .with_context(|| format!("opening {}", path.display()))?;
+                let (reader, writer) = tokio::io::split(port);
+                let _ = tx.send(LinkEvent::Up);
+                let task = tokio::spawn(read_serial(reader, tx));
+                Ok(Link {
+                    events,
+                    task,
+                    io: Io::Serial {
+                        writer,
+                        buf: Vec::with_capacity(MAX_FRAME_LEN * 2),
+                    },
+                })
+            }
+        }
+    }
+
+    /// The next event; `Down` once the link's task has ended.
+    pub async fn next_event(&mut self) -> LinkEvent {
+        self.events
+            .recv()
+            .await
+            .unwrap_or_else(|| LinkEvent::Down("the link's task ended".into()))
+    }
+
+    /// True if this link speaks the binary protocol, which starts with a `Hello`.
+    pub fn says_hello(&self) -> bool {
+        match &self.io {
+            Io::Mqtt { binary, .. } => *binary,
+            Io::Serial { .. } => true,
+        }
+    }
+
+    /// Sends one uplink message given as its postcard bytes (JSON links send telemetry only, as
+    /// its JSON envelope). `noise` dresses serial frames.
+    pub async fn send(&mut self, message: &[u8], noise: &mut Noise) -> anyhow::Result<()> {
+        match &mut self.io {
+            Io::Mqtt {
+                client,
+                topic,
+                qos,
+                binary,
+            } => {
+                let payload = if *binary {
+                    message.to_vec()
+                } else {
+                    telemetry_json(message)?
+                };
+                let publish = client.publish(topic.as_str(), *qos, false, payload);
+                match tokio::time::timeout(SEND_TIMEOUT, publish).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => bail!("publish: {e}"),
+                    Err(_) => bail!("publish: no room for {} s", SEND_TIMEOUT.as_secs()),
+                }
+            }
+            Io::Serial { writer, buf } => {
+                let uplink = Uplink::decode(message).context("an invalid uplink message")?;
+                let mut frame = [0u8; MAX_FRAME_LEN + 1];
+                let len = encode_frame(&uplink, &mut frame)
+                    .map_err(|e| anyhow::anyhow!("framing: {e}"))?;
+                buf.clear();
+                noise.dress(&frame[..len], buf);
+                match tokio::time::timeout(SEND_TIMEOUT, writer.write_all(buf)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => bail!("write: {e}"),
+                    Err(_) => bail!("write: blocked for {} s", SEND_TIMEOUT.as_secs()),
+                }
+            }
+        }
+    }
+
+    /// Drops the connection at once (no MQTT DISCONNECT) and waits until it is closed.
+    pub async fn close(self) {
+        self.task.abort();
+        let _ = self.task.await;
+        drop(self.io);
+    }
+
+    /// Ends the connection politely (MQTT DISCONNECT), then closes it.
+    pub async fn close_gracefully(self) {
+        if let Io::Mqtt { client, .. } = &self.io
+            && client.try_disconnect().is_ok()
+        {
+            let mut task = self.task;
+            if tokio::time::timeout(Duration::from_secs(2), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+                let _ = task.await;
+            }
+            return;
+        }
+        self.close().await;
+    }
+}
+
+/// The link task of an MQTT session: the only poller of its event loop.
+async fn poll_mqtt(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    down_topic: String,
+    binary: bool,
+    tx: mpsc::UnboundedSender<LinkEvent>,
+) {
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                // Queued before anything the device publishes on this session.
+                if let Err(e) = client.try_subscribe(down_topic.as_str(), QoS::AtLeastOnce) {
+                    let _ = tx.send(LinkEvent::Down(format!("subscribe: {e}")));
+                    return;
+                }
+                let _ = tx.send(LinkEvent::Up);
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == down_topic => {
+                if let Some(event) = parse_down(&publish.payload, binary) {
+                    let _ = tx.send(event);
+                }
+            }
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
+                let _ = tx.send(LinkEvent::Down("disconnected".into()));
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let _ = tx.send(LinkEvent::Down(e.to_string()));
+                return;
+            }
+        }
+    }
+}
+
+/// The hub's JSON ack, `{"seq":n}`.
+#[derive(Deserialize)]
+struct JsonAck {
+    seq: u32,
+}
+
+/// An ack or a time sync from the hub's payload; anything else (a command) is ignored.
+fn parse_down(payload: &[u8], binary: bool) -> Option<LinkEvent> {
+    if binary {
+        downlink_event(payload)
+    } else {
+        serde_json::from_slice::<JsonAck>(payload)
+            .ok()
+            .map(|ack| LinkEvent::Ack(ack.seq))
+    }
+}
+
+fn downlink_event(payload: &[u8]) -> Option<LinkEvent> {
+    match Downlink::decode(payload).ok()? {
+        Downlink::Ack(ack) => Some(LinkEvent::Ack(ack.seq)),
+        Downlink::TimeSync(sync) => Some(LinkEvent::TimeSync(sync.unix_ms)),
+        Downlink::Command(_) => None,
+    }
+}
+
+/// The link task of a serial port: reads frames until the port fails.
+async fn read_serial(mut reader: ReadHalf<SerialStream>, tx: mpsc::UnboundedSender<LinkEvent>) {
+    let mut decoder = FrameDecoder::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = match reader.read(&mut chunk).await {
+            Ok(0) => {
+                let _ = tx.send(LinkEvent::Down("end of file on the port".into()));
+                return;
+            }
+            Ok(n) => n,
+            Err(e) => {
+                let _ = tx.send(LinkEvent::Down(format!("read: {e}")));
+                return;
+            }
+        };
+        let mut input = &chunk[..n];
+        loop {
+            match decoder.feed(input) {
+                FeedResult::Consumed => break,
+                FeedResult::Frame { payload, remaining } => {
+                    if let Some(event) = downlink_event(payload) {
+                        let _ = tx.send(event);
+                    }
+                    input = remaining;
+                }
+                FeedResult::Dropped { remaining, .. } => input = remaining,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use device_protocol::{Ack, TimeSync};
+
+    use super::*;
+
+    #[test]
+    fn acks_and_time_syncs_are_understood_and_the_rest_ignored() {
+        assert_eq!(
+            parse_down(br#"{"seq":41}"#, false),
+            Some(LinkEvent::Ack(41))
+        );
+        assert_eq!(parse_down(br#"{"id":1,"name":"x"}"#, false), None);
+        let ack = Downlink::Ack(Ack { seq: 9 }).to_vec().unwrap();
+        assert_eq!(parse_down(&ack, true), Some(LinkEvent::Ack(9)));
+        let sync = Downlink::TimeSync(TimeSync { unix_ms: 5 })
+            .to_vec()
+            .unwrap();
+        assert_eq!(parse_down(&sync, true), Some(LinkEvent::TimeSync(5)));
+        assert_eq!(parse_down(b"", true), None);
+    }
+}
