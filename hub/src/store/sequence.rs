@@ -108,21 +108,18 @@ impl SeqWindow {
             self.missing.drain(..excess);
             self.given_up += excess as u64;
         }
-        // Shifting n >= WINDOW clears every bit; otherwise move the bits down by n.
-        let total = WINDOW as usize;
-        let n_us = n.clamp(0, i64::from(WINDOW)) as usize;
-        let mut shifted = vec![0u8; total / 8];
-        for i in n_us..total {
-            if self
-                .bits
-                .get(i / 8)
-                .is_some_and(|b| b & (1 << (i % 8)) != 0)
-            {
-                let j = i - n_us;
-                shifted[j / 8] |= 1 << (j % 8);
+        // Move the bits down by n in place (n >= WINDOW clears them all): byte by byte, each
+        // byte taking the high bits of the next one. Reads are at or after the byte written.
+        let n_bits = n.clamp(0, i64::from(WINDOW)) as usize;
+        let (skip, rem) = (n_bits / 8, n_bits % 8);
+        for i in 0..self.bits.len() {
+            let lo = self.bits.get(i + skip).copied().unwrap_or(0);
+            let hi = self.bits.get(i + skip + 1).copied().unwrap_or(0);
+            let shifted = if rem == 0 { lo } else { (lo >> rem) | (hi << (8 - rem)) };
+            if let Some(b) = self.bits.get_mut(i) {
+                *b = shifted;
             }
         }
-        self.bits = shifted;
         self.base += n;
     }
 

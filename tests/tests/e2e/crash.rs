@@ -22,10 +22,20 @@ impl Rng {
 }
 
 fn kills() -> u32 {
-    std::env::var("CRASH_KILLS")
+    env_number("CRASH_KILLS", 20)
+}
+
+/// Readings per device: enough that the devices are still sending when the last kill comes
+/// (`tests/soak` raises it with the number of kills).
+fn count(default: u32) -> u32 {
+    env_number("CRASH_COUNT", default)
+}
+
+fn env_number(name: &str, default: u32) -> u32 {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(20)
+        .unwrap_or(default)
 }
 
 /// Kills and restarts the hub at random moments until every simulator has finished.
@@ -66,7 +76,7 @@ async fn kill_9_during_ingest_loses_nothing_acknowledged_and_stores_nothing_twic
         mqtt.as_str(),
     ];
     let hub = Hub::start_in(root.path(), &base, &[]);
-    let (json_devices, binary_devices, count) = (6, 4, 400);
+    let (json_devices, binary_devices, count) = (6, 4, count(400));
     let mut json = Sim::start(
         &mqtt,
         "json",
@@ -108,7 +118,7 @@ async fn kill_9_behind_mosquitto_loses_nothing_and_stores_nothing_twice() {
         broker_url.as_str(),
     ];
     let hub = Hub::start_in(root.path(), &base, &[]);
-    let (devices, count) = (6, 300);
+    let (devices, count) = (6, count(300));
     let broker = format!("127.0.0.1:{}", mosquitto.port);
     let mut sim = Sim::start(
         &broker,

@@ -456,7 +456,7 @@ impl Sim {
                 "--rate",
                 "40",
             ])
-            .args(["--ack-timeout", "1", "--drain-timeout", "240"])
+            .args(["--ack-timeout", "1", "--drain-timeout", "600"])
             .arg("--outbox")
             .arg(outbox)
             .stdout(Stdio::piped())
