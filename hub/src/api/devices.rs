@@ -1,4 +1,5 @@
-//! `/api/v1/devices` and below: the device registry, latest values and raw readings.
+//! `/api/v1/devices` and below: the device registry and latest values (readings are in
+//! `readings`).
 
 use axum::Extension;
 use axum::Json;
@@ -13,14 +14,18 @@ use super::error::ApiError;
 use super::params;
 use crate::auth::{Identity, Scope};
 use crate::ingest::now_ms;
-use crate::store::{Device, Order, ReadingsQuery};
+use crate::store::Device;
 
 /// A device counts as online when it was heard from within this window.
 const ONLINE_WINDOW_MS: u64 = 5 * 60 * 1000;
 /// Page size when the client gives none.
-const DEFAULT_PAGE: usize = 100;
+pub(super) const DEFAULT_PAGE: usize = 100;
 
-fn require(identity: &Identity, scope: Scope, name: &'static str) -> Result<(), ApiError> {
+pub(super) fn require(
+    identity: &Identity,
+    scope: Scope,
+    name: &'static str,
+) -> Result<(), ApiError> {
     if identity.has(scope) {
         Ok(())
     } else {
@@ -30,7 +35,7 @@ fn require(identity: &Identity, scope: Scope, name: &'static str) -> Result<(), 
 
 /// A device the identity may see, or 404 (the same answer as for a device that does not exist,
 /// so a restricted token cannot probe for the others).
-fn visible_device<'a>(identity: &Identity, id: &'a str) -> Result<&'a str, ApiError> {
+pub(super) fn visible_device<'a>(identity: &Identity, id: &'a str) -> Result<&'a str, ApiError> {
     let id = params::device_id(id)?;
     if identity.may_access(id) {
         Ok(id)
@@ -39,7 +44,7 @@ fn visible_device<'a>(identity: &Identity, id: &'a str) -> Result<&'a str, ApiEr
     }
 }
 
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+pub(super) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     q.map(|Query(t)| t)
         .map_err(|e| ApiError::BadRequest(e.body_text()))
 }
@@ -166,86 +171,4 @@ pub(super) async fn latest(
         );
     }
     Ok(Json(json!({ "device": id, "metrics": metrics })))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct ReadingsParams {
-    metric: Option<String>,
-    from: Option<String>,
-    to: Option<String>,
-    limit: Option<usize>,
-    cursor: Option<String>,
-    order: Option<String>,
-}
-
-/// `GET /api/v1/devices/{id}/readings`: raw readings by time, newest first unless `order=oldest`.
-pub(super) async fn readings(
-    State(state): State<ApiState>,
-    Extension(identity): Extension<Identity>,
-    Path(id): Path<String>,
-    q: Result<Query<ReadingsParams>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
-    require(&identity, Scope::Read, "read")?;
-    let id = visible_device(&identity, &id)?.to_owned();
-    let p = query(q)?;
-    let now = now_ms();
-    let order = match p.order.as_deref() {
-        None | Some("newest") => Order::Newest,
-        Some("oldest") => Order::Oldest,
-        Some(other) => {
-            return Err(ApiError::BadRequest(format!(
-                "`order`: {other:?} is not newest or oldest"
-            )));
-        }
-    };
-    if let Some(m) = &p.metric
-        && !device_protocol::is_valid_id(m)
-    {
-        return Err(ApiError::BadRequest(
-            "`metric` must be 1 to 64 characters of A-Z a-z 0-9 . _ -".into(),
-        ));
-    }
-    let from_ms = p
-        .from
-        .as_deref()
-        .map(|t| params::parse_time("from", t, now))
-        .transpose()?;
-    let to_ms =
-        p.to.as_deref()
-            .map(|t| params::parse_time("to", t, now))
-            .transpose()?;
-    if let (Some(f), Some(t)) = (from_ms, to_ms)
-        && f > t
-    {
-        return Err(ApiError::BadRequest("`from` is after `to`".into()));
-    }
-    let query = ReadingsQuery {
-        device: id.clone(),
-        metric: p.metric,
-        from_ms,
-        to_ms,
-        order,
-        limit: params::limit(p.limit, DEFAULT_PAGE, state.max_page)?,
-        after: p.cursor.as_deref().map(params::decode_cursor).transpose()?,
-    };
-    let store = state.store.clone();
-    let page = tokio::task::spawn_blocking(move || store.readings(&query))
-        .await
-        .map_err(|_| ApiError::Internal)??
-        .ok_or_else(|| ApiError::NotFound(format!("no device {id:?}")))?;
-    let readings: Vec<Value> = page
-        .readings
-        .iter()
-        .map(|r| {
-            let metrics: Map<String, Value> =
-                r.metrics.iter().map(|(n, v)| (n.clone(), value_json(v))).collect();
-            json!({ "offset": r.offset, "seq": r.seq, "ts": params::rfc3339(r.timestamp_ms), "metrics": metrics })
-        })
-        .collect();
-    Ok(Json(json!({
-        "device": id,
-        "readings": readings,
-        "next_cursor": page.next.map(params::encode_cursor),
-    })))
 }

@@ -7,6 +7,7 @@
 mod devices;
 pub mod error;
 pub mod params;
+mod readings;
 pub mod server;
 
 use std::sync::Arc;
@@ -84,7 +85,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/devices", get(devices::list))
         .route("/devices/{id}", get(devices::detail))
         .route("/devices/{id}/latest", get(devices::latest))
-        .route("/devices/{id}/readings", get(devices::readings))
+        .route("/devices/{id}/readings", get(readings::readings))
         .route("/readyz", get(readyz));
     let authenticated = Router::new()
         .nest("/api/v1", v1.clone())

@@ -1,10 +1,28 @@
-//! Parsing and formatting of API parameters: timestamps, cursors, limits, device ids.
+//! Parsing and formatting of API parameters: timestamps, cursors, limits, device ids, bucket
+//! widths and aggregates, and the response format a client asks for.
 
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::error::ApiError;
 use crate::store::Position;
+use crate::store::downsample::{Agg, MIN_BUCKET_MS};
+
+/// A span like `250ms`, `10s`, `15m`, `1h` or `7d`, in milliseconds; `None` when it is not one or
+/// overflows.
+fn span_ms(text: &str) -> Option<u64> {
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = text.split_at(split);
+    let unit_ms: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    n.parse::<u64>().ok()?.checked_mul(unit_ms)
+}
 
 /// Formats unix milliseconds as RFC 3339 in UTC with milliseconds: `2026-11-21T10:00:00.000Z`.
 pub fn rfc3339(ms: u64) -> String {
@@ -31,17 +49,8 @@ pub fn parse_time(name: &str, text: &str, now_ms: u64) -> Result<u64, ApiError> 
         ))
     };
     if let Some(rel) = text.strip_prefix('-') {
-        let split = rel.find(|c: char| !c.is_ascii_digit()).unwrap_or(rel.len());
-        let (n, unit) = rel.split_at(split);
-        let n: u64 = n.parse().map_err(|_| bad())?;
-        let unit_ms: u64 = match unit {
-            "s" => 1_000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            _ => return Err(bad()),
-        };
-        return Ok(now_ms.saturating_sub(n.saturating_mul(unit_ms)));
+        let span = span_ms(rel).ok_or_else(bad)?;
+        return Ok(now_ms.saturating_sub(span));
     }
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
         return text.parse().map_err(|_| bad());
@@ -89,6 +98,117 @@ pub fn device_id(id: &str) -> Result<&str, ApiError> {
             "device id must be 1 to 64 characters of A-Z a-z 0-9 . _ -".into(),
         ))
     }
+}
+
+/// Parses a bucket width: a positive count and a unit, `ms`, `s`, `m`, `h` or `d` (`10s`, `15m`,
+/// `1d`); at least [`MIN_BUCKET_MS`].
+pub fn bucket(text: &str) -> Result<u64, ApiError> {
+    let bad = || {
+        ApiError::BadRequest(format!(
+            "`bucket`: {text:?} is not a width of at least 1s such as 10s, 1m, 15m, 1h or 1d"
+        ))
+    };
+    match span_ms(text) {
+        Some(ms) if ms >= MIN_BUCKET_MS => Ok(ms),
+        _ => Err(bad()),
+    }
+}
+
+/// Parses a comma list of aggregates (`avg,min,max`); repeats are dropped, the order kept.
+pub fn aggs(text: &str) -> Result<Vec<Agg>, ApiError> {
+    let mut out = Vec::new();
+    for name in text.split(',').map(str::trim) {
+        let agg = Agg::from_name(name).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "`agg`: {name:?} is not one of avg, min, max, count, first, last, sum"
+            ))
+        })?;
+        if !out.contains(&agg) {
+            out.push(agg);
+        }
+    }
+    Ok(out)
+}
+
+/// An opaque cursor for a bucket page: the last bucket's start and the width it was made for,
+/// so a cursor is never applied to buckets of another width (or to raw readings).
+pub fn encode_bucket_cursor(start_ms: u64, width_ms: u64) -> String {
+    format!("b{start_ms:016x}{width_ms:016x}")
+}
+
+/// Parses a cursor made by [`encode_bucket_cursor`] for buckets of `width_ms`.
+pub fn decode_bucket_cursor(text: &str, width_ms: u64) -> Result<u64, ApiError> {
+    let bad =
+        || ApiError::BadRequest("`cursor` is not one this API returned for this `bucket`".into());
+    let hex = text.strip_prefix('b').ok_or_else(bad)?;
+    if hex.len() != 32 || !hex.is_ascii() {
+        return Err(bad());
+    }
+    let start = u64::from_str_radix(&hex[..16], 16).map_err(|_| bad())?;
+    let width = u64::from_str_radix(&hex[16..], 16).map_err(|_| bad())?;
+    if width == width_ms && width > 0 && start % width == 0 {
+        Ok(start)
+    } else {
+        Err(bad())
+    }
+}
+
+/// The representation of a readings answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON document, paged.
+    Json,
+    /// CSV (RFC 4180), streamed.
+    Csv,
+    /// Newline-delimited JSON, streamed.
+    Ndjson,
+}
+
+impl Format {
+    /// The content type of the answer.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Json => "application/json",
+            Format::Csv => "text/csv; charset=utf-8",
+            Format::Ndjson => "application/x-ndjson",
+        }
+    }
+}
+
+/// The format: `format` when given (`json`, `csv`, `ndjson`), else the `Accept` type with the
+/// highest q-value among those served (the first listed on a tie), else JSON. An `Accept` naming
+/// only other types still gets JSON, as it did before export existed.
+pub fn format(given: Option<&str>, accept: Option<&str>) -> Result<Format, ApiError> {
+    if let Some(given) = given {
+        return match given {
+            "json" => Ok(Format::Json),
+            "csv" => Ok(Format::Csv),
+            "ndjson" => Ok(Format::Ndjson),
+            other => Err(ApiError::BadRequest(format!(
+                "`format`: {other:?} is not json, csv or ndjson"
+            ))),
+        };
+    }
+    let mut best: Option<(f32, Format)> = None;
+    for range in accept.unwrap_or("").split(',') {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let served = match media.as_str() {
+            "application/json" | "application/*" | "*/*" => Format::Json,
+            "text/csv" => Format::Csv,
+            "application/x-ndjson" | "application/ndjson" => Format::Ndjson,
+            _ => continue,
+        };
+        let q = parts
+            .filter_map(|p| p.trim().strip_prefix("q="))
+            .map(|q| q.trim().parse::<f32>().unwrap_or(0.0))
+            .next()
+            .unwrap_or(1.0);
+        if q > 0.0 && best.is_none_or(|(b, _)| q > b) {
+            best = Some((q, served));
+        }
+    }
+    Ok(best.map_or(Format::Json, |(_, f)| f))
 }
 
 #[cfg(test)]
@@ -141,5 +261,91 @@ mod tests {
         assert_eq!(limit(Some(1000), 100, 1000).unwrap(), 1000);
         assert!(limit(Some(0), 100, 1000).is_err());
         assert!(limit(Some(1001), 100, 1000).is_err());
+    }
+
+    #[test]
+    fn buckets_parse_with_units_and_refuse_the_rest() {
+        assert_eq!(bucket("10s").unwrap(), 10_000);
+        assert_eq!(bucket("1m").unwrap(), 60_000);
+        assert_eq!(bucket("15m").unwrap(), 900_000);
+        assert_eq!(bucket("1h").unwrap(), 3_600_000);
+        assert_eq!(bucket("1d").unwrap(), 86_400_000);
+        assert_eq!(bucket("1500ms").unwrap(), 1_500);
+        for bad in [
+            "",
+            "s",
+            "0s",
+            "999ms",
+            "1w",
+            "1.5m",
+            "-1m",
+            "99999999999999999999d",
+            "m1",
+        ] {
+            let err = bucket(bad).unwrap_err();
+            assert!(
+                matches!(err, ApiError::BadRequest(d) if d.contains("`bucket`")),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn aggs_parse_and_unknown_names_are_refused() {
+        assert_eq!(aggs("avg").unwrap(), vec![Agg::Avg]);
+        assert_eq!(
+            aggs("max, min,max,count").unwrap(),
+            vec![Agg::Max, Agg::Min, Agg::Count]
+        );
+        for bad in ["", "mean", "avg,", "avg,median"] {
+            assert!(
+                matches!(aggs(bad), Err(ApiError::BadRequest(d)) if d.contains("`agg`")),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn bucket_cursors_round_trip_for_their_width_only() {
+        let c = encode_bucket_cursor(120_000, 60_000);
+        assert_eq!(decode_bucket_cursor(&c, 60_000).unwrap(), 120_000);
+        assert!(decode_bucket_cursor(&c, 1_000).is_err());
+        let raw = encode_cursor(Position {
+            timestamp_ms: 120_000,
+            offset: 0,
+        });
+        assert!(decode_bucket_cursor(&raw, 60_000).is_err());
+        assert!(decode_cursor(&c).is_err());
+        assert!(decode_bucket_cursor(&encode_bucket_cursor(1, 60_000), 60_000).is_err());
+    }
+
+    #[test]
+    fn formats_follow_the_parameter_then_accept() {
+        assert_eq!(
+            format(Some("csv"), Some("application/json")).unwrap(),
+            Format::Csv
+        );
+        assert!(
+            matches!(format(Some("xml"), None), Err(ApiError::BadRequest(d)) if d.contains("`format`"))
+        );
+        assert_eq!(format(None, None).unwrap(), Format::Json);
+        assert_eq!(format(None, Some("text/csv")).unwrap(), Format::Csv);
+        assert_eq!(
+            format(None, Some("application/x-ndjson")).unwrap(),
+            Format::Ndjson
+        );
+        assert_eq!(
+            format(None, Some("application/json;q=0.5, text/csv")).unwrap(),
+            Format::Csv
+        );
+        assert_eq!(
+            format(None, Some("text/csv;q=0, */*")).unwrap(),
+            Format::Json
+        );
+        assert_eq!(
+            format(None, Some("text/html,application/xhtml+xml,*/*;q=0.8")).unwrap(),
+            Format::Json
+        );
+        assert_eq!(format(None, Some("image/png")).unwrap(), Format::Json);
     }
 }

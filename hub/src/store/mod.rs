@@ -8,6 +8,7 @@
 //! - device and metric names are interned to small numbers, recorded in the same batch that first
 //!   uses them, so a reading never refers to a number the file does not know.
 
+pub mod downsample;
 pub mod engine;
 pub mod memory;
 pub mod records;
@@ -26,6 +27,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use device_protocol::OwnedValue;
 
+pub use downsample::{Agg, AggValue, Bucket, BucketPage, DownsampleQuery};
 pub use engine::{Direction, Engine, EngineError, KeyRange, Table, WriteBatch};
 pub use records::{DeviceRecord, TokenRecord, Transport};
 use records::{LatestRecord, ReadingRecord};
@@ -247,6 +249,17 @@ pub struct Applied {
     pub outcome: Outcome,
     /// The device's ack, when it numbers its readings.
     pub ack: Option<u32>,
+}
+
+/// The reading at `offset`, if it is still stored.
+fn reading_at(
+    snap: &dyn engine::Snapshot,
+    offset: u64,
+) -> Result<Option<ReadingRecord>, StoreError> {
+    match snap.get(Table::Readings, &records::reading_key(offset))? {
+        Some(bytes) => Ok(Some(records::decode(&bytes, "reading")?)),
+        None => Ok(None),
+    }
 }
 
 #[derive(Default, Clone)]
@@ -735,18 +748,12 @@ impl Store {
                     timestamp_ms,
                     offset,
                 });
-                let reading = match snap.get(Table::Readings, &records::reading_key(offset)) {
-                    Ok(Some(bytes)) => match records::decode::<ReadingRecord>(&bytes, "reading") {
-                        Ok(r) => r,
-                        Err(e) => {
-                            failure = Some(e);
-                            return ControlFlow::Break(());
-                        }
-                    },
+                let reading = match reading_at(&*snap, offset) {
+                    Ok(Some(r)) => r,
                     // Index entry without its reading: retention removed it between the two.
                     Ok(None) => return ControlFlow::Continue(()),
                     Err(e) => {
-                        failure = Some(e.into());
+                        failure = Some(e);
                         return ControlFlow::Break(());
                     }
                 };
@@ -785,6 +792,93 @@ impl Store {
             readings: positions,
             next,
         }))
+    }
+
+    /// The earliest and latest reading timestamps of a device; `None` for an unknown device or
+    /// one without readings. Two short index seeks, whatever the number of readings.
+    pub fn reading_span(&self, id: &str) -> Result<Option<(u64, u64)>, StoreError> {
+        let Some(device) = self.catalog()?.device_numbers.get(id).copied() else {
+            return Ok(None);
+        };
+        let snap = self.engine.snapshot()?;
+        let range = KeyRange::prefix(&device.to_be_bytes());
+        let mut ends = [None, None];
+        for (end, direction) in ends
+            .iter_mut()
+            .zip([Direction::Forward, Direction::Reverse])
+        {
+            snap.scan(Table::DeviceTime, &range, direction, &mut |k, _| {
+                *end = records::split_device_time_key(k).map(|(ts, _)| ts);
+                ControlFlow::Break(())
+            })?;
+        }
+        match ends {
+            [Some(first), Some(last)] => Ok(Some((first, last))),
+            _ => Ok(None),
+        }
+    }
+
+    /// A page of buckets of one metric of one device; `None` for an unknown device.
+    ///
+    /// One pass over the device time index in `[from, to)`, in the query's order: each reading is
+    /// read, its value of the metric folded into the current bucket, and the scan stops as soon as
+    /// the page is full. The cost grows with the readings in the range, never with the store.
+    pub fn downsample(&self, query: &DownsampleQuery) -> Result<Option<BucketPage>, StoreError> {
+        let empty = BucketPage {
+            buckets: vec![],
+            next: None,
+        };
+        let (device, metric) = {
+            let cat = self.catalog()?;
+            let Some(device) = cat.device_numbers.get(&query.device).copied() else {
+                return Ok(None);
+            };
+            // A metric the store has never seen: an empty page, not an error.
+            let Some(metric) = cat.metric_numbers.get(&query.metric).copied() else {
+                return Ok(Some(empty));
+            };
+            (device, metric)
+        };
+        let Some((from, to)) = query.scan_range() else {
+            return Ok(Some(empty));
+        };
+        let range = KeyRange {
+            start: Bound::Included(records::device_time_key(device, from, 0)),
+            end: match to {
+                Some(to) => Bound::Excluded(records::device_time_key(device, to, 0)),
+                None => Bound::Included(records::device_time_key(device, u64::MAX, u64::MAX)),
+            },
+        };
+        let direction = match query.order {
+            Order::Oldest => Direction::Forward,
+            Order::Newest => Direction::Reverse,
+        };
+        let mut sampler = downsample::Downsampler::new(query.bucket_ms, query.order, query.limit);
+        let snap = self.engine.snapshot()?;
+        let mut failure = None;
+        snap.scan(Table::DeviceTime, &range, direction, &mut |k, _| {
+            let Some((timestamp_ms, offset)) = records::split_device_time_key(k) else {
+                failure = Some(StoreError::Corrupt("device time key".into()));
+                return ControlFlow::Break(());
+            };
+            let reading = match reading_at(&*snap, offset) {
+                Ok(Some(r)) => r,
+                // Index entry without its reading: retention removed it between the two.
+                Ok(None) => return ControlFlow::Continue(()),
+                Err(e) => {
+                    failure = Some(e);
+                    return ControlFlow::Break(());
+                }
+            };
+            match reading.metrics.iter().find(|(m, _)| *m == metric) {
+                Some((_, value)) => sampler.push(timestamp_ms, value),
+                None => ControlFlow::Continue(()),
+            }
+        })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        Ok(Some(sampler.finish()))
     }
 
     /// Every token record with the keyed hash it is stored under.

@@ -115,7 +115,11 @@ impl SeqWindow {
         for i in 0..self.bits.len() {
             let lo = self.bits.get(i + skip).copied().unwrap_or(0);
             let hi = self.bits.get(i + skip + 1).copied().unwrap_or(0);
-            let shifted = if rem == 0 { lo } else { (lo >> rem) | (hi << (8 - rem)) };
+            let shifted = if rem == 0 {
+                lo
+            } else {
+                (lo >> rem) | (hi << (8 - rem))
+            };
             if let Some(b) = self.bits.get_mut(i) {
                 *b = shifted;
             }

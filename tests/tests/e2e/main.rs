@@ -5,6 +5,7 @@ mod api;
 
 mod cli;
 mod crash;
+mod downsample;
 
 mod external_broker;
 mod first_run;

@@ -1,0 +1,545 @@
+//! `GET /api/v1/devices/{id}/readings`: raw readings, downsampled buckets, and streamed export.
+//!
+//! Inputs: the query parameters (`metric`, `from`, `to`, `order`, `limit`, `cursor`, `bucket`,
+//! `agg`, `format`) and the `Accept` header. Outputs: a JSON page (`readings` or `buckets` with a
+//! `next_cursor`), or, for CSV and NDJSON, the whole range streamed.
+//!
+//! Invariants:
+//! - JSON answers are pages of at most `limit` readings or buckets;
+//! - an export never holds more than one store page (about [`EXPORT_PAGE`] readings or buckets)
+//!   being rendered plus [`EXPORT_CHUNKS`] rendered pages waiting for the client: each page is
+//!   read from a fresh snapshot on the blocking pool, and the next one only once the client has
+//!   taken enough, so a slow client slows the reads instead of filling memory, and no read
+//!   transaction stays open for the length of a download;
+//! - every error before the first byte is a problem+json answer; a store failure after it ends
+//!   the body early (the status line is gone by then), and is logged.
+
+use std::fmt::Write as _;
+
+use axum::Extension;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use device_protocol::OwnedValue;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::ApiState;
+use super::devices::{DEFAULT_PAGE, query, require, value_json, visible_device};
+use super::error::ApiError;
+use super::params::{self, Format};
+use crate::auth::{Identity, Scope};
+use crate::ingest::now_ms;
+use crate::store::downsample::{MAX_BUCKETS_IN_RANGE, buckets_in_range};
+use crate::store::{
+    Agg, AggValue, Bucket, DownsampleQuery, Order, Reading, ReadingsQuery, Store, StoreError,
+};
+
+/// Readings (or buckets) read from the store per export page.
+pub const EXPORT_PAGE: usize = 1_000;
+/// Rendered export pages waiting for a slow client.
+pub const EXPORT_CHUNKS: usize = 4;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ReadingsParams {
+    metric: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+    order: Option<String>,
+    bucket: Option<String>,
+    agg: Option<String>,
+    format: Option<String>,
+}
+
+/// What a request reads, page by page.
+#[derive(Debug, Clone)]
+enum Source {
+    /// Raw readings.
+    Raw(ReadingsQuery),
+    /// Buckets of one metric, with the aggregates asked for and the width as the client wrote it.
+    Buckets {
+        query: DownsampleQuery,
+        aggs: Vec<Agg>,
+        width: String,
+    },
+}
+
+/// `GET /api/v1/devices/{id}/readings`: raw readings by time, newest first unless `order=oldest`;
+/// buckets with `bucket`; CSV or NDJSON, streamed, when the client asks for them.
+pub(super) async fn readings(
+    State(state): State<ApiState>,
+    Extension(identity): Extension<Identity>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    q: Result<Query<ReadingsParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    require(&identity, Scope::Read, "read")?;
+    let id = visible_device(&identity, &id)?.to_owned();
+    let p = query(q)?;
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = params::format(p.format.as_deref(), accept)?;
+    let source = parse(&state, &id, p, format).await?;
+    let mut response = match format {
+        Format::Json => json_page(&state.store, source).await?,
+        Format::Csv | Format::Ndjson => export(state.store.clone(), source, format).await?,
+    };
+    // The same URL answers in several formats.
+    response
+        .headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("accept"));
+    Ok(response)
+}
+
+/// Checks every parameter and builds the query.
+async fn parse(
+    state: &ApiState,
+    id: &str,
+    p: ReadingsParams,
+    format: Format,
+) -> Result<Source, ApiError> {
+    let now = now_ms();
+    let order = match p.order.as_deref() {
+        None | Some("newest") => Order::Newest,
+        Some("oldest") => Order::Oldest,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "`order`: {other:?} is not newest or oldest"
+            )));
+        }
+    };
+    if let Some(m) = &p.metric
+        && !device_protocol::is_valid_id(m)
+    {
+        return Err(ApiError::BadRequest(
+            "`metric` must be 1 to 64 characters of A-Z a-z 0-9 . _ -".into(),
+        ));
+    }
+    let from_ms = p
+        .from
+        .as_deref()
+        .map(|t| params::parse_time("from", t, now))
+        .transpose()?;
+    let to_ms =
+        p.to.as_deref()
+            .map(|t| params::parse_time("to", t, now))
+            .transpose()?;
+    if let (Some(f), Some(t)) = (from_ms, to_ms)
+        && f > t
+    {
+        return Err(ApiError::BadRequest("`from` is after `to`".into()));
+    }
+    // An export reads the whole range; a page size there would silently cut it.
+    let limit = match (format, p.limit) {
+        (Format::Json, given) => params::limit(given, DEFAULT_PAGE, state.max_page)?,
+        (_, None) => EXPORT_PAGE,
+        (_, Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "`limit` does not apply to CSV or NDJSON export, which streams the whole range; bound it with `from` and `to`".into(),
+            ));
+        }
+    };
+    let Some(width) = p.bucket else {
+        if p.agg.is_some() {
+            return Err(ApiError::BadRequest("`agg` needs `bucket`".into()));
+        }
+        return Ok(Source::Raw(ReadingsQuery {
+            device: id.to_owned(),
+            metric: p.metric,
+            from_ms,
+            to_ms,
+            order,
+            limit,
+            after: p.cursor.as_deref().map(params::decode_cursor).transpose()?,
+        }));
+    };
+    let bucket_ms = params::bucket(&width)?;
+    let metric = p
+        .metric
+        .ok_or_else(|| ApiError::BadRequest("`metric` is required with `bucket`".into()))?;
+    let aggs = params::aggs(p.agg.as_deref().unwrap_or("avg"))?;
+    // The range is the one asked for; an open end is where the device's readings end.
+    let (from, to) = match (from_ms, to_ms) {
+        (Some(f), Some(t)) => (Some(f), Some(t)),
+        _ => {
+            let store = state.store.clone();
+            let lookup = id.to_owned();
+            let span = tokio::task::spawn_blocking(move || store.reading_span(&lookup))
+                .await
+                .map_err(|_| ApiError::Internal)??;
+            (
+                from_ms.or(span.map(|(first, _)| first)),
+                to_ms.or(span.map(|(_, last)| last.saturating_add(1))),
+            )
+        }
+    };
+    if let (Some(f), Some(t)) = (from, to) {
+        let n = buckets_in_range(f, t, bucket_ms);
+        if n > MAX_BUCKETS_IN_RANGE {
+            return Err(ApiError::BadRequest(format!(
+                "`bucket`: {width} makes {n} buckets over this range, more than {MAX_BUCKETS_IN_RANGE}; widen it or narrow `from`/`to`"
+            )));
+        }
+    }
+    let after = p
+        .cursor
+        .as_deref()
+        .map(|c| params::decode_bucket_cursor(c, bucket_ms))
+        .transpose()?;
+    Ok(Source::Buckets {
+        query: DownsampleQuery {
+            device: id.to_owned(),
+            metric,
+            from_ms,
+            to_ms,
+            bucket_ms,
+            order,
+            limit,
+            after,
+        },
+        aggs,
+        width,
+    })
+}
+
+/// One page read from the store: the items rendered in a format, and the cursor after them.
+enum Page {
+    Raw {
+        readings: Vec<Reading>,
+        next: Option<crate::store::Position>,
+    },
+    Buckets {
+        buckets: Vec<Bucket>,
+        next: Option<u64>,
+    },
+}
+
+impl Source {
+    /// Reads the page the query describes (blocking); `None` for an unknown device.
+    fn read(&self, store: &Store) -> Result<Option<Page>, StoreError> {
+        Ok(match self {
+            Source::Raw(q) => store.readings(q)?.map(|p| Page::Raw {
+                readings: p.readings,
+                next: p.next,
+            }),
+            Source::Buckets { query, .. } => store.downsample(query)?.map(|p| Page::Buckets {
+                buckets: p.buckets,
+                next: p.next,
+            }),
+        })
+    }
+
+    /// Moves the query past `page`; false when nothing follows it.
+    fn advance(&mut self, page: &Page) -> bool {
+        match (self, page) {
+            (Source::Raw(q), Page::Raw { next: Some(n), .. }) => {
+                q.after = Some(*n);
+                true
+            }
+            (Source::Buckets { query, .. }, Page::Buckets { next: Some(n), .. }) => {
+                query.after = Some(*n);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The first line of a CSV export.
+    fn csv_header(&self) -> String {
+        match self {
+            Source::Raw(_) => "ts,offset,seq,metric,value\r\n".to_owned(),
+            Source::Buckets { aggs, .. } => {
+                let mut line = "start,count".to_owned();
+                for agg in aggs.iter().filter(|a| **a != Agg::Count) {
+                    line.push(',');
+                    line.push_str(agg.name());
+                }
+                line.push_str("\r\n");
+                line
+            }
+        }
+    }
+
+    /// `page` rendered as CSV rows or NDJSON lines.
+    fn render(&self, page: &Page, format: Format) -> String {
+        let mut out = String::new();
+        match (page, format) {
+            (Page::Raw { readings, .. }, Format::Csv) => {
+                for r in readings {
+                    let ts = params::rfc3339(r.timestamp_ms);
+                    for (metric, value) in &r.metrics {
+                        let _ = write!(out, "{ts},{},{},{metric},", r.offset, r.seq);
+                        csv_value(&mut out, value);
+                        out.push_str("\r\n");
+                    }
+                }
+            }
+            (Page::Buckets { buckets, .. }, Format::Csv) => {
+                let aggs = self.aggs();
+                for b in buckets {
+                    let _ = write!(out, "{},{}", params::rfc3339(b.start_ms), b.count);
+                    for agg in aggs.iter().filter(|a| **a != Agg::Count) {
+                        out.push(',');
+                        match b.get(*agg) {
+                            AggValue::Count(n) => {
+                                let _ = write!(out, "{n}");
+                            }
+                            AggValue::Number(Some(x)) => out.push_str(&json_number(x)),
+                            AggValue::Value(Some(v)) => csv_value(&mut out, &v),
+                            AggValue::Number(None) | AggValue::Value(None) => {}
+                        }
+                    }
+                    out.push_str("\r\n");
+                }
+            }
+            (Page::Raw { readings, .. }, _) => {
+                for r in readings {
+                    out.push_str(&reading_json(r).to_string());
+                    out.push('\n');
+                }
+            }
+            (Page::Buckets { buckets, .. }, _) => {
+                let aggs = self.aggs();
+                for b in buckets {
+                    out.push_str(&bucket_json(b, aggs).to_string());
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+
+    fn aggs(&self) -> &[Agg] {
+        match self {
+            Source::Raw(_) => &[],
+            Source::Buckets { aggs, .. } => aggs,
+        }
+    }
+}
+
+/// Reads one page on the blocking pool.
+async fn read_page(store: &Store, source: &Source) -> Result<Option<Page>, ApiError> {
+    let store = store.clone();
+    let source = source.clone();
+    Ok(tokio::task::spawn_blocking(move || source.read(&store))
+        .await
+        .map_err(|_| ApiError::Internal)??)
+}
+
+fn not_found(source: &Source) -> ApiError {
+    let id = match source {
+        Source::Raw(q) => &q.device,
+        Source::Buckets { query, .. } => &query.device,
+    };
+    ApiError::NotFound(format!("no device {id:?}"))
+}
+
+/// The JSON answer: one page.
+async fn json_page(store: &Store, source: Source) -> Result<Response, ApiError> {
+    let page = read_page(store, &source)
+        .await?
+        .ok_or_else(|| not_found(&source))?;
+    let body = match (&source, page) {
+        (Source::Raw(q), Page::Raw { readings, next }) => json!({
+            "device": q.device,
+            "readings": readings.iter().map(reading_json).collect::<Vec<_>>(),
+            "next_cursor": next.map(params::encode_cursor),
+        }),
+        (Source::Buckets { query, aggs, width }, Page::Buckets { buckets, next }) => json!({
+            "device": query.device,
+            "metric": query.metric,
+            "bucket": width,
+            "buckets": buckets.iter().map(|b| bucket_json(b, aggs)).collect::<Vec<_>>(),
+            "next_cursor": next.map(|n| params::encode_bucket_cursor(n, query.bucket_ms)),
+        }),
+        _ => return Err(ApiError::Internal),
+    };
+    Ok(axum::Json(body).into_response())
+}
+
+/// The streamed answer. The first page is read before answering, so an unknown device or a
+/// failing store still gets a problem; the rest follows from a task that reads a page only when
+/// the client has room for it.
+async fn export(store: Store, mut source: Source, format: Format) -> Result<Response, ApiError> {
+    let page = read_page(&store, &source)
+        .await?
+        .ok_or_else(|| not_found(&source))?;
+    let mut first = match format {
+        Format::Csv => source.csv_header(),
+        _ => String::new(),
+    };
+    first.push_str(&source.render(&page, format));
+    let more = source.advance(&page);
+    drop(page);
+
+    let (chunk_tx, chunk_rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(EXPORT_CHUNKS);
+    if more {
+        tokio::spawn(async move {
+            // Stops when the range is done, the store fails, or the client has gone (the body,
+            // and with it the receiver, is dropped).
+            while !chunk_tx.is_closed() {
+                let read = {
+                    let store = store.clone();
+                    let mut source = source.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let page = source.read(&store)?;
+                        Ok::<_, StoreError>(page.map(|page| {
+                            let chunk = source.render(&page, format);
+                            let more = source.advance(&page);
+                            (chunk, more, source)
+                        }))
+                    })
+                    .await
+                };
+                match read {
+                    Ok(Ok(Some((chunk, more, next)))) => {
+                        if !chunk.is_empty() && chunk_tx.send(Ok(Bytes::from(chunk))).await.is_err()
+                        {
+                            return;
+                        }
+                        if !more {
+                            return;
+                        }
+                        source = next;
+                    }
+                    // The device went away mid-export: what was sent is all there is.
+                    Ok(Ok(None)) => return,
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "store read failed during export; ending the body early");
+                        let _ = chunk_tx
+                            .send(Err(std::io::Error::other("store read failed")))
+                            .await;
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "export page task failed; ending the body early");
+                        let _ = chunk_tx
+                            .send(Err(std::io::Error::other("export failed")))
+                            .await;
+                        return;
+                    }
+                }
+            }
+        });
+    }
+    let body = tokio_stream::once(Ok(Bytes::from(first))).chain(ReceiverStream::new(chunk_rx));
+    let mut response = Body::from_stream(body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
+    Ok(response)
+}
+
+/// A reading as the JSON API shows it (and as each NDJSON line).
+fn reading_json(r: &Reading) -> Value {
+    let metrics: Map<String, Value> = r
+        .metrics
+        .iter()
+        .map(|(n, v)| (n.clone(), value_json(v)))
+        .collect();
+    json!({ "offset": r.offset, "seq": r.seq, "ts": params::rfc3339(r.timestamp_ms), "metrics": metrics })
+}
+
+/// A bucket with its start, count and the aggregates asked for.
+fn bucket_json(b: &Bucket, aggs: &[Agg]) -> Value {
+    let mut m = Map::new();
+    m.insert("start".into(), json!(params::rfc3339(b.start_ms)));
+    m.insert("count".into(), json!(b.count));
+    for agg in aggs {
+        let v = match b.get(*agg) {
+            AggValue::Count(n) => json!(n),
+            // serde_json writes a non-finite float as null.
+            AggValue::Number(x) => json!(x),
+            AggValue::Value(v) => v.as_ref().map_or(Value::Null, value_json),
+        };
+        m.insert(agg.name().into(), v);
+    }
+    Value::Object(m)
+}
+
+/// A float as JSON writes it (shortest round-trip form); empty when not finite, as CSV has no
+/// spelling for it.
+fn json_number(x: f64) -> String {
+    serde_json::Number::from_f64(x)
+        .map(|n| n.to_string())
+        .unwrap_or_default()
+}
+
+/// A value as a CSV field: numbers and booleans bare, strings always in double quotes with inner
+/// quotes doubled (RFC 4180), so a string "12" stays apart from the number 12.
+fn csv_value(out: &mut String, value: &OwnedValue) {
+    match value {
+        OwnedValue::F64(x) => out.push_str(&json_number(*x)),
+        OwnedValue::I64(i) => {
+            let _ = write!(out, "{i}");
+        }
+        OwnedValue::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        OwnedValue::Str(s) => {
+            out.push('"');
+            out.push_str(&s.replace('"', "\"\""));
+            out.push('"');
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_values_quote_strings_the_rfc_4180_way() {
+        let mut out = String::new();
+        for v in [
+            OwnedValue::F64(21.5),
+            OwnedValue::F64(f64::NAN),
+            OwnedValue::I64(-3),
+            OwnedValue::Bool(true),
+            OwnedValue::Str("a \"b\", c\r\nd".into()),
+        ] {
+            csv_value(&mut out, &v);
+            out.push('|');
+        }
+        assert_eq!(out, "21.5||-3|true|\"a \"\"b\"\", c\r\nd\"|");
+    }
+
+    #[test]
+    fn bucket_csv_lists_count_once() {
+        let source = Source::Buckets {
+            query: DownsampleQuery {
+                device: "d".into(),
+                metric: "m".into(),
+                from_ms: None,
+                to_ms: None,
+                bucket_ms: 60_000,
+                order: Order::Oldest,
+                limit: 10,
+                after: None,
+            },
+            aggs: vec![Agg::Max, Agg::Count, Agg::Last],
+            width: "1m".into(),
+        };
+        assert_eq!(source.csv_header(), "start,count,max,last\r\n");
+        let mut b = Bucket::new(60_000);
+        b.add(&OwnedValue::Str("x".into()), Order::Oldest);
+        let page = Page::Buckets {
+            buckets: vec![b],
+            next: None,
+        };
+        assert_eq!(
+            source.render(&page, Format::Csv),
+            "1970-01-01T00:01:00.000Z,1,,\"x\"\r\n"
+        );
+        assert_eq!(
+            source.render(&page, Format::Ndjson),
+            "{\"count\":1,\"last\":\"x\",\"max\":null,\"start\":\"1970-01-01T00:01:00.000Z\"}\n"
+        );
+    }
+}
