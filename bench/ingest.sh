@@ -3,6 +3,11 @@
 # the same run: the same publisher into mosquitto alone (its PUBACK), with mosquitto_sub reading
 # everything. Prints a table; the JSON lines of each run go to bench/results/.
 #
+# The offered load (50 devices x 400/s) is above what one 2-core machine sustains, on purpose: the
+# figure is the saturated rate, readings acknowledged by the hub (durable) per second over the run
+# and its drain. Devices that could not drain their backlog in time make firmware-sim exit 1; that
+# is expected here and not an error of the benchmark.
+#
 #   bench/ingest.sh            # 20 s per run
 #   SECONDS_PER_RUN=60 bench/ingest.sh
 #
@@ -50,7 +55,7 @@ echo "| mosquitto alone (QoS 1, broker PUBACK) | 50 | 20000 | $(printf %.0f "$ba
 
 # 2. The hub behind that mosquitto: a reading counts when the hub has made it durable and acked it.
 start_hub "$work/hub-ext" --mqtt-broker "mqtt://127.0.0.1:$mport"
-r=$($sim --broker "127.0.0.1:$mport" --transport json --devices 50 --rate 400 --duration "$secs" --prefix ext-)
+r=$($sim --broker "127.0.0.1:$mport" --transport json --devices 50 --rate 400 --duration "$secs" --drain-timeout 10 --prefix ext- || true)
 echo "$r" > "$out/ingest-hub-mosquitto-json.json"
 rate=$(field "$r" acked); rate=$(python3 -c "print($rate/$(field "$r" seconds))")
 echo "| hub behind mosquitto, JSON QoS 1, hub acks | 50 | 20000 | $(printf %.0f "$rate") | $(python3 -c "print(f'{$rate/$base_rate:.2f}')") | $(( $(rss_kb "$HUB_PID") / 1024 )) MB |" >> "$work/table"
@@ -60,7 +65,7 @@ kill "$HUB_PID"; wait "$HUB_PID" 2>/dev/null || true
 eport=$(port)
 start_hub "$work/hub-emb" --mqtt-listen "127.0.0.1:$eport"
 for transport in json binary; do
-  r=$($sim --broker "127.0.0.1:$eport" --transport "$transport" --devices 50 --rate 400 --duration "$secs" --prefix "emb-$transport-")
+  r=$($sim --broker "127.0.0.1:$eport" --transport "$transport" --devices 50 --rate 400 --duration "$secs" --drain-timeout 10 --prefix "emb-$transport-" || true)
   echo "$r" > "$out/ingest-hub-embedded-$transport.json"
   rate=$(field "$r" acked); rate=$(python3 -c "print($rate/$(field "$r" seconds))")
   echo "| hub, embedded broker, $transport QoS 1, hub acks | 50 | 20000 | $(printf %.0f "$rate") | $(python3 -c "print(f'{$rate/$base_rate:.2f}')") | $(( $(rss_kb "$HUB_PID") / 1024 )) MB |" >> "$work/table"
@@ -69,15 +74,16 @@ kill "$HUB_PID"; wait "$HUB_PID" 2>/dev/null || true
 
 # 4. A serial line: how many frames a second the hub takes from one port, against what a 115200
 #    baud line (8N1: 11520 bytes/s) can carry at the frame size measured on the wire.
-socat -d -d -lf "$work/socat.log" -x pty,raw,echo=0,link="$work/tty-hub" pty,raw,echo=0,link="$work/tty-dev" 2> "$work/socat.hex" & pids+=($!)
+socat -x pty,raw,echo=0,link="$work/tty-hub" pty,raw,echo=0,link="$work/tty-dev" 2> "$work/socat.hex" & pids+=($!)
 for _ in $(seq 50); do [ -e "$work/tty-dev" ] && break; sleep 0.1; done
 printf '[[serial]]\npath = "%s"\n' "$work/tty-hub" > "$work/serial.toml"
 start_hub "$work/hub-serial" --mqtt-listen "127.0.0.1:$(port)" --config "$work/serial.toml"
-r=$($sim --transport serial --serial "$work/tty-dev" --rate 20000 --duration "$secs" --prefix serial-)
+r=$($sim --transport serial --serial "$work/tty-dev" --rate 20000 --duration "$secs" --drain-timeout 10 --prefix serial- || true)
 echo "$r" > "$out/ingest-hub-serial.json"
 frames=$(field "$r" acked); rate=$(python3 -c "print($frames/$(field "$r" seconds))")
-# socat -x logs every transfer as "> ... length=N from=..." (device to hub) and "< ..." (back).
-bytes=$(grep -E '^> ' "$work/socat.hex" | sed -E 's/.*length=([0-9]+).*/\1/' | awk '{s+=$1} END {print s+0}')
+# socat -x logs every transfer as "< ... length=N ..." for data written to its second address
+# (the device's end, towards the hub) and "> ..." for the other way.
+bytes=$(grep -E '^< ' "$work/socat.hex" | sed -E 's/.*length=([0-9]+).*/\1/' | awk '{s+=$1} END {print s+0}')
 per_frame=$(python3 -c "print($bytes/max($frames,1))")
 line=$(python3 -c "print(11520/$per_frame)")
 echo "| hub, one serial port (pty, not rate-limited), binary frames | 1 | as fast as it goes | $(printf %.0f "$rate") frames/s ($(printf %.1f "$per_frame") B/frame on the wire) | $(python3 -c "print(f'{$rate/$line:.1f}x a 115200 line ({$line:.0f} frames/s)')") | $(( $(rss_kb "$HUB_PID") / 1024 )) MB |" >> "$work/table"

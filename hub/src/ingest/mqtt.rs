@@ -23,6 +23,13 @@ use super::{IngestStats, now_ms};
 use crate::store::writer::{CommitFailed, Submission};
 use crate::store::{Applied, Ingest, Outcome};
 
+/// Messages waiting for their commit before the PUBACK and the device's ack. A broker sends at
+/// most its in-flight window of unacked QoS 1 messages (mosquitto: 20 by default, rumqttd: 100),
+/// far fewer than this.
+const ACK_QUEUE: usize = 4096;
+/// Requests (PUBACKs, device acks, subscriptions) queued for rumqttc's event loop.
+const REQUEST_QUEUE: usize = 8192;
+
 /// First wait after a failed connection; doubled up to [`RECONNECT_MAX`], with full jitter.
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
 /// Longest wait between reconnection attempts.
@@ -119,11 +126,11 @@ impl MqttIngest {
             options.set_credentials(user.clone(), password.clone());
         }
 
-        let inflight = usize::from(s.inflight).max(1);
-        // Room for every in-flight ack plus subscribe requests: try_ack then only fails while
-        // the connection is down, and is retried.
-        let (client, mut eventloop) = AsyncClient::new(options, inflight * 2 + 16);
-        let (acks_tx, acks_rx) = mpsc::channel::<Pending>(inflight * 2);
+        // Only this task drains rumqttc's request channel (by polling), so it must never wait on
+        // the acker, which fills that channel: the acker's queue and the request channel are both
+        // larger than any broker's in-flight window (see `handle`).
+        let (client, mut eventloop) = AsyncClient::new(options, REQUEST_QUEUE);
+        let (acks_tx, acks_rx) = mpsc::channel::<Pending>(ACK_QUEUE);
         let acker = tokio::spawn(ack_in_order(client.clone(), acks_rx, shutdown.clone()));
 
         let mut backoff = RECONNECT_MIN;
@@ -230,9 +237,23 @@ impl MqttIngest {
         if publish.is_none() && reply == Reply::Nothing {
             return true;
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => false,
-            sent = acks_tx.send(Pending { done_rx, publish, reply }) => sent.is_ok(),
+        let pending = Pending {
+            done_rx,
+            publish,
+            reply,
+        };
+        match acks_tx.try_send(pending) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            // A QoS 0 message only wanted a reply to its device: drop the reply rather than stop
+            // polling; the device retransmits and gets its ack then.
+            Err(mpsc::error::TrySendError::Full(p)) if p.publish.is_none() => true,
+            // A QoS 1 message's PUBACK must not be lost. This only happens with a broker sending
+            // more unacked messages than ACK_QUEUE; wait, as the only way left.
+            Err(mpsc::error::TrySendError::Full(p)) => tokio::select! {
+                _ = shutdown.cancelled() => false,
+                sent = acks_tx.send(p) => sent.is_ok(),
+            },
         }
     }
 }

@@ -250,3 +250,39 @@ async fn mosquitto_stopped_and_restarted_mid_stream_loses_nothing_and_stores_not
     assert!(ok, "not every reading was acknowledged:\n{output}");
     crate::harness::check_every_reading_once(&hub, "mid-", devices, count).await;
 }
+
+/// Under more load than the hub can take, it slows the devices down (back-pressure) but never
+/// stalls: every reading is still stored once and acknowledged. Once, the task that polls the MQTT
+/// connection could wait on the acker, which waited on that polling; throughput fell to a few
+/// readings a second. This run would never finish then.
+#[tokio::test(flavor = "multi_thread")]
+async fn overload_behind_mosquitto_slows_devices_down_but_never_stalls() {
+    let root = tempfile::tempdir().unwrap();
+    let mosquitto = Mosquitto::start(root.path());
+    let broker = format!("mqtt://127.0.0.1:{}", mosquitto.port);
+    let hub = Hub::start(root.path(), &["--mqtt-broker", broker.as_str()]);
+    let (devices, count) = (20, 1000);
+    let child = std::process::Command::new(crate::harness::binary("firmware-sim"))
+        .args([
+            "--broker",
+            &format!("127.0.0.1:{}", mosquitto.port),
+            "--prefix",
+            "load-",
+        ])
+        .args([
+            "--devices",
+            &devices.to_string(),
+            "--count",
+            &count.to_string(),
+            "--rate",
+            "1000",
+        ])
+        .args(["--drain-timeout", "300"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (ok, output) = crate::harness::Sim::from_child(child).wait();
+    assert!(ok, "not every reading was acknowledged:\n{output}");
+    crate::harness::check_every_reading_once(&hub, "load-", devices, count).await;
+}
