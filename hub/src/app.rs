@@ -204,6 +204,11 @@ pub async fn run(
             client_id: config.mqtt.client_id.clone(),
             inflight: config.mqtt.inflight,
             max_payload: config.ingest.max_payload.0 as usize,
+            subscribe_qos: if embedded.is_some() {
+                rumqttc::QoS::AtMostOnce
+            } else {
+                rumqttc::QoS::AtLeastOnce
+            },
         },
         submissions_tx.clone(),
         ingest_stats.clone(),

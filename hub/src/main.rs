@@ -101,7 +101,23 @@ fn init_logging(config: &Config) {
     }
 }
 
+/// glibc gives threads that allocate their own malloc arenas (up to 8 per core), and an arena keeps
+/// what was freed in it. With the runtime's workers, the blocking pool and the broker's threads,
+/// that held over 10 MB of freed memory after a load peak (50 MB peak RSS at 18k readings/s, 39 MB
+/// with two arenas, same throughput; bench/ingest.sh). Two arenas keep the hub within its budget.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt only tunes the allocator; it is called once, before any other thread
+    // exists, with a valid option and value.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn serve(config: Config) -> anyhow::Result<()> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    limit_malloc_arenas();
     if rustls::crypto::ring::default_provider()
         .install_default()
         .is_err()

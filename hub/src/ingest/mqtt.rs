@@ -52,6 +52,10 @@ pub struct MqttSettings {
     pub inflight: u16,
     /// Largest telemetry payload accepted.
     pub max_payload: usize,
+    /// QoS of the hub's subscription: 1 for an external broker (the PUBACK leaves once the reading
+    /// is durable, so the broker redelivers what a crash took); 0 for the embedded one, which lives
+    /// and dies with the hub, so QoS 1 would add a round trip per message and nothing else.
+    pub subscribe_qos: QoS,
 }
 
 /// Connection state, for readiness.
@@ -144,7 +148,7 @@ impl MqttIngest {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     backoff = RECONNECT_MIN;
                     let filters = [decode::TELEMETRY_FILTER, decode::UP_FILTER]
-                        .map(|f| rumqttc::SubscribeFilter::new(f.to_owned(), QoS::AtLeastOnce));
+                        .map(|f| rumqttc::SubscribeFilter::new(f.to_owned(), s.subscribe_qos));
                     if let Err(e) = client.try_subscribe_many(filters) {
                         tracing::warn!(error = %e, "could not queue the subscription");
                     }
