@@ -2,9 +2,10 @@
 //!
 //! rumqttd runs its router and its listener on threads of its own, each with a single-threaded
 //! runtime; `Broker::start` never returns, so it gets a dedicated thread that ends with the process.
-//! Its in-memory log per subscription is capped: the hub's subscription is the only big consumer,
-//! and readings are acknowledged to devices only once durable, so a reading the broker drops under
-//! overload is retransmitted by its device, never lost.
+//! Its in-memory log per subscription filter is capped: large for the hub's two ingest filters,
+//! small for every device's own downlink filters. Readings are acknowledged to devices only once
+//! durable, so a reading the broker drops under overload is retransmitted by its device, never lost.
+
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,10 +15,17 @@ use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 /// Largest MQTT payload the embedded broker accepts. Larger than `ingest.max_payload` on purpose:
 /// an oversized reading reaches the hub, which counts and logs it, instead of vanishing in the broker.
 pub const BROKER_MAX_PAYLOAD: usize = 1 << 20;
-/// Bytes of one segment of the broker's in-memory log per subscription.
-const SEGMENT_BYTES: usize = 1 << 20;
-/// Segments kept per subscription.
-const SEGMENTS: usize = 4;
+/// rumqttd keeps an in-memory log per subscription filter, up to segment size x segment count,
+/// and keeps it full. The hub's own ingest filters carry every reading and get room to absorb a
+/// burst; every other filter (each device's `/ack` and `/down`) carries a few small messages and
+/// gets little, so memory does not grow with the number of devices times a large log.
+const INGEST_SEGMENT_BYTES: usize = 1 << 20;
+/// Segments kept for each of the hub's ingest filters.
+const INGEST_SEGMENTS: usize = 4;
+/// Bytes of one segment for any other filter (rumqttd's minimum is 1 KiB).
+const DEVICE_SEGMENT_BYTES: usize = 8 << 10;
+/// Segments kept for any other filter.
+const DEVICE_SEGMENTS: usize = 2;
 
 /// Settings of the embedded broker.
 #[derive(Debug, Clone)]
@@ -65,9 +73,20 @@ fn config(settings: &BrokerSettings) -> Config {
         router: RouterConfig {
             max_connections: settings.max_connections,
             max_outgoing_packet_count: 200,
-            max_segment_size: SEGMENT_BYTES,
-            max_segment_count: SEGMENTS,
-            custom_segment: None,
+            max_segment_size: DEVICE_SEGMENT_BYTES,
+            max_segment_count: DEVICE_SEGMENTS,
+            custom_segment: Some(
+                [super::decode::TELEMETRY_FILTER, super::decode::UP_FILTER]
+                    .into_iter()
+                    .map(|filter| {
+                        let segments = rumqttd::SegmentConfig {
+                            max_segment_size: INGEST_SEGMENT_BYTES,
+                            max_segment_count: INGEST_SEGMENTS,
+                        };
+                        (filter.to_owned(), segments)
+                    })
+                    .collect(),
+            ),
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),
         },
