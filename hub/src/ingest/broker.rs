@@ -6,7 +6,6 @@
 //! small for every device's own downlink filters. Readings are acknowledged to devices only once
 //! durable, so a reading the broker drops under overload is retransmitted by its device, never lost.
 
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::decode::{self, Topic};
-use super::{IngestStats, now_ms};
+use super::{IngestStats, jitter, now_ms};
 use crate::store::writer::{CommitFailed, Submission};
 use crate::store::{Applied, Ingest, Outcome};
 
@@ -363,14 +363,4 @@ fn reply_message(
         payload,
         ack: Some((device.clone(), ack)),
     })
-}
-
-/// A random wait between half of `max` and `max`.
-fn jitter(max: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let fraction = 0.5 + f64::from(nanos % 1000) / 2000.0;
-    max.mul_f64(fraction)
 }

@@ -46,7 +46,7 @@ use tokio::time::Instant;
 use tokio_serial::{DataBits, FlowControl, Parity, SerialPortBuilderExt, SerialStream, StopBits};
 use tokio_util::sync::CancellationToken;
 
-use super::{IngestStats, Rejection, decode, now_ms};
+use super::{IngestStats, Rejection, decode, jitter, now_ms};
 use crate::store::writer::{CommitFailed, Submission};
 use crate::store::{Applied, Ingest, Outcome, Transport};
 
@@ -654,16 +654,6 @@ fn frame(message: &Downlink<'_>) -> Option<Vec<u8>> {
     bytes.push(0);
     bytes.extend_from_slice(buf.get(..len)?);
     Some(bytes)
-}
-
-/// A random wait between half of `max` and `max`, so ports failing together do not retry in step.
-fn jitter(max: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let fraction = 0.5 + f64::from(nanos % 1000) / 2000.0;
-    max.mul_f64(fraction)
 }
 
 #[cfg(test)]

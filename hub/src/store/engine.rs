@@ -198,6 +198,32 @@ impl EngineError {
     }
 }
 
+/// Feeds `entries` to `step` in `direction` order until `step` says stop (`true`) or fails; the
+/// one loop every engine's scan uses.
+pub fn walk<T, E>(
+    entries: impl DoubleEndedIterator<Item = T>,
+    direction: Direction,
+    mut step: impl FnMut(T) -> Result<bool, E>,
+) -> Result<(), E> {
+    match direction {
+        Direction::Forward => {
+            for entry in entries {
+                if step(entry)? {
+                    break;
+                }
+            }
+        }
+        Direction::Reverse => {
+            for entry in entries.rev() {
+                if step(entry)? {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Called for each entry of a scan; return `Break` to stop early.
 pub type Visitor<'v> = dyn FnMut(&[u8], &[u8]) -> ControlFlow<()> + 'v;
 

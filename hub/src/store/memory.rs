@@ -2,11 +2,10 @@
 //! durability: a "reopen" is a new [`MemoryEngine`] over the same shared tables.
 
 use std::collections::BTreeMap;
-use std::ops::ControlFlow;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use super::engine::{
-    Change, Direction, Engine, EngineError, KeyRange, Snapshot, Table, Visitor, WriteBatch,
+    Change, Direction, Engine, EngineError, KeyRange, Snapshot, Table, Visitor, WriteBatch, walk,
 };
 
 type Tables = BTreeMap<(Table, Vec<u8>), Vec<u8>>;
@@ -56,25 +55,11 @@ impl Snapshot for MemorySnapshot<'_> {
             .range((table, Vec::new())..)
             .take_while(|((t, _), _)| *t == table)
             .filter(|((_, k), _)| range.contains(k));
-        let mut step = |((_, k), v): (&(Table, Vec<u8>), &Vec<u8>)| visit(k, v);
-        match direction {
-            Direction::Forward => {
-                for entry in entries {
-                    if step(entry).is_break() {
-                        break;
-                    }
-                }
-            }
-            Direction::Reverse => {
-                let all: Vec<_> = entries.collect();
-                for entry in all.into_iter().rev() {
-                    if let ControlFlow::Break(()) = step(entry) {
-                        break;
-                    }
-                }
-            }
-        }
-        Ok(())
+        // A test engine: collecting first keeps it simple (the range is not double-ended).
+        let entries: Vec<_> = entries.collect();
+        walk(entries.into_iter(), direction, |((_, k), v)| {
+            Ok::<_, EngineError>(visit(k, v).is_break())
+        })
     }
 }
 

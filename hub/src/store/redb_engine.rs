@@ -75,23 +75,7 @@ impl Snapshot for RedbSnapshot {
                 entry.map_err(EngineError::engine)?;
             Ok(visit(k.value(), v.value()) == ControlFlow::Break(()))
         };
-        match direction {
-            Direction::Forward => {
-                for entry in iter {
-                    if step(entry)? {
-                        break;
-                    }
-                }
-            }
-            Direction::Reverse => {
-                for entry in iter.rev() {
-                    if step(entry)? {
-                        break;
-                    }
-                }
-            }
-        }
-        Ok(())
+        super::engine::walk(iter, direction, &mut step)
     }
 }
 

@@ -77,23 +77,7 @@ impl Snapshot for SledSnapshot<'_> {
                 let (k, v) = entry.map_err(EngineError::engine)?;
                 Ok(visit(&k[1..], &v) == ControlFlow::Break(()))
             };
-        match direction {
-            Direction::Forward => {
-                for entry in iter {
-                    if step(entry)? {
-                        break;
-                    }
-                }
-            }
-            Direction::Reverse => {
-                for entry in iter.rev() {
-                    if step(entry)? {
-                        break;
-                    }
-                }
-            }
-        }
-        Ok(())
+        super::engine::walk(iter, direction, &mut step)
     }
 }
 
