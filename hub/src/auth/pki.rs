@@ -95,31 +95,14 @@ pub fn ensure(dir: &Path) -> Result<(TlsFiles, bool), AuthError> {
     if let Some(host) = host_name().filter(|h| h != "localhost") {
         names.push(host);
     }
-    let server_key = KeyPair::generate().map_err(pki_err("server key"))?;
-    let mut server = CertificateParams::new(names).map_err(pki_err("server"))?;
-    server.distinguished_name.push(DnType::CommonName, "hub");
-    server.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    server.not_before = now - Duration::hours(1);
-    server.not_after = now + Duration::days(825);
-    server.use_authority_key_identifier_extension = true;
-    let server_cert = server
-        .signed_by(&server_key, &issuer)
-        .map_err(pki_err("server"))?;
-
-    let admin_key = KeyPair::generate().map_err(pki_err("admin key"))?;
-    let mut admin = CertificateParams::new(Vec::<String>::new()).map_err(pki_err("admin"))?;
-    admin
-        .distinguished_name
-        .push(DnType::CommonName, ADMIN_CLIENT_NAME);
-    admin.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    admin.not_before = now - Duration::hours(1);
-    admin.not_after = now + Duration::days(825);
-    admin.use_authority_key_identifier_extension = true;
-    let admin_cert = admin
-        .signed_by(&admin_key, &issuer)
-        .map_err(pki_err("admin"))?;
+    let (server_cert, server_key) =
+        issue_leaf(&issuer, "hub", names, ExtendedKeyUsagePurpose::ServerAuth)?;
+    let (admin_cert, admin_key) = issue_leaf(
+        &issuer,
+        ADMIN_CLIENT_NAME,
+        Vec::new(),
+        ExtendedKeyUsagePurpose::ClientAuth,
+    )?;
 
     // Keys first, certificates after, the CA certificate last: `ensure` looks for all six.
     files::write_private(&files.ca_key, issuer.key().serialize_pem().as_bytes())?;
@@ -129,6 +112,31 @@ pub fn ensure(dir: &Path) -> Result<(TlsFiles, bool), AuthError> {
     files::write_private(&files.admin_cert, admin_cert.pem().as_bytes())?;
     files::write_private(&files.ca_cert, ca_cert.pem().as_bytes())?;
     Ok((files, true))
+}
+
+/// A certificate for `common_name` (and `names` as SANs) for `purpose`, signed by `issuer`, valid
+/// from an hour ago for 825 days, with a new key.
+fn issue_leaf(
+    issuer: &Issuer<'_, KeyPair>,
+    common_name: &str,
+    names: Vec<String>,
+    purpose: ExtendedKeyUsagePurpose,
+) -> Result<(rcgen::Certificate, KeyPair), AuthError> {
+    let key = KeyPair::generate().map_err(pki_err(common_name))?;
+    let mut params = CertificateParams::new(names).map_err(pki_err(common_name))?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![purpose];
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + Duration::days(825);
+    params.use_authority_key_identifier_extension = true;
+    let cert = params
+        .signed_by(&key, issuer)
+        .map_err(pki_err(common_name))?;
+    Ok((cert, key))
 }
 
 fn host_name() -> Option<String> {

@@ -262,7 +262,7 @@ fn reading_at(
     }
 }
 
-#[derive(Default, Clone)]
+#[derive(Default)]
 struct Catalog {
     device_numbers: HashMap<String, u32>,
     devices: BTreeMap<u32, DeviceRecord>,
@@ -271,51 +271,94 @@ struct Catalog {
     next_offset: u64,
 }
 
-impl Catalog {
-    /// The number of `name`, registering a new device when it has none.
-    fn device_number(
+/// What one batch changes in the catalog, kept aside until its commit has succeeded: a failed
+/// commit then leaves the catalog as the disk has it, without copying the whole catalog for every
+/// batch. Holds a copy of only the device records the batch touches.
+struct Staged<'c> {
+    base: &'c Catalog,
+    /// Touched device records (copied from `base`) and new ones.
+    devices: BTreeMap<u32, DeviceRecord>,
+    new_devices: HashMap<String, u32>,
+    /// New metric names, numbered on from `base.metric_names.len()`.
+    new_metrics: Vec<String>,
+    new_metric_numbers: HashMap<String, u32>,
+    next_offset: u64,
+}
+
+impl<'c> Staged<'c> {
+    fn new(base: &'c Catalog) -> Self {
+        Staged {
+            base,
+            devices: BTreeMap::new(),
+            new_devices: HashMap::new(),
+            new_metrics: Vec::new(),
+            new_metric_numbers: HashMap::new(),
+            next_offset: base.next_offset,
+        }
+    }
+
+    /// The record of device `name`, registering a new device when it has none; with its number.
+    fn device(
         &mut self,
         name: &str,
         transport: Transport,
         seen_ms: u64,
-    ) -> Result<u32, StoreError> {
-        if let Some(n) = self.device_numbers.get(name) {
-            return Ok(*n);
-        }
-        let n = u32::try_from(self.devices.len())
-            .map_err(|_| StoreError::Corrupt("device numbers exhausted".into()))?;
-        self.device_numbers.insert(name.to_owned(), n);
-        self.devices.insert(
-            n,
-            DeviceRecord {
-                name: name.to_owned(),
-                transport,
-                first_seen_ms: seen_ms,
-                last_seen_ms: seen_ms,
-                last_seq: None,
-                readings: 0,
-                firmware: None,
-                labels: BTreeMap::new(),
-                metrics: Vec::new(),
-                protocol_version: None,
-                seq_window: None,
-                duplicates: 0,
-            },
-        );
-        Ok(n)
+    ) -> Result<(u32, &mut DeviceRecord), StoreError> {
+        let known = self
+            .base
+            .device_numbers
+            .get(name)
+            .or_else(|| self.new_devices.get(name));
+        let n = match known {
+            Some(n) => *n,
+            None => {
+                let n = u32::try_from(self.base.devices.len() + self.new_devices.len())
+                    .map_err(|_| StoreError::Corrupt("device numbers exhausted".into()))?;
+                self.new_devices.insert(name.to_owned(), n);
+                n
+            }
+        };
+        let base = self.base;
+        let record = self
+            .devices
+            .entry(n)
+            .or_insert_with(|| match base.devices.get(&n) {
+                Some(record) => record.clone(),
+                None => DeviceRecord {
+                    name: name.to_owned(),
+                    transport,
+                    first_seen_ms: seen_ms,
+                    last_seen_ms: seen_ms,
+                    last_seq: None,
+                    readings: 0,
+                    firmware: None,
+                    labels: BTreeMap::new(),
+                    metrics: Vec::new(),
+                    protocol_version: None,
+                    seq_window: None,
+                    duplicates: 0,
+                },
+            });
+        Ok((n, record))
     }
 
     /// The number of metric `name`, registering it (in `batch`) when new.
-    fn metric_number(&mut self, name: &str, batch: &mut WriteBatch) -> Result<u32, StoreError> {
-        if let Some(n) = self.metric_numbers.get(name) {
+    fn metric(&mut self, name: &str, batch: &mut WriteBatch) -> Result<u32, StoreError> {
+        if let Some(n) = self
+            .base
+            .metric_numbers
+            .get(name)
+            .or_else(|| self.new_metric_numbers.get(name))
+        {
             return Ok(*n);
         }
-        if self.metric_names.len() >= MAX_METRICS {
+        let count = self.base.metric_names.len() + self.new_metrics.len();
+        if count >= MAX_METRICS {
             return Err(StoreError::TooManyMetrics);
         }
-        let n = self.metric_names.len() as u32;
-        self.metric_numbers.insert(name.to_owned(), n);
-        self.metric_names.push(name.to_owned());
+        let n = count as u32;
+        self.new_metric_numbers.insert(name.to_owned(), n);
+        self.new_metrics.push(name.to_owned());
         batch.put(
             Table::Metrics,
             name.as_bytes().to_vec(),
@@ -324,6 +367,40 @@ impl Catalog {
         Ok(n)
     }
 
+    /// The changes, detached from the catalog they were made against.
+    fn into_changes(self) -> CatalogChanges {
+        CatalogChanges {
+            devices: self.devices,
+            new_devices: self.new_devices,
+            new_metrics: self.new_metrics,
+            next_offset: self.next_offset,
+        }
+    }
+}
+
+/// A committed batch's changes, to apply to the catalog.
+struct CatalogChanges {
+    devices: BTreeMap<u32, DeviceRecord>,
+    new_devices: HashMap<String, u32>,
+    new_metrics: Vec<String>,
+    next_offset: u64,
+}
+
+impl CatalogChanges {
+    fn apply_to(self, catalog: &mut Catalog) {
+        catalog.device_numbers.extend(self.new_devices);
+        catalog.devices.extend(self.devices);
+        for name in self.new_metrics {
+            catalog
+                .metric_numbers
+                .insert(name.clone(), catalog.metric_names.len() as u32);
+            catalog.metric_names.push(name);
+        }
+        catalog.next_offset = self.next_offset;
+    }
+}
+
+impl Catalog {
     fn metric_name(&self, number: u32) -> String {
         self.metric_names
             .get(number as usize)
@@ -449,10 +526,9 @@ impl Store {
     /// recognised and not stored again.
     pub fn apply(&self, items: &[Ingest]) -> Result<Vec<Applied>, StoreError> {
         let _writer = self.writer.lock().map_err(|_| StoreError::Poisoned)?;
-        // Work on a copy, so a failed commit leaves the catalog as the disk has it.
-        let mut cat = self.catalog()?.clone();
+        let base = self.catalog()?;
+        let mut staged = Staged::new(&base);
         let mut batch = WriteBatch::new();
-        let mut touched = std::collections::BTreeSet::new();
         let mut latest: BTreeMap<(u32, u32), LatestRecord> = BTreeMap::new();
         let mut outcomes = Vec::with_capacity(items.len());
         let snap = self.engine.snapshot()?;
@@ -462,11 +538,7 @@ impl Store {
                 Ingest::Reading(r) => (&r.device, r.transport, r.received_ms),
                 Ingest::Hello(h) => (&h.device, h.transport, h.received_ms),
             };
-            let device = cat.device_number(name, transport, received_ms)?;
-            touched.insert(device);
-            let Some(record) = cat.devices.get_mut(&device) else {
-                return Err(StoreError::Corrupt("device vanished from catalog".into()));
-            };
+            let (device, record) = staged.device(name, transport, received_ms)?;
             record.last_seen_ms = record.last_seen_ms.max(received_ms);
             record.transport = transport;
             let reading = match item {
@@ -502,10 +574,10 @@ impl Store {
             record.readings += 1;
             let mut metrics = Vec::with_capacity(reading.metrics.len());
             for (name, value) in &reading.metrics {
-                let metric = cat.metric_number(name, &mut batch)?;
+                let metric = staged.metric(name, &mut batch)?;
                 metrics.push((metric, value.clone()));
             }
-            let Some(record) = cat.devices.get_mut(&device) else {
+            let Some(record) = staged.devices.get_mut(&device) else {
                 return Err(StoreError::Corrupt("device vanished from catalog".into()));
             };
             for (metric, _) in &metrics {
@@ -513,8 +585,8 @@ impl Store {
                     record.metrics.push(*metric);
                 }
             }
-            let offset = cat.next_offset;
-            cat.next_offset += 1;
+            let offset = staged.next_offset;
+            staged.next_offset += 1;
 
             let timestamp_ms = reading.timestamp_ms.unwrap_or(reading.received_ms);
             for (metric, value) in &metrics {
@@ -569,19 +641,18 @@ impl Store {
                 records::encode(record)?,
             );
         }
-        for device in &touched {
-            if let Some(record) = cat.devices.get(device) {
-                batch.put(
-                    Table::Devices,
-                    device.to_be_bytes().to_vec(),
-                    records::encode(record)?,
-                );
-            }
+        for (device, record) in &staged.devices {
+            batch.put(
+                Table::Devices,
+                device.to_be_bytes().to_vec(),
+                records::encode(record)?,
+            );
         }
+
         batch.put(
             Table::Meta,
             records::META_NEXT_OFFSET.to_vec(),
-            cat.next_offset.to_be_bytes().to_vec(),
+            staged.next_offset.to_be_bytes().to_vec(),
         );
         self.engine.commit(&batch)?;
         // Acks are cumulative: every item of a device gets the device's ack after the whole batch.
@@ -590,13 +661,15 @@ impl Store {
             .map(|(device, outcome, numbered)| Applied {
                 outcome,
                 ack: numbered
-                    .then(|| cat.devices.get(&device))
+                    .then(|| staged.devices.get(&device))
                     .flatten()
                     .and_then(|r| r.seq_window.as_ref())
                     .and_then(|w| w.ack()),
             })
             .collect();
-        *self.catalog.write().map_err(|_| StoreError::Poisoned)? = cat;
+        let changes = staged.into_changes();
+        drop(base);
+        changes.apply_to(&mut *self.catalog.write().map_err(|_| StoreError::Poisoned)?);
         Ok(applied)
     }
 

@@ -95,7 +95,16 @@ impl StoreWriter {
     }
 
     async fn commit(&self, batch: Vec<Submission>) {
-        let items: Vec<Ingest> = batch.iter().flat_map(|s| s.items.iter().cloned()).collect();
+        // The items move to the blocking task; each submission keeps its count and reply channel.
+        let mut items: Vec<Ingest> = Vec::new();
+        let replies: Vec<(usize, Option<oneshot::Sender<_>>)> = batch
+            .into_iter()
+            .map(|s| {
+                let count = s.items.len();
+                items.extend(s.items);
+                (count, s.done_tx)
+            })
+            .collect();
         let store = self.store.clone();
         let count = items.len();
         let outcome = tokio::task::spawn_blocking(move || store.apply(&items)).await;
@@ -112,8 +121,8 @@ impl StoreWriter {
                         "commit task died; nothing of it was acknowledged"
                     ),
                 }
-                for submission in batch {
-                    if let Some(done_tx) = submission.done_tx {
+                for (_, done_tx) in replies {
+                    if let Some(done_tx) = done_tx {
                         let _ = done_tx.send(Err(CommitFailed));
                     }
                 }
@@ -136,9 +145,9 @@ impl StoreWriter {
             .fetch_add(duplicates as u64, Ordering::Relaxed);
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
         let mut applied = applied.into_iter();
-        for submission in batch {
-            let mine: Vec<Applied> = applied.by_ref().take(submission.items.len()).collect();
-            if let Some(done_tx) = submission.done_tx {
+        for (count, done_tx) in replies {
+            let mine: Vec<Applied> = applied.by_ref().take(count).collect();
+            if let Some(done_tx) = done_tx {
                 // The submitter may have gone (shutdown); the items are stored anyway.
                 let _ = done_tx.send(Ok(mine));
             }

@@ -22,18 +22,7 @@ async fn seed(hub: &Hub, device: &str, n: u64) {
             1,
         );
     }
-    let deadline = std::time::Instant::now() + crate::harness::DEADLINE;
-    loop {
-        let (_, d) = hub.get(&format!("/api/v1/devices/{device}")).await;
-        if d["counters"]["readings"].as_u64() == Some(n) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "expected {n} readings, last saw {d}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
+    crate::harness::wait_for_readings(hub, device, n).await;
 }
 
 fn seqs(body: &Value) -> Vec<u64> {

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-use crate::harness::{DEADLINE, Hub};
+use crate::harness::Hub;
 
 /// 2026-11-20T10:00:00Z.
 const BASE_MS: u64 = 1_795_168_800_000;
@@ -139,18 +139,7 @@ async fn seed(hub: &Hub, device: &str, sent: &[Sent]) {
         String::from_utf8_lossy(&out.stderr)
     );
     let n = sent.len() as u64;
-    let deadline = std::time::Instant::now() + DEADLINE;
-    loop {
-        let (_, d) = hub.get(&format!("/api/v1/devices/{device}")).await;
-        if d["counters"]["readings"].as_u64() == Some(n) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "expected {n} readings, last saw {d}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
+    crate::harness::wait_for_readings(hub, device, n).await;
 }
 
 /// The reference buckets of `metric` over `[from, to)`: start ms -> the values in time order.

@@ -594,3 +594,19 @@ impl Drop for SerialCable {
         self.unplug();
     }
 }
+
+/// Waits until `device` has exactly `n` readings stored; fails with what it saw last.
+pub async fn wait_for_readings(hub: &Hub, device: &str, n: u64) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (_, d) = hub.get(&format!("/api/v1/devices/{device}")).await;
+        if d["counters"]["readings"].as_u64() == Some(n) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected {n} readings of {device}, last saw {d}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
