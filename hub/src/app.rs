@@ -17,11 +17,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{self, ApiState, RequestIds};
 use crate::auth::{self, AuthError, TokenRegistry, pki};
+use crate::commands::{self, CommandSettings, Transports};
 use crate::config::{Broker, Config};
 use crate::files;
 use crate::ingest::broker::{self, BrokerError, BrokerSettings};
 use crate::ingest::mqtt::{Link, MqttIngest, MqttSettings};
 use crate::ingest::serial::{SerialIngest, SerialSettings};
+use crate::live::{Live, Presence};
 
 use crate::ingest::{IngestStats, now_ms};
 use crate::store::writer::{StoreWriter, WriterStats};
@@ -173,6 +175,17 @@ pub async fn run(
     };
 
     let ingest_stats = Arc::new(IngestStats::default());
+    let live = Live::new();
+    let presence = Arc::new(Presence::new(config.devices.offline_after.0));
+    {
+        let devices = store.devices(None, usize::MAX)?;
+        presence.load(
+            devices
+                .iter()
+                .map(|d| (d.record.name.as_str(), d.record.last_seen_ms)),
+            now_ms(),
+        );
+    }
 
     let writer_stats = Arc::new(WriterStats::default());
     let (submissions_tx, submissions_rx) = mpsc::channel(config.ingest.queue);
@@ -188,7 +201,8 @@ pub async fn run(
         config.ingest.batch_max,
         config.ingest.batch_window.0,
         writer_stats,
-    );
+    )
+    .publishing(live.clone(), presence.clone());
     let writer_task = tasks.spawn(writer.run(submissions_rx));
 
     let mqtt = MqttIngest::new(
@@ -214,6 +228,10 @@ pub async fn run(
         ingest_stats.clone(),
         link_tx,
     );
+    let mut transports = Transports {
+        mqtt: Some(mqtt.downlink()),
+        serial: Vec::new(),
+    };
     // Ingest tasks report their name when they end; before shutdown, that is a failure.
     let mut ingest_tasks = tokio::task::JoinSet::new();
     let stop = ingest_shutdown.clone();
@@ -232,6 +250,7 @@ pub async fn run(
             submissions_tx.clone(),
             ingest_stats.clone(),
         );
+        transports.serial.push(serial.downlink());
         let stop = ingest_shutdown.clone();
         ingest_tasks.spawn(async move {
             serial.run(stop).await;
@@ -241,13 +260,43 @@ pub async fn run(
     // The ingest tasks now hold every sender: when they end, the writer drains and ends.
     drop(submissions_tx);
 
+    let c = &config.commands;
+    let (commands, dispatcher) = commands::new(
+        store.clone(),
+        presence.clone(),
+        live.clone(),
+        CommandSettings {
+            default_ttl: c.default_ttl.0,
+            max_ttl: c.max_ttl.0,
+            default_timeout: c.default_timeout.0,
+            max_timeout: c.max_timeout.0,
+            max_open_per_device: c.max_open_per_device,
+            keep: c.keep,
+            ..CommandSettings::default()
+        },
+        transports,
+    );
+    // Commands and presence stop with the API: both serve it, and neither holds data to flush.
+    let dispatcher_task = tasks.spawn(dispatcher.run(api_shutdown.clone()));
+    let presence_task = tasks.spawn(sweep_presence(
+        presence.clone(),
+        live.clone(),
+        config.devices.offline_after.0,
+        api_shutdown.clone(),
+    ));
+
     let state = ApiState {
         store: store.clone(),
         tokens,
         max_page: config.api.max_page,
         mqtt_link: link_rx,
         request_ids: Arc::new(RequestIds::new()),
+        commands,
+        presence: presence.clone(),
+        live: live.clone(),
+        max_wait: config.commands.max_wait.0,
     };
+
     let limits = api::server::ServerLimits {
         max_connections: config.api.max_connections,
         header_timeout: config.api.header_timeout.0,
@@ -304,10 +353,34 @@ pub async fn run(
     if failure != Some("api") {
         let _ = api_task.await;
     }
+    let _ = dispatcher_task.await;
+    let _ = presence_task.await;
     tasks.wait().await;
     match failure {
         Some(task) => Err(AppError::TaskFailed(task)),
         None => Ok(()),
+    }
+}
+
+/// Marks silent devices offline, about ten times per `offline_after` (at most once a second).
+async fn sweep_presence(
+    presence: Arc<Presence>,
+    live: Live,
+    offline_after: Duration,
+    shutdown: CancellationToken,
+) {
+    let period = (offline_after / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {
+                for event in presence.sweep(now_ms()) {
+                    live.event(event);
+                }
+            }
+        }
     }
 }
 

@@ -48,8 +48,63 @@ pub struct Config {
     pub api: ApiConfig,
     /// Serial ports with devices on them (`[[serial]]`, any number).
     pub serial: Vec<SerialConfig>,
+    /// Device presence.
+    pub devices: DevicesConfig,
+    /// Commands for devices.
+    pub commands: CommandsConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// `[devices]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DevicesConfig {
+    /// A device not heard from for this long is offline.
+    pub offline_after: HumanDuration,
+}
+
+impl Default for DevicesConfig {
+    fn default() -> Self {
+        DevicesConfig {
+            offline_after: HumanDuration(Duration::from_secs(300)),
+        }
+    }
+}
+
+/// `[commands]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CommandsConfig {
+    /// How long a command waits for an offline device, when the request gives no `ttl`.
+    pub default_ttl: HumanDuration,
+    /// Longest `ttl` a request may ask for.
+    pub max_ttl: HumanDuration,
+    /// How long a delivered command waits for the device's result, when the request gives no
+    /// `timeout`.
+    pub default_timeout: HumanDuration,
+    /// Longest `timeout` a request may ask for.
+    pub max_timeout: HumanDuration,
+    /// Longest `wait` a request may ask for (the request is held open that long).
+    pub max_wait: HumanDuration,
+    /// Open (pending or delivered) commands one device may have.
+    pub max_open_per_device: usize,
+    /// Commands kept in the store; older ones are deleted.
+    pub keep: u64,
+}
+
+impl Default for CommandsConfig {
+    fn default() -> Self {
+        CommandsConfig {
+            default_ttl: HumanDuration(Duration::from_secs(600)),
+            max_ttl: HumanDuration(Duration::from_secs(86_400)),
+            default_timeout: HumanDuration(Duration::from_secs(30)),
+            max_timeout: HumanDuration(Duration::from_secs(600)),
+            max_wait: HumanDuration(Duration::from_secs(60)),
+            max_open_per_device: 64,
+            keep: 10_000,
+        }
+    }
 }
 
 /// `[data]`
@@ -463,6 +518,28 @@ impl Config {
         if self.api.tls_cert.is_some() != self.api.tls_key.is_some() {
             problems.push("api.tls_cert and api.tls_key: give both or neither".into());
         }
+        if self.devices.offline_after.0 < Duration::from_secs(1) {
+            problems.push("devices.offline_after: at least 1s".into());
+        }
+        let c = &self.commands;
+        if c.default_ttl.0 > c.max_ttl.0 {
+            problems.push("commands.default_ttl: at most commands.max_ttl".into());
+        }
+        if c.default_timeout.0.is_zero() || c.default_timeout.0 > c.max_timeout.0 {
+            problems.push(
+                "commands.default_timeout: more than 0 and at most commands.max_timeout".into(),
+            );
+        }
+        if c.max_wait.0 > Duration::from_secs(600) {
+            problems.push("commands.max_wait: at most 10m".into());
+        }
+        if c.max_open_per_device == 0 {
+            problems.push("commands.max_open_per_device: at least 1".into());
+        }
+        if c.keep < 100 {
+            problems.push("commands.keep: at least 100".into());
+        }
+
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             problems.push(format!(
                 "log.level: {:?} is not a valid filter",
@@ -569,12 +646,12 @@ impl Serialize for ByteSize {
     }
 }
 
-/// A duration written as `250ms`, `10s`, `5m` or `1h`.
+/// A duration written as `250ms`, `10s`, `5m`, `1h` or `1d`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
 
 impl HumanDuration {
-    /// Parses `"<number><unit>"` with units ms, s, m, h.
+    /// Parses `"<number><unit>"` with units ms, s, m, h, d.
     pub fn parse(text: &str) -> Result<HumanDuration, String> {
         let text = text.trim();
         let split = text
@@ -589,7 +666,12 @@ impl HumanDuration {
             "s" => Duration::from_secs(n),
             "m" => Duration::from_secs(n.saturating_mul(60)),
             "h" => Duration::from_secs(n.saturating_mul(3600)),
-            other => return Err(format!("unknown duration unit {other:?} (use ms, s, m, h)")),
+            "d" => Duration::from_secs(n.saturating_mul(86_400)),
+            other => {
+                return Err(format!(
+                    "unknown duration unit {other:?} (use ms, s, m, h, d)"
+                ));
+            }
         };
         Ok(HumanDuration(d))
     }

@@ -6,7 +6,9 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod commands;
 pub mod config;
 pub mod files;
 pub mod ingest;
+pub mod live;
 pub mod store;

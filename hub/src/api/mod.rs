@@ -39,6 +39,14 @@ pub struct ApiState {
     pub mqtt_link: watch::Receiver<Link>,
     /// Source of request ids.
     pub request_ids: Arc<RequestIds>,
+    /// Commands for devices.
+    pub commands: crate::commands::Commands,
+    /// Which devices are online.
+    pub presence: Arc<crate::live::Presence>,
+    /// Live readings and events, for the stream.
+    pub live: crate::live::Live,
+    /// Longest `wait` of a command request.
+    pub max_wait: std::time::Duration,
 }
 
 /// Request ids: a random prefix per process and a counter, so ids are unique and cheap.

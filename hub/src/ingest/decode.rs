@@ -1,15 +1,21 @@
 //! Turns what devices send into items for the store writer, or the reason to skip it. Pure
 //! functions, shared by the MQTT and serial transports, so every rule is tested here.
 
-use device_protocol::{OwnedValue, Uplink, json};
+use device_protocol::{CommandStatus, OwnedValue, Uplink, json};
 
 use super::Rejection;
-use crate::store::{DeviceHello, Ingest, NewReading, Transport};
+use crate::store::{
+    CommandResultIn, DeviceHello, DeviceStatus, Ingest, NewReading, Transport, Wire,
+};
 
 /// Topic filter of JSON telemetry.
 pub const TELEMETRY_FILTER: &str = "devices/+/telemetry";
 /// Topic filter of binary (postcard) uplink messages.
 pub const UP_FILTER: &str = "devices/+/up";
+/// Topic filter of JSON command results.
+pub const COMMAND_RESULTS_FILTER: &str = "devices/+/command-results";
+/// Topic filter of device status (`online` / `offline`, typically the device's MQTT last will).
+pub const STATUS_FILTER: &str = "devices/+/status";
 
 /// A device topic the hub reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,15 +24,30 @@ pub enum Topic<'a> {
     Telemetry(&'a str),
     /// `devices/{id}/up`: postcard `Uplink`.
     Up(&'a str),
+    /// `devices/{id}/command-results`: JSON.
+    CommandResults(&'a str),
+    /// `devices/{id}/status`: `online` or `offline`.
+    Status(&'a str),
 }
 
-/// Parses `devices/{id}/telemetry` or `devices/{id}/up`, checking the id.
+impl<'a> Topic<'a> {
+    /// The device id in the topic.
+    pub fn device(self) -> &'a str {
+        match self {
+            Topic::Telemetry(d) | Topic::Up(d) | Topic::CommandResults(d) | Topic::Status(d) => d,
+        }
+    }
+}
+
+/// Parses a device topic the hub reads, checking the id.
 pub fn parse_topic(topic: &str) -> Result<Topic<'_>, Rejection> {
     let rest = topic.strip_prefix("devices/").ok_or(Rejection::BadTopic)?;
     let (id, kind) = rest.rsplit_once('/').ok_or(Rejection::BadTopic)?;
     let parsed = match kind {
         "telemetry" => Topic::Telemetry(id),
         "up" => Topic::Up(id),
+        "command-results" => Topic::CommandResults(id),
+        "status" => Topic::Status(id),
         _ => return Err(Rejection::BadTopic),
     };
     if device_protocol::is_valid_id(id) {
@@ -36,6 +57,17 @@ pub fn parse_topic(topic: &str) -> Result<Topic<'_>, Rejection> {
     }
 }
 
+/// Refuses a payload larger than `max_payload`.
+fn check_size(payload: &[u8], max_payload: usize) -> Result<(), (Rejection, String)> {
+    if payload.len() > max_payload {
+        return Err((
+            Rejection::TooLarge,
+            format!("{} bytes, limit {max_payload}", payload.len()),
+        ));
+    }
+    Ok(())
+}
+
 /// Decodes JSON telemetry from `device`.
 pub fn json_telemetry(
     device: &str,
@@ -43,17 +75,13 @@ pub fn json_telemetry(
     max_payload: usize,
     received_ms: u64,
 ) -> Result<NewReading, (Rejection, String)> {
-    if payload.len() > max_payload {
-        return Err((
-            Rejection::TooLarge,
-            format!("{} bytes, limit {max_payload}", payload.len()),
-        ));
-    }
+    check_size(payload, max_payload)?;
     let telemetry =
         json::parse_telemetry(payload).map_err(|e| (Rejection::BadPayload, e.to_string()))?;
     Ok(NewReading {
         device: device.to_owned(),
         transport: Transport::Mqtt,
+        wire: Wire::Json,
         seq: telemetry.seq,
         timestamp_ms: telemetry.timestamp_ms,
         received_ms,
@@ -79,6 +107,7 @@ pub fn uplink(
         Uplink::Telemetry(t) => Ok(Ingest::Reading(NewReading {
             device: device.to_owned(),
             transport,
+            wire: Wire::Binary,
             seq: Some(t.seq),
             timestamp_ms: t.timestamp_ms,
             received_ms,
@@ -88,13 +117,93 @@ pub fn uplink(
                 .map(|f| (f.name.to_owned(), OwnedValue::from(&f.value)))
                 .collect(),
         })),
-        Uplink::CommandResult(_) => Err((
-            Rejection::Unsupported,
-            "command results are not handled by this hub version".into(),
-        )),
+        Uplink::CommandResult(r) => {
+            let payload = (!r.payload.is_empty()).then(|| fields_json(&r.payload));
+            let (ok, error, error_code) = match r.status {
+                CommandStatus::Ok => (true, None, None),
+                CommandStatus::Error(code) => {
+                    (false, Some(format!("device error code {code}")), Some(code))
+                }
+            };
+            Ok(Ingest::CommandResult(CommandResultIn {
+                device: device.to_owned(),
+                transport,
+                id: r.command_id,
+                ok,
+                result: payload,
+                error,
+                error_code,
+                received_ms,
+            }))
+        }
         #[allow(unreachable_patterns)]
         _ => Err((Rejection::Unsupported, "unknown uplink message".into())),
     }
+}
+
+/// Fields as a JSON object, as text.
+fn fields_json(fields: &device_protocol::Fields<'_>) -> String {
+    let object: serde_json::Map<String, serde_json::Value> = fields
+        .iter()
+        .map(|f| {
+            let value = match OwnedValue::from(&f.value) {
+                OwnedValue::F64(x) => serde_json::json!(x),
+                OwnedValue::I64(x) => serde_json::json!(x),
+                OwnedValue::Bool(x) => serde_json::json!(x),
+                OwnedValue::Str(x) => serde_json::json!(x),
+            };
+            (f.name.to_owned(), value)
+        })
+        .collect();
+    serde_json::Value::Object(object).to_string()
+}
+
+/// Decodes a JSON command result published on `devices/{device}/command-results`.
+pub fn json_command_result(
+    device: &str,
+    payload: &[u8],
+    max_payload: usize,
+    received_ms: u64,
+) -> Result<Ingest, (Rejection, String)> {
+    check_size(payload, max_payload)?;
+    let r =
+        json::parse_command_result(payload).map_err(|e| (Rejection::BadPayload, e.to_string()))?;
+    Ok(Ingest::CommandResult(CommandResultIn {
+        device: device.to_owned(),
+        transport: Transport::Mqtt,
+        id: r.id,
+        ok: r.ok,
+        result: r.result.map(|v| v.to_string()),
+        error: r.error,
+        error_code: None,
+        received_ms,
+    }))
+}
+
+/// Decodes `online` or `offline` published on `devices/{device}/status` (by the device, or by the
+/// broker as the device's last will).
+pub fn status(
+    device: &str,
+    payload: &[u8],
+    received_ms: u64,
+) -> Result<Ingest, (Rejection, String)> {
+    let online = match payload.trim_ascii() {
+        b"online" => true,
+        b"offline" => false,
+        _ => {
+            return Err((
+                Rejection::BadPayload,
+                "a status is `online` or `offline`".into(),
+            ));
+        }
+    };
+    Ok(Ingest::Status(DeviceStatus {
+        device: device.to_owned(),
+        transport: Transport::Mqtt,
+        online,
+        reason: "reported",
+        received_ms,
+    }))
 }
 
 /// Decodes a binary uplink published on `devices/{device}/up`; a `Hello` must name that device.

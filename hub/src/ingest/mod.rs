@@ -105,6 +105,20 @@ impl IngestStats {
     }
 }
 
+/// Why a message for a device (a command) was not sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DownlinkError {
+    /// The transport is not connected (broker link down, serial line closed).
+    #[error("the device's transport is not connected")]
+    NotConnected,
+    /// The transport's outgoing queue is full.
+    #[error("the device's transport is busy")]
+    Busy,
+    /// The message does not fit the transport's frame.
+    #[error("the message is too large for the transport")]
+    TooLarge,
+}
+
 /// A wait between half of `max` and `max`, varied by the clock's nanoseconds, so connections that
 /// failed together do not retry in step.
 pub(crate) fn jitter(max: Duration) -> Duration {

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::decode::{self, Topic};
-use super::{IngestStats, jitter, now_ms};
+use super::{DownlinkError, IngestStats, jitter, now_ms};
 use crate::store::writer::{CommitFailed, Submission};
 use crate::store::{Applied, Ingest, Outcome};
 
@@ -89,10 +89,36 @@ struct Pending {
 
 /// The MQTT ingest component.
 pub struct MqttIngest {
+    core: Core,
+    eventloop: rumqttc::EventLoop,
+}
+
+/// What the session shares with message handling; the event loop stays apart, polled by `run`.
+struct Core {
     settings: MqttSettings,
     submissions_tx: mpsc::Sender<Submission>,
     stats: Arc<IngestStats>,
     link_tx: tokio::sync::watch::Sender<Link>,
+    client: AsyncClient,
+}
+
+/// Sends messages to devices over the hub's MQTT session (commands); never waits.
+#[derive(Clone)]
+pub struct MqttDownlink {
+    client: AsyncClient,
+    link_rx: tokio::sync::watch::Receiver<Link>,
+}
+
+impl MqttDownlink {
+    /// Queues `payload` on `topic` at QoS 1.
+    pub fn publish(&self, topic: String, payload: Vec<u8>) -> Result<(), DownlinkError> {
+        if *self.link_rx.borrow() != Link::Up {
+            return Err(DownlinkError::NotConnected);
+        }
+        self.client
+            .try_publish(topic, QoS::AtLeastOnce, false, payload)
+            .map_err(|_| DownlinkError::Busy)
+    }
 }
 
 impl MqttIngest {
@@ -103,17 +129,7 @@ impl MqttIngest {
         stats: Arc<IngestStats>,
         link_tx: tokio::sync::watch::Sender<Link>,
     ) -> Self {
-        MqttIngest {
-            settings,
-            submissions_tx,
-            stats,
-            link_tx,
-        }
-    }
-
-    /// Runs until `shutdown`; reconnects with jittered exponential back-off on its own.
-    pub async fn run(self, shutdown: CancellationToken) {
-        let s = &self.settings;
+        let s = &settings;
         let mut options = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
         options
             .set_clean_session(false)
@@ -129,11 +145,38 @@ impl MqttIngest {
         if let Some((user, password)) = &s.credentials {
             options.set_credentials(user.clone(), password.clone());
         }
+        let (client, eventloop) = AsyncClient::new(options, REQUEST_QUEUE);
+        MqttIngest {
+            core: Core {
+                settings,
+                submissions_tx,
+                stats,
+                link_tx,
+                client,
+            },
+            eventloop,
+        }
+    }
 
+    /// A handle that sends messages to devices over this session.
+    pub fn downlink(&self) -> MqttDownlink {
+        MqttDownlink {
+            client: self.core.client.clone(),
+            link_rx: self.core.link_tx.subscribe(),
+        }
+    }
+
+    /// Runs until `shutdown`; reconnects with jittered exponential back-off on its own.
+    pub async fn run(self, shutdown: CancellationToken) {
         // Only this task drains rumqttc's request channel (by polling), so it must never wait on
         // the acker, which fills that channel: the acker's queue and the request channel are both
         // larger than any broker's in-flight window (see `handle`).
-        let (client, mut eventloop) = AsyncClient::new(options, REQUEST_QUEUE);
+        let MqttIngest {
+            core,
+            mut eventloop,
+        } = self;
+        let client = core.client.clone();
+        let s = &core.settings;
         let (acks_tx, acks_rx) = mpsc::channel::<Pending>(ACK_QUEUE);
         let acker = tokio::spawn(ack_in_order(client.clone(), acks_rx, shutdown.clone()));
 
@@ -147,24 +190,29 @@ impl MqttIngest {
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     backoff = RECONNECT_MIN;
-                    let filters = [decode::TELEMETRY_FILTER, decode::UP_FILTER]
-                        .map(|f| rumqttc::SubscribeFilter::new(f.to_owned(), s.subscribe_qos));
+                    let filters = [
+                        decode::TELEMETRY_FILTER,
+                        decode::UP_FILTER,
+                        decode::COMMAND_RESULTS_FILTER,
+                        decode::STATUS_FILTER,
+                    ]
+                    .map(|f| rumqttc::SubscribeFilter::new(f.to_owned(), s.subscribe_qos));
                     if let Err(e) = client.try_subscribe_many(filters) {
                         tracing::warn!(error = %e, "could not queue the subscription");
                     }
                 }
                 Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    self.link_tx.send_replace(Link::Up);
+                    core.link_tx.send_replace(Link::Up);
                     tracing::info!(host = %s.host, port = s.port, "subscribed to device telemetry");
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    if !self.handle(publish, &acks_tx, &shutdown).await {
+                    if !core.handle(publish, &acks_tx, &shutdown).await {
                         break;
                     }
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    self.link_tx.send_replace(Link::Down);
+                    core.link_tx.send_replace(Link::Down);
                     let wait = jitter(backoff);
                     tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, host = %s.host, port = s.port, "MQTT connection lost");
                     backoff = (backoff * 2).min(RECONNECT_MAX);
@@ -175,11 +223,13 @@ impl MqttIngest {
                 }
             }
         }
-        self.link_tx.send_replace(Link::Down);
+        core.link_tx.send_replace(Link::Down);
         drop(acks_tx);
         let _ = acker.await;
     }
+}
 
+impl Core {
     /// Decodes one message and submits it; false when shutting down.
     async fn handle(
         &self,
@@ -210,10 +260,21 @@ impl MqttIngest {
                         let reply = match &item {
                             Ingest::Hello(_) => Reply::TimeSync(device.to_owned()),
                             Ingest::Reading(_) => Reply::Binary(device.to_owned()),
+                            Ingest::CommandResult(_) | Ingest::Status(_) => Reply::Nothing,
                         };
                         (item, reply)
                     }),
+                Topic::CommandResults(device) => decode::json_command_result(
+                    device,
+                    &publish.payload,
+                    self.settings.max_payload,
+                    received_ms,
+                )
+                .map(|item| (item, Reply::Nothing)),
+                Topic::Status(device) => decode::status(device, &publish.payload, received_ms)
+                    .map(|item| (item, Reply::Nothing)),
             });
+
         let (done_tx, done_rx) = oneshot::channel();
         let reply = match decoded {
             Ok((item, reply)) => {

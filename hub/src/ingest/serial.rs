@@ -3,7 +3,9 @@
 //!
 //! Job: keep the port open for as long as the hub runs, rebuild frames from the byte stream,
 //! hand what devices send to the store writer, and answer on the same line once it is durable:
-//! `Ack` for readings, `TimeSync` after a `Hello`.
+//! `Ack` for readings, `TimeSync` after a `Hello`. Commands go the other way through
+//! [`SerialDownlink`], to whichever device is on the line now; the device's `CommandResult` comes
+//! back as a frame like any other.
 //!
 //! Inputs: the bytes of the port named by [`SerialSettings::path`]. Outputs: [`Submission`]s to the
 //! store writer, one item each; `Downlink` frames written back to the port; counters in
@@ -46,9 +48,9 @@ use tokio::time::Instant;
 use tokio_serial::{DataBits, FlowControl, Parity, SerialPortBuilderExt, SerialStream, StopBits};
 use tokio_util::sync::CancellationToken;
 
-use super::{IngestStats, Rejection, decode, jitter, now_ms};
+use super::{DownlinkError, IngestStats, Rejection, decode, jitter, now_ms};
 use crate::store::writer::{CommitFailed, Submission};
-use crate::store::{Applied, Ingest, Outcome, Transport};
+use crate::store::{Applied, DeviceStatus, Ingest, Outcome, Transport};
 
 /// First wait before reopening a lost port; doubled after each fruitless attempt.
 const REOPEN_MIN: Duration = Duration::from_millis(100);
@@ -106,6 +108,35 @@ pub struct SerialIngest {
     line_stats: Arc<LineStats>,
     /// The path as text, for logs and as the "topic" of rejections.
     label: String,
+    /// The writer of the port's current opening (`None` while it is closed).
+    line_tx: watch::Sender<Option<LineWriter>>,
+    /// The device on the line, once known.
+    device_tx: watch::Sender<Option<String>>,
+}
+
+/// Sends messages to the device on one serial line (commands); never waits.
+#[derive(Clone)]
+pub struct SerialDownlink {
+    line_rx: watch::Receiver<Option<LineWriter>>,
+    device_rx: watch::Receiver<Option<String>>,
+}
+
+impl SerialDownlink {
+    /// The device on the line: the configured id, or the id of its last `Hello`.
+    pub fn device(&self) -> Option<String> {
+        self.device_rx.borrow().clone()
+    }
+
+    /// Queues a downlink message, already postcard-encoded, for the line's current opening.
+    pub fn send_encoded(&self, message: &[u8]) -> Result<(), DownlinkError> {
+        let message = Downlink::decode(message).map_err(|_| DownlinkError::TooLarge)?;
+        let line = self.line_rx.borrow().clone();
+        let line = line.ok_or(DownlinkError::NotConnected)?;
+        let frame = frame(&message).ok_or(DownlinkError::TooLarge)?;
+        line.frames_tx
+            .try_send(frame)
+            .map_err(|_| DownlinkError::Busy)
+    }
 }
 
 /// What the device is told once its message is durable.
@@ -115,6 +146,8 @@ enum Reply {
     Ack,
     /// `TimeSync` (a `Hello`).
     TimeSync,
+    /// Nothing (a command result).
+    Nothing,
 }
 
 /// A submission waiting for its commit, and what to answer on which opening of the port.
@@ -217,16 +250,10 @@ impl Identity {
         if let Some(device) = self.configured.as_deref().or(self.hello.as_deref()) {
             return Ok(device);
         }
-        match message {
-            Uplink::CommandResult(_) => Err((
-                Rejection::Unsupported,
-                "command results are not handled by this hub version".into(),
-            )),
-            _ => Err((
-                Rejection::UnknownDevice,
-                "no Hello yet and no device_id configured for this line".into(),
-            )),
-        }
+        Err((
+            Rejection::UnknownDevice,
+            "no Hello yet and no device_id configured for this line".into(),
+        ))
     }
 }
 
@@ -255,11 +282,41 @@ impl SerialIngest {
     ) -> Self {
         SerialIngest {
             label: settings.path.display().to_string(),
+            device_tx: watch::Sender::new(settings.device_id.clone()),
             settings,
             submissions_tx,
             stats,
             line_stats: Arc::new(LineStats::default()),
+            line_tx: watch::Sender::new(None),
         }
+    }
+
+    /// A handle that sends messages to the device on this line.
+    pub fn downlink(&self) -> SerialDownlink {
+        SerialDownlink {
+            line_rx: self.line_tx.subscribe(),
+            device_rx: self.device_tx.subscribe(),
+        }
+    }
+
+    /// Tells the store writer the line's device is unreachable, without waiting: a full queue
+    /// drops the notice, and the device is then found offline when its silence outlasts the
+    /// presence window.
+    fn report_offline(&self, reason: &'static str) {
+        let Some(device) = self.device_tx.borrow().clone() else {
+            return;
+        };
+        let status = Ingest::Status(DeviceStatus {
+            device,
+            transport: Transport::Serial,
+            online: false,
+            reason,
+            received_ms: now_ms(),
+        });
+        let _ = self.submissions_tx.try_send(Submission {
+            items: vec![status],
+            done_tx: None,
+        });
     }
 
     /// The line's own counters (openings, watchdog firings), for metrics and tests.
@@ -273,8 +330,8 @@ impl SerialIngest {
     pub async fn run(self, shutdown: CancellationToken) {
         let path = self.label.as_str();
         let (pending_tx, pending_rx) = mpsc::channel::<Pending>(MAX_PENDING);
-        let (line_tx, line_rx) = watch::channel::<Option<LineWriter>>(None);
-        let mut acker = tokio::spawn(ack_in_order(pending_rx, line_rx));
+        let line_tx = &self.line_tx;
+        let mut acker = tokio::spawn(ack_in_order(pending_rx, line_tx.subscribe()));
 
         let mut line = LineState {
             decoder: FrameDecoder::new(),
@@ -349,6 +406,10 @@ impl SerialIngest {
                     // No reply may go to a later opening; closing the writer closes the port
                     // (the read half is already dropped).
                     line_tx.send_replace(None);
+                    self.report_offline(match reason {
+                        Lost::Silence(_) => "silent",
+                        _ => "link_down",
+                    });
                     task.abort();
                     let _ = task.await;
                     if got_data {
@@ -469,6 +530,13 @@ impl SerialIngest {
                         .map_err(|e| (Rejection::BadPayload, e.to_string()))
                         .and_then(|message| {
                             let device = line.identity.device_for(&message, path)?;
+                            self.device_tx.send_if_modified(|known| {
+                                let changed = known.as_deref() != Some(device);
+                                if changed {
+                                    *known = Some(device.to_owned());
+                                }
+                                changed
+                            });
                             decode::uplink(&message, device, Transport::Serial, now_ms())
                         })
                 }
@@ -489,6 +557,7 @@ impl SerialIngest {
         let reply = match &item {
             Ingest::Hello(_) => Reply::TimeSync,
             Ingest::Reading(_) => Reply::Ack,
+            Ingest::CommandResult(_) | Ingest::Status(_) => Reply::Nothing,
         };
         let (done_tx, done_rx) = oneshot::channel();
         let submission = Submission {
@@ -609,6 +678,7 @@ async fn ack_in_order(
             continue;
         };
         let (message, acked) = match pending.reply {
+            Reply::Nothing => continue,
             Reply::TimeSync => {
                 // A Hello means the device (re)started and may have forgotten what it was told.
                 told = None;
@@ -1139,9 +1209,9 @@ mod tests {
             payload: Fields::new(),
         });
         device.send(&result).await;
+        // A command result from an unknown device is skipped the same way.
         wait_for("the rejections", || {
-            hub.stats.rejected(Rejection::UnknownDevice) == 3
-                && hub.stats.rejected(Rejection::Unsupported) == 1
+            hub.stats.rejected(Rejection::UnknownDevice) == 4
         })
         .await;
         assert_eq!(hub.store.device_count().expect("count"), 0);

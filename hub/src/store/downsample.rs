@@ -576,6 +576,7 @@ mod tests {
                     batch.push(NewReading {
                         device: device.into(),
                         transport: Transport::Mqtt,
+                        wire: crate::store::Wire::Json,
                         seq: Some(i as u32),
                         timestamp_ms: Some(ts),
                         received_ms: 0,

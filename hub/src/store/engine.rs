@@ -27,11 +27,13 @@ pub enum Table {
     Metrics,
     /// API tokens: keyed hash of the secret -> encoded token record.
     Tokens,
+    /// Commands sent to devices: command id (u64 BE) -> encoded command record.
+    Commands,
 }
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Table; 7] = [
+    pub const ALL: [Table; 8] = [
         Table::Meta,
         Table::Readings,
         Table::DeviceTime,
@@ -39,6 +41,7 @@ impl Table {
         Table::Devices,
         Table::Metrics,
         Table::Tokens,
+        Table::Commands,
     ];
 
     /// The table's name on disk.
@@ -51,6 +54,7 @@ impl Table {
             Table::Devices => "devices",
             Table::Metrics => "metrics",
             Table::Tokens => "tokens",
+            Table::Commands => "commands",
         }
     }
 

@@ -8,6 +8,7 @@
 //! - device and metric names are interned to small numbers, recorded in the same batch that first
 //!   uses them, so a reading never refers to a number the file does not know.
 
+pub mod commands;
 pub mod downsample;
 pub mod engine;
 pub mod memory;
@@ -27,9 +28,10 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use device_protocol::OwnedValue;
 
+pub use commands::{CommandResultIn, Transition};
 pub use downsample::{Agg, AggValue, Bucket, BucketPage, DownsampleQuery};
 pub use engine::{Direction, Engine, EngineError, KeyRange, Table, WriteBatch};
-pub use records::{DeviceRecord, TokenRecord, Transport};
+pub use records::{CommandRecord, CommandState, DeviceRecord, TokenRecord, Transport, Wire};
 use records::{LatestRecord, ReadingRecord};
 pub use redb_engine::RedbEngine;
 #[cfg(feature = "sled")]
@@ -105,6 +107,8 @@ pub struct NewReading {
     pub device: String,
     /// Transport it came over.
     pub transport: Transport,
+    /// How it was encoded.
+    pub wire: Wire,
     /// The device's seq, if it sent one.
     pub seq: Option<u32>,
     /// The device's timestamp, if it sent one.
@@ -152,7 +156,17 @@ pub struct Device {
     pub metric_names: Vec<String>,
 }
 
+/// What an operator changes on a device; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DevicePatch {
+    /// New labels (replacing the old ones).
+    pub labels: Option<BTreeMap<String, String>>,
+    /// New display name; `Some(None)` removes it.
+    pub display_name: Option<Option<String>>,
+}
+
 /// Order of a readings query.
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Order {
     /// Oldest first.
@@ -213,6 +227,22 @@ pub struct DeviceHello {
     pub received_ms: u64,
 }
 
+/// A device's connection changed: its MQTT last will or an `online`/`offline` status it
+/// published, or its serial line was lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceStatus {
+    /// Device id (already validated).
+    pub device: String,
+    /// Transport it concerns.
+    pub transport: Transport,
+    /// Reachable or not.
+    pub online: bool,
+    /// Why, for the device event: `announced`, `last_will`, `link_down`.
+    pub reason: &'static str,
+    /// When the hub learnt it.
+    pub received_ms: u64,
+}
+
 /// One thing for the store writer.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Ingest {
@@ -220,6 +250,22 @@ pub enum Ingest {
     Reading(NewReading),
     /// A device registering or updating itself.
     Hello(DeviceHello),
+    /// A device's answer to a command.
+    CommandResult(CommandResultIn),
+    /// A device's connection changed.
+    Status(DeviceStatus),
+}
+
+impl Ingest {
+    /// The device the item is about.
+    pub fn device(&self) -> &str {
+        match self {
+            Ingest::Reading(r) => &r.device,
+            Ingest::Hello(h) => &h.device,
+            Ingest::CommandResult(c) => &c.device,
+            Ingest::Status(s) => &s.device,
+        }
+    }
 }
 
 /// What became of one item of a batch.
@@ -239,6 +285,16 @@ pub enum Outcome {
     },
     /// A `Hello` was recorded.
     Registered,
+    /// A command result: the command's new state, or `None` when it was ignored (unknown
+    /// command, another device's, or already final).
+    CommandResult {
+        /// The command id.
+        id: u64,
+        /// Its state now, if the result changed it.
+        state: Option<CommandState>,
+    },
+    /// A status was noted.
+    Status,
 }
 
 /// The outcome of an item and, for a device that sends seqs, its cumulative ack after the batch:
@@ -249,6 +305,33 @@ pub struct Applied {
     pub outcome: Outcome,
     /// The device's ack, when it numbers its readings.
     pub ack: Option<u32>,
+    /// The item made the store register its device.
+    pub new_device: bool,
+}
+
+/// Visits the decoded records of `range` in key order until `visit` breaks; the first record
+/// that does not decode ends the scan with its error.
+fn scan_records<T: serde::de::DeserializeOwned>(
+    snap: &dyn engine::Snapshot,
+    table: Table,
+    range: &KeyRange,
+    what: &str,
+    mut visit: impl FnMut(&[u8], T) -> ControlFlow<()>,
+) -> Result<(), StoreError> {
+    let mut failure = None;
+    snap.scan(
+        table,
+        range,
+        Direction::Forward,
+        &mut |k, v| match records::decode::<T>(v, what) {
+            Ok(record) => visit(k, record),
+            Err(e) => {
+                failure = Some(e);
+                ControlFlow::Break(())
+            }
+        },
+    )?;
+    failure.map_or(Ok(()), Err)
 }
 
 /// The reading at `offset`, if it is still stored.
@@ -297,6 +380,11 @@ impl<'c> Staged<'c> {
         }
     }
 
+    /// Whether device `name` is registered, in the store or earlier in this batch.
+    fn knows(&self, name: &str) -> bool {
+        self.base.device_numbers.contains_key(name) || self.new_devices.contains_key(name)
+    }
+
     /// The record of device `name`, registering a new device when it has none; with its number.
     fn device(
         &mut self,
@@ -337,6 +425,8 @@ impl<'c> Staged<'c> {
                     protocol_version: None,
                     seq_window: None,
                     duplicates: 0,
+                    display_name: None,
+                    wire: records::Wire::Json,
                 },
             });
         Ok((n, record))
@@ -474,9 +564,8 @@ impl Store {
                 &KeyRange::all(),
                 Direction::Forward,
                 &mut |k, v| {
-                    let parsed = records::be_u32(k, "device number").and_then(|n| {
-                        Ok((n, records::decode::<DeviceRecord>(v, "device record")?))
-                    });
+                    let parsed = records::be_u32(k, "device number")
+                        .and_then(|n| Ok((n, records::decode_device(v)?)));
                     match parsed {
                         Ok((number, record)) => {
                             catalog.device_numbers.insert(record.name.clone(), number);
@@ -530,25 +619,54 @@ impl Store {
         let mut staged = Staged::new(&base);
         let mut batch = WriteBatch::new();
         let mut latest: BTreeMap<(u32, u32), LatestRecord> = BTreeMap::new();
-        let mut outcomes = Vec::with_capacity(items.len());
+        // (device number, outcome, whether the device numbers its readings, new device)
+        let mut outcomes: Vec<(u32, Outcome, bool, bool)> = Vec::with_capacity(items.len());
+        let mut commands = commands::Changes::default();
         let snap = self.engine.snapshot()?;
 
         for item in items {
-            let (name, transport, received_ms) = match item {
-                Ingest::Reading(r) => (&r.device, r.transport, r.received_ms),
-                Ingest::Hello(h) => (&h.device, h.transport, h.received_ms),
+            let new_device = !staged.knows(item.device());
+            let (transport, wire, received_ms) = match item {
+                Ingest::Reading(r) => (r.transport, r.wire, r.received_ms),
+                Ingest::Hello(h) => (h.transport, records::Wire::Binary, h.received_ms),
+                Ingest::CommandResult(c) => {
+                    // Only a known device's answer counts; it is also a sign of life.
+                    let state = if new_device {
+                        None
+                    } else {
+                        let (_, record) = staged.device(&c.device, c.transport, c.received_ms)?;
+                        record.last_seen_ms = record.last_seen_ms.max(c.received_ms);
+                        commands.apply_result(&*snap, c)?
+                    };
+                    outcomes.push((0, Outcome::CommandResult { id: c.id, state }, false, false));
+                    continue;
+                }
+                Ingest::Status(s) => {
+                    // Going offline says nothing new about a device the store does not know.
+                    if s.online {
+                        let (_, record) = staged.device(&s.device, s.transport, s.received_ms)?;
+                        record.last_seen_ms = record.last_seen_ms.max(s.received_ms);
+                        outcomes.push((0, Outcome::Status, false, new_device));
+                    } else {
+                        outcomes.push((0, Outcome::Status, false, false));
+                    }
+                    continue;
+                }
             };
+            let name = item.device();
             let (device, record) = staged.device(name, transport, received_ms)?;
             record.last_seen_ms = record.last_seen_ms.max(received_ms);
             record.transport = transport;
+            record.wire = wire;
             let reading = match item {
                 Ingest::Hello(hello) => {
                     record.firmware = Some(hello.firmware.clone());
                     record.protocol_version = Some(hello.protocol_version);
-                    outcomes.push((device, Outcome::Registered, false));
+                    outcomes.push((device, Outcome::Registered, false, new_device));
                     continue;
                 }
                 Ingest::Reading(reading) => reading,
+                Ingest::CommandResult(_) | Ingest::Status(_) => continue,
             };
             let seq = match reading.seq {
                 Some(seq) => {
@@ -559,7 +677,7 @@ impl Store {
                                     tracing::warn!(device = %record.name, seq, "seq far below what this device already sent, taken as a duplicate; if its counter restarted, its readings are being dropped (devices must keep seq across restarts)");
                                 }
                                 record.duplicates += 1;
-                                outcomes.push((device, Outcome::Duplicate { seq }, true));
+                                outcomes.push((device, Outcome::Duplicate { seq }, true, false));
                                 continue;
                             }
                             sequence::Verdict::New => window.record(seq),
@@ -631,6 +749,7 @@ impl Store {
                 device,
                 Outcome::Stored { offset, seq },
                 reading.seq.is_some(),
+                new_device,
             ));
         }
         drop(snap);
@@ -649,6 +768,7 @@ impl Store {
             );
         }
 
+        commands.write_to(&mut batch)?;
         batch.put(
             Table::Meta,
             records::META_NEXT_OFFSET.to_vec(),
@@ -658,13 +778,14 @@ impl Store {
         // Acks are cumulative: every item of a device gets the device's ack after the whole batch.
         let applied = outcomes
             .into_iter()
-            .map(|(device, outcome, numbered)| Applied {
+            .map(|(device, outcome, numbered, new_device)| Applied {
                 outcome,
                 ack: numbered
                     .then(|| staged.devices.get(&device))
                     .flatten()
                     .and_then(|r| r.seq_window.as_ref())
                     .and_then(|w| w.ack()),
+                new_device,
             })
             .collect();
         let changes = staged.into_changes();
@@ -692,6 +813,43 @@ impl Store {
                 record: record.clone(),
             })
             .collect())
+    }
+
+    /// Sets a device's labels and display name (what `patch` gives); the device after the change,
+    /// or `None` for an unknown device.
+    pub fn update_device(
+        &self,
+        id: &str,
+        patch: &DevicePatch,
+    ) -> Result<Option<Device>, StoreError> {
+        let _writer = self.writer.lock().map_err(|_| StoreError::Poisoned)?;
+        let (number, mut record) = {
+            let cat = self.catalog()?;
+            let Some(number) = cat.device_numbers.get(id).copied() else {
+                return Ok(None);
+            };
+            let Some(record) = cat.devices.get(&number).cloned() else {
+                return Ok(None);
+            };
+            (number, record)
+        };
+        if let Some(labels) = &patch.labels {
+            record.labels = labels.clone();
+        }
+        if let Some(name) = &patch.display_name {
+            record.display_name = name.clone();
+        }
+        let mut batch = WriteBatch::new();
+        batch.put(
+            Table::Devices,
+            number.to_be_bytes().to_vec(),
+            records::encode(&record)?,
+        );
+        self.engine.commit(&batch)?;
+        let mut cat = self.catalog.write().map_err(|_| StoreError::Poisoned)?;
+        cat.devices.insert(number, record);
+        drop(cat);
+        self.device(id)
     }
 
     /// How many devices the store knows.
@@ -958,26 +1116,17 @@ impl Store {
     pub fn tokens(&self) -> Result<Vec<(Vec<u8>, TokenRecord)>, StoreError> {
         let snap = self.engine.snapshot()?;
         let mut tokens = Vec::new();
-        let mut failure = None;
-        snap.scan(
+        scan_records(
+            &*snap,
             Table::Tokens,
             &KeyRange::all(),
-            Direction::Forward,
-            &mut |k, v| match records::decode::<TokenRecord>(v, "token") {
-                Ok(record) => {
-                    tokens.push((k.to_vec(), record));
-                    ControlFlow::Continue(())
-                }
-                Err(e) => {
-                    failure = Some(e);
-                    ControlFlow::Break(())
-                }
+            "token",
+            |k, record| {
+                tokens.push((k.to_vec(), record));
+                ControlFlow::Continue(())
             },
         )?;
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(tokens),
-        }
+        Ok(tokens)
     }
 
     /// Stores a token record under the keyed hash of its secret.

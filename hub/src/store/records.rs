@@ -7,7 +7,12 @@
 //! - `Latest`:     device u32, metric u32
 //! - `Devices`:    device u32
 //! - `Metrics`:    metric name bytes
+//! - `Commands`:   command id u64
 //! - `Meta`:       ASCII name
+//!
+//! A record that gains fields gets a new version: the old layout stays here as a private struct
+//! that the decoder falls back to (postcard cannot tell a missing trailing field), and the next
+//! write stores the new layout.
 
 use std::collections::BTreeMap;
 
@@ -20,6 +25,8 @@ use super::StoreError;
 pub const META_SCHEMA_VERSION: &[u8] = b"schema_version";
 /// Meta key of the next hub offset to assign (u64 BE).
 pub const META_NEXT_OFFSET: &[u8] = b"next_offset";
+/// Meta key of the next command id to assign (u64 BE).
+pub const META_NEXT_COMMAND: &[u8] = b"next_command_id";
 
 /// The transport a device last used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +36,17 @@ pub enum Transport {
     Mqtt,
     /// A serial line.
     Serial,
+}
+
+/// How a device encodes its messages: what it sent last, and so what it is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Wire {
+    /// JSON on `devices/{id}/telemetry`, commands on `devices/{id}/commands`.
+    #[default]
+    Json,
+    /// device-protocol (postcard) messages: `devices/{id}/up` and `/down`, or serial frames.
+    Binary,
 }
 
 /// One stored reading, as kept in the `Readings` table.
@@ -71,6 +89,123 @@ pub struct DeviceRecord {
     pub seq_window: Option<super::sequence::SeqWindow>,
     /// Readings refused as duplicates.
     pub duplicates: u64,
+    /// A name for people, set by an operator.
+    pub display_name: Option<String>,
+    /// How it encodes its messages.
+    pub wire: Wire,
+}
+
+/// The first layout of [`DeviceRecord`], without `display_name` and `wire`.
+#[derive(Deserialize)]
+struct DeviceRecordV1 {
+    name: String,
+    transport: Transport,
+    first_seen_ms: u64,
+    last_seen_ms: u64,
+    last_seq: Option<u32>,
+    readings: u64,
+    firmware: Option<String>,
+    labels: BTreeMap<String, String>,
+    metrics: Vec<u32>,
+    protocol_version: Option<u16>,
+    seq_window: Option<super::sequence::SeqWindow>,
+    duplicates: u64,
+}
+
+/// Decodes a device record of any layout this version knows.
+pub fn decode_device(bytes: &[u8]) -> Result<DeviceRecord, StoreError> {
+    if let Ok(record) = postcard::from_bytes::<DeviceRecord>(bytes) {
+        return Ok(record);
+    }
+    let v1: DeviceRecordV1 = decode(bytes, "device record")?;
+    Ok(DeviceRecord {
+        wire: match (v1.transport, v1.protocol_version) {
+            (Transport::Serial, _) | (_, Some(_)) => Wire::Binary,
+            _ => Wire::Json,
+        },
+        name: v1.name,
+        transport: v1.transport,
+        first_seen_ms: v1.first_seen_ms,
+        last_seen_ms: v1.last_seen_ms,
+        last_seq: v1.last_seq,
+        readings: v1.readings,
+        firmware: v1.firmware,
+        labels: v1.labels,
+        metrics: v1.metrics,
+        protocol_version: v1.protocol_version,
+        seq_window: v1.seq_window,
+        duplicates: v1.duplicates,
+        display_name: None,
+    })
+}
+
+/// Where a command is in its life. Only moves forward: pending, then delivered, then one of the
+/// final states (a result may also arrive before the hub recorded the delivery).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandState {
+    /// Accepted, waiting for the device to be reachable.
+    Pending,
+    /// Handed to the device's transport; waiting for its result.
+    Delivered,
+    /// The device answered that it succeeded.
+    Succeeded,
+    /// The device answered that it failed.
+    Failed,
+    /// Not delivered within its TTL, or no result within its timeout.
+    TimedOut,
+}
+
+impl CommandState {
+    /// Whether nothing can change any more.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            CommandState::Succeeded | CommandState::Failed | CommandState::TimedOut
+        )
+    }
+
+    /// Its name in the API.
+    pub fn name(self) -> &'static str {
+        match self {
+            CommandState::Pending => "pending",
+            CommandState::Delivered => "delivered",
+            CommandState::Succeeded => "succeeded",
+            CommandState::Failed => "failed",
+            CommandState::TimedOut => "timed_out",
+        }
+    }
+}
+
+/// A command for a device, as kept in the `Commands` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandRecord {
+    /// The device it is for.
+    pub device: String,
+    /// The command's name.
+    pub name: String,
+    /// Its arguments: a JSON object, as text.
+    pub args: String,
+    /// Who asked for it (token or certificate name).
+    pub requested_by: String,
+    /// Where it is.
+    pub state: CommandState,
+    /// When it was accepted.
+    pub created_ms: u64,
+    /// Not delivered by then: it times out.
+    pub expires_ms: u64,
+    /// How long after delivery the device has to answer.
+    pub result_timeout_ms: u64,
+    /// When it was handed to the transport.
+    pub delivered_ms: Option<u64>,
+    /// When it reached a final state.
+    pub finished_ms: Option<u64>,
+    /// The device's result: JSON, as text.
+    pub result: Option<String>,
+    /// Why it failed or timed out.
+    pub error: Option<String>,
+    /// A binary device's error code.
+    pub error_code: Option<u16>,
 }
 
 /// The latest value of one metric of one device.
@@ -132,6 +267,11 @@ pub fn split_device_time_key(key: &[u8]) -> Option<(u64, u64)> {
     Some((ts, offset))
 }
 
+/// `Commands` key.
+pub fn command_key(id: u64) -> Vec<u8> {
+    id.to_be_bytes().to_vec()
+}
+
 /// `Latest` key.
 pub fn latest_key(device: u32, metric: u32) -> Vec<u8> {
     let mut key = Vec::with_capacity(8);
@@ -154,4 +294,62 @@ pub fn be_u32(bytes: &[u8], what: &str) -> Result<u32, StoreError> {
         .try_into()
         .map_err(|_| StoreError::Corrupt(format!("{what}: not 4 bytes")))?;
     Ok(u32::from_be_bytes(arr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first layout, as a hub of that version wrote it.
+    #[derive(Serialize)]
+    struct WrittenV1 {
+        name: String,
+        transport: Transport,
+        first_seen_ms: u64,
+        last_seen_ms: u64,
+        last_seq: Option<u32>,
+        readings: u64,
+        firmware: Option<String>,
+        labels: BTreeMap<String, String>,
+        metrics: Vec<u32>,
+        protocol_version: Option<u16>,
+        seq_window: Option<super::super::sequence::SeqWindow>,
+        duplicates: u64,
+    }
+
+    #[test]
+    fn first_layout_device_records_still_decode() {
+        for (transport, protocol_version, wire) in [
+            (Transport::Mqtt, None, Wire::Json),
+            (Transport::Mqtt, Some(1), Wire::Binary),
+            (Transport::Serial, None, Wire::Binary),
+        ] {
+            let old = WrittenV1 {
+                name: "d-1".into(),
+                transport,
+                first_seen_ms: 1,
+                last_seen_ms: 2,
+                last_seq: Some(3),
+                readings: 4,
+                firmware: Some("fw".into()),
+                labels: BTreeMap::from([("room".into(), "kitchen".into())]),
+                metrics: vec![0, 1],
+                protocol_version,
+                seq_window: None,
+                duplicates: 5,
+            };
+            let record = decode_device(&encode(&old).unwrap()).unwrap();
+            assert_eq!(
+                (record.name.as_str(), record.readings, record.duplicates),
+                ("d-1", 4, 5)
+            );
+            assert_eq!(
+                record.labels.get("room").map(String::as_str),
+                Some("kitchen")
+            );
+            assert_eq!((record.wire, record.display_name.as_deref()), (wire, None));
+            // Written back in the new layout, it reads as itself.
+            assert_eq!(decode_device(&encode(&record).unwrap()).unwrap(), record);
+        }
+    }
 }

@@ -179,6 +179,7 @@ fn reading(
     NewReading {
         device: device.into(),
         transport: Transport::Mqtt,
+        wire: crate::store::Wire::Json,
         seq,
         timestamp_ms: ts,
         received_ms: 1_000_000,

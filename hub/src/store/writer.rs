@@ -6,7 +6,11 @@
 //! Group commit falls out of the loop: while one commit is on disk, the next batch queues up.
 //! The writer stops when every sender is gone, after committing what was queued: stopping ingest
 //! is what drains it.
+//!
+//! After each commit it tells live listeners (see [`crate::live`]) what became durable: readings,
+//! new devices, devices coming online or reported gone, command results.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -14,6 +18,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Applied, Ingest, Outcome, Store};
+use crate::live::{DeviceChange, Event, Live, LiveReading, Presence};
 
 /// The items of one source message, and where to say when they are durable.
 #[derive(Debug)]
@@ -47,6 +52,7 @@ pub struct StoreWriter {
     batch_max: usize,
     batch_window: Duration,
     stats: Arc<WriterStats>,
+    live: Option<(Live, Arc<Presence>)>,
 }
 
 impl StoreWriter {
@@ -63,7 +69,14 @@ impl StoreWriter {
             batch_max: batch_max.max(1),
             batch_window,
             stats,
+            live: None,
         }
+    }
+
+    /// Tells `live` listeners what each commit made durable, and `presence` who was heard from.
+    pub fn publishing(mut self, live: Live, presence: Arc<Presence>) -> Self {
+        self.live = Some((live, presence));
+        self
     }
 
     /// Runs until every sender of `submissions_rx` is dropped and the queue is empty.
@@ -107,13 +120,17 @@ impl StoreWriter {
             .collect();
         let store = self.store.clone();
         let count = items.len();
-        let outcome = tokio::task::spawn_blocking(move || store.apply(&items)).await;
-        let applied = match outcome {
-            Ok(Ok(applied)) => applied,
+        let outcome = tokio::task::spawn_blocking(move || {
+            let applied = store.apply(&items);
+            (items, applied)
+        })
+        .await;
+        let (items, applied) = match outcome {
+            Ok((items, Ok(applied))) => (items, applied),
             failure => {
                 self.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
                 match failure {
-                    Ok(Err(e)) => {
+                    Ok((_, Err(e))) => {
                         tracing::error!(error = %e, items = count, "commit failed; nothing of it was acknowledged, so devices and brokers send it again")
                     }
                     _ => tracing::error!(
@@ -144,6 +161,9 @@ impl StoreWriter {
             .duplicates
             .fetch_add(duplicates as u64, Ordering::Relaxed);
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        if let Some((live, presence)) = &self.live {
+            publish(live, presence, items, &applied);
+        }
         let mut applied = applied.into_iter();
         for (count, done_tx) in replies {
             let mine: Vec<Applied> = applied.by_ref().take(count).collect();
@@ -152,6 +172,83 @@ impl StoreWriter {
                 let _ = done_tx.send(Ok(mine));
             }
         }
+    }
+}
+
+/// Tells live listeners what a commit made durable. Readings are built only while someone
+/// listens for them; presence is told once per device per batch.
+fn publish(live: &Live, presence: &Presence, items: Vec<Ingest>, applied: &[Applied]) {
+    let want_readings = live.readings_tx.receiver_count() > 0;
+    let mut readings = Vec::new();
+    let mut heard: HashMap<String, u64> = HashMap::new();
+    for (item, applied) in items.into_iter().zip(applied) {
+        if applied.new_device {
+            live.event(Event::Device {
+                device: item.device().to_owned(),
+                change: DeviceChange::New,
+                reason: "registered",
+                at_ms: crate::ingest::now_ms(),
+            });
+        }
+        match item {
+            Ingest::Reading(r) => {
+                let at = heard.entry(r.device.clone()).or_default();
+                *at = (*at).max(r.received_ms);
+                if let (true, Outcome::Stored { offset, seq }) = (want_readings, applied.outcome) {
+                    readings.push(LiveReading {
+                        offset,
+                        timestamp_ms: r.timestamp_ms.unwrap_or(r.received_ms),
+                        device: r.device,
+                        seq,
+                        metrics: r.metrics,
+                    });
+                }
+            }
+            Ingest::Hello(h) => {
+                let at = heard.entry(h.device).or_default();
+                *at = (*at).max(h.received_ms);
+            }
+            Ingest::CommandResult(c) => {
+                if let Outcome::CommandResult {
+                    id,
+                    state: Some(state),
+                } = applied.outcome
+                {
+                    live.event(Event::Command {
+                        device: c.device.clone(),
+                        id,
+                        state,
+                    });
+                }
+                let at = heard.entry(c.device).or_default();
+                *at = (*at).max(c.received_ms);
+            }
+            Ingest::Status(s) => {
+                // In arrival order with the rest of the batch: what was heard before a last will
+                // is noted first.
+                for (device, at) in heard.drain() {
+                    if let Some(event) = presence.seen(&device, at) {
+                        live.event(event);
+                    }
+                }
+                let event = if s.online {
+                    presence.seen(&s.device, s.received_ms)
+                } else {
+                    presence.gone(&s.device, s.reason, s.received_ms)
+                };
+                if let Some(event) = event {
+                    live.event(event);
+                }
+            }
+        }
+    }
+    for (device, at) in heard {
+        if let Some(event) = presence.seen(&device, at) {
+            live.event(event);
+        }
+    }
+    if !readings.is_empty() {
+        let _ = live.readings_tx.send(Arc::new(readings));
     }
 }
 
@@ -166,6 +263,7 @@ mod tests {
         NewReading {
             device: "d".into(),
             transport: Transport::Mqtt,
+            wire: crate::store::Wire::Json,
             seq: Some(seq),
             timestamp_ms: None,
             received_ms: 1,

@@ -1,0 +1,284 @@
+//! Live updates: what happened in the store, told to whoever listens (WebSocket clients, the
+//! command dispatcher) once it is durable, and which devices are reachable now.
+//!
+//! The store writer publishes after each commit, so a listener never sees a reading that a crash
+//! could still take away. Two broadcast channels keep the volumes apart: `readings` (one message
+//! per committed batch, built only while someone listens) and `events` (device and command
+//! events, few). Both are bounded: a listener that falls behind loses the oldest messages and
+//! learns how many it lost (`RecvError::Lagged`); it never slows the writer.
+//!
+//! [`Presence`] decides online and offline: a device is online from any message until it is
+//! silent for `offline_after`, or until its transport reports it gone (an MQTT last will or
+//! `offline` status, a serial line lost). Only changes become events.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use device_protocol::OwnedValue;
+use tokio::sync::broadcast;
+
+use crate::store::CommandState;
+
+/// Reading batches a slow listener may fall behind before it loses the oldest.
+pub const READINGS_BACKLOG: usize = 256;
+/// Events a slow listener may fall behind before it loses the oldest.
+pub const EVENTS_BACKLOG: usize = 1024;
+
+/// A durable reading, as live listeners get it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveReading {
+    /// Hub offset.
+    pub offset: u64,
+    /// Device id.
+    pub device: String,
+    /// Device seq (or the hub's).
+    pub seq: u32,
+    /// Timestamp (device clock, or hub receive time).
+    pub timestamp_ms: u64,
+    /// Metric names and values.
+    pub metrics: Vec<(String, OwnedValue)>,
+}
+
+/// What happened to a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChange {
+    /// First seen.
+    New,
+    /// Reachable again.
+    Online,
+    /// Not reachable any more.
+    Offline,
+}
+
+impl DeviceChange {
+    /// Its name in the API.
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceChange::New => "new",
+            DeviceChange::Online => "online",
+            DeviceChange::Offline => "offline",
+        }
+    }
+}
+
+/// An event the live stream and the dispatcher get.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A device changed.
+    Device {
+        /// Device id.
+        device: String,
+        /// What changed.
+        change: DeviceChange,
+        /// Why: `seen`, `reported`, `silent`, `link_down`, `registered`.
+        reason: &'static str,
+        /// When (hub clock, unix ms).
+        at_ms: u64,
+    },
+    /// A command changed state.
+    Command {
+        /// Device id.
+        device: String,
+        /// Command id.
+        id: u64,
+        /// Its new state.
+        state: CommandState,
+    },
+}
+
+impl Event {
+    /// The device it is about.
+    pub fn device(&self) -> &str {
+        match self {
+            Event::Device { device, .. } | Event::Command { device, .. } => device,
+        }
+    }
+}
+
+/// The senders of both channels, shared by the writer, the presence sweeper and the dispatcher.
+#[derive(Debug, Clone)]
+pub struct Live {
+    /// Committed readings, one message per batch.
+    pub readings_tx: broadcast::Sender<Arc<Vec<LiveReading>>>,
+    /// Device and command events.
+    pub events_tx: broadcast::Sender<Event>,
+}
+
+impl Live {
+    /// Channels with the standard backlogs.
+    pub fn new() -> Self {
+        Live {
+            readings_tx: broadcast::Sender::new(READINGS_BACKLOG),
+            events_tx: broadcast::Sender::new(EVENTS_BACKLOG),
+        }
+    }
+
+    /// Publishes an event; nobody listening is fine.
+    pub fn event(&self, event: Event) {
+        let _ = self.events_tx.send(event);
+    }
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct State {
+    online: bool,
+    last_seen_ms: u64,
+}
+
+/// Which devices are reachable now. Cheap to share; every method takes one short lock.
+#[derive(Debug)]
+pub struct Presence {
+    offline_after_ms: u64,
+    devices: Mutex<HashMap<String, State>>,
+}
+
+impl Presence {
+    /// A tracker that calls a device offline after `offline_after` of silence.
+    pub fn new(offline_after: Duration) -> Self {
+        Presence {
+            offline_after_ms: offline_after.as_millis() as u64,
+            devices: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Starts from what the store knows: each device's last message time.
+    pub fn load<'a>(&self, devices: impl IntoIterator<Item = (&'a str, u64)>, now_ms: u64) {
+        let Ok(mut map) = self.devices.lock() else {
+            return;
+        };
+        for (device, last_seen_ms) in devices {
+            let online = now_ms.saturating_sub(last_seen_ms) < self.offline_after_ms;
+            map.insert(
+                device.to_owned(),
+                State {
+                    online,
+                    last_seen_ms,
+                },
+            );
+        }
+    }
+
+    /// A message from `device` at `at_ms`: its `Online` event if it was not online.
+    pub fn seen(&self, device: &str, at_ms: u64) -> Option<Event> {
+        let mut map = self.devices.lock().ok()?;
+        let was_online = match map.get_mut(device) {
+            Some(state) => {
+                state.last_seen_ms = state.last_seen_ms.max(at_ms);
+                std::mem::replace(&mut state.online, true)
+            }
+            None => {
+                map.insert(
+                    device.to_owned(),
+                    State {
+                        online: true,
+                        last_seen_ms: at_ms,
+                    },
+                );
+                false
+            }
+        };
+        (!was_online).then(|| Event::Device {
+            device: device.to_owned(),
+            change: DeviceChange::Online,
+            reason: "seen",
+            at_ms,
+        })
+    }
+
+    /// The transport says `device` is gone: its `Offline` event if it was online.
+    pub fn gone(&self, device: &str, reason: &'static str, at_ms: u64) -> Option<Event> {
+        let mut map = self.devices.lock().ok()?;
+        let state = map.get_mut(device)?;
+        std::mem::replace(&mut state.online, false).then(|| Event::Device {
+            device: device.to_owned(),
+            change: DeviceChange::Offline,
+            reason,
+            at_ms,
+        })
+    }
+
+    /// Devices silent for longer than the window go offline: their events.
+    pub fn sweep(&self, now_ms: u64) -> Vec<Event> {
+        let Ok(mut map) = self.devices.lock() else {
+            return Vec::new();
+        };
+        let mut events = Vec::new();
+        for (device, state) in map.iter_mut() {
+            if state.online && now_ms.saturating_sub(state.last_seen_ms) >= self.offline_after_ms {
+                state.online = false;
+                events.push(Event::Device {
+                    device: device.clone(),
+                    change: DeviceChange::Offline,
+                    reason: "silent",
+                    at_ms: now_ms,
+                });
+            }
+        }
+        events
+    }
+
+    /// Whether `device` is online; `false` for a device never seen.
+    pub fn is_online(&self, device: &str) -> bool {
+        self.devices
+            .lock()
+            .ok()
+            .and_then(|map| map.get(device).map(|s| s.online))
+            .unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(event: Option<Event>) -> Option<(DeviceChange, &'static str)> {
+        match event {
+            Some(Event::Device { change, reason, .. }) => Some((change, reason)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn devices_go_online_when_seen_and_offline_when_silent_or_gone() {
+        let p = Presence::new(Duration::from_secs(60));
+        p.load([("old", 0), ("recent", 100_000)], 120_000);
+        assert!(!p.is_online("old"));
+        assert!(p.is_online("recent"));
+        assert!(!p.is_online("never"));
+
+        assert_eq!(
+            change(p.seen("old", 121_000)),
+            Some((DeviceChange::Online, "seen"))
+        );
+        assert_eq!(change(p.seen("old", 122_000)), None, "only changes");
+        assert_eq!(
+            change(p.seen("brand-new", 122_000)).map(|c| c.0),
+            Some(DeviceChange::Online)
+        );
+
+        // recent was last seen at 100 s: silent for a minute at 160 s.
+        let swept: Vec<String> = p
+            .sweep(160_000)
+            .iter()
+            .map(|e| e.device().to_owned())
+            .collect();
+        assert_eq!(swept, vec!["recent".to_owned()]);
+        assert!(p.sweep(160_500).is_empty());
+
+        assert_eq!(
+            change(p.gone("old", "reported", 163_000)),
+            Some((DeviceChange::Offline, "reported"))
+        );
+        assert_eq!(change(p.gone("old", "reported", 163_000)), None);
+        assert_eq!(change(p.gone("never", "link_down", 1)), None);
+        assert!(!p.is_online("old"));
+        assert!(p.is_online("brand-new"));
+    }
+}
