@@ -295,6 +295,8 @@ pub async fn run(
         presence: presence.clone(),
         live: live.clone(),
         max_wait: config.commands.max_wait.0,
+        stream_slots: Arc::new(tokio::sync::Semaphore::new(api::STREAM_CLIENTS)),
+        shutdown: api_shutdown.clone(),
     };
 
     let limits = api::server::ServerLimits {

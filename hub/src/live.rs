@@ -20,8 +20,9 @@ use tokio::sync::broadcast;
 
 use crate::store::CommandState;
 
-/// Reading batches a slow listener may fall behind before it loses the oldest.
-pub const READINGS_BACKLOG: usize = 256;
+/// Reading batches a slow listener may fall behind before it loses the oldest. A batch holds up
+/// to `ingest.batch_max` readings, so this bounds the memory a stuck listener can pin.
+pub const READINGS_BACKLOG: usize = 64;
 /// Events a slow listener may fall behind before it loses the oldest.
 pub const EVENTS_BACKLOG: usize = 1024;
 

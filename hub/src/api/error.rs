@@ -16,6 +16,10 @@ pub enum ApiError {
     Forbidden(&'static str),
     /// 404: no such thing (or not visible to this identity).
     NotFound(String),
+    /// 409: the request conflicts with the state of the thing (a device offline).
+    Conflict(String),
+    /// 429: too many open things (commands) for now.
+    TooMany(String),
     /// 500: the hub failed; the detail goes to the log only.
     Internal,
     /// 503: a dependency is not ready.
@@ -81,6 +85,12 @@ impl ApiError {
                 Some(format!("this identity lacks the `{scope}` scope")),
             ),
             ApiError::NotFound(d) => (StatusCode::NOT_FOUND, "Not found", Some(d.clone())),
+            ApiError::Conflict(d) => (StatusCode::CONFLICT, "Conflict", Some(d.clone())),
+            ApiError::TooMany(d) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many requests",
+                Some(d.clone()),
+            ),
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "Internal error", None),
             ApiError::Unavailable(d) => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -107,6 +117,12 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            // Open commands close within their timeout; a few seconds is a fair first retry.
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         response.extensions_mut().insert(problem);
         response

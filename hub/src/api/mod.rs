@@ -4,11 +4,13 @@
 //! Every `/api/v1` route needs a bearer token; `/healthz` needs nothing. Every response carries
 //! `x-request-id`, and every error is `application/problem+json` with that id.
 
+mod commands;
 mod devices;
 pub mod error;
 pub mod params;
 mod readings;
 pub mod server;
+mod stream;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +27,9 @@ use crate::auth::{Identity, TokenRegistry};
 use crate::ingest::mqtt::Link;
 use crate::store::Store;
 use error::{ApiError, Problem};
+
+/// Most concurrent stream (WebSocket) clients.
+pub const STREAM_CLIENTS: usize = stream::MAX_CLIENTS;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -47,6 +52,10 @@ pub struct ApiState {
     pub live: crate::live::Live,
     /// Longest `wait` of a command request.
     pub max_wait: std::time::Duration,
+    /// Free places for stream (WebSocket) clients.
+    pub stream_slots: Arc<tokio::sync::Semaphore>,
+    /// Cancelled when the hub stops, so long-lived connections (streams) end.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// Request ids: a random prefix per process and a counter, so ids are unique and cheap.
@@ -94,6 +103,14 @@ pub fn router(state: ApiState) -> Router {
         .route("/devices/{id}", get(devices::detail))
         .route("/devices/{id}/latest", get(devices::latest))
         .route("/devices/{id}/readings", get(readings::readings))
+        .route(
+            "/devices/{id}/commands",
+            axum::routing::post(commands::send).layer(axum::extract::DefaultBodyLimit::max(
+                commands::MAX_COMMAND_BODY,
+            )),
+        )
+        .route("/devices/{id}/commands/{cid}", get(commands::get))
+        .route("/stream", get(stream::stream))
         .route("/readyz", get(readyz));
     let authenticated = Router::new()
         .nest("/api/v1", v1.clone())

@@ -13,6 +13,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// Kernel send buffer of each API connection.
+const SEND_BUFFER: usize = 128 * 1024;
+
 /// Limits of the listener.
 #[derive(Debug, Clone, Copy)]
 pub struct ServerLimits {
@@ -58,6 +61,10 @@ pub async fn serve(
             },
         };
         let _ = tcp.set_nodelay(true);
+        // A fixed send buffer instead of the kernel's autotuning (up to megabytes per socket):
+        // the memory a slow or stalled client can pin stays small, and a stream client that does
+        // not keep up is told it lagged instead of having megabytes queued for it.
+        let _ = socket2::SockRef::from(&tcp).set_send_buffer_size(SEND_BUFFER);
         let acceptor = acceptor.clone();
         let service = TowerToHyperService::new(router.clone());
         let stop = shutdown.clone();

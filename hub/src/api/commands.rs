@@ -1,0 +1,211 @@
+//! `POST /api/v1/devices/{id}/commands` and `GET /api/v1/devices/{id}/commands/{cid}`: commands
+//! for devices, through [`crate::commands`].
+//!
+//! A command is answered `202 Accepted` with its record (state `pending` or `delivered`) and a
+//! `Location`; with `?wait=10s` the request is held until the command reaches a final state
+//! (`succeeded`, `failed`, `timed_out`) or the wait ends, and a final command is answered `200`.
+//! A device that is offline gets the command when it comes back, within the command's `ttl`; a
+//! request with `ttl` `0s` is refused with `409` instead of waiting.
+
+use std::time::Duration;
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::ApiState;
+use super::devices::{query, require, visible_device};
+use super::error::ApiError;
+use super::params;
+use crate::auth::{Identity, Scope};
+use crate::commands::{CommandError, CommandRequest};
+use crate::config::HumanDuration;
+use crate::store::CommandRecord;
+
+/// Largest command request body.
+pub const MAX_COMMAND_BODY: usize = 16 * 1024;
+
+/// The body of a command request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewCommand {
+    /// The command's name: 1 to 64 of `A-Z a-z 0-9 . _ -`.
+    name: String,
+    /// Arguments: a JSON object (for binary and serial devices, numbers, booleans and strings
+    /// only, at most 16).
+    #[serde(default)]
+    args: Option<Map<String, Value>>,
+    /// How long to wait for an offline device (`10m`); `0s` refuses the command if it is offline.
+    #[serde(default)]
+    ttl: Option<String>,
+    /// How long a delivered command waits for the device's result (`30s`).
+    #[serde(default)]
+    timeout: Option<String>,
+}
+
+/// Query of a command request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SendParams {
+    /// Hold the request until the command is final, at most this long (`10s`).
+    wait: Option<String>,
+}
+
+/// A command as the API shows it.
+#[derive(Debug, Serialize)]
+pub(super) struct CommandView {
+    /// Command id (per hub, only grows).
+    id: u64,
+    /// The device it is for.
+    device: String,
+    /// Its name.
+    name: String,
+    /// Its arguments.
+    args: Value,
+    /// `pending`, `delivered`, `succeeded`, `failed` or `timed_out`.
+    state: &'static str,
+    /// Who asked for it.
+    requested_by: String,
+    /// When it was accepted.
+    created: String,
+    /// When it times out if not delivered.
+    expires: String,
+    /// How long after delivery the device has to answer, in milliseconds.
+    timeout_ms: u64,
+    /// When it was handed to the device's transport.
+    delivered: Option<String>,
+    /// When it reached a final state.
+    finished: Option<String>,
+    /// The device's result data.
+    result: Option<Value>,
+    /// Why it failed or timed out.
+    error: Option<String>,
+    /// A binary device's error code.
+    error_code: Option<u16>,
+}
+
+impl CommandView {
+    fn new(id: u64, r: CommandRecord) -> Self {
+        CommandView {
+            id,
+            args: serde_json::from_str(&r.args).unwrap_or(Value::Object(Map::new())),
+            state: r.state.name(),
+            created: params::rfc3339(r.created_ms),
+            expires: params::rfc3339(r.expires_ms),
+            timeout_ms: r.result_timeout_ms,
+            delivered: r.delivered_ms.map(params::rfc3339),
+            finished: r.finished_ms.map(params::rfc3339),
+            result: r.result.and_then(|text| serde_json::from_str(&text).ok()),
+            error: r.error,
+            error_code: r.error_code,
+            device: r.device,
+            name: r.name,
+            requested_by: r.requested_by,
+        }
+    }
+}
+
+fn duration(name: &str, text: &str) -> Result<Duration, ApiError> {
+    HumanDuration::parse(text).map(|d| d.0).map_err(|_| {
+        ApiError::BadRequest(format!(
+            "`{name}`: {text:?} is not a duration like 500ms, 30s, 10m, 1h"
+        ))
+    })
+}
+
+impl From<CommandError> for ApiError {
+    fn from(e: CommandError) -> Self {
+        match e {
+            CommandError::UnknownDevice(d) => ApiError::NotFound(format!("no device {d:?}")),
+            CommandError::Invalid(detail) => ApiError::BadRequest(detail),
+            e @ CommandError::Offline(_) => ApiError::Conflict(e.to_string()),
+            CommandError::TooMany(detail) => ApiError::TooMany(detail),
+            CommandError::Store(e) => e.into(),
+            CommandError::Stopping => ApiError::Unavailable("the hub is shutting down".into()),
+        }
+    }
+}
+
+/// `POST /api/v1/devices/{id}/commands`
+pub(super) async fn send(
+    State(state): State<ApiState>,
+    Extension(identity): Extension<Identity>,
+    Path(id): Path<String>,
+    q: Result<Query<SendParams>, QueryRejection>,
+    body: Result<Json<NewCommand>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    require(&identity, Scope::Command, "command")?;
+    let device = visible_device(&identity, &id)?.to_owned();
+    let p = query(q)?;
+    let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let wait = match &p.wait {
+        Some(text) => {
+            let wait = duration("wait", text)?;
+            if wait > state.max_wait {
+                return Err(ApiError::BadRequest(format!(
+                    "`wait` is at most {} s",
+                    state.max_wait.as_secs()
+                )));
+            }
+            Some(wait)
+        }
+        None => None,
+    };
+    let request = CommandRequest {
+        device: device.clone(),
+        name: body.name,
+        args: body.args.unwrap_or_default(),
+        ttl: body
+            .ttl
+            .as_deref()
+            .map(|t| duration("ttl", t))
+            .transpose()?,
+        timeout: body
+            .timeout
+            .as_deref()
+            .map(|t| duration("timeout", t))
+            .transpose()?,
+        requested_by: identity.name.clone(),
+    };
+    // Subscribed before the command exists, so its result cannot slip by unseen.
+    let events = wait.map(|_| state.commands.subscribe());
+    let (command_id, mut record) = state.commands.submit(request).await?;
+    if let (Some(wait), Some(events)) = (wait, events)
+        && let Some(latest) = state.commands.wait_for(command_id, events, wait).await?
+    {
+        record = latest;
+    }
+    let status = if record.state.is_final() {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    let location = format!("/api/v1/devices/{device}/commands/{command_id}");
+    let mut response = (status, Json(CommandView::new(command_id, record))).into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    Ok(response)
+}
+
+/// `GET /api/v1/devices/{id}/commands/{cid}`
+pub(super) async fn get(
+    State(state): State<ApiState>,
+    Extension(identity): Extension<Identity>,
+    Path((id, command)): Path<(String, String)>,
+) -> Result<Json<CommandView>, ApiError> {
+    require(&identity, Scope::Read, "read")?;
+    let device = visible_device(&identity, &id)?;
+    let not_found = || ApiError::NotFound(format!("no command {command:?} for device {device:?}"));
+    let command_id: u64 = command.parse().map_err(|_| not_found())?;
+    match state.commands.get(command_id).await? {
+        // Another device's command is not shown through this device's path.
+        Some(record) if record.device == device => Ok(Json(CommandView::new(command_id, record))),
+        _ => Err(not_found()),
+    }
+}

@@ -1,0 +1,453 @@
+//! `GET /api/v1/stream`: durable readings and device and command events, live, over a WebSocket.
+//!
+//! The client subscribes by device and metric patterns (`*` matches any run of characters) and
+//! gets every matching reading once the store has made it durable (the store writer publishes
+//! after its commit; see [`crate::live`]), plus device events (`new`, `online`, `offline`) and
+//! command state changes for the devices it subscribed to. A token restricted to some devices
+//! sees only those.
+//!
+//! Client messages (JSON text, at most [`MAX_CLIENT_MESSAGE`] bytes):
+//! - `{"op":"subscribe","id":"s1","devices":["gh-*"],"metrics":["temp"],"events":true}`: `id`
+//!   names the subscription (default: a number the hub picks); `devices` and `metrics` default to
+//!   `["*"]`; `readings` and `events` default to true. Answered `{"type":"subscribed","id":..}`.
+//! - `{"op":"unsubscribe","id":"s1"}`: answered `{"type":"unsubscribed","id":..}`.
+//! - `{"op":"ping"}`: answered `{"type":"pong"}`.
+//!
+//! Server messages: `{"type":"reading","subscriptions":[..],"device":..,"offset":..,"seq":..,
+//! "ts":..,"metrics":{..}}` (only the metrics the subscriptions match), `{"type":"device",..,
+//! "event":"online","reason":..,"ts":..}`, `{"type":"command",..,"id":..,"state":..}`,
+//! `{"type":"lagged","dropped":N}` and `{"type":"error","detail":..}`.
+//!
+//! A slow client never slows ingest: messages wait for it in a bounded queue
+//! ([`CLIENT_QUEUE`]); what does not fit is dropped and counted, and the client is told
+//! `lagged` with the count before the next message that fits, then the stream goes on. A client
+//! too slow for even the broadcast backlog is told the same: readings by the gap in hub offsets,
+//! events by the broadcast's own count. A socket write that takes longer than [`SEND_TIMEOUT`]
+//! ends the connection. The hub pings every [`PING_EVERY`] and closes a connection it has heard
+//! nothing from (no pong, no message) for [`IDLE_TIMEOUT`]. Oversized messages close the socket
+//! with code 1009.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Extension;
+use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
+use axum::response::Response;
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::ApiState;
+use super::devices::{require, value_json};
+use super::error::ApiError;
+use super::params;
+use crate::auth::tokens::pattern_matches;
+use crate::auth::{Identity, Scope};
+use crate::live::{Event, Live, LiveReading};
+
+/// Largest message (and frame) a client may send.
+pub const MAX_CLIENT_MESSAGE: usize = 4096;
+/// Subscriptions one connection may hold.
+pub const MAX_SUBSCRIPTIONS: usize = 32;
+/// Patterns in one subscription's `devices` or `metrics`.
+pub const MAX_PATTERNS: usize = 32;
+/// Longest pattern or subscription id.
+pub const MAX_PATTERN_LEN: usize = 128;
+/// Messages waiting for a slow client before new ones are dropped.
+pub const CLIENT_QUEUE: usize = 1024;
+/// Most concurrent stream connections.
+pub const MAX_CLIENTS: usize = 64;
+/// How often the hub pings.
+pub const PING_EVERY: Duration = Duration::from_secs(20);
+/// Nothing heard from the client for this long: the connection is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often a client that lagged is checked for room to be told so.
+const LAG_CHECK: Duration = Duration::from_secs(1);
+/// Longest one socket write may take.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a client may send.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+enum ClientMessage {
+    Subscribe {
+        id: Option<String>,
+        devices: Option<Vec<String>>,
+        metrics: Option<Vec<String>>,
+        readings: Option<bool>,
+        events: Option<bool>,
+    },
+    Unsubscribe {
+        id: String,
+    },
+    Ping,
+}
+
+/// One subscription of a connection.
+#[derive(Debug, Clone)]
+struct Subscription {
+    id: String,
+    devices: Vec<String>,
+    metrics: Vec<String>,
+    readings: bool,
+    events: bool,
+}
+
+impl Subscription {
+    fn wants_device(&self, device: &str) -> bool {
+        self.devices.iter().any(|p| pattern_matches(p, device))
+    }
+
+    fn wants_metric(&self, metric: &str) -> bool {
+        self.metrics.iter().any(|p| pattern_matches(p, metric))
+    }
+}
+
+/// `GET /api/v1/stream`
+pub(super) async fn stream(
+    State(state): State<ApiState>,
+    Extension(identity): Extension<Identity>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    require(&identity, Scope::Read, "read")?;
+    let upgrade = upgrade.map_err(|e| {
+        ApiError::BadRequest(format!("this is a WebSocket endpoint: {}", e.body_text()))
+    })?;
+    let permit = state
+        .stream_slots
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::Unavailable(format!("already {MAX_CLIENTS} stream clients")))?;
+    let live = state.live.clone();
+    let shutdown = state.shutdown.clone();
+    Ok(upgrade
+        .max_message_size(MAX_CLIENT_MESSAGE)
+        .max_frame_size(MAX_CLIENT_MESSAGE)
+        .on_upgrade(move |socket| session(socket, identity, live, shutdown, permit)))
+}
+
+/// The state of one connection's reading side.
+struct Session {
+    identity: Identity,
+    subscriptions: Vec<Subscription>,
+    next_id: u64,
+    out_tx: mpsc::Sender<Message>,
+    /// Messages the client did not get since it was last told.
+    dropped: u64,
+    /// The hub offset after the last reading batch seen, to count a broadcast gap.
+    next_offset: Option<u64>,
+}
+
+async fn session(
+    socket: WebSocket,
+    identity: Identity,
+    live: Live,
+    shutdown: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+) {
+    let (sink, mut source) = socket.split();
+    let (out_tx, out_rx) = mpsc::channel::<Message>(CLIENT_QUEUE);
+    let writer = tokio::spawn(write_out(sink, out_rx));
+    let mut readings_rx = live.readings_tx.subscribe();
+    let mut events_rx = live.events_tx.subscribe();
+    let mut s = Session {
+        identity,
+        subscriptions: Vec::new(),
+        next_id: 1,
+        out_tx,
+        dropped: 0,
+        next_offset: None,
+    };
+    let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
+    // A client that lagged is told so once its queue has room, even if nothing else comes.
+    let mut lag_check = tokio::time::interval(LAG_CHECK);
+    lag_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    let close = loop {
+        if s.out_tx.is_closed() {
+            break None;
+        }
+        // Biased so that, of what is ready, events go first: a device's `new` and `online`
+        // events (sent before its readings' batch) reach the client before those readings.
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break Some((close_code::AWAY, "the hub is stopping")),
+            event = events_rx.recv() => match event {
+                Ok(event) => s.event(&event),
+                Err(broadcast::error::RecvError::Lagged(n)) => s.dropped += n,
+                Err(broadcast::error::RecvError::Closed) => break None,
+            },
+            incoming = source.next() => match incoming {
+                Some(Ok(Message::Text(text))) => {
+                    last_heard = Instant::now();
+                    s.handle(text.as_str());
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    last_heard = Instant::now();
+                    s.error("binary messages are not understood; send JSON text");
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => last_heard = Instant::now(),
+                Some(Ok(Message::Close(_))) | None => break None,
+                // Over the size limit, or a broken frame.
+                Some(Err(e)) => {
+                    let text = e.to_string().to_ascii_lowercase();
+                    tracing::debug!(error = %text, "stream client sent a bad frame");
+                    let too_big = ["size", "too long", "capacity", "limit"].iter().any(|w| text.contains(w));
+                    break too_big.then_some((close_code::SIZE, "message too big"));
+                }
+            },
+            batch = readings_rx.recv() => match batch {
+                Ok(batch) => s.readings(&batch),
+                // The gap shows in the offsets of the next batch.
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => break None,
+            },
+            _ = lag_check.tick() => {
+                s.tell_lag();
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() >= IDLE_TIMEOUT {
+                    break Some((close_code::POLICY, "idle: no pong"));
+                }
+                s.offer(Message::Ping(Default::default()));
+            }
+        }
+    };
+    if let Some((code, reason)) = close {
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
+        let _ =
+            tokio::time::timeout(SEND_TIMEOUT, s.out_tx.send(Message::Close(Some(frame)))).await;
+    }
+    drop(s);
+    let _ = writer.await;
+}
+
+/// Writes queued messages until the queue closes or a write fails or stalls.
+async fn write_out(
+    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    mut out_rx: mpsc::Receiver<Message>,
+) {
+    while let Some(message) = out_rx.recv().await {
+        let closing = matches!(message, Message::Close(_));
+        match tokio::time::timeout(SEND_TIMEOUT, sink.send(message)).await {
+            Ok(Ok(())) if !closing => {}
+            _ => break,
+        }
+    }
+    // Dropping the receiver tells the reading side to stop.
+    out_rx.close();
+    let _ = tokio::time::timeout(SEND_TIMEOUT, sink.close()).await;
+}
+
+impl Session {
+    /// Tells the client how many messages it missed, if any and if its queue has room; whether
+    /// it is now up to date.
+    fn tell_lag(&mut self) -> bool {
+        if self.dropped == 0 {
+            return true;
+        }
+        let lagged = json!({ "type": "lagged", "dropped": self.dropped }).to_string();
+        let told = self.out_tx.try_send(Message::Text(lagged.into())).is_ok();
+        if told {
+            self.dropped = 0;
+        }
+        told
+    }
+
+    /// Queues a message without waiting; a full queue drops it and counts it.
+    fn offer(&mut self, message: Message) {
+        if !self.tell_lag() || self.out_tx.try_send(message).is_err() {
+            self.dropped += 1;
+        }
+    }
+
+    fn send_json(&mut self, value: Value) {
+        self.offer(Message::Text(value.to_string().into()));
+    }
+
+    fn error(&mut self, detail: &str) {
+        self.send_json(json!({ "type": "error", "detail": detail }));
+    }
+
+    fn handle(&mut self, text: &str) {
+        let message: ClientMessage = match serde_json::from_str(text) {
+            Ok(m) => m,
+            Err(e) => {
+                self.error(&format!(
+                    "not a message this stream understands ({e}); send {{\"op\":\"subscribe\",\"devices\":[\"*\"]}}"
+                ));
+                return;
+            }
+        };
+        match message {
+            ClientMessage::Ping => self.send_json(json!({ "type": "pong" })),
+            ClientMessage::Unsubscribe { id } => {
+                let before = self.subscriptions.len();
+                self.subscriptions.retain(|s| s.id != id);
+                if self.subscriptions.len() < before {
+                    self.send_json(json!({ "type": "unsubscribed", "id": id }));
+                } else {
+                    self.error(&format!("no subscription {id:?}"));
+                }
+            }
+            ClientMessage::Subscribe {
+                id,
+                devices,
+                metrics,
+                readings,
+                events,
+            } => match self.subscription(id, devices, metrics, readings, events) {
+                Ok(sub) => {
+                    let answer = json!({ "type": "subscribed", "id": sub.id, "devices": sub.devices, "metrics": sub.metrics });
+                    self.subscriptions.retain(|s| s.id != sub.id);
+                    self.subscriptions.push(sub);
+                    self.send_json(answer);
+                }
+                Err(detail) => self.error(&detail),
+            },
+        }
+    }
+
+    fn subscription(
+        &mut self,
+        id: Option<String>,
+        devices: Option<Vec<String>>,
+        metrics: Option<Vec<String>>,
+        readings: Option<bool>,
+        events: Option<bool>,
+    ) -> Result<Subscription, String> {
+        let id = match id {
+            Some(id) => id,
+            None => {
+                self.next_id += 1;
+                (self.next_id - 1).to_string()
+            }
+        };
+        if id.is_empty() || id.len() > MAX_PATTERN_LEN {
+            return Err(format!("`id` is 1 to {MAX_PATTERN_LEN} bytes"));
+        }
+        let replacing = self.subscriptions.iter().any(|s| s.id == id);
+        if !replacing && self.subscriptions.len() >= MAX_SUBSCRIPTIONS {
+            return Err(format!(
+                "at most {MAX_SUBSCRIPTIONS} subscriptions per connection"
+            ));
+        }
+        let patterns = |name: &str, given: Option<Vec<String>>| {
+            let list = given.unwrap_or_else(|| vec!["*".into()]);
+            if list.is_empty() || list.len() > MAX_PATTERNS {
+                return Err(format!("`{name}` holds 1 to {MAX_PATTERNS} patterns"));
+            }
+            if list
+                .iter()
+                .any(|p| p.is_empty() || p.len() > MAX_PATTERN_LEN)
+            {
+                return Err(format!(
+                    "`{name}`: each pattern is 1 to {MAX_PATTERN_LEN} bytes"
+                ));
+            }
+            Ok(list)
+        };
+        Ok(Subscription {
+            id,
+            devices: patterns("devices", devices)?,
+            metrics: patterns("metrics", metrics)?,
+            readings: readings.unwrap_or(true),
+            events: events.unwrap_or(true),
+        })
+    }
+
+    fn readings(&mut self, batch: &Arc<Vec<LiveReading>>) {
+        if let (Some(first), Some(last)) = (batch.first(), batch.last()) {
+            if let Some(expected) = self.next_offset
+                && first.offset > expected
+            {
+                self.dropped += first.offset - expected;
+            }
+            self.next_offset = Some(last.offset + 1);
+        }
+        if self.subscriptions.is_empty() {
+            return;
+        }
+        for reading in batch.iter() {
+            if !self.identity.may_access(&reading.device) {
+                continue;
+            }
+            let mut ids = Vec::new();
+            let mut metrics = Map::new();
+            for sub in &self.subscriptions {
+                if !sub.readings || !sub.wants_device(&reading.device) {
+                    continue;
+                }
+                let mut matched = false;
+                for (name, value) in &reading.metrics {
+                    if sub.wants_metric(name) {
+                        matched = true;
+                        metrics.insert(name.clone(), value_json(value));
+                    }
+                }
+                if matched {
+                    ids.push(sub.id.clone());
+                }
+            }
+            if metrics.is_empty() {
+                continue;
+            }
+            self.send_json(json!({
+                "type": "reading",
+                "subscriptions": ids,
+                "device": reading.device,
+                "offset": reading.offset,
+                "seq": reading.seq,
+                "ts": params::rfc3339(reading.timestamp_ms),
+                "metrics": metrics,
+            }));
+        }
+    }
+
+    fn event(&mut self, event: &Event) {
+        let device = event.device();
+        if !self.identity.may_access(device) {
+            return;
+        }
+        let ids: Vec<&str> = self
+            .subscriptions
+            .iter()
+            .filter(|s| s.events && s.wants_device(device))
+            .map(|s| s.id.as_str())
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let message = match event {
+            Event::Device {
+                device,
+                change,
+                reason,
+                at_ms,
+            } => json!({
+                "type": "device",
+                "subscriptions": ids,
+                "device": device,
+                "event": change.name(),
+                "reason": reason,
+                "ts": params::rfc3339(*at_ms),
+            }),
+            Event::Command { device, id, state } => json!({
+                "type": "command",
+                "subscriptions": ids,
+                "device": device,
+                "id": id,
+                "state": state.name(),
+            }),
+        };
+        self.send_json(message);
+    }
+}
