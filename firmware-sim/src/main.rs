@@ -12,9 +12,21 @@
 //!   then it stays in the device's outbox ([`outbox`]) and is retransmitted ([`device`]).
 //!   `--acks broker`: delivered when the broker has it, no outbox ([`plain`]).
 //!
-//! It prints one JSON summary line on stdout when it is done, and exits 0 only if every reading it
-//! produced (and every reading of a loaded backlog) was delivered.
+//! - Commands: every connected device answers the hub's commands ([`commands`]): JSON on
+//!   `devices/{id}/commands`, answered on `devices/{id}/command-results`; binary `Command`s on
+//!   `devices/{id}/down` (or the serial line), answered with a `CommandResult` on
+//!   `devices/{id}/up` (or the line). `echo` returns its args, `fail` fails, `sleep` (arg `ms`)
+//!   answers after that long, `ignore` never answers, any other name fails. Telemetry goes on
+//!   meanwhile, in both `--acks` modes.
+//! - `--idle` (or `--rate 0`): a device that connects (a binary or serial one says `Hello`),
+//!   sends no telemetry and answers commands until `--duration` or Ctrl-C / SIGTERM, e.g. for a
+//!   test of the hub's commands: `firmware-sim --broker 127.0.0.1:1883 --transport binary --idle`.
+//!
+//! It prints one JSON summary line on stdout when it is done (with `commands_received` and
+//! `commands_answered`), and exits 0 only if every reading it produced (and every reading of a
+//! loaded backlog) was delivered.
 
+mod commands;
 mod device;
 mod faults;
 mod link;
@@ -58,8 +70,14 @@ enum Acks {
 }
 
 /// Simulated devices for the hub.
+///
+/// Every connected device also answers the hub's commands (JSON on devices/{id}/commands, binary
+/// on devices/{id}/down or the serial line): `echo` returns its args, `fail` fails (binary code
+/// 1), `sleep` with integer arg `ms` answers {"slept_ms": ms} after that long, `ignore` never
+/// answers, other names fail (binary code 2). A redelivered command id gets the same answer.
+/// For a device that only answers commands, give --idle (until --duration or Ctrl-C/SIGTERM).
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, long_about)]
 struct Args {
     /// Broker address, host:port (MQTT transports).
     #[arg(long, default_value = "127.0.0.1:1883")]
@@ -79,9 +97,13 @@ struct Args {
     /// Device ids are this prefix and a number from 0.
     #[arg(long, default_value = "sim-")]
     prefix: String,
-    /// Readings per second per device (on average, with --burst).
+    /// Readings per second per device (on average, with --burst); 0 is --idle.
     #[arg(long, default_value_t = 1.0)]
     rate: f64,
+    /// Send no telemetry: connect (binary and serial devices say Hello), answer commands, and
+    /// run until --duration or Ctrl-C / SIGTERM.
+    #[arg(long)]
+    idle: bool,
     /// Readings sent back to back per tick; ticks come every burst/rate seconds.
     #[arg(long, default_value_t = 1)]
     burst: u32,
@@ -142,8 +164,12 @@ fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
 
 /// The device plans, checked.
 fn plans(args: &Args, stop: &watch::Receiver<Stop>) -> anyhow::Result<Vec<Plan>> {
-    if !(args.rate > 0.0 && args.rate.is_finite()) {
-        bail!("--rate must be a positive number");
+    if !(args.rate >= 0.0 && args.rate.is_finite()) {
+        bail!("--rate must be a number, 0 or more (0: --idle)");
+    }
+    let idle = args.idle || args.rate == 0.0;
+    if idle && args.count > 0 {
+        bail!("--idle (or --rate 0) sends no telemetry: leave out --count");
     }
     if args.burst == 0 {
         bail!("--burst must be at least 1");
@@ -240,10 +266,15 @@ fn plans(args: &Args, stop: &watch::Receiver<Stop>) -> anyhow::Result<Vec<Plan>>
         plans.push(Plan {
             id,
             endpoint,
-            interval: Duration::from_secs_f64(f64::from(args.burst) / args.rate),
+            interval: if idle {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_secs_f64(f64::from(args.burst) / args.rate)
+            },
             burst: args.burst,
             window: args.window,
             count: args.count,
+            idle,
             ack_timeout,
             drain_timeout,
             disconnect_every,
@@ -261,7 +292,7 @@ fn plans(args: &Args, stop: &watch::Receiver<Stop>) -> anyhow::Result<Vec<Plan>>
 }
 
 /// Ctrl-C or SIGTERM once: finish (stop producing, wait for acks); twice: abort.
-async fn watch_signals(stop_tx: std::sync::Arc<watch::Sender<Stop>>) {
+async fn watch_signals(stop_tx: std::sync::Arc<watch::Sender<Stop>>, idle: bool) {
     #[cfg(unix)]
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     #[cfg(not(unix))]
@@ -288,7 +319,7 @@ async fn watch_signals(stop_tx: std::sync::Arc<watch::Sender<Stop>>) {
             Stop::Run => Stop::Finish,
             _ => Stop::Abort,
         };
-        if next == Stop::Finish {
+        if next == Stop::Finish && !idle {
             eprintln!(
                 "firmware-sim: stopping; waiting for the last acks (again to give up at once)"
             );
@@ -330,6 +361,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.count == 0 && duration.is_zero() {
         eprintln!("firmware-sim: running until Ctrl-C (give --count or --duration to stop)");
     }
+    let idle = plans.first().is_some_and(|p| p.idle);
     let started = Instant::now();
     let stop_tx = std::sync::Arc::new(stop_tx);
     if !duration.is_zero() {
@@ -345,7 +377,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             });
         });
     }
-    tokio::spawn(watch_signals(stop_tx.clone()));
+    tokio::spawn(watch_signals(stop_tx.clone(), idle));
 
     let devices = plans.len();
     let mut tasks = Vec::with_capacity(devices);
@@ -379,6 +411,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         "acked": sum(|r| r.acked),
         "retransmitted": sum(|r| r.retransmitted),
         "stalls": sum(|r| r.stalls),
+        "commands_received": sum(|r| r.commands_received),
+        "commands_answered": sum(|r| r.commands_answered),
         "failed_devices": failed.len(),
         "failed": failed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
         "seconds": seconds,
