@@ -49,7 +49,7 @@ use crate::faults::Noise;
 use crate::link::{Endpoint, Link, LinkEvent};
 use crate::outbox::Outbox;
 use crate::retransmit::Retransmit;
-use crate::sensors::{Sensors, hello_bytes, now_ms};
+use crate::sensors::{Sensors, Timestamps, hello_bytes};
 
 /// First wait before reconnecting; doubled up to [`RECONNECT_MAX`] with jitter.
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
@@ -96,6 +96,8 @@ pub struct Plan {
     pub count: u64,
     /// Produce nothing; answer commands until stopped (`--idle`, `--rate 0`).
     pub idle: bool,
+    /// The device timestamps of the readings (now, or spread over the past with `--backfill`).
+    pub timestamps: Timestamps,
     pub ack_timeout: Duration,
     pub drain_timeout: Duration,
     pub disconnect_every: Option<Duration>,
@@ -353,7 +355,7 @@ impl<'a> Device<'a> {
             self.end_stall(now);
             let seq = next as u32;
             let was_empty = self.outbox.is_empty();
-            let message = self.sensors.reading(seq, now_ms());
+            let message = self.sensors.reading(seq, self.plan.timestamps.at(next));
             self.outbox
                 .append(seq, message)
                 .with_context(|| format!("{}: writing its outbox", self.plan.id))?;

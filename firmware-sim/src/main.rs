@@ -22,6 +22,12 @@
 //!   sends no telemetry and answers commands until `--duration` or Ctrl-C / SIGTERM, e.g. for a
 //!   test of the hub's commands: `firmware-sim --broker 127.0.0.1:1883 --transport binary --idle`.
 //!
+//! - `--backfill DURATION` (`24h`, `90m`; needs `--count N`): the readings get device timestamps
+//!   spread evenly over the DURATION before the simulator started, reading `i` of each device at
+//!   `start - DURATION + i * DURATION / N` (JSON `ts` in RFC 3339 with milliseconds, binary and
+//!   serial `timestamp_ms`), so a store fills with a day of history as fast as the hub takes it:
+//!   `firmware-sim --transport binary --devices 100 --count 10000 --backfill 24h --rate 5000 --burst 50`.
+//!
 //! It prints one JSON summary line on stdout when it is done (with `commands_received` and
 //! `commands_answered`), and exits 0 only if every reading it produced (and every reading of a
 //! loaded backlog) was delivered.
@@ -48,6 +54,7 @@ use tokio::sync::watch;
 
 use device::{DeviceReport, OutboxPlan, Plan, Stop};
 use link::Endpoint;
+use sensors::Timestamps;
 
 /// How devices talk to the hub.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -111,6 +118,11 @@ struct Args {
     /// Ctrl-C). With --outbox this counts seqs: a device produces seqs 0..N-1 once across runs.
     #[arg(long, default_value_t = 0)]
     count: u64,
+    /// Give the readings device timestamps spread evenly over this span before the start (`24h`,
+    /// `90m`, `30s`, `7d`, `500ms`): reading i of N (--count) at start - span + i * span / N.
+    /// Needs --count. Send as fast as the hub takes them with a high --rate and --burst.
+    #[arg(long, value_name = "DURATION")]
+    backfill: Option<String>,
     /// Stop producing after this many seconds, then wait for the acks (0: no limit).
     #[arg(long, default_value_t = 0.0)]
     duration: f64,
@@ -183,6 +195,28 @@ fn plans(args: &Args, stop: &watch::Receiver<Stop>) -> anyhow::Result<Vec<Plan>>
     if args.outbox_max == 0 {
         bail!("--outbox-max must be at least 1");
     }
+    let timestamps = match &args.backfill {
+        None => Timestamps::Now,
+        Some(text) => {
+            let span_ms = sensors::parse_span(text)
+                .filter(|&ms| ms > 0)
+                .with_context(|| {
+                    format!("--backfill {text:?}: give a span such as 24h, 90m, 30s, 7d or 500ms")
+                })?;
+            if args.count == 0 || idle {
+                bail!("--backfill spreads --count readings over the span: give --count N");
+            }
+            let start_ms = sensors::now_ms();
+            if span_ms > start_ms {
+                bail!("--backfill {text}: that is before 1970");
+            }
+            Timestamps::Backfill {
+                start_ms,
+                span_ms,
+                count: args.count,
+            }
+        }
+    };
     let qos = match args.qos {
         0 => QoS::AtMostOnce,
         1 => QoS::AtLeastOnce,
@@ -275,6 +309,7 @@ fn plans(args: &Args, stop: &watch::Receiver<Stop>) -> anyhow::Result<Vec<Plan>>
             window: args.window,
             count: args.count,
             idle,
+            timestamps,
             ack_timeout,
             drain_timeout,
             disconnect_every,

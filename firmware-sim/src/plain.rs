@@ -26,7 +26,7 @@ use tokio::time::MissedTickBehavior;
 use crate::commands::{CommandStats, Commands, Encoding};
 use crate::device::{DeviceReport, Plan, Stop};
 use crate::link::{Endpoint, LinkEvent, Topics};
-use crate::sensors::{Sensors, hello_bytes, now_ms, telemetry_json};
+use crate::sensors::{Sensors, hello_bytes, telemetry_json};
 
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
@@ -126,7 +126,7 @@ async fn publish(plan: &Plan, report: &mut DeviceReport) -> anyhow::Result<()> {
             let payload = match waiting.take() {
                 Some(payload) => payload,
                 None => {
-                    let message = sensors.reading(seq as u32, now_ms());
+                    let message = sensors.reading(seq as u32, plan.timestamps.at(seq));
                     if *binary {
                         message
                     } else {
