@@ -28,21 +28,28 @@
 //!   has forgotten which device is on it, and rejects telemetry until it hears a `Hello`.
 //! - Stopping: after `--count` (seqs `0..count` in all, an outbox's earlier runs included), at
 //!   `--duration` or on Ctrl-C, production stops and the device waits for its last ack, at most
-//!   `--drain-timeout`.
+//!   `--drain-timeout`. An idle device (`--idle`) produces nothing and runs until `--duration` or
+//!   Ctrl-C.
+//! - Commands: whatever the phase, a command from the hub is answered through
+//!   [`crate::commands`] on the current link; a `sleep` is a deadline the loop also waits on, so
+//!   telemetry goes on meanwhile. An answer that finds no link is sent after the next connect.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+use std::collections::VecDeque;
 
 use anyhow::Context;
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
+use crate::commands::{self, Commands, Encoding};
 use crate::faults::Noise;
 use crate::link::{Endpoint, Link, LinkEvent};
 use crate::outbox::Outbox;
 use crate::retransmit::Retransmit;
-use crate::sensors::{Sensors, hello_bytes, now_ms};
+use crate::sensors::{Sensors, Timestamps, hello_bytes};
 
 /// First wait before reconnecting; doubled up to [`RECONNECT_MAX`] with jitter.
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
@@ -87,6 +94,10 @@ pub struct Plan {
     pub window: usize,
     /// Produce seqs up to `count - 1`, then stop (0: no limit).
     pub count: u64,
+    /// Produce nothing; answer commands until stopped (`--idle`, `--rate 0`).
+    pub idle: bool,
+    /// The device timestamps of the readings (now, or spread over the past with `--backfill`).
+    pub timestamps: Timestamps,
     pub ack_timeout: Duration,
     pub drain_timeout: Duration,
     pub disconnect_every: Option<Duration>,
@@ -136,6 +147,14 @@ pub struct DeviceReport {
     pub noise_frames: u64,
     /// Serial frames sent with a flipped bit.
     pub corrupted_frames: u64,
+    /// Commands received (redeliveries included).
+    pub commands_received: u64,
+    /// Answers to commands sent (a redelivery's included).
+    pub commands_answered: u64,
+    /// Commands delivered again with an id still remembered.
+    pub commands_duplicates: u64,
+    /// Payloads on a command topic that were not a command.
+    pub commands_invalid: u64,
     /// Why the device failed, if it did.
     pub error: Option<String>,
 }
@@ -204,6 +223,9 @@ struct Device<'a> {
     last_persist: Instant,
     hello: Vec<u8>,
     jitter: rand::rngs::SmallRng,
+    commands: Commands,
+    /// Answers that found no link, sent after the next connect (at most [`commands::MEMORY`]).
+    undelivered: VecDeque<Vec<u8>>,
 }
 
 impl<'a> Device<'a> {
@@ -226,8 +248,8 @@ impl<'a> Device<'a> {
             }
             None => Outbox::in_memory(plan.outbox.max),
         };
-        let producing = plan.count == 0 || outbox.next_seq() < plan.count;
-        if !producing && report.loaded == 0 {
+        let producing = !plan.idle && (plan.count == 0 || outbox.next_seq() < plan.count);
+        if !producing && !plan.idle && report.loaded == 0 {
             eprintln!(
                 "firmware-sim: {}: its outbox is already at seq {} (--count {}): nothing to produce",
                 plan.id,
@@ -248,12 +270,14 @@ impl<'a> Device<'a> {
             backoff: RECONNECT_MIN,
             failures: 0,
             producing,
-            drain_deadline: (!producing).then(|| now + plan.drain_timeout),
+            drain_deadline: (!producing && !plan.idle).then(|| now + plan.drain_timeout),
             stalled_since: None,
             next_disconnect: plan.disconnect_every.map(|every| now + every),
             last_persist: now,
             hello: hello_bytes(&plan.id)?,
             jitter: rand::rngs::SmallRng::seed_from_u64(plan.seed ^ 0x6a69_7474),
+            commands: Commands::new(encoding(&plan.endpoint)),
+            undelivered: VecDeque::new(),
             report,
         })
     }
@@ -268,7 +292,8 @@ impl<'a> Device<'a> {
         housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
         let result = loop {
-            if !self.producing && self.outbox.is_empty() {
+            let idling = self.plan.idle && *self.plan.stop.borrow() == Stop::Run;
+            if !self.producing && self.outbox.is_empty() && !idling {
                 break Ok(());
             }
             if *self.plan.stop.borrow() == Stop::Abort
@@ -280,6 +305,7 @@ impl<'a> Device<'a> {
                 Phase::Down { retry_at } => Some(retry_at),
                 _ => None,
             };
+            let wake_at = self.commands.next_wake();
             let outcome = tokio::select! {
                 _ = ticker.tick(), if self.producing => self.produce().await,
                 event = next_event(&mut self.link), if self.link.is_some() => {
@@ -288,6 +314,13 @@ impl<'a> Device<'a> {
                 _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now).into()),
                     if retry_at.is_some() => {
                     self.connect();
+                    Ok(())
+                }
+                _ = tokio::time::sleep_until(wake_at.unwrap_or_else(Instant::now).into()),
+                    if wake_at.is_some() => {
+                    for reply in self.commands.wake(Instant::now()) {
+                        self.answer(reply).await;
+                    }
                     Ok(())
                 }
                 _ = housekeeping.tick() => self.housekeeping().await,
@@ -322,7 +355,7 @@ impl<'a> Device<'a> {
             self.end_stall(now);
             let seq = next as u32;
             let was_empty = self.outbox.is_empty();
-            let message = self.sensors.reading(seq, now_ms());
+            let message = self.sensors.reading(seq, self.plan.timestamps.at(next));
             self.outbox
                 .append(seq, message)
                 .with_context(|| format!("{}: writing its outbox", self.plan.id))?;
@@ -391,7 +424,26 @@ impl<'a> Device<'a> {
                 self.failures = 0;
                 self.reprobing = false;
                 self.start_probe(now, 0).await;
+                while let Some(reply) = self.undelivered.front().cloned() {
+                    if !self.send_reply(&reply).await {
+                        break;
+                    }
+                    self.undelivered.pop_front();
+                }
             }
+            LinkEvent::Command(payload) => match self.commands.receive(&payload, now) {
+                Ok(Some(reply)) => self.answer(reply).await,
+                Ok(None) => {}
+                Err(e) => {
+                    let invalid = self.commands.stats.invalid;
+                    if invalid == 1 || invalid.is_multiple_of(100) {
+                        eprintln!(
+                            "firmware-sim: {}: ignored a command payload ({invalid} so far): {e}",
+                            self.plan.id
+                        );
+                    }
+                }
+            },
             LinkEvent::Ack(seq) => {
                 let acked = self
                     .outbox
@@ -468,6 +520,11 @@ impl<'a> Device<'a> {
         let now = Instant::now();
         if self.producing && *self.plan.stop.borrow() != Stop::Run {
             self.stop_producing(now);
+        }
+        if self.plan.idle && self.drain_deadline.is_none() && *self.plan.stop.borrow() != Stop::Run
+        {
+            // Stopped: what a loaded outbox still holds gets the usual drain time.
+            self.drain_deadline = Some(now + self.plan.drain_timeout);
         }
         if now.duration_since(self.last_persist) >= PERSIST_EVERY {
             self.last_persist = now;
@@ -555,6 +612,34 @@ impl<'a> Device<'a> {
         }
     }
 
+    /// Sends the answer to a command now, or after the next connect if there is no link.
+    async fn answer(&mut self, reply: Vec<u8>) {
+        if self.send_reply(&reply).await {
+            return;
+        }
+        if self.undelivered.len() >= commands::MEMORY {
+            self.undelivered.pop_front();
+        }
+        self.undelivered.push_back(reply);
+    }
+
+    /// Sends the answer to a command; false if there is no link or it failed (it is then down).
+    async fn send_reply(&mut self, reply: &[u8]) -> bool {
+        let Some(link) = self.link.as_mut() else {
+            return false;
+        };
+        match link.send_reply(reply, &mut self.noise).await {
+            Ok(()) => {
+                self.report.commands_answered += 1;
+                true
+            }
+            Err(e) => {
+                self.link_failed(&format!("{e:#}")).await;
+                false
+            }
+        }
+    }
+
     /// Sends a message that is not a reading (the `Hello`).
     async fn send_raw(&mut self, message: &[u8]) -> bool {
         let Some(link) = self.link.as_mut() else {
@@ -610,6 +695,18 @@ impl<'a> Device<'a> {
         self.report.acks_beyond = self.outbox.acks_beyond;
         self.report.noise_frames = self.noise.garbage_frames;
         self.report.corrupted_frames = self.noise.corrupted_frames;
+        let stats = self.commands.stats;
+        self.report.commands_received = stats.received;
+        self.report.commands_duplicates = stats.duplicates;
+        self.report.commands_invalid = stats.invalid;
+    }
+}
+
+/// How a device on `endpoint` gets its commands.
+pub fn encoding(endpoint: &Endpoint) -> Encoding {
+    match endpoint {
+        Endpoint::Mqtt { binary: false, .. } => Encoding::Json,
+        Endpoint::Mqtt { binary: true, .. } | Endpoint::Serial { .. } => Encoding::Binary,
     }
 }
 

@@ -6,14 +6,18 @@
 //! link while sending, can never deadlock with it):
 //!
 //! - MQTT: the task alone polls rumqttc's event loop (polling is not cancel-safe, so it is never
-//!   raced against anything). On every ConnAck it subscribes to the device's ack topic
-//!   (`devices/{id}/ack` for JSON, `devices/{id}/down` for binary) before it reports
-//!   [`LinkEvent::Up`], so the subscription is queued ahead of every publish of the session. The
+//!   raced against anything). On every ConnAck it subscribes to the device's ack and command
+//!   topics (`devices/{id}/ack` and `devices/{id}/commands` for JSON, `devices/{id}/down` for
+//!   binary) before it reports [`LinkEvent::Up`], so the subscriptions are queued ahead of every
+//!   publish of the session. The
 //!   session is clean and the link is never reconnected in place: a new link means a new client
 //!   and event loop, so nothing queued for an old connection is replayed ahead of the device's
 //!   own oldest-first retransmission.
 //! - Serial: the task reads the port and decodes [`Downlink`] frames. The port is reported up as
 //!   soon as it is open.
+//!
+//! Commands are passed on as their payload bytes ([`LinkEvent::Command`]), for
+//! [`crate::commands`]; the answers go back with [`Link::send_reply`].
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -56,6 +60,9 @@ pub enum LinkEvent {
     Ack(u32),
     /// The hub's clock, unix milliseconds.
     TimeSync(u64),
+    /// A command: the JSON payload of `devices/{id}/commands`, or the postcard bytes of a
+    /// `Downlink::Command`.
+    Command(Vec<u8>),
     /// The link is gone; the device opens a new one.
     Down(String),
 }
@@ -71,6 +78,8 @@ enum Io {
     Mqtt {
         client: AsyncClient,
         topic: String,
+        /// Where command results go: `devices/{id}/command-results` (JSON) or the uplink topic.
+        results_topic: String,
         qos: QoS,
         binary: bool,
     },
@@ -98,21 +107,16 @@ impl Link {
                     .set_keep_alive(Duration::from_secs(15))
                     .set_inflight(100);
                 let (client, eventloop) = AsyncClient::new(options, 256);
-                let (up, down) = if *binary {
-                    (format!("devices/{id}/up"), format!("devices/{id}/down"))
-                } else {
-                    (
-                        format!("devices/{id}/telemetry"),
-                        format!("devices/{id}/ack"),
-                    )
-                };
-                let task = tokio::spawn(poll_mqtt(eventloop, client.clone(), down, *binary, tx));
+                let topics = Topics::new(id, *binary);
+                let (up, results_topic) = (topics.up.clone(), topics.results.clone());
+                let task = tokio::spawn(poll_mqtt(eventloop, client.clone(), topics, tx));
                 Ok(Link {
                     events,
                     task,
                     io: Io::Mqtt {
                         client,
                         topic: up,
+                        results_topic,
                         qos: *qos,
                         binary: *binary,
                     },
@@ -162,6 +166,7 @@ impl Link {
                 topic,
                 qos,
                 binary,
+                ..
             } => {
                 let payload = if *binary {
                     message.to_vec()
@@ -175,19 +180,33 @@ impl Link {
                     Err(_) => bail!("publish: no room for {} s", SEND_TIMEOUT.as_secs()),
                 }
             }
-            Io::Serial { writer, buf } => {
-                let uplink = Uplink::decode(message).context("an invalid uplink message")?;
-                let mut frame = [0u8; MAX_FRAME_LEN + 1];
-                let len = encode_frame(&uplink, &mut frame)
-                    .map_err(|e| anyhow::anyhow!("framing: {e}"))?;
-                buf.clear();
-                noise.dress(&frame[..len], buf);
-                match tokio::time::timeout(SEND_TIMEOUT, writer.write_all(buf)).await {
+            Io::Serial { writer, buf } => write_frame(writer, buf, message, noise).await,
+        }
+    }
+
+    /// Sends the answer to a command, as [`crate::commands::Commands`] made it: JSON to
+    /// `devices/{id}/command-results`, postcard bytes to `devices/{id}/up` or as a serial frame.
+    /// Always QoS 1 on MQTT.
+    pub async fn send_reply(&mut self, reply: &[u8], noise: &mut Noise) -> anyhow::Result<()> {
+        match &mut self.io {
+            Io::Mqtt {
+                client,
+                results_topic,
+                ..
+            } => {
+                let publish = client.publish(
+                    results_topic.as_str(),
+                    QoS::AtLeastOnce,
+                    false,
+                    reply.to_vec(),
+                );
+                match tokio::time::timeout(SEND_TIMEOUT, publish).await {
                     Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => bail!("write: {e}"),
-                    Err(_) => bail!("write: blocked for {} s", SEND_TIMEOUT.as_secs()),
+                    Ok(Err(e)) => bail!("publish: {e}"),
+                    Err(_) => bail!("publish: no room for {} s", SEND_TIMEOUT.as_secs()),
                 }
             }
+            Io::Serial { writer, buf } => write_frame(writer, buf, reply, noise).await,
         }
     }
 
@@ -217,26 +236,100 @@ impl Link {
     }
 }
 
+/// Writes one uplink message, given as its postcard bytes, as a frame on a serial line.
+async fn write_frame(
+    writer: &mut WriteHalf<SerialStream>,
+    buf: &mut Vec<u8>,
+    message: &[u8],
+    noise: &mut Noise,
+) -> anyhow::Result<()> {
+    let uplink = Uplink::decode(message).context("an invalid uplink message")?;
+    let mut frame = [0u8; MAX_FRAME_LEN + 1];
+    let len = encode_frame(&uplink, &mut frame).map_err(|e| anyhow::anyhow!("framing: {e}"))?;
+    buf.clear();
+    noise.dress(&frame[..len], buf);
+    match tokio::time::timeout(SEND_TIMEOUT, writer.write_all(buf)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => bail!("write: {e}"),
+        Err(_) => bail!("write: blocked for {} s", SEND_TIMEOUT.as_secs()),
+    }
+}
+
+/// The MQTT topics of a device.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    /// Telemetry (and, binary, the Hello and command results).
+    pub up: String,
+    /// Acks and time syncs (and, binary, commands).
+    pub down: String,
+    /// JSON commands (`None` for binary: they come on `down`).
+    pub commands: Option<String>,
+    /// Where command results go.
+    pub results: String,
+    pub binary: bool,
+}
+
+impl Topics {
+    pub fn new(id: &str, binary: bool) -> Self {
+        if binary {
+            Topics {
+                up: format!("devices/{id}/up"),
+                down: format!("devices/{id}/down"),
+                commands: None,
+                results: format!("devices/{id}/up"),
+                binary,
+            }
+        } else {
+            Topics {
+                up: format!("devices/{id}/telemetry"),
+                down: format!("devices/{id}/ack"),
+                commands: Some(format!("devices/{id}/commands")),
+                results: format!("devices/{id}/command-results"),
+                binary,
+            }
+        }
+    }
+
+    /// Queues the subscriptions to what the hub says (QoS 1).
+    pub fn subscribe(&self, client: &AsyncClient) -> Result<(), rumqttc::ClientError> {
+        client.try_subscribe(self.down.as_str(), QoS::AtLeastOnce)?;
+        if let Some(commands) = &self.commands {
+            client.try_subscribe(commands.as_str(), QoS::AtLeastOnce)?;
+        }
+        Ok(())
+    }
+
+    /// The event of a publish the hub sent on one of these topics, if it is one.
+    pub fn event(&self, topic: &str, payload: &[u8]) -> Option<LinkEvent> {
+        if topic == self.down {
+            parse_down(payload, self.binary)
+        } else if self.commands.as_deref() == Some(topic) {
+            Some(LinkEvent::Command(payload.to_vec()))
+        } else {
+            None
+        }
+    }
+}
+
 /// The link task of an MQTT session: the only poller of its event loop.
 async fn poll_mqtt(
     mut eventloop: EventLoop,
     client: AsyncClient,
-    down_topic: String,
-    binary: bool,
+    topics: Topics,
     tx: mpsc::UnboundedSender<LinkEvent>,
 ) {
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 // Queued before anything the device publishes on this session.
-                if let Err(e) = client.try_subscribe(down_topic.as_str(), QoS::AtLeastOnce) {
+                if let Err(e) = topics.subscribe(&client) {
                     let _ = tx.send(LinkEvent::Down(format!("subscribe: {e}")));
                     return;
                 }
                 let _ = tx.send(LinkEvent::Up);
             }
-            Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == down_topic => {
-                if let Some(event) = parse_down(&publish.payload, binary) {
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                if let Some(event) = topics.event(&publish.topic, &publish.payload) {
                     let _ = tx.send(event);
                 }
             }
@@ -259,7 +352,8 @@ struct JsonAck {
     seq: u32,
 }
 
-/// An ack or a time sync from the hub's payload; anything else (a command) is ignored.
+/// An ack, a time sync or a command (binary) from a payload on the down (or JSON ack) topic;
+/// anything else is ignored.
 fn parse_down(payload: &[u8], binary: bool) -> Option<LinkEvent> {
     if binary {
         downlink_event(payload)
@@ -274,7 +368,7 @@ fn downlink_event(payload: &[u8]) -> Option<LinkEvent> {
     match Downlink::decode(payload).ok()? {
         Downlink::Ack(ack) => Some(LinkEvent::Ack(ack.seq)),
         Downlink::TimeSync(sync) => Some(LinkEvent::TimeSync(sync.unix_ms)),
-        Downlink::Command(_) => None,
+        Downlink::Command(_) => Some(LinkEvent::Command(payload.to_vec())),
     }
 }
 
@@ -315,6 +409,37 @@ mod tests {
     use device_protocol::{Ack, TimeSync};
 
     use super::*;
+
+    #[test]
+    fn commands_are_passed_on_from_their_topics() {
+        let json = Topics::new("d", false);
+        let cmd = br#"{"id":1,"name":"echo"}"#;
+        assert_eq!(
+            json.event("devices/d/commands", cmd),
+            Some(LinkEvent::Command(cmd.to_vec()))
+        );
+        assert_eq!(
+            json.event("devices/d/ack", br#"{"seq":3}"#),
+            Some(LinkEvent::Ack(3))
+        );
+        assert_eq!(json.event("devices/x/commands", cmd), None);
+        assert_eq!(json.results, "devices/d/command-results");
+
+        let binary = Topics::new("d", true);
+        let down = Downlink::Command(device_protocol::Command {
+            command_id: 5,
+            name: "echo",
+            args: device_protocol::Fields::new(),
+        })
+        .to_vec()
+        .unwrap();
+        assert_eq!(
+            binary.event("devices/d/down", &down),
+            Some(LinkEvent::Command(down.clone()))
+        );
+        assert_eq!(binary.event("devices/d/commands", cmd), None);
+        assert_eq!(binary.results, "devices/d/up");
+    }
 
     #[test]
     fn acks_and_time_syncs_are_understood_and_the_rest_ignored() {

@@ -12,9 +12,27 @@
 //!   then it stays in the device's outbox ([`outbox`]) and is retransmitted ([`device`]).
 //!   `--acks broker`: delivered when the broker has it, no outbox ([`plain`]).
 //!
-//! It prints one JSON summary line on stdout when it is done, and exits 0 only if every reading it
-//! produced (and every reading of a loaded backlog) was delivered.
+//! - Commands: every connected device answers the hub's commands ([`commands`]): JSON on
+//!   `devices/{id}/commands`, answered on `devices/{id}/command-results`; binary `Command`s on
+//!   `devices/{id}/down` (or the serial line), answered with a `CommandResult` on
+//!   `devices/{id}/up` (or the line). `echo` returns its args, `fail` fails, `sleep` (arg `ms`)
+//!   answers after that long, `ignore` never answers, any other name fails. Telemetry goes on
+//!   meanwhile, in both `--acks` modes.
+//! - `--idle` (or `--rate 0`): a device that connects (a binary or serial one says `Hello`),
+//!   sends no telemetry and answers commands until `--duration` or Ctrl-C / SIGTERM, e.g. for a
+//!   test of the hub's commands: `firmware-sim --broker 127.0.0.1:1883 --transport binary --idle`.
+//!
+//! - `--backfill DURATION` (`24h`, `90m`; needs `--count N`): the readings get device timestamps
+//!   spread evenly over the DURATION before the simulator started, reading `i` of each device at
+//!   `start - DURATION + i * DURATION / N` (JSON `ts` in RFC 3339 with milliseconds, binary and
+//!   serial `timestamp_ms`), so a store fills with a day of history as fast as the hub takes it:
+//!   `firmware-sim --transport binary --devices 100 --count 10000 --backfill 24h --rate 5000 --burst 50`.
+//!
+//! It prints one JSON summary line on stdout when it is done (with `commands_received` and
+//! `commands_answered`), and exits 0 only if every reading it produced (and every reading of a
+//! loaded backlog) was delivered.
 
+mod commands;
 mod device;
 mod faults;
 mod link;
@@ -36,6 +54,7 @@ use tokio::sync::watch;
 
 use device::{DeviceReport, OutboxPlan, Plan, Stop};
 use link::Endpoint;
+use sensors::Timestamps;
 
 /// How devices talk to the hub.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -58,8 +77,14 @@ enum Acks {
 }
 
 /// Simulated devices for the hub.
+///
+/// Every connected device also answers the hub's commands (JSON on devices/{id}/commands, binary
+/// on devices/{id}/down or the serial line): `echo` returns its args, `fail` fails (binary code
+/// 1), `sleep` with integer arg `ms` answers {"slept_ms": ms} after that long, `ignore` never
+/// answers, other names fail (binary code 2). A redelivered command id gets the same answer.
+/// For a device that only answers commands, give --idle (until --duration or Ctrl-C/SIGTERM).
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, long_about)]
 struct Args {
     /// Broker address, host:port (MQTT transports).
     #[arg(long, default_value = "127.0.0.1:1883")]
@@ -79,9 +104,13 @@ struct Args {
     /// Device ids are this prefix and a number from 0.
     #[arg(long, default_value = "sim-")]
     prefix: String,
-    /// Readings per second per device (on average, with --burst).
+    /// Readings per second per device (on average, with --burst); 0 is --idle.
     #[arg(long, default_value_t = 1.0)]
     rate: f64,
+    /// Send no telemetry: connect (binary and serial devices say Hello), answer commands, and
+    /// run until --duration or Ctrl-C / SIGTERM.
+    #[arg(long)]
+    idle: bool,
     /// Readings sent back to back per tick; ticks come every burst/rate seconds.
     #[arg(long, default_value_t = 1)]
     burst: u32,
@@ -89,6 +118,11 @@ struct Args {
     /// Ctrl-C). With --outbox this counts seqs: a device produces seqs 0..N-1 once across runs.
     #[arg(long, default_value_t = 0)]
     count: u64,
+    /// Give the readings device timestamps spread evenly over this span before the start (`24h`,
+    /// `90m`, `30s`, `7d`, `500ms`): reading i of N (--count) at start - span + i * span / N.
+    /// Needs --count. Send as fast as the hub takes them with a high --rate and --burst.
+    #[arg(long, value_name = "DURATION")]
+    backfill: Option<String>,
     /// Stop producing after this many seconds, then wait for the acks (0: no limit).
     #[arg(long, default_value_t = 0.0)]
     duration: f64,
@@ -142,8 +176,12 @@ fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
 
 /// The device plans, checked.
 fn plans(args: &Args, stop: &watch::Receiver<Stop>) -> anyhow::Result<Vec<Plan>> {
-    if !(args.rate > 0.0 && args.rate.is_finite()) {
-        bail!("--rate must be a positive number");
+    if !(args.rate >= 0.0 && args.rate.is_finite()) {
+        bail!("--rate must be a number, 0 or more (0: --idle)");
+    }
+    let idle = args.idle || args.rate == 0.0;
+    if idle && args.count > 0 {
+        bail!("--idle (or --rate 0) sends no telemetry: leave out --count");
     }
     if args.burst == 0 {
         bail!("--burst must be at least 1");
@@ -157,6 +195,28 @@ fn plans(args: &Args, stop: &watch::Receiver<Stop>) -> anyhow::Result<Vec<Plan>>
     if args.outbox_max == 0 {
         bail!("--outbox-max must be at least 1");
     }
+    let timestamps = match &args.backfill {
+        None => Timestamps::Now,
+        Some(text) => {
+            let span_ms = sensors::parse_span(text)
+                .filter(|&ms| ms > 0)
+                .with_context(|| {
+                    format!("--backfill {text:?}: give a span such as 24h, 90m, 30s, 7d or 500ms")
+                })?;
+            if args.count == 0 || idle {
+                bail!("--backfill spreads --count readings over the span: give --count N");
+            }
+            let start_ms = sensors::now_ms();
+            if span_ms > start_ms {
+                bail!("--backfill {text}: that is before 1970");
+            }
+            Timestamps::Backfill {
+                start_ms,
+                span_ms,
+                count: args.count,
+            }
+        }
+    };
     let qos = match args.qos {
         0 => QoS::AtMostOnce,
         1 => QoS::AtLeastOnce,
@@ -240,10 +300,16 @@ fn plans(args: &Args, stop: &watch::Receiver<Stop>) -> anyhow::Result<Vec<Plan>>
         plans.push(Plan {
             id,
             endpoint,
-            interval: Duration::from_secs_f64(f64::from(args.burst) / args.rate),
+            interval: if idle {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_secs_f64(f64::from(args.burst) / args.rate)
+            },
             burst: args.burst,
             window: args.window,
             count: args.count,
+            idle,
+            timestamps,
             ack_timeout,
             drain_timeout,
             disconnect_every,
@@ -261,7 +327,7 @@ fn plans(args: &Args, stop: &watch::Receiver<Stop>) -> anyhow::Result<Vec<Plan>>
 }
 
 /// Ctrl-C or SIGTERM once: finish (stop producing, wait for acks); twice: abort.
-async fn watch_signals(stop_tx: std::sync::Arc<watch::Sender<Stop>>) {
+async fn watch_signals(stop_tx: std::sync::Arc<watch::Sender<Stop>>, idle: bool) {
     #[cfg(unix)]
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     #[cfg(not(unix))]
@@ -288,7 +354,7 @@ async fn watch_signals(stop_tx: std::sync::Arc<watch::Sender<Stop>>) {
             Stop::Run => Stop::Finish,
             _ => Stop::Abort,
         };
-        if next == Stop::Finish {
+        if next == Stop::Finish && !idle {
             eprintln!(
                 "firmware-sim: stopping; waiting for the last acks (again to give up at once)"
             );
@@ -330,6 +396,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.count == 0 && duration.is_zero() {
         eprintln!("firmware-sim: running until Ctrl-C (give --count or --duration to stop)");
     }
+    let idle = plans.first().is_some_and(|p| p.idle);
     let started = Instant::now();
     let stop_tx = std::sync::Arc::new(stop_tx);
     if !duration.is_zero() {
@@ -345,7 +412,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             });
         });
     }
-    tokio::spawn(watch_signals(stop_tx.clone()));
+    tokio::spawn(watch_signals(stop_tx.clone(), idle));
 
     let devices = plans.len();
     let mut tasks = Vec::with_capacity(devices);
@@ -379,6 +446,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         "acked": sum(|r| r.acked),
         "retransmitted": sum(|r| r.retransmitted),
         "stalls": sum(|r| r.stalls),
+        "commands_received": sum(|r| r.commands_received),
+        "commands_answered": sum(|r| r.commands_answered),
         "failed_devices": failed.len(),
         "failed": failed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
         "seconds": seconds,

@@ -8,16 +8,25 @@
 //! task alone, which reconnects with back-off. Readings are queued with `try_publish`: when the
 //! client's queue is full (the broker does not keep up, or the connection is down) the device
 //! stalls instead of blocking, and produces the reading at a later tick.
+//!
+//! Commands: on every ConnAck the poller subscribes (QoS 1) to `devices/{id}/commands` (JSON) or
+//! `devices/{id}/down` (binary) and passes what comes there to a responder task, which answers
+//! through [`crate::commands`] with QoS 1 publishes of its own, so neither telemetry nor a `sleep`
+//! waits for the other. The broker's PUBACKs of those answers are told apart from the readings'
+//! by count only: the summary's `acked` is the PUBACKs less the Hellos and answers sent.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 
+use crate::commands::{CommandStats, Commands, Encoding};
 use crate::device::{DeviceReport, Plan, Stop};
-use crate::link::Endpoint;
-use crate::sensors::{Sensors, hello_bytes, now_ms, telemetry_json};
+use crate::link::{Endpoint, LinkEvent, Topics};
+use crate::sensors::{Sensors, hello_bytes, telemetry_json};
 
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
@@ -52,13 +61,34 @@ async fn publish(plan: &Plan, report: &mut DeviceReport) -> anyhow::Result<()> {
         .set_inflight(100);
     let (client, eventloop) = AsyncClient::new(options, 1024);
     let (accepted_tx, mut accepted_rx) = watch::channel(0u64);
-    let poller = tokio::spawn(poll(eventloop, *qos, plan.id.clone(), accepted_tx));
+    let topics = Topics::new(&plan.id, *binary);
+    let (commands_tx, commands_rx) = mpsc::unbounded_channel();
+    let answers = Arc::new(AtomicU64::new(0));
+    let responder = tokio::spawn(respond(
+        client.clone(),
+        topics.results.clone(),
+        if *binary {
+            Encoding::Binary
+        } else {
+            Encoding::Json
+        },
+        commands_rx,
+        answers.clone(),
+        plan.id.clone(),
+    ));
+    let poller = tokio::spawn(poll(
+        eventloop,
+        *qos,
+        plan.id.clone(),
+        accepted_tx,
+        Commanded {
+            client: client.clone(),
+            topics: topics.clone(),
+            tx: commands_tx,
+        },
+    ));
 
-    let topic = if *binary {
-        format!("devices/{}/up", plan.id)
-    } else {
-        format!("devices/{}/telemetry", plan.id)
-    };
+    let topic = topics.up.clone();
     // Messages that the broker must accept: the readings, and a binary device's Hello.
     let mut expected = 0u64;
     if *binary {
@@ -75,7 +105,14 @@ async fn publish(plan: &Plan, report: &mut DeviceReport) -> anyhow::Result<()> {
     // A reading made but not queued yet (the queue was full): it is offered again next tick.
     let mut waiting: Option<Vec<u8>> = None;
     let mut stalled_since: Option<Instant> = None;
-    let done = |seq: u64| (plan.count > 0 && seq >= plan.count) || seq > u64::from(u32::MAX);
+    let done =
+        |seq: u64| plan.idle || (plan.count > 0 && seq >= plan.count) || seq > u64::from(u32::MAX);
+    // Idle: nothing to produce, only commands to answer until stopped.
+    while plan.idle && *stop.borrow() == Stop::Run {
+        if stop.changed().await.is_err() {
+            break;
+        }
+    }
     while !done(seq) && *stop.borrow() == Stop::Run {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -89,7 +126,7 @@ async fn publish(plan: &Plan, report: &mut DeviceReport) -> anyhow::Result<()> {
             let payload = match waiting.take() {
                 Some(payload) => payload,
                 None => {
-                    let message = sensors.reading(seq as u32, now_ms());
+                    let message = sensors.reading(seq as u32, plan.timestamps.at(seq));
                     if *binary {
                         message
                     } else {
@@ -121,18 +158,22 @@ async fn publish(plan: &Plan, report: &mut DeviceReport) -> anyhow::Result<()> {
         report.stalled_seconds += since.elapsed().as_secs_f64();
     }
 
-    // Drain: wait for the broker to accept everything.
+    // Drain: wait for the broker to accept everything (the answers to commands too).
     let drain = async {
         let mut abort = plan.stop.clone();
+        let expected = expected + answers.load(Ordering::Relaxed);
         tokio::select! {
             _ = accepted_rx.wait_for(|n| *n >= expected) => {}
             _ = abort.wait_for(|s| *s == Stop::Abort) => {}
         }
     };
     let _ = tokio::time::timeout(plan.drain_timeout, drain).await;
-    let accepted = (*accepted_rx.borrow()).min(expected);
+    let answered = answers.load(Ordering::Relaxed);
+    let accepted = (*accepted_rx.borrow()).min(expected + answered);
     let hellos = expected - report.produced;
-    report.acked = accepted.saturating_sub(hellos);
+    report.acked = accepted
+        .saturating_sub(hellos + answered)
+        .min(report.produced);
     report.acked_through = report.acked.checked_sub(1).map(|n| n as u32);
     report.unacked = report.produced - report.acked;
     report.next_seq = seq;
@@ -144,13 +185,95 @@ async fn publish(plan: &Plan, report: &mut DeviceReport) -> anyhow::Result<()> {
         .is_err()
     {
         poller.abort();
+        let _ = poller.await;
     }
+    // The poller is gone with its sender: the responder ends.
+    let mut responder = responder;
+    match tokio::time::timeout(Duration::from_secs(2), &mut responder).await {
+        Ok(Ok(stats)) => {
+            report.commands_received = stats.received;
+            report.commands_duplicates = stats.duplicates;
+            report.commands_invalid = stats.invalid;
+        }
+        Ok(Err(_)) => {}
+        Err(_) => responder.abort(),
+    }
+    report.commands_answered = answers.load(Ordering::Relaxed);
     Ok(())
+}
+
+/// What the poller needs to take commands: the client to subscribe with, the topics, and where
+/// to pass them.
+struct Commanded {
+    client: AsyncClient,
+    topics: Topics,
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+}
+
+impl Commanded {
+    /// The topic commands come on: `devices/{id}/commands` (JSON) or `devices/{id}/down` (binary).
+    fn topic(&self) -> &str {
+        self.topics
+            .commands
+            .as_deref()
+            .unwrap_or(self.topics.down.as_str())
+    }
+}
+
+/// Answers the commands the poller passes on, until it is gone; `answers` counts the answers
+/// queued for the broker.
+async fn respond(
+    client: AsyncClient,
+    topic: String,
+    encoding: Encoding,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    answers: Arc<AtomicU64>,
+    id: String,
+) -> CommandStats {
+    let mut commands = Commands::new(encoding);
+    loop {
+        let wake_at = commands.next_wake();
+        let replies = tokio::select! {
+            payload = rx.recv() => {
+                let Some(payload) = payload else { break };
+                match commands.receive(&payload, Instant::now()) {
+                    Ok(reply) => reply.into_iter().collect(),
+                    Err(e) => {
+                        let invalid = commands.stats.invalid;
+                        if invalid == 1 || invalid.is_multiple_of(100) {
+                            eprintln!(
+                                "firmware-sim: {id}: ignored a command payload ({invalid} so far): {e}"
+                            );
+                        }
+                        Vec::new()
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(wake_at.unwrap_or_else(Instant::now).into()),
+                if wake_at.is_some() => commands.wake(Instant::now()),
+        };
+        for reply in replies {
+            if client
+                .publish(topic.as_str(), QoS::AtLeastOnce, false, reply)
+                .await
+                .is_ok()
+            {
+                answers.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    commands.stats
 }
 
 /// The only poller of the event loop: counts what the broker accepted, reconnects on errors,
 /// ends after the client's DISCONNECT has gone out.
-async fn poll(mut eventloop: EventLoop, qos: QoS, id: String, accepted_tx: watch::Sender<u64>) {
+async fn poll(
+    mut eventloop: EventLoop,
+    qos: QoS,
+    id: String,
+    accepted_tx: watch::Sender<u64>,
+    commanded: Commanded,
+) {
     let mut accepted = 0u64;
     let mut backoff = RECONNECT_MIN;
     let mut failures = 0u32;
@@ -158,11 +281,24 @@ async fn poll(mut eventloop: EventLoop, qos: QoS, id: String, accepted_tx: watch
         match eventloop.poll().await {
             Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                if let Err(e) = commanded
+                    .client
+                    .try_subscribe(commanded.topic(), QoS::AtLeastOnce)
+                {
+                    eprintln!("firmware-sim: {id}: cannot subscribe to commands: {e}");
+                }
                 if failures > 0 {
                     eprintln!("firmware-sim: {id}: connected again");
                 }
                 failures = 0;
                 backoff = RECONNECT_MIN;
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                if let Some(LinkEvent::Command(payload)) =
+                    commanded.topics.event(&publish.topic, &publish.payload)
+                {
+                    let _ = commanded.tx.send(payload);
+                }
             }
             Ok(event) => {
                 let counts = matches!(

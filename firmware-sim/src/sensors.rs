@@ -119,6 +119,56 @@ pub fn telemetry_json(message: &[u8]) -> anyhow::Result<Vec<u8>> {
     Ok(serde_json::to_vec(&envelope)?)
 }
 
+/// The device timestamps of a device's readings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timestamps {
+    /// The clock when the reading is made.
+    Now,
+    /// `--backfill`: seq `i` of `count` gets `start_ms - span_ms + i * span_ms / count`, so the
+    /// readings are spread evenly over `[start_ms - span_ms, start_ms)`.
+    Backfill {
+        start_ms: u64,
+        span_ms: u64,
+        count: u64,
+    },
+}
+
+impl Timestamps {
+    /// The device timestamp of the reading with this seq.
+    pub fn at(&self, seq: u64) -> u64 {
+        match *self {
+            Timestamps::Now => now_ms(),
+            Timestamps::Backfill {
+                start_ms,
+                span_ms,
+                count,
+            } => {
+                let count = u128::from(count.max(1));
+                let i = u128::from(seq).min(count - 1);
+                let step = i * u128::from(span_ms) / count;
+                // step < span_ms, so this fits in a u64.
+                let step = u64::try_from(step).unwrap_or(span_ms);
+                start_ms.saturating_sub(span_ms).saturating_add(step)
+            }
+        }
+    }
+}
+
+/// Parses a duration like `24h`, `90m`, `30s`, `7d` or `500ms` into milliseconds.
+pub fn parse_span(text: &str) -> Option<u64> {
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = text.split_at(split);
+    let unit_ms: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    n.parse::<u64>().ok()?.checked_mul(unit_ms)
+}
+
 /// Now, in unix milliseconds.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -172,6 +222,49 @@ mod tests {
         assert_eq!(parsed.timestamp_ms, Some(1_795_255_200_000));
         let names: Vec<&str> = parsed.metrics.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["battery", "door", "humidity", "temperature"]);
+    }
+
+    #[test]
+    fn backfill_spreads_the_readings_evenly_over_the_span_before_the_start() {
+        let day = 86_400_000;
+        let start = 1_795_255_200_000;
+        let t = Timestamps::Backfill {
+            start_ms: start,
+            span_ms: day,
+            count: 4,
+        };
+        let ts: Vec<u64> = (0..4).map(|i| t.at(i)).collect();
+        assert_eq!(
+            ts,
+            [
+                start - day,
+                start - day * 3 / 4,
+                start - day / 2,
+                start - day / 4
+            ]
+        );
+        let million = Timestamps::Backfill {
+            start_ms: start,
+            span_ms: day,
+            count: 1_000_000,
+        };
+        assert_eq!(million.at(0), start - day);
+        assert_eq!(million.at(500_000), start - day / 2);
+        assert!(million.at(999_999) < start && million.at(999_999) >= start - 87);
+        // Strictly increasing while count <= span_ms.
+        assert!((1..1000).all(|i| million.at(i) > million.at(i - 1)));
+    }
+
+    #[test]
+    fn spans_parse_with_units() {
+        assert_eq!(parse_span("24h"), Some(86_400_000));
+        assert_eq!(parse_span("90m"), Some(5_400_000));
+        assert_eq!(parse_span("30s"), Some(30_000));
+        assert_eq!(parse_span("7d"), Some(604_800_000));
+        assert_eq!(parse_span("500ms"), Some(500));
+        for bad in ["", "24", "h", "1.5h", "-1h", "1w", "99999999999999999999d"] {
+            assert_eq!(parse_span(bad), None, "{bad}");
+        }
     }
 
     #[test]
