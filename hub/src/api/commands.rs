@@ -142,7 +142,12 @@ pub(super) async fn send(
     require(&identity, Scope::Command, "command")?;
     let device = visible_device(&identity, &id)?.to_owned();
     let p = query(q)?;
-    let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let Json(body) = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(format!(
+            "a command request is at most {MAX_COMMAND_BODY} bytes"
+        )),
+        _ => ApiError::BadRequest(e.body_text()),
+    })?;
     let wait = match &p.wait {
         Some(text) => {
             let wait = duration("wait", text)?;

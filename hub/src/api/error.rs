@@ -18,6 +18,8 @@ pub enum ApiError {
     NotFound(String),
     /// 409: the request conflicts with the state of the thing (a device offline).
     Conflict(String),
+    /// 413: the request body is larger than the route takes.
+    TooLarge(String),
     /// 429: too many open things (commands) for now.
     TooMany(String),
     /// 500: the hub failed; the detail goes to the log only.
@@ -86,6 +88,11 @@ impl ApiError {
             ),
             ApiError::NotFound(d) => (StatusCode::NOT_FOUND, "Not found", Some(d.clone())),
             ApiError::Conflict(d) => (StatusCode::CONFLICT, "Conflict", Some(d.clone())),
+            ApiError::TooLarge(d) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Payload too large",
+                Some(d.clone()),
+            ),
             ApiError::TooMany(d) => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "Too many requests",

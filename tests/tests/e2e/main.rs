@@ -4,6 +4,7 @@ mod acks;
 mod api;
 
 mod cli;
+mod commands;
 mod crash;
 mod downsample;
 

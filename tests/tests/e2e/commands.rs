@@ -1,0 +1,454 @@
+//! Commands end to end: firmware-sim devices answer over JSON MQTT, binary MQTT and a serial line;
+//! offline devices get their commands when they come back or the command times out; bad requests
+//! get a useful 4xx and change nothing.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use serde_json::{Value, json};
+
+use crate::harness::{Hub, SerialCable, Sim, binary, eventually, mosquitto_pub};
+
+/// POSTs a command with the admin token; status, body and `Location`.
+async fn post(hub: &Hub, device: &str, query: &str, body: Value) -> (u16, Value, Option<String>) {
+    let response = hub
+        .client()
+        .post(hub.url(&format!("/api/v1/devices/{device}/commands{query}")))
+        .bearer_auth(hub.token())
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let location = response
+        .headers()
+        .get("location")
+        .map(|l| l.to_str().unwrap().to_owned());
+    (
+        status,
+        response.json().await.unwrap_or(Value::Null),
+        location,
+    )
+}
+
+/// An idle firmware-sim device (answers commands, sends no telemetry).
+fn idle_device(hub: &Hub, transport: &str, prefix: &str, extra: &[&str]) -> Sim {
+    Sim::from_child(
+        Command::new(binary("firmware-sim"))
+            .args(["--broker", &format!("127.0.0.1:{}", hub.mqtt_port())])
+            .args(["--transport", transport, "--prefix", prefix, "--idle"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start firmware-sim"),
+    )
+}
+
+fn register_json_device(hub: &Hub, device: &str) {
+    mosquitto_pub(
+        hub.mqtt_port(),
+        &format!("devices/{device}/telemetry"),
+        br#"{"seq":0,"metrics":{"v":1}}"#,
+        1,
+    );
+}
+
+/// Sends `echo` until the device answers: its subscription may take a moment to exist.
+async fn until_answering(hub: &Hub, device: &str) {
+    eventually("the device answers commands", || async {
+        let (status, body, _) = post(
+            hub,
+            device,
+            "?wait=2s",
+            json!({"name": "echo", "timeout": "2s"}),
+        )
+        .await;
+        (status == 200 && body["state"] == "succeeded").then_some(())
+    })
+    .await;
+}
+
+/// The round trips every transport must pass: echo with arguments, a failure, a slow answer, no
+/// answer at all (timed out), and the same record through GET.
+async fn round_trips(hub: &Hub, device: &str, binary_device: bool) {
+    until_answering(hub, device).await;
+
+    let args = json!({"level": 3, "mode": "eco", "on": true});
+    let (status, body, location) = post(
+        hub,
+        device,
+        "?wait=5s",
+        json!({"name": "echo", "args": args}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "succeeded");
+    assert_eq!(body["result"], args);
+    assert_eq!(body["device"], device);
+    assert!(
+        body["delivered"].is_string() && body["finished"].is_string(),
+        "{body}"
+    );
+    let id = body["id"].as_u64().unwrap();
+    assert_eq!(
+        location.as_deref(),
+        Some(format!("/api/v1/devices/{device}/commands/{id}").as_str())
+    );
+    let (status, fetched) = hub
+        .get(&format!("/api/v1/devices/{device}/commands/{id}"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(fetched, body, "GET shows the same record");
+
+    let (status, body, _) = post(hub, device, "?wait=5s", json!({"name": "fail"})).await;
+    assert_eq!(
+        (status, body["state"].clone()),
+        (200, json!("failed")),
+        "{body}"
+    );
+    if binary_device {
+        assert_eq!(body["error_code"], 1);
+    } else {
+        assert_eq!(body["error"], "requested failure");
+    }
+
+    let (status, body, _) = post(
+        hub,
+        device,
+        "?wait=5s",
+        json!({"name": "sleep", "args": {"ms": 300}}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["state"].clone()),
+        (200, json!("succeeded")),
+        "{body}"
+    );
+    assert_eq!(body["result"]["slept_ms"], 300);
+
+    let (status, body, _) = post(
+        hub,
+        device,
+        "?wait=5s",
+        json!({"name": "ignore", "timeout": "1s"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["state"].clone()),
+        (200, json!("timed_out")),
+        "{body}"
+    );
+    assert!(
+        body["error"].as_str().unwrap().contains("no result"),
+        "{body}"
+    );
+
+    // Without wait: 202 at once, then the state moves on its own.
+    let (status, body, _) = post(hub, device, "", json!({"name": "echo"})).await;
+    assert_eq!(status, 202, "{body}");
+    assert!(
+        ["pending", "delivered"].contains(&body["state"].as_str().unwrap()),
+        "{body}"
+    );
+    let id = body["id"].as_u64().unwrap();
+    eventually("the command succeeds", || async {
+        let (_, body) = hub
+            .get(&format!("/api/v1/devices/{device}/commands/{id}"))
+            .await;
+        (body["state"] == "succeeded").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_and_binary_devices_answer_commands_over_mqtt() {
+    let root = tempfile::tempdir().unwrap();
+    let hub = Hub::start(root.path(), &[]);
+
+    register_json_device(&hub, "cmdj-0");
+    let _json_device = idle_device(&hub, "json", "cmdj-", &["--devices", "1"]);
+    round_trips(&hub, "cmdj-0", false).await;
+
+    let _binary_device = idle_device(&hub, "binary", "cmdb-", &["--devices", "1"]);
+    eventually("the binary device says Hello", || async {
+        (hub.get("/api/v1/devices/cmdb-0").await.0 == 200).then_some(())
+    })
+    .await;
+    round_trips(&hub, "cmdb-0", true).await;
+    // What a binary device cannot take is refused before it is stored.
+    let (status, body, _) = post(
+        &hub,
+        "cmdb-0",
+        "",
+        json!({"name": "set", "args": {"a": {"b": 1}}}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("binary"),
+        "{body}"
+    );
+
+    // A command's path names its device: another device's path does not show it.
+    let (_, body, _) = post(&hub, "cmdj-0", "", json!({"name": "echo"})).await;
+    let id = body["id"].as_u64().unwrap();
+    assert_eq!(
+        hub.get(&format!("/api/v1/devices/cmdb-0/commands/{id}"))
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        hub.get("/api/v1/devices/cmdj-0/commands/999999").await.0,
+        404
+    );
+    assert_eq!(hub.get("/api/v1/devices/cmdj-0/commands/x").await.0, 404);
+    hub.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_serial_device_answers_commands_on_its_line() {
+    let root = tempfile::tempdir().unwrap();
+    let cable = SerialCable::plug(root.path(), "tty-cmd");
+    let config = root.path().join("hub.toml");
+    std::fs::write(
+        &config,
+        format!("[[serial]]\npath = \"{}\"\n", cable.hub.display()),
+    )
+    .unwrap();
+    let hub = Hub::start(root.path(), &["--config", &config.display().to_string()]);
+    let device = cable.device.display().to_string();
+    let _sim = idle_device(&hub, "serial", "cmds-", &["--serial", &device]);
+    eventually("the serial device says Hello", || async {
+        (hub.get("/api/v1/devices/cmds-0").await.0 == 200).then_some(())
+    })
+    .await;
+    round_trips(&hub, "cmds-0", true).await;
+    hub.stop();
+}
+
+fn config_file(dir: &Path, text: &str) -> String {
+    let path = dir.join("hub.toml");
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn offline_devices_get_commands_when_they_return_even_after_a_restart_or_time_out() {
+    let root = tempfile::tempdir().unwrap();
+    let config = config_file(root.path(), "[devices]\noffline_after = \"1s\"\n");
+    let hub = Hub::start(root.path(), &["--config", &config]);
+    register_json_device(&hub, "away-1");
+    eventually("away-1 is offline after a second of silence", || async {
+        let (_, body) = hub.get("/api/v1/devices/away-1").await;
+        (body["online"] == false).then_some(())
+    })
+    .await;
+
+    // ttl 0: refused rather than queued.
+    let (status, body, _) = post(&hub, "away-1", "", json!({"name": "echo", "ttl": "0s"})).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("offline"));
+
+    // A short ttl runs out.
+    let (status, body, _) = post(
+        &hub,
+        "away-1",
+        "?wait=5s",
+        json!({"name": "echo", "ttl": "1s"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["state"].clone()),
+        (200, json!("timed_out")),
+        "{body}"
+    );
+    assert!(
+        body["error"].as_str().unwrap().contains("not delivered"),
+        "{body}"
+    );
+    assert!(body["delivered"].is_null());
+
+    // A long one waits, across a restart of the hub.
+    let (status, body, _) = post(
+        &hub,
+        "away-1",
+        "",
+        json!({"name": "echo", "args": {"n": 7}, "ttl": "5m"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["state"].clone()),
+        (202, json!("pending")),
+        "{body}"
+    );
+    let id = body["id"].as_u64().unwrap();
+    assert!(hub.stop().success());
+    let hub = Hub::start_in(
+        root.path(),
+        &[
+            "--api-listen",
+            "127.0.0.1:0",
+            "--mqtt-listen",
+            &format!("127.0.0.1:{}", crate::harness::free_port()),
+        ],
+        &["--config", &config],
+    );
+    let (_, body) = hub
+        .get(&format!("/api/v1/devices/away-1/commands/{id}"))
+        .await;
+    assert_eq!(body["state"], "pending", "{body}");
+    // The device comes back: it connects and says so; the command goes out and is answered.
+    let _device = idle_device(
+        &hub,
+        "json",
+        "away-",
+        &["--devices", "2", "--duration", "60"],
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    mosquitto_pub(hub.mqtt_port(), "devices/away-1/status", b"online", 1);
+    eventually("the queued command is answered", || async {
+        let (_, body) = hub
+            .get(&format!("/api/v1/devices/away-1/commands/{id}"))
+            .await;
+        (body["state"] == "succeeded").then_some(body)
+    })
+    .await;
+    let (_, body) = hub
+        .get(&format!("/api/v1/devices/away-1/commands/{id}"))
+        .await;
+    assert_eq!(body["result"], json!({"n": 7}));
+    hub.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_command_requests_get_a_reason_and_limits_hold() {
+    let root = tempfile::tempdir().unwrap();
+    let config = config_file(
+        root.path(),
+        "[commands]\nmax_open_per_device = 2\nmax_wait = \"10s\"\n",
+    );
+    let hub = Hub::start(root.path(), &["--config", &config]);
+    register_json_device(&hub, "bad-1");
+    crate::harness::wait_for_readings(&hub, "bad-1", 1).await;
+
+    assert_eq!(
+        post(&hub, "nobody", "", json!({"name": "echo"})).await.0,
+        404
+    );
+    assert_eq!(
+        post(&hub, "bad id!", "", json!({"name": "echo"})).await.0,
+        400
+    );
+    for (query, body, says) in [
+        ("", json!({"name": "no spaces"}), "`name`"),
+        ("", json!({"args": {}}), "name"),
+        ("", json!({"name": "x", "args": [1]}), "args"),
+        ("", json!({"name": "x", "ttl": "soon"}), "`ttl`"),
+        ("", json!({"name": "x", "ttl": "2d"}), "`ttl`"),
+        ("", json!({"name": "x", "timeout": "0s"}), "`timeout`"),
+        ("", json!({"name": "x", "colour": "red"}), "colour"),
+        ("?wait=1m", json!({"name": "x"}), "`wait`"),
+        ("?wait=x", json!({"name": "x"}), "`wait`"),
+        ("?later=1", json!({"name": "x"}), "later"),
+    ] {
+        let (status, answer, _) = post(&hub, "bad-1", query, body.clone()).await;
+        assert_eq!(status, 400, "{query} {body} -> {answer}");
+        assert_eq!(answer["status"], 400);
+        assert!(
+            answer["detail"].as_str().unwrap().contains(says),
+            "{query} {body} -> {answer}"
+        );
+    }
+    // Not JSON, and too big.
+    let client = hub.client();
+    let url = hub.url("/api/v1/devices/bad-1/commands");
+    let not_json = client
+        .post(&url)
+        .bearer_auth(hub.token())
+        .header("content-type", "application/json")
+        .body("{")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_json.status().as_u16(), 400);
+    let big = json!({"name": "x", "args": {"s": "x".repeat(20_000)}}).to_string();
+    let too_big = client
+        .post(&url)
+        .bearer_auth(hub.token())
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(too_big.status().as_u16(), 413);
+    // Nobody answers (no device connected): two open commands, then 429 with Retry-After.
+    for _ in 0..2 {
+        assert_eq!(
+            post(&hub, "bad-1", "", json!({"name": "echo"})).await.0,
+            202
+        );
+    }
+    let response = client
+        .post(&url)
+        .bearer_auth(hub.token())
+        .json(&json!({"name": "echo"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 429);
+    assert!(response.headers().contains_key("retry-after"));
+    // No token: 401, nothing stored.
+    let response = client
+        .post(&url)
+        .json(&json!({"name": "echo"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    hub.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_cannot_answer_another_devices_command() {
+    let root = tempfile::tempdir().unwrap();
+    let hub = Hub::start(root.path(), &[]);
+    register_json_device(&hub, "owner-1");
+    register_json_device(&hub, "intruder-1");
+    crate::harness::wait_for_readings(&hub, "intruder-1", 1).await;
+    let (status, body, _) = post(
+        &hub,
+        "owner-1",
+        "",
+        json!({"name": "echo", "timeout": "10m"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["id"].as_u64().unwrap();
+    let forged = json!({"id": id, "ok": false, "error": "forged"}).to_string();
+    mosquitto_pub(
+        hub.mqtt_port(),
+        "devices/intruder-1/command-results",
+        forged.as_bytes(),
+        1,
+    );
+    // A real answer from the owner afterwards still counts: the forged one changed nothing.
+    let real = json!({"id": id, "ok": true, "result": {"from": "owner"}}).to_string();
+    mosquitto_pub(
+        hub.mqtt_port(),
+        "devices/owner-1/command-results",
+        real.as_bytes(),
+        1,
+    );
+    let body = eventually("the owner's answer is recorded", || async {
+        let (_, body) = hub
+            .get(&format!("/api/v1/devices/owner-1/commands/{id}"))
+            .await;
+        (body["state"] != "pending" && body["state"] != "delivered").then_some(body)
+    })
+    .await;
+    assert_eq!(body["state"], "succeeded", "{body}");
+    assert_eq!(body["result"], json!({"from": "owner"}));
+    hub.stop();
+}
