@@ -13,11 +13,9 @@ use super::ApiState;
 use super::error::ApiError;
 use super::params;
 use crate::auth::{Identity, Scope};
-use crate::ingest::now_ms;
+use crate::live::Presence;
 use crate::store::Device;
 
-/// A device counts as online when it was heard from within this window.
-const ONLINE_WINDOW_MS: u64 = 5 * 60 * 1000;
 /// Page size when the client gives none.
 pub(super) const DEFAULT_PAGE: usize = 100;
 
@@ -59,17 +57,14 @@ pub fn value_json(value: &OwnedValue) -> Value {
     }
 }
 
-fn device_summary(device: &Device, now: u64) -> Map<String, Value> {
+fn device_summary(device: &Device, presence: &Presence) -> Map<String, Value> {
     let r = &device.record;
     let mut m = Map::new();
     m.insert("id".into(), json!(r.name));
     m.insert("transport".into(), json!(r.transport));
     m.insert("first_seen".into(), json!(params::rfc3339(r.first_seen_ms)));
     m.insert("last_seen".into(), json!(params::rfc3339(r.last_seen_ms)));
-    m.insert(
-        "online".into(),
-        json!(now.saturating_sub(r.last_seen_ms) < ONLINE_WINDOW_MS),
-    );
+    m.insert("online".into(), json!(presence.is_online(&r.name)));
     m.insert("labels".into(), json!(r.labels));
     m
 }
@@ -94,7 +89,6 @@ pub(super) async fn list(
         params::device_id(c)
             .map_err(|_| ApiError::BadRequest("`cursor` is not one this API returned".into()))?;
     }
-    let now = now_ms();
     // Read one more than a page to know whether another follows; skip devices this identity may
     // not see, so a restricted token still gets full pages.
     let mut after = p.cursor.clone();
@@ -120,7 +114,7 @@ pub(super) async fn list(
     };
     let devices: Vec<Value> = out
         .iter()
-        .map(|d| Value::Object(device_summary(d, now)))
+        .map(|d| Value::Object(device_summary(d, &state.presence)))
         .collect();
     Ok(Json(json!({ "devices": devices, "next_cursor": next })))
 }
@@ -137,7 +131,7 @@ pub(super) async fn detail(
         .store
         .device(id)?
         .ok_or_else(|| ApiError::NotFound(format!("no device {id:?}")))?;
-    let mut m = device_summary(&device, now_ms());
+    let mut m = device_summary(&device, &state.presence);
     let mut metrics = device.metric_names.clone();
     metrics.sort();
     m.insert("metrics".into(), json!(metrics));
