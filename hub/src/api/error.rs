@@ -17,6 +17,8 @@ pub enum ApiError {
     Forbidden(&'static str),
     /// 404: no such thing (or not visible to this identity).
     NotFound(String),
+    /// 406: the client refuses every representation the route has.
+    NotAcceptable(String),
     /// 500: the hub failed; the detail goes to the log only.
     Internal,
     /// 503: a dependency is not ready.
@@ -96,6 +98,11 @@ impl ApiError {
                 Some(format!("this identity lacks the `{scope}` scope")),
             ),
             ApiError::NotFound(d) => (StatusCode::NOT_FOUND, "Not found", Some(d.clone())),
+            ApiError::NotAcceptable(d) => (
+                StatusCode::NOT_ACCEPTABLE,
+                "Not acceptable",
+                Some(d.clone()),
+            ),
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "Internal error", None),
             ApiError::Unavailable(d) => (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -1,13 +1,15 @@
 //! The HTTPS API: `router` builds the routes over the store (so tests call it without a socket),
 //! `server` serves it over TLS.
 //!
-//! Every `/api/v1` route needs a bearer token; `/healthz` needs nothing. Every response carries
+//! Every `/api/v1` route needs a bearer token; `/healthz` needs nothing, and neither do the static
+//! files of the docs page (`docs`: they hold no data and no secret). Every response carries
 //! `x-request-id`, and every error is `application/problem+json` with that id.
 //!
 //! The routes and their OpenAPI description come from one registration (see [`routes`] and
-//! `openapi`), served at `/api/v1/openapi.json`.
+//! `openapi`), served at `/api/v1/openapi.json` and browsable at `/docs`.
 
 mod devices;
+pub mod docs;
 pub mod error;
 mod health;
 mod openapi;
@@ -86,11 +88,12 @@ impl Default for RequestIds {
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
-/// All routes: the documented ones (see [`routes`]) and a problem for the rest.
+/// All routes: the documented ones (see [`routes`]), the docs page, and a problem for the rest.
 pub fn router(state: ApiState) -> Router {
     let (api, spec) = routes(&state).split_for_parts();
     let spec = openapi::finish(spec, state.max_page);
-    api.fallback(|| async { ApiError::NotFound("no such route".into()) })
+    api.merge(docs::router())
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(Extension(openapi::SpecJson::new(&spec)))
         .layer(middleware::from_fn_with_state(state.clone(), request_id))
         .with_state(state)

@@ -316,10 +316,13 @@ mod tests {
         paths
     }
 
+    /// The docs page's static files: served, public, and deliberately not in the description.
+    const DOCS: [&str; 2] = ["/docs", "/docs/{file}"];
+
     const METHODS: [&str; 5] = ["get", "put", "post", "delete", "patch"];
 
     fn concrete(path: &str) -> String {
-        path.replace("{id}", "t-1")
+        path.replace("{id}", "t-1").replace("{file}", "x")
     }
 
     #[tokio::test]
@@ -402,6 +405,12 @@ mod tests {
                 }
             }
         }
+        let docs: BTreeSet<_> = DOCS
+            .iter()
+            .map(|p| (p.to_string(), "get".to_owned()))
+            .collect();
+        assert!(docs.is_subset(&served), "the docs page is served");
+        let served: BTreeSet<_> = served.difference(&docs).cloned().collect();
         assert_eq!(served, described, "served (left) and described (right)");
         for path in [
             "/healthz",
