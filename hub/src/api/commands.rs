@@ -19,45 +19,92 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::ApiState;
-use super::devices::{query, require, visible_device};
+use super::devices::{json_rejection, query, require, visible_device};
 use super::error::ApiError;
 use super::params;
+use super::schema::DeviceId;
 use crate::auth::{Identity, Scope};
 use crate::commands::{CommandError, CommandRequest};
 use crate::config::HumanDuration;
-use crate::store::CommandRecord;
-
-/// Largest command request body.
-pub const MAX_COMMAND_BODY: usize = 16 * 1024;
+use crate::store::{CommandRecord, CommandState};
+use utoipa::{IntoParams, ToSchema};
 
 /// The body of a command request.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct NewCommand {
     /// The command's name: 1 to 64 of `A-Z a-z 0-9 . _ -`.
+    #[schema(example = "set-valve")]
     name: String,
     /// Arguments: a JSON object (for binary and serial devices, numbers, booleans and strings
     /// only, at most 16).
     #[serde(default)]
+    #[schema(value_type = Option<Object>, example = json!({"open": true}))]
     args: Option<Map<String, Value>>,
     /// How long to wait for an offline device (`10m`); `0s` refuses the command if it is offline.
     #[serde(default)]
+    #[schema(example = "10m")]
     ttl: Option<String>,
     /// How long a delivered command waits for the device's result (`30s`).
     #[serde(default)]
+    #[schema(example = "30s")]
     timeout: Option<String>,
 }
 
 /// Query of a command request.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct SendParams {
-    /// Hold the request until the command is final, at most this long (`10s`).
+    /// Hold the request until the command is final, at most this long (`10s`; at most
+    /// `commands.max_wait`, 1m unless configured).
+    #[param(example = "10s")]
     wait: Option<String>,
 }
 
+/// Where a command is in its life.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum StateName {
+    /// Stored; waiting for the device to be online.
+    Pending,
+    /// Handed to the device's transport; waiting for its result.
+    Delivered,
+    /// The device answered that it succeeded.
+    Succeeded,
+    /// The device answered that it failed.
+    Failed,
+    /// Not delivered within its ttl, or no result within its timeout.
+    TimedOut,
+}
+
+impl From<CommandState> for StateName {
+    fn from(s: CommandState) -> Self {
+        match s {
+            CommandState::Pending => StateName::Pending,
+            CommandState::Delivered => StateName::Delivered,
+            CommandState::Succeeded => StateName::Succeeded,
+            CommandState::Failed => StateName::Failed,
+            CommandState::TimedOut => StateName::TimedOut,
+        }
+    }
+}
+
+// The command in the path, for the description only (the handler parses it itself).
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code, reason = "read by the OpenAPI derive only")]
+pub(super) struct CommandPath {
+    /// The device id.
+    #[param(pattern = r"^[A-Za-z0-9._-]{1,64}$", example = "greenhouse-1")]
+    id: String,
+    /// The command id, as the POST answered it.
+    #[param(example = 42)]
+    cid: u64,
+}
+
 /// A command as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(super) struct CommandView {
     /// Command id (per hub, only grows).
     id: u64,
@@ -66,26 +113,34 @@ pub(super) struct CommandView {
     /// Its name.
     name: String,
     /// Its arguments.
+    #[schema(value_type = Object)]
     args: Value,
-    /// `pending`, `delivered`, `succeeded`, `failed` or `timed_out`.
-    state: &'static str,
+    /// Where it is.
+    state: StateName,
     /// Who asked for it.
     requested_by: String,
     /// When it was accepted.
+    #[schema(format = DateTime)]
     created: String,
     /// When it times out if not delivered.
+    #[schema(format = DateTime)]
     expires: String,
     /// How long after delivery the device has to answer, in milliseconds.
     timeout_ms: u64,
-    /// When it was handed to the device's transport.
+    /// When it was handed to the device's transport; null before.
+    #[schema(required = true, format = DateTime)]
     delivered: Option<String>,
-    /// When it reached a final state.
+    /// When it reached a final state; null before.
+    #[schema(required = true, format = DateTime)]
     finished: Option<String>,
-    /// The device's result data.
+    /// The device's result data, if it sent any.
+    #[schema(required = true, value_type = Option<Object>)]
     result: Option<Value>,
     /// Why it failed or timed out.
+    #[schema(required = true)]
     error: Option<String>,
     /// A binary device's error code.
+    #[schema(required = true)]
     error_code: Option<u16>,
 }
 
@@ -94,7 +149,7 @@ impl CommandView {
         CommandView {
             id,
             args: serde_json::from_str(&r.args).unwrap_or(Value::Object(Map::new())),
-            state: r.state.name(),
+            state: r.state.into(),
             created: params::rfc3339(r.created_ms),
             expires: params::rfc3339(r.expires_ms),
             timeout_ms: r.result_timeout_ms,
@@ -131,7 +186,33 @@ impl From<CommandError> for ApiError {
     }
 }
 
-/// `POST /api/v1/devices/{id}/commands`
+/// Send a command to a device.
+///
+/// Needs the `command` scope. The command is stored, then delivered over the device's transport
+/// at once if it is online, else when it comes back within `ttl`. `202` with the command; with
+/// `wait`, `200` once the command is final (`202` if the wait ends first).
+#[utoipa::path(
+    post,
+    path = "/devices/{id}/commands",
+    tag = "commands",
+    params(DeviceId, SendParams),
+    request_body = NewCommand,
+    responses(
+        (status = 200, description = "The command reached a final state within `wait`.", body = CommandView),
+        (status = 202, description = "Accepted; the command is pending or delivered.", body = CommandView,
+            headers(("location" = String, description = "Where to GET the command."))),
+        (status = 400, description = "The body, a parameter or the id is wrong; the detail says which."),
+        (status = 403, description = "The token lacks the `command` scope."),
+        (status = 404, description = "No such device, or not one the token may see."),
+        (status = 409, description = "The device is offline and `ttl` is 0."),
+        (status = 413, description = "The body is larger than 16 KiB."),
+        (status = 415, description = "The body is not declared as JSON."),
+        (status = 429, description = "The device has too many open commands.",
+            headers(("retry-after" = String, description = "Seconds to wait."))),
+        (status = 500, description = "The store failed; the hub's log says why."),
+        (status = 503, description = "The hub is shutting down."),
+    ),
+)]
 pub(super) async fn send(
     State(state): State<ApiState>,
     Extension(identity): Extension<Identity>,
@@ -142,12 +223,7 @@ pub(super) async fn send(
     require(&identity, Scope::Command, "command")?;
     let device = visible_device(&identity, &id)?.to_owned();
     let p = query(q)?;
-    let Json(body) = body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(format!(
-            "a command request is at most {MAX_COMMAND_BODY} bytes"
-        )),
-        _ => ApiError::BadRequest(e.body_text()),
-    })?;
+    let Json(body) = body.map_err(json_rejection)?;
     let wait = match &p.wait {
         Some(text) => {
             let wait = duration("wait", text)?;
@@ -198,7 +274,22 @@ pub(super) async fn send(
     Ok(response)
 }
 
-/// `GET /api/v1/devices/{id}/commands/{cid}`
+/// One command.
+///
+/// Its state and, once the device answered, its result.
+#[utoipa::path(
+    get,
+    path = "/devices/{id}/commands/{cid}",
+    tag = "commands",
+    params(CommandPath),
+    responses(
+        (status = 200, description = "The command.", body = CommandView),
+        (status = 400, description = "The id is not a device id."),
+        (status = 403, description = "The token lacks the `read` scope."),
+        (status = 404, description = "No such command for this device, or a device the token may not see."),
+        (status = 500, description = "The store failed; the hub's log says why."),
+    ),
+)]
 pub(super) async fn get(
     State(state): State<ApiState>,
     Extension(identity): Extension<Identity>,

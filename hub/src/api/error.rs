@@ -4,6 +4,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 /// An API failure.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +17,8 @@ pub enum ApiError {
     Forbidden(&'static str),
     /// 404: no such thing (or not visible to this identity).
     NotFound(String),
+    /// 406: the client refuses every representation the route has.
+    NotAcceptable(String),
     /// 409: the request conflicts with the state of the thing (a device offline).
     Conflict(String),
     /// 413: the request body is larger than the route takes.
@@ -28,21 +31,35 @@ pub enum ApiError {
     Unavailable(String),
 }
 
-/// The problem fields, kept on the response until the request-id layer writes the body.
-#[derive(Debug, Clone, Serialize)]
+// The fields are kept on the response until the request-id layer writes the body, which always
+// fills in `request_id`.
+/// An error, as RFC 9457 problem details (`application/problem+json`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({
+    "type": "about:blank",
+    "title": "Not found",
+    "status": 404,
+    "detail": "no device \"door-9\"",
+    "request_id": "5f1c09ab-2a"
+}))]
 pub struct Problem {
-    /// A URI naming the kind of problem.
+    /// A URI naming the kind of problem; `about:blank` (the status says it all).
     #[serde(rename = "type")]
+    #[schema(value_type = String, format = "uri-reference", example = "about:blank")]
     pub kind: &'static str,
     /// A short summary of the kind.
+    #[schema(value_type = String)]
     pub title: &'static str,
     /// The HTTP status.
+    #[schema(minimum = 400, maximum = 599)]
     pub status: u16,
-    /// What went wrong in this request.
+    /// What went wrong in this request, and what the client can fix; absent when there is
+    /// nothing more to say than the title.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
-    /// The request id, also in the `x-request-id` header.
+    /// The request id, also in the `x-request-id` header: quote it when reporting a problem.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = true, value_type = String)]
     pub request_id: Option<String>,
 }
 
@@ -87,6 +104,11 @@ impl ApiError {
                 Some(format!("this identity lacks the `{scope}` scope")),
             ),
             ApiError::NotFound(d) => (StatusCode::NOT_FOUND, "Not found", Some(d.clone())),
+            ApiError::NotAcceptable(d) => (
+                StatusCode::NOT_ACCEPTABLE,
+                "Not acceptable",
+                Some(d.clone()),
+            ),
             ApiError::Conflict(d) => (StatusCode::CONFLICT, "Conflict", Some(d.clone())),
             ApiError::TooLarge(d) => (
                 StatusCode::PAYLOAD_TOO_LARGE,

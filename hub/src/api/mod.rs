@@ -1,32 +1,44 @@
 //! The HTTPS API: `router` builds the routes over the store (so tests call it without a socket),
 //! `server` serves it over TLS.
 //!
-//! Every `/api/v1` route needs a bearer token; `/healthz` needs nothing. Every response carries
+//! Every `/api/v1` route needs a bearer token; `/healthz` needs nothing, and neither do the static
+//! files of the docs page (`docs`: they hold no data and no secret). Every response carries
 //! `x-request-id`, and every error is `application/problem+json` with that id.
+//!
+//! The routes and their OpenAPI description come from one registration (see [`routes`] and
+//! `openapi`), served at `/api/v1/openapi.json` and browsable at `/docs`.
 
 mod commands;
 mod devices;
+pub mod docs;
 pub mod error;
+mod health;
+mod openapi;
 pub mod params;
 mod readings;
+mod schema;
 pub mod server;
 mod stream;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::{Extension, Router};
 use tokio::sync::watch;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::{Identity, TokenRegistry};
 use crate::ingest::mqtt::Link;
 use crate::store::Store;
 use error::{ApiError, Problem};
+
+/// Largest request body any route takes; more gets 413.
+pub const MAX_BODY: usize = 16 * 1024;
 
 /// Most concurrent stream (WebSocket) clients.
 pub const STREAM_CLIENTS: usize = stream::MAX_CLIENTS;
@@ -96,32 +108,48 @@ impl Default for RequestIds {
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
-/// All routes.
+/// All routes: the documented ones (see [`routes`]), the docs page, and a problem for the rest.
 pub fn router(state: ApiState) -> Router {
-    let v1 = Router::new()
-        .route("/devices", get(devices::list))
-        .route("/devices/{id}", get(devices::detail))
-        .route("/devices/{id}/latest", get(devices::latest))
-        .route("/devices/{id}/readings", get(readings::readings))
-        .route(
-            "/devices/{id}/commands",
-            axum::routing::post(commands::send).layer(axum::extract::DefaultBodyLimit::max(
-                commands::MAX_COMMAND_BODY,
-            )),
-        )
-        .route("/devices/{id}/commands/{cid}", get(commands::get))
-        .route("/stream", get(stream::stream))
-        .route("/readyz", get(readyz));
-    let authenticated = Router::new()
-        .nest("/api/v1", v1.clone())
-        .route("/readyz", get(readyz))
-        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
-    Router::new()
-        .merge(authenticated)
-        .route("/healthz", get(healthz))
+    let (api, spec) = routes(&state).split_for_parts();
+    let spec = openapi::finish(spec, state.max_page);
+    api.merge(docs::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(Extension(openapi::SpecJson::new(&spec)))
         .layer(middleware::from_fn_with_state(state.clone(), request_id))
         .with_state(state)
+}
+
+/// Every route of the API, each registered together with its OpenAPI description.
+///
+/// To add a route: write the handler with `#[utoipa::path(get|post|..., path = "...",
+/// responses(...))]` (its path relative to the group: `/devices/{id}/commands` in `v1`), then
+/// add one line, `.routes(routes!(module::handler))`, to its group. One handler per `routes!`:
+/// given several, the macro serves all of them on each one's path. Routes under `v1` (and
+/// `/readyz`) get the token check and its description from [`openapi::authenticated`]; error
+/// bodies and `x-request-id` are described by [`openapi::finish`]. A route added with plain
+/// `.route(...)` would be served but not described: the unit tests of `openapi` catch that.
+fn routes(state: &ApiState) -> OpenApiRouter<ApiState> {
+    let v1 = OpenApiRouter::default()
+        .routes(routes!(devices::list))
+        .routes(routes!(devices::detail, devices::update))
+        .routes(routes!(commands::send))
+        .routes(routes!(commands::get))
+        .routes(routes!(stream::stream))
+        .routes(routes!(devices::latest))
+        .routes(routes!(readings::readings))
+        .routes(routes!(health::readyz_v1))
+        .routes(routes!(openapi::openapi_json));
+    // Every body the API takes is small (commands, device labels): one bound for all of them.
+    let v1 = v1.layer(axum::extract::DefaultBodyLimit::max(MAX_BODY));
+    let authenticated = openapi::authenticated(
+        OpenApiRouter::default()
+            .nest("/api/v1", v1)
+            .routes(routes!(health::readyz)),
+        state,
+    );
+    OpenApiRouter::with_openapi(openapi::base())
+        .merge(authenticated)
+        .routes(routes!(health::healthz))
 }
 
 /// Gives every request an id, writes problem bodies with it, and turns any other bare error
@@ -179,30 +207,5 @@ async fn authenticate(State(state): State<ApiState>, mut request: Request, next:
             next.run(request).await
         }
         None => ApiError::Unauthorized.into_response(),
-    }
-}
-
-async fn healthz() -> impl IntoResponse {
-    axum::Json(serde_json::json!({ "status": "ok" }))
-}
-
-async fn readyz(State(state): State<ApiState>) -> Response {
-    let mqtt = *state.mqtt_link.borrow();
-    let store_ok = state.store.next_offset().is_ok();
-    let body = serde_json::json!({
-        "store": if store_ok { "ok" } else { "failed" },
-        "mqtt": if mqtt == Link::Up { "connected" } else { "disconnected" },
-    });
-    if store_ok && mqtt == Link::Up {
-        (StatusCode::OK, axum::Json(body)).into_response()
-    } else {
-        let mut reasons = Vec::new();
-        if !store_ok {
-            reasons.push("the store cannot be read");
-        }
-        if mqtt != Link::Up {
-            reasons.push("the MQTT subscription is not connected");
-        }
-        ApiError::Unavailable(reasons.join("; ")).into_response()
     }
 }

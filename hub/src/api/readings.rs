@@ -22,17 +22,20 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use std::collections::BTreeMap;
+
 use device_protocol::OwnedValue;
-use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
+use utoipa::{IntoParams, ToSchema};
 
 use super::ApiState;
-use super::devices::{DEFAULT_PAGE, query, require, value_json, visible_device};
+use super::devices::{DEFAULT_PAGE, query, require, visible_device};
 use super::error::ApiError;
 use super::params::{self, Format};
+use super::schema::{DeviceId, MetricValue};
 use crate::auth::{Identity, Scope};
 use crate::ingest::now_ms;
 use crate::store::downsample::{MAX_BUCKETS_IN_RANGE, buckets_in_range};
@@ -45,18 +48,217 @@ pub const EXPORT_PAGE: usize = 1_000;
 /// Rendered export pages waiting for a slow client.
 pub const EXPORT_CHUNKS: usize = 4;
 
-#[derive(Debug, Deserialize)]
+/// Query parameters of `/readings`. They stay strings here and are checked by [`parse`], so every
+/// mistake gets a 400 that names the parameter; the OpenAPI attributes say what is accepted.
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ReadingsParams {
+    /// Only this metric: readings without it are left out, and the others' values too. Required
+    /// with `bucket`.
+    #[param(pattern = r"^[A-Za-z0-9._-]{1,64}$", example = "temp")]
     metric: Option<String>,
+    /// From this time, inclusive: RFC 3339 (any offset), unix milliseconds, or relative to now
+    /// (`-15m`, `-1h`, `-7d`).
+    #[param(example = "2026-11-20T00:00:00Z")]
     from: Option<String>,
+    /// Up to this time, exclusive; the same forms as `from`.
+    #[param(example = "2026-11-21T00:00:00Z")]
     to: Option<String>,
+    /// Readings (or buckets) per page: 1 to `api.max_page` (1000 unless configured), 100 when
+    /// absent. Refused for CSV and NDJSON, which stream the whole range.
+    #[param(minimum = 1)]
     limit: Option<usize>,
+    /// `next_cursor` of the previous page (a raw-readings cursor, or one made for another
+    /// `bucket`, is refused).
+    #[param(pattern = "^b?[0-9a-f]{32}$")]
     cursor: Option<String>,
+    /// `newest` first (the default) or `oldest` first.
+    #[param(value_type = Option<OrderName>, inline)]
     order: Option<String>,
+    /// Downsample into buckets of this width: a count and a unit, `ms`, `s`, `m`, `h` or `d`, at
+    /// least 1s (`10s`, `1m`, `15m`, `1h`, `1d`). Buckets start at multiples of the width since
+    /// the unix epoch; only non-empty ones are listed; a range may span at most 100000 buckets.
+    #[param(pattern = "^[0-9]+(ms|s|m|h|d)$", example = "1m")]
     bucket: Option<String>,
+    /// With `bucket`: a comma list of `avg`, `min`, `max`, `count`, `first`, `last`, `sum`
+    /// (default `avg`). Integers and floats aggregate as f64, booleans as 0 or 1; strings count
+    /// for `count`, `first` and `last` only.
+    #[param(
+        pattern = r"^\s*(avg|min|max|count|first|last|sum)\s*(,\s*(avg|min|max|count|first|last|sum)\s*)*$",
+        example = "avg,min,max"
+    )]
     agg: Option<String>,
+    /// The representation; wins over `Accept` (`text/csv`, `application/x-ndjson`,
+    /// `application/json`). CSV and NDJSON stream the whole range instead of a page.
+    #[param(value_type = Option<FormatName>, inline)]
     format: Option<String>,
+}
+
+// Values of `order`, for the description only: [`parse`] reads the string, so that a wrong one
+// gets the API's own 400.
+/// The order of readings or buckets.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code, reason = "read by the OpenAPI derive only")]
+enum OrderName {
+    #[schema(rename = "newest")]
+    Newest,
+    #[schema(rename = "oldest")]
+    Oldest,
+}
+
+// Values of `format`, for the description only: [`params::format`] reads the string.
+/// The representation of the answer.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code, reason = "read by the OpenAPI derive only")]
+enum FormatName {
+    #[schema(rename = "json")]
+    Json,
+    #[schema(rename = "csv")]
+    Csv,
+    #[schema(rename = "ndjson")]
+    Ndjson,
+}
+
+/// A page of raw readings.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReadingsPage {
+    /// The device id.
+    device: String,
+    /// The `cursor` for the next page; null on the last one.
+    #[schema(required = true, pattern = "^[0-9a-f]{32}$")]
+    next_cursor: Option<String>,
+    /// The readings of this page, in the order asked for.
+    readings: Vec<ReadingJson>,
+}
+
+// Fields are in alphabetical order, here and in every body of this module: the bytes stay what
+// they were when the bodies were built as `serde_json` maps, which sort their keys.
+/// A reading (also each line of an NDJSON export).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReadingJson {
+    /// Values by metric name.
+    metrics: BTreeMap<String, MetricValue>,
+    /// The hub offset: a number that only grows.
+    offset: u64,
+    /// The device's sequence number (assigned by the hub when the device sends none).
+    seq: u32,
+    /// Timestamp (the device's, else the hub's receive time), RFC 3339 UTC.
+    #[schema(format = DateTime)]
+    ts: String,
+}
+
+impl From<&Reading> for ReadingJson {
+    fn from(r: &Reading) -> Self {
+        ReadingJson {
+            metrics: r
+                .metrics
+                .iter()
+                .map(|(n, v)| (n.clone(), MetricValue(v.clone())))
+                .collect(),
+            offset: r.offset,
+            seq: r.seq,
+            ts: params::rfc3339(r.timestamp_ms),
+        }
+    }
+}
+
+/// A page of buckets of one metric.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BucketsPage {
+    /// The width, as the client wrote it.
+    #[schema(example = "1m")]
+    bucket: String,
+    /// The non-empty buckets of this page, in the order asked for.
+    buckets: Vec<BucketJson>,
+    /// The device id.
+    device: String,
+    /// The metric.
+    metric: String,
+    /// The `cursor` for the next page; null on the last one.
+    #[schema(required = true, pattern = "^b[0-9a-f]{32}$")]
+    next_cursor: Option<String>,
+}
+
+/// One bucket: its start, how many values it holds, and the aggregates asked for (and only
+/// those). A numeric aggregate of a bucket without numbers is null.
+#[derive(Debug, Default, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BucketJson {
+    /// Mean of the numeric values.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<f64>)]
+    avg: Option<Option<f64>>,
+    /// Number of values, of any type.
+    count: u64,
+    /// The earliest value (by timestamp), of any type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = MetricValue)]
+    first: Option<Option<MetricValue>>,
+    /// The latest value (by timestamp), of any type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = MetricValue)]
+    last: Option<Option<MetricValue>>,
+    /// Largest numeric value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<f64>)]
+    max: Option<Option<f64>>,
+    /// Smallest numeric value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<f64>)]
+    min: Option<Option<f64>>,
+    /// Start of the bucket, RFC 3339 UTC.
+    #[schema(format = DateTime)]
+    start: String,
+    /// Sum of the numeric values.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<f64>)]
+    sum: Option<Option<f64>>,
+}
+
+impl BucketJson {
+    /// `b` with the aggregates in `aggs`.
+    fn new(b: &Bucket, aggs: &[Agg]) -> Self {
+        let mut out = BucketJson {
+            count: b.count,
+            start: params::rfc3339(b.start_ms),
+            ..BucketJson::default()
+        };
+        for agg in aggs {
+            let number = || match b.get(*agg) {
+                AggValue::Number(x) => x,
+                _ => None,
+            };
+            let value = || match b.get(*agg) {
+                AggValue::Value(v) => v.map(MetricValue),
+                _ => None,
+            };
+            match agg {
+                // Always there: `count` is part of every bucket.
+                Agg::Count => {}
+                Agg::Avg => out.avg = Some(number()),
+                Agg::Min => out.min = Some(number()),
+                Agg::Max => out.max = Some(number()),
+                Agg::Sum => out.sum = Some(number()),
+                Agg::First => out.first = Some(value()),
+                Agg::Last => out.last = Some(value()),
+            }
+        }
+        out
+    }
+}
+
+/// The JSON answer of `/readings`: raw readings, or buckets with `bucket`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum ReadingsAnswer {
+    /// Raw readings.
+    Readings(ReadingsPage),
+    /// Buckets.
+    Buckets(BucketsPage),
 }
 
 /// What a request reads, page by page.
@@ -72,8 +274,35 @@ enum Source {
     },
 }
 
-/// `GET /api/v1/devices/{id}/readings`: raw readings by time, newest first unless `order=oldest`;
-/// buckets with `bucket`; CSV or NDJSON, streamed, when the client asks for them.
+/// Readings of a device: raw, downsampled, or exported.
+///
+/// Raw readings by timestamp, newest first unless `order=oldest`, a page at a time; with
+/// `bucket`, buckets of one metric. With `Accept: text/csv` or `application/x-ndjson` (or
+/// `format`), the whole range is streamed instead of a page: `from`, `to`, `metric`, `order`,
+/// `bucket`, `agg` and `cursor` apply, `limit` is refused. CSV (RFC 4180, CRLF line ends) has the
+/// header `ts,offset,seq,metric,value` and a row per metric value, strings always double-quoted;
+/// with `bucket`, the columns are `start,count,<aggs>`. NDJSON has one reading (or bucket) per
+/// line, shaped like an element of `readings` (or `buckets`). A store failure during an export
+/// ends the body early: the status was already sent.
+#[utoipa::path(
+    get,
+    path = "/devices/{id}/readings",
+    tag = "readings",
+    params(DeviceId, ReadingsParams),
+    responses(
+        (status = 200, description = "A page of readings or buckets; or the export, streamed.",
+            content(
+                (ReadingsAnswer = "application/json"),
+                (String = "text/csv"),
+                (String = "application/x-ndjson"),
+            ),
+        ),
+        (status = 400, description = "A parameter is wrong, unknown or does not fit the others; the detail names it."),
+        (status = 403, description = "The token lacks the `read` scope."),
+        (status = 404, description = "No such device, or not one the token may see."),
+        (status = 500, description = "The store failed; the hub's log says why."),
+    ),
+)]
 pub(super) async fn readings(
     State(state): State<ApiState>,
     Extension(identity): Extension<Identity>,
@@ -301,15 +530,13 @@ impl Source {
             }
             (Page::Raw { readings, .. }, _) => {
                 for r in readings {
-                    out.push_str(&reading_json(r).to_string());
-                    out.push('\n');
+                    json_line(&mut out, &ReadingJson::from(r));
                 }
             }
             (Page::Buckets { buckets, .. }, _) => {
                 let aggs = self.aggs();
                 for b in buckets {
-                    out.push_str(&bucket_json(b, aggs).to_string());
-                    out.push('\n');
+                    json_line(&mut out, &BucketJson::new(b, aggs));
                 }
             }
         }
@@ -346,19 +573,21 @@ async fn json_page(store: &Store, source: Source) -> Result<Response, ApiError> 
     let page = read_page(store, &source)
         .await?
         .ok_or_else(|| not_found(&source))?;
-    let body = match (&source, page) {
-        (Source::Raw(q), Page::Raw { readings, next }) => json!({
-            "device": q.device,
-            "readings": readings.iter().map(reading_json).collect::<Vec<_>>(),
-            "next_cursor": next.map(params::encode_cursor),
+    let body = match (source, page) {
+        (Source::Raw(q), Page::Raw { readings, next }) => ReadingsAnswer::Readings(ReadingsPage {
+            device: q.device,
+            next_cursor: next.map(params::encode_cursor),
+            readings: readings.iter().map(ReadingJson::from).collect(),
         }),
-        (Source::Buckets { query, aggs, width }, Page::Buckets { buckets, next }) => json!({
-            "device": query.device,
-            "metric": query.metric,
-            "bucket": width,
-            "buckets": buckets.iter().map(|b| bucket_json(b, aggs)).collect::<Vec<_>>(),
-            "next_cursor": next.map(|n| params::encode_bucket_cursor(n, query.bucket_ms)),
-        }),
+        (Source::Buckets { query, aggs, width }, Page::Buckets { buckets, next }) => {
+            ReadingsAnswer::Buckets(BucketsPage {
+                bucket: width,
+                buckets: buckets.iter().map(|b| BucketJson::new(b, &aggs)).collect(),
+                device: query.device,
+                metric: query.metric,
+                next_cursor: next.map(|n| params::encode_bucket_cursor(n, query.bucket_ms)),
+            })
+        }
         _ => return Err(ApiError::Internal),
     };
     Ok(axum::Json(body).into_response())
@@ -438,31 +667,13 @@ async fn export(store: Store, mut source: Source, format: Format) -> Result<Resp
     Ok(response)
 }
 
-/// A reading as the JSON API shows it (and as each NDJSON line).
-fn reading_json(r: &Reading) -> Value {
-    let metrics: Map<String, Value> = r
-        .metrics
-        .iter()
-        .map(|(n, v)| (n.clone(), value_json(v)))
-        .collect();
-    json!({ "offset": r.offset, "seq": r.seq, "ts": params::rfc3339(r.timestamp_ms), "metrics": metrics })
-}
-
-/// A bucket with its start, count and the aggregates asked for.
-fn bucket_json(b: &Bucket, aggs: &[Agg]) -> Value {
-    let mut m = Map::new();
-    m.insert("start".into(), json!(params::rfc3339(b.start_ms)));
-    m.insert("count".into(), json!(b.count));
-    for agg in aggs {
-        let v = match b.get(*agg) {
-            AggValue::Count(n) => json!(n),
-            // serde_json writes a non-finite float as null.
-            AggValue::Number(x) => json!(x),
-            AggValue::Value(v) => v.as_ref().map_or(Value::Null, value_json),
-        };
-        m.insert(agg.name().into(), v);
+/// `value` as one NDJSON line.
+fn json_line<T: Serialize>(out: &mut String, value: &T) {
+    // Serializing these types cannot fail: every map key is a string.
+    if let Ok(line) = serde_json::to_string(value) {
+        out.push_str(&line);
+        out.push('\n');
     }
-    Value::Object(m)
 }
 
 /// A float as JSON writes it (shortest round-trip form); empty when not finite, as CSV has no

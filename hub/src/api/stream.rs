@@ -43,9 +43,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::ApiState;
-use super::devices::{require, value_json};
+use super::devices::require;
 use super::error::ApiError;
 use super::params;
+use super::schema::MetricValue;
 use crate::auth::tokens::pattern_matches;
 use crate::auth::{Identity, Scope};
 use crate::live::{Event, Live, LiveReading};
@@ -108,7 +109,24 @@ impl Subscription {
     }
 }
 
-/// `GET /api/v1/stream`
+/// The live stream (WebSocket).
+///
+/// Upgrade to a WebSocket, then subscribe with
+/// `{"op":"subscribe","id":"s1","devices":["gh-*"],"metrics":["temp"]}` and receive durable
+/// readings, device events (`new`, `online`, `offline`) and command state changes as JSON text
+/// messages; a client that falls behind gets `{"type":"lagged","dropped":N}`. Needs the `read`
+/// scope; a token restricted to some devices sees only those.
+#[utoipa::path(
+    get,
+    path = "/stream",
+    tag = "stream",
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol."),
+        (status = 400, description = "Not a WebSocket upgrade request."),
+        (status = 403, description = "The token lacks the `read` scope."),
+        (status = 503, description = "Too many stream clients."),
+    ),
+)]
 pub(super) async fn stream(
     State(state): State<ApiState>,
     Extension(identity): Extension<Identity>,
@@ -390,7 +408,7 @@ impl Session {
                 for (name, value) in &reading.metrics {
                     if sub.wants_metric(name) {
                         matched = true;
-                        metrics.insert(name.clone(), value_json(value));
+                        metrics.insert(name.clone(), json!(MetricValue(value.clone())));
                     }
                 }
                 if matched {
