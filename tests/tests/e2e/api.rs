@@ -229,3 +229,121 @@ async fn device_list_pages_by_cursor() {
     }
     assert_eq!(ids, (0..7).map(|i| format!("dev-{i}")).collect::<Vec<_>>());
 }
+
+/// PATCHes a device with the admin token; status and body.
+async fn patch(hub: &Hub, device: &str, body: Value) -> (u16, Value) {
+    let response = hub
+        .client()
+        .patch(hub.url(&format!("/api/v1/devices/{device}")))
+        .bearer_auth(hub.token())
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (
+        response.status().as_u16(),
+        response.json().await.unwrap_or(Value::Null),
+    )
+}
+
+fn ids(body: &Value) -> Vec<String> {
+    body["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn labels_and_display_names_are_set_kept_and_filtered_on() {
+    let root = tempfile::tempdir().unwrap();
+    let config = root.path().join("hub.toml");
+    std::fs::write(&config, "[devices]\noffline_after = \"2s\"\n").unwrap();
+    let config = config.display().to_string();
+    let hub = Hub::start(root.path(), &["--config", &config]);
+    for device in ["lab-1", "lab-2", "lab-3"] {
+        seed(&hub, device, 1).await;
+    }
+
+    let (status, body) = patch(
+        &hub,
+        "lab-1",
+        serde_json::json!({"labels": {"room": "greenhouse", "bench": "north"}, "display_name": "North bench"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["display_name"], "North bench");
+    assert_eq!(body["labels"]["room"], "greenhouse");
+    assert_eq!(body["wire"], "json");
+    let (status, _) = patch(
+        &hub,
+        "lab-2",
+        serde_json::json!({"labels": {"room": "cellar"}}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    // A field left out stays; null removes the display name.
+    let (_, body) = patch(&hub, "lab-1", serde_json::json!({"display_name": null})).await;
+    assert_eq!(body["display_name"], Value::Null);
+    assert_eq!(body["labels"]["bench"], "north");
+    let (_, body) = patch(&hub, "lab-1", serde_json::json!({"display_name": "North"})).await;
+    assert_eq!(body["display_name"], "North");
+
+    let (_, body) = hub.get("/api/v1/devices?label=room").await;
+    assert_eq!(ids(&body), ["lab-1", "lab-2"]);
+    let (_, body) = hub.get("/api/v1/devices?label=room%3Dcellar").await;
+    assert_eq!(ids(&body), ["lab-2"]);
+    let (_, body) = hub.get("/api/v1/devices?transport=mqtt&limit=1").await;
+    assert_eq!(ids(&body), ["lab-1"], "filters page like the plain list");
+    assert_eq!(body["next_cursor"], "lab-1");
+    let (_, body) = hub.get("/api/v1/devices?transport=serial").await;
+    assert!(ids(&body).is_empty());
+    let (status, _) = hub.get("/api/v1/devices?transport=pigeon").await;
+    assert_eq!(status, 400);
+    let (status, _) = hub.get("/api/v1/devices?online=maybe").await;
+    assert_eq!(status, 400);
+
+    // Silent for two seconds: offline; then lab-3 speaks again and only it is online.
+    eventually("every device offline", || async {
+        let (_, body) = hub.get("/api/v1/devices?online=false").await;
+        (ids(&body).len() == 3).then_some(())
+    })
+    .await;
+    mosquitto_pub(
+        hub.mqtt_port(),
+        "devices/lab-3/telemetry",
+        br#"{"seq":1,"metrics":{"v":2}}"#,
+        1,
+    );
+    eventually("lab-3 online", || async {
+        let (_, body) = hub.get("/api/v1/devices?online=true").await;
+        (ids(&body) == ["lab-3"]).then_some(())
+    })
+    .await;
+
+    // Kept across a restart.
+    assert!(hub.stop().success());
+    let hub = Hub::start(root.path(), &["--config", &config]);
+    let (_, body) = hub.get("/api/v1/devices/lab-1").await;
+    assert_eq!(body["display_name"], "North");
+    assert_eq!(body["labels"]["room"], "greenhouse");
+
+    // Bad updates change nothing.
+    for bad in [
+        serde_json::json!({"labels": {"bad key": "x"}}),
+        serde_json::json!({"labels": {"k": ""}}),
+        serde_json::json!({"labels": {"k": "a\u{7}b"}}),
+        serde_json::json!({"display_name": "x".repeat(300)}),
+        serde_json::json!({"colour": "red"}),
+        serde_json::json!({"labels": (0..33).map(|i| (format!("k{i}"), Value::from("v"))).collect::<serde_json::Map<_, _>>()}),
+    ] {
+        let (status, body) = patch(&hub, "lab-1", bad.clone()).await;
+        assert_eq!(status, 400, "{bad} -> {body}");
+    }
+    assert_eq!(patch(&hub, "nobody", serde_json::json!({})).await.0, 404);
+    let (_, body) = hub.get("/api/v1/devices/lab-1").await;
+    assert_eq!(body["display_name"], "North");
+    assert_eq!(body["labels"].as_object().unwrap().len(), 2);
+    hub.stop();
+}
