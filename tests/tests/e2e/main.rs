@@ -11,4 +11,5 @@ mod external_broker;
 mod first_run;
 mod harness;
 mod ingest;
+mod openapi;
 mod serial;
