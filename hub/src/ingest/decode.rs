@@ -17,6 +17,23 @@ pub const COMMAND_RESULTS_FILTER: &str = "devices/+/command-results";
 /// Topic filter of device status (`online` / `offline`, typically the device's MQTT last will).
 pub const STATUS_FILTER: &str = "devices/+/status";
 
+/// The last instant RFC 3339 can write (9999-12-31T23:59:59.999Z). The API shows every
+/// timestamp in RFC 3339, so a reading stamped later could never be shown: the API answered
+/// `"ts": ""` for one, which its OpenAPI description (and every client) refuses; schemathesis
+/// found it. Such a timestamp is a device clock gone wrong, refused like any other bad `ts`.
+pub const MAX_TIMESTAMP_MS: u64 = 253_402_300_799_999;
+
+/// Refuses a device timestamp after [`MAX_TIMESTAMP_MS`].
+fn check_timestamp(timestamp_ms: Option<u64>) -> Result<(), (Rejection, String)> {
+    match timestamp_ms {
+        Some(ms) if ms > MAX_TIMESTAMP_MS => Err((
+            Rejection::BadPayload,
+            format!("ts {ms} is after 9999-12-31T23:59:59.999Z, the last time RFC 3339 can write"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// A device topic the hub reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Topic<'a> {
@@ -78,6 +95,7 @@ pub fn json_telemetry(
     check_size(payload, max_payload)?;
     let telemetry =
         json::parse_telemetry(payload).map_err(|e| (Rejection::BadPayload, e.to_string()))?;
+    check_timestamp(telemetry.timestamp_ms)?;
     Ok(NewReading {
         device: device.to_owned(),
         transport: Transport::Mqtt,
@@ -104,19 +122,21 @@ pub fn uplink(
             protocol_version: hello.protocol_version,
             received_ms,
         })),
-        Uplink::Telemetry(t) => Ok(Ingest::Reading(NewReading {
-            device: device.to_owned(),
-            transport,
-            wire: Wire::Binary,
-            seq: Some(t.seq),
-            timestamp_ms: t.timestamp_ms,
-            received_ms,
-            metrics: t
-                .readings
-                .iter()
-                .map(|f| (f.name.to_owned(), OwnedValue::from(&f.value)))
-                .collect(),
-        })),
+        Uplink::Telemetry(t) => check_timestamp(t.timestamp_ms).map(|()| {
+            Ingest::Reading(NewReading {
+                device: device.to_owned(),
+                transport,
+                wire: Wire::Binary,
+                seq: Some(t.seq),
+                timestamp_ms: t.timestamp_ms,
+                received_ms,
+                metrics: t
+                    .readings
+                    .iter()
+                    .map(|f| (f.name.to_owned(), OwnedValue::from(&f.value)))
+                    .collect(),
+            })
+        }),
         Uplink::CommandResult(r) => {
             let payload = (!r.payload.is_empty()).then(|| fields_json(&r.payload));
             let (ok, error, error_code) = match r.status {
@@ -302,6 +322,39 @@ mod tests {
             );
             assert!(!detail.is_empty());
         }
+    }
+
+    #[test]
+    fn timestamps_rfc_3339_cannot_write_are_rejected() {
+        let last = format!(r#"{{"seq":1,"ts":{MAX_TIMESTAMP_MS},"metrics":{{"t":1}}}}"#);
+        let r = json_telemetry("x", last.as_bytes(), 1024, 0).unwrap();
+        assert_eq!(r.timestamp_ms, Some(MAX_TIMESTAMP_MS));
+        assert_eq!(
+            crate::api::params::rfc3339(MAX_TIMESTAMP_MS),
+            "9999-12-31T23:59:59.999Z"
+        );
+        for ts in [MAX_TIMESTAMP_MS + 1, u64::MAX] {
+            let late = format!(r#"{{"seq":1,"ts":{ts},"metrics":{{"t":1}}}}"#);
+            let (reason, detail) = json_telemetry("x", late.as_bytes(), 1024, 0).unwrap_err();
+            assert_eq!(reason, Rejection::BadPayload);
+            assert!(detail.contains("9999"), "{detail}");
+        }
+        let mut readings = Fields::new();
+        readings
+            .push(Field {
+                name: "t",
+                value: Value::I64(1),
+            })
+            .unwrap();
+        let late = Uplink::Telemetry(Telemetry {
+            seq: 1,
+            timestamp_ms: Some(u64::MAX),
+            readings,
+        });
+        assert_eq!(
+            uplink(&late, "x", Transport::Serial, 0).unwrap_err().0,
+            Rejection::BadPayload
+        );
     }
 
     #[test]

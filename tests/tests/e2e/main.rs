@@ -13,4 +13,5 @@ mod first_run;
 mod harness;
 mod ingest;
 mod live;
+mod openapi;
 mod serial;
