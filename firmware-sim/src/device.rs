@@ -34,10 +34,9 @@
 //!   [`crate::commands`] on the current link; a `sleep` is a deadline the loop also waits on, so
 //!   telemetry goes on meanwhile. An answer that finds no link is sent after the next connect.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-use std::collections::VecDeque;
 
 use anyhow::Context;
 use serde::Serialize;
