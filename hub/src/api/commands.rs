@@ -34,7 +34,7 @@ use utoipa::{IntoParams, ToSchema};
 #[serde(deny_unknown_fields)]
 pub(super) struct NewCommand {
     /// The command's name: 1 to 64 of `A-Z a-z 0-9 . _ -`.
-    #[schema(example = "set-valve")]
+    #[schema(example = "set-valve", pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     name: String,
     /// Arguments: a JSON object (for binary and serial devices, numbers, booleans and strings
     /// only, at most 16).
@@ -43,11 +43,11 @@ pub(super) struct NewCommand {
     args: Option<Map<String, Value>>,
     /// How long to wait for an offline device (`10m`); `0s` refuses the command if it is offline.
     #[serde(default)]
-    #[schema(example = "10m")]
+    #[schema(example = "10m", pattern = r"^[0-9]{1,9}(ms|s|m|h|d)$")]
     ttl: Option<String>,
     /// How long a delivered command waits for the device's result (`30s`).
     #[serde(default)]
-    #[schema(example = "30s")]
+    #[schema(example = "30s", pattern = r"^[0-9]{1,9}(ms|s|m|h|d)$")]
     timeout: Option<String>,
 }
 
@@ -58,7 +58,7 @@ pub(super) struct NewCommand {
 pub(super) struct SendParams {
     /// Hold the request until the command is final, at most this long (`10s`; at most
     /// `commands.max_wait`, 1m unless configured).
-    #[param(example = "10s")]
+    #[param(example = "1s", pattern = r"^[0-9]{1,9}(ms|s|m|h|d)$")]
     wait: Option<String>,
 }
 
