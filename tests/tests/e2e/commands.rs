@@ -31,6 +31,17 @@ async fn post(hub: &Hub, device: &str, query: &str, body: Value) -> (u16, Value,
     )
 }
 
+/// Sends a command with `?wait=5s`, checks that it ended in `state`, and returns it.
+async fn final_state(hub: &Hub, device: &str, request: Value, state: &str) -> Value {
+    let (status, body, _) = post(hub, device, "?wait=5s", request).await;
+    assert_eq!(
+        (status, body["state"].clone()),
+        (200, json!(state)),
+        "{body}"
+    );
+    body
+}
+
 /// An idle firmware-sim device (answers commands, sends no telemetry).
 fn idle_device(hub: &Hub, transport: &str, prefix: &str, extra: &[&str]) -> Sim {
     Sim::from_child(
@@ -101,44 +112,29 @@ async fn round_trips(hub: &Hub, device: &str, binary_device: bool) {
     assert_eq!(status, 200);
     assert_eq!(fetched, body, "GET shows the same record");
 
-    let (status, body, _) = post(hub, device, "?wait=5s", json!({"name": "fail"})).await;
-    assert_eq!(
-        (status, body["state"].clone()),
-        (200, json!("failed")),
-        "{body}"
-    );
+    let body = final_state(hub, device, json!({"name": "fail"}), "failed").await;
     if binary_device {
         assert_eq!(body["error_code"], 1);
     } else {
         assert_eq!(body["error"], "requested failure");
     }
 
-    let (status, body, _) = post(
+    let body = final_state(
         hub,
         device,
-        "?wait=5s",
         json!({"name": "sleep", "args": {"ms": 300}}),
+        "succeeded",
     )
     .await;
-    assert_eq!(
-        (status, body["state"].clone()),
-        (200, json!("succeeded")),
-        "{body}"
-    );
     assert_eq!(body["result"]["slept_ms"], 300);
 
-    let (status, body, _) = post(
+    let body = final_state(
         hub,
         device,
-        "?wait=5s",
         json!({"name": "ignore", "timeout": "1s"}),
+        "timed_out",
     )
     .await;
-    assert_eq!(
-        (status, body["state"].clone()),
-        (200, json!("timed_out")),
-        "{body}"
-    );
     assert!(
         body["error"].as_str().unwrap().contains("no result"),
         "{body}"
@@ -252,18 +248,13 @@ async fn offline_devices_get_commands_when_they_return_even_after_a_restart_or_t
     assert!(body["detail"].as_str().unwrap().contains("offline"));
 
     // A short ttl runs out.
-    let (status, body, _) = post(
+    let body = final_state(
         &hub,
         "away-1",
-        "?wait=5s",
         json!({"name": "echo", "ttl": "1s"}),
+        "timed_out",
     )
     .await;
-    assert_eq!(
-        (status, body["state"].clone()),
-        (200, json!("timed_out")),
-        "{body}"
-    );
     assert!(
         body["error"].as_str().unwrap().contains("not delivered"),
         "{body}"
