@@ -123,11 +123,13 @@ pub fn router(state: ApiState) -> Router {
 ///
 /// To add a route: write the handler with `#[utoipa::path(get|post|..., path = "...",
 /// responses(...))]` (its path relative to the group: `/devices/{id}/commands` in `v1`), then
-/// add one line, `.routes(routes!(module::handler))`, to its group. One handler per `routes!`:
-/// given several, the macro serves all of them on each one's path. Routes under `v1` (and
-/// `/readyz`) get the token check and its description from [`openapi::authenticated`]; error
-/// bodies and `x-request-id` are described by [`openapi::finish`]. A route added with plain
-/// `.route(...)` would be served but not described: the unit tests of `openapi` catch that.
+/// add one line, `.routes(routes!(module::handler))`, to its group. Give `routes!` one handler,
+/// or several of the same path: it serves all the handlers it is given on each of their paths.
+/// Another method on a path already registered is just another line (the two merge). Routes in
+/// `v1` (and `/readyz`) get the token check, and its description, from
+/// [`openapi::authenticated`]; error bodies and `x-request-id` are described by
+/// [`openapi::finish`]. A route added with plain `.route(...)` would be served but not
+/// described: the unit tests of `openapi` catch that.
 fn routes(state: &ApiState) -> OpenApiRouter<ApiState> {
     let v1 = OpenApiRouter::default()
         .routes(routes!(devices::list))

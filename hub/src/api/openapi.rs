@@ -336,7 +336,7 @@ mod tests {
     }
 
     /// The docs page's static files: served, public, and deliberately not in the description.
-    const DOCS: [&str; 2] = ["/docs", "/docs/{file}"];
+    const DOCS: [&str; 3] = ["/docs", "/docs/", "/docs/{file}"];
 
     const METHODS: [&str; 5] = ["get", "put", "post", "delete", "patch"];
 

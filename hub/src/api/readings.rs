@@ -14,6 +14,7 @@
 //! - every error before the first byte is a problem+json answer; a store failure after it ends
 //!   the body early (the status line is gone by then), and is logged.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use axum::Extension;
@@ -22,8 +23,6 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use std::collections::BTreeMap;
-
 use device_protocol::OwnedValue;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
