@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, ApiState, RequestIds};
-use crate::auth::{self, AuthError, TokenRegistry, pki};
+use crate::auth::clients::{ClientEntry, ClientIdentities};
+use crate::auth::{self, AuthError, Scope, TokenRegistry, pki};
 use crate::commands::{self, CommandSettings, Transports};
 use crate::config::{Broker, Config};
 use crate::files;
@@ -297,6 +298,11 @@ pub async fn run(
         max_wait: config.commands.max_wait.0,
         stream_slots: Arc::new(tokio::sync::Semaphore::new(api::STREAM_CLIENTS)),
         shutdown: api_shutdown.clone(),
+        clients: Arc::new(client_identities(&config)),
+        limits: Arc::new(api::Limits::new(
+            config.api.rate_limit,
+            config.api.rate_burst,
+        )),
     };
 
     let limits = api::server::ServerLimits {
@@ -362,6 +368,32 @@ pub async fn run(
         Some(task) => Err(AppError::TaskFailed(task)),
         None => Ok(()),
     }
+}
+
+/// The client certificates that are identities: `[[api.clients]]`, and the first-run admin
+/// certificate while the client CA is the hub's own (a CA the operator chose may issue an
+/// "admin" certificate that means something else).
+fn client_identities(config: &Config) -> ClientIdentities {
+    let mut clients = ClientIdentities::new(
+        config
+            .api
+            .clients
+            .iter()
+            .map(|c| ClientEntry {
+                name: c.name.clone(),
+                scopes: c.scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
+                devices: c.devices.clone(),
+            })
+            .collect(),
+    );
+    if config.api.client_ca.is_none() && !clients.names(pki::ADMIN_CLIENT_NAME) {
+        clients.push(ClientEntry {
+            name: pki::ADMIN_CLIENT_NAME.to_owned(),
+            scopes: vec![Scope::Admin],
+            devices: Vec::new(),
+        });
+    }
+    clients
 }
 
 /// Marks silent devices offline, about ten times per `offline_after` (at most once a second).

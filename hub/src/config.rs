@@ -293,6 +293,26 @@ pub struct ApiConfig {
     pub max_connections: usize,
     /// Time allowed for the TLS handshake and the request head.
     pub header_timeout: HumanDuration,
+    /// Requests per second one identity (token or client certificate) may make, on average;
+    /// 0 turns the limit off.
+    pub rate_limit: u32,
+    /// Requests one identity may make at once above the average.
+    pub rate_burst: u32,
+    /// Client certificates that are identities (`[[api.clients]]`, any number).
+    pub clients: Vec<ApiClientConfig>,
+}
+
+/// `[[api.clients]]`: a client certificate, by name, and what it may do.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiClientConfig {
+    /// The certificate's subject common name or one of its DNS names.
+    pub name: String,
+    /// Scopes: `read`, `command`, `admin`, `metrics`.
+    pub scopes: Vec<String>,
+    /// Device-id patterns (`*` wildcards) it is limited to; empty or absent means all devices.
+    #[serde(default)]
+    pub devices: Vec<String>,
 }
 
 impl Default for ApiConfig {
@@ -306,6 +326,9 @@ impl Default for ApiConfig {
             max_page: 1000,
             max_connections: 256,
             header_timeout: HumanDuration(Duration::from_secs(10)),
+            rate_limit: 100,
+            rate_burst: 200,
+            clients: Vec::new(),
         }
     }
 }
@@ -517,6 +540,21 @@ impl Config {
         }
         if self.api.tls_cert.is_some() != self.api.tls_key.is_some() {
             problems.push("api.tls_cert and api.tls_key: give both or neither".into());
+        }
+        for (i, client) in self.api.clients.iter().enumerate() {
+            if client.name.is_empty() || client.name.len() > 253 {
+                problems.push(format!("api.clients[{i}].name: 1 to 253 characters"));
+            }
+            if client.scopes.is_empty()
+                || client
+                    .scopes
+                    .iter()
+                    .any(|s| crate::auth::Scope::parse(s).is_none())
+            {
+                problems.push(format!(
+                    "api.clients[{i}].scopes: one or more of read, command, admin, metrics"
+                ));
+            }
         }
         if self.devices.offline_after.0 < Duration::from_secs(1) {
             problems.push("devices.offline_after: at least 1s".into());

@@ -98,9 +98,9 @@ pub(super) struct CommandPath {
     /// The device id.
     #[param(pattern = r"^[A-Za-z0-9._-]{1,64}$", example = "greenhouse-1")]
     id: String,
-    /// The command id, as the POST answered it.
-    #[param(example = 42)]
-    cid: u64,
+    /// The command id, as the POST answered it (digits; anything else is no command: 404).
+    #[param(example = "42", pattern = r"^[0-9]{1,20}$")]
+    cid: String,
 }
 
 /// A command as the API shows it.

@@ -15,6 +15,7 @@ pub mod error;
 mod health;
 mod openapi;
 pub mod params;
+mod ratelimit;
 mod readings;
 mod schema;
 pub mod server;
@@ -68,6 +69,10 @@ pub struct ApiState {
     pub stream_slots: Arc<tokio::sync::Semaphore>,
     /// Cancelled when the hub stops, so long-lived connections (streams) end.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Client certificates that are identities.
+    pub clients: Arc<crate::auth::clients::ClientIdentities>,
+    /// Rate limits.
+    pub limits: Arc<Limits>,
 }
 
 /// Request ids: a random prefix per process and a counter, so ids are unique and cheap.
@@ -196,18 +201,67 @@ async fn request_id(State(state): State<ApiState>, mut request: Request, next: N
 
 /// Resolves the bearer token to an [`Identity`] or answers 401.
 async fn authenticate(State(state): State<ApiState>, mut request: Request, next: Next) -> Response {
-    let token = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let identity = token.and_then(|t| state.tokens.authenticate(t, crate::ingest::now_ms()));
-    match identity {
-        Some(identity) => {
-            request.extensions_mut().insert::<Identity>(identity);
-            next.run(request).await
+    let now = std::time::Instant::now();
+    let connection = request.extensions().get::<server::Connection>().cloned();
+    let token = request.headers().get(header::AUTHORIZATION).map(|v| {
+        v.to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+    });
+    // A token, when one is sent, decides (a bad one is refused even with a good certificate);
+    // without one, a client certificate that `[[api.clients]]` names is the identity.
+    let identity = match token {
+        Some(token) => token.and_then(|t| state.tokens.authenticate(t, crate::ingest::now_ms())),
+        None => connection
+            .as_ref()
+            .and_then(|c| c.client_cert.as_deref())
+            .and_then(|cert| state.clients.identify(cert)),
+    };
+    let Some(identity) = identity else {
+        // Failed attempts are limited per address, so tokens cannot be guessed at line rate.
+        let peer = connection
+            .map(|c| c.peer.ip().to_string())
+            .unwrap_or_default();
+        if let Err(wait) = state.limits.failures.check(&peer, now) {
+            return too_many(wait);
         }
-        None => ApiError::Unauthorized.into_response(),
+        return ApiError::Unauthorized.into_response();
+    };
+    if let Err(wait) = state.limits.requests.check(&identity.key(), now) {
+        return too_many(wait);
+    }
+    request.extensions_mut().insert::<Identity>(identity);
+    next.run(request).await
+}
+
+/// 429 with `Retry-After`.
+fn too_many(wait: std::time::Duration) -> Response {
+    let secs = ratelimit::retry_after_secs(wait);
+    let mut response =
+        ApiError::TooMany(format!("rate limit reached; retry in {secs} s")).into_response();
+    if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
+/// The API's rate limits.
+#[derive(Debug)]
+pub struct Limits {
+    /// Requests per identity.
+    pub requests: ratelimit::RateLimiter,
+    /// Failed authentications per client address.
+    pub failures: ratelimit::RateLimiter,
+}
+
+impl Limits {
+    /// `rate` requests a second per identity on average, `burst` at once; failed
+    /// authentications at most one a second per address after a burst of 20.
+    pub fn new(rate: u32, burst: u32) -> Self {
+        Limits {
+            requests: ratelimit::RateLimiter::new(f64::from(rate), burst),
+            failures: ratelimit::RateLimiter::new(if rate == 0 { 0.0 } else { 1.0 }, 20),
+        }
     }
 }

@@ -96,6 +96,15 @@ pub(super) fn authenticated(
                 .or_insert_with(|| {
                     utoipa::openapi::Response::new("No token, or not a valid one.").into()
                 });
+            // The same layer limits the rate, per identity and of failed attempts per address.
+            let limited = utoipa::openapi::ResponseBuilder::new()
+                .description("Too many requests from this identity (or too many failed attempts from this address); `Retry-After` says how many seconds to wait.")
+                .build();
+            operation
+                .responses
+                .responses
+                .entry("429".to_owned())
+                .or_insert_with(|| limited.into());
         }
     }
     routes
@@ -270,6 +279,8 @@ mod tests {
             max_wait: std::time::Duration::from_secs(60),
             stream_slots: Arc::new(tokio::sync::Semaphore::new(1)),
             shutdown: tokio_util::sync::CancellationToken::new(),
+            clients: Arc::new(crate::auth::clients::ClientIdentities::default()),
+            limits: Arc::new(crate::api::Limits::new(0, 1)),
         };
         Fixture {
             _dir: dir,

@@ -13,6 +13,15 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// The connection a request came on, in the request's extensions.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// The client's address.
+    pub peer: std::net::SocketAddr,
+    /// The client certificate (DER) that TLS verified, if the client sent one.
+    pub client_cert: Option<Arc<Vec<u8>>>,
+}
+
 /// Kernel send buffer of each API connection.
 const SEND_BUFFER: usize = 128 * 1024;
 
@@ -66,7 +75,7 @@ pub async fn serve(
         // not keep up is told it lagged instead of having megabytes queued for it.
         let _ = socket2::SockRef::from(&tcp).set_send_buffer_size(SEND_BUFFER);
         let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
+        let router = router.clone();
         let stop = shutdown.clone();
         let header_timeout = limits.header_timeout;
         connections.spawn(async move {
@@ -82,6 +91,25 @@ pub async fn serve(
                     return;
                 }
             };
+            // What the handlers learn of the connection: the peer, and the client certificate
+            // TLS verified (if any).
+            let connection_info = Connection {
+                peer,
+                client_cert: tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .map(|cert| Arc::new(cert.as_ref().to_vec())),
+            };
+            let service = TowerToHyperService::new(
+                tower::ServiceBuilder::new()
+                    .map_request(move |mut request: axum::http::Request<_>| {
+                        request.extensions_mut().insert(connection_info.clone());
+                        request
+                    })
+                    .service(router),
+            );
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)

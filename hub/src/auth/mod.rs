@@ -1,6 +1,7 @@
 //! Who is calling and what they may do: TLS server configuration (`tls`), bearer tokens (`tokens`),
 //! and first-run TLS material (`pki`).
 
+pub mod clients;
 pub mod pki;
 pub mod tls;
 pub mod tokens;

@@ -56,6 +56,11 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// The key its rate limit is kept under.
+    pub fn key(&self) -> String {
+        self.name.clone()
+    }
+
     /// Whether the identity holds `scope` (admin holds every scope).
     pub fn has(&self, scope: Scope) -> bool {
         self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin)

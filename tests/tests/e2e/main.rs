@@ -14,4 +14,5 @@ mod harness;
 mod ingest;
 mod live;
 mod openapi;
+mod security;
 mod serial;

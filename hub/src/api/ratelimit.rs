@@ -1,0 +1,128 @@
+//! Per-key rate limits: a token bucket per identity (and one per peer address for failed
+//! authentication), so one client cannot starve the others on a small gateway, and a token cannot
+//! be guessed at line rate.
+//!
+//! A bucket holds at most `burst` tokens and refills at `rate` per second; a request takes one. An
+//! empty bucket answers how long until the next token, which becomes `Retry-After`. The number of
+//! buckets is bounded: when it is full, buckets that have refilled completely (idle clients) are
+//! dropped first, and if none has, the oldest half is.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Most buckets kept at once.
+const MAX_BUCKETS: usize = 4096;
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+/// Token buckets by key.
+#[derive(Debug)]
+pub struct RateLimiter {
+    rate: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+impl RateLimiter {
+    /// Buckets of `burst` tokens refilled at `rate` per second. A rate of 0 turns limiting off.
+    pub fn new(rate: f64, burst: u32) -> Self {
+        RateLimiter {
+            rate,
+            burst: f64::from(burst.max(1)),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes a token for `key` at `now`; `Err(wait)` when there is none, with the time until one.
+    pub fn check(&self, key: &str, now: Instant) -> Result<(), Duration> {
+        if self.rate <= 0.0 {
+            return Ok(());
+        }
+        let Ok(mut buckets) = self.buckets.lock() else {
+            return Ok(());
+        };
+        if !buckets.contains_key(key) && buckets.len() >= MAX_BUCKETS {
+            self.evict(&mut buckets, now);
+        }
+        let bucket = buckets.entry(key.to_owned()).or_insert(Bucket {
+            tokens: self.burst,
+            updated: now,
+        });
+        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.burst);
+        bucket.updated = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / self.rate))
+        }
+    }
+
+    fn evict(&self, buckets: &mut HashMap<String, Bucket>, now: Instant) {
+        let full_after = Duration::from_secs_f64(self.burst / self.rate);
+        buckets.retain(|_, b| now.saturating_duration_since(b.updated) < full_after);
+        if buckets.len() >= MAX_BUCKETS {
+            let mut ages: Vec<Instant> = buckets.values().map(|b| b.updated).collect();
+            ages.sort_unstable();
+            let cut = ages[ages.len() / 2];
+            buckets.retain(|_, b| b.updated > cut);
+        }
+    }
+}
+
+/// The `Retry-After` value for a wait: whole seconds, at least 1.
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_then_the_rate_then_a_wait_that_matches() {
+        let limiter = RateLimiter::new(10.0, 5);
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            limiter.check("a", t0).unwrap();
+        }
+        let wait = limiter.check("a", t0).unwrap_err();
+        assert!(
+            wait > Duration::from_millis(90) && wait <= Duration::from_millis(100),
+            "{wait:?}"
+        );
+        assert_eq!(retry_after_secs(wait), 1);
+        // Others are not affected.
+        limiter.check("b", t0).unwrap();
+        // 100 ms later one more token.
+        let t1 = t0 + Duration::from_millis(100);
+        limiter.check("a", t1).unwrap();
+        assert!(limiter.check("a", t1).is_err());
+        // After a long pause, the burst again, not more.
+        let t2 = t1 + Duration::from_secs(60);
+        for _ in 0..5 {
+            limiter.check("a", t2).unwrap();
+        }
+        assert!(limiter.check("a", t2).is_err());
+    }
+
+    #[test]
+    fn zero_rate_is_off_and_buckets_stay_bounded() {
+        let off = RateLimiter::new(0.0, 1);
+        for _ in 0..100 {
+            off.check("a", Instant::now()).unwrap();
+        }
+        let limiter = RateLimiter::new(1.0, 1);
+        let t0 = Instant::now();
+        for i in 0..(MAX_BUCKETS * 3) {
+            let _ = limiter.check(&format!("k{i}"), t0 + Duration::from_millis(i as u64));
+        }
+        assert!(limiter.buckets.lock().unwrap().len() <= MAX_BUCKETS);
+    }
+}

@@ -1,0 +1,192 @@
+//! Client certificates as identities: a certificate that TLS verified (signed by the client CA,
+//! in its validity period, not on a CRL) is matched by name against `[[api.clients]]`, and the
+//! matching entry gives its scopes and device patterns. The name is the certificate's subject
+//! common name or one of its DNS subject alternative names. A verified certificate that no entry
+//! names is not an identity: the request needs a token then.
+
+use rustls::pki_types::{CertificateDer, ServerName};
+
+use super::tokens::{Identity, Scope};
+
+/// One configured client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientEntry {
+    /// CN or DNS SAN the certificate must carry.
+    pub name: String,
+    /// Scopes it grants.
+    pub scopes: Vec<Scope>,
+    /// Device patterns it is limited to; empty means all.
+    pub devices: Vec<String>,
+}
+
+/// The configured clients.
+#[derive(Debug, Clone, Default)]
+pub struct ClientIdentities {
+    entries: Vec<ClientEntry>,
+}
+
+impl ClientIdentities {
+    /// Clients from configuration.
+    pub fn new(entries: Vec<ClientEntry>) -> Self {
+        ClientIdentities { entries }
+    }
+
+    /// Whether an entry for `name` exists.
+    pub fn names(&self, name: &str) -> bool {
+        self.entries.iter().any(|e| e.name == name)
+    }
+
+    /// Adds an entry.
+    pub fn push(&mut self, entry: ClientEntry) {
+        self.entries.push(entry);
+    }
+
+    /// The identity of a verified client certificate (DER), if an entry names it.
+    pub fn identify(&self, cert: &[u8]) -> Option<Identity> {
+        if self.entries.is_empty() {
+            return None;
+        }
+        let common_name = subject_common_name(cert);
+        let der = CertificateDer::from(cert);
+        let end_entity = webpki::EndEntityCert::try_from(&der).ok();
+        let entry = self.entries.iter().find(|e| {
+            common_name.as_deref() == Some(e.name.as_str())
+                || end_entity.as_ref().is_some_and(|ee| {
+                    ServerName::try_from(e.name.as_str())
+                        .is_ok_and(|n| ee.verify_is_valid_for_subject_name(&n).is_ok())
+                })
+        })?;
+        Some(Identity {
+            name: format!("cert:{}", entry.name),
+            scopes: entry.scopes.clone(),
+            devices: entry.devices.clone(),
+        })
+    }
+}
+
+/// One DER element: its tag, its content and what follows it.
+fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        (len, &rest[n..])
+    };
+    if rest.len() < len {
+        return None;
+    }
+    Some((tag, &rest[..len], &rest[len..]))
+}
+
+/// The elements of a constructed element's content.
+fn elements(mut content: &[u8]) -> Vec<(u8, &[u8])> {
+    let mut out = Vec::new();
+    while let Some((tag, inner, rest)) = element(content) {
+        out.push((tag, inner));
+        content = rest;
+    }
+    out
+}
+
+/// The subject's common name (OID 2.5.4.3) of a DER certificate, if it has one.
+pub fn subject_common_name(cert: &[u8]) -> Option<String> {
+    const SEQUENCE: u8 = 0x30;
+    const COMMON_NAME: [u8; 3] = [0x55, 0x04, 0x03];
+    let (_, certificate, _) = element(cert)?;
+    let (_, tbs, _) = element(certificate)?;
+    let mut fields = elements(tbs);
+    // The version is explicit tag [0] and optional.
+    if fields.first().is_some_and(|(tag, _)| *tag == 0xA0) {
+        fields.remove(0);
+    }
+    // serial, signature algorithm, issuer, validity, subject
+    let (tag, subject) = *fields.get(4)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    for (_, rdn) in elements(subject) {
+        for (_, attribute) in elements(rdn) {
+            let parts = elements(attribute);
+            if let [(0x06, oid), (_, value)] = parts.as_slice()
+                && *oid == COMMON_NAME
+            {
+                return std::str::from_utf8(value).ok().map(str::to_owned);
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, DnType, KeyPair};
+
+    fn cert(cn: &str, sans: &[&str]) -> Vec<u8> {
+        let mut params =
+            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        let key = KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn the_common_name_is_read_from_the_subject() {
+        assert_eq!(
+            subject_common_name(&cert("app-1", &[])).as_deref(),
+            Some("app-1")
+        );
+        assert_eq!(
+            subject_common_name(&cert("x", &["y.example"])).as_deref(),
+            Some("x")
+        );
+        assert_eq!(subject_common_name(b"\x30\x03\x02\x01\x01"), None);
+        assert_eq!(subject_common_name(b""), None);
+        // Truncated anywhere: no panic, no name.
+        let der = cert("app-1", &["app-1"]);
+        for cut in 0..der.len() {
+            let _ = subject_common_name(&der[..cut]);
+        }
+    }
+
+    #[test]
+    fn certificates_are_matched_by_common_name_or_dns_name() {
+        let clients = ClientIdentities::new(vec![
+            ClientEntry {
+                name: "app-1".into(),
+                scopes: vec![Scope::Read],
+                devices: vec!["gh-*".into()],
+            },
+            ClientEntry {
+                name: "dash.lan".into(),
+                scopes: vec![Scope::Command],
+                devices: vec![],
+            },
+        ]);
+        let by_cn = clients.identify(&cert("app-1", &[])).unwrap();
+        assert_eq!(
+            (
+                by_cn.name.as_str(),
+                by_cn.scopes.as_slice(),
+                by_cn.devices.as_slice()
+            ),
+            ("cert:app-1", &[Scope::Read][..], &["gh-*".to_owned()][..])
+        );
+        let by_san = clients.identify(&cert("something", &["dash.lan"])).unwrap();
+        assert_eq!(by_san.name, "cert:dash.lan");
+        assert!(clients.identify(&cert("app-2", &["other.lan"])).is_none());
+        assert!(
+            ClientIdentities::default()
+                .identify(&cert("app-1", &[]))
+                .is_none()
+        );
+    }
+}
