@@ -116,14 +116,14 @@ pub async fn run(
         .client_ca
         .clone()
         .unwrap_or_else(|| config.tls_dir().join("ca.crt"));
-    let tls = auth::tls::server_config(
-        &auth::tls::TlsPaths {
-            cert: &tls_cert,
-            key: &tls_key,
-            client_ca: &client_ca,
-        },
-        config.api.client_auth,
-    )?;
+    let tls_source = TlsSource {
+        cert: tls_cert,
+        key: tls_key,
+        client_ca,
+        crls: config.api.crls.clone(),
+        client_auth: config.api.client_auth,
+    };
+    let (tls_tx, tls_rx) = watch::channel(Arc::new(tls_source.load()?));
 
     let api_listener = tokio::net::TcpListener::bind(&config.api.listen)
         .await
@@ -310,9 +310,14 @@ pub async fn run(
         header_timeout: config.api.header_timeout.0,
         drain_timeout: API_DRAIN_TIMEOUT,
     };
+    let reload_task = tasks.spawn(reload_tls_on_hangup(
+        tls_source,
+        tls_tx,
+        api_shutdown.clone(),
+    ));
     let mut api_task = tasks.spawn(api::server::serve(
         api_listener,
-        Arc::new(tls),
+        tls_rx,
         api::router(state),
         limits,
         api_shutdown.clone(),
@@ -361,12 +366,69 @@ pub async fn run(
     if failure != Some("api") {
         let _ = api_task.await;
     }
+    let _ = reload_task.await;
     let _ = dispatcher_task.await;
     let _ = presence_task.await;
     tasks.wait().await;
     match failure {
         Some(task) => Err(AppError::TaskFailed(task)),
         None => Ok(()),
+    }
+}
+
+/// Where the API's TLS material comes from, to build it at start and again on SIGHUP.
+struct TlsSource {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: PathBuf,
+    crls: Vec<PathBuf>,
+    client_auth: crate::config::ClientAuth,
+}
+
+impl TlsSource {
+    /// Reads the files and builds the server configuration; warns of certificates near expiry.
+    fn load(&self) -> Result<rustls::ServerConfig, AuthError> {
+        let config = auth::tls::server_config(
+            &auth::tls::TlsPaths {
+                cert: &self.cert,
+                key: &self.key,
+                client_ca: &self.client_ca,
+                crls: &self.crls,
+            },
+            self.client_auth,
+        )?;
+        auth::tls::check_expiry(&self.cert, "server certificate");
+        if self.client_auth != crate::config::ClientAuth::Off {
+            auth::tls::check_expiry(&self.client_ca, "client CA");
+        }
+        Ok(config)
+    }
+}
+
+/// On SIGHUP, reads certificates, keys and CRLs again; new connections use them, open ones keep
+/// theirs. A reload that fails keeps the running configuration and says why.
+async fn reload_tls_on_hangup(
+    source: TlsSource,
+    tls_tx: watch::Sender<Arc<rustls::ServerConfig>>,
+    shutdown: CancellationToken,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: certificates are read at start only");
+        shutdown.cancelled().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = hangups.recv() => match source.load() {
+                Ok(config) => {
+                    tls_tx.send_replace(Arc::new(config));
+                    tracing::info!("SIGHUP: certificates, keys and CRLs reloaded");
+                }
+                Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed; the previous TLS configuration stays"),
+            },
+        }
     }
 }
 

@@ -287,6 +287,8 @@ pub struct ApiConfig {
     pub tls_key: Option<PathBuf>,
     /// CA that signs client certificates (PEM); default `<data.dir>/tls/ca.crt`.
     pub client_ca: Option<PathBuf>,
+    /// Certificate revocation lists of the client CA (PEM), any number; reloaded on SIGHUP.
+    pub crls: Vec<PathBuf>,
     /// Most readings or devices in one page.
     pub max_page: usize,
     /// Most concurrent connections.
@@ -326,6 +328,7 @@ impl Default for ApiConfig {
             max_page: 1000,
             max_connections: 256,
             header_timeout: HumanDuration(Duration::from_secs(10)),
+            crls: Vec::new(),
             rate_limit: 100,
             rate_burst: 200,
             clients: Vec::new(),

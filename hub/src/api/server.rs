@@ -39,12 +39,11 @@ pub struct ServerLimits {
 /// Accepts connections until `shutdown`, then lets open ones finish within the drain timeout.
 pub async fn serve(
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: tokio::sync::watch::Receiver<Arc<rustls::ServerConfig>>,
     router: Router,
     limits: ServerLimits,
     shutdown: CancellationToken,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let connections = TaskTracker::new();
     let mut accept_backoff = Duration::from_millis(5);
@@ -74,7 +73,8 @@ pub async fn serve(
         // the memory a slow or stalled client can pin stays small, and a stream client that does
         // not keep up is told it lagged instead of having megabytes queued for it.
         let _ = socket2::SockRef::from(&tcp).set_send_buffer_size(SEND_BUFFER);
-        let acceptor = acceptor.clone();
+        // The configuration of the moment: a reload (SIGHUP) affects new connections only.
+        let acceptor = TlsAcceptor::from(tls.borrow().clone());
         let router = router.clone();
         let stop = shutdown.clone();
         let header_timeout = limits.header_timeout;

@@ -96,10 +96,9 @@ fn elements(mut content: &[u8]) -> Vec<(u8, &[u8])> {
     out
 }
 
-/// The subject's common name (OID 2.5.4.3) of a DER certificate, if it has one.
-pub fn subject_common_name(cert: &[u8]) -> Option<String> {
-    const SEQUENCE: u8 = 0x30;
-    const COMMON_NAME: [u8; 3] = [0x55, 0x04, 0x03];
+/// The fields of a certificate's TBSCertificate after the optional version: serial, signature
+/// algorithm, issuer, validity, subject, ...
+fn tbs_fields(cert: &[u8]) -> Option<Vec<(u8, &[u8])>> {
     let (_, certificate, _) = element(cert)?;
     let (_, tbs, _) = element(certificate)?;
     let mut fields = elements(tbs);
@@ -107,6 +106,37 @@ pub fn subject_common_name(cert: &[u8]) -> Option<String> {
     if fields.first().is_some_and(|(tag, _)| *tag == 0xA0) {
         fields.remove(0);
     }
+    Some(fields)
+}
+
+/// The end of a DER certificate's validity, unix seconds.
+pub fn not_after(cert: &[u8]) -> Option<i64> {
+    let fields = tbs_fields(cert)?;
+    let (_, validity) = *fields.get(3)?;
+    let times = elements(validity);
+    let (tag, text) = *times.get(1)?;
+    let text = std::str::from_utf8(text).ok()?;
+    // UTCTime YYMMDDHHMMSSZ (years 1950-2049), or GeneralizedTime YYYYMMDDHHMMSSZ.
+    let (year, rest) = match tag {
+        0x17 => {
+            let yy: i32 = text.get(..2)?.parse().ok()?;
+            (if yy < 50 { 2000 + yy } else { 1900 + yy }, text.get(2..)?)
+        }
+        0x18 => (text.get(..4)?.parse().ok()?, text.get(4..)?),
+        _ => return None,
+    };
+    let num = |i: usize| -> Option<u8> { rest.get(i..i + 2)?.parse().ok() };
+    let month = time::Month::try_from(num(0)?).ok()?;
+    let date = time::Date::from_calendar_date(year, month, num(2)?).ok()?;
+    let at = date.with_hms(num(4)?, num(6)?, num(8)?).ok()?;
+    Some(at.assume_utc().unix_timestamp())
+}
+
+/// The subject's common name (OID 2.5.4.3) of a DER certificate, if it has one.
+pub fn subject_common_name(cert: &[u8]) -> Option<String> {
+    const SEQUENCE: u8 = 0x30;
+    const COMMON_NAME: [u8; 3] = [0x55, 0x04, 0x03];
+    let fields = tbs_fields(cert)?;
     // serial, signature algorithm, issuer, validity, subject
     let (tag, subject) = *fields.get(4)?;
     if tag != SEQUENCE {
@@ -154,6 +184,22 @@ mod tests {
         let der = cert("app-1", &["app-1"]);
         for cut in 0..der.len() {
             let _ = subject_common_name(&der[..cut]);
+        }
+    }
+
+    #[test]
+    fn the_end_of_validity_is_read() {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.not_after = time::OffsetDateTime::from_unix_timestamp(1_900_000_000).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let der = params.self_signed(&key).unwrap().der().to_vec();
+        assert_eq!(not_after(&der), Some(1_900_000_000));
+        // After 2049: GeneralizedTime.
+        params.not_after = time::OffsetDateTime::from_unix_timestamp(2_600_000_000).unwrap();
+        let der = params.self_signed(&key).unwrap().der().to_vec();
+        assert_eq!(not_after(&der), Some(2_600_000_000));
+        for cut in 0..der.len() {
+            let _ = not_after(&der[..cut]);
         }
     }
 

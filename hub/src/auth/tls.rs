@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 
 use super::AuthError;
@@ -21,6 +21,29 @@ pub struct TlsPaths<'a> {
     pub key: &'a Path,
     /// CA of client certificates (PEM).
     pub client_ca: &'a Path,
+    /// Certificate revocation lists of the client CA (PEM), any number.
+    pub crls: &'a [std::path::PathBuf],
+}
+
+/// Warned about when a certificate expires sooner than this.
+pub const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+
+/// Logs a warning for each certificate of `path` that expires within [`EXPIRY_WARNING`] (an
+/// error once it has expired); the earliest expiry, unix seconds.
+pub fn check_expiry(path: &Path, what: &str) -> Option<i64> {
+    let certs = read_certs(path).ok()?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let earliest = certs
+        .iter()
+        .filter_map(|c| super::clients::not_after(c.as_ref()))
+        .min()?;
+    let days_left = (earliest - now) / 86_400;
+    if earliest <= now {
+        tracing::error!(path = %path.display(), what, "a certificate has expired: replace it and send SIGHUP");
+    } else if earliest - now < EXPIRY_WARNING.as_secs() as i64 {
+        tracing::warn!(path = %path.display(), what, days_left, "a certificate expires soon: replace it and send SIGHUP");
+    }
+    Some(earliest)
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, AuthError> {
@@ -92,7 +115,25 @@ pub fn server_config(
                     .add(ca)
                     .map_err(|e| AuthError::Tls(format!("client CA: {e}")))?;
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let mut crls = Vec::new();
+            for path in paths.crls {
+                let found: Vec<_> = CertificateRevocationListDer::pem_file_iter(path)
+                    .map_err(|e| AuthError::Tls(format!("{}: {e}", path.display())))?
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| AuthError::Tls(format!("{}: {e}", path.display())))?;
+                if found.is_empty() {
+                    return Err(AuthError::Tls(format!(
+                        "{}: no CRL in the file",
+                        path.display()
+                    )));
+                }
+                crls.extend(found);
+            }
+            // Revocation is checked where a CRL of the issuer is given; a chain whose issuer has
+            // none is not refused for that alone (a CRL of another CA must not lock everyone out).
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .with_crls(crls)
+                .allow_unknown_revocation_status();
             let verifier = if client_auth == ClientAuth::Optional {
                 verifier.allow_unauthenticated()
             } else {

@@ -203,6 +203,11 @@ impl Hub {
     }
 
     /// Kills the hub with SIGKILL, as a power cut would stop it.
+    /// Sends SIGHUP (reload certificates, keys and CRLs).
+    pub fn hangup(&self) {
+        signal(self.child.as_ref().expect("running"), "HUP");
+    }
+
     pub fn kill9(mut self) {
         let mut child = self.child.take().unwrap();
         let _ = child.kill();

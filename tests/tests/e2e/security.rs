@@ -6,8 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason,
+    RevokedCertParams, SerialNumber,
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -37,8 +38,14 @@ impl TestCa {
     /// A client certificate and key, PEM, with `cn` and `sans`; `days` of validity from now
     /// (negative: expired).
     fn client(&self, cn: &str, sans: &[&str], days: i64) -> String {
+        self.client_numbered(cn, sans, days, None)
+    }
+
+    /// The same with a given serial number.
+    fn client_numbered(&self, cn: &str, sans: &[&str], days: i64, serial: Option<u64>) -> String {
         let mut params =
             CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        params.serial_number = serial.map(SerialNumber::from);
         params.distinguished_name.push(DnType::CommonName, cn);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let now = time::OffsetDateTime::now_utc();
@@ -52,6 +59,33 @@ impl TestCa {
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         format!("{}{}", cert.pem(), key.serialize_pem())
+    }
+}
+
+impl TestCa {
+    /// A CRL (PEM) revoking the certificates with `serials`.
+    fn crl(&self, serials: &[u64], number: u64) -> String {
+        let now = time::OffsetDateTime::now_utc();
+        CertificateRevocationListParams {
+            this_update: now - time::Duration::minutes(1),
+            next_update: now + time::Duration::days(1),
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| RevokedCertParams {
+                    serial_number: SerialNumber::from(*s),
+                    revocation_time: now - time::Duration::minutes(1),
+                    reason_code: Some(RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.issuer)
+        .unwrap()
+        .pem()
+        .unwrap()
     }
 }
 
@@ -371,6 +405,78 @@ async fn rate_limits_slowloris_and_huge_bodies_are_refused_without_harm() {
     assert_eq!(
         status(&hub, &c, "/api/v1/devices", Some(&token)).await,
         Some(200)
+    );
+    hub.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_certificate_is_refused_after_sighup_and_open_connections_stay() {
+    let root = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("clients CA");
+    let ca_path = root.path().join("clients-ca.crt");
+    let crl_path = root.path().join("clients.crl");
+    std::fs::write(&ca_path, &ca.pem).unwrap();
+    std::fs::write(&crl_path, ca.crl(&[], 1)).unwrap();
+    let config = write_config(
+        root.path(),
+        &format!(
+            "[api]\nclient_ca = \"{}\"\ncrls = [\"{}\"]\n\n\
+             [[api.clients]]\nname = \"dash-1\"\nscopes = [\"read\"]\n",
+            ca_path.display(),
+            crl_path.display()
+        ),
+    );
+    let hub = Hub::start(root.path(), &["--config", &config]);
+    let doomed = ca.client_numbered("dash-1", &[], 30, Some(7));
+    let kept = ca.client_numbered("dash-1", &[], 30, Some(8));
+    assert_eq!(
+        status(&hub, &client(&hub, Some(&doomed)), "/api/v1/devices", None).await,
+        Some(200)
+    );
+    // A connection open across the reload: a live stream.
+    let mut stream = crate::live::Stream::connect(&hub, Some(&hub.token()))
+        .await
+        .unwrap();
+
+    std::fs::write(&crl_path, ca.crl(&[7], 2)).unwrap();
+    hub.hangup();
+    crate::harness::eventually("the revoked certificate is refused", || async {
+        (status(&hub, &client(&hub, Some(&doomed)), "/api/v1/devices", None)
+            .await
+            .is_none())
+        .then_some(())
+    })
+    .await;
+    assert_eq!(
+        status(&hub, &client(&hub, Some(&kept)), "/api/v1/devices", None).await,
+        Some(200)
+    );
+    stream.send(json!({"op": "ping"})).await;
+    assert_eq!(
+        stream.next_of("pong").await["type"],
+        "pong",
+        "the open connection stayed"
+    );
+    assert!(
+        hub.log()
+            .contains("SIGHUP: certificates, keys and CRLs reloaded")
+    );
+
+    // A broken CRL: the reload fails, the running configuration stays, the hub stays up.
+    std::fs::write(&crl_path, "not a CRL").unwrap();
+    hub.hangup();
+    crate::harness::eventually("the failed reload is logged", || async {
+        hub.log().contains("SIGHUP: reload failed").then_some(())
+    })
+    .await;
+    assert_eq!(
+        status(&hub, &client(&hub, Some(&kept)), "/api/v1/devices", None).await,
+        Some(200)
+    );
+    assert!(
+        status(&hub, &client(&hub, Some(&doomed)), "/api/v1/devices", None)
+            .await
+            .is_none()
     );
     hub.stop();
 }
