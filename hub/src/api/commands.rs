@@ -194,6 +194,7 @@ impl From<CommandError> for ApiError {
 #[utoipa::path(
     post,
     path = "/devices/{id}/commands",
+    security(("bearer" = ["command"])),
     tag = "commands",
     params(DeviceId, SendParams),
     request_body = NewCommand,
@@ -280,6 +281,7 @@ pub(super) async fn send(
 #[utoipa::path(
     get,
     path = "/devices/{id}/commands/{cid}",
+    security(("bearer" = ["read"])),
     tag = "commands",
     params(CommandPath),
     responses(

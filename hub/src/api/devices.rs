@@ -227,6 +227,7 @@ impl ListFilter {
 #[utoipa::path(
     get,
     path = "/devices",
+    security(("bearer" = ["read"])),
     tag = "devices",
     params(ListParams),
     responses(
@@ -295,6 +296,7 @@ pub(super) async fn list(
 #[utoipa::path(
     get,
     path = "/devices/{id}",
+    security(("bearer" = ["read"])),
     tag = "devices",
     params(DeviceId),
     responses(
@@ -413,6 +415,7 @@ impl DeviceUpdate {
 #[utoipa::path(
     patch,
     path = "/devices/{id}",
+    security(("bearer" = ["admin"])),
     tag = "devices",
     params(DeviceId),
     request_body = DeviceUpdate,
@@ -466,6 +469,7 @@ pub(super) fn json_rejection(e: JsonRejection) -> ApiError {
 #[utoipa::path(
     get,
     path = "/devices/{id}/latest",
+    security(("bearer" = ["read"])),
     tag = "devices",
     params(DeviceId),
     responses(

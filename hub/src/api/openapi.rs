@@ -88,7 +88,13 @@ pub(super) fn authenticated(
     ));
     for item in routes.get_openapi_mut().paths.paths.values_mut() {
         for operation in operations(item) {
-            operation.security = Some(vec![SecurityRequirement::new(BEARER, Vec::<String>::new())]);
+            // A handler that needs a scope says so in its annotation
+            // (`security(("bearer" = ["read"]))`), which stays; the others need a valid token
+            // (or a client certificate that is an identity) and no particular scope.
+            if operation.security.as_ref().is_none_or(|s| s.is_empty()) {
+                operation.security =
+                    Some(vec![SecurityRequirement::new(BEARER, Vec::<String>::new())]);
+            }
             operation
                 .responses
                 .responses
@@ -472,11 +478,17 @@ mod tests {
                     assert_eq!(status, StatusCode::OK, "{path}");
                     continue;
                 }
-                assert_eq!(
-                    op["security"],
-                    serde_json::json!([{ "bearer": [] }]),
-                    "{method} {path}"
-                );
+                // The bearer scheme, with the scope the operation needs, if any.
+                let requirement = op["security"].as_array().unwrap();
+                assert_eq!(requirement.len(), 1, "{method} {path}");
+                let scopes = requirement[0]["bearer"].as_array().unwrap();
+                assert!(scopes.len() <= 1, "{method} {path}");
+                for scope in scopes {
+                    assert!(
+                        crate::auth::Scope::parse(scope.as_str().unwrap()).is_some(),
+                        "{method} {path}"
+                    );
+                }
                 assert!(op["responses"]["401"].is_object(), "{method} {path}");
                 assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}");
                 assert_eq!(headers["content-type"], "application/problem+json");

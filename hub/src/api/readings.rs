@@ -286,6 +286,7 @@ enum Source {
 #[utoipa::path(
     get,
     path = "/devices/{id}/readings",
+    security(("bearer" = ["read"])),
     tag = "readings",
     params(DeviceId, ReadingsParams),
     responses(

@@ -119,6 +119,7 @@ impl Subscription {
 #[utoipa::path(
     get,
     path = "/stream",
+    security(("bearer" = ["read"])),
     tag = "stream",
     responses(
         (status = 101, description = "Switching to the WebSocket protocol."),

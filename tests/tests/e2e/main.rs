@@ -2,6 +2,7 @@
 
 mod acks;
 mod api;
+mod authz;
 
 mod cli;
 mod commands;

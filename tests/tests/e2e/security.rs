@@ -16,13 +16,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::harness::{Hub, init_tls, mosquitto_pub, wait_for_readings};
 
 /// A test CA that signs client certificates.
-struct TestCa {
+pub(crate) struct TestCa {
     issuer: Issuer<'static, KeyPair>,
-    pem: String,
+    pub(crate) pem: String,
 }
 
 impl TestCa {
-    fn new(name: &str) -> TestCa {
+    pub(crate) fn new(name: &str) -> TestCa {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.distinguished_name.push(DnType::CommonName, name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -37,7 +37,7 @@ impl TestCa {
 
     /// A client certificate and key, PEM, with `cn` and `sans`; `days` of validity from now
     /// (negative: expired).
-    fn client(&self, cn: &str, sans: &[&str], days: i64) -> String {
+    pub(crate) fn client(&self, cn: &str, sans: &[&str], days: i64) -> String {
         self.client_numbered(cn, sans, days, None)
     }
 
@@ -90,7 +90,7 @@ impl TestCa {
 }
 
 /// An HTTPS client trusting the hub's CA, presenting `identity` (cert + key PEM) if given.
-fn client(hub: &Hub, identity: Option<&str>) -> reqwest::Client {
+pub(crate) fn client(hub: &Hub, identity: Option<&str>) -> reqwest::Client {
     init_tls();
     let ca = std::fs::read(hub.data.join("tls/ca.crt")).unwrap();
     let mut builder = reqwest::Client::builder()

@@ -1,0 +1,151 @@
+//! The authorization matrix, generated from the served OpenAPI description: every operation is
+//! called as every kind of caller, and each must get the answer the description implies. A route
+//! added without its scope check, or a device check forgotten on a new `{id}` route, fails here.
+//!
+//! Callers: none (401), a bad token (401), a revoked or expired identity is refused at the TLS
+//! layer (see security.rs), a certificate identity without the operation's scope (403), one with
+//! the scope but limited to other devices (404 on device routes), and one with exactly the scope
+//! it needs (served: neither 401, 403 nor 404).
+
+use serde_json::{Value, json};
+
+use crate::harness::{Hub, eventually, mosquitto_pub, wait_for_readings};
+use crate::security::{TestCa, client};
+
+const DEVICE: &str = "mx-1";
+const SCOPES: [&str; 4] = ["read", "command", "admin", "metrics"];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_route_answers_every_kind_of_caller_as_described() {
+    let root = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("clients CA");
+    let ca_path = root.path().join("clients-ca.crt");
+    std::fs::write(&ca_path, &ca.pem).unwrap();
+    let mut config = format!(
+        "[api]\nclient_ca = \"{}\"\nrate_limit = 0\n",
+        ca_path.display()
+    );
+    for scope in SCOPES {
+        config.push_str(&format!(
+            "\n[[api.clients]]\nname = \"only-{scope}\"\nscopes = [\"{scope}\"]\n\n\
+             [[api.clients]]\nname = \"elsewhere-{scope}\"\nscopes = [\"{scope}\"]\ndevices = [\"nomatch-*\"]\n"
+        ));
+    }
+    let config_path = root.path().join("hub.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let hub = Hub::start(
+        root.path(),
+        &["--config", &config_path.display().to_string()],
+    );
+    mosquitto_pub(
+        hub.mqtt_port(),
+        &format!("devices/{DEVICE}/telemetry"),
+        br#"{"seq":0,"metrics":{"v":1}}"#,
+        1,
+    );
+    wait_for_readings(&hub, DEVICE, 1).await;
+    // A command to read back.
+    let admin = client(&hub, None);
+    let command: Value = admin
+        .post(hub.url(&format!("/api/v1/devices/{DEVICE}/commands")))
+        .bearer_auth(hub.token())
+        .json(&json!({"name": "echo"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let command_id = command["id"].as_u64().unwrap().to_string();
+
+    let (_, spec) = hub.get("/api/v1/openapi.json").await;
+    let identity = |name: &str| client(&hub, Some(&ca.client(name, &[], 30)));
+    let nobody = client(&hub, None);
+    let mut checked = 0;
+    for (template, item) in spec["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let Some(security) = operation["security"].as_array() else {
+                continue; // /healthz: public by design.
+            };
+            let scope = security[0]["bearer"]
+                .as_array()
+                .and_then(|s| s.first())
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            let device_route = template.contains("{id}");
+            let path = template
+                .replace("{id}", DEVICE)
+                .replace("{cid}", &command_id);
+            let call = |c: reqwest::Client, token: Option<String>| {
+                let url = hub.url(&path);
+                let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+                let body = match (method.as_str(), template.as_str()) {
+                    ("POST", _) => Some(json!({"name": "echo"})),
+                    ("PATCH", _) => Some(json!({})),
+                    _ => None,
+                };
+                async move {
+                    let mut request = c.request(method, url);
+                    if let Some(token) = token {
+                        request = request.bearer_auth(token);
+                    }
+                    if let Some(body) = body {
+                        request = request.json(&body);
+                    }
+                    request.send().await.unwrap().status().as_u16()
+                }
+            };
+            let at = format!("{method} {template}");
+
+            assert_eq!(
+                call(nobody.clone(), None).await,
+                401,
+                "{at}: no credentials"
+            );
+            assert_eq!(
+                call(nobody.clone(), Some("hub_0000".into())).await,
+                401,
+                "{at}: a bad token"
+            );
+            match &scope {
+                Some(scope) => {
+                    // Another single scope than the one needed (admin holds them all).
+                    let other = SCOPES
+                        .iter()
+                        .find(|s| *s != scope && **s != "admin")
+                        .unwrap();
+                    let status = call(identity(&format!("only-{other}")), None).await;
+                    assert_eq!(status, 403, "{at}: scope {other} instead of {scope}");
+                    let served = call(identity(&format!("only-{scope}")), None).await;
+                    assert!(
+                        ![401, 403, 404].contains(&served),
+                        "{at}: scope {scope} -> {served}"
+                    );
+                    if device_route {
+                        let status = call(identity(&format!("elsewhere-{scope}")), None).await;
+                        assert_eq!(status, 404, "{at}: another device's identity");
+                    }
+                }
+                None => {
+                    // Any identity at all.
+                    let served = call(identity("only-metrics"), None).await;
+                    assert!(
+                        ![401, 403].contains(&served),
+                        "{at}: any identity -> {served}"
+                    );
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 10,
+        "the description lists the API's operations ({checked})"
+    );
+    // Nothing above changed the device's data but what admin may change.
+    eventually("the hub still serves", || async {
+        (hub.get(&format!("/api/v1/devices/{DEVICE}")).await.0 == 200).then_some(())
+    })
+    .await;
+    hub.stop();
+}
