@@ -397,6 +397,14 @@ async fn rate_limits_slowloris_and_huge_bodies_are_refused_without_harm() {
     let read = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf)).await;
     assert!(read.is_ok(), "the hub closed the slow connection");
     assert!(started.elapsed() < Duration::from_secs(5));
+    // A TLS connection that never sends a request is cut off too (idle).
+    let tcp = tokio::net::TcpStream::connect(hub.api).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut silent = connector.connect(name, tcp).await.unwrap();
+    let started = std::time::Instant::now();
+    let read = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf)).await;
+    assert!(read.is_ok(), "the hub closed the idle connection");
+    assert!(started.elapsed() < Duration::from_secs(5));
     // A bare TCP connection that never starts TLS is cut off too.
     let mut idle = tokio::net::TcpStream::connect(hub.api).await.unwrap();
     let read = tokio::time::timeout(Duration::from_secs(10), idle.read(&mut buf)).await;
