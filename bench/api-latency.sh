@@ -92,7 +92,9 @@ mqtt_port=$(port)
 api=https://127.0.0.1:$api_port
 
 # The hub, fresh, with its embedded broker.
-(cd "$work" && exec "$hub" --data-dir "$data" --api-listen "127.0.0.1:$api_port" \
+# No per-identity rate limit: the bench measures what the API can serve, not the limit (which
+# would answer most of these requests 429 within a second).
+(cd "$work" && HUB_API__RATE_LIMIT=0 exec "$hub" --data-dir "$data" --api-listen "127.0.0.1:$api_port" \
   --mqtt-listen "127.0.0.1:$mqtt_port" > hub.out 2> hub.err) &
 HUB_PID=$!
 for _ in $(seq 300); do grep -q "hub ready" "$work/hub.out" 2> /dev/null && break; sleep 0.1; done
