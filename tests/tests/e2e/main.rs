@@ -15,3 +15,4 @@ mod ingest;
 mod live;
 mod openapi;
 mod serial;
+mod tokens;
