@@ -286,6 +286,8 @@ pub async fn run(
         api_shutdown.clone(),
     ));
 
+    let token_use_task = tasks.spawn(save_token_use(tokens.clone(), api_shutdown.clone()));
+
     let state = ApiState {
         store: store.clone(),
         tokens,
@@ -369,6 +371,7 @@ pub async fn run(
     let _ = reload_task.await;
     let _ = dispatcher_task.await;
     let _ = presence_task.await;
+    let _ = token_use_task.await;
     tasks.wait().await;
     match failure {
         Some(task) => Err(AppError::TaskFailed(task)),
@@ -428,6 +431,33 @@ async fn reload_tls_on_hangup(
                 }
                 Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed; the previous TLS configuration stays"),
             },
+        }
+    }
+}
+
+/// How often the tokens' last-used times are saved: the time a token list shows is exact, the
+/// saved one (what a restart after a crash shows) may lag by this much.
+pub const TOKEN_USE_SAVE_PERIOD: Duration = Duration::from_secs(60);
+
+/// Saves the tokens' last-used times once a period, off the request path, and once more when the
+/// hub stops.
+async fn save_token_use(tokens: TokenRegistry, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(TOKEN_USE_SAVE_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        let stopping = tokio::select! {
+            _ = shutdown.cancelled() => true,
+            _ = tick.tick() => false,
+        };
+        let registry = tokens.clone();
+        match tokio::task::spawn_blocking(move || registry.save_last_used()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot save when tokens were last used"),
+            Err(_) => tracing::warn!("saving when tokens were last used panicked"),
+        }
+        if stopping {
+            break;
         }
     }
 }
@@ -494,6 +524,7 @@ fn ensure_admin_token(
         created_ms: now_ms(),
         expires_ms: None,
         revoked: false,
+        last_used_ms: None,
     };
     match std::fs::read_to_string(&path) {
         Ok(secret) => {

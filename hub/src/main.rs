@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use hub::auth::tokens::TokenSpec;
+use hub::cli::{self, CertKind, TokenAction};
 use hub::config::{Config, LogFormat, Overrides};
 use tokio_util::sync::CancellationToken;
 
@@ -41,6 +43,80 @@ enum Command {
     CheckConfig,
     /// Print the annotated example configuration.
     PrintConfig,
+    /// Make, list and revoke API tokens: through the running hub's API, or in the store when no
+    /// hub listens on api.listen.
+    Token {
+        #[command(subcommand)]
+        action: TokenCommand,
+    },
+    /// Issue certificates signed by the hub's CA (`<data.dir>/tls/ca.crt` and `ca.key`).
+    Certs {
+        #[command(subcommand)]
+        action: CertsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Make a token and print its secret alone on stdout (shown this once).
+    Create {
+        /// A name for people: 1 to 64 of A-Z a-z 0-9 . _ -
+        #[arg(long)]
+        name: String,
+        /// Scopes, comma-separated: read, command, admin, metrics.
+        #[arg(
+            long = "scope",
+            alias = "scopes",
+            value_delimiter = ',',
+            required = true
+        )]
+        scopes: Vec<String>,
+        /// Device-id patterns it is limited to, comma-separated (`greenhouse-*`); all if absent.
+        #[arg(long, value_delimiter = ',')]
+        devices: Vec<String>,
+        /// How long it lives (`30d`, `12h`); for ever if absent.
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// List tokens (never their secrets).
+    List {
+        /// Print JSON, as the API's `GET /api/v1/tokens` answers.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token: it is refused from now on.
+    Revoke {
+        /// The token's id, as `hub token list` shows it.
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// A client certificate for the API: CN and DNS name NAME; prints the paths.
+    IssueClient {
+        /// The client's name: 1 to 64 of A-Z a-z 0-9 . _ -
+        #[arg(long)]
+        name: String,
+        /// Days it is valid (at most 3650).
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Directory for NAME.crt and NAME.key (default `<data.dir>/tls/clients/`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// A device certificate: CN and DNS name ID; prints the paths.
+    IssueDevice {
+        /// The device id: 1 to 64 of A-Z a-z 0-9 . _ -
+        #[arg(long)]
+        id: String,
+        /// Days it is valid (at most 3650).
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Directory for ID.crt and ID.key (default `<data.dir>/tls/devices/`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -63,9 +139,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if matches!(cli.command, Some(Command::CheckConfig)) {
-        println!("configuration is valid");
-        return ExitCode::SUCCESS;
+    match cli.command {
+        Some(Command::CheckConfig) => {
+            println!("configuration is valid");
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Token { action }) => return token(&config, action),
+        Some(Command::Certs { action }) => return certs(&config, action),
+        _ => {}
     }
     init_logging(&config);
     match serve(config) {
@@ -74,6 +155,63 @@ fn main() -> ExitCode {
             tracing::error!("{e:#}");
             eprintln!("hub: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn token(config: &Config, action: TokenCommand) -> ExitCode {
+    let action = match action {
+        TokenCommand::Create {
+            name,
+            scopes,
+            devices,
+            expires,
+        } => TokenAction::Create(TokenSpec {
+            name,
+            scopes,
+            devices,
+            expires,
+        }),
+        TokenCommand::List { json } => TokenAction::List { json },
+        TokenCommand::Revoke { id } => TokenAction::Revoke(id),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hub: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli::token(config, action)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hub: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn certs(config: &Config, action: CertsCommand) -> ExitCode {
+    let result = match &action {
+        CertsCommand::IssueClient { name, days, out } => {
+            cli::issue_cert(config, CertKind::Client, name, *days, out.as_deref())
+        }
+        CertsCommand::IssueDevice { id, days, out } => {
+            cli::issue_cert(config, CertKind::Device, id, *days, out.as_deref())
+        }
+    };
+    match result {
+        Ok((cert, key)) => {
+            println!("{}", cert.display());
+            println!("{}", key.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hub: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }

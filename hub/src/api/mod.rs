@@ -20,6 +20,7 @@ mod readings;
 mod schema;
 pub mod server;
 mod stream;
+pub mod tokens;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -145,7 +146,9 @@ fn routes(state: &ApiState) -> OpenApiRouter<ApiState> {
         .routes(routes!(devices::latest))
         .routes(routes!(readings::readings))
         .routes(routes!(health::readyz_v1))
-        .routes(routes!(openapi::openapi_json));
+        .routes(routes!(openapi::openapi_json))
+        .routes(routes!(tokens::create, tokens::list))
+        .routes(routes!(tokens::revoke));
     // Every body the API takes is small (commands, device labels): one bound for all of them.
     let v1 = v1.layer(axum::extract::DefaultBodyLimit::max(MAX_BODY));
     let authenticated = openapi::authenticated(

@@ -50,6 +50,7 @@ const BEARER: &str = "bearer";
         (name = "readings", description = "Stored readings: raw, downsampled, exported."),
         (name = "commands", description = "Commands for devices and their results."),
         (name = "stream", description = "Live readings and events over a WebSocket."),
+        (name = "tokens", description = "Bearer tokens: make, list, revoke (admin scope)."),
         (name = "health", description = "Liveness and readiness."),
         (name = "meta", description = "This description."),
     ),
@@ -257,6 +258,7 @@ mod tests {
                     created_ms: 0,
                     expires_ms: None,
                     revoked: false,
+                    last_used_ms: None,
                 })
                 .unwrap()
         };

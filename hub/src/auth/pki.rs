@@ -95,13 +95,19 @@ pub fn ensure(dir: &Path) -> Result<(TlsFiles, bool), AuthError> {
     if let Some(host) = host_name().filter(|h| h != "localhost") {
         names.push(host);
     }
-    let (server_cert, server_key) =
-        issue_leaf(&issuer, "hub", names, ExtendedKeyUsagePurpose::ServerAuth)?;
+    let (server_cert, server_key) = issue_leaf(
+        &issuer,
+        "hub",
+        names,
+        ExtendedKeyUsagePurpose::ServerAuth,
+        LEAF_DAYS,
+    )?;
     let (admin_cert, admin_key) = issue_leaf(
         &issuer,
         ADMIN_CLIENT_NAME,
         Vec::new(),
         ExtendedKeyUsagePurpose::ClientAuth,
+        LEAF_DAYS,
     )?;
 
     // Keys first, certificates after, the CA certificate last: `ensure` looks for all six.
@@ -114,13 +120,58 @@ pub fn ensure(dir: &Path) -> Result<(TlsFiles, bool), AuthError> {
     Ok((files, true))
 }
 
+/// How long the first-run server and admin certificates are valid.
+const LEAF_DAYS: i64 = 825;
+/// Longest validity `hub certs` gives.
+pub const MAX_ISSUE_DAYS: u32 = 3650;
+
+/// A client (or device) certificate and its new key, as PEM.
+#[derive(Debug)]
+pub struct IssuedCert {
+    /// The certificate.
+    pub cert_pem: String,
+    /// Its private key: a secret.
+    pub key_pem: String,
+}
+
+/// Issues a certificate for client authentication to `name` (its CN and a DNS SAN), valid for
+/// `days`, signed by the CA in `ca_cert` and `ca_key` (PEM). The caller checks `name`.
+pub fn issue_client(
+    ca_cert: &Path,
+    ca_key: &Path,
+    name: &str,
+    days: u32,
+) -> Result<IssuedCert, AuthError> {
+    if days == 0 || days > MAX_ISSUE_DAYS {
+        return Err(AuthError::Pki(format!(
+            "validity: 1 to {MAX_ISSUE_DAYS} days"
+        )));
+    }
+    let key_pem = std::fs::read_to_string(ca_key)?;
+    let cert_pem = std::fs::read_to_string(ca_cert)?;
+    let key = KeyPair::from_pem(&key_pem).map_err(pki_err("CA key"))?;
+    let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(pki_err("CA certificate"))?;
+    let (cert, key) = issue_leaf(
+        &issuer,
+        name,
+        vec![name.to_owned()],
+        ExtendedKeyUsagePurpose::ClientAuth,
+        i64::from(days),
+    )?;
+    Ok(IssuedCert {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
 /// A certificate for `common_name` (and `names` as SANs) for `purpose`, signed by `issuer`, valid
-/// from an hour ago for 825 days, with a new key.
+/// from an hour ago for `days`, with a new key.
 fn issue_leaf(
     issuer: &Issuer<'_, KeyPair>,
     common_name: &str,
     names: Vec<String>,
     purpose: ExtendedKeyUsagePurpose,
+    days: i64,
 ) -> Result<(rcgen::Certificate, KeyPair), AuthError> {
     let key = KeyPair::generate().map_err(pki_err(common_name))?;
     let mut params = CertificateParams::new(names).map_err(pki_err(common_name))?;
@@ -131,7 +182,7 @@ fn issue_leaf(
     params.extended_key_usages = vec![purpose];
     let now = OffsetDateTime::now_utc();
     params.not_before = now - Duration::hours(1);
-    params.not_after = now + Duration::days(825);
+    params.not_after = now + Duration::days(days);
     params.use_authority_key_identifier_extension = true;
     let cert = params
         .signed_by(&key, issuer)

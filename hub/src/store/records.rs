@@ -234,6 +234,37 @@ pub struct TokenRecord {
     pub expires_ms: Option<u64>,
     /// Whether it was revoked.
     pub revoked: bool,
+    /// When it was last used, as last saved: the registry keeps the exact time in memory and
+    /// saves it at most about once a minute, so after a crash this may lag by that much.
+    pub last_used_ms: Option<u64>,
+}
+
+/// The first layout of [`TokenRecord`], without `last_used_ms`.
+#[derive(Deserialize)]
+struct TokenRecordV1 {
+    name: String,
+    scopes: Vec<String>,
+    devices: Vec<String>,
+    created_ms: u64,
+    expires_ms: Option<u64>,
+    revoked: bool,
+}
+
+/// Decodes a token record of any layout this version knows.
+pub fn decode_token(bytes: &[u8]) -> Result<TokenRecord, StoreError> {
+    if let Ok(record) = postcard::from_bytes::<TokenRecord>(bytes) {
+        return Ok(record);
+    }
+    let v1: TokenRecordV1 = decode(bytes, "token record")?;
+    Ok(TokenRecord {
+        name: v1.name,
+        scopes: v1.scopes,
+        devices: v1.devices,
+        created_ms: v1.created_ms,
+        expires_ms: v1.expires_ms,
+        revoked: v1.revoked,
+        last_used_ms: None,
+    })
 }
 
 /// Encodes a record.
@@ -351,5 +382,36 @@ mod tests {
             // Written back in the new layout, it reads as itself.
             assert_eq!(decode_device(&encode(&record).unwrap()).unwrap(), record);
         }
+    }
+
+    #[test]
+    fn token_records_of_the_first_layout_still_decode() {
+        #[derive(Serialize)]
+        struct WrittenV1 {
+            name: String,
+            scopes: Vec<String>,
+            devices: Vec<String>,
+            created_ms: u64,
+            expires_ms: Option<u64>,
+            revoked: bool,
+        }
+        let old = WrittenV1 {
+            name: "app".into(),
+            scopes: vec!["read".into()],
+            devices: vec!["greenhouse-*".into()],
+            created_ms: 7,
+            expires_ms: Some(9),
+            revoked: true,
+        };
+        let record = decode_token(&encode(&old).unwrap()).unwrap();
+        assert_eq!(
+            (record.name.as_str(), record.created_ms, record.expires_ms),
+            ("app", 7, Some(9))
+        );
+        assert!(record.revoked && record.last_used_ms.is_none());
+        assert_eq!(record.devices, vec!["greenhouse-*".to_owned()]);
+        let mut used = record.clone();
+        used.last_used_ms = Some(11);
+        assert_eq!(decode_token(&encode(&used).unwrap()).unwrap(), used);
     }
 }

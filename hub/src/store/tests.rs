@@ -413,6 +413,7 @@ fn tokens_round_trip() {
             created_ms: 5,
             expires_ms: None,
             revoked: false,
+            last_used_ms: None,
         };
         store.put_token(&[1, 2, 3], &record).unwrap();
         drop(store);

@@ -57,6 +57,18 @@ async fn every_route_answers_every_kind_of_caller_as_described() {
         .await
         .unwrap();
     let command_id = command["id"].as_u64().unwrap().to_string();
+    // A token to look at (and revoke).
+    let token: Value = admin
+        .post(hub.url("/api/v1/tokens"))
+        .bearer_auth(hub.token())
+        .json(&json!({"name": "matrix", "scopes": ["read"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token_id = token["id"].as_str().unwrap().to_owned();
 
     let (_, spec) = hub.get("/api/v1/openapi.json").await;
     let identity = |name: &str| client(&hub, Some(&ca.client(name, &[], 30)));
@@ -72,14 +84,19 @@ async fn every_route_answers_every_kind_of_caller_as_described() {
                 .and_then(|s| s.first())
                 .and_then(Value::as_str)
                 .map(str::to_owned);
-            let device_route = template.contains("{id}");
-            let path = template
-                .replace("{id}", DEVICE)
-                .replace("{cid}", &command_id);
+            let device_route = template.starts_with("/api/v1/devices/{id}");
+            let path = if device_route {
+                template
+                    .replace("{id}", DEVICE)
+                    .replace("{cid}", &command_id)
+            } else {
+                template.replace("{id}", &token_id)
+            };
             let call = |c: reqwest::Client, token: Option<String>| {
                 let url = hub.url(&path);
                 let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
                 let body = match (method.as_str(), template.as_str()) {
+                    ("POST", "/api/v1/tokens") => Some(json!({"name": "t", "scopes": ["read"]})),
                     ("POST", _) => Some(json!({"name": "echo"})),
                     ("PATCH", _) => Some(json!({})),
                     _ => None,

@@ -17,3 +17,4 @@ mod live;
 mod openapi;
 mod security;
 mod serial;
+mod tokens;

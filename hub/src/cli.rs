@@ -1,0 +1,618 @@
+//! `hub token ...` and `hub certs ...`: what an operator runs next to the hub.
+//!
+//! Token commands must work while the hub runs, and the running hub holds the store's lock, so
+//! they go through its HTTPS API (`api.listen`, trusting `<data.dir>/tls/ca.crt`, with the admin
+//! token of `<data.dir>/admin.token`). When nothing listens there they open the store directly
+//! and do the same through [`TokenRegistry`]. They say on stderr which of the two they did.
+//!
+//! Certificate commands only read the CA's files, so they work whether or not the hub runs.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Method, Request, header};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use serde::Serialize;
+
+use crate::api::tokens::{CreatedToken, TokenList, TokenSummary};
+use crate::auth::tokens::TokenSpec;
+use crate::auth::{AuthError, TokenRegistry, pki};
+use crate::config::Config;
+use crate::files;
+use crate::store::{self, Store, StoreError};
+
+/// How long the CLI tries to reach the running hub before deciding that none runs.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one API request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest answer the CLI reads.
+const MAX_ANSWER: usize = 8 << 20;
+
+/// What a CLI command can fail with. No variant ever holds a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The running hub answered with an error.
+    #[error("the hub at {url} refused: {status} {detail}")]
+    Refused {
+        /// Where.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+        /// Its problem detail (or title).
+        detail: String,
+    },
+    /// The running hub could not be talked to.
+    #[error("the hub at {url}: {reason}")]
+    Unreachable {
+        /// Where.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The admin token file is missing or unreadable.
+    #[error(
+        "cannot read the admin token {path}: {source} (the hub writes it on its first run; pass --data-dir or --config to point at its data)"
+    )]
+    AdminToken {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The data directory does not exist.
+    #[error(
+        "no data directory at {0} (start the hub once to make it, or pass --data-dir or --config)"
+    )]
+    NoDataDir(PathBuf),
+    /// The store could not be opened directly.
+    #[error(
+        "cannot open the store in {dir} ({source}); if a hub runs on this data, it does not listen on api.listen {listen}: pass --api-listen or --config"
+    )]
+    Store {
+        /// The data directory.
+        dir: PathBuf,
+        /// The listen address tried.
+        listen: String,
+        /// Why.
+        source: StoreError,
+    },
+    /// The CA files are missing.
+    #[error("no CA at {0} (the hub makes one on its first run)")]
+    NoCa(PathBuf),
+    /// A file could not be written or read.
+    #[error("{path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A file to write exists already.
+    #[error("{0} exists already; remove it or pick another --out")]
+    Exists(PathBuf),
+    /// The arguments are invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// Tokens or certificates failed.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// An answer could not be read.
+    #[error("unexpected answer from the hub: {0}")]
+    Answer(String),
+}
+
+impl CliError {
+    /// The process exit code: 2 for what the operator typed, 1 for the rest.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Invalid(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// What `hub token` does.
+#[derive(Debug, Clone)]
+pub enum TokenAction {
+    /// Make a token; print its secret alone on stdout.
+    Create(TokenSpec),
+    /// List tokens, as a table or as JSON.
+    List {
+        /// JSON instead of a table.
+        json: bool,
+    },
+    /// Revoke the token with this id.
+    Revoke(String),
+}
+
+/// Runs a `hub token` command.
+pub async fn token(config: &Config, action: TokenAction) -> Result<(), CliError> {
+    // What the operator typed is checked before anything is opened or asked.
+    match &action {
+        TokenAction::Create(spec) => {
+            spec.validate(0).map_err(|e| CliError::Invalid(e.0))?;
+        }
+        TokenAction::Revoke(id) => check_id(id)?,
+        TokenAction::List { .. } => {}
+    }
+    match RunningHub::find(config).await? {
+        Some(hub) => {
+            eprintln!("hub: through the running hub at {}", hub.url(""));
+            token_remote(&hub, action).await
+        }
+        None => {
+            eprintln!(
+                "hub: no hub listening on {}; using the store in {} directly",
+                config.api.listen,
+                config.data.dir.display()
+            );
+            let registry = open_local(config)?;
+            tokio::task::spawn_blocking(move || token_local(&registry, action))
+                .await
+                .map_err(|e| CliError::Answer(e.to_string()))?
+        }
+    }
+}
+
+async fn token_remote(hub: &RunningHub, action: TokenAction) -> Result<(), CliError> {
+    match action {
+        TokenAction::Create(spec) => {
+            #[derive(Serialize)]
+            struct NewTokenBody<'a> {
+                name: &'a str,
+                scopes: &'a [String],
+                devices: &'a [String],
+                expires: Option<&'a str>,
+            }
+            let body = serde_json::to_string(&NewTokenBody {
+                name: &spec.name,
+                scopes: &spec.scopes,
+                devices: &spec.devices,
+                expires: spec.expires.as_deref(),
+            })
+            .map_err(|e| CliError::Answer(e.to_string()))?;
+            let answer = hub.call(Method::POST, "/api/v1/tokens", Some(body)).await?;
+            let created: CreatedToken = serde_json::from_slice(&answer)
+                .map_err(|e| CliError::Answer(format!("token: {e}")))?;
+            eprintln!(
+                "hub: made token {} ({}); its secret is shown once, below",
+                created.id, created.name
+            );
+            println!("{}", created.secret);
+            Ok(())
+        }
+        TokenAction::List { json } => {
+            let answer = hub.call(Method::GET, "/api/v1/tokens", None).await?;
+            let list: TokenList = serde_json::from_slice(&answer)
+                .map_err(|e| CliError::Answer(format!("token list: {e}")))?;
+            print_list(&list, json)
+        }
+        TokenAction::Revoke(id) => {
+            check_id(&id)?;
+            hub.call(Method::DELETE, &format!("/api/v1/tokens/{id}"), None)
+                .await?;
+            eprintln!("hub: revoked token {id}");
+            Ok(())
+        }
+    }
+}
+
+fn token_local(registry: &TokenRegistry, action: TokenAction) -> Result<(), CliError> {
+    match action {
+        TokenAction::Create(spec) => {
+            let record = spec
+                .validate(crate::ingest::now_ms())
+                .map_err(|e| CliError::Invalid(e.0))?;
+            let (secret, info) = registry.create_token(record)?;
+            eprintln!(
+                "hub: made token {} ({}); its secret is shown once, below",
+                info.id, info.record.name
+            );
+            println!("{secret}");
+            Ok(())
+        }
+        TokenAction::List { json } => {
+            let tokens = registry.list().iter().map(TokenSummary::new).collect();
+            print_list(&TokenList { tokens }, json)
+        }
+        TokenAction::Revoke(id) => {
+            check_id(&id)?;
+            match registry.revoke(&id)? {
+                Some(_) => {
+                    eprintln!("hub: revoked token {id}");
+                    Ok(())
+                }
+                None => Err(CliError::Invalid(format!("no token {id:?}"))),
+            }
+        }
+    }
+}
+
+fn check_id(id: &str) -> Result<(), CliError> {
+    let ok = id.len() == crate::auth::tokens::ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(CliError::Invalid(format!(
+            "{id:?} is not a token id (16 hex digits, as `hub token list` shows)"
+        )))
+    }
+}
+
+fn print_list(list: &TokenList, json: bool) -> Result<(), CliError> {
+    if json {
+        let text =
+            serde_json::to_string_pretty(list).map_err(|e| CliError::Answer(e.to_string()))?;
+        println!("{text}");
+        return Ok(());
+    }
+    print!("{}", table(&list.tokens));
+    Ok(())
+}
+
+/// The token list as a table with a header line, columns padded to their widest cell.
+pub fn table(tokens: &[TokenSummary]) -> String {
+    let dash = || "-".to_owned();
+    let mut rows = vec![
+        [
+            "ID",
+            "NAME",
+            "SCOPES",
+            "DEVICES",
+            "CREATED",
+            "EXPIRES",
+            "LAST USED",
+            "REVOKED",
+        ]
+        .map(str::to_owned),
+    ];
+    for t in tokens {
+        rows.push([
+            t.id.clone(),
+            t.name.clone(),
+            t.scopes.join(","),
+            if t.devices.is_empty() {
+                "*".to_owned()
+            } else {
+                t.devices.join(",")
+            },
+            t.created.clone(),
+            t.expires.clone().unwrap_or_else(dash),
+            t.last_used.clone().unwrap_or_else(dash),
+            if t.revoked { "yes" } else { "no" }.to_owned(),
+        ]);
+    }
+    let mut widths = [0usize; 8];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Opens the store of `config` directly, for when no hub runs.
+fn open_local(config: &Config) -> Result<TokenRegistry, CliError> {
+    let dir = &config.data.dir;
+    if !dir.is_dir() {
+        return Err(CliError::NoDataDir(dir.clone()));
+    }
+    let store_err = |source| CliError::Store {
+        dir: dir.clone(),
+        listen: config.api.listen.clone(),
+        source,
+    };
+    let engine = store::open_engine(config.data.engine, dir, config.data.cache.0 as usize)
+        .map_err(store_err)?;
+    let store = Store::open(engine).map_err(store_err)?;
+    Ok(TokenRegistry::open(&dir.join("token.key"), store)?)
+}
+
+/// The running hub's API, as the admin.
+struct RunningHub {
+    addr: SocketAddr,
+    server_name: ServerName<'static>,
+    host: String,
+    tls: Arc<rustls::ClientConfig>,
+    token: String,
+}
+
+impl RunningHub {
+    /// The hub listening on `api.listen`, or `None` when nothing listens there.
+    async fn find(config: &Config) -> Result<Option<RunningHub>, CliError> {
+        let Ok(listen) = config.api.listen.parse::<SocketAddr>() else {
+            return Ok(None);
+        };
+        if listen.port() == 0 {
+            return Ok(None);
+        }
+        let mut addr = listen;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        let reachable = matches!(
+            tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await,
+            Ok(Ok(_))
+        );
+        if !reachable {
+            return Ok(None);
+        }
+        // The first-run server certificate names localhost and the loopback addresses.
+        let (server_name, host) = if addr.ip().is_loopback() {
+            (
+                ServerName::try_from("localhost").map_err(|e| CliError::Invalid(e.to_string()))?,
+                format!("localhost:{}", addr.port()),
+            )
+        } else {
+            (ServerName::IpAddress(addr.ip().into()), addr.to_string())
+        };
+        let data = &config.data.dir;
+        let token_path = data.join("admin.token");
+        let token = std::fs::read_to_string(&token_path)
+            .map_err(|source| CliError::AdminToken {
+                path: token_path.clone(),
+                source,
+            })?
+            .trim()
+            .to_owned();
+        let tls_dir = config.tls_dir();
+        let ca = tls_dir.join("ca.crt");
+        let (cert, key) = (
+            tls_dir.join(pki::ADMIN_CLIENT_NAME).with_extension("crt"),
+            tls_dir.join(pki::ADMIN_CLIENT_NAME).with_extension("key"),
+        );
+        // The admin client certificate, when there is one, for a hub that requires one.
+        let client = (cert.exists() && key.exists()).then_some((cert.as_path(), key.as_path()));
+        let tls = crate::auth::tls::client_config(Some(&ca), client)?;
+        Ok(Some(RunningHub {
+            addr,
+            server_name,
+            host,
+            tls: Arc::new(tls),
+            token,
+        }))
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://{}{path}", self.host)
+    }
+
+    /// Sends one request; the answer's body if it succeeded, else why not.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<Vec<u8>, CliError> {
+        let url = self.url(path);
+        let unreachable = |reason: String| CliError::Unreachable {
+            url: url.clone(),
+            reason,
+        };
+        let exchange = async {
+            let tcp = tokio::net::TcpStream::connect(self.addr)
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+                .connect(self.server_name.clone(), tcp)
+                .await
+                .map_err(|e| unreachable(format!("TLS: {e}")))?;
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            tokio::spawn(connection);
+            let mut request = Request::builder()
+                .method(method)
+                .uri(path)
+                .header(header::HOST, &self.host)
+                .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
+                .header(header::ACCEPT, "application/json");
+            if body.is_some() {
+                request = request.header(header::CONTENT_TYPE, "application/json");
+            }
+            let request = request
+                .body(body.map_or_else(Body::empty, Body::from))
+                .map_err(|e| CliError::Invalid(e.to_string()))?;
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            let status = response.status();
+            let bytes = axum::body::to_bytes(Body::new(response.into_body()), MAX_ANSWER)
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            Ok::<_, CliError>((status, bytes))
+        };
+        let (status, bytes) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .map_err(|_| unreachable("no answer in time".into()))??;
+        if status.is_success() {
+            return Ok(bytes.to_vec());
+        }
+        let problem: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let detail = problem["detail"]
+            .as_str()
+            .or(problem["title"].as_str())
+            .unwrap_or("")
+            .to_owned();
+        Err(CliError::Refused {
+            url,
+            status: status.as_u16(),
+            detail,
+        })
+    }
+}
+
+/// Which kind of certificate `hub certs` issues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertKind {
+    /// An API client (an app).
+    Client,
+    /// A device.
+    Device,
+}
+
+/// Issues a certificate for `name`, signed by the hub's CA, valid for `days`, and writes
+/// `NAME.crt` and `NAME.key` (mode 0600) in `out` (default `<data.dir>/tls/clients/` or
+/// `tls/devices/`). Returns the paths of the certificate and the key.
+pub fn issue_cert(
+    config: &Config,
+    kind: CertKind,
+    name: &str,
+    days: u32,
+    out: Option<&Path>,
+) -> Result<(PathBuf, PathBuf), CliError> {
+    if !device_protocol::is_valid_id(name) {
+        let what = match kind {
+            CertKind::Client => "--name",
+            CertKind::Device => "--id",
+        };
+        return Err(CliError::Invalid(format!(
+            "{what}: {name:?} is not 1 to 64 of A-Z a-z 0-9 . _ -"
+        )));
+    }
+    if days == 0 || days > pki::MAX_ISSUE_DAYS {
+        return Err(CliError::Invalid(format!(
+            "--days: 1 to {}",
+            pki::MAX_ISSUE_DAYS
+        )));
+    }
+    let tls_dir = config.tls_dir();
+    let (ca_cert, ca_key) = (tls_dir.join("ca.crt"), tls_dir.join("ca.key"));
+    for path in [&ca_cert, &ca_key] {
+        if !path.exists() {
+            return Err(CliError::NoCa(path.clone()));
+        }
+    }
+    let out = match out {
+        Some(dir) => dir.to_owned(),
+        None => tls_dir.join(match kind {
+            CertKind::Client => "clients",
+            CertKind::Device => "devices",
+        }),
+    };
+    if !out.is_dir() {
+        files::create_private_dir(&out).map_err(|source| CliError::File {
+            path: out.clone(),
+            source,
+        })?;
+    }
+    let cert_path = out.join(format!("{name}.crt"));
+    let key_path = out.join(format!("{name}.key"));
+    for path in [&cert_path, &key_path] {
+        if path.exists() {
+            return Err(CliError::Exists(path.clone()));
+        }
+    }
+    let issued = pki::issue_client(&ca_cert, &ca_key, name, days)?;
+    let write = |path: &PathBuf, text: &str| {
+        files::write_private(path, text.as_bytes()).map_err(|source| CliError::File {
+            path: path.clone(),
+            source,
+        })
+    };
+    write(&key_path, &issued.key_pem)?;
+    write(&cert_path, &issued.cert_pem)?;
+    Ok((cert_path, key_path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(id: &str, devices: &[&str], last_used: Option<&str>) -> TokenSummary {
+        TokenSummary {
+            created: "2026-01-01T00:00:00.000Z".into(),
+            devices: devices.iter().map(|d| d.to_string()).collect(),
+            expires: None,
+            id: id.into(),
+            last_used: last_used.map(str::to_owned),
+            name: "app-1".into(),
+            revoked: false,
+            scopes: vec!["read".into(), "command".into()],
+        }
+    }
+
+    #[test]
+    fn the_table_has_a_header_and_a_line_per_token() {
+        let text = table(&[
+            summary("0123456789abcdef", &[], None),
+            summary("fedcba9876543210", &["greenhouse-*"], Some("x")),
+        ]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("ID") && lines[0].contains("LAST USED"));
+        assert!(lines[1].contains("read,command") && lines[1].contains(" * "));
+        assert!(lines[2].contains("greenhouse-*"));
+    }
+
+    #[test]
+    fn ids_are_checked_before_anything_is_asked() {
+        assert!(check_id("0123456789abcdef").is_ok());
+        for bad in [
+            "",
+            "0123",
+            "0123456789ABCDEF",
+            "0123456789abcdeg",
+            "../../etc",
+        ] {
+            assert!(matches!(check_id(bad), Err(CliError::Invalid(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn certificates_are_issued_by_the_ca_and_names_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.data.dir = dir.path().to_owned();
+        assert!(matches!(
+            issue_cert(&config, CertKind::Client, "app-1", 30, None),
+            Err(CliError::NoCa(_))
+        ));
+        pki::ensure(&config.tls_dir()).unwrap();
+        for bad in ["", "a b", "../x", &"x".repeat(65)] {
+            assert!(matches!(
+                issue_cert(&config, CertKind::Client, bad, 30, None),
+                Err(CliError::Invalid(_))
+            ));
+        }
+        assert!(matches!(
+            issue_cert(&config, CertKind::Device, "dev-1", 0, None),
+            Err(CliError::Invalid(_))
+        ));
+        let (cert, key) = issue_cert(&config, CertKind::Device, "dev-1", 30, None).unwrap();
+        assert_eq!(cert, config.tls_dir().join("devices/dev-1.crt"));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(
+            std::fs::read_to_string(&cert)
+                .unwrap()
+                .starts_with("-----BEGIN CERTIFICATE-----")
+        );
+        assert!(matches!(
+            issue_cert(&config, CertKind::Device, "dev-1", 30, None),
+            Err(CliError::Exists(_))
+        ));
+    }
+}
