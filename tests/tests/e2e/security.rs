@@ -93,8 +93,11 @@ impl TestCa {
 pub(crate) fn client(hub: &Hub, identity: Option<&str>) -> reqwest::Client {
     init_tls();
     let ca = std::fs::read(hub.data.join("tls/ca.crt")).unwrap();
+    // Idle pooled connections are dropped before any hub's header timeout (1 s in one test)
+    // closes them, so a request never races the server's close of the connection it reuses.
     let mut builder = reqwest::Client::builder()
         .tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()])
+        .pool_idle_timeout(Duration::from_millis(300))
         .timeout(Duration::from_secs(10));
     if let Some(pem) = identity {
         builder = builder.identity(reqwest::Identity::from_pem(pem.as_bytes()).unwrap());
