@@ -178,15 +178,8 @@ pub async fn run(
     let ingest_stats = Arc::new(IngestStats::default());
     let live = Live::new();
     let presence = Arc::new(Presence::new(config.devices.offline_after.0));
-    {
-        let devices = store.devices(None, usize::MAX)?;
-        presence.load(
-            devices
-                .iter()
-                .map(|d| (d.record.name.as_str(), d.record.last_seen_ms)),
-            now_ms(),
-        );
-    }
+    let last_seen = store.last_seen()?;
+    presence.load(last_seen.iter().map(|(d, at)| (d.as_str(), *at)), now_ms());
 
     let writer_stats = Arc::new(WriterStats::default());
     let (submissions_tx, submissions_rx) = mpsc::channel(config.ingest.queue);

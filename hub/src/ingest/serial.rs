@@ -802,6 +802,7 @@ mod tests {
         dir: tempfile::TempDir,
         socat: Option<Socat>,
         store: Store,
+        presence: Arc<crate::live::Presence>,
         stats: Arc<IngestStats>,
         line: Arc<LineStats>,
         shutdown: CancellationToken,
@@ -821,6 +822,8 @@ mod tests {
                 Duration::from_millis(2),
                 Arc::new(WriterStats::default()),
             );
+            let presence = Arc::new(crate::live::Presence::new(Duration::from_secs(3600)));
+            let writer = writer.publishing(crate::live::Live::new(), presence.clone());
             let writer = tokio::spawn(writer.run(submissions_rx));
             let stats = Arc::new(IngestStats::default());
             let settings = SerialSettings {
@@ -842,6 +845,7 @@ mod tests {
                 dir,
                 socat: Some(socat),
                 store,
+                presence,
                 stats,
                 line,
                 shutdown,
@@ -1159,13 +1163,19 @@ mod tests {
         device.send(&hello("plug-1", "fw")).await;
         device.expect_time_sync().await;
         device.send_until_acked(0..5).await;
+        assert!(hub.presence.is_online("plug-1"));
 
-        // Unplug: the cable goes away with both its ends and their links.
+        // Unplug: the cable goes away with both its ends and their links, and the device is
+        // offline at once (not only after devices.offline_after, an hour here).
         hub.socat.take().expect("socat").unplug();
         drop(device);
         let hub_end = hub.dir.path().join("hub-end");
         wait_for("the links to go", || {
             std::fs::symlink_metadata(&hub_end).is_err()
+        })
+        .await;
+        wait_for("the device to be offline", || {
+            !hub.presence.is_online("plug-1")
         })
         .await;
 
@@ -1175,6 +1185,10 @@ mod tests {
         let mut device = Device::open(&hub.dev_end());
         device.send_until_acked(5..12).await;
         assert_eq!(hub.seqs("plug-1"), (0..12).collect::<Vec<_>>());
+        assert!(
+            hub.presence.is_online("plug-1"),
+            "back online with its readings"
+        );
         assert_eq!(hub.stats.rejected(Rejection::UnknownDevice), 0);
         hub.stop().await;
     }

@@ -852,6 +852,16 @@ impl Store {
         self.device(id)
     }
 
+    /// Every device's id and when it was last heard from; no copies of the records, for start-up.
+    pub fn last_seen(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        Ok(self
+            .catalog()?
+            .devices
+            .values()
+            .map(|r| (r.name.clone(), r.last_seen_ms))
+            .collect())
+    }
+
     /// How many devices the store knows.
     pub fn device_count(&self) -> Result<usize, StoreError> {
         Ok(self.catalog()?.devices.len())

@@ -175,6 +175,26 @@ impl StoreWriter {
     }
 }
 
+/// Notes that `device` was heard from at `at`; allocates only for a device new to the batch (the
+/// common case is many readings of few devices).
+fn note_heard(heard: &mut HashMap<String, u64>, device: &str, at: u64) {
+    match heard.get_mut(device) {
+        Some(last) => *last = (*last).max(at),
+        None => {
+            heard.insert(device.to_owned(), at);
+        }
+    }
+}
+
+/// Tells presence who was heard from, and listeners who came online.
+fn tell_heard(live: &Live, presence: &Presence, heard: &mut HashMap<String, u64>) {
+    for (device, at) in heard.drain() {
+        if let Some(event) = presence.seen(&device, at) {
+            live.event(event);
+        }
+    }
+}
+
 /// Tells live listeners what a commit made durable. Readings are built only while someone
 /// listens for them; presence is told once per device per batch.
 fn publish(live: &Live, presence: &Presence, items: Vec<Ingest>, applied: &[Applied]) {
@@ -192,8 +212,7 @@ fn publish(live: &Live, presence: &Presence, items: Vec<Ingest>, applied: &[Appl
         }
         match item {
             Ingest::Reading(r) => {
-                let at = heard.entry(r.device.clone()).or_default();
-                *at = (*at).max(r.received_ms);
+                note_heard(&mut heard, &r.device, r.received_ms);
                 if let (true, Outcome::Stored { offset, seq }) = (want_readings, applied.outcome) {
                     readings.push(LiveReading {
                         offset,
@@ -205,8 +224,7 @@ fn publish(live: &Live, presence: &Presence, items: Vec<Ingest>, applied: &[Appl
                 }
             }
             Ingest::Hello(h) => {
-                let at = heard.entry(h.device).or_default();
-                *at = (*at).max(h.received_ms);
+                note_heard(&mut heard, &h.device, h.received_ms);
             }
             Ingest::CommandResult(c) => {
                 if let Outcome::CommandResult {
@@ -220,17 +238,12 @@ fn publish(live: &Live, presence: &Presence, items: Vec<Ingest>, applied: &[Appl
                         state,
                     });
                 }
-                let at = heard.entry(c.device).or_default();
-                *at = (*at).max(c.received_ms);
+                note_heard(&mut heard, &c.device, c.received_ms);
             }
             Ingest::Status(s) => {
                 // In arrival order with the rest of the batch: what was heard before a last will
                 // is noted first.
-                for (device, at) in heard.drain() {
-                    if let Some(event) = presence.seen(&device, at) {
-                        live.event(event);
-                    }
-                }
+                tell_heard(live, presence, &mut heard);
                 let event = if s.online {
                     presence.seen(&s.device, s.received_ms)
                 } else {
@@ -242,11 +255,7 @@ fn publish(live: &Live, presence: &Presence, items: Vec<Ingest>, applied: &[Appl
             }
         }
     }
-    for (device, at) in heard {
-        if let Some(event) = presence.seen(&device, at) {
-            live.event(event);
-        }
-    }
+    tell_heard(live, presence, &mut heard);
     if !readings.is_empty() {
         let _ = live.readings_tx.send(Arc::new(readings));
     }
