@@ -232,18 +232,12 @@ async fn device_list_pages_by_cursor() {
 
 /// PATCHes a device with the admin token; status and body.
 async fn patch(hub: &Hub, device: &str, body: Value) -> (u16, Value) {
-    let response = hub
-        .client()
-        .patch(hub.url(&format!("/api/v1/devices/{device}")))
-        .bearer_auth(hub.token())
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    (
-        response.status().as_u16(),
-        response.json().await.unwrap_or(Value::Null),
+    hub.send(
+        reqwest::Method::PATCH,
+        &format!("/api/v1/devices/{device}"),
+        Some(&body),
     )
+    .await
 }
 
 fn ids(body: &Value) -> Vec<String> {

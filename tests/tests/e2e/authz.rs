@@ -45,29 +45,22 @@ async fn every_route_answers_every_kind_of_caller_as_described() {
     );
     wait_for_readings(&hub, DEVICE, 1).await;
     // A command to read back.
-    let admin = client(&hub, None);
-    let command: Value = admin
-        .post(hub.url(&format!("/api/v1/devices/{DEVICE}/commands")))
-        .bearer_auth(hub.token())
-        .json(&json!({"name": "echo"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, command) = hub
+        .send(
+            reqwest::Method::POST,
+            &format!("/api/v1/devices/{DEVICE}/commands"),
+            Some(&json!({"name": "echo"})),
+        )
+        .await;
     let command_id = command["id"].as_u64().unwrap().to_string();
     // A token to look at (and revoke).
-    let token: Value = admin
-        .post(hub.url("/api/v1/tokens"))
-        .bearer_auth(hub.token())
-        .json(&json!({"name": "matrix", "scopes": ["read"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, token) = hub
+        .send(
+            reqwest::Method::POST,
+            "/api/v1/tokens",
+            Some(&json!({"name": "matrix", "scopes": ["read"]})),
+        )
+        .await;
     let token_id = token["id"].as_str().unwrap().to_owned();
 
     let (_, spec) = hub.get("/api/v1/openapi.json").await;
