@@ -25,7 +25,20 @@ impl Harness for Memory {
 pub(super) struct OnDisk(pub(super) tempfile::TempDir, pub(super) EngineKind);
 impl Harness for OnDisk {
     fn open(&mut self) -> Arc<dyn Engine> {
-        open_engine(self.1, self.0.path(), 1 << 20).expect("open engine")
+        // sled's background flusher may hold the file lock for a moment after the previous
+        // handle is dropped (in one process; a restarted hub is a new one): retry briefly.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match open_engine(self.1, self.0.path(), 1 << 20) {
+                Ok(engine) => return engine,
+                Err(e)
+                    if e.to_string().contains("lock") && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("open engine: {e}"),
+            }
+        }
     }
 }
 
