@@ -1,7 +1,7 @@
 //! The edge hub: devices push telemetry over MQTT, the hub stores every reading durably, apps read
 //! it over an authenticated HTTPS API.
 //!
-//! Data flows one way: `ingest -> store -> api`. `app` builds the parts and wires them together.
+//! Data flows one way: `ingest -> store -> (api, sync)`. `app` builds the parts and wires them together.
 
 pub mod api;
 pub mod app;
@@ -13,3 +13,4 @@ pub mod files;
 pub mod ingest;
 pub mod live;
 pub mod store;
+pub mod sync;

@@ -29,11 +29,15 @@ pub enum Table {
     Tokens,
     /// Commands sent to devices: command id (u64 BE) -> encoded command record.
     Commands,
+    /// Sync positions of sinks and pull consumers: name -> encoded position.
+    SyncPositions,
+    /// Readings a sink's receiver refused for good: sink name, 0, offset (BE) -> encoded record.
+    Parked,
 }
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Table; 8] = [
+    pub const ALL: [Table; 10] = [
         Table::Meta,
         Table::Readings,
         Table::DeviceTime,
@@ -42,6 +46,8 @@ impl Table {
         Table::Metrics,
         Table::Tokens,
         Table::Commands,
+        Table::SyncPositions,
+        Table::Parked,
     ];
 
     /// The table's name on disk.
@@ -55,6 +61,8 @@ impl Table {
             Table::Metrics => "metrics",
             Table::Tokens => "tokens",
             Table::Commands => "commands",
+            Table::SyncPositions => "sync_positions",
+            Table::Parked => "parked",
         }
     }
 
@@ -246,6 +254,15 @@ pub trait Snapshot {
     ) -> Result<(), EngineError>;
 }
 
+/// How much disk an engine takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    /// Size of its files.
+    pub file_bytes: u64,
+    /// Bytes holding live data; the rest of the file is free space the engine reuses.
+    pub live_bytes: u64,
+}
+
 /// An ordered key-value engine. All calls block: run them off the async workers.
 pub trait Engine: Send + Sync + 'static {
     /// A read view; it sees every batch committed before it was taken.
@@ -256,4 +273,13 @@ pub trait Engine: Send + Sync + 'static {
 
     /// The engine's name, for logs and metrics.
     fn name(&self) -> &'static str;
+
+    /// Disk use, for the quota.
+    fn usage(&self) -> Result<Usage, EngineError>;
+
+    /// Gives free space back to the file system; `Ok(false)` when there was nothing to do or the
+    /// engine cannot now (open readers). Blocks writers while it runs: call it when idle.
+    fn compact(&self) -> Result<bool, EngineError> {
+        Ok(false)
+    }
 }

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use super::engine::{
-    Change, Direction, Engine, EngineError, KeyRange, Snapshot, Table, Visitor, WriteBatch, walk,
+    Change, Direction, Engine, EngineError, KeyRange, Snapshot, Table, Usage, Visitor, WriteBatch,
+    walk,
 };
 
 type Tables = BTreeMap<(Table, Vec<u8>), Vec<u8>>;
@@ -90,5 +91,17 @@ impl Engine for MemoryEngine {
 
     fn name(&self) -> &'static str {
         "memory"
+    }
+
+    fn usage(&self) -> Result<Usage, EngineError> {
+        let live = self
+            .read()?
+            .iter()
+            .map(|((_, k), v)| (k.len() + v.len()) as u64)
+            .sum();
+        Ok(Usage {
+            file_bytes: live,
+            live_bytes: live,
+        })
     }
 }

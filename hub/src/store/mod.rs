@@ -17,6 +17,7 @@ mod redb_engine;
 pub mod sequence;
 #[cfg(feature = "sled")]
 mod sled_engine;
+pub mod sync;
 #[cfg(test)]
 mod tests;
 pub mod writer;
@@ -24,13 +25,14 @@ pub mod writer;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::{Bound, ControlFlow};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use device_protocol::OwnedValue;
 
 pub use commands::{CommandResultIn, Transition};
 pub use downsample::{Agg, AggValue, Bucket, BucketPage, DownsampleQuery};
-pub use engine::{Direction, Engine, EngineError, KeyRange, Table, WriteBatch};
+pub use engine::{Direction, Engine, EngineError, KeyRange, Table, Usage, WriteBatch};
 pub use records::{CommandRecord, CommandState, DeviceRecord, TokenRecord, Transport, Wire};
 use records::{LatestRecord, ReadingRecord};
 pub use redb_engine::RedbEngine;
@@ -295,6 +297,8 @@ pub enum Outcome {
     },
     /// A status was noted.
     Status,
+    /// A reading refused because the store is full and its policy is `reject_new`.
+    Refused,
 }
 
 /// The outcome of an item and, for a device that sends seqs, its cumulative ack after the batch:
@@ -491,6 +495,25 @@ impl CatalogChanges {
 }
 
 impl Catalog {
+    /// A stored reading with its device and metric names.
+    fn resolve(&self, offset: u64, record: ReadingRecord) -> Reading {
+        Reading {
+            offset,
+            device: self
+                .devices
+                .get(&record.device)
+                .map(|d| d.name.clone())
+                .unwrap_or_else(|| format!("#{}", record.device)),
+            seq: record.seq,
+            timestamp_ms: record.timestamp_ms,
+            metrics: record
+                .metrics
+                .into_iter()
+                .map(|(m, v)| (self.metric_name(m), v))
+                .collect(),
+        }
+    }
+
     fn metric_name(&self, number: u32) -> String {
         self.metric_names
             .get(number as usize)
@@ -505,6 +528,8 @@ pub struct Store {
     engine: Arc<dyn Engine>,
     catalog: Arc<RwLock<Catalog>>,
     writer: Arc<Mutex<()>>,
+    /// Set while the store is full and its policy is to refuse new readings.
+    refusing: Arc<AtomicBool>,
 }
 
 impl Store {
@@ -587,7 +612,18 @@ impl Store {
             engine,
             catalog: Arc::new(RwLock::new(catalog)),
             writer: Arc::new(Mutex::new(())),
+            refusing: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Refuses new readings (`true`) or takes them again (`false`); see [`Outcome::Refused`].
+    pub fn set_refusing(&self, refusing: bool) {
+        self.refusing.store(refusing, Ordering::Relaxed);
+    }
+
+    /// Whether new readings are refused.
+    pub fn is_refusing(&self) -> bool {
+        self.refusing.load(Ordering::Relaxed)
     }
 
     /// The engine's name.
@@ -653,6 +689,11 @@ impl Store {
                     continue;
                 }
             };
+            if matches!(item, Ingest::Reading(_)) && self.refusing.load(Ordering::Relaxed) {
+                // Full under `reject_new`: not stored and not acknowledged, so the device keeps it.
+                outcomes.push((0, Outcome::Refused, false, false));
+                continue;
+            }
             let name = item.device();
             let (device, record) = staged.device(name, transport, received_ms)?;
             record.last_seen_ms = record.last_seen_ms.max(received_ms);

@@ -4,12 +4,13 @@
 //! page cache is capped by the caller so memory stays flat whatever the size of the file.
 
 use std::ops::ControlFlow;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard};
 
 use redb::{Database, ReadTransaction, ReadableDatabase, TableDefinition};
 
 use super::engine::{
-    Change, Direction, Engine, EngineError, KeyRange, Snapshot, Table, Visitor, WriteBatch,
+    Change, Direction, Engine, EngineError, KeyRange, Snapshot, Table, Usage, Visitor, WriteBatch,
 };
 
 fn definition(table: Table) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
@@ -18,7 +19,9 @@ fn definition(table: Table) -> TableDefinition<'static, &'static [u8], &'static 
 
 /// A redb database file.
 pub struct RedbEngine {
-    db: Database,
+    /// Compaction needs the database to itself; everything else shares it.
+    db: RwLock<Database>,
+    path: PathBuf,
 }
 
 impl RedbEngine {
@@ -36,7 +39,16 @@ impl RedbEngine {
                 .map_err(EngineError::engine)?;
         }
         txn.commit().map_err(EngineError::engine)?;
-        Ok(RedbEngine { db })
+        Ok(RedbEngine {
+            db: RwLock::new(db),
+            path: path.to_owned(),
+        })
+    }
+
+    fn db(&self) -> Result<RwLockReadGuard<'_, Database>, EngineError> {
+        self.db
+            .read()
+            .map_err(|_| EngineError::engine("database lock poisoned"))
     }
 }
 
@@ -81,12 +93,13 @@ impl Snapshot for RedbSnapshot {
 
 impl Engine for RedbEngine {
     fn snapshot(&self) -> Result<Box<dyn Snapshot + '_>, EngineError> {
-        let txn = self.db.begin_read().map_err(EngineError::engine)?;
+        let txn = self.db()?.begin_read().map_err(EngineError::engine)?;
         Ok(Box::new(RedbSnapshot { txn }))
     }
 
     fn commit(&self, batch: &WriteBatch) -> Result<(), EngineError> {
-        let mut txn = self.db.begin_write().map_err(EngineError::engine)?;
+        let db = self.db()?;
+        let mut txn = db.begin_write().map_err(EngineError::engine)?;
         txn.set_quick_repair(true);
         {
             let mut open = std::collections::BTreeMap::new();
@@ -119,5 +132,31 @@ impl Engine for RedbEngine {
 
     fn name(&self) -> &'static str {
         "redb"
+    }
+
+    fn usage(&self) -> Result<Usage, EngineError> {
+        let file_bytes = std::fs::metadata(&self.path)?.len();
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(EngineError::engine)?;
+        let stats = txn.stats().map_err(EngineError::engine)?;
+        let live_bytes = stats.allocated_pages() * stats.page_size() as u64;
+        txn.abort().map_err(EngineError::engine)?;
+        Ok(Usage {
+            file_bytes,
+            live_bytes: live_bytes.min(file_bytes),
+        })
+    }
+
+    fn compact(&self) -> Result<bool, EngineError> {
+        let mut db = self
+            .db
+            .write()
+            .map_err(|_| EngineError::engine("database lock poisoned"))?;
+        match db.compact() {
+            Ok(done) => Ok(done),
+            // An API request still reads: try again at the next idle moment.
+            Err(redb::CompactionError::TransactionInProgress) => Ok(false),
+            Err(e) => Err(EngineError::engine(e)),
+        }
     }
 }

@@ -9,7 +9,7 @@ use std::ops::{Bound, ControlFlow};
 use std::path::Path;
 
 use super::engine::{
-    Change, Direction, Engine, EngineError, KeyRange, Snapshot, Table, Visitor, WriteBatch,
+    Change, Direction, Engine, EngineError, KeyRange, Snapshot, Table, Usage, Visitor, WriteBatch,
 };
 
 /// A sled database directory.
@@ -105,5 +105,14 @@ impl Engine for SledEngine {
 
     fn name(&self) -> &'static str {
         "sled"
+    }
+
+    fn usage(&self) -> Result<Usage, EngineError> {
+        // sled never gives space back, so what its files take is what it uses.
+        let bytes = self.db.size_on_disk().map_err(EngineError::engine)?;
+        Ok(Usage {
+            file_bytes: bytes,
+            live_bytes: bytes,
+        })
     }
 }

@@ -44,6 +44,8 @@ pub struct WriterStats {
     pub commits: AtomicU64,
     /// Commits that failed.
     pub failed_commits: AtomicU64,
+    /// Readings refused because the store was full (policy `reject_new`).
+    pub refused: AtomicU64,
 }
 
 /// The store writer task.
@@ -160,6 +162,15 @@ impl StoreWriter {
         self.stats
             .duplicates
             .fetch_add(duplicates as u64, Ordering::Relaxed);
+        let refused = applied
+            .iter()
+            .filter(|a| a.outcome == Outcome::Refused)
+            .count();
+        if refused > 0 {
+            self.stats
+                .refused
+                .fetch_add(refused as u64, Ordering::Relaxed);
+        }
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
         if let Some((live, presence)) = &self.live {
             publish(live, presence, items, &applied);
