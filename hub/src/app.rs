@@ -19,7 +19,7 @@ use crate::api::{self, ApiState, RequestIds};
 use crate::auth::clients::{ClientEntry, ClientIdentities};
 use crate::auth::{self, AuthError, Scope, TokenRegistry, pki};
 use crate::commands::{self, CommandSettings, Transports};
-use crate::config::{Broker, Config};
+use crate::config::{Broker, Config, SinkKind};
 use crate::files;
 use crate::ingest::broker::{self, BrokerError, BrokerSettings};
 use crate::ingest::mqtt::{Link, MqttIngest, MqttSettings};
@@ -29,6 +29,11 @@ use crate::live::{Live, Presence};
 use crate::ingest::{IngestStats, now_ms};
 use crate::store::writer::{StoreWriter, WriterStats};
 use crate::store::{self, Store, StoreError, TokenRecord};
+use crate::sync::http::HttpUplink;
+use crate::sync::mqtt::MqttUplink;
+use crate::sync::pump::{Sink, SinkSettings, SinkStats, Uplink};
+use crate::sync::retention::{Retention, RetentionSettings, RetentionStats};
+use crate::sync::{self, SinkHandle, SyncState};
 
 /// How long start-up waits for the subscription on the embedded broker.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -63,6 +68,9 @@ pub enum AppError {
         /// Why.
         source: std::io::Error,
     },
+    /// A sink's configuration cannot be used.
+    #[error(transparent)]
+    Sync(#[from] crate::sync::SyncError),
     /// A task stopped before shutdown.
     #[error("task `{0}` stopped unexpectedly")]
     TaskFailed(&'static str),
@@ -281,6 +289,9 @@ pub async fn run(
 
     let token_use_task = tasks.spawn(save_token_use(tokens.clone(), api_shutdown.clone()));
 
+    // Sync and retention read the store until the API stops: after ingest has been flushed.
+    let sync_state = start_sync(&config, &store, &tasks, &api_shutdown)?;
+
     let state = ApiState {
         store: store.clone(),
         tokens,
@@ -298,6 +309,7 @@ pub async fn run(
             config.api.rate_limit,
             config.api.rate_burst,
         )),
+        sync: Arc::new(sync_state),
     };
 
     let limits = api::server::ServerLimits {
@@ -370,6 +382,49 @@ pub async fn run(
         Some(task) => Err(AppError::TaskFailed(task)),
         None => Ok(()),
     }
+}
+
+/// Starts every configured sink and retention; what the API shows of them.
+fn start_sync(
+    config: &Config,
+    store: &Store,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<SyncState, AppError> {
+    let hub_id = sync::hub_id(&config.sync.hub_id);
+    let names: Vec<&str> = config.sync.sinks().map(|(_, s)| s.name.as_str()).collect();
+    sync::forget_removed_sinks(store, &names)?;
+    let mut sinks = Vec::new();
+    for (kind, sink) in config.sync.sinks() {
+        let uplink = match kind {
+            SinkKind::Http => Uplink::Http(HttpUplink::new(sink)?),
+            SinkKind::Mqtt => Uplink::Mqtt(MqttUplink::new(sink, &hub_id)?),
+        };
+        let stats = Arc::new(SinkStats::default());
+        let settings = SinkSettings::new(kind, sink, &hub_id);
+        tasks
+            .spawn(Sink::new(settings, store.clone(), uplink, stats.clone()).run(shutdown.clone()));
+        sinks.push(SinkHandle {
+            name: sink.name.clone(),
+            kind,
+            stats,
+        });
+    }
+    if !sinks.is_empty() {
+        tracing::info!(hub_id = %hub_id, sinks = sinks.len(), "upstream sync started");
+    }
+    let retention = Arc::new(RetentionStats::default());
+    let settings = RetentionSettings {
+        max_disk: config.data.max_disk.0,
+        full_policy: config.data.full_policy,
+        max_age: (!config.data.max_age.0.is_zero()).then_some(config.data.max_age.0),
+    };
+    tasks.spawn(Retention::new(store.clone(), settings, retention.clone()).run(shutdown.clone()));
+    Ok(SyncState {
+        sinks,
+        retention,
+        max_disk: config.data.max_disk.0,
+    })
 }
 
 /// Where the API's TLS material comes from, to build it at start and again on SIGHUP.

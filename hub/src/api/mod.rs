@@ -17,9 +17,10 @@ mod openapi;
 pub mod params;
 mod ratelimit;
 mod readings;
-mod schema;
+pub mod schema;
 pub mod server;
 mod stream;
+mod sync;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -74,6 +75,8 @@ pub struct ApiState {
     pub clients: Arc<crate::auth::clients::ClientIdentities>,
     /// Rate limits.
     pub limits: Arc<Limits>,
+    /// Sinks and retention, for the sync routes.
+    pub sync: Arc<crate::sync::SyncState>,
 }
 
 /// Request ids: a random prefix per process and a counter, so ids are unique and cheap.
@@ -148,7 +151,11 @@ fn routes(state: &ApiState) -> OpenApiRouter<ApiState> {
         .routes(routes!(health::readyz_v1))
         .routes(routes!(openapi::openapi_json))
         .routes(routes!(tokens::create, tokens::list))
-        .routes(routes!(tokens::revoke));
+        .routes(routes!(tokens::revoke))
+        .routes(routes!(sync::pull))
+        .routes(routes!(sync::commit, sync::remove))
+        .routes(routes!(sync::status))
+        .routes(routes!(sync::parked));
     // Every body the API takes is small (commands, device labels): one bound for all of them.
     let v1 = v1.layer(axum::extract::DefaultBodyLimit::max(MAX_BODY));
     let authenticated = openapi::authenticated(

@@ -38,7 +38,7 @@ const BEARER: &str = "bearer";
     info(
         title = "hub API",
         version = env!("CARGO_PKG_VERSION"),
-        description = "The edge hub's HTTPS API: devices, their latest values and readings, commands, and a live stream.\n\n\
+        description = "The edge hub's HTTPS API: devices, their latest values and readings, commands, a live stream, and upstream sync.\n\n\
             Every route needs `Authorization: Bearer <token>` except `/healthz`. Every answer has \
             an `x-request-id` header; every error is `application/problem+json` (RFC 9457) with \
             that id as `request_id`. Timestamps are RFC 3339 in UTC with milliseconds.",
@@ -51,6 +51,7 @@ const BEARER: &str = "bearer";
         (name = "commands", description = "Commands for devices and their results."),
         (name = "stream", description = "Live readings and events over a WebSocket."),
         (name = "tokens", description = "Bearer tokens: make, list, revoke (admin scope)."),
+        (name = "sync", description = "Upstream sync: cloud pull by offset, consumers, sink status, parked readings."),
         (name = "health", description = "Liveness and readiness."),
         (name = "meta", description = "This description."),
     ),
@@ -289,6 +290,7 @@ mod tests {
             shutdown: tokio_util::sync::CancellationToken::new(),
             clients: Arc::new(crate::auth::clients::ClientIdentities::default()),
             limits: Arc::new(crate::api::Limits::new(0, 1)),
+            sync: Arc::new(crate::sync::SyncState::default()),
         };
         Fixture {
             _dir: dir,

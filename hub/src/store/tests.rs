@@ -603,3 +603,151 @@ mod model {
         }
     }
 }
+
+#[test]
+fn sync_positions_parking_and_oldest_first_deletes_survive_reopen() {
+    use super::sync::{FollowerKind, SyncPosition};
+    for (name, mut harness) in harnesses() {
+        let store = Store::open(harness.open()).unwrap();
+        let batch: Vec<NewReading> = (0..10u32)
+            .map(|i| {
+                reading(
+                    if i % 2 == 0 { "a" } else { "b" },
+                    Some(i),
+                    Some(1_000 + u64::from(i)),
+                    &[("v", OwnedValue::I64(i64::from(i)))],
+                )
+            })
+            .collect();
+        store.append(&batch).unwrap();
+        let page = store.readings_from(3, 8, 100).unwrap();
+        let offsets: Vec<u64> = page.iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, [3, 4, 5, 6, 7], "{name}");
+        assert_eq!(page[0].device, "b", "{name}");
+        assert_eq!(store.readings_from(0, 10, 2).unwrap().len(), 2, "{name}");
+
+        let position = SyncPosition {
+            next: 4,
+            inflight: Some((4, 6)),
+            ..SyncPosition::start(FollowerKind::Sink, 5)
+        };
+        store.set_sync_position("cloud", &position).unwrap();
+        let moved = SyncPosition {
+            next: 6,
+            inflight: None,
+            ..position
+        };
+        // Parking copies the reading and moves the position in one commit.
+        store
+            .park("cloud", &[5], 400, "bad value", &moved, 77)
+            .unwrap();
+
+        // Oldest first, stopping where told; index entries go too.
+        let deleted = store.delete_oldest(3, |_, _| false).unwrap();
+        assert_eq!(deleted.readings, 3, "{name}");
+        assert_eq!(deleted.next, Some(3), "{name}");
+        let deleted = store.delete_oldest(100, |offset, _| offset >= 6).unwrap();
+        assert_eq!(deleted.readings, 3, "{name}");
+        drop(store);
+
+        let store = Store::open(harness.open()).unwrap();
+        assert_eq!(store.oldest_offset().unwrap(), Some(6), "{name}");
+        assert_eq!(store.reading_count().unwrap(), 4, "{name}");
+        assert_eq!(store.sync_position("cloud").unwrap(), Some(moved), "{name}");
+        assert_eq!(store.sync_positions().unwrap().len(), 1, "{name}");
+        let parked = store.parked(None, 10).unwrap();
+        assert_eq!(parked.len(), 1, "{name}");
+        assert_eq!(parked[0].reading.offset, 5, "{name}");
+        assert_eq!(parked[0].reading.device, "b", "{name}");
+        assert_eq!(
+            (parked[0].status, parked[0].reason.as_str()),
+            (400, "bad value")
+        );
+        // The device's index no longer lists what was deleted.
+        let page = store
+            .readings(&query("a", Order::Oldest, 100))
+            .unwrap()
+            .unwrap();
+        let offsets: Vec<u64> = page.readings.iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, [6, 8], "{name}");
+        assert!(store.remove_sync_position("cloud").unwrap(), "{name}");
+        assert!(!store.remove_sync_position("cloud").unwrap(), "{name}");
+    }
+}
+
+#[test]
+fn a_refusing_store_stores_no_reading_and_acks_none() {
+    let store = Store::open(Arc::new(MemoryEngine::new())).unwrap();
+    store.set_refusing(true);
+    let applied = store
+        .append(&[reading("a", Some(1), None, &[("v", OwnedValue::I64(1))])])
+        .unwrap();
+    assert_eq!(applied[0].outcome, Outcome::Refused);
+    assert_eq!(applied[0].ack, None);
+    assert_eq!(store.next_offset().unwrap(), 0);
+    store.set_refusing(false);
+    let applied = store
+        .append(&[reading("a", Some(1), None, &[("v", OwnedValue::I64(1))])])
+        .unwrap();
+    assert_eq!(applied[0].outcome, Outcome::Stored { offset: 0, seq: 1 });
+}
+
+#[test]
+fn redb_reuses_the_space_of_deleted_readings_and_compaction_shrinks_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open_engine(EngineKind::Redb, dir.path(), 1 << 20).unwrap();
+    let store = Store::open(engine).unwrap();
+    let write = |from: u32| {
+        for chunk in 0..20u32 {
+            let batch: Vec<NewReading> = (0..500u32)
+                .map(|i| {
+                    let seq = from + chunk * 500 + i;
+                    reading(
+                        "d",
+                        Some(seq),
+                        None,
+                        &[("v", OwnedValue::F64(f64::from(seq)))],
+                    )
+                })
+                .collect();
+            store.append(&batch).unwrap();
+        }
+    };
+    write(0);
+    let file = |s: &Store| s.usage().unwrap().file_bytes;
+    // Keep 10,000 readings: delete as many as were written, then write again, a few times.
+    write(10_000);
+    while store
+        .delete_oldest(2_000, |o, _| o >= 10_000)
+        .unwrap()
+        .readings
+        > 0
+    {}
+    let steady = file(&store);
+    for round in 2..6u32 {
+        write(round * 10_000);
+        let keep_from = (round - 1) * 10_000;
+        while store
+            .delete_oldest(2_000, |o, _| o >= u64::from(keep_from) + 10_000)
+            .unwrap()
+            .readings
+            > 0
+        {}
+    }
+    let after = file(&store);
+    assert!(
+        after <= steady + steady / 2,
+        "the file kept growing while retention ran: {steady} -> {after} bytes"
+    );
+    // Delete nearly everything: compaction gives the space back.
+    while store
+        .delete_oldest(2_000, |o, _| o >= 59_900)
+        .unwrap()
+        .readings
+        > 0
+    {}
+    let before = file(&store);
+    while store.compact().unwrap() {}
+    assert!(file(&store) < before, "compaction did not shrink the file");
+    assert_eq!(store.reading_count().unwrap(), 100);
+}

@@ -6,9 +6,12 @@
 //! batch (a 2xx, a PUBACK). Data flows one way: the store is only read here, except for the
 //! positions, parked readings and retention's deletes.
 
+pub mod body;
 pub mod compress;
 pub mod http;
 pub mod mqtt;
+pub mod pump;
+pub mod retention;
 
 use std::time::Duration;
 
@@ -68,4 +71,65 @@ pub enum SyncError {
     /// Compressing a body failed.
     #[error("compressing a batch: {0}")]
     Compress(std::io::Error),
+}
+
+/// A configured sink, as the API and metrics see it.
+#[derive(Debug, Clone)]
+pub struct SinkHandle {
+    /// Its name.
+    pub name: String,
+    /// `http` or `mqtt`.
+    pub kind: crate::config::SinkKind,
+    /// Its counters.
+    pub stats: std::sync::Arc<pump::SinkStats>,
+}
+
+/// What the API and metrics see of sync.
+#[derive(Debug, Clone, Default)]
+pub struct SyncState {
+    /// The configured sinks.
+    pub sinks: Vec<SinkHandle>,
+    /// Retention's counters.
+    pub retention: std::sync::Arc<retention::RetentionStats>,
+    /// The quota.
+    pub max_disk: u64,
+}
+
+impl SyncState {
+    /// Whether `name` is a configured sink's (pull consumers may not take it).
+    pub fn is_sink(&self, name: &str) -> bool {
+        self.sinks.iter().any(|s| s.name == name)
+    }
+}
+
+/// This hub's name upstream: the configured one, else the host name (reduced to the characters
+/// ids may hold), else `hub`.
+pub fn hub_id(configured: &str) -> String {
+    if !configured.is_empty() {
+        return configured.to_owned();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let id: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .take(64)
+        .collect();
+    if id.is_empty() { "hub".into() } else { id }
+}
+
+/// Forgets the positions of sinks no longer configured, so they stop holding back retention.
+pub fn forget_removed_sinks(
+    store: &crate::store::Store,
+    configured: &[&str],
+) -> Result<(), crate::store::StoreError> {
+    for (name, position) in store.sync_positions()? {
+        if position.kind == crate::store::sync::FollowerKind::Sink
+            && !configured.contains(&name.as_str())
+        {
+            store.remove_sync_position(&name)?;
+            tracing::warn!(sink = %name, "a sink no longer configured: its position is forgotten, and retention no longer keeps readings for it");
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,120 @@
+//! What goes upstream: a batch body (the same JSON for every sink kind) and its idempotency key.
+//!
+//! ```json
+//! {"hub":"gw-1","sink":"cloud","key":"gw-1.cloud.0-2","first_offset":0,"last_offset":2,
+//!  "readings":[{"device":"t1","metrics":{"temp":21.5},"offset":0,"seq":7,"ts":"2026-11-21T10:00:00.000Z"}]}
+//! ```
+//!
+//! Readings are in offset order, so each device's readings are in its order. The key names the
+//! hub, the sink and the batch's first and last offsets: a batch sent again (a retry, or after a
+//! restart, which resends the persisted in-flight batch as it was) carries the same key, and a
+//! receiver that has seen the key can drop the batch. `(device, seq)` identifies each reading too.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::api::params::rfc3339;
+use crate::api::schema::MetricValue;
+use crate::store::Reading;
+
+/// A reading as it goes upstream, pushed or pulled.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamReading {
+    /// The device id.
+    pub device: String,
+    /// Values by metric name.
+    pub metrics: BTreeMap<String, MetricValue>,
+    /// The hub offset: a number that only grows.
+    pub offset: u64,
+    /// The device's sequence number (assigned by the hub when the device sends none).
+    pub seq: u32,
+    /// Timestamp (the device's, else the hub's receive time), RFC 3339 UTC.
+    #[schema(format = DateTime)]
+    pub ts: String,
+}
+
+impl From<&Reading> for UpstreamReading {
+    fn from(r: &Reading) -> Self {
+        UpstreamReading {
+            device: r.device.clone(),
+            metrics: r
+                .metrics
+                .iter()
+                .map(|(n, v)| (n.clone(), MetricValue(v.clone())))
+                .collect(),
+            offset: r.offset,
+            seq: r.seq,
+            ts: rfc3339(r.timestamp_ms),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct BatchBody<'a> {
+    hub: &'a str,
+    sink: &'a str,
+    key: &'a str,
+    first_offset: u64,
+    last_offset: u64,
+    readings: Vec<UpstreamReading>,
+}
+
+/// The idempotency key of the batch from `first` to `last` of `sink` on `hub`.
+pub fn batch_key(hub: &str, sink: &str, first: u64, last: u64) -> String {
+    format!("{hub}.{sink}.{first}-{last}")
+}
+
+/// The JSON body of a batch of `readings` (not empty, in offset order) and its key.
+pub fn batch_body(hub: &str, sink: &str, readings: &[Reading]) -> (String, Vec<u8>) {
+    let first = readings.first().map_or(0, |r| r.offset);
+    let last = readings.last().map_or(0, |r| r.offset);
+    let key = batch_key(hub, sink, first, last);
+    let body = BatchBody {
+        hub,
+        sink,
+        key: &key,
+        first_offset: first,
+        last_offset: last,
+        readings: readings.iter().map(UpstreamReading::from).collect(),
+    };
+    // Serializing these types cannot fail (string keys, no maps with other keys).
+    let json = serde_json::to_vec(&body).unwrap_or_default();
+    (key, json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use device_protocol::OwnedValue;
+
+    #[test]
+    fn the_body_names_its_batch_and_keeps_offset_order() {
+        let readings: Vec<Reading> = (5..8)
+            .map(|offset| Reading {
+                offset,
+                device: "t1".into(),
+                seq: offset as u32,
+                timestamp_ms: 1_700_000_000_000 + offset,
+                metrics: vec![("temp".into(), OwnedValue::F64(21.5))],
+            })
+            .collect();
+        let (key, body) = batch_body("gw", "cloud", &readings);
+        assert_eq!(key, "gw.cloud.5-7");
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["key"], "gw.cloud.5-7");
+        assert_eq!(json["first_offset"], 5);
+        assert_eq!(json["last_offset"], 7);
+        let offsets: Vec<u64> = json["readings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["offset"].as_u64().unwrap())
+            .collect();
+        assert_eq!(offsets, [5, 6, 7]);
+        assert_eq!(json["readings"][0]["metrics"]["temp"], 21.5);
+        assert_eq!(json["readings"][0]["device"], "t1");
+    }
+}

@@ -1,0 +1,306 @@
+//! Retention: keeps the store within `data.max_disk` and `data.max_age`.
+//!
+//! Every round, oldest first and at most [`CHUNK`] readings per transaction:
+//! - readings older than `max_age` are deleted, synced or not;
+//! - above 90% of the quota, readings every sink and registered pull consumer has passed are
+//!   deleted until the store is under 80%;
+//! - still above 90%, `full_policy` decides: `drop_oldest` deletes the oldest unsynced readings,
+//!   `reject_new` makes the store refuse new readings (devices are not acknowledged and keep
+//!   them) until it is back under 80%.
+//!
+//! Every unsynced reading deleted is counted and logged: that is data loss. The engine reuses
+//! freed space, so the file stops growing once retention runs; when the hub has been idle for a
+//! while and the file holds much free space, it is compacted so it shrinks.
+//!
+//! Measuring live bytes walks the engine's trees, so it is done at most every
+//! [`MEASURE_EVERY`], and only once the file is past half the quota (before that, live bytes
+//! cannot be near it).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::FullPolicy;
+use crate::ingest::now_ms;
+use crate::store::{Store, StoreError, Usage};
+
+/// Most readings deleted in one transaction, so a delete never holds the writer for long.
+pub const CHUNK: usize = 2_000;
+/// How often retention looks.
+const ROUND: Duration = Duration::from_secs(5);
+/// Least time between two measurements of live bytes.
+const MEASURE_EVERY: Duration = Duration::from_secs(30);
+/// No reading for this long counts as idle, for compaction.
+const IDLE_AFTER: Duration = Duration::from_secs(60);
+
+/// What retention keeps to.
+#[derive(Debug, Clone)]
+pub struct RetentionSettings {
+    /// The quota, in bytes.
+    pub max_disk: u64,
+    /// At the quota with unsynced readings.
+    pub full_policy: FullPolicy,
+    /// Delete readings older than this.
+    pub max_age: Option<Duration>,
+}
+
+/// Counters of retention, for the API and metrics.
+#[derive(Debug, Default)]
+pub struct RetentionStats {
+    /// Synced readings deleted to make room.
+    pub deleted: AtomicU64,
+    /// Readings deleted for their age.
+    pub expired: AtomicU64,
+    /// Unsynced readings deleted (data loss: by age or by `drop_oldest`).
+    pub dropped: AtomicU64,
+    /// Whether the store refuses new readings (`reject_new` at the quota).
+    pub refusing: AtomicBool,
+    /// Size of the store's files at the last look.
+    pub file_bytes: AtomicU64,
+    /// Live bytes at the last measurement.
+    pub live_bytes: AtomicU64,
+    /// Compactions done.
+    pub compactions: AtomicU64,
+}
+
+/// The retention task.
+pub struct Retention {
+    store: Store,
+    settings: RetentionSettings,
+    stats: Arc<RetentionStats>,
+    measured: Option<(Instant, Usage, u64)>,
+    /// The head offset when it last moved, and when.
+    last_activity: (u64, Instant),
+    compacted_at: Option<u64>,
+}
+
+impl Retention {
+    /// Retention of `store`.
+    pub fn new(store: Store, settings: RetentionSettings, stats: Arc<RetentionStats>) -> Self {
+        Retention {
+            store,
+            settings,
+            stats,
+            measured: None,
+            last_activity: (0, Instant::now()),
+            compacted_at: None,
+        }
+    }
+
+    /// Runs rounds until `shutdown`.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(ROUND) => {}
+            }
+            let mut this = self;
+            let joined = tokio::task::spawn_blocking(move || {
+                let outcome = this.round();
+                (this, outcome)
+            })
+            .await;
+            match joined {
+                Ok((back, outcome)) => {
+                    self = back;
+                    if let Err(e) = outcome {
+                        tracing::error!(error = %e, "retention round failed; trying again");
+                    }
+                }
+                Err(_) => {
+                    tracing::error!("retention round died; retention stops");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// One round; blocks.
+    pub fn round(&mut self) -> Result<(), StoreError> {
+        let floor = self.floor()?;
+        if let Some(max_age) = self.settings.max_age {
+            let cutoff = now_ms().saturating_sub(max_age.as_millis() as u64);
+            loop {
+                let mut unsynced = 0u64;
+                let deleted = self.store.delete_oldest(CHUNK, |offset, ts| {
+                    let keep = ts >= cutoff;
+                    if !keep && offset >= floor {
+                        unsynced += 1;
+                    }
+                    keep
+                })?;
+                self.stats
+                    .expired
+                    .fetch_add(deleted.readings, Ordering::Relaxed);
+                self.count_dropped(unsynced, "older than data.max_age");
+                if deleted.readings < CHUNK as u64 {
+                    break;
+                }
+            }
+        }
+        self.keep_quota(floor)?;
+        self.compact_when_idle()
+    }
+
+    /// The lowest position of every follower: readings below it are synced. With no follower,
+    /// nothing waits for any reading.
+    fn floor(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .store
+            .sync_positions()?
+            .iter()
+            .map(|(_, p)| p.next)
+            .min()
+            .unwrap_or(u64::MAX))
+    }
+
+    fn count_dropped(&self, readings: u64, why: &str) {
+        if readings > 0 {
+            let total = self.stats.dropped.fetch_add(readings, Ordering::Relaxed) + readings;
+            tracing::error!(
+                readings,
+                total,
+                why,
+                "deleted readings that were not synced yet"
+            );
+        }
+    }
+
+    /// Live bytes now, or as estimated from the last measurement and the readings held since.
+    fn live_bytes(&mut self) -> Result<u64, StoreError> {
+        let count = self.store.reading_count()?;
+        let fresh = self
+            .measured
+            .is_some_and(|(at, _, _)| at.elapsed() < MEASURE_EVERY);
+        if !fresh {
+            let usage = self.store.usage()?;
+            self.stats
+                .file_bytes
+                .store(usage.file_bytes, Ordering::Relaxed);
+            if usage.file_bytes < self.settings.max_disk / 2 {
+                // Live bytes cannot be near the quota: skip the walk.
+                self.stats
+                    .live_bytes
+                    .store(usage.file_bytes, Ordering::Relaxed);
+                self.measured = None;
+                return Ok(usage.file_bytes);
+            }
+            self.stats
+                .live_bytes
+                .store(usage.live_bytes, Ordering::Relaxed);
+            self.measured = Some((Instant::now(), usage, count));
+            return Ok(usage.live_bytes);
+        }
+        let Some((_, usage, then)) = self.measured else {
+            return Ok(0);
+        };
+        // Between measurements: scale by the readings held.
+        let per_reading = usage.live_bytes / then.max(1);
+        let estimate = usage
+            .live_bytes
+            .saturating_add_signed((count as i64 - then as i64) * per_reading as i64);
+        Ok(estimate)
+    }
+
+    fn keep_quota(&mut self, floor: u64) -> Result<(), StoreError> {
+        let high = self.settings.max_disk / 10 * 9;
+        let low = self.settings.max_disk / 10 * 8;
+        let mut live = self.live_bytes()?;
+        let refusing = self.stats.refusing.load(Ordering::Relaxed);
+        if live <= high && !(refusing && live > low) {
+            if refusing {
+                self.refuse(false);
+            }
+            return Ok(());
+        }
+        let count = self.store.reading_count()?.max(1);
+        let per_reading = (live / count).max(1);
+        // Synced readings first.
+        while live > low {
+            let deleted = self
+                .store
+                .delete_oldest(CHUNK, |offset, _| offset >= floor)?;
+            if deleted.readings == 0 {
+                break;
+            }
+            self.stats
+                .deleted
+                .fetch_add(deleted.readings, Ordering::Relaxed);
+            live = live.saturating_sub(deleted.readings * per_reading);
+        }
+        if live > high {
+            match self.settings.full_policy {
+                FullPolicy::DropOldest => {
+                    while live > low {
+                        let deleted = self.store.delete_oldest(CHUNK, |_, _| false)?;
+                        if deleted.readings == 0 {
+                            break;
+                        }
+                        self.count_dropped(
+                            deleted.readings,
+                            "store full (data.full_policy = drop_oldest)",
+                        );
+                        live = live.saturating_sub(deleted.readings * per_reading);
+                    }
+                }
+                FullPolicy::RejectNew => self.refuse(true),
+            }
+        } else if live <= low && refusing {
+            self.refuse(false);
+        }
+        // What was deleted is measured again next time.
+        self.measured = None;
+        Ok(())
+    }
+
+    fn refuse(&self, refusing: bool) {
+        if self.stats.refusing.swap(refusing, Ordering::Relaxed) == refusing {
+            return;
+        }
+        self.store.set_refusing(refusing);
+        if refusing {
+            tracing::error!(
+                max_disk = self.settings.max_disk,
+                "store full of unsynced readings: refusing new readings (data.full_policy = reject_new); devices keep theirs until the sinks catch up"
+            );
+        } else {
+            tracing::info!("store has room again: taking new readings");
+        }
+    }
+
+    /// Compacts once per idle period when the file holds much free space.
+    fn compact_when_idle(&mut self) -> Result<(), StoreError> {
+        let head = self.store.next_offset()?;
+        if head != self.last_activity.0 {
+            self.last_activity = (head, Instant::now());
+            return Ok(());
+        }
+        if self.last_activity.1.elapsed() < IDLE_AFTER || self.compacted_at == Some(head) {
+            return Ok(());
+        }
+        self.compacted_at = Some(head);
+        let usage = self.store.usage()?;
+        let free = usage.file_bytes.saturating_sub(usage.live_bytes);
+        if free < (16 << 20).max(usage.file_bytes / 4) {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        if self.store.compact()? {
+            let after = self.store.usage()?;
+            self.stats.compactions.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .file_bytes
+                .store(after.file_bytes, Ordering::Relaxed);
+            tracing::info!(
+                before = usage.file_bytes,
+                after = after.file_bytes,
+                took_ms = started.elapsed().as_millis() as u64,
+                "store compacted while idle"
+            );
+        }
+        Ok(())
+    }
+}
