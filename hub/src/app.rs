@@ -198,13 +198,15 @@ pub async fn run(
     let ingest_shutdown = CancellationToken::new();
     let api_shutdown = CancellationToken::new();
 
+    let committed = Arc::new(tokio::sync::Notify::new());
     let writer = StoreWriter::new(
         store.clone(),
         config.ingest.batch_max,
         config.ingest.batch_window.0,
         writer_stats,
     )
-    .publishing(live.clone(), presence.clone());
+    .publishing(live.clone(), presence.clone())
+    .notifying(committed.clone());
     let writer_task = tasks.spawn(writer.run(submissions_rx));
 
     let mqtt = MqttIngest::new(
@@ -290,7 +292,7 @@ pub async fn run(
     let token_use_task = tasks.spawn(save_token_use(tokens.clone(), api_shutdown.clone()));
 
     // Sync and retention read the store until the API stops: after ingest has been flushed.
-    let sync_state = start_sync(&config, &store, &tasks, &api_shutdown)?;
+    let sync_state = start_sync(&config, &store, committed, &tasks, &api_shutdown)?;
 
     let state = ApiState {
         store: store.clone(),
@@ -388,6 +390,7 @@ pub async fn run(
 fn start_sync(
     config: &Config,
     store: &Store,
+    committed: Arc<tokio::sync::Notify>,
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> Result<SyncState, AppError> {
@@ -419,7 +422,9 @@ fn start_sync(
         full_policy: config.data.full_policy,
         max_age: (!config.data.max_age.0.is_zero()).then_some(config.data.max_age.0),
     };
-    tasks.spawn(Retention::new(store.clone(), settings, retention.clone()).run(shutdown.clone()));
+    tasks.spawn(
+        Retention::new(store.clone(), settings, retention.clone()).run(committed, shutdown.clone()),
+    );
     Ok(SyncState {
         sinks,
         retention,

@@ -274,8 +274,13 @@ pub trait Engine: Send + Sync + 'static {
     /// The engine's name, for logs and metrics.
     fn name(&self) -> &'static str;
 
-    /// Disk use, for the quota.
+    /// Disk use, for the quota. May walk the whole file: call it seldom.
     fn usage(&self) -> Result<Usage, EngineError>;
+
+    /// Size of the engine's files; cheap.
+    fn file_bytes(&self) -> Result<u64, EngineError> {
+        Ok(self.usage()?.file_bytes)
+    }
 
     /// Gives free space back to the file system; `Ok(false)` when there was nothing to do or the
     /// engine cannot now (open readers). Blocks writers while it runs: call it when idle.

@@ -147,6 +147,10 @@ impl Engine for RedbEngine {
         })
     }
 
+    fn file_bytes(&self) -> Result<u64, EngineError> {
+        Ok(std::fs::metadata(&self.path)?.len())
+    }
+
     fn compact(&self) -> Result<bool, EngineError> {
         let mut db = self
             .db

@@ -415,9 +415,14 @@ impl Store {
         Ok(deleted)
     }
 
-    /// Disk use of the store, for the quota.
+    /// Disk use of the store, for the quota; may walk the whole file.
     pub fn usage(&self) -> Result<super::Usage, StoreError> {
         Ok(self.engine.usage()?)
+    }
+
+    /// Size of the store's files (cheap, unlike [`Store::usage`]).
+    pub fn file_bytes(&self) -> Result<u64, StoreError> {
+        Ok(self.engine.file_bytes()?)
     }
 
     /// Gives free space back to the file system (see [`super::Engine::compact`]).

@@ -55,6 +55,7 @@ pub struct StoreWriter {
     batch_window: Duration,
     stats: Arc<WriterStats>,
     live: Option<(Live, Arc<Presence>)>,
+    committed: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl StoreWriter {
@@ -72,7 +73,14 @@ impl StoreWriter {
             batch_window,
             stats,
             live: None,
+            committed: None,
         }
+    }
+
+    /// Wakes `committed` after every commit (retention watches the store grow).
+    pub fn notifying(mut self, committed: Arc<tokio::sync::Notify>) -> Self {
+        self.committed = Some(committed);
+        self
     }
 
     /// Tells `live` listeners what each commit made durable, and `presence` who was heard from.
@@ -172,6 +180,9 @@ impl StoreWriter {
                 .fetch_add(refused as u64, Ordering::Relaxed);
         }
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        if let Some(committed) = &self.committed {
+            committed.notify_one();
+        }
         if let Some((live, presence)) = &self.live {
             publish(live, presence, items, &applied);
         }

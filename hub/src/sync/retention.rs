@@ -2,11 +2,11 @@
 //!
 //! Every round, oldest first and at most [`CHUNK`] readings per transaction:
 //! - readings older than `max_age` are deleted, synced or not;
-//! - above 90% of the quota, readings every sink and registered pull consumer has passed are
-//!   deleted until the store is under 80%;
-//! - still above 90%, `full_policy` decides: `drop_oldest` deletes the oldest unsynced readings,
+//! - above 75% of the file budget (see [`file_budget`]), readings every sink and registered pull
+//!   consumer has passed are deleted until the store is under 65%;
+//! - still above 75%, `full_policy` decides: `drop_oldest` deletes the oldest unsynced readings,
 //!   `reject_new` makes the store refuse new readings (devices are not acknowledged and keep
-//!   them) until it is back under 80%.
+//!   them) until it is back under 65%.
 //!
 //! Every unsynced reading deleted is counted and logged: that is data loss. The engine reuses
 //! freed space, so the file stops growing once retention runs; when the hub has been idle for a
@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -29,10 +30,14 @@ use crate::store::{Store, StoreError, Usage};
 
 /// Most readings deleted in one transaction, so a delete never holds the writer for long.
 pub const CHUNK: usize = 2_000;
-/// How often retention looks.
-const ROUND: Duration = Duration::from_secs(5);
-/// Least time between two measurements of live bytes.
-const MEASURE_EVERY: Duration = Duration::from_secs(30);
+/// How often retention looks when nothing is written; it also looks after every commit (a look
+/// at a store far from its quota is one `stat`), so a burst cannot outrun it.
+const ROUND: Duration = Duration::from_secs(1);
+/// Least time between two measurements of live bytes (a walk of the file); in between, live
+/// bytes are estimated from the readings held.
+const MEASURE_EVERY: Duration = Duration::from_secs(10);
+/// Least time between two log lines about deleted unsynced readings (each line sums them up).
+const LOSS_LOG_EVERY: Duration = Duration::from_secs(10);
 /// No reading for this long counts as idle, for compaction.
 const IDLE_AFTER: Duration = Duration::from_secs(60);
 
@@ -66,6 +71,19 @@ pub struct RetentionStats {
     pub compactions: AtomicU64,
 }
 
+/// The largest file the quota allows, given how the engine grows its file: redb doubles it up to
+/// 4 GiB, then grows it by 4 GiB regions. Live data is kept under 75% of this, leaving room for
+/// the copy-on-write pages of the last commits, so the file itself stays within the quota.
+pub fn file_budget(max_disk: u64) -> u64 {
+    const REGION: u64 = 4 << 30;
+    if max_disk < REGION {
+        // The largest power of two not above the quota.
+        1 << (63 - max_disk.max(1).leading_zeros())
+    } else {
+        max_disk / REGION * REGION
+    }
+}
+
 /// The retention task.
 pub struct Retention {
     store: Store,
@@ -75,6 +93,9 @@ pub struct Retention {
     /// The head offset when it last moved, and when.
     last_activity: (u64, Instant),
     compacted_at: Option<u64>,
+    /// Unsynced readings deleted since the last log line about them, and when that was.
+    unlogged_loss: u64,
+    loss_logged: Option<Instant>,
 }
 
 impl Retention {
@@ -87,15 +108,18 @@ impl Retention {
             measured: None,
             last_activity: (0, Instant::now()),
             compacted_at: None,
+            unlogged_loss: 0,
+            loss_logged: None,
         }
     }
 
-    /// Runs rounds until `shutdown`.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    /// Runs rounds until `shutdown`: every [`ROUND`], and after each commit `committed` reports.
+    pub async fn run(mut self, committed: Arc<Notify>, shutdown: CancellationToken) {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(ROUND) => {}
+                _ = committed.notified() => {}
             }
             let mut this = self;
             let joined = tokio::task::spawn_blocking(move || {
@@ -157,58 +181,63 @@ impl Retention {
             .unwrap_or(u64::MAX))
     }
 
-    fn count_dropped(&self, readings: u64, why: &str) {
-        if readings > 0 {
-            let total = self.stats.dropped.fetch_add(readings, Ordering::Relaxed) + readings;
+    /// Counts unsynced readings deleted, and logs them at most every [`LOSS_LOG_EVERY`].
+    fn count_dropped(&mut self, readings: u64, why: &'static str) {
+        if readings == 0 {
+            return;
+        }
+        self.stats.dropped.fetch_add(readings, Ordering::Relaxed);
+        self.unlogged_loss += readings;
+        let due = self
+            .loss_logged
+            .is_none_or(|at| at.elapsed() >= LOSS_LOG_EVERY);
+        if due {
             tracing::error!(
-                readings,
-                total,
+                readings = self.unlogged_loss,
+                total = self.stats.dropped.load(Ordering::Relaxed),
                 why,
                 "deleted readings that were not synced yet"
             );
+            self.unlogged_loss = 0;
+            self.loss_logged = Some(Instant::now());
         }
     }
 
     /// Live bytes now, or as estimated from the last measurement and the readings held since.
     fn live_bytes(&mut self) -> Result<u64, StoreError> {
-        let count = self.store.reading_count()?;
-        let fresh = self
-            .measured
-            .is_some_and(|(at, _, _)| at.elapsed() < MEASURE_EVERY);
-        if !fresh {
-            let usage = self.store.usage()?;
-            self.stats
-                .file_bytes
-                .store(usage.file_bytes, Ordering::Relaxed);
-            if usage.file_bytes < self.settings.max_disk / 2 {
-                // Live bytes cannot be near the quota: skip the walk.
-                self.stats
-                    .live_bytes
-                    .store(usage.file_bytes, Ordering::Relaxed);
-                self.measured = None;
-                return Ok(usage.file_bytes);
-            }
-            self.stats
-                .live_bytes
-                .store(usage.live_bytes, Ordering::Relaxed);
-            self.measured = Some((Instant::now(), usage, count));
-            return Ok(usage.live_bytes);
+        let file_bytes = self.store.file_bytes()?;
+        self.stats.file_bytes.store(file_bytes, Ordering::Relaxed);
+        if file_bytes < file_budget(self.settings.max_disk) / 2 {
+            // Live bytes cannot be near the quota: no need to walk the file.
+            self.stats.live_bytes.store(file_bytes, Ordering::Relaxed);
+            self.measured = None;
+            return Ok(file_bytes);
         }
-        let Some((_, usage, then)) = self.measured else {
-            return Ok(0);
+        let count = self.store.reading_count()?;
+        let live = match self.measured {
+            Some((at, usage, then)) if at.elapsed() < MEASURE_EVERY => {
+                // Between measurements: scale by the readings held (deletes lower it too).
+                let per_reading = usage.live_bytes / then.max(1);
+                usage
+                    .live_bytes
+                    .saturating_add_signed((count as i64 - then as i64) * per_reading as i64)
+            }
+            _ => {
+                let usage = self.store.usage()?;
+                self.measured = Some((Instant::now(), usage, count));
+                usage.live_bytes
+            }
         };
-        // Between measurements: scale by the readings held.
-        let per_reading = usage.live_bytes / then.max(1);
-        let estimate = usage
-            .live_bytes
-            .saturating_add_signed((count as i64 - then as i64) * per_reading as i64);
-        Ok(estimate)
+        self.stats.live_bytes.store(live, Ordering::Relaxed);
+        Ok(live)
     }
 
     fn keep_quota(&mut self, floor: u64) -> Result<(), StoreError> {
-        let high = self.settings.max_disk / 10 * 9;
-        let low = self.settings.max_disk / 10 * 8;
+        let budget = file_budget(self.settings.max_disk);
+        let high = budget / 4 * 3;
+        let low = budget / 100 * 65;
         let mut live = self.live_bytes()?;
+        tracing::trace!(live, high, low, "quota check");
         let refusing = self.stats.refusing.load(Ordering::Relaxed);
         if live <= high && !(refusing && live > low) {
             if refusing {
@@ -218,6 +247,13 @@ impl Retention {
         }
         let count = self.store.reading_count()?.max(1);
         let per_reading = (live / count).max(1);
+        tracing::debug!(
+            live,
+            high,
+            low,
+            readings = count,
+            "store above its quota mark: deleting"
+        );
         // Synced readings first.
         while live > low {
             let deleted = self
@@ -251,8 +287,6 @@ impl Retention {
         } else if live <= low && refusing {
             self.refuse(false);
         }
-        // What was deleted is measured again next time.
-        self.measured = None;
         Ok(())
     }
 
@@ -302,5 +336,18 @@ impl Retention {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_file_budget_follows_the_engine_growth_steps() {
+        assert_eq!(file_budget(16 << 20), 16 << 20);
+        assert_eq!(file_budget(3 << 30), 2 << 30);
+        assert_eq!(file_budget(2 << 30), 2 << 30);
+        assert_eq!(file_budget(10 << 30), 8 << 30);
     }
 }

@@ -63,6 +63,16 @@ async fn every_route_answers_every_kind_of_caller_as_described() {
         .await;
     let token_id = token["id"].as_str().unwrap().to_owned();
 
+    // A pull consumer to look at (and delete).
+    let (status, _) = hub
+        .send(
+            reqwest::Method::PUT,
+            "/api/v1/sync/consumers/matrix-consumer",
+            Some(&json!({"cursor": 0})),
+        )
+        .await;
+    assert_eq!(status, 200);
+
     let (_, spec) = hub.get("/api/v1/openapi.json").await;
     let identity = |name: &str| client(&hub, Some(&ca.client(name, &[], 30)));
     let nobody = client(&hub, None);
@@ -83,7 +93,9 @@ async fn every_route_answers_every_kind_of_caller_as_described() {
                     .replace("{id}", DEVICE)
                     .replace("{cid}", &command_id)
             } else {
-                template.replace("{id}", &token_id)
+                template
+                    .replace("{id}", &token_id)
+                    .replace("{name}", "matrix-consumer")
             };
             let call = |c: reqwest::Client, token: Option<String>| {
                 let url = hub.url(&path);
@@ -92,6 +104,7 @@ async fn every_route_answers_every_kind_of_caller_as_described() {
                     ("POST", "/api/v1/tokens") => Some(json!({"name": "t", "scopes": ["read"]})),
                     ("POST", _) => Some(json!({"name": "echo"})),
                     ("PATCH", _) => Some(json!({})),
+                    ("PUT", _) => Some(json!({"cursor": 0})),
                     _ => None,
                 };
                 async move {

@@ -17,4 +17,5 @@ mod live;
 mod openapi;
 mod security;
 mod serial;
+mod sync;
 mod tokens;
