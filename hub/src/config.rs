@@ -1044,6 +1044,38 @@ mod tests {
     }
 
     #[test]
+    fn sinks_are_checked_by_kind_and_name() {
+        let c = load(
+            "[[sync.http]]\nname = \"cloud\"\nurl = \"https://x.example/in\"\n\
+             [[sync.mqtt]]\nname = \"broker\"\nurl = \"mqtts://x.example:8883\"\n",
+            &[],
+        )
+        .unwrap();
+        let sinks: Vec<_> = c.sync.sinks().collect();
+        assert_eq!(sinks.len(), 2);
+        assert_eq!(sinks[0].1.compression(SinkKind::Http), Compression::Gzip);
+        assert_eq!(sinks[1].1.compression(SinkKind::Mqtt), Compression::None);
+        assert_eq!(sinks[1].1.topic_for("gw"), "gateways/gw/readings");
+        let Err(ConfigError::Invalid(problems)) = load(
+            "[[sync.http]]\nname = \"a\"\nurl = \"ftp://x\"\ntopic = \"t\"\n\
+             [[sync.mqtt]]\nname = \"a\"\nurl = \"mqtt://x:1\"\ntoken = \"s\"\nbatch_max = 0\n",
+            &[],
+        ) else {
+            panic!("bad sinks accepted");
+        };
+        let all = problems.join("\n");
+        for expected in [
+            "sync.http[0].url",
+            "sync.http[0].topic",
+            "sync.mqtt[0].name",
+            "sync.mqtt[0].token",
+            "sync.mqtt[0].batch_max",
+        ] {
+            assert!(all.contains(expected), "{expected} missing from:\n{all}");
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let err = load("[api]\nlisen = \"x\"\n", &[]).unwrap_err().to_string();
         assert!(err.contains("lisen"), "{err}");
