@@ -84,6 +84,11 @@ pub fn file_budget(max_disk: u64) -> u64 {
     }
 }
 
+/// Readings to delete in the next transaction to bring `live` bytes down to `low`.
+fn needed(live: u64, low: u64, per_reading: u64) -> usize {
+    (live.saturating_sub(low).div_ceil(per_reading.max(1)) as usize).clamp(1, CHUNK)
+}
+
 /// The retention task.
 pub struct Retention {
     store: Store,
@@ -256,9 +261,10 @@ impl Retention {
         );
         // Synced readings first.
         while live > low {
+            let wanted = needed(live, low, per_reading);
             let deleted = self
                 .store
-                .delete_oldest(CHUNK, |offset, _| offset >= floor)?;
+                .delete_oldest(wanted, |offset, _| offset >= floor)?;
             if deleted.readings == 0 {
                 break;
             }
@@ -271,7 +277,8 @@ impl Retention {
             match self.settings.full_policy {
                 FullPolicy::DropOldest => {
                     while live > low {
-                        let deleted = self.store.delete_oldest(CHUNK, |_, _| false)?;
+                        let wanted = needed(live, low, per_reading);
+                        let deleted = self.store.delete_oldest(wanted, |_, _| false)?;
                         if deleted.readings == 0 {
                             break;
                         }
@@ -342,6 +349,103 @@ impl Retention {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::memory::MemoryEngine;
+    use crate::store::sync::{FollowerKind, SyncPosition};
+    use crate::store::{NewReading, Transport, Wire};
+    use device_protocol::OwnedValue;
+
+    fn store_with(readings: u64, timestamp_ms: impl Fn(u64) -> u64) -> Store {
+        let store = Store::open(Arc::new(MemoryEngine::new())).unwrap();
+        let batch: Vec<NewReading> = (0..readings)
+            .map(|i| NewReading {
+                device: "d".into(),
+                transport: Transport::Mqtt,
+                wire: Wire::Json,
+                seq: Some(i as u32),
+                timestamp_ms: Some(timestamp_ms(i)),
+                received_ms: 0,
+                metrics: vec![("pad".into(), OwnedValue::Str("x".repeat(200)))],
+            })
+            .collect();
+        store.append(&batch).unwrap();
+        store
+    }
+
+    fn follower_at(store: &Store, next: u64) {
+        let position = SyncPosition {
+            next,
+            ..SyncPosition::start(FollowerKind::Sink, 0)
+        };
+        store.set_sync_position("cloud", &position).unwrap();
+    }
+
+    fn retention(
+        store: &Store,
+        max_disk: u64,
+        policy: FullPolicy,
+        age: Option<Duration>,
+    ) -> Retention {
+        let settings = RetentionSettings {
+            max_disk,
+            full_policy: policy,
+            max_age: age,
+        };
+        Retention::new(store.clone(), settings, Arc::new(RetentionStats::default()))
+    }
+
+    #[test]
+    fn old_readings_go_and_the_unsynced_among_them_are_counted_as_dropped() {
+        let now = now_ms();
+        // Ten readings two days old, then ten fresh ones; the sink has passed the first five.
+        let store = store_with(20, |i| if i < 10 { now - 2 * 86_400_000 } else { now });
+        follower_at(&store, 5);
+        let mut r = retention(
+            &store,
+            1 << 30,
+            FullPolicy::DropOldest,
+            Some(Duration::from_secs(86_400)),
+        );
+        r.round().unwrap();
+        assert_eq!(store.oldest_offset().unwrap(), Some(10));
+        assert_eq!(r.stats.expired.load(Ordering::Relaxed), 10);
+        assert_eq!(r.stats.dropped.load(Ordering::Relaxed), 5);
+    }
+
+    #[test]
+    fn at_the_quota_synced_readings_go_first_then_the_policy_decides() {
+        // About 250 bytes each: 2,000 readings are some 500 KB, over 75% of a 512 KiB budget.
+        let store = store_with(2_000, |i| 1_000 + i);
+        follower_at(&store, 1_000);
+        let mut r = retention(&store, 512 << 10, FullPolicy::RejectNew, None);
+        r.round().unwrap();
+        // Synced readings went first, and that was enough: nothing unsynced was touched.
+        let oldest = store.oldest_offset().unwrap().unwrap();
+        assert!(oldest > 0 && oldest <= 1_000, "oldest {oldest}");
+        assert_eq!(r.stats.dropped.load(Ordering::Relaxed), 0);
+        assert!(!store.is_refusing());
+
+        // Everything left is unsynced and more keeps coming: reject_new refuses, keeps all.
+        let store = store_with(2_000, |i| 1_000 + i);
+        follower_at(&store, 0);
+        let mut r = retention(&store, 512 << 10, FullPolicy::RejectNew, None);
+        r.round().unwrap();
+        assert!(store.is_refusing());
+        assert_eq!(store.oldest_offset().unwrap(), Some(0));
+        // The sink catches up: synced readings make room and readings are taken again.
+        follower_at(&store, 2_000);
+        r.round().unwrap();
+        assert!(!store.is_refusing());
+        assert_eq!(r.stats.dropped.load(Ordering::Relaxed), 0);
+
+        // drop_oldest deletes the oldest unsynced and counts them.
+        let store = store_with(2_000, |i| 1_000 + i);
+        follower_at(&store, 0);
+        let mut r = retention(&store, 512 << 10, FullPolicy::DropOldest, None);
+        r.round().unwrap();
+        let dropped = r.stats.dropped.load(Ordering::Relaxed);
+        assert!(dropped > 0);
+        assert_eq!(store.oldest_offset().unwrap(), Some(dropped));
+    }
 
     #[test]
     fn the_file_budget_follows_the_engine_growth_steps() {
