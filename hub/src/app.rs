@@ -124,7 +124,9 @@ pub async fn run(
         .client_ca
         .clone()
         .unwrap_or_else(|| config.tls_dir().join("ca.crt"));
+    let certificates = crate::metrics::Expiry::default();
     let tls_source = TlsSource {
+        expiry: certificates.clone(),
         cert: tls_cert,
         key: tls_key,
         client_ca,
@@ -184,6 +186,7 @@ pub async fn run(
     };
 
     let ingest_stats = Arc::new(IngestStats::default());
+    let serial_stats = Arc::new(IngestStats::default());
     let live = Live::new();
     let presence = Arc::new(Presence::new(config.devices.offline_after.0));
     let last_seen = store.last_seen()?;
@@ -203,7 +206,7 @@ pub async fn run(
         store.clone(),
         config.ingest.batch_max,
         config.ingest.batch_window.0,
-        writer_stats,
+        writer_stats.clone(),
     )
     .publishing(live.clone(), presence.clone())
     .notifying(committed.clone());
@@ -252,7 +255,7 @@ pub async fn run(
                 silence_timeout: port.silence_timeout.0,
             },
             submissions_tx.clone(),
-            ingest_stats.clone(),
+            serial_stats.clone(),
         );
         transports.serial.push(serial.downlink());
         let stop = ingest_shutdown.clone();
@@ -312,6 +315,13 @@ pub async fn run(
             config.api.rate_burst,
         )),
         sync: Arc::new(sync_state),
+        metrics: Arc::new(crate::metrics::Sources {
+            ingest: vec![("mqtt", ingest_stats), ("serial", serial_stats)],
+            writer: writer_stats,
+            certificates,
+            requests: crate::metrics::RequestMetrics::default(),
+            started: now_ms() / 1000,
+        }),
     };
 
     let limits = api::server::ServerLimits {
@@ -434,6 +444,8 @@ fn start_sync(
 
 /// Where the API's TLS material comes from, to build it at start and again on SIGHUP.
 struct TlsSource {
+    /// Where the certificates' expiry goes, for `/metrics`.
+    expiry: crate::metrics::Expiry,
     cert: PathBuf,
     key: PathBuf,
     client_ca: PathBuf,
@@ -453,9 +465,14 @@ impl TlsSource {
             },
             self.client_auth,
         )?;
-        auth::tls::check_expiry(&self.cert, "server certificate");
-        if self.client_auth != crate::config::ClientAuth::Off {
-            auth::tls::check_expiry(&self.client_ca, "client CA");
+        let server = auth::tls::check_expiry(&self.cert, "server certificate");
+        let client_ca = (self.client_auth != crate::config::ClientAuth::Off)
+            .then(|| auth::tls::check_expiry(&self.client_ca, "client CA"))
+            .flatten();
+        if let Ok(mut expiry) = self.expiry.lock() {
+            expiry.clear();
+            expiry.extend(server.map(|t| ("server", t)));
+            expiry.extend(client_ca.map(|t| ("client_ca", t)));
         }
         Ok(config)
     }

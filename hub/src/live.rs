@@ -225,6 +225,14 @@ impl Presence {
         events
     }
 
+    /// How many devices are online.
+    pub fn online_count(&self) -> usize {
+        self.devices
+            .lock()
+            .map(|map| map.values().filter(|s| s.online).count())
+            .unwrap_or(0)
+    }
+
     /// Whether `device` is online; `false` for a device never seen.
     pub fn is_online(&self, device: &str) -> bool {
         self.devices

@@ -13,6 +13,7 @@ mod devices;
 pub mod docs;
 pub mod error;
 mod health;
+mod metrics;
 mod openapi;
 pub mod params;
 mod ratelimit;
@@ -77,6 +78,8 @@ pub struct ApiState {
     pub limits: Arc<Limits>,
     /// Sinks and retention, for the sync routes.
     pub sync: Arc<crate::sync::SyncState>,
+    /// Counters for `/metrics` kept outside the API, and the API's own.
+    pub metrics: Arc<crate::metrics::Sources>,
 }
 
 /// Request ids: a random prefix per process and a counter, so ids are unique and cheap.
@@ -161,7 +164,8 @@ fn routes(state: &ApiState) -> OpenApiRouter<ApiState> {
     let authenticated = openapi::authenticated(
         OpenApiRouter::default()
             .nest("/api/v1", v1)
-            .routes(routes!(health::readyz)),
+            .routes(routes!(health::readyz))
+            .routes(routes!(metrics::metrics)),
         state,
     );
     OpenApiRouter::with_openapi(openapi::base())
@@ -176,8 +180,21 @@ async fn request_id(State(state): State<ApiState>, mut request: Request, next: N
     request.extensions_mut().insert(RequestId(id.clone()));
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    // The route template, not the path, so the metric's series stay as few as the routes.
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |m| m.as_str())
+        .to_owned();
+    let started = std::time::Instant::now();
     let mut response = next.run(request).await;
     let status = response.status();
+    state.metrics.requests.record(
+        &route,
+        method.as_str(),
+        status.as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     if let Some(problem) = response.extensions_mut().remove::<Problem>() {
         let headers = response.headers().clone();
         response = problem.into_response_with_id(&id);
@@ -234,11 +251,19 @@ async fn authenticate(State(state): State<ApiState>, mut request: Request, next:
             .map(|c| c.peer.ip().to_string())
             .unwrap_or_default();
         if let Err(wait) = state.limits.failures.check(&peer, now) {
+            state
+                .limits
+                .failures_refused
+                .fetch_add(1, Ordering::Relaxed);
             return too_many(wait);
         }
         return ApiError::Unauthorized.into_response();
     };
     if let Err(wait) = state.limits.requests.check(&identity.key(), now) {
+        state
+            .limits
+            .requests_refused
+            .fetch_add(1, Ordering::Relaxed);
         return too_many(wait);
     }
     request.extensions_mut().insert::<Identity>(identity);
@@ -263,6 +288,10 @@ pub struct Limits {
     pub requests: ratelimit::RateLimiter,
     /// Failed authentications per client address.
     pub failures: ratelimit::RateLimiter,
+    /// Requests refused for an identity's rate.
+    pub requests_refused: AtomicU64,
+    /// Requests refused for too many failed authentications.
+    pub failures_refused: AtomicU64,
 }
 
 impl Limits {
@@ -272,6 +301,8 @@ impl Limits {
         Limits {
             requests: ratelimit::RateLimiter::new(f64::from(rate), burst),
             failures: ratelimit::RateLimiter::new(if rate == 0 { 0.0 } else { 1.0 }, 20),
+            requests_refused: AtomicU64::new(0),
+            failures_refused: AtomicU64::new(0),
         }
     }
 }

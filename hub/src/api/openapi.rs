@@ -291,6 +291,7 @@ mod tests {
             clients: Arc::new(crate::auth::clients::ClientIdentities::default()),
             limits: Arc::new(crate::api::Limits::new(0, 1)),
             sync: Arc::new(crate::sync::SyncState::default()),
+            metrics: Arc::new(crate::metrics::Sources::default()),
         };
         Fixture {
             _dir: dir,

@@ -25,6 +25,8 @@ use crate::sync::body::UpstreamReading;
 
 /// Page size of a pull when the client gives none.
 const DEFAULT_PULL: usize = 1000;
+/// Most registered pull consumers (each holds back retention and is a metric series).
+const MAX_CONSUMERS: usize = 32;
 /// Parked readings listed when the client gives no limit.
 const DEFAULT_PARKED: usize = 100;
 
@@ -161,17 +163,7 @@ fn follower_state(
     name: &str,
     position: &SyncPosition,
 ) -> Result<FollowerState, crate::store::StoreError> {
-    let head = store.next_offset()?;
-    let next = position.next.max(store.oldest_offset()?.unwrap_or(head));
-    let ahead = position.ahead.map_or(0, |(start, end)| end - start);
-    let lag_readings = head.saturating_sub(next).saturating_sub(ahead);
-    let lag_seconds = if lag_readings > 0 {
-        store
-            .reading_time(next)?
-            .map_or(0, |ts| now_ms().saturating_sub(ts) / 1000)
-    } else {
-        0
-    };
+    let (lag_readings, lag_seconds) = store.lag(position, now_ms())?;
     Ok(FollowerState {
         cursor: position.next.checked_sub(1),
         kind: match position.kind {
@@ -212,7 +204,7 @@ fn consumer_name(name: &str) -> Result<&str, ApiError> {
         (status = 200, description = "Committed.", body = FollowerState),
         (status = 400, description = "The name or the body is wrong, or the cursor is past the newest reading."),
         (status = 403, description = "The token lacks the `read` scope, or is limited to some devices."),
-        (status = 409, description = "The name is a configured sink's."),
+        (status = 409, description = "The name is a configured sink's, or there are already 32 consumers."),
         (status = 413, description = "The body is larger than 16 KiB."),
         (status = 500, description = "The store failed; the hub's log says why."),
     ),
@@ -244,12 +236,24 @@ pub(super) async fn commit(
                 head.saturating_sub(1)
             ))));
         }
-        if let Some(existing) = store.sync_position(&name)?
-            && existing.kind == FollowerKind::Sink
-        {
-            return Ok(Err(ApiError::Conflict(format!(
-                "{name:?} was a sink's name; its position is kept until the hub restarts without it"
-            ))));
+        let positions = store.sync_positions()?;
+        match positions.iter().find(|(n, _)| *n == name) {
+            Some((_, existing)) if existing.kind == FollowerKind::Sink => {
+                return Ok(Err(ApiError::Conflict(format!(
+                    "{name:?} was a sink's name; its position is kept until the hub restarts without it"
+                ))));
+            }
+            None if positions
+                .iter()
+                .filter(|(_, p)| p.kind == FollowerKind::Consumer)
+                .count()
+                >= MAX_CONSUMERS =>
+            {
+                return Ok(Err(ApiError::Conflict(format!(
+                    "already {MAX_CONSUMERS} consumers; delete one that is gone first"
+                ))));
+            }
+            _ => {}
         }
         let position = SyncPosition {
             next: body.cursor + 1,

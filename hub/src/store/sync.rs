@@ -179,6 +179,22 @@ impl Store {
         Ok(super::reading_at(&*snap, offset)?.map(|r| r.timestamp_ms))
     }
 
+    /// How far behind `position` is: readings held that it has not passed, and the age in
+    /// seconds (by timestamp, at `now_ms`) of the oldest of them (0 when it is not behind).
+    pub fn lag(&self, position: &SyncPosition, now_ms: u64) -> Result<(u64, u64), StoreError> {
+        let head = self.next_offset()?;
+        let next = position.next.max(self.oldest_offset()?.unwrap_or(head));
+        let ahead = position.ahead.map_or(0, |(start, end)| end - start);
+        let readings = head.saturating_sub(next).saturating_sub(ahead);
+        let seconds = if readings > 0 {
+            self.reading_time(next)?
+                .map_or(0, |ts| now_ms.saturating_sub(ts) / 1000)
+        } else {
+            0
+        };
+        Ok((readings, seconds))
+    }
+
     /// The position of `name`, if it has one.
     pub fn sync_position(&self, name: &str) -> Result<Option<SyncPosition>, StoreError> {
         let snap = self.engine.snapshot()?;

@@ -46,6 +46,8 @@ pub struct WriterStats {
     pub failed_commits: AtomicU64,
     /// Readings refused because the store was full (policy `reject_new`).
     pub refused: AtomicU64,
+    /// Sizes and durations of commits.
+    pub commit: crate::metrics::CommitMetrics,
 }
 
 /// The store writer task.
@@ -130,11 +132,17 @@ impl StoreWriter {
             .collect();
         let store = self.store.clone();
         let count = items.len();
+        let started = std::time::Instant::now();
         let outcome = tokio::task::spawn_blocking(move || {
             let applied = store.apply(&items);
             (items, applied)
         })
         .await;
+        self.stats
+            .commit
+            .seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.stats.commit.batch_items.observe(count as f64);
         let (items, applied) = match outcome {
             Ok((items, Ok(applied))) => (items, applied),
             failure => {

@@ -14,6 +14,7 @@ mod first_run;
 mod harness;
 mod ingest;
 mod live;
+mod metrics;
 mod openapi;
 mod security;
 mod serial;

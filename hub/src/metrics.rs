@@ -1,0 +1,247 @@
+//! Prometheus metrics: the counters every part already keeps, rendered in the text exposition
+//! format when `/metrics` is asked, plus the few measurements kept here (histograms of commits
+//! and API requests).
+//!
+//! Nothing here allocates per event: counters are atomics, histograms fixed arrays of atomics,
+//! and API requests are counted in a map bounded by the routes (unmatched paths share one label).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A histogram with fixed bucket bounds.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    buckets: Vec<AtomicU64>,
+    count: AtomicU64,
+    /// The sum, in millionths of the unit, so it fits an atomic integer.
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    /// An empty histogram over `bounds` (ascending upper bounds; `+Inf` is implied).
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one value.
+    pub fn observe(&self, value: f64) {
+        if let Some(i) = self.bounds.iter().position(|b| value <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add((value.max(0.0) * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    /// Writes its `_bucket`, `_sum` and `_count` lines, with `labels` (`a="b",` or empty).
+    pub fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let labels = labels.trim_end_matches(',');
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+        } else {
+            let _ = writeln!(
+                out,
+                "{name}_sum{{{labels}}} {sum}\n{name}_count{{{labels}}} {count}"
+            );
+        }
+    }
+}
+
+/// Bounds of commit latency, seconds.
+pub const COMMIT_SECONDS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+/// Bounds of commit sizes, items.
+pub const BATCH_ITEMS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
+];
+/// Bounds of API request latency, seconds.
+pub const REQUEST_SECONDS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Most distinct (route, method, status) series; more are counted under `route="other"`.
+const MAX_REQUEST_SERIES: usize = 512;
+
+/// The store writer's commits.
+#[derive(Debug)]
+pub struct CommitMetrics {
+    /// Items per commit.
+    pub batch_items: Histogram,
+    /// How long a commit took, fsync included.
+    pub seconds: Histogram,
+}
+
+impl Default for CommitMetrics {
+    fn default() -> Self {
+        CommitMetrics {
+            batch_items: Histogram::new(BATCH_ITEMS),
+            seconds: Histogram::new(COMMIT_SECONDS),
+        }
+    }
+}
+
+/// API requests by route, method and status.
+#[derive(Debug, Default)]
+pub struct RequestMetrics {
+    series: Mutex<BTreeMap<(String, String, u16), u64>>,
+    latency: Mutex<BTreeMap<(String, String), Histogram>>,
+}
+
+impl RequestMetrics {
+    /// Counts one answered request of `route` (the matched template, not the path).
+    pub fn record(&self, route: &str, method: &str, status: u16, seconds: f64) {
+        let Ok(mut series) = self.series.lock() else {
+            return;
+        };
+        let key = (route.to_owned(), method.to_owned(), status);
+        let key = if series.contains_key(&key) || series.len() < MAX_REQUEST_SERIES {
+            key
+        } else {
+            ("other".to_owned(), method.to_owned(), status)
+        };
+        let route = key.0.clone();
+        *series.entry(key).or_insert(0) += 1;
+        drop(series);
+        if let Ok(mut latency) = self.latency.lock() {
+            latency
+                .entry((route, method.to_owned()))
+                .or_insert_with(|| Histogram::new(REQUEST_SECONDS))
+                .observe(seconds);
+        }
+    }
+
+    /// Writes the request counters and latency histograms.
+    pub fn render(&self, out: &mut String) {
+        family(
+            out,
+            "hub_api_requests_total",
+            "counter",
+            "API requests answered, by route template, method and status.",
+        );
+        if let Ok(series) = self.series.lock() {
+            for ((route, method, status), n) in series.iter() {
+                let _ = writeln!(
+                    out,
+                    "hub_api_requests_total{{route=\"{}\",method=\"{method}\",status=\"{status}\"}} {n}",
+                    escape(route)
+                );
+            }
+        }
+        family(
+            out,
+            "hub_api_request_duration_seconds",
+            "histogram",
+            "Time to answer an API request (to the response head), by route template and method.",
+        );
+        if let Ok(latency) = self.latency.lock() {
+            for ((route, method), histogram) in latency.iter() {
+                let labels = format!("route=\"{}\",method=\"{method}\",", escape(route));
+                histogram.render(out, "hub_api_request_duration_seconds", &labels);
+            }
+        }
+    }
+}
+
+/// Writes the `# HELP` and `# TYPE` lines of a family.
+pub fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Writes one sample; `labels` is `a="b",c="d"` or empty.
+pub fn sample(out: &mut String, name: &str, labels: &str, value: impl std::fmt::Display) {
+    if labels.is_empty() {
+        let _ = writeln!(out, "{name} {value}");
+    } else {
+        let _ = writeln!(out, "{name}{{{labels}}} {value}");
+    }
+}
+
+/// A family with a single unlabelled sample.
+pub fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    family(out, name, kind, help);
+    sample(out, name, "", value);
+}
+
+/// Escapes a label value (backslash, quote, newline).
+pub fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The process's resident memory, from `/proc/self/status` (Linux), in bytes.
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_are_cumulative_with_sum_and_count() {
+        let h = Histogram::new(&[1.0, 2.0]);
+        h.observe(0.5);
+        h.observe(1.5);
+        h.observe(3.0);
+        let mut out = String::new();
+        h.render(&mut out, "x", "a=\"b\",");
+        assert!(out.contains("x_bucket{a=\"b\",le=\"1\"} 1\n"), "{out}");
+        assert!(out.contains("x_bucket{a=\"b\",le=\"2\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{a=\"b\",le=\"+Inf\"} 3\n"), "{out}");
+        assert!(out.contains("x_sum{a=\"b\"} 5\n"), "{out}");
+        assert!(out.contains("x_count{a=\"b\"} 3\n"), "{out}");
+    }
+
+    #[test]
+    fn request_series_stay_bounded() {
+        let m = RequestMetrics::default();
+        for i in 0..(MAX_REQUEST_SERIES + 10) {
+            m.record(&format!("/r{i}"), "GET", 200, 0.001);
+        }
+        let series = m.series.lock().unwrap();
+        assert!(series.len() <= MAX_REQUEST_SERIES + 1);
+        assert_eq!(series.get(&("other".into(), "GET".into(), 200)), Some(&10));
+    }
+}
+
+/// Unix time at which each certificate expires, by name; updated whenever they are loaded.
+pub type Expiry = std::sync::Arc<Mutex<BTreeMap<&'static str, i64>>>;
+
+/// What `/metrics` reads besides the API's own state: the counters of ingest and the store
+/// writer, and the certificates' expiry.
+#[derive(Debug, Default)]
+pub struct Sources {
+    /// Ingest counters by transport.
+    pub ingest: Vec<(&'static str, std::sync::Arc<crate::ingest::IngestStats>)>,
+    /// The store writer's counters and commit histograms.
+    pub writer: std::sync::Arc<crate::store::writer::WriterStats>,
+    /// Unix time at which each certificate of the API expires (`server`, `client_ca`), as of
+    /// the last load.
+    pub certificates: Expiry,
+    /// API requests.
+    pub requests: RequestMetrics,
+    /// Unix time the process started, seconds.
+    pub started: u64,
+}
