@@ -315,6 +315,11 @@ pub async fn run(
             config.api.rate_burst,
         )),
         sync: Arc::new(sync_state),
+        backups: Arc::new(api::Backups {
+            data_dir: data_dir.clone(),
+            engine: config.data.engine,
+            running: tokio::sync::Mutex::new(()),
+        }),
         metrics: Arc::new(crate::metrics::Sources {
             ingest: vec![("mqtt", ingest_stats), ("serial", serial_stats)],
             writer: writer_stats,

@@ -8,6 +8,7 @@
 //! The routes and their OpenAPI description come from one registration (see [`routes`] and
 //! `openapi`), served at `/api/v1/openapi.json` and browsable at `/docs`.
 
+mod backup;
 mod commands;
 mod devices;
 pub mod docs;
@@ -47,6 +48,8 @@ pub const MAX_BODY: usize = 16 * 1024;
 /// Most concurrent stream (WebSocket) clients.
 pub const STREAM_CLIENTS: usize = stream::MAX_CLIENTS;
 
+pub use backup::Backups;
+
 /// What the handlers share.
 #[derive(Clone)]
 pub struct ApiState {
@@ -80,6 +83,8 @@ pub struct ApiState {
     pub sync: Arc<crate::sync::SyncState>,
     /// Counters for `/metrics` kept outside the API, and the API's own.
     pub metrics: Arc<crate::metrics::Sources>,
+    /// Backups of the running hub.
+    pub backups: Arc<backup::Backups>,
 }
 
 /// Request ids: a random prefix per process and a counter, so ids are unique and cheap.
@@ -158,7 +163,8 @@ fn routes(state: &ApiState) -> OpenApiRouter<ApiState> {
         .routes(routes!(sync::pull))
         .routes(routes!(sync::commit, sync::remove))
         .routes(routes!(sync::status))
-        .routes(routes!(sync::parked));
+        .routes(routes!(sync::parked))
+        .routes(routes!(backup::create));
     // Every body the API takes is small (commands, device labels): one bound for all of them.
     let v1 = v1.layer(axum::extract::DefaultBodyLimit::max(MAX_BODY));
     let authenticated = openapi::authenticated(

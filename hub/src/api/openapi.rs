@@ -52,7 +52,8 @@ const BEARER: &str = "bearer";
         (name = "stream", description = "Live readings and events over a WebSocket."),
         (name = "tokens", description = "Bearer tokens: make, list, revoke (admin scope)."),
         (name = "sync", description = "Upstream sync: cloud pull by offset, consumers, sink status, parked readings."),
-        (name = "health", description = "Liveness and readiness."),
+        (name = "backups", description = "Consistent backups of the running hub (admin scope)."),
+        (name = "health", description = "Liveness, readiness and metrics."),
         (name = "meta", description = "This description."),
     ),
 )]
@@ -292,6 +293,11 @@ mod tests {
             limits: Arc::new(crate::api::Limits::new(0, 1)),
             sync: Arc::new(crate::sync::SyncState::default()),
             metrics: Arc::new(crate::metrics::Sources::default()),
+            backups: Arc::new(crate::api::Backups {
+                data_dir: dir.path().to_owned(),
+                engine: crate::store::EngineKind::Redb,
+                running: tokio::sync::Mutex::new(()),
+            }),
         };
         Fixture {
             _dir: dir,

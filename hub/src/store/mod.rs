@@ -8,6 +8,7 @@
 //! - device and metric names are interned to small numbers, recorded in the same batch that first
 //!   uses them, so a reading never refers to a number the file does not know.
 
+pub mod backup;
 pub mod commands;
 pub mod downsample;
 pub mod engine;
@@ -624,6 +625,16 @@ impl Store {
     /// Whether new readings are refused.
     pub fn is_refusing(&self) -> bool {
         self.refusing.load(Ordering::Relaxed)
+    }
+
+    /// Copies the store as it is now into a new store in `dir` (see [`backup::copy_store`]).
+    pub fn backup_to(
+        &self,
+        kind: EngineKind,
+        dir: &Path,
+        cache_bytes: usize,
+    ) -> Result<backup::Copied, StoreError> {
+        backup::copy_store(&*self.engine, kind, dir, cache_bytes)
     }
 
     /// The engine's name.

@@ -3,6 +3,7 @@
 mod acks;
 mod api;
 mod authz;
+mod backup;
 
 mod cli;
 mod commands;
