@@ -3,6 +3,7 @@
 mod acks;
 mod api;
 mod authz;
+mod broker_gate;
 
 mod cli;
 mod commands;
