@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::json;
 
-use crate::harness::{Hub, binary, eventually, free_port, wait_for_readings};
+use crate::harness::{DEADLINE, Hub, Mosquitto, binary, eventually, free_port, wait_for_readings};
 use crate::security::TestCa;
 
 /// A device's TLS files for mosquitto's clients.
@@ -49,17 +49,29 @@ fn start_hub(root: &Path, extra: &str) -> (Hub, u16) {
 
 /// `hub certs issue-device --id ID`: its certificate and key, signed by the hub's CA.
 fn issue_device(hub: &Hub, id: &str) -> DeviceTls {
+    issue(&hub.data, "issue-device", "--id", id)
+}
+
+/// `hub certs <command> <flag> <name>` in the data directory `data`: the CA and the new files.
+fn issue(data: &Path, command: &str, flag: &str, name: &str) -> DeviceTls {
     let out = Command::new(binary("hub"))
-        .args(["--data-dir"])
-        .arg(&hub.data)
-        .args(["certs", "issue-device", "--id", id])
+        .arg("--data-dir")
+        .arg(data)
+        .args(["certs", command, flag, name])
         .output()
         .unwrap();
-    assert_succeeded(&out, "hub certs issue-device");
-    let dir = hub.data.join("tls/devices");
+    assert_succeeded(&out, "hub certs");
+    let dir = data.join(if command == "issue-device" {
+        "tls/devices"
+    } else {
+        "tls/clients"
+    });
     DeviceTls {
-        ca: hub.data.join("tls/ca.crt"),
-        cert: Some((dir.join(format!("{id}.crt")), dir.join(format!("{id}.key")))),
+        ca: data.join("tls/ca.crt"),
+        cert: Some((
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        )),
     }
 }
 
@@ -143,19 +155,32 @@ impl Sub {
         Sub { child, lines }
     }
 
-    /// Waits until a line contains one of `needles`; that line.
-    async fn wait_for(&self, needles: &[&str]) -> String {
-        let what = format!("mosquitto_sub to print one of {needles:?}");
-        eventually(&what, || async {
-            self.lines
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|line| needles.iter().any(|n| line.contains(n)))
-                .cloned()
-        })
-        .await
+    /// Waits until a line `matches`; that line. Fails with everything it printed.
+    async fn wait_for(&self, what: &str, matches: fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            let lines = self.lines.lock().unwrap().clone();
+            if let Some(line) = lines.iter().find(|line| matches(line)) {
+                return line.clone();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "mosquitto_sub printed no {what}:\n{}",
+                lines.join("\n")
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
     }
+}
+
+/// mosquitto_sub -d on a SUBACK 0x80 (or, when every filter was refused, its own words).
+fn refused(line: &str) -> bool {
+    line == "Subscribed (mid: 1): 128" || line.contains("denied")
+}
+
+/// mosquitto_sub -d on a SUBACK granting QoS 1.
+fn granted(line: &str) -> bool {
+    line == "Subscribed (mid: 1): 1"
 }
 
 impl Drop for Sub {
@@ -211,18 +236,17 @@ async fn a_device_publishes_and_subscribes_to_its_own_topics_only() {
     );
 
     // Another device's downlink: SUBACK 0x80, which mosquitto_sub -d prints as granted QoS 128.
-    let refused = "Subscribed (mid: 1): 128";
     let denied = Sub::start(gate, &a, "dev-a", "devices/dev-b/down");
-    denied.wait_for(&[refused, "denied"]).await;
+    denied.wait_for("SUBACK 0x80", refused).await;
     drop(denied);
     // A wildcard, even inside its own topics, is refused too.
     let denied = Sub::start(gate, &a, "dev-a", "devices/dev-a/#");
-    denied.wait_for(&[refused, "denied"]).await;
+    denied.wait_for("SUBACK 0x80", refused).await;
     drop(denied);
 
     // Its own command topic: granted at QoS 1, and a command sent through the API arrives.
     let commands = Sub::start(gate, &a, "dev-a", "devices/dev-a/commands");
-    commands.wait_for(&["Subscribed (mid: 1): 1"]).await;
+    commands.wait_for("SUBACK QoS 1", granted).await;
     let (status, body) = hub
         .send(
             reqwest::Method::POST,
@@ -231,7 +255,9 @@ async fn a_device_publishes_and_subscribes_to_its_own_topics_only() {
         )
         .await;
     assert_eq!(status, 202, "{body}");
-    commands.wait_for(&["blink"]).await;
+    commands
+        .wait_for("the command", |line| line.contains("blink"))
+        .await;
     hub.stop();
 }
 
@@ -358,4 +384,106 @@ fn a_non_loopback_broker_listener_needs_an_explicit_yes() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The example mosquitto files in `deploy/mosquitto` give an external broker the gate's rules.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_example_mosquitto_acl_gives_an_external_broker_the_same_rules() {
+    let root = tempfile::tempdir().unwrap();
+    // A first run makes the hub's CA and server certificate (for localhost); mosquitto serves them.
+    Hub::start(root.path(), &[]).stop();
+    let data = root.path().join("hub-data");
+    let a = issue(&data, "issue-device", "--id", "dev-a");
+    let hub_client = issue(&data, "issue-client", "--name", "hub");
+
+    // deploy/mosquitto/hub.conf with this test's port and files; root may read the 0600 keys.
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/mosquitto");
+    let port = free_port();
+    let tls = data.join("tls");
+    let conf = std::fs::read_to_string(deploy.join("hub.conf"))
+        .unwrap()
+        .replace("listener 8883", &format!("listener {port} 127.0.0.1"))
+        .replace(
+            "/etc/mosquitto/conf.d/hub-acl.conf",
+            &deploy.join("hub-acl.conf").display().to_string(),
+        )
+        .replace(
+            "/etc/mosquitto/certs/hub-ca.crt",
+            &tls.join("ca.crt").display().to_string(),
+        )
+        .replace(
+            "/etc/mosquitto/certs/server",
+            &tls.join("server").display().to_string(),
+        );
+    let conf_path = root.path().join("mosquitto.conf");
+    std::fs::write(&conf_path, format!("user root\npersistence false\n{conf}")).unwrap();
+    let _mosquitto = Mosquitto::start_with(&conf_path, port);
+
+    let (hub_cert, hub_key) = hub_client.cert.as_ref().unwrap();
+    let config = root.path().join("hub.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[mqtt]\nbroker = \"mqtts://localhost:{port}\"\nca = \"{}\"\nclient_cert = \"{}\"\nclient_key = \"{}\"\n",
+            tls.join("ca.crt").display(),
+            hub_cert.display(),
+            hub_key.display()
+        ),
+    )
+    .unwrap();
+    let hub = Hub::start_in(
+        root.path(),
+        &[
+            "--api-listen",
+            "127.0.0.1:0",
+            "--config",
+            &config.display().to_string(),
+        ],
+        &[],
+    );
+    eventually("the hub subscribed through mosquitto", || async {
+        (hub.get("/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+
+    let publish_as_a = |topic: &str, payload: &str| {
+        assert_succeeded(&publish(port, &a, "dev-a", topic, payload), "mosquitto_pub");
+    };
+    publish_as_a("devices/dev-a/telemetry", r#"{"seq":0,"metrics":{"v":1}}"#);
+    publish_as_a(
+        "devices/dev-b/telemetry",
+        r#"{"seq":0,"metrics":{"v":666}}"#,
+    );
+    publish_as_a("devices/dev-a/telemetry", r#"{"seq":1,"metrics":{"v":2}}"#);
+    wait_for_readings(&hub, "dev-a", 2).await;
+    assert_eq!(hub.get("/api/v1/devices/dev-b").await.0, 404);
+
+    // mosquitto grants a subscription to another device's downlink but delivers nothing of it:
+    // a message the hub sends to dev-b reaches dev-b and not dev-a.
+    let b = issue(&data, "issue-device", "--id", "dev-b");
+    let a_on_b = Sub::start(port, &a, "dev-a", "devices/dev-b/down");
+    let b_on_b = Sub::start(port, &b, "dev-b", "devices/dev-b/down");
+    a_on_b
+        .wait_for("SUBACK", |line| line.starts_with("Subscribed"))
+        .await;
+    b_on_b.wait_for("SUBACK QoS 1", granted).await;
+    assert_succeeded(
+        &publish(
+            port,
+            &hub_client,
+            "hub-test",
+            "devices/dev-b/down",
+            "for-dev-b",
+        ),
+        "mosquitto_pub as the hub",
+    );
+    b_on_b
+        .wait_for("dev-b's message", |line| line == "for-dev-b")
+        .await;
+    let seen_by_a = a_on_b.lines.lock().unwrap().clone();
+    assert!(
+        !seen_by_a.iter().any(|line| line.contains("for-dev-b")),
+        "{seen_by_a:?}"
+    );
+    hub.stop();
 }
