@@ -471,6 +471,7 @@ fn gate_settings(
         max_connections: d.max_connections,
         connect_timeout: d.connect_timeout.0,
         max_packet: d.max_packet.0 as usize,
+        hub_client_id: config.mqtt.client_id.clone(),
     })
 }
 

@@ -8,7 +8,8 @@
 //!
 //! Rules, per device `{id}`:
 //! - CONNECT: the client id is `{id}` (an empty one becomes `{id}`), else CONNACK "not
-//!   authorized"; a will, if any, is on `devices/{id}/status`; MQTT 3.1.1 only.
+//!   authorized"; a will, if any, is on `devices/{id}/status`; MQTT 3.1.1 only. A device named
+//!   like the hub's own MQTT client id is refused: it would take over the hub's session.
 //! - PUBLISH: only to its uplink topics `devices/{id}/telemetry`, `/up`, `/command-results` and
 //!   `/status`. Any other is dropped and counted ([`Rejection::ForbiddenTopic`]) but its QoS flow
 //!   is completed (PUBACK, or PUBREC then PUBCOMP), as mosquitto does for an ACL denial in MQTT
@@ -71,6 +72,8 @@ pub struct GateSettings {
     pub connect_timeout: Duration,
     /// Largest MQTT packet (its remaining length), either way.
     pub max_packet: usize,
+    /// The client id of the hub's own session on the broker: no device may use it.
+    pub hub_client_id: String,
 }
 
 /// What starting the gate can fail with.
@@ -130,8 +133,19 @@ pub fn may_subscribe(device: &str, filter: &str) -> bool {
 }
 
 /// Checks a device's CONNECT and makes it the one the broker gets: the client id is the device
-/// id, the will (if any) is on its status topic, and credentials stay here.
-fn admit(device: &str, mut connect: Connect) -> Result<Connect, (ConnectReturnCode, &'static str)> {
+/// id, the will (if any) is on its status topic, and credentials stay here. `hub_client_id` is
+/// the hub's own session on the broker, which a device named like it would take over.
+fn admit(
+    device: &str,
+    hub_client_id: &str,
+    mut connect: Connect,
+) -> Result<Connect, (ConnectReturnCode, &'static str)> {
+    if device == hub_client_id {
+        return Err((
+            ConnectReturnCode::NotAuthorized,
+            "the device id is the hub's own MQTT client id",
+        ));
+    }
     if connect.protocol != Protocol::V4 {
         return Err((
             ConnectReturnCode::RefusedProtocolVersion,
@@ -288,7 +302,7 @@ async fn serve(
         Ok(Ok(_)) => return Err(ConnectionError::NotConnect),
         Ok(Err(e)) => return Err(e),
     };
-    let connect = match admit(&device, connect) {
+    let connect = match admit(&device, &settings.hub_client_id, connect) {
         Ok(connect) => connect,
         Err((code, why)) => {
             to_device
@@ -602,6 +616,7 @@ mod tests {
 
     #[test]
     fn connect_takes_the_device_id_and_its_own_will_only() {
+        let admit = |device, connect| admit(device, "hub", connect);
         let admitted = admit("A", Connect::new("A")).unwrap();
         assert_eq!(admitted.client_id, "A");
         // An empty client id becomes the device id; credentials are not passed on.
@@ -628,6 +643,11 @@ mod tests {
             true,
         ));
         assert!(admit("A", own_will).is_ok());
+        // A device named like the hub's own client would take over the hub's session.
+        assert_eq!(
+            admit("hub", Connect::new("hub")).unwrap_err().0,
+            ConnectReturnCode::NotAuthorized
+        );
         let mut v5 = Connect::new("A");
         v5.protocol = Protocol::V5;
         assert_eq!(refused(v5), ConnectReturnCode::RefusedProtocolVersion);

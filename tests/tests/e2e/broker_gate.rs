@@ -93,8 +93,27 @@ fn split_pem(dir: &Path, name: &str, pem: &str, ca: &Path) -> DeviceTls {
 /// `mosquitto_pub` over TLS to the gate as client `client_id`; its output (never panics on
 /// failure: refusals are what some tests want).
 fn publish(port: u16, tls: &DeviceTls, client_id: &str, topic: &str, payload: &str) -> Output {
+    publish_qos(port, tls, client_id, topic, payload, 1)
+}
+
+/// The same at `qos`.
+fn publish_qos(
+    port: u16,
+    tls: &DeviceTls,
+    client_id: &str,
+    topic: &str,
+    payload: &str,
+    qos: u8,
+) -> Output {
     Command::new("mosquitto_pub")
-        .args(["-h", "localhost", "-p", &port.to_string(), "-q", "1"])
+        .args([
+            "-h",
+            "localhost",
+            "-p",
+            &port.to_string(),
+            "-q",
+            &qos.to_string(),
+        ])
         .args(["-i", client_id, "-t", topic, "-m", payload])
         .args(tls.args())
         .stdin(Stdio::null())
@@ -210,6 +229,16 @@ async fn a_device_publishes_and_subscribes_to_its_own_topics_only() {
         "devices/dev-b/telemetry",
         r#"{"seq":0,"metrics":{"v":666}}"#,
     );
+    // At QoS 2 too: PUBREC, PUBREL, PUBCOMP complete, and nothing is stored.
+    let out = publish_qos(
+        gate,
+        &a,
+        "dev-a",
+        "devices/dev-b/telemetry",
+        r#"{"seq":1,"metrics":{"v":667}}"#,
+        2,
+    );
+    assert_succeeded(&out, "mosquitto_pub -q 2");
     publish_as_a("devices/dev-a/telemetry", r#"{"seq":1,"metrics":{"v":2}}"#);
     wait_for_readings(&hub, "dev-a", 2).await;
     let (status, _) = hub.get("/api/v1/devices/dev-b").await;
@@ -234,6 +263,17 @@ async fn a_device_publishes_and_subscribes_to_its_own_topics_only() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // A device named like the hub's own MQTT client would take over the hub's session: refused.
+    let named_hub = issue_device(&hub, "hub");
+    let out = publish(
+        gate,
+        &named_hub,
+        "hub",
+        "devices/hub/telemetry",
+        r#"{"metrics":{"v":1}}"#,
+    );
+    assert_refused(&out, "a device named hub");
 
     // Another device's downlink: SUBACK 0x80, which mosquitto_sub -d prints as granted QoS 128.
     let denied = Sub::start(gate, &a, "dev-a", "devices/dev-b/down");
@@ -338,6 +378,27 @@ async fn missing_foreign_and_expired_certificates_fail_the_handshake() {
         (200, Some(1)),
         "{body}"
     );
+    hub.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_that_says_nothing_is_closed_after_the_connect_timeout() {
+    use tokio::io::AsyncReadExt;
+    let root = tempfile::tempdir().unwrap();
+    let (hub, gate) = start_hub(root.path(), "connect_timeout = \"1s\"\n");
+    let started = std::time::Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", gate))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(DEADLINE, silent.read(&mut buf))
+        .await
+        .expect("the gate kept a silent connection open");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "the gate sent something: {read:?}"
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
     hub.stop();
 }
 
