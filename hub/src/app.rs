@@ -128,7 +128,7 @@ pub async fn run(
         client_auth: config.api.client_auth,
     };
     let (tls_tx, tls_rx) = watch::channel(Arc::new(tls_source.load()?));
-    let gate_tls = gate_tls(&config, &tls_source)?;
+    let gate_tls = gate_tls(&config, &tls_source);
 
     let api_listener = tokio::net::TcpListener::bind(&config.api.listen)
         .await
@@ -260,7 +260,8 @@ pub async fn run(
         (gate_tls, &config.mqtt.devices.listen, embedded)
     {
         let gate = MqttGate::bind(
-            gate_settings(&config, listen, broker::local_address(broker), tls)?,
+            gate_settings(&config, listen, broker::local_address(broker))?,
+            Box::new(move || tls.load()),
             ingest_stats.clone(),
         )
         .await?;
@@ -421,34 +422,21 @@ impl TlsSource {
     }
 }
 
-/// The MQTT gate's TLS, when `[mqtt.devices] listen` asks for the gate: the API's server
-/// certificate, and device certificates required and checked against the device CA.
-fn gate_tls(
-    config: &Config,
-    api: &TlsSource,
-) -> Result<Option<Arc<rustls::ServerConfig>>, AuthError> {
-    if config.mqtt.devices.listen.is_none() {
-        return Ok(None);
-    }
-    let ca = config
-        .mqtt
-        .devices
-        .ca
-        .clone()
-        .unwrap_or_else(|| config.tls_dir().join("ca.crt"));
-    let mut tls = auth::tls::server_config(
-        &auth::tls::TlsPaths {
-            cert: &api.cert,
-            key: &api.key,
-            client_ca: &ca,
-            crls: &config.mqtt.devices.crls,
-        },
-        crate::config::ClientAuth::Required,
-    )?;
-    // MQTT over TLS needs no ALPN; the API's `http/1.1` would refuse a client offering `mqtt`.
-    tls.alpn_protocols.clear();
-    auth::tls::check_expiry(&ca, "device CA");
-    Ok(Some(Arc::new(tls)))
+/// Where the MQTT gate's TLS comes from, when `[mqtt.devices] listen` asks for the gate: the
+/// API's server certificate, and device certificates required and checked against the device CA.
+fn gate_tls(config: &Config, api: &TlsSource) -> Option<TlsSource> {
+    config.mqtt.devices.listen.as_ref()?;
+    let d = &config.mqtt.devices;
+    Some(TlsSource {
+        cert: api.cert.clone(),
+        key: api.key.clone(),
+        client_ca: d
+            .ca
+            .clone()
+            .unwrap_or_else(|| config.tls_dir().join("ca.crt")),
+        crls: d.crls.clone(),
+        client_auth: crate::config::ClientAuth::Required,
+    })
 }
 
 /// The gate's settings from `[mqtt.devices]`.
@@ -456,7 +444,6 @@ fn gate_settings(
     config: &Config,
     listen: &str,
     broker: SocketAddr,
-    tls: Arc<rustls::ServerConfig>,
 ) -> Result<GateSettings, GateError> {
     let d = &config.mqtt.devices;
     // `validate` has checked the address.
@@ -467,7 +454,6 @@ fn gate_settings(
     Ok(GateSettings {
         listen,
         broker,
-        tls,
         max_connections: d.max_connections,
         connect_timeout: d.connect_timeout.0,
         max_packet: d.max_packet.0 as usize,

@@ -19,6 +19,8 @@
 //!   topics that are not the device's to read. A refused filter gets the SUBACK code 0x80 and is
 //!   counted ([`Rejection::ForbiddenFilter`]); the others are subscribed as asked.
 //!
+//! Certificates, keys and CRLs are read again on SIGHUP, for new connections.
+//!
 //! Bounds: connections (`max_connections`, more wait in the listen backlog), packet size
 //! (`max_packet`, either way), the TLS handshake and CONNECT within `connect_timeout`, then
 //! silence at most 1.5 keep-alive periods (5 minutes for a device that asks for none).
@@ -41,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{IngestStats, Rejection, decode};
+use crate::auth::AuthError;
 
 /// Downlink topics a device may subscribe to, under `devices/{id}/`.
 const DOWNLINK_TOPICS: [&str; 3] = ["down", "ack", "commands"];
@@ -57,15 +60,17 @@ const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 /// Longest wait after a failed accept.
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
+/// Reads the gate's TLS configuration: the server certificate, and the device CA (with its CRLs)
+/// as a required client-certificate verifier. Called at start and on each SIGHUP.
+pub type TlsLoader = Box<dyn Fn() -> Result<rustls::ServerConfig, AuthError> + Send + Sync>;
+
 /// Settings of the gate.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct GateSettings {
     /// Where devices connect.
     pub listen: SocketAddr,
     /// The embedded broker, on loopback.
     pub broker: SocketAddr,
-    /// Server certificate and the device CA as a required client-certificate verifier.
-    pub tls: Arc<rustls::ServerConfig>,
     /// Most devices connected at once.
     pub max_connections: usize,
     /// Time allowed for the TLS handshake and the CONNECT packet.
@@ -87,6 +92,9 @@ pub enum GateError {
         /// Why.
         source: std::io::Error,
     },
+    /// The certificates, keys or CRLs are unusable.
+    #[error("MQTT gate: {0}")]
+    Tls(#[from] AuthError),
 }
 
 /// Why one device connection ended early; logged, never fatal to the gate.
@@ -194,12 +202,19 @@ fn complete_suback(
 pub struct MqttGate {
     listener: TcpListener,
     settings: Arc<GateSettings>,
+    load_tls: TlsLoader,
+    tls: Arc<rustls::ServerConfig>,
     stats: Arc<IngestStats>,
 }
 
 impl MqttGate {
-    /// Binds the listener, so a taken address fails start-up.
-    pub async fn bind(settings: GateSettings, stats: Arc<IngestStats>) -> Result<Self, GateError> {
+    /// Reads the TLS material and binds the listener, so either failing fails start-up.
+    pub async fn bind(
+        settings: GateSettings,
+        load_tls: TlsLoader,
+        stats: Arc<IngestStats>,
+    ) -> Result<Self, GateError> {
+        let tls = load(&load_tls)?;
         let addr = settings.listen;
         let listener = TcpListener::bind(addr)
             .await
@@ -207,8 +222,24 @@ impl MqttGate {
         Ok(MqttGate {
             listener,
             settings: Arc::new(settings),
+            load_tls,
+            tls,
             stats,
         })
+    }
+
+    /// On SIGHUP: new connections get the certificates, keys and CRLs read again, open ones keep
+    /// theirs; a reload that fails keeps the running configuration and says why.
+    fn reload_tls(&mut self) {
+        match load(&self.load_tls) {
+            Ok(tls) => {
+                self.tls = tls;
+                tracing::info!("SIGHUP: the MQTT gate's certificates, keys and CRLs reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: the MQTT gate's reload failed; the previous TLS configuration stays")
+            }
+        }
     }
 
     /// The address it listens on (the port, when configured with 0).
@@ -222,13 +253,21 @@ impl MqttGate {
     }
 
     /// Accepts devices until `shutdown`, then closes every connection and returns.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = signal(SignalKind::hangup())
+            .inspect_err(|e| tracing::warn!(error = %e, "MQTT gate: cannot listen for SIGHUP: certificates are read at start only"))
+            .ok();
         let slots = Arc::new(Semaphore::new(self.settings.max_connections));
         let connections = TaskTracker::new();
         let mut backoff = ACCEPT_BACKOFF_MIN;
         loop {
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = hangup(&mut hangups) => {
+                    self.reload_tls();
+                    continue;
+                }
                 permit = slots.clone().acquire_owned() => match permit {
                     Ok(permit) => permit,
                     Err(_) => break,
@@ -236,6 +275,10 @@ impl MqttGate {
             };
             let (stream, peer) = tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = hangup(&mut hangups) => {
+                    self.reload_tls();
+                    continue;
+                }
                 accepted = self.listener.accept() => match accepted {
                     Ok(accepted) => accepted,
                     Err(e) => {
@@ -251,11 +294,12 @@ impl MqttGate {
             };
             backoff = ACCEPT_BACKOFF_MIN;
             let settings = self.settings.clone();
+            let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.clone());
             let stats = self.stats.clone();
             let stop = shutdown.clone();
             connections.spawn(async move {
                 let _slot = permit;
-                match serve(stream, &settings, &stats, &stop).await {
+                match serve(stream, acceptor, &settings, &stats, &stop).await {
                     Ok(device) => tracing::debug!(%peer, device, "MQTT gate: device disconnected"),
                     Err(ConnectionError::Refused(why)) => {
                         tracing::warn!(%peer, why, "MQTT gate: refused a device's CONNECT")
@@ -269,16 +313,35 @@ impl MqttGate {
     }
 }
 
+/// Loads the TLS configuration for MQTT: no ALPN (the API's `http/1.1` would refuse a client
+/// offering `mqtt`).
+fn load(load_tls: &TlsLoader) -> Result<Arc<rustls::ServerConfig>, AuthError> {
+    let mut tls = load_tls()?;
+    tls.alpn_protocols.clear();
+    Ok(Arc::new(tls))
+}
+
+/// The next SIGHUP; never, where SIGHUP cannot be listened for.
+async fn hangup(hangups: &mut Option<tokio::signal::unix::Signal>) {
+    let arrived = match hangups {
+        Some(signals) => signals.recv().await.is_some(),
+        None => false,
+    };
+    if !arrived {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// One device connection, from the TLS handshake to its end; the device id when it ends cleanly.
 async fn serve(
     stream: TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
     settings: &GateSettings,
     stats: &IngestStats,
     shutdown: &CancellationToken,
 ) -> Result<String, ConnectionError> {
     let _ = stream.set_nodelay(true);
     let deadline = tokio::time::Instant::now() + settings.connect_timeout;
-    let acceptor = tokio_rustls::TlsAcceptor::from(settings.tls.clone());
     let tls = tokio::time::timeout_at(deadline, acceptor.accept(stream))
         .await
         .map_err(|_| ConnectionError::ConnectTimeout)?

@@ -1,7 +1,9 @@
 //! The MQTT gate against the real binary, with real `mosquitto_pub` and `mosquitto_sub` over TLS:
 //! a device certificate (made by `hub certs issue-device`) lets a device publish and subscribe
-//! to its own topics only; missing, foreign and expired certificates fail the handshake; and the
-//! embedded broker is refused a non-loopback listener unless that is asked for.
+//! to its own topics only; missing, foreign and expired certificates fail the handshake (and
+//! SIGHUP reads the device CA again); a silent connection is cut off; mosquitto with the example
+//! ACL of `deploy/mosquitto` keeps devices apart too; and the embedded broker is refused a
+//! non-loopback listener unless that is asked for.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -94,6 +96,12 @@ fn split_pem(dir: &Path, name: &str, pem: &str, ca: &Path) -> DeviceTls {
 /// failure: refusals are what some tests want).
 fn publish(port: u16, tls: &DeviceTls, client_id: &str, topic: &str, payload: &str) -> Output {
     publish_qos(port, tls, client_id, topic, payload, 1)
+}
+
+/// A reading with `seq` from device `id` on its own telemetry topic, as client `id`.
+fn publish_reading(port: u16, tls: &DeviceTls, id: &str, seq: u32) -> Output {
+    let reading = format!(r#"{{"seq":{seq},"metrics":{{"v":1}}}}"#);
+    publish(port, tls, id, &format!("devices/{id}/telemetry"), &reading)
 }
 
 /// The same at `qos`.
@@ -302,7 +310,7 @@ async fn a_device_publishes_and_subscribes_to_its_own_topics_only() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn missing_foreign_and_expired_certificates_fail_the_handshake() {
+async fn missing_foreign_and_expired_certificates_fail_the_handshake_and_sighup_rereads_the_ca() {
     let root = tempfile::tempdir().unwrap();
     let devices_ca = TestCa::new("devices CA");
     let other_ca = TestCa::new("someone else's CA");
@@ -319,14 +327,7 @@ async fn missing_foreign_and_expired_certificates_fail_the_handshake() {
         &devices_ca.client("dev-1", &["dev-1"], 30),
         &hub_ca,
     );
-    let out = publish(
-        gate,
-        &good,
-        "dev-1",
-        "devices/dev-1/telemetry",
-        r#"{"seq":0,"metrics":{"v":1}}"#,
-    );
-    assert_succeeded(&out, "mosquitto_pub");
+    assert_succeeded(&publish_reading(gate, &good, "dev-1", 0), "mosquitto_pub");
     wait_for_readings(&hub, "dev-1", 1).await;
 
     let none = DeviceTls {
@@ -350,14 +351,7 @@ async fn missing_foreign_and_expired_certificates_fail_the_handshake() {
         ("a certificate of another CA", &foreign, "dev-2"),
         ("an expired certificate", &expired, "dev-3"),
     ] {
-        let out = publish(
-            gate,
-            tls,
-            id,
-            &format!("devices/{id}/telemetry"),
-            r#"{"seq":0,"metrics":{"v":1}}"#,
-        );
-        assert_refused(&out, what);
+        assert_refused(&publish_reading(gate, tls, id, 0), what);
     }
     // Plain MQTT to the TLS port: nothing.
     let out = Command::new("mosquitto_pub")
@@ -378,6 +372,22 @@ async fn missing_foreign_and_expired_certificates_fail_the_handshake() {
         (200, Some(1)),
         "{body}"
     );
+
+    // SIGHUP reads the device CA again, for new connections: the other CA's device gets in now,
+    // and the first CA's no longer does.
+    std::fs::write(&ca_path, &other_ca.pem).unwrap();
+    hub.hangup();
+    eventually("the gate's reload", || async {
+        let log = hub.log();
+        log.contains("the MQTT gate's certificates, keys and CRLs reloaded")
+            .then_some(())
+    })
+    .await;
+    let out = publish_reading(gate, &foreign, "dev-2", 0);
+    assert_succeeded(&out, "mosquitto_pub after the reload");
+    wait_for_readings(&hub, "dev-2", 1).await;
+    let out = publish_reading(gate, &good, "dev-1", 1);
+    assert_refused(&out, "a certificate of the CA no longer named");
     hub.stop();
 }
 
