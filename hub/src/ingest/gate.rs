@@ -9,7 +9,8 @@
 //! Rules, per device `{id}`:
 //! - CONNECT: the client id is `{id}` (an empty one becomes `{id}`), else CONNACK "not
 //!   authorized"; a will, if any, is on `devices/{id}/status`; MQTT 3.1.1 only. A device named
-//!   like the hub's own MQTT client id is refused: it would take over the hub's session.
+//!   like the hub's own MQTT client id is refused: it would take over the hub's session. A refused
+//!   CONNECT is counted ([`Rejection::ForbiddenConnect`]).
 //! - PUBLISH: only to its uplink topics `devices/{id}/telemetry`, `/up`, `/command-results` and
 //!   `/status`. Any other is dropped and counted ([`Rejection::ForbiddenTopic`]) but its QoS flow
 //!   is completed (PUBACK, or PUBREC then PUBCOMP), as mosquitto does for an ACL denial in MQTT
@@ -301,9 +302,6 @@ impl MqttGate {
                 let _slot = permit;
                 match serve(stream, acceptor, &settings, &stats, &stop).await {
                     Ok(device) => tracing::debug!(%peer, device, "MQTT gate: device disconnected"),
-                    Err(ConnectionError::Refused(why)) => {
-                        tracing::warn!(%peer, why, "MQTT gate: refused a device's CONNECT")
-                    }
                     Err(e) => tracing::debug!(%peer, error = %e, "MQTT gate: connection closed"),
                 }
             });
@@ -368,6 +366,9 @@ async fn serve(
     let connect = match admit(&device, &settings.hub_client_id, connect) {
         Ok(connect) => connect,
         Err((code, why)) => {
+            // Counted and logged like a skipped message: a device that retries in a loop gets one
+            // line a second.
+            stats.reject(Rejection::ForbiddenConnect, "", &format!("{device}: {why}"));
             to_device
                 .send(&Packet::ConnAck(ConnAck::new(code, false)))
                 .await?;

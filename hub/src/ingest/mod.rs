@@ -43,11 +43,13 @@ pub enum Rejection {
     ForbiddenTopic,
     /// A device subscribed to a filter that is not one of its own (MQTT gate).
     ForbiddenFilter,
+    /// A device's CONNECT named another client id or will topic than its own (MQTT gate).
+    ForbiddenConnect,
 }
 
 impl Rejection {
     /// All reasons, in a fixed order.
-    pub const ALL: [Rejection; 9] = [
+    pub const ALL: [Rejection; 10] = [
         Rejection::BadTopic,
         Rejection::BadDeviceId,
         Rejection::TooLarge,
@@ -57,6 +59,7 @@ impl Rejection {
         Rejection::Unsupported,
         Rejection::ForbiddenTopic,
         Rejection::ForbiddenFilter,
+        Rejection::ForbiddenConnect,
     ];
 
     /// A short name for logs and metrics.
@@ -71,6 +74,7 @@ impl Rejection {
             Rejection::Unsupported => "unsupported",
             Rejection::ForbiddenTopic => "forbidden_topic",
             Rejection::ForbiddenFilter => "forbidden_filter",
+            Rejection::ForbiddenConnect => "forbidden_connect",
         }
     }
 }
@@ -168,7 +172,7 @@ mod tests {
         }
         // The last variant: adding one after it without listing it in ALL fails here.
         assert_eq!(
-            Rejection::ForbiddenFilter as usize + 1,
+            Rejection::ForbiddenConnect as usize + 1,
             Rejection::ALL.len()
         );
     }

@@ -271,6 +271,12 @@ async fn a_device_publishes_and_subscribes_to_its_own_topics_only() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    eventually("the refused CONNECT in the log", || async {
+        let log = hub.log();
+        (log.contains("forbidden_connect") && log.contains("not the certificate's device id"))
+            .then_some(())
+    })
+    .await;
 
     // A device named like the hub's own MQTT client would take over the hub's session: refused.
     let named_hub = issue_device(&hub, "hub");
