@@ -459,10 +459,11 @@ impl Uplink<'_> {
                         .iter()
                         .map(|f| !may_subscribe(self.device, &f.path))
                         .collect();
-                    for filter in subscribe
+                    for (filter, _) in subscribe
                         .filters
                         .iter()
-                        .filter(|f| !may_subscribe(self.device, &f.path))
+                        .zip(&refused)
+                        .filter(|(_, no)| **no)
                     {
                         self.stats
                             .reject(Rejection::ForbiddenFilter, &filter.path, self.device);
