@@ -22,6 +22,7 @@ use crate::commands::{self, CommandSettings, Transports};
 use crate::config::{Broker, Config, SinkKind};
 use crate::files;
 use crate::ingest::broker::{self, BrokerError, BrokerSettings};
+use crate::ingest::gate::{GateError, GateSettings, MqttGate};
 use crate::ingest::mqtt::{Link, MqttIngest, MqttSettings};
 use crate::ingest::serial::{SerialIngest, SerialSettings};
 use crate::live::{Live, Presence};
@@ -60,6 +61,9 @@ pub enum AppError {
     /// The embedded broker could not start.
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// The devices' TLS listener could not start.
+    #[error(transparent)]
+    Gate(#[from] GateError),
     /// The API listener could not bind.
     #[error("API cannot listen on {addr}: {source}")]
     ApiBind {
@@ -134,6 +138,7 @@ pub async fn run(
         client_auth: config.api.client_auth,
     };
     let (tls_tx, tls_rx) = watch::channel(Arc::new(tls_source.load()?));
+    let gate_tls = gate_tls(&config, &tls_source);
 
     let api_listener = tokio::net::TcpListener::bind(&config.api.listen)
         .await
@@ -262,6 +267,22 @@ pub async fn run(
         ingest_tasks.spawn(async move {
             serial.run(stop).await;
             "serial-ingest"
+        });
+    }
+    if let (Some(tls), Some(listen), Some(broker)) =
+        (gate_tls, &config.mqtt.devices.listen, embedded)
+    {
+        let gate = MqttGate::bind(
+            gate_settings(&config, listen, broker::local_address(broker))?,
+            Box::new(move || tls.load()),
+            ingest_stats.clone(),
+        )
+        .await?;
+        tracing::info!(listen = %gate.local_addr()?, "MQTT gate for devices listening (TLS, device certificates)");
+        let stop = ingest_shutdown.clone();
+        ingest_tasks.spawn(async move {
+            gate.run(stop).await;
+            "mqtt-gate"
         });
     }
     // The ingest tasks now hold every sender: when they end, the writer drains and ends.
@@ -481,6 +502,45 @@ impl TlsSource {
         }
         Ok(config)
     }
+}
+
+/// Where the MQTT gate's TLS comes from, when `[mqtt.devices] listen` asks for the gate: the
+/// API's server certificate, and device certificates required and checked against the device CA.
+fn gate_tls(config: &Config, api: &TlsSource) -> Option<TlsSource> {
+    config.mqtt.devices.listen.as_ref()?;
+    let d = &config.mqtt.devices;
+    Some(TlsSource {
+        cert: api.cert.clone(),
+        key: api.key.clone(),
+        client_ca: d
+            .ca
+            .clone()
+            .unwrap_or_else(|| config.tls_dir().join("ca.crt")),
+        crls: d.crls.clone(),
+        client_auth: crate::config::ClientAuth::Required,
+    })
+}
+
+/// The gate's settings from `[mqtt.devices]`.
+fn gate_settings(
+    config: &Config,
+    listen: &str,
+    broker: SocketAddr,
+) -> Result<GateSettings, GateError> {
+    let d = &config.mqtt.devices;
+    // `validate` has checked the address.
+    let listen = listen.parse().map_err(|_| GateError::Bind {
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source: std::io::Error::other("mqtt.devices.listen is not an address"),
+    })?;
+    Ok(GateSettings {
+        listen,
+        broker,
+        max_connections: d.max_connections,
+        connect_timeout: d.connect_timeout.0,
+        max_packet: d.max_packet.0 as usize,
+        hub_client_id: config.mqtt.client_id.clone(),
+    })
 }
 
 /// On SIGHUP, reads certificates, keys and CRLs again; new connections use them, open ones keep

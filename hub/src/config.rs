@@ -417,6 +417,44 @@ pub struct MqttConfig {
     pub username: Option<String>,
     /// Password for an external broker (better given as `HUB_MQTT__PASSWORD`).
     pub password: Option<String>,
+    /// Lets the embedded broker listen beyond loopback, where anyone on the network may publish
+    /// as any device; devices should use `[mqtt.devices]` instead.
+    pub allow_insecure_listen: bool,
+    /// The TLS listener for devices (`[mqtt.devices]`).
+    pub devices: MqttDevicesConfig,
+}
+
+/// `[mqtt.devices]`: the MQTT gate, a TLS listener that devices connect to with a certificate of
+/// the hub's CA and that lets each one publish and subscribe to its own topics only.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttDevicesConfig {
+    /// Address of the listener, e.g. `0.0.0.0:8883`; none (the default): no listener.
+    pub listen: Option<String>,
+    /// CA of device certificates (PEM); default `<data.dir>/tls/ca.crt`, the CA that
+    /// `hub certs issue-device` signs with.
+    pub ca: Option<PathBuf>,
+    /// Certificate revocation lists of that CA (PEM), any number.
+    pub crls: Vec<PathBuf>,
+    /// Most devices connected at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Time allowed for the TLS handshake and the CONNECT packet.
+    pub connect_timeout: HumanDuration,
+    /// Largest MQTT packet, either way.
+    pub max_packet: ByteSize,
+}
+
+impl Default for MqttDevicesConfig {
+    fn default() -> Self {
+        MqttDevicesConfig {
+            listen: None,
+            ca: None,
+            crls: Vec::new(),
+            max_connections: 500,
+            connect_timeout: HumanDuration(Duration::from_secs(10)),
+            max_packet: ByteSize(64 << 10),
+        }
+    }
 }
 
 impl Default for MqttConfig {
@@ -431,6 +469,8 @@ impl Default for MqttConfig {
             client_key: None,
             username: None,
             password: None,
+            allow_insecure_listen: false,
+            devices: MqttDevicesConfig::default(),
         }
     }
 }
@@ -694,15 +734,30 @@ impl Config {
             ));
         }
         match self.mqtt.broker() {
-            Ok(Broker::Embedded) => {
-                if self.mqtt.listen.parse::<SocketAddr>().is_err() {
+            Ok(Broker::Embedded) => match self.mqtt.listen.parse::<SocketAddr>() {
+                Err(_) => problems.push(format!(
+                    "mqtt.listen: {:?} is not an address:port",
+                    self.mqtt.listen
+                )),
+                // The embedded broker checks no one: beyond loopback anyone could publish as any
+                // device, so that takes an explicit yes.
+                Ok(addr) if !addr.ip().is_loopback() && !self.mqtt.allow_insecure_listen => {
                     problems.push(format!(
-                        "mqtt.listen: {:?} is not an address:port",
-                        self.mqtt.listen
-                    ));
+                        "mqtt.listen: {addr} is not a loopback address, and the embedded broker \
+                         authenticates no one; let devices connect through the TLS listener \
+                         [mqtt.devices] listen instead, or set mqtt.allow_insecure_listen = true"
+                    ))
                 }
-            }
+                Ok(_) => {}
+            },
             Ok(Broker::External { tls, .. }) => {
+                if self.mqtt.devices.listen.is_some() {
+                    problems.push(
+                        "mqtt.devices.listen: needs the embedded broker; give an external broker \
+                         its own TLS listener and ACL (see deploy/mosquitto)"
+                            .into(),
+                    );
+                }
                 if !tls && (self.mqtt.ca.is_some() || self.mqtt.client_cert.is_some()) {
                     problems.push("mqtt.ca and mqtt.client_cert need an mqtts:// broker".into());
                 }
@@ -721,6 +776,26 @@ impl Config {
         }
         if self.mqtt.inflight == 0 {
             problems.push("mqtt.inflight: must be at least 1".into());
+        }
+        let gate = &self.mqtt.devices;
+        if let Some(listen) = &gate.listen
+            && listen.parse::<SocketAddr>().is_err()
+        {
+            problems.push(format!(
+                "mqtt.devices.listen: {listen:?} is not an address:port"
+            ));
+        }
+        // The embedded broker takes 1000 connections, one of them the hub's own.
+        if !(1..=999).contains(&gate.max_connections) {
+            problems.push("mqtt.devices.max_connections: must be 1 to 999".into());
+        }
+        if gate.connect_timeout.0.is_zero() {
+            problems.push("mqtt.devices.connect_timeout: must be more than 0".into());
+        }
+        if !((1 << 10)..=crate::ingest::broker::BROKER_MAX_PAYLOAD as u64)
+            .contains(&gate.max_packet.0)
+        {
+            problems.push("mqtt.devices.max_packet: must be 1KiB to 1MiB".into());
         }
         if self.ingest.queue == 0 {
             problems.push("ingest.queue: must be at least 1".into());
@@ -1015,6 +1090,22 @@ mod tests {
         assert_eq!(c.api.listen, d.api.listen);
         assert_eq!(c.ingest.batch_max, d.ingest.batch_max);
         assert_eq!(c.data.cache, d.data.cache);
+        let (m, dm) = (&c.mqtt.devices, &d.mqtt.devices);
+        assert_eq!(c.mqtt.allow_insecure_listen, d.mqtt.allow_insecure_listen);
+        assert_eq!(
+            (
+                m.listen.as_deref(),
+                m.max_connections,
+                m.connect_timeout,
+                m.max_packet
+            ),
+            (
+                dm.listen.as_deref(),
+                dm.max_connections,
+                dm.connect_timeout,
+                dm.max_packet
+            )
+        );
     }
 
     #[test]
@@ -1090,6 +1181,43 @@ mod tests {
             "api.max_page",
             "mqtt.broker",
             "ingest.batch_max",
+        ] {
+            assert!(err.contains(needle), "{needle} missing from: {err}");
+        }
+    }
+
+    #[test]
+    fn the_embedded_broker_stays_on_loopback_unless_insecure_is_asked_for() {
+        let err = load("[mqtt]\nlisten = \"0.0.0.0:1883\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("mqtt.listen") && err.contains("allow_insecure_listen"),
+            "{err}"
+        );
+        let c = load(
+            "[mqtt]\nlisten = \"0.0.0.0:1883\"\nallow_insecure_listen = true\n",
+            &[],
+        )
+        .unwrap();
+        assert!(c.mqtt.allow_insecure_listen);
+        assert!(load("[mqtt]\nlisten = \"[::1]:1883\"\n", &[]).is_ok());
+    }
+
+    #[test]
+    fn the_devices_listener_is_checked() {
+        let c = load("[mqtt.devices]\nlisten = \"0.0.0.0:8883\"\n", &[]).unwrap();
+        assert_eq!(c.mqtt.devices.listen.as_deref(), Some("0.0.0.0:8883"));
+        assert_eq!(c.mqtt.devices.max_packet, ByteSize(64 << 10));
+        let c = load("", &[("HUB_MQTT__DEVICES__LISTEN", "127.0.0.1:8883")]).unwrap();
+        assert_eq!(c.mqtt.devices.listen.as_deref(), Some("127.0.0.1:8883"));
+        let text = "[mqtt]\nbroker = \"mqtt://broker.lan\"\n[mqtt.devices]\nlisten = \"nowhere\"\nmax_connections = 0\nmax_packet = \"2MiB\"\n";
+        let err = load(text, &[]).unwrap_err().to_string();
+        for needle in [
+            "mqtt.devices.listen: needs the embedded broker",
+            "mqtt.devices.listen: \"nowhere\"",
+            "mqtt.devices.max_connections",
+            "mqtt.devices.max_packet",
         ] {
             assert!(err.contains(needle), "{needle} missing from: {err}");
         }

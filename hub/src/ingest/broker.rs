@@ -5,6 +5,9 @@
 //! Its in-memory log per subscription filter is capped: large for the hub's two ingest filters,
 //! small for every device's own downlink filters. Readings are acknowledged to devices only once
 //! durable, so a reading the broker drops under overload is retransmitted by its device, never lost.
+//!
+//! rumqttd authenticates no one and checks no topic, so it listens on loopback; devices on the
+//! network connect to the MQTT gate (`gate`), which checks them and relays to it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -105,8 +108,22 @@ pub fn resolve_listen(addr: SocketAddr) -> Result<SocketAddr, BrokerError> {
         .map_err(|source| BrokerError::Bind { addr, source })
 }
 
+/// The address a client on this machine reaches the broker at: loopback when it listens on
+/// every address.
+pub fn local_address(listen: SocketAddr) -> SocketAddr {
+    if listen.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], listen.port()))
+    } else {
+        listen
+    }
+}
+
 /// Starts the broker on its own thread and waits until it accepts connections.
 pub fn start(settings: BrokerSettings) -> Result<(), BrokerError> {
+    if !settings.listen.ip().is_loopback() {
+        // Only with `mqtt.allow_insecure_listen`: configuration refuses it otherwise.
+        tracing::warn!(listen = %settings.listen, "the embedded broker listens beyond loopback and authenticates no one: any host that reaches it may publish as any device");
+    }
     let mut broker = Broker::new(config(&settings));
     std::thread::Builder::new()
         .name("mqtt-broker".into())

@@ -5,6 +5,8 @@
 //!   external broker; it acks a QoS 1 message to the broker only once its reading is durable.
 //! - `decode`: turns what devices send into store items, or a reason to skip it.
 //! - `serial`: serial ports with device-protocol frames; acks written back on the line.
+//! - `gate`: the TLS listener devices connect to, in front of the embedded broker; each device
+//!   publishes and subscribes to its own topics only.
 
 //!
 //! Bad input is counted by reason and logged at most once a second per reason; it never stops
@@ -12,6 +14,7 @@
 
 pub mod broker;
 pub mod decode;
+pub mod gate;
 pub mod mqtt;
 pub mod serial;
 
@@ -36,11 +39,17 @@ pub enum Rejection {
     UnknownDevice,
     /// A message this hub version does not handle.
     Unsupported,
+    /// A device published to a topic that is not one of its own (MQTT gate).
+    ForbiddenTopic,
+    /// A device subscribed to a filter that is not one of its own (MQTT gate).
+    ForbiddenFilter,
+    /// A device's CONNECT named another client id or will topic than its own (MQTT gate).
+    ForbiddenConnect,
 }
 
 impl Rejection {
     /// All reasons, in a fixed order.
-    pub const ALL: [Rejection; 7] = [
+    pub const ALL: [Rejection; 10] = [
         Rejection::BadTopic,
         Rejection::BadDeviceId,
         Rejection::TooLarge,
@@ -48,6 +57,9 @@ impl Rejection {
         Rejection::BadFrame,
         Rejection::UnknownDevice,
         Rejection::Unsupported,
+        Rejection::ForbiddenTopic,
+        Rejection::ForbiddenFilter,
+        Rejection::ForbiddenConnect,
     ];
 
     /// A short name for logs and metrics.
@@ -60,6 +72,9 @@ impl Rejection {
             Rejection::BadFrame => "bad_frame",
             Rejection::UnknownDevice => "unknown_device",
             Rejection::Unsupported => "unsupported",
+            Rejection::ForbiddenTopic => "forbidden_topic",
+            Rejection::ForbiddenFilter => "forbidden_filter",
+            Rejection::ForbiddenConnect => "forbidden_connect",
         }
     }
 }
@@ -156,6 +171,9 @@ mod tests {
             assert_eq!(stats.rejected(reason), i as u64 + 1, "{}", reason.name());
         }
         // The last variant: adding one after it without listing it in ALL fails here.
-        assert_eq!(Rejection::Unsupported as usize + 1, Rejection::ALL.len());
+        assert_eq!(
+            Rejection::ForbiddenConnect as usize + 1,
+            Rejection::ALL.len()
+        );
     }
 }
