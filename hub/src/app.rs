@@ -131,6 +131,7 @@ pub async fn run(
     let certificates = crate::metrics::Expiry::default();
     let tls_source = TlsSource {
         expiry: certificates.clone(),
+        expiry_names: ("server", "client_ca"),
         cert: tls_cert,
         key: tls_key,
         client_ca,
@@ -470,8 +471,10 @@ fn start_sync(
 
 /// Where the API's TLS material comes from, to build it at start and again on SIGHUP.
 struct TlsSource {
-    /// Where the certificates' expiry goes, for `/metrics`.
+    /// Where the certificates' expiry goes, for `/metrics`, and under which names (server
+    /// certificate, client CA).
     expiry: crate::metrics::Expiry,
+    expiry_names: (&'static str, &'static str),
     cert: PathBuf,
     key: PathBuf,
     client_ca: PathBuf,
@@ -496,9 +499,13 @@ impl TlsSource {
             .then(|| auth::tls::check_expiry(&self.client_ca, "client CA"))
             .flatten();
         if let Ok(mut expiry) = self.expiry.lock() {
-            expiry.clear();
-            expiry.extend(server.map(|t| ("server", t)));
-            expiry.extend(client_ca.map(|t| ("client_ca", t)));
+            let (server_name, ca_name) = self.expiry_names;
+            for (name, at) in [(server_name, server), (ca_name, client_ca)] {
+                match at {
+                    Some(at) => expiry.insert(name, at),
+                    None => expiry.remove(name),
+                };
+            }
         }
         Ok(config)
     }
@@ -510,6 +517,8 @@ fn gate_tls(config: &Config, api: &TlsSource) -> Option<TlsSource> {
     config.mqtt.devices.listen.as_ref()?;
     let d = &config.mqtt.devices;
     Some(TlsSource {
+        expiry: api.expiry.clone(),
+        expiry_names: ("gate_server", "device_ca"),
         cert: api.cert.clone(),
         key: api.key.clone(),
         client_ca: d
