@@ -30,6 +30,9 @@ pub const MAX_ANSWER: usize = 64 << 10;
 const MAX_REASON: usize = 512;
 /// Longest `Retry-After` honoured: a receiver asking for more is asked again after this.
 const RETRY_AFTER_MAX: Duration = Duration::from_secs(3600);
+/// How long a kept connection may take to be ready for the next request before a new one is
+/// opened instead (the request has not been sent then, so this is no retry).
+const READY_WAIT: Duration = Duration::from_secs(1);
 /// The header that lets a receiver drop a batch it has already taken.
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
@@ -262,11 +265,14 @@ impl HttpUplink {
     async fn exchange(&mut self, request: Request<Body>) -> Result<Answer, String> {
         let mut reused = self.sender.take();
         if let Some(sender) = reused.as_mut()
-            && sender.ready().await.is_err()
+            && !matches!(
+                tokio::time::timeout(READY_WAIT, sender.ready()).await,
+                Ok(Ok(()))
+            )
         {
             reused = None;
         }
-        let (mut sender, response) = match reused {
+        let (sender, response) = match reused {
             Some(mut sender) => match sender.try_send_request(request).await {
                 Ok(response) => (sender, response),
                 // Closed before the request went out (an idle connection the receiver had just
@@ -281,9 +287,10 @@ impl HttpUplink {
         let status = response.status();
         let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
         let (body, complete) = read_capped(response).await;
-        // An answer read to its end leaves the connection ready for the next batch; hyper closes
-        // it itself when the receiver said `Connection: close`.
-        if complete && sender.ready().await.is_ok() {
+        // An answer read to its end leaves the connection for the next batch (hyper closes it
+        // when the receiver said `Connection: close`; the next exchange then sees it closed).
+        // Not waited on here: the answer is in, and waiting could only turn it into a timeout.
+        if complete {
             self.sender = Some(sender);
         }
         Ok(Answer {
@@ -770,6 +777,25 @@ mod tests {
             uplink.deliver(&batch(Compression::Gzip)).await,
             Delivery::Delivered
         );
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_receiver_closes_is_replaced() {
+        let receiver = Receiver::start(None).await;
+        let mut uplink = HttpUplink::new(&sink(format!("http://{}/", receiver.addr))).unwrap();
+        receiver.reply(Reply::Status(
+            200,
+            vec![("connection", "close".into())],
+            String::new(),
+        ));
+        for _ in 0..2 {
+            assert_eq!(
+                uplink.deliver(&batch(Compression::Gzip)).await,
+                Delivery::Delivered
+            );
+        }
+        assert_eq!(receiver.connections(), 2);
+        assert_eq!(receiver.requests().len(), 2);
     }
 
     #[tokio::test]

@@ -192,7 +192,9 @@ impl Session {
     /// PINGRESP, or the end of the connection when the broker went away) without waiting, so
     /// a broker that restarted is met with a new connection rather than a failed delivery.
     fn is_up(&mut self) -> bool {
-        // Bounded: each round takes one event already there.
+        // Bounded: each round takes one event already there. Dropping the unfinished poll is
+        // safe here: nothing is queued, so at most a due PINGREQ sits in rumqttc's write buffer
+        // and goes out with the next poll.
         for _ in 0..8 {
             match self.eventloop.poll().now_or_never() {
                 None => return true,
