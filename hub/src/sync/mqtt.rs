@@ -55,6 +55,8 @@ pub struct MqttUplink {
 struct Session {
     client: AsyncClient,
     eventloop: EventLoop,
+    /// Whether the broker has taken the CONNECT (for the reason of a timeout).
+    connected: bool,
     idle_since: Instant,
 }
 
@@ -142,6 +144,7 @@ impl MqttUplink {
                 Session {
                     client,
                     eventloop,
+                    connected: false,
                     idle_since: Instant::now(),
                 }
             }
@@ -181,7 +184,11 @@ impl MqttUplink {
             },
             Err(_) => Delivery::Retry {
                 after: None,
-                reason: format!("no PUBACK within {timeout:?}"),
+                reason: if session.connected {
+                    format!("no PUBACK within {timeout:?}")
+                } else {
+                    format!("not connected to the broker within {timeout:?}")
+                },
             },
         }
     }
@@ -213,6 +220,7 @@ impl Session {
         let mut sent = None;
         loop {
             match self.eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => self.connected = true,
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) => sent = Some(pkid),
                 Ok(Event::Incoming(Packet::PubAck(ack))) if Some(ack.pkid) == sent => {
                     return Ok(());
@@ -494,7 +502,7 @@ mod tests {
         let mut uplink = MqttUplink::new(&config, "h4").unwrap();
         let started = Instant::now();
         let reason = retry_reason(uplink.deliver(&batch(BODY)).await);
-        assert!(reason.contains("PUBACK"), "{reason}");
+        assert!(reason.contains("not connected"), "{reason}");
         assert!(started.elapsed() < Duration::from_secs(5));
         hold.abort();
     }
