@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Method, Request, header};
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use serde::Serialize;
 
@@ -410,17 +409,10 @@ impl RunningHub {
             reason,
         };
         let exchange = async {
-            let tcp = tokio::net::TcpStream::connect(self.addr)
+            let tls = Some((self.tls.clone(), self.server_name.clone()));
+            let mut sender = crate::sync::http::connect(self.addr, tls)
                 .await
                 .map_err(|e| unreachable(e.to_string()))?;
-            let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
-                .connect(self.server_name.clone(), tcp)
-                .await
-                .map_err(|e| unreachable(format!("TLS: {e}")))?;
-            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                .await
-                .map_err(|e| unreachable(e.to_string()))?;
-            tokio::spawn(connection);
             let mut request = Request::builder()
                 .method(method)
                 .uri(path)

@@ -121,6 +121,27 @@ impl MqttDownlink {
     }
 }
 
+/// Options to reach `host:port` as `client_id`, over TLS and with credentials when given; the
+/// session settings are the caller's. Shared with the sync uplink to a cloud broker.
+pub fn client_options(
+    client_id: &str,
+    host: &str,
+    port: u16,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    credentials: Option<&(String, String)>,
+) -> MqttOptions {
+    let mut options = MqttOptions::new(client_id, host, port);
+    if let Some(tls) = tls {
+        options.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls.clone()),
+        ));
+    }
+    if let Some((user, password)) = credentials {
+        options.set_credentials(user.clone(), password.clone());
+    }
+    options
+}
+
 impl MqttIngest {
     /// A client that submits readings to `submissions_tx` and reports its link on `link_tx`.
     pub fn new(
@@ -130,21 +151,19 @@ impl MqttIngest {
         link_tx: tokio::sync::watch::Sender<Link>,
     ) -> Self {
         let s = &settings;
-        let mut options = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
+        let mut options = client_options(
+            &s.client_id,
+            &s.host,
+            s.port,
+            s.tls.as_ref(),
+            s.credentials.as_ref(),
+        );
         options
             .set_clean_session(false)
             .set_manual_acks(true)
             .set_keep_alive(Duration::from_secs(30))
             .set_inflight(s.inflight)
             .set_max_packet_size(super::broker::BROKER_MAX_PAYLOAD + 1024, 64 << 10);
-        if let Some(tls) = &s.tls {
-            options.set_transport(rumqttc::Transport::tls_with_config(
-                rumqttc::TlsConfiguration::Rustls(tls.clone()),
-            ));
-        }
-        if let Some((user, password)) = &s.credentials {
-            options.set_credentials(user.clone(), password.clone());
-        }
         let (client, eventloop) = AsyncClient::new(options, REQUEST_QUEUE);
         MqttIngest {
             core: Core {
