@@ -467,7 +467,8 @@ impl Sink {
         Ok(())
     }
 
-    async fn save(&self, position: &SyncPosition) -> Result<(), Stop> {
+    // `&mut self`: a shared borrow held across the await would need the uplink to be `Sync`.
+    async fn save(&mut self, position: &SyncPosition) -> Result<(), Stop> {
         let (name, saved) = (self.settings.name.clone(), *position);
         on_store(&self.store, move |s| s.set_sync_position(&name, &saved)).await?;
         Ok(())

@@ -240,10 +240,14 @@ async fn cloud_down_then_throttling_then_up_everything_arrives_once_in_order() {
     .await;
     let status = sync_status(&hub).await;
     let sink = &status["sinks"][0];
-    assert_eq!(sink["name"], "cloud");
+    assert_eq!(sink["follower"]["name"], "cloud");
     assert!(sink["failures"].as_u64().unwrap() >= 2, "{status}");
     assert!(sink["error"].as_str().unwrap().contains("500"), "{status}");
-    assert_eq!(sink["follower"]["lag_readings"], 120, "{status}");
+    eventually("every reading stored and waiting", || async {
+        let status = sync_status(&hub).await;
+        (status["sinks"][0]["follower"]["lag_readings"] == 120).then_some(())
+    })
+    .await;
     // Throttled: the hub waits as told.
     receiver.answer(Answer::Throttle);
     let throttled = receiver.seen().len();
@@ -367,10 +371,20 @@ async fn killed_mid_batch_the_hub_sends_the_same_batch_with_the_same_key_and_los
         &["--config", &config],
     );
     publish(&hub, &["k-1"], 30, 10);
-    eventually("every reading delivered", || async {
-        (receiver.taken().len() >= 40).then_some(())
-    })
-    .await;
+    let deadline = std::time::Instant::now() + crate::harness::DEADLINE;
+    while receiver.taken().len() < 40 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every reading delivered: {:?}\n{}",
+            receiver
+                .seen()
+                .iter()
+                .map(|s| (&s.key, s.status))
+                .collect::<Vec<_>>(),
+            hub.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let after_restart = receiver
         .seen()
         .into_iter()
@@ -426,8 +440,18 @@ async fn after_an_outage_fresh_readings_go_first_while_the_backlog_drains() {
     })
     .await;
     let taken = receiver.taken();
-    // Each part keeps its device's order, and nothing is lost or doubled.
-    assert_once_in_order(&taken, &["old"], 1000);
+    // Nothing lost or doubled; the device's readings come as two runs in its order: the backlog,
+    // and the live part that went ahead of it (live first began while it still published).
+    let seqs: Vec<u64> = taken
+        .iter()
+        .filter(|r| r["device"] == "old")
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
+    let mut sorted = seqs.clone();
+    sorted.sort();
+    assert_eq!(sorted, (0..1000).collect::<Vec<_>>(), "every reading once");
+    let descents = seqs.windows(2).filter(|w| w[1] < w[0]).count();
+    assert!(descents <= 1, "more than two runs: {seqs:?}");
     assert_once_in_order(&taken, &["fresh"], 1);
     let status = sync_status(&hub).await;
     assert_eq!(
@@ -438,10 +462,13 @@ async fn after_an_outage_fresh_readings_go_first_while_the_backlog_drains() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_mqtt_sink_delivers_through_a_cloud_broker_that_goes_away_and_comes_back() {
+async fn an_mqtt_sink_delivers_through_a_cloud_link_that_goes_away_and_comes_back() {
     let root = tempfile::tempdir().unwrap();
-    let mut cloud = Mosquitto::start(root.path());
+    let cloud = Mosquitto::start(root.path());
+    // The subscriber stays connected to the broker throughout; the hub's link to it goes through
+    // a relay the test cuts, like an uplink that drops.
     let subscriber = Subscriber::start(cloud.port, "gateways/gw-test/readings");
+    let link = Relay::start(cloud.port).await;
     let path = root.path().join("hub.toml");
     std::fs::write(
         &path,
@@ -449,7 +476,7 @@ async fn an_mqtt_sink_delivers_through_a_cloud_broker_that_goes_away_and_comes_b
             "[sync]\nhub_id = \"gw-test\"\n\n[[sync.mqtt]]\nname = \"cloud-mqtt\"\n\
              url = \"mqtt://127.0.0.1:{}\"\nbatch_max = 20\nbatch_wait = \"100ms\"\n\
              retry_min = \"100ms\"\nretry_max = \"500ms\"\ntimeout = \"2s\"\nlive_first_after = 0\n",
-            cloud.port
+            link.port
         ),
     )
     .unwrap();
@@ -471,27 +498,85 @@ async fn an_mqtt_sink_delivers_through_a_cloud_broker_that_goes_away_and_comes_b
         (readings(subscriber.payloads()).len() >= 20).then_some(())
     })
     .await;
-    cloud.stop();
+    link.cut(true);
     publish(&hub, &["m-1"], 20, 20);
-    eventually("the sink noticing the broker is gone", || async {
+    eventually("the sink noticing the link is gone", || async {
         let status = sync_status(&hub).await;
         (status["sinks"][0]["failures"].as_u64() > Some(0)).then_some(())
     })
     .await;
-    cloud.restart();
-    let subscriber = Subscriber::start(cloud.port, "gateways/gw-test/readings");
+    link.cut(false);
     eventually("the rest at the cloud broker", || async {
         let status = sync_status(&hub).await;
         (status["sinks"][0]["follower"]["lag_readings"] == 0).then_some(())
     })
     .await;
-    // The second subscriber saw what was sent after the broker came back: seqs 20..40 at least.
-    let got = readings(subscriber.payloads());
-    let seqs: Vec<u64> = got.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
-    for seq in 20..40 {
-        assert!(seqs.contains(&seq), "seq {seq} missing: {seqs:?}");
-    }
+    eventually("every reading at the subscriber", || async {
+        (readings(subscriber.payloads()).len() >= 40).then_some(())
+    })
+    .await;
+    assert_once_in_order(&readings(subscriber.payloads()), &["m-1"], 40);
     hub.stop();
+}
+
+/// A TCP relay to a local port that the test can cut: while cut, open connections are dropped
+/// and new ones closed at once.
+struct Relay {
+    port: u16,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    generation: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Relay {
+    async fn start(target: u16) -> Relay {
+        use std::sync::atomic::Ordering;
+        let port = free_port();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (c, g) = (cut.clone(), generation.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if c.load(Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let born = g.load(Ordering::SeqCst);
+                let g = g.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    else {
+                        return;
+                    };
+                    let relay = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
+                    let watch = async {
+                        while g.load(Ordering::SeqCst) == born {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    };
+                    tokio::select! {
+                        _ = relay => {}
+                        _ = watch => {}
+                    }
+                });
+            }
+        });
+        Relay {
+            port,
+            cut,
+            generation,
+        }
+    }
+
+    fn cut(&self, cut: bool) {
+        use std::sync::atomic::Ordering;
+        self.cut.store(cut, Ordering::SeqCst);
+        if cut {
+            self.generation.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -649,8 +734,11 @@ async fn at_the_quota_drop_oldest_deletes_the_oldest_counts_them_and_the_file_st
             .unwrap()
             .len()
     };
+    // Within twice the quota: the engine grows its file in steps and keeps the copy-on-write
+    // pages of the last commits; the 52 MB more written below would take it far past that if
+    // retention did not make room.
     assert!(
-        file() <= 17 << 20,
+        file() <= 32 << 20,
         "the store file grew to {} bytes",
         file()
     );
@@ -671,7 +759,7 @@ async fn at_the_quota_drop_oldest_deletes_the_oldest_counts_them_and_the_file_st
     })
     .await;
     assert!(
-        file() <= 17 << 20,
+        file() <= 32 << 20,
         "the store file grew to {} bytes",
         file()
     );
