@@ -437,8 +437,8 @@ fn start_sync(
     let mut sinks = Vec::new();
     for (kind, sink) in config.sync.sinks() {
         let uplink = match kind {
-            SinkKind::Http => Uplink::Http(HttpUplink::new(sink)?),
-            SinkKind::Mqtt => Uplink::Mqtt(MqttUplink::new(sink, &hub_id)?),
+            SinkKind::Http => Uplink::Http(Box::new(HttpUplink::new(sink)?)),
+            SinkKind::Mqtt => Uplink::Mqtt(Box::new(MqttUplink::new(sink, &hub_id)?)),
         };
         let stats = Arc::new(SinkStats::default());
         let settings = SinkSettings::new(kind, sink, &hub_id);

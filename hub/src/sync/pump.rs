@@ -41,9 +41,9 @@ const STORE_RETRY: Duration = Duration::from_secs(5);
 /// The transport of a sink.
 pub enum Uplink {
     /// POSTs to a URL.
-    Http(HttpUplink),
+    Http(Box<HttpUplink>),
     /// Publishes to a cloud broker.
-    Mqtt(MqttUplink),
+    Mqtt(Box<MqttUplink>),
 }
 
 impl Uplink {
