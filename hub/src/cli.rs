@@ -102,6 +102,15 @@ pub enum CliError {
     /// An answer could not be read.
     #[error("unexpected answer from the hub: {0}")]
     Answer(String),
+    /// The command needs a running hub and none listens.
+    #[error("no hub listens on {0} (start it, or pass --config / --api-listen to point at it)")]
+    NotRunning(String),
+    /// The command needs the hub stopped.
+    #[error("a hub runs on {0}: stop it first (systemctl stop hub)")]
+    Running(String),
+    /// A backup or a restore failed.
+    #[error(transparent)]
+    Backup(#[from] crate::backup::BackupError),
 }
 
 impl CliError {
@@ -309,6 +318,15 @@ pub fn table(tokens: &[TokenSummary]) -> String {
 
 /// Opens the store of `config` directly, for when no hub runs.
 fn open_local(config: &Config) -> Result<TokenRegistry, CliError> {
+    let store = open_store(config)?;
+    Ok(TokenRegistry::open(
+        &config.data.dir.join("token.key"),
+        store,
+    )?)
+}
+
+/// The store of a hub that is not running.
+fn open_store(config: &Config) -> Result<Store, CliError> {
     let dir = &config.data.dir;
     if !dir.is_dir() {
         return Err(CliError::NoDataDir(dir.clone()));
@@ -320,8 +338,188 @@ fn open_local(config: &Config) -> Result<TokenRegistry, CliError> {
     };
     let engine = store::open_engine(config.data.engine, dir, config.data.cache.0 as usize)
         .map_err(store_err)?;
-    let store = Store::open(engine).map_err(store_err)?;
-    Ok(TokenRegistry::open(&dir.join("token.key"), store)?)
+    Store::open(engine).map_err(store_err)
+}
+
+/// `hub status`: a one-screen summary of the running hub, from its `/metrics` (read twice, a
+/// second apart, for the rates) and `/api/v1/sync/status`.
+pub async fn status(config: &Config) -> Result<String, CliError> {
+    let hub = RunningHub::find(config)
+        .await?
+        .ok_or_else(|| CliError::NotRunning(config.api.listen.clone()))?;
+    let first = hub.call(Method::GET, "/metrics", None).await?;
+    let started = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let second = hub.call(Method::GET, "/metrics", None).await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let sync = hub.call(Method::GET, "/api/v1/sync/status", None).await?;
+    let sync: serde_json::Value =
+        serde_json::from_slice(&sync).map_err(|e| CliError::Answer(e.to_string()))?;
+    let (first, second) = (
+        String::from_utf8_lossy(&first).into_owned(),
+        String::from_utf8_lossy(&second).into_owned(),
+    );
+    Ok(status_screen(&hub.url(""), &first, &second, elapsed, &sync))
+}
+
+/// The sum of the samples of `family` whose labels contain `having` (all when empty).
+fn metric(text: &str, family: &str, having: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(family)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter(|l| l.contains(having))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn size(bytes: f64) -> String {
+    match bytes {
+        b if b >= (1u64 << 30) as f64 => format!("{:.1} GiB", b / (1u64 << 30) as f64),
+        b if b >= (1u64 << 20) as f64 => format!("{:.1} MiB", b / (1u64 << 20) as f64),
+        b => format!("{:.0} KiB", b / 1024.0),
+    }
+}
+
+fn status_screen(
+    url: &str,
+    first: &str,
+    second: &str,
+    seconds: f64,
+    sync: &serde_json::Value,
+) -> String {
+    use std::fmt::Write as _;
+    let rate = |family: &str, having: &str| {
+        (metric(second, family, having) - metric(first, family, having)).max(0.0) / seconds
+    };
+    let up = metric(second, "process_start_time_seconds", "");
+    let uptime = (crate::ingest::now_ms() / 1000).saturating_sub(up as u64);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "hub at {url}  up {}h{:02}m  rss {}  mqtt {}",
+        uptime / 3600,
+        uptime % 3600 / 60,
+        size(metric(second, "process_resident_memory_bytes", "")),
+        if metric(second, "hub_mqtt_connected", "") > 0.0 {
+            "connected"
+        } else {
+            "NOT connected"
+        }
+    );
+    let _ = writeln!(
+        out,
+        "devices    {} known, {} online",
+        metric(second, "hub_devices", ""),
+        metric(second, "hub_devices_online", "")
+    );
+    let _ = writeln!(
+        out,
+        "ingest     {:.0} readings/s stored, {:.0}/s skipped (bad input)",
+        rate("hub_store_items_total", "outcome=\"stored\""),
+        rate("hub_ingest_messages_total", "")
+            - rate("hub_ingest_messages_total", "outcome=\"accepted\""),
+    );
+    let store = &sync["store"];
+    let _ = writeln!(
+        out,
+        "store      {} readings, file {} of {} quota{}, {} dropped unsynced",
+        store["readings"],
+        size(store["file_bytes"].as_f64().unwrap_or(0.0)),
+        size(store["max_disk"].as_f64().unwrap_or(0.0)),
+        if store["refusing"] == true {
+            " FULL: refusing new readings"
+        } else {
+            ""
+        },
+        store["dropped"]
+    );
+    let sinks = sync["sinks"].as_array().cloned().unwrap_or_default();
+    let consumers = sync["consumers"].as_array().cloned().unwrap_or_default();
+    if sinks.is_empty() && consumers.is_empty() {
+        let _ = writeln!(out, "sync       no sinks, no pull consumers");
+    }
+    for sink in &sinks {
+        let f = &sink["follower"];
+        let _ = writeln!(
+            out,
+            "sink       {} ({})  lag {} readings, {} s  delivered {}  parked {}{}",
+            f["name"].as_str().unwrap_or(""),
+            sink["kind"].as_str().unwrap_or(""),
+            f["lag_readings"],
+            f["lag_seconds"],
+            sink["delivered"],
+            sink["parked"],
+            sink["error"]
+                .as_str()
+                .map(|e| format!("  FAILING: {e}"))
+                .unwrap_or_default()
+        );
+    }
+    for consumer in &consumers {
+        let _ = writeln!(
+            out,
+            "consumer   {}  lag {} readings, {} s",
+            consumer["name"].as_str().unwrap_or(""),
+            consumer["lag_readings"],
+            consumer["lag_seconds"]
+        );
+    }
+    out
+}
+
+/// `hub backup`: a consistent backup. Through the running hub when one runs (it holds the
+/// store), else directly. Returns where the backup is.
+pub async fn backup(config: &Config, out: Option<&Path>) -> Result<PathBuf, CliError> {
+    if let Some(out) = out
+        && out.exists()
+    {
+        return Err(CliError::Exists(out.to_owned()));
+    }
+    let made = match RunningHub::find(config).await? {
+        Some(hub) => {
+            let answer = hub.call(Method::POST, "/api/v1/backups", None).await?;
+            let made: crate::api::BackupMade =
+                serde_json::from_slice(&answer).map_err(|e| CliError::Answer(e.to_string()))?;
+            eprintln!("backup made by the running hub");
+            config.data.dir.join(made.dir)
+        }
+        None => {
+            let store = open_store(config)?;
+            let made = crate::backup::backup_in_place(
+                &store,
+                config.data.engine,
+                &config.data.dir,
+                crate::ingest::now_ms(),
+            )?;
+            eprintln!(
+                "no hub runs on {}: backup made from the store directly",
+                config.api.listen
+            );
+            made.dir
+        }
+    };
+    match out {
+        Some(out) => {
+            std::fs::rename(&made, out).map_err(|source| CliError::File {
+                path: out.to_owned(),
+                source,
+            })?;
+            Ok(out.to_owned())
+        }
+        None => Ok(made),
+    }
+}
+
+/// `hub restore`: puts a backup into the data directory; the hub must be stopped.
+pub async fn restore(config: &Config, from: &Path, force: bool) -> Result<(), CliError> {
+    if RunningHub::find(config).await?.is_some() {
+        return Err(CliError::Running(config.api.listen.clone()));
+    }
+    crate::backup::restore(from, config.data.engine, &config.data.dir, force)?;
+    Ok(())
 }
 
 /// The running hub's API, as the admin.

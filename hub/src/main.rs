@@ -54,6 +54,24 @@ enum Command {
         #[command(subcommand)]
         action: CertsCommand,
     },
+    /// A one-screen summary of the running hub: devices, ingest rate, store and quota, lag of
+    /// every sink and pull consumer.
+    Status,
+    /// A consistent backup of the data directory, while the hub runs (or not): into
+    /// `<data.dir>/backups/<UTC time>/`, or moved to --out.
+    Backup {
+        /// Where to put the backup (a new directory on the same file system).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Put a backup back into the data directory; the hub must be stopped.
+    Restore {
+        /// The backup directory.
+        from: PathBuf,
+        /// Replace a store that is there (its files are kept beside, renamed *.before-restore).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -146,6 +164,19 @@ fn main() -> ExitCode {
         }
         Some(Command::Token { action }) => return token(&config, action),
         Some(Command::Certs { action }) => return certs(&config, action),
+        Some(Command::Status) => {
+            return operate(cli::status(&config), |screen| print!("{screen}"));
+        }
+        Some(Command::Backup { out }) => {
+            return operate(cli::backup(&config, out.as_deref()), |dir| {
+                println!("{}", dir.display())
+            });
+        }
+        Some(Command::Restore { from, force }) => {
+            return operate(cli::restore(&config, &from, force), |()| {
+                println!("restored into {}", config.data.dir.display())
+            });
+        }
         _ => {}
     }
     init_logging(&config);
@@ -155,6 +186,33 @@ fn main() -> ExitCode {
             tracing::error!("{e:#}");
             eprintln!("hub: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs an operator command on a small runtime and prints its outcome.
+fn operate<T>(
+    command: impl std::future::Future<Output = Result<T, cli::CliError>>,
+    print: impl FnOnce(T),
+) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hub: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(command) {
+        Ok(value) => {
+            print(value);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hub: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }
@@ -175,23 +233,7 @@ fn token(config: &Config, action: TokenCommand) -> ExitCode {
         TokenCommand::List { json } => TokenAction::List { json },
         TokenCommand::Revoke { id } => TokenAction::Revoke(id),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("hub: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(cli::token(config, action)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("hub: {e}");
-            ExitCode::from(e.exit_code())
-        }
-    }
+    operate(cli::token(config, action), |()| ())
 }
 
 fn certs(config: &Config, action: CertsCommand) -> ExitCode {

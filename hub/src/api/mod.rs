@@ -48,7 +48,7 @@ pub const MAX_BODY: usize = 16 * 1024;
 /// Most concurrent stream (WebSocket) clients.
 pub const STREAM_CLIENTS: usize = stream::MAX_CLIENTS;
 
-pub use backup::Backups;
+pub use backup::{BackupMade, Backups};
 
 /// What the handlers share.
 #[derive(Clone)]
