@@ -19,7 +19,7 @@ use crate::api::{self, ApiState, RequestIds};
 use crate::auth::clients::{ClientEntry, ClientIdentities};
 use crate::auth::{self, AuthError, Scope, TokenRegistry, pki};
 use crate::commands::{self, CommandSettings, Transports};
-use crate::config::{Broker, Config, SinkKind};
+use crate::config::{Broker, Config};
 use crate::files;
 use crate::ingest::broker::{self, BrokerError, BrokerSettings};
 use crate::ingest::gate::{GateError, GateSettings, MqttGate};
@@ -30,11 +30,9 @@ use crate::live::{Live, Presence};
 use crate::ingest::{IngestStats, now_ms};
 use crate::store::writer::{StoreWriter, WriterStats};
 use crate::store::{self, Store, StoreError, TokenRecord};
-use crate::sync::http::HttpUplink;
-use crate::sync::mqtt::MqttUplink;
-use crate::sync::pump::{Sink, SinkSettings, SinkStats, Uplink};
 use crate::sync::retention::{Retention, RetentionSettings, RetentionStats};
-use crate::sync::{self, SinkHandle, SyncState};
+use crate::sync::supervisor::SinkSupervisor;
+use crate::sync::{self, SyncState};
 
 /// How long start-up waits for the subscription on the embedded broker.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -89,9 +87,20 @@ pub struct Bound {
     pub mqtt: Option<SocketAddr>,
 }
 
+/// How the hub reads its configuration again on SIGHUP, and applies what can change live.
+pub struct Reload {
+    /// Reads the configuration again (file, environment, flags).
+    pub config: Box<dyn Fn() -> Result<Config, crate::config::ConfigError> + Send + Sync>,
+    /// Applies a new log filter (`log.level`).
+    pub log_level: Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>,
+}
+
 /// Runs the hub until `shutdown` is cancelled. `on_ready` is called once everything listens.
+/// With `reload`, SIGHUP also reads the configuration again: the log level and the sinks change
+/// at once, other changes are named in the log as needing a restart.
 pub async fn run(
     config: Config,
+    reload: Option<Reload>,
     shutdown: CancellationToken,
     on_ready: impl FnOnce(Bound),
 ) -> Result<(), AppError> {
@@ -317,7 +326,7 @@ pub async fn run(
     let token_use_task = tasks.spawn(save_token_use(tokens.clone(), api_shutdown.clone()));
 
     // Sync and retention read the store until the API stops: after ingest has been flushed.
-    let sync_state = start_sync(&config, &store, committed, &tasks, &api_shutdown)?;
+    let (sync_state, sync_configs) = start_sync(&config, &store, committed, &tasks, &api_shutdown)?;
 
     let state = ApiState {
         store: store.clone(),
@@ -359,6 +368,12 @@ pub async fn run(
     let reload_task = tasks.spawn(reload_tls_on_hangup(
         tls_source,
         tls_tx,
+        api_shutdown.clone(),
+    ));
+    let config_task = tasks.spawn(reload_config_on_hangup(
+        config.clone(),
+        reload,
+        sync_configs,
         api_shutdown.clone(),
     ));
     let mut api_task = tasks.spawn(api::server::serve(
@@ -413,6 +428,7 @@ pub async fn run(
         let _ = api_task.await;
     }
     let _ = reload_task.await;
+    let _ = config_task.await;
     let _ = dispatcher_task.await;
     let _ = presence_task.await;
     let _ = token_use_task.await;
@@ -423,36 +439,25 @@ pub async fn run(
     }
 }
 
-/// Starts every configured sink and retention; what the API shows of them.
+/// Starts every configured sink (under their supervisor) and retention; what the API shows of
+/// them, and where reloaded sync configurations go.
 fn start_sync(
     config: &Config,
     store: &Store,
     committed: Arc<tokio::sync::Notify>,
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
-) -> Result<SyncState, AppError> {
-    let hub_id = sync::hub_id(&config.sync.hub_id);
+) -> Result<(SyncState, watch::Sender<crate::config::SyncConfig>), AppError> {
     let names: Vec<&str> = config.sync.sinks().map(|(_, s)| s.name.as_str()).collect();
     sync::forget_removed_sinks(store, &names)?;
-    let mut sinks = Vec::new();
-    for (kind, sink) in config.sync.sinks() {
-        let uplink = match kind {
-            SinkKind::Http => Uplink::Http(Box::new(HttpUplink::new(sink)?)),
-            SinkKind::Mqtt => Uplink::Mqtt(Box::new(MqttUplink::new(sink, &hub_id)?)),
-        };
-        let stats = Arc::new(SinkStats::default());
-        let settings = SinkSettings::new(kind, sink, &hub_id);
-        tasks
-            .spawn(Sink::new(settings, store.clone(), uplink, stats.clone()).run(shutdown.clone()));
-        sinks.push(SinkHandle {
-            name: sink.name.clone(),
-            kind,
-            stats,
-        });
+    let handles = Arc::new(std::sync::RwLock::new(Vec::new()));
+    let mut supervisor = SinkSupervisor::new(store.clone(), handles.clone());
+    supervisor.start(&config.sync)?;
+    if !names.is_empty() {
+        tracing::info!(hub_id = %sync::hub_id(&config.sync.hub_id), sinks = names.len(), "upstream sync started");
     }
-    if !sinks.is_empty() {
-        tracing::info!(hub_id = %hub_id, sinks = sinks.len(), "upstream sync started");
-    }
+    let (configs_tx, configs_rx) = watch::channel(config.sync.clone());
+    tasks.spawn(supervisor.run(configs_rx, shutdown.clone()));
     let retention = Arc::new(RetentionStats::default());
     let settings = RetentionSettings {
         max_disk: config.data.max_disk.0,
@@ -462,11 +467,14 @@ fn start_sync(
     tasks.spawn(
         Retention::new(store.clone(), settings, retention.clone()).run(committed, shutdown.clone()),
     );
-    Ok(SyncState {
-        sinks,
-        retention,
-        max_disk: config.data.max_disk.0,
-    })
+    Ok((
+        SyncState {
+            sinks: handles,
+            retention,
+            max_disk: config.data.max_disk.0,
+        },
+        configs_tx,
+    ))
 }
 
 /// Where the API's TLS material comes from, to build it at start and again on SIGHUP.
@@ -577,6 +585,71 @@ async fn reload_tls_on_hangup(
             },
         }
     }
+}
+
+/// On SIGHUP: reads the configuration again; applies the log level and the sinks, and names the
+/// sections that changed but need a restart. A configuration that does not load changes nothing.
+async fn reload_config_on_hangup(
+    mut running: Config,
+    reload: Option<Reload>,
+    sync_configs: watch::Sender<crate::config::SyncConfig>,
+    shutdown: CancellationToken,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Some(reload), Ok(mut hangups)) = (reload, signal(SignalKind::hangup())) else {
+        shutdown.cancelled().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = hangups.recv() => {}
+        }
+        let fresh = match (reload.config)() {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: the configuration does not load; nothing changed");
+                continue;
+            }
+        };
+        if fresh.log.level != running.log.level {
+            match (reload.log_level)(&fresh.log.level) {
+                Ok(()) => tracing::info!(level = %fresh.log.level, "SIGHUP: log level changed"),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: the log level could not change"),
+            }
+        }
+        if sync_configs.send_replace(fresh.sync.clone()) != fresh.sync {
+            tracing::info!("SIGHUP: sinks reconfigured");
+        }
+        let restart: Vec<&str> = [
+            ("data", section(&fresh.data) != section(&running.data)),
+            ("ingest", section(&fresh.ingest) != section(&running.ingest)),
+            ("mqtt", section(&fresh.mqtt) != section(&running.mqtt)),
+            ("api", section(&fresh.api) != section(&running.api)),
+            ("serial", section(&fresh.serial) != section(&running.serial)),
+            (
+                "devices",
+                section(&fresh.devices) != section(&running.devices),
+            ),
+            (
+                "commands",
+                section(&fresh.commands) != section(&running.commands),
+            ),
+            ("log.format", fresh.log.format != running.log.format),
+        ]
+        .into_iter()
+        .filter_map(|(name, changed)| changed.then_some(name))
+        .collect();
+        if !restart.is_empty() {
+            tracing::warn!(sections = ?restart, "SIGHUP: these changes take effect at the next restart (certificates were reloaded)");
+        }
+        running = fresh;
+    }
+}
+
+/// A configuration section as TOML, to see whether it changed.
+fn section<T: serde::Serialize>(value: &T) -> Option<toml::Value> {
+    toml::Value::try_from(value).ok()
 }
 
 /// How often the tokens' last-used times are saved: the time a token list shows is exact, the

@@ -151,7 +151,7 @@ pub enum FullPolicy {
 }
 
 /// `[sync]`: where readings go upstream.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SyncConfig {
     /// This hub's name upstream (in bodies and topics); empty means the host name.

@@ -179,8 +179,20 @@ fn main() -> ExitCode {
         }
         _ => {}
     }
-    init_logging(&config);
-    match serve(config) {
+    let log_filter = init_logging(&config);
+    // SIGHUP reads the same file, environment and flags again.
+    let config_path = cli.config.clone();
+    let reload = hub::app::Reload {
+        config: Box::new(move || {
+            Config::load(config_path.as_deref(), std::env::vars(), &overrides)
+        }),
+        log_level: Box::new(move |level| {
+            let filter = tracing_subscriber::EnvFilter::try_new(with_rumqttd_off(level))
+                .map_err(|e| e.to_string())?;
+            log_filter.reload(filter).map_err(|e| e.to_string())
+        }),
+    };
+    match serve(config, reload) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -258,27 +270,39 @@ fn certs(config: &Config, action: CertsCommand) -> ExitCode {
     }
 }
 
-fn init_logging(config: &Config) {
-    // rumqttd logs every ordinary client disconnect at ERROR, which would break our rule that
-    // ERROR means data loss or an operator must act; its lines are off unless asked for by name.
-    let level = if config.log.level.contains("rumqttd") {
-        config.log.level.clone()
+/// The log filter of `level`, with rumqttd's lines off unless asked for by name: it logs every
+/// ordinary client disconnect at ERROR, which would break our rule that ERROR means data loss or
+/// an operator must act.
+fn with_rumqttd_off(level: &str) -> String {
+    if level.contains("rumqttd") {
+        level.to_owned()
     } else {
-        format!("{},rumqttd=off", config.log.level)
-    };
+        format!("{level},rumqttd=off")
+    }
+}
+
+/// The handle that changes the log filter while the hub runs.
+type LogFilter =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+fn init_logging(config: &Config) -> LogFilter {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&level))
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(with_rumqttd_off(&config.log.level)))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     // Colours only on a terminal: a journal or a log file gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let registry = tracing_subscriber::registry().with(filter);
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(ansi);
     match config.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => registry.with(fmt.json()).init(),
+        LogFormat::Pretty => registry.with(fmt).init(),
     }
+    handle
 }
 
 /// glibc gives threads that allocate their own malloc arenas (up to 8 per core), and an arena keeps
@@ -295,7 +319,7 @@ fn limit_malloc_arenas() {
     }
 }
 
-fn serve(config: Config) -> anyhow::Result<()> {
+fn serve(config: Config, reload: hub::app::Reload) -> anyhow::Result<()> {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     limit_malloc_arenas();
     if rustls::crypto::ring::default_provider()
@@ -315,7 +339,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         let shutdown = CancellationToken::new();
         tokio::spawn(watch_signals(shutdown.clone()));
         let data_dir = config.data.dir.clone();
-        hub::app::run(config, shutdown, |bound| {
+        hub::app::run(config, Some(reload), shutdown, |bound| {
             let mqtt = bound.mqtt.map(|a| a.to_string()).unwrap_or_else(|| "external".into());
             let host = if bound.api.ip().is_loopback() { "localhost".to_owned() } else { bound.api.ip().to_string() };
             let dir = data_dir.display();

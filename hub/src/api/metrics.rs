@@ -47,7 +47,7 @@ pub(super) async fn metrics(
     let facts = tokio::task::spawn_blocking(move || {
         let mut positions = store.sync_positions()?;
         // A sink that has not sent yet has no saved position: it is behind by everything.
-        for sink in &sync.sinks {
+        for sink in &sync.sinks() {
             if !positions.iter().any(|(name, _)| *name == sink.name) {
                 let start = crate::store::sync::SyncPosition::start(FollowerKind::Sink, 0);
                 positions.push((sink.name.clone(), start));
@@ -331,7 +331,7 @@ pub(super) async fn metrics(
     ];
     for (name, help, read) in counters {
         family(&mut out, name, "counter", help);
-        for sink in &sync.sinks {
+        for sink in &sync.sinks() {
             sample(
                 &mut out,
                 name,

@@ -403,7 +403,7 @@ pub(super) async fn status(
             }
         }
         let mut sinks = Vec::new();
-        for sink in &sync.sinks {
+        for sink in &sync.sinks() {
             let position = positions
                 .iter()
                 .find(|(name, _)| *name == sink.name)

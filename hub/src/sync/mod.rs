@@ -12,6 +12,7 @@ pub mod http;
 pub mod mqtt;
 pub mod pump;
 pub mod retention;
+pub mod supervisor;
 
 use std::time::Duration;
 
@@ -87,8 +88,8 @@ pub struct SinkHandle {
 /// What the API and metrics see of sync.
 #[derive(Debug, Clone, Default)]
 pub struct SyncState {
-    /// The configured sinks.
-    pub sinks: Vec<SinkHandle>,
+    /// The running sinks (they change when the configuration is reloaded).
+    pub sinks: std::sync::Arc<std::sync::RwLock<Vec<SinkHandle>>>,
     /// Retention's counters.
     pub retention: std::sync::Arc<retention::RetentionStats>,
     /// The quota.
@@ -98,7 +99,12 @@ pub struct SyncState {
 impl SyncState {
     /// Whether `name` is a configured sink's (pull consumers may not take it).
     pub fn is_sink(&self, name: &str) -> bool {
-        self.sinks.iter().any(|s| s.name == name)
+        self.sinks().iter().any(|s| s.name == name)
+    }
+
+    /// The running sinks, now.
+    pub fn sinks(&self) -> Vec<SinkHandle> {
+        self.sinks.read().map(|s| s.clone()).unwrap_or_default()
     }
 }
 

@@ -828,3 +828,57 @@ async fn at_the_quota_reject_new_refuses_readings_until_the_sink_catches_up() {
     assert_eq!(status["store"]["dropped"], 0, "{status}");
     hub.stop();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_swaps_sinks_without_a_restart_and_names_what_needs_one() {
+    let root = tempfile::tempdir().unwrap();
+    let (first, first_addr) = Receiver::start(Answer::Take).await;
+    let (second, second_addr) = Receiver::start(Answer::Take).await;
+    let config = http_sink_config(root.path(), first_addr, "");
+    let hub = Hub::start(root.path(), &["--config", &config]);
+    publish(&hub, &["r-1"], 0, 5);
+    eventually("the first receiver has them", || async {
+        (first.taken().len() >= 5).then_some(())
+    })
+    .await;
+    // The sink now points elsewhere under another name, and a key that needs a restart changes.
+    // (The log level cannot be seen to change here: the harness sets HUB_LOG__LEVEL, which wins
+    // over the file.)
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(&first_addr.to_string(), &second_addr.to_string())
+        .replace("name = \"cloud\"", "name = \"cloud-2\"");
+    std::fs::write(
+        &config,
+        format!("[devices]\noffline_after = \"10m\"\n{text}"),
+    )
+    .unwrap();
+    hub.hangup();
+    eventually("the new sink running", || async {
+        let status = sync_status(&hub).await;
+        let names: Vec<&str> = status["sinks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["follower"]["name"].as_str().unwrap())
+            .collect();
+        (names == ["cloud-2"]).then_some(())
+    })
+    .await;
+    publish(&hub, &["r-1"], 5, 5);
+    // A new sink starts from the beginning: the second receiver gets all ten.
+    eventually("the second receiver has them", || async {
+        (second.taken().len() >= 10).then_some(())
+    })
+    .await;
+    assert_once_in_order(&second.taken(), &["r-1"], 10);
+    assert_eq!(first.taken().len(), 5, "the removed sink stopped");
+    let log = hub.log();
+    assert!(log.contains("reload: sink removed"), "{log}");
+    assert!(log.contains("take effect at the next restart"), "{log}");
+    assert!(log.contains("devices"), "{log}");
+    // The removed sink no longer holds readings back from retention.
+    let status = sync_status(&hub).await;
+    assert_eq!(status["sinks"].as_array().unwrap().len(), 1, "{status}");
+    hub.stop();
+}
