@@ -87,12 +87,17 @@ pub struct Bound {
     pub mqtt: Option<SocketAddr>,
 }
 
+/// Reads the configuration again (file, environment, flags).
+pub type ConfigSource = Box<dyn Fn() -> Result<Config, crate::config::ConfigError> + Send + Sync>;
+/// Applies a new log filter (`log.level`).
+pub type LogLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
 /// How the hub reads its configuration again on SIGHUP, and applies what can change live.
 pub struct Reload {
-    /// Reads the configuration again (file, environment, flags).
-    pub config: Box<dyn Fn() -> Result<Config, crate::config::ConfigError> + Send + Sync>,
-    /// Applies a new log filter (`log.level`).
-    pub log_level: Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>,
+    /// Reads the configuration again.
+    pub config: ConfigSource,
+    /// Applies a new log filter.
+    pub log_level: LogLevel,
 }
 
 /// Runs the hub until `shutdown` is cancelled. `on_ready` is called once everything listens.
