@@ -319,6 +319,31 @@ fn limit_malloc_arenas() {
     }
 }
 
+/// How often freed memory is handed back to the system.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const TRIM_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Hands the allocator's free memory back to the system every [`TRIM_PERIOD`]. glibc keeps what a
+/// load peak freed (measured: 54 MB RSS after ingesting 300k readings from 100 devices, 34 MB after
+/// one `malloc_trim`); trimming costs a walk of the heap, a few milliseconds.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+async fn trim_memory(shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(TRIM_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        // SAFETY: malloc_trim only returns free memory of the allocator to the system; any
+        // thread may call it at any time.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+}
+
 fn serve(config: Config, reload: hub::app::Reload) -> anyhow::Result<()> {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     limit_malloc_arenas();
@@ -338,6 +363,8 @@ fn serve(config: Config, reload: hub::app::Reload) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(watch_signals(shutdown.clone()));
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        tokio::spawn(trim_memory(shutdown.clone()));
         let data_dir = config.data.dir.clone();
         hub::app::run(config, Some(reload), shutdown, |bound| {
             let mqtt = bound.mqtt.map(|a| a.to_string()).unwrap_or_else(|| "external".into());
