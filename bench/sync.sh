@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sync catch-up, measured with the real release hub: a backlog is stored while the cloud is down
-# (nothing listens at the sink's URL), then a local HTTP receiver (bench/receiver.py) comes up and
-# the hub drains the backlog into it. Reports the catch-up rate (readings/s from the receiver's
+# (nothing listens at the sink's URL), the hub restarts (as after a reboot), then a local HTTP
+# receiver (bench/receiver.py) comes up and the hub drains the backlog into it. Reports the catch-up rate (readings/s from the receiver's
 # first batch to the sink's lag reaching 0), bytes per reading on the wire (request bodies as sent,
 # compressed), and the hub's peak RSS while draining (VmRSS sampled every 0.1 s). Then the same
 # with each compression on a smaller backlog, for bytes per reading. JSON lines go to bench/results/.
@@ -51,7 +51,15 @@ TOML
     --drain-timeout 600 --prefix "b-" > "$dir/sim.json"
   local stored
   stored=$(status "$dir" "$api" | get 'd["store"]["readings"]')
-  # Memory after ingest, before the drain (what the allocator kept from ingest shows here).
+  local ingest_rss
+  ingest_rss=$(awk '/VmRSS/ {print $2}' "/proc/$hub_pid/status")
+  # The gateway reboots with the backlog on disk: the drain is measured in a fresh process, so its
+  # memory is the drain's own, not what ingest left behind.
+  kill "$hub_pid"; wait "$hub_pid" 2>/dev/null || true
+  : > "$dir/stdout.log"
+  (cd "$dir" && exec "$hub" --config hub.toml --api-listen "127.0.0.1:$api" --mqtt-listen "127.0.0.1:$mport" > stdout.log 2> stderr2.log) &
+  hub_pid=$!; pids+=("$hub_pid")
+  for _ in $(seq 100); do grep -q "hub ready" "$dir/stdout.log" 2>/dev/null && break; sleep 0.1; done
   local before
   before=$(awk '/VmRSS/ {print $2}' "/proc/$hub_pid/status")
   # The cloud comes up.
@@ -74,14 +82,14 @@ TOML
   delivered=$(echo "$s" | get 'd["sinks"][0]["delivered"]')
   bytes=$(echo "$s" | get 'd["sinks"][0]["bytes"]')
   received=$(curl -s "http://127.0.0.1:$rport/stats")
-  echo "{\"run\":\"$name\",\"compression\":\"$compression\",\"stored\":$stored,\"delivered\":$delivered,\"seconds\":$seconds,\"body_bytes\":$bytes,\"rss_before_kb\":$before,\"peak_rss_kb\":$peak,\"receiver\":$received}" > "$out/sync-$name.json"
-  printf '| %s | %s | %s | %.0f | %.1f | %.1f | %d MB | %d MB |\n' "$name" "$compression" "$delivered" \
-    "$(python3 -c "print($delivered/$seconds)")" "$seconds" "$(python3 -c "print($bytes/max($delivered,1))")" $(( before / 1024 )) $(( peak / 1024 ))
+  echo "{\"run\":\"$name\",\"compression\":\"$compression\",\"stored\":$stored,\"delivered\":$delivered,\"seconds\":$seconds,\"body_bytes\":$bytes,\"rss_after_ingest_kb\":$ingest_rss,\"rss_before_drain_kb\":$before,\"peak_rss_kb\":$peak,\"receiver\":$received}" > "$out/sync-$name.json"
+  printf '| %s | %s | %s | %.0f | %.1f | %.1f | %d MB | %d MB | %d MB |\n' "$name" "$compression" "$delivered" \
+    "$(python3 -c "print($delivered/$seconds)")" "$seconds" "$(python3 -c "print($bytes/max($delivered,1))")" $(( ingest_rss / 1024 )) $(( before / 1024 )) $(( peak / 1024 ))
   kill "$rpid" "$hub_pid"; wait "$hub_pid" 2>/dev/null || true
 }
 
-echo "| run | compression | readings delivered | catch-up readings/s | seconds | body bytes/reading | hub RSS after ingest | hub peak RSS while draining |"
-echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+echo "| run | compression | readings delivered | catch-up readings/s | seconds | body bytes/reading | hub RSS after ingest | hub RSS restarted, before the drain | hub peak RSS while draining |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 run "backlog-$backlog" gzip "$backlog"
 if [ -z "${ONLY_BACKLOG:-}" ]; then
   for c in none gzip zstd; do run "small-$c" "$c" 100000; done
