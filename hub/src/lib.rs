@@ -12,5 +12,6 @@ pub mod config;
 pub mod files;
 pub mod ingest;
 pub mod live;
+pub mod notify;
 pub mod store;
 pub mod sync;
