@@ -14,5 +14,6 @@ pub mod files;
 pub mod ingest;
 pub mod live;
 pub mod metrics;
+pub mod notify;
 pub mod store;
 pub mod sync;

@@ -375,6 +375,7 @@ fn serve(config: Config, reload: hub::app::Reload) -> anyhow::Result<()> {
                 "try: curl --cacert {dir}/tls/ca.crt -H \"Authorization: Bearer $(cat {dir}/admin.token)\" https://{host}:{}/api/v1/devices",
                 bound.api.port()
             );
+            hub::notify::ready();
         })
         .await?;
         Ok(())
@@ -393,6 +394,7 @@ async fn watch_signals(shutdown: CancellationToken) {
     };
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
     tracing::info!("signal received; shutting down (again to quit at once)");
+    hub::notify::stopping();
     shutdown.cancel();
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
     std::process::exit(130);
