@@ -125,6 +125,22 @@ pub(super) async fn metrics(
             );
         }
     }
+    family(
+        &mut out,
+        "hub_device_connections",
+        "gauge",
+        "Device connections open through the MQTT gate (devices on loopback that use the embedded broker directly are not counted).",
+    );
+    sample(
+        &mut out,
+        "hub_device_connections",
+        "listener=\"mqtt_gate\"",
+        sources
+            .ingest
+            .iter()
+            .map(|(_, s)| s.connections.load(Ordering::Relaxed))
+            .sum::<u64>(),
+    );
     let w = &sources.writer;
     family(
         &mut out,

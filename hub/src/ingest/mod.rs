@@ -84,6 +84,8 @@ impl Rejection {
 pub struct IngestStats {
     /// Messages accepted and handed to the store writer.
     pub accepted: AtomicU64,
+    /// Device connections open now (the MQTT gate's; the embedded broker does not report its).
+    pub connections: AtomicU64,
     rejected: [AtomicU64; Rejection::ALL.len()],
     last_logged: Mutex<[Option<Instant>; Rejection::ALL.len()]>,
 }
