@@ -300,9 +300,13 @@ impl MqttGate {
             let stop = shutdown.clone();
             connections.spawn(async move {
                 let _slot = permit;
-                stats.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                stats
+                    .connections
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let served = serve(stream, acceptor, &settings, &stats, &stop).await;
-                stats.connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                stats
+                    .connections
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 match served {
                     Ok(device) => tracing::debug!(%peer, device, "MQTT gate: device disconnected"),
                     Err(e) => tracing::debug!(%peer, error = %e, "MQTT gate: connection closed"),
