@@ -17,7 +17,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::harness::{Hub, Mosquitto, Subscriber, eventually, free_port, mosquitto_pub};
+use crate::harness::{Hub, Mosquitto, Subscriber, eventually, mosquitto_pub};
 
 /// How the receiver answers.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,8 +61,10 @@ impl Receiver {
         let app = Router::new()
             .route("/ingest", axum::routing::post(take))
             .with_state(receiver.clone());
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        // In-process: the kernel picks the port and the test reads it back, so no other process
+        // can take it between a check and the bind.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
         (receiver, addr)
     }
@@ -530,10 +532,8 @@ struct Relay {
 impl Relay {
     async fn start(target: u16) -> Relay {
         use std::sync::atomic::Ordering;
-        let port = free_port();
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
         let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (c, g) = (cut.clone(), generation.clone());
