@@ -104,6 +104,8 @@ pub struct Retention {
     /// The head offset when it last moved, and when.
     last_activity: (u64, Instant),
     compacted_at: Option<u64>,
+    /// When readings were last checked for their age.
+    age_checked: Option<Instant>,
     /// Unsynced readings deleted since the last log line about them, and when that was.
     unlogged_loss: u64,
     loss_logged: Option<Instant>,
@@ -120,6 +122,7 @@ impl Retention {
             measure_took: Duration::ZERO,
             last_activity: (0, Instant::now()),
             compacted_at: None,
+            age_checked: None,
             unlogged_loss: 0,
             loss_logged: None,
         }
@@ -155,9 +158,15 @@ impl Retention {
     }
 
     /// One round; blocks.
+    ///
+    /// Rounds follow commits, so a round that has nothing to do costs one `stat`: the age check
+    /// runs at most once per [`ROUND`], and the followers' positions are read only when readings
+    /// are about to be deleted.
     pub fn round(&mut self) -> Result<(), StoreError> {
-        let floor = self.floor()?;
-        if let Some(max_age) = self.settings.max_age {
+        let age_due = self.age_checked.is_none_or(|at| at.elapsed() >= ROUND);
+        if let (Some(max_age), true) = (self.settings.max_age, age_due) {
+            self.age_checked = Some(Instant::now());
+            let floor = self.floor()?;
             let cutoff = now_ms().saturating_sub(max_age.as_millis() as u64);
             loop {
                 let mut unsynced = 0u64;
@@ -177,7 +186,7 @@ impl Retention {
                 }
             }
         }
-        self.keep_quota(floor)?;
+        self.keep_quota()?;
         self.compact_when_idle()
     }
 
@@ -254,7 +263,7 @@ impl Retention {
         Ok(live)
     }
 
-    fn keep_quota(&mut self, floor: u64) -> Result<(), StoreError> {
+    fn keep_quota(&mut self) -> Result<(), StoreError> {
         let budget = file_budget(self.settings.max_disk);
         let high = budget / 4 * 3;
         let low = budget / 100 * 65;
@@ -267,6 +276,7 @@ impl Retention {
             }
             return Ok(());
         }
+        let floor = self.floor()?;
         let count = self.store.reading_count()?.max(1);
         let per_reading = (live / count).max(1);
         tracing::debug!(
