@@ -152,11 +152,7 @@ pub struct ReadingJson {
 impl From<&Reading> for ReadingJson {
     fn from(r: &Reading) -> Self {
         ReadingJson {
-            metrics: r
-                .metrics
-                .iter()
-                .map(|(n, v)| (n.clone(), MetricValue(v.clone())))
-                .collect(),
+            metrics: MetricValue::map(&r.metrics),
             offset: r.offset,
             seq: r.seq,
             ts: params::rfc3339(r.timestamp_ms),

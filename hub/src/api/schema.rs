@@ -15,6 +15,18 @@ use crate::store::Transport;
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricValue(pub OwnedValue);
 
+impl MetricValue {
+    /// A reading's metrics, by name, as the API and upstream bodies write them.
+    pub fn map(
+        metrics: &[(String, OwnedValue)],
+    ) -> std::collections::BTreeMap<String, MetricValue> {
+        metrics
+            .iter()
+            .map(|(n, v)| (n.clone(), MetricValue(v.clone())))
+            .collect()
+    }
+}
+
 impl Serialize for MetricValue {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match &self.0 {

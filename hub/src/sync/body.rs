@@ -40,11 +40,7 @@ impl From<&Reading> for UpstreamReading {
     fn from(r: &Reading) -> Self {
         UpstreamReading {
             device: r.device.clone(),
-            metrics: r
-                .metrics
-                .iter()
-                .map(|(n, v)| (n.clone(), MetricValue(v.clone())))
-                .collect(),
+            metrics: MetricValue::map(&r.metrics),
             offset: r.offset,
             seq: r.seq,
             ts: rfc3339(r.timestamp_ms),
