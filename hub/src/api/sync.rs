@@ -513,7 +513,7 @@ pub(super) async fn parked(
     let params = query(params)?;
     let limit = params::limit(params.limit, DEFAULT_PARKED, state.max_page)?;
     let store = state.store.clone();
-    let parked = tokio::task::spawn_blocking(move || store.parked(None, limit))
+    let parked = tokio::task::spawn_blocking(move || store.parked(limit))
         .await
         .map_err(|_| ApiError::Internal)?
         .map_err(store_failed)?;

@@ -309,20 +309,10 @@ impl Store {
         Ok(excess as u64)
     }
 
-    /// Parked readings, by sink and offset, after `after`, at most `limit`.
-    pub fn parked(
-        &self,
-        after: Option<(&str, u64)>,
-        limit: usize,
-    ) -> Result<Vec<Parked>, StoreError> {
+    /// Parked readings, by sink and offset, at most `limit`.
+    pub fn parked(&self, limit: usize) -> Result<Vec<Parked>, StoreError> {
         let snap = self.engine.snapshot()?;
-        let range = KeyRange {
-            start: match after {
-                Some((sink, offset)) => Bound::Excluded(parked_key(sink, offset)),
-                None => Bound::Unbounded,
-            },
-            end: Bound::Unbounded,
-        };
+        let range = KeyRange::all();
         let mut found = Vec::new();
         super::scan_records::<ParkedRecord>(&*snap, Table::Parked, &range, "parked", |k, p| {
             if let Some((sink, offset)) = split_parked_key(k) {
@@ -362,18 +352,6 @@ impl Store {
             },
         )?;
         Ok(count)
-    }
-
-    /// Removes one parked reading (an operator dealt with it); `false` if there was none.
-    pub fn discard_parked(&self, sink: &str, offset: u64) -> Result<bool, StoreError> {
-        let key = parked_key(sink, offset);
-        if self.engine.snapshot()?.get(Table::Parked, &key)?.is_none() {
-            return Ok(false);
-        }
-        let mut batch = WriteBatch::new();
-        batch.delete(Table::Parked, key);
-        self.engine.commit(&batch)?;
-        Ok(true)
     }
 
     /// Deletes the oldest readings, at most `max` in one commit, stopping at the first for which

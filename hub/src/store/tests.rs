@@ -655,7 +655,7 @@ fn sync_positions_parking_and_oldest_first_deletes_survive_reopen() {
         assert_eq!(store.reading_count().unwrap(), 4, "{name}");
         assert_eq!(store.sync_position("cloud").unwrap(), Some(moved), "{name}");
         assert_eq!(store.sync_positions().unwrap().len(), 1, "{name}");
-        let parked = store.parked(None, 10).unwrap();
+        let parked = store.parked(10).unwrap();
         assert_eq!(parked.len(), 1, "{name}");
         assert_eq!(parked[0].reading.offset, 5, "{name}");
         assert_eq!(parked[0].reading.device, "b", "{name}");
