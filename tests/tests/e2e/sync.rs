@@ -357,6 +357,13 @@ async fn killed_mid_batch_the_hub_sends_the_same_batch_with_the_same_key_and_los
         (!receiver.seen().is_empty()).then_some(())
     })
     .await;
+    // The broker acks mosquitto_pub on receipt; a reading is the hub's only once it is durable, so
+    // the kill waits for all 30 (the device-level promise is the `ack` topic, not the broker's PUBACK).
+    eventually("all 30 readings durable", || async {
+        let status = sync_status(&hub).await;
+        (status["sinks"][0]["follower"]["lag_readings"] == 30).then_some(())
+    })
+    .await;
     let hung = receiver.seen()[0].clone();
     let mqtt = hub.mqtt_port();
     hub.kill9();
