@@ -72,6 +72,9 @@ pub struct Plan {
     pub chunk: u64,
     /// Add a metric `sent_us` (unix µs when the reading was encoded), for latency probes.
     pub sent_us: bool,
+    /// Readings out, all devices together, that the consumer ([`Totals::received`]) has not
+    /// received yet; 0 for no limit. The broker-alone baseline's counterpart of the ack window.
+    pub total_window: u64,
 }
 
 /// Counters summed over every device of a run.
@@ -87,6 +90,10 @@ pub struct Totals {
     pub stalls: AtomicU64,
     /// Devices whose connection failed during the run.
     pub failed: AtomicU64,
+    /// What the consumer received, kept up to date by whoever counts it (with `total_window`).
+    pub received: AtomicU64,
+    /// Woken when `received` moves.
+    pub credit: Notify,
 }
 
 /// A connection's state shared by its reader and writer.
@@ -235,6 +242,13 @@ impl Device {
             } else {
                 u64::MAX
             };
+            if plan.total_window > 0 {
+                let out = totals
+                    .published
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(totals.received.load(Ordering::Relaxed));
+                room = room.min(plan.total_window.saturating_sub(out));
+            }
             let mut sent = 0;
             // When the rate is what holds every lane back: the earliest moment one may send.
             let mut next_due: Option<Duration> = None;
@@ -294,14 +308,21 @@ impl Device {
                 last_write = Instant::now();
                 continue;
             }
+            let longest = if plan.total_window > 0 {
+                // The consumer's count is polled: do not sleep past its next poll by much.
+                Duration::from_millis(2)
+            } else {
+                Duration::from_millis(50)
+            };
             let wait = match next_due {
                 Some(at) => (start + at)
                     .saturating_duration_since(Instant::now())
-                    .min(Duration::from_millis(50)),
-                None => Duration::from_millis(50),
+                    .min(longest),
+                None => longest,
             };
             tokio::select! {
                 _ = self.shared.progress.notified() => {}
+                _ = totals.credit.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
             if last_write.elapsed() > KEEP_ALIVE / 3 {
@@ -398,6 +419,7 @@ mod tests {
             stall: Duration::from_secs(1),
             chunk: 64,
             sent_us: true,
+            total_window: 0,
         }
     }
 

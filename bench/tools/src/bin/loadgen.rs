@@ -85,6 +85,11 @@ struct Args {
     /// A `mosquitto_sub -F x` writing to /dev/null: its messages are counted from /proc.
     #[arg(long)]
     subscriber_pid: Option<u32>,
+    /// With --subscriber-pid: readings out, all devices together, that the subscriber has not
+    /// received yet (the baseline's counterpart of the hub's ack windows, 8192 in all by
+    /// default); 0 for flat out, which only measures the broker's queue growing.
+    #[arg(long, default_value_t = 8192)]
+    subscriber_window: u64,
     /// Messages published before the run to measure how many bytes the subscriber writes per
     /// message (its "x\n", and at QoS 1 its PUBACKs: /proc counts every write).
     #[arg(long, default_value_t = 2000)]
@@ -144,6 +149,7 @@ async fn calibrate(addr: SocketAddr, pid: u32, plan: &Plan, count: u64) -> anyho
     let plan = Plan {
         rate: 5000.0,
         window: 0,
+        total_window: 0,
         ..plan.clone()
     };
     let written = || proc::written_bytes(pid).context("reading the subscriber's /proc/PID/io");
@@ -203,6 +209,11 @@ async fn main() -> anyhow::Result<()> {
         stall: Duration::from_millis(args.stall_ms),
         chunk: 64,
         sent_us: false,
+        total_window: if args.subscriber_pid.is_some() {
+            args.subscriber_window
+        } else {
+            0
+        },
     };
     let api = match &args.api {
         Some(a) => {
@@ -229,6 +240,23 @@ async fn main() -> anyhow::Result<()> {
         t0: Instant::now(),
     };
     let before = probe.sample().await?;
+    // The subscriber's count, polled every millisecond, is the baseline's credit.
+    if let Some((pid, per)) = subscriber {
+        let (totals, stop) = (totals.clone(), stop.clone());
+        let base = before.received.unwrap_or(0);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                if let Some(b) = proc::written_bytes(pid) {
+                    let received = ((b as f64 / per).round() as u64).saturating_sub(base);
+                    if totals.received.swap(received, Ordering::Relaxed) != received {
+                        totals.credit.notify_waiters();
+                    }
+                }
+            }
+        });
+    }
     let dup_before = match &probe.api {
         Some(api) => Some(api.metric(DUPLICATES).await?),
         None => None,
@@ -350,6 +378,7 @@ async fn main() -> anyhow::Result<()> {
         "qos": args.qos,
         "offered_rate": if args.rate > 0.0 { json!(args.rate) } else { json!("flat out") },
         "window_per_device": window,
+        "subscriber_window": plan.total_window,
         "inflight_per_connection": plan.inflight,
         "connect_seconds": connect_seconds,
         "subscriber_bytes_per_message": subscriber.map(|s| s.1),

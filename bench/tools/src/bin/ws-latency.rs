@@ -107,6 +107,7 @@ async fn main() -> anyhow::Result<()> {
         // A device's readings go out one per write: each carries the time it was sent.
         chunk: 1,
         sent_us: true,
+        total_window: 0,
     };
     let totals = Arc::new(Totals::default());
     let stop = Arc::new(AtomicBool::new(false));
