@@ -52,7 +52,7 @@ struct Args {
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
     /// Readings each device may have out without the hub's ack (0: do not wait for acks, for a
-    /// broker alone). Default: 8192 / devices, at least 16.
+    /// broker alone). Default: 8192 / devices, at least 8.
     #[arg(long)]
     window: Option<u64>,
     /// QoS 1 PUBLISHes each device may have out without PUBACK.
@@ -95,7 +95,7 @@ struct Args {
     #[arg(long, default_value_t = 2000)]
     calibrate: u64,
     /// Milliseconds without ack progress before a device resends its oldest unacked reading.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 1000)]
     stall_ms: u64,
     /// Connections opened at once while connecting.
     #[arg(long, default_value_t = 64)]
@@ -199,7 +199,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let window = args
         .window
-        .unwrap_or_else(|| (8192 / args.devices as u64).max(16));
+        .unwrap_or_else(|| (8192 / args.devices as u64).max(8));
     let plan = Plan {
         format: args.format,
         qos: mqtt::qos(args.qos)?,
