@@ -102,10 +102,10 @@ def main():
             ratio = b[0] / c if c else None
             w(f"| durable ingest, JSON QoS {qos} (best of 1/100/1000 devices: {b[1]}) | {fmt(b[0])}/s | >= {target:,}/s | {check(b[0] >= target)} | mosquitto alone: {fmt(c)}/s |")
             w(f"| the same as a share of the mosquitto ceiling | {fmt(ratio, 2) if ratio else '-'} | >= 0.80 | {check(ratio >= 0.8 if ratio else None)} | |")
-    lost = [c["median"].get("lost") for k, c in ing.items() if not k.startswith("baseline")]
+    lost = [c["max"].get("lost") for k, c in list(ing.items()) + list(S.get("engines", {}).items()) if not k.startswith("baseline")]
     lost = [x for x in lost if x is not None]
     if lost:
-        w(f"| readings lost in any hub ingest run (published - stored) | {fmt(max(lost))} at most (median per case) | 0 | {check(max(lost) == 0)} | |")
+        w(f"| readings lost in any hub ingest run (published - stored) | {fmt(max(lost))} at most, over every run | 0 | {check(max(lost) == 0)} | |")
     p99 = med("ws", "10000 readings/s", "p99_ms")
     w(f"| publish-to-WebSocket p99 at 10k readings/s | {ms(p99)} | <= 5 ms | {check(p99 <= 5 if p99 is not None else None)} | |")
     for size in (small, big):
@@ -154,7 +154,7 @@ def main():
         w("Durable readings per second over the measured window (the hub's `hub_store_items_total{outcome=\"stored\"}` "
           "sampled at its start and end), a fresh hub and fresh device ids for every run. "
           "Ceiling: the same loadgen into mosquitto alone, counting what `mosquitto_sub -t 'devices/#' > /dev/null` "
-          "receives. Lost = published - stored, after the drain. Resent: readings a device sent again after 1 s "
+          "receives. Lost = published - stored, after the drain (the most of any run of the case; every run's is in the JSON). Resent: readings a device sent again after 1 s "
           "without ack progress (acks lost or held back), as devices do; the hub stores them once (duplicates).")
         w("")
         w("| broker | format | QoS | devices (connections) | durable/s | published/s | ceiling/s | ratio | lost | resent | hub CPU (cores) | loadgen CPU | hub peak RSS | bytes on disk/reading |")
@@ -173,7 +173,7 @@ def main():
             ratio = rate / ceil_ if rate is not None and ceil_ else None
             bpr = (md["store_bytes"] / md["stored"]) if md.get("store_bytes") and md.get("stored") else None
             broker = "embedded" if path == "embedded" else "external mosquitto"
-            w(f"| {broker} | {fmt_} | {q} | {dev} | {fmt(rate)} | {fmt(md.get('published_per_s'))} | {fmt(ceil_)} | {fmt(ratio, 2) if ratio else '-'} | {fmt(md.get('lost'))} | {fmt(md.get('resent_after_stall'))} | {fmt(md.get('hub_cpu_cores'), 2)} | {fmt(md.get('loadgen_cpu_cores'), 2)} | {mb(md.get('hub_peak_rss_kb'))} | {fmt(bpr, 1)} |")
+            w(f"| {broker} | {fmt_} | {q} | {dev} | {fmt(rate)} | {fmt(md.get('published_per_s'))} | {fmt(ceil_)} | {fmt(ratio, 2) if ratio else '-'} | {fmt(c['max'].get('lost'))} | {fmt(md.get('resent_after_stall'))} | {fmt(md.get('hub_cpu_cores'), 2)} | {fmt(md.get('loadgen_cpu_cores'), 2)} | {mb(md.get('hub_peak_rss_kb'))} | {fmt(bpr, 1)} |")
         w("")
         w("Binary rows are compared with the JSON ceiling of the same QoS and devices (the baseline publishes JSON). "
           "At QoS 1 the ceiling is end to end at QoS 1: mosquitto PUBACKs the publisher and delivers to `mosquitto_sub -q 1` "
