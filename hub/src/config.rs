@@ -387,8 +387,11 @@ pub struct IngestConfig {
 impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
-            queue: 4096,
-            batch_max: 1024,
+            // Measured with bench/tools `fill` (1 M readings from 100 devices into redb, release
+            // build): 9.1 s and 7.8 s of CPU at 1,000 per commit, 6.9 s and 6.4 s at 4,000. Batches
+            // only grow this large under load, when the acks wait for a commit anyway.
+            queue: 8192,
+            batch_max: 4096,
             batch_window: HumanDuration(Duration::from_millis(2)),
             max_payload: ByteSize(16 << 10),
         }
@@ -420,6 +423,9 @@ pub struct MqttConfig {
     /// Lets the embedded broker listen beyond loopback, where anyone on the network may publish
     /// as any device; devices should use `[mqtt.devices]` instead.
     pub allow_insecure_listen: bool,
+    /// Most device connections the embedded broker takes on `listen`; the hub's own session and
+    /// the gate's relayed devices (`[mqtt.devices] max_connections`) come on top.
+    pub max_connections: usize,
     /// The TLS listener for devices (`[mqtt.devices]`).
     pub devices: MqttDevicesConfig,
 }
@@ -470,6 +476,7 @@ impl Default for MqttConfig {
             username: None,
             password: None,
             allow_insecure_listen: false,
+            max_connections: 1000,
             devices: MqttDevicesConfig::default(),
         }
     }
@@ -773,6 +780,9 @@ impl Config {
 
         if self.mqtt.client_id.is_empty() || self.mqtt.client_id.len() > 23 {
             problems.push("mqtt.client_id: must be 1 to 23 characters".into());
+        }
+        if !(1..=100_000).contains(&self.mqtt.max_connections) {
+            problems.push("mqtt.max_connections: must be 1 to 100000".into());
         }
         if self.mqtt.inflight == 0 {
             problems.push("mqtt.inflight: must be at least 1".into());
@@ -1092,6 +1102,7 @@ mod tests {
         assert_eq!(c.data.cache, d.data.cache);
         let (m, dm) = (&c.mqtt.devices, &d.mqtt.devices);
         assert_eq!(c.mqtt.allow_insecure_listen, d.mqtt.allow_insecure_listen);
+        assert_eq!(c.mqtt.max_connections, d.mqtt.max_connections);
         assert_eq!(
             (
                 m.listen.as_deref(),
