@@ -179,7 +179,15 @@ pub async fn run(
             let listen = broker::resolve_listen(wanted)?;
             broker::start(BrokerSettings {
                 listen,
-                max_connections: 1000,
+                // The hub's own session and each device relayed by the gate are connections too.
+                max_connections: config.mqtt.max_connections
+                    + 1
+                    + config
+                        .mqtt
+                        .devices
+                        .listen
+                        .as_ref()
+                        .map_or(0, |_| config.mqtt.devices.max_connections),
             })?;
             tracing::info!(%listen, "embedded MQTT broker listening");
             let host = if listen.ip().is_unspecified() {
