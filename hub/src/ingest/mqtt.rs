@@ -25,8 +25,8 @@ use crate::store::{Applied, Ingest, Outcome};
 
 /// Messages waiting for their commit before the PUBACK and the device's ack. A broker sends at
 /// most its in-flight window of unacked QoS 1 messages (mosquitto: 20 by default, rumqttd: 100),
-/// far fewer than this; it also holds more than the writer's queue and one batch (8,192 and
-/// 4,096 by default), so a device's reply is not dropped while its reading waits for the commit.
+/// far fewer than this; it also holds more than the writer's queue and one batch (4,096 and
+/// 2,048 by default), so a device's reply is not dropped while its reading waits for the commit.
 const ACK_QUEUE: usize = 16_384;
 /// Requests (PUBACKs, device acks, subscriptions) queued for rumqttc's event loop.
 const REQUEST_QUEUE: usize = 8192;
