@@ -6,7 +6,9 @@
 //! - a batch is committed atomically and durably before [`Store::append`] returns;
 //! - hub offsets only grow, across restarts (the next offset is committed with every batch);
 //! - device and metric names are interned to small numbers, recorded in the same batch that first
-//!   uses them, so a reading never refers to a number the file does not know.
+//!   uses them, so a reading never refers to a number the file does not know;
+//! - the per-minute rollups of the readings (see [`rollup`]) change in the same batch as the
+//!   readings they fold, whether stored or deleted.
 
 pub mod backup;
 pub mod commands;
