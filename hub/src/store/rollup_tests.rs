@@ -601,18 +601,23 @@ impl Engine for WithoutRollups {
     }
 }
 
-/// Appends a day of one device's million readings in batches of 1,000; the time spent in
-/// `append`.
-fn fill_a_day(store: &Store, start: u64) -> std::time::Duration {
-    const READINGS: u64 = 1_000_000;
+/// Appends a day of `readings` readings of `devices` devices taking turns, in batches of 1,000;
+/// the time spent in `append`.
+fn fill_a_day(store: &Store, start: u64, readings: u64, devices: u64) -> std::time::Duration {
     const BATCH: u64 = 1_000;
     let mut appending = std::time::Duration::ZERO;
-    for b in 0..READINGS / BATCH {
+    for b in 0..readings / BATCH {
         let batch: Vec<NewReading> = (b * BATCH..(b + 1) * BATCH)
             .map(|i| {
-                let ts = start + i * 86_400_000 / READINGS;
+                let ts = start + i * 86_400_000 / readings;
                 let v = OwnedValue::F64(20.0 + (i % 1_000) as f64 / 100.0);
-                reading("sensor-1", Some(i as u32), ts, &[("temperature", v)])
+                let device = format!("sensor-{}", i % devices + 1);
+                reading(
+                    &device,
+                    Some((i / devices) as u32),
+                    ts,
+                    &[("temperature", v)],
+                )
             })
             .collect();
         let t = std::time::Instant::now();
@@ -632,19 +637,32 @@ fn bench_day_of_a_million_readings() {
     let day_ms = 86_400_000u64;
     let start = T0 + 12_345;
     let dir = tempfile::tempdir().unwrap();
-    let without_dir = dir.path().join("without");
-    std::fs::create_dir(&without_dir).unwrap();
-    let engine = open_engine(EngineKind::Redb, &without_dir, 4 << 20);
-    let without = Store::open(Arc::new(WithoutRollups(engine.unwrap()))).unwrap();
-    let before = fill_a_day(&without, start);
-    drop(without);
+    // Ingest cost, alternating with and without rollup writes so neither gets a warmer machine:
+    // one device (about two rows per batch), then 1,000 devices (a row per reading).
+    for (readings, devices) in [(1_000_000, 1), (200_000, 1_000)] {
+        let mut spent = [std::time::Duration::ZERO; 2];
+        for round in 0..4 {
+            let sub = dir.path().join(format!("{devices}-{round}"));
+            std::fs::create_dir(&sub).unwrap();
+            let engine = open_engine(EngineKind::Redb, &sub, 4 << 20).unwrap();
+            let with = round % 2 == 1;
+            let store = if with {
+                Store::open(engine).unwrap()
+            } else {
+                Store::open(Arc::new(WithoutRollups(engine))).unwrap()
+            };
+            spent[usize::from(with)] += fill_a_day(&store, start, readings, devices);
+        }
+        println!(
+            "append {readings} readings of {devices} device(s) in batches of 1,000, twice: {:?} without rollup writes, {:?} with ({:+.1}%)",
+            spent[0],
+            spent[1],
+            (spent[1].as_secs_f64() / spent[0].as_secs_f64() - 1.0) * 100.0
+        );
+    }
     let engine = open_engine(EngineKind::Redb, dir.path(), 4 << 20).unwrap();
     let store = Store::open(engine).unwrap();
-    let after = fill_a_day(&store, start);
-    println!(
-        "append 1,000,000 readings in batches of 1,000: {before:?} without rollup writes, {after:?} with ({:+.1}%)",
-        (after.as_secs_f64() / before.as_secs_f64() - 1.0) * 100.0
-    );
+    fill_a_day(&store, start, 1_000_000, 1);
     // `from=-24h` at a moment just after the last reading: not minute-aligned.
     let now = start + day_ms + 7_777;
     let q = query(
