@@ -33,11 +33,14 @@ pub enum Table {
     SyncPositions,
     /// Readings a sink's receiver refused for good: sink name, 0, offset (BE) -> encoded record.
     Parked,
+    /// Per-minute aggregates of each metric of each device: device number, metric number,
+    /// minute since the epoch (all BE) -> encoded rollup; see `store::rollup`.
+    Rollups,
 }
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Table; 10] = [
+    pub const ALL: [Table; 11] = [
         Table::Meta,
         Table::Readings,
         Table::DeviceTime,
@@ -48,6 +51,7 @@ impl Table {
         Table::Commands,
         Table::SyncPositions,
         Table::Parked,
+        Table::Rollups,
     ];
 
     /// The table's name on disk.
@@ -63,6 +67,7 @@ impl Table {
             Table::Commands => "commands",
             Table::SyncPositions => "sync_positions",
             Table::Parked => "parked",
+            Table::Rollups => "rollups",
         }
     }
 

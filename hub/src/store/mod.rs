@@ -6,7 +6,9 @@
 //! - a batch is committed atomically and durably before [`Store::append`] returns;
 //! - hub offsets only grow, across restarts (the next offset is committed with every batch);
 //! - device and metric names are interned to small numbers, recorded in the same batch that first
-//!   uses them, so a reading never refers to a number the file does not know.
+//!   uses them, so a reading never refers to a number the file does not know;
+//! - the per-minute rollups of the readings (see [`rollup`]) change in the same batch as the
+//!   readings they fold, whether stored or deleted.
 
 pub mod backup;
 pub mod commands;
@@ -15,6 +17,9 @@ pub mod engine;
 pub mod memory;
 pub mod records;
 mod redb_engine;
+pub mod rollup;
+#[cfg(test)]
+mod rollup_tests;
 pub mod sequence;
 #[cfg(feature = "sled")]
 mod sled_engine;
@@ -40,8 +45,12 @@ pub use redb_engine::RedbEngine;
 #[cfg(feature = "sled")]
 pub use sled_engine::SledEngine;
 
-/// The layout version this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The layout version this build writes and reads. Version 2 added rollups (see [`rollup`]):
+/// a version 1 store is upgraded at open, and an older hub refuses a version 2 one, since it
+/// would store readings without their rollups.
+pub const SCHEMA_VERSION: u32 = 2;
+/// The first version with rollups.
+const ROLLUPS_VERSION: u32 = 2;
 /// Distinct metric names a store accepts; a guard against a device inventing names without end.
 pub const MAX_METRICS: usize = 65_536;
 
@@ -339,6 +348,78 @@ fn scan_records<T: serde::de::DeserializeOwned>(
     failure.map_or(Ok(()), Err)
 }
 
+/// The device time index range of `device`'s readings timestamped in `[from, to)` (`to` `None`:
+/// no upper bound).
+fn device_time_range(device: u32, from: u64, to: Option<u64>) -> KeyRange {
+    KeyRange {
+        start: Bound::Included(records::device_time_key(device, from, 0)),
+        end: match to {
+            Some(to) => Bound::Excluded(records::device_time_key(device, to, 0)),
+            None => Bound::Included(records::device_time_key(device, u64::MAX, u64::MAX)),
+        },
+    }
+}
+
+/// Visits the (timestamp, offset) of `device`'s readings timestamped in `[from, to)`, in
+/// `direction` order, until `visit` breaks or fails; returns whether it broke.
+fn scan_device_time(
+    snap: &dyn engine::Snapshot,
+    device: u32,
+    from: u64,
+    to: Option<u64>,
+    direction: Direction,
+    mut visit: impl FnMut(u64, u64) -> Result<ControlFlow<()>, StoreError>,
+) -> Result<ControlFlow<()>, StoreError> {
+    let mut failure = None;
+    let mut flow = ControlFlow::Continue(());
+    snap.scan(
+        Table::DeviceTime,
+        &device_time_range(device, from, to),
+        direction,
+        &mut |k, _| {
+            let Some((timestamp_ms, offset)) = records::split_device_time_key(k) else {
+                failure = Some(StoreError::Corrupt("device time key".into()));
+                return ControlFlow::Break(());
+            };
+            match visit(timestamp_ms, offset) {
+                Ok(step) => {
+                    flow = step;
+                    step
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    ControlFlow::Break(())
+                }
+            }
+        },
+    )?;
+    failure.map_or(Ok(flow), Err)
+}
+
+/// Visits the values of `metric` in `device`'s readings timestamped in `[from, to)`, with their
+/// timestamp and offset, in `direction` order, until `visit` breaks; returns whether it broke.
+/// Reads every reading of the range: about a microsecond each.
+fn scan_metric_values(
+    snap: &dyn engine::Snapshot,
+    device: u32,
+    metric: u32,
+    from: u64,
+    to: Option<u64>,
+    direction: Direction,
+    mut visit: impl FnMut(u64, u64, &OwnedValue) -> ControlFlow<()>,
+) -> Result<ControlFlow<()>, StoreError> {
+    scan_device_time(snap, device, from, to, direction, |timestamp_ms, offset| {
+        // No reading behind an index entry: retention removed it between the two.
+        let Some(reading) = reading_at(snap, offset)? else {
+            return Ok(ControlFlow::Continue(()));
+        };
+        Ok(match reading.metrics.iter().find(|(m, _)| *m == metric) {
+            Some((_, value)) => visit(timestamp_ms, offset, value),
+            None => ControlFlow::Continue(()),
+        })
+    })
+}
+
 /// The reading at `offset`, if it is still stored.
 fn reading_at(
     snap: &dyn engine::Snapshot,
@@ -537,6 +618,8 @@ impl Store {
     /// Opens the store over `engine`, creating its layout on first use.
     pub fn open(engine: Arc<dyn Engine>) -> Result<Self, StoreError> {
         let mut catalog = Catalog::default();
+        // The version of an older layout found in the file, to upgrade once the catalog is read.
+        let mut upgrade_from = None;
         {
             let snap = engine.snapshot()?;
             match snap.get(Table::Meta, records::META_SCHEMA_VERSION)? {
@@ -548,6 +631,9 @@ impl Store {
                             supported: SCHEMA_VERSION,
                         });
                     }
+                    upgrade_from = Some(found).filter(|v| *v < SCHEMA_VERSION);
+                    // The upgrade commits below; an engine may wait for every view to close.
+                    drop(snap);
                 }
                 None => {
                     drop(snap);
@@ -607,6 +693,31 @@ impl Store {
             )?;
             if let Some(e) = failure {
                 return Err(e);
+            }
+            if let Some(found) = upgrade_from {
+                let mut batch = WriteBatch::new();
+                let marked = if found < ROLLUPS_VERSION {
+                    rollup::mark_devices_without_rollups(
+                        &*snap,
+                        catalog.devices.keys().copied(),
+                        &mut batch,
+                    )?
+                } else {
+                    0
+                };
+                batch.put(
+                    Table::Meta,
+                    records::META_SCHEMA_VERSION.to_vec(),
+                    SCHEMA_VERSION.to_be_bytes().to_vec(),
+                );
+                drop(snap);
+                engine.commit(&batch)?;
+                tracing::info!(
+                    from = found,
+                    to = SCHEMA_VERSION,
+                    devices_before_rollups = marked,
+                    "store upgraded; downsampled queries read raw readings for the time before each device's rollups began"
+                );
             }
         }
         Ok(Store {
@@ -669,6 +780,7 @@ impl Store {
         // (device number, outcome, whether the device numbers its readings, new device)
         let mut outcomes: Vec<(u32, Outcome, bool, bool)> = Vec::with_capacity(items.len());
         let mut commands = commands::Changes::default();
+        let mut rollups = rollup::BatchRollups::default();
         let snap = self.engine.snapshot()?;
 
         for item in items {
@@ -759,6 +871,9 @@ impl Store {
             staged.next_offset += 1;
 
             let timestamp_ms = reading.timestamp_ms.unwrap_or(reading.received_ms);
+            for (metric, value) in rollup::first_values(&metrics) {
+                rollups.add(device, metric, timestamp_ms, offset, value);
+            }
             for (metric, value) in &metrics {
                 let newer = match latest.get(&(device, *metric)) {
                     Some(current) => timestamp_ms >= current.timestamp_ms,
@@ -804,6 +919,7 @@ impl Store {
                 new_device,
             ));
         }
+        rollups.write_to(&*snap, &mut batch)?;
         drop(snap);
         for ((device, metric), record) in &latest {
             batch.put(
@@ -1113,10 +1229,58 @@ impl Store {
 
     /// A page of buckets of one metric of one device; `None` for an unknown device.
     ///
+    /// Buckets of a whole number of minutes are built from the per-minute rollups (see
+    /// [`rollup`]), reading raw readings only in the minutes the range cuts: the cost grows with
+    /// the minutes in the range. Other widths take [`Store::downsample_raw`].
+    pub fn downsample(&self, query: &DownsampleQuery) -> Result<Option<BucketPage>, StoreError> {
+        if rollup::serves(query.bucket_ms) {
+            self.downsample_with(query, |snap, device, metric, from, to| {
+                rollup::downsample(snap, device, metric, query, from, to)
+            })
+        } else {
+            self.downsample_raw(query)
+        }
+    }
+
+    /// [`Store::downsample`] from raw readings only, whatever the width: the reference the
+    /// rollups are checked against.
+    ///
     /// One pass over the device time index in `[from, to)`, in the query's order: each reading is
     /// read, its value of the metric folded into the current bucket, and the scan stops as soon as
     /// the page is full. The cost grows with the readings in the range, never with the store.
-    pub fn downsample(&self, query: &DownsampleQuery) -> Result<Option<BucketPage>, StoreError> {
+    pub fn downsample_raw(
+        &self,
+        query: &DownsampleQuery,
+    ) -> Result<Option<BucketPage>, StoreError> {
+        self.downsample_with(query, |snap, device, metric, from, to| {
+            let direction = match query.order {
+                Order::Oldest => Direction::Forward,
+                Order::Newest => Direction::Reverse,
+            };
+            let mut sampler =
+                downsample::Downsampler::new(query.bucket_ms, query.order, query.limit);
+            // Whether the scan stopped early, the sampler knows: it stopped it.
+            let _ =
+                scan_metric_values(snap, device, metric, from, to, direction, |ts, _, value| {
+                    sampler.push(ts, value)
+                })?;
+            Ok(sampler.finish())
+        })
+    }
+
+    /// Resolves the query's device and metric and its range left to scan, then lets `page` build
+    /// the page from one snapshot.
+    fn downsample_with(
+        &self,
+        query: &DownsampleQuery,
+        page: impl FnOnce(
+            &dyn engine::Snapshot,
+            u32,
+            u32,
+            u64,
+            Option<u64>,
+        ) -> Result<BucketPage, StoreError>,
+    ) -> Result<Option<BucketPage>, StoreError> {
         let empty = BucketPage {
             buckets: vec![],
             next: None,
@@ -1135,43 +1299,8 @@ impl Store {
         let Some((from, to)) = query.scan_range() else {
             return Ok(Some(empty));
         };
-        let range = KeyRange {
-            start: Bound::Included(records::device_time_key(device, from, 0)),
-            end: match to {
-                Some(to) => Bound::Excluded(records::device_time_key(device, to, 0)),
-                None => Bound::Included(records::device_time_key(device, u64::MAX, u64::MAX)),
-            },
-        };
-        let direction = match query.order {
-            Order::Oldest => Direction::Forward,
-            Order::Newest => Direction::Reverse,
-        };
-        let mut sampler = downsample::Downsampler::new(query.bucket_ms, query.order, query.limit);
         let snap = self.engine.snapshot()?;
-        let mut failure = None;
-        snap.scan(Table::DeviceTime, &range, direction, &mut |k, _| {
-            let Some((timestamp_ms, offset)) = records::split_device_time_key(k) else {
-                failure = Some(StoreError::Corrupt("device time key".into()));
-                return ControlFlow::Break(());
-            };
-            let reading = match reading_at(&*snap, offset) {
-                Ok(Some(r)) => r,
-                // Index entry without its reading: retention removed it between the two.
-                Ok(None) => return ControlFlow::Continue(()),
-                Err(e) => {
-                    failure = Some(e);
-                    return ControlFlow::Break(());
-                }
-            };
-            match reading.metrics.iter().find(|(m, _)| *m == metric) {
-                Some((_, value)) => sampler.push(timestamp_ms, value),
-                None => ControlFlow::Continue(()),
-            }
-        })?;
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        Ok(Some(sampler.finish()))
+        Ok(Some(page(&*snap, device, metric, from, to)?))
     }
 
     /// Every token record with the keyed hash it is stored under.

@@ -8,7 +8,8 @@
 //! - `Devices`:    device u32
 //! - `Metrics`:    metric name bytes
 //! - `Commands`:   command id u64
-//! - `Meta`:       ASCII name
+//! - `Rollups`:    device u32, metric u32, minute since the epoch u64 (timestamp_ms / 60 000)
+//! - `Meta`:       ASCII name; `rollups_from/` is followed by a device number u32
 //!
 //! A record that gains fields gets a new version: the old layout stays here as a private struct
 //! that the decoder falls back to (postcard cannot tell a missing trailing field), and the next
@@ -27,6 +28,9 @@ pub const META_SCHEMA_VERSION: &[u8] = b"schema_version";
 pub const META_NEXT_OFFSET: &[u8] = b"next_offset";
 /// Meta key of the next command id to assign (u64 BE).
 pub const META_NEXT_COMMAND: &[u8] = b"next_command_id";
+/// Meta key prefix, before a device number (u32 BE), of the first unix ms from which the device's
+/// rollups are complete (u64 BE, a whole minute); see `store::rollup`.
+pub const META_ROLLUPS_FROM: &[u8] = b"rollups_from/";
 
 /// The transport a device last used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -219,6 +223,37 @@ pub struct LatestRecord {
     pub value: OwnedValue,
 }
 
+/// One end of a [`RollupRecord`]: a value with the time and offset it is ordered by.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RollupPoint {
+    /// The reading's timestamp.
+    pub timestamp_ms: u64,
+    /// The reading's hub offset, which orders readings of the same timestamp.
+    pub offset: u64,
+    /// The value.
+    pub value: OwnedValue,
+}
+
+/// The values of one metric of one device in one minute (or any span), folded so that spans
+/// merge exactly: what every downsampling aggregate needs. Never stored empty.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RollupRecord {
+    /// Values, of any type.
+    pub count: u64,
+    /// Numeric (and boolean) values.
+    pub numeric: u64,
+    /// Their sum.
+    pub sum: f64,
+    /// Their minimum (infinity while `numeric` is 0).
+    pub min: f64,
+    /// Their maximum (minus infinity while `numeric` is 0).
+    pub max: f64,
+    /// The earliest value, by (timestamp, offset).
+    pub first: RollupPoint,
+    /// The latest value, by (timestamp, offset).
+    pub last: RollupPoint,
+}
+
 /// An API token, keyed by the keyed hash of its secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenRecord {
@@ -308,6 +343,27 @@ pub fn latest_key(device: u32, metric: u32) -> Vec<u8> {
     let mut key = Vec::with_capacity(8);
     key.extend_from_slice(&device.to_be_bytes());
     key.extend_from_slice(&metric.to_be_bytes());
+    key
+}
+
+/// `Rollups` key.
+pub fn rollup_key(device: u32, metric: u32, minute: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(16);
+    key.extend_from_slice(&device.to_be_bytes());
+    key.extend_from_slice(&metric.to_be_bytes());
+    key.extend_from_slice(&minute.to_be_bytes());
+    key
+}
+
+/// The minute of a `Rollups` key.
+pub fn split_rollup_key(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.get(8..16)?.try_into().ok()?))
+}
+
+/// `Meta` key of where a device's rollups begin.
+pub fn rollups_from_key(device: u32) -> Vec<u8> {
+    let mut key = META_ROLLUPS_FROM.to_vec();
+    key.extend_from_slice(&device.to_be_bytes());
     key
 }
 

@@ -355,8 +355,9 @@ impl Store {
     }
 
     /// Deletes the oldest readings, at most `max` in one commit, stopping at the first for which
-    /// `keep(offset, timestamp_ms)` says so. The readings' index entries go with them; latest
-    /// values stay.
+    /// `keep(offset, timestamp_ms)` says so. The readings' index entries go with them, and the
+    /// rollup rows of the minutes they were in are recomputed from the readings left, in the same
+    /// commit; latest values stay.
     pub fn delete_oldest(
         &self,
         max: usize,
@@ -367,6 +368,7 @@ impl Store {
         let snap = self.engine.snapshot()?;
         let mut batch = WriteBatch::new();
         let mut deleted = Deleted::default();
+        let mut rollups = super::rollup::DeletedRollups::default();
         let mut failure = None;
         snap.scan(
             Table::Readings,
@@ -394,15 +396,19 @@ impl Store {
                     Table::DeviceTime,
                     records::device_time_key(record.device, record.timestamp_ms, offset),
                 );
+                rollups.note(&record);
                 deleted.readings += 1;
                 deleted.next = Some(offset + 1);
                 ControlFlow::Continue(())
             },
         )?;
-        drop(snap);
         if let Some(e) = failure {
             return Err(e);
         }
+        if let Some(kept_from) = deleted.next {
+            rollups.recompute(&*snap, kept_from, &mut batch)?;
+        }
+        drop(snap);
         if !batch.is_empty() {
             self.engine.commit(&batch)?;
         }

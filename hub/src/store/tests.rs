@@ -42,7 +42,7 @@ impl Harness for OnDisk {
     }
 }
 
-fn harnesses() -> Vec<(&'static str, Box<dyn Harness>)> {
+pub(super) fn harnesses() -> Vec<(&'static str, Box<dyn Harness>)> {
     #[cfg_attr(not(feature = "sled"), allow(unused_mut))]
     let mut all: Vec<(&'static str, Box<dyn Harness>)> = vec![
         ("memory", Box::new(Memory(MemoryEngine::new()))),
