@@ -252,6 +252,9 @@ pub struct RollupRecord {
     pub first: RollupPoint,
     /// The latest value, by (timestamp, offset).
     pub last: RollupPoint,
+    /// Retention deleted some of the minute's readings and kept others: the figures above count
+    /// the deleted ones too, so a query reads the minute's remaining readings instead.
+    pub partial: bool,
 }
 
 /// An API token, keyed by the keyed hash of its secret.

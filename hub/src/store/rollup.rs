@@ -66,6 +66,7 @@ impl RollupRecord {
             max: f64::NEG_INFINITY.max(x.unwrap_or(f64::NEG_INFINITY)),
             first: point.clone(),
             last: point,
+            partial: false,
         }
     }
 
@@ -99,6 +100,7 @@ impl RollupRecord {
     /// Folds `other` in, as if its values had been added one by one (up to the order of the
     /// sum's additions).
     pub fn merge(&mut self, other: RollupRecord) {
+        self.partial |= other.partial;
         self.count += other.count;
         self.numeric += other.numeric;
         self.sum += other.sum;
@@ -205,50 +207,55 @@ impl DeletedRollups {
         metrics.extend(reading.metrics.iter().map(|(m, _)| *m));
     }
 
-    /// Adds to `batch` the touched rows recomputed from the readings left: those at `kept_from`
-    /// and above (deletes go oldest offset first, so everything below it is gone once `batch` is
-    /// committed). A row left without values is deleted. Costs one index scan per touched minute
-    /// and a read of each reading left in it, which at the oldest end of the log is at most the
-    /// one minute a delete cuts through, per device.
+    /// Adds to `batch` what becomes of the touched rows once the readings below `kept_from` are
+    /// gone (deletes go oldest offset first): a minute left without readings of its device loses
+    /// its rows; a minute that keeps some has its rows marked partial, and queries read its
+    /// remaining readings instead. Costs one index scan per touched minute, up to its first
+    /// reading kept, so a delete round reads no more than it deletes; recomputing the rows
+    /// instead re-read every reading left in the minute at each round, which made retention
+    /// quadratic for a busy device.
+    ///
+    /// `metrics_of` gives every metric a device has sent: an emptied minute loses the rows of all
+    /// of them, as one marked partial in an earlier round may be of a metric not deleted now.
     pub(super) fn recompute(
         self,
         snap: &dyn Snapshot,
         kept_from: u64,
+        metrics_of: impl Fn(u32) -> Vec<u32>,
         batch: &mut WriteBatch,
     ) -> Result<(), StoreError> {
         for ((device, minute), metrics) in self.minutes {
             let start = minute.checked_mul(MINUTE_MS).ok_or_else(minute_overflow)?;
-            let mut rebuilt: BTreeMap<u32, RollupRecord> = BTreeMap::new();
-            // The visit never stops the scan.
+            let mut keeps_some = false;
             let _ = super::scan_device_time(
                 snap,
                 device,
                 start,
                 start.checked_add(MINUTE_MS),
                 Direction::Forward,
-                |timestamp_ms, offset| {
+                |_, offset| {
                     if offset < kept_from {
                         return Ok(ControlFlow::Continue(()));
                     }
-                    let Some(reading) = super::reading_at(snap, offset)? else {
-                        return Ok(ControlFlow::Continue(()));
-                    };
-                    for (metric, value) in first_values(&reading.metrics) {
-                        if metrics.contains(&metric) {
-                            rebuilt
-                                .entry(metric)
-                                .and_modify(|r| r.add(timestamp_ms, offset, value))
-                                .or_insert_with(|| RollupRecord::of(timestamp_ms, offset, value));
-                        }
-                    }
-                    Ok(ControlFlow::Continue(()))
+                    keeps_some = true;
+                    Ok(ControlFlow::Break(()))
                 },
             )?;
+            if !keeps_some {
+                for metric in metrics.into_iter().chain(metrics_of(device)) {
+                    batch.delete(Table::Rollups, records::rollup_key(device, metric, minute));
+                }
+                continue;
+            }
             for metric in metrics {
                 let key = records::rollup_key(device, metric, minute);
-                match rebuilt.remove(&metric) {
-                    Some(row) => batch.put(Table::Rollups, key, records::encode(&row)?),
-                    None => batch.delete(Table::Rollups, key),
+                let Some(bytes) = snap.get(Table::Rollups, &key)? else {
+                    continue;
+                };
+                let mut row: RollupRecord = records::decode(&bytes, "rollup")?;
+                if !row.partial {
+                    row.partial = true;
+                    batch.put(Table::Rollups, key, records::encode(&row)?);
                 }
             }
         }
@@ -446,9 +453,25 @@ pub(super) fn downsample(
                         .and_then(|start| {
                             Ok((start, records::decode::<RollupRecord>(v, "rollup")?))
                         });
+                    let row = row.and_then(|(start, row)| {
+                        if !row.partial {
+                            return Ok(sampler.push(start, row));
+                        }
+                        super::scan_metric_values(
+                            snap,
+                            device,
+                            metric,
+                            start,
+                            start.checked_add(MINUTE_MS),
+                            direction,
+                            |ts, offset, value| {
+                                sampler.push(ts, RollupRecord::of(ts, offset, value))
+                            },
+                        )
+                    });
                     match row {
-                        Ok((start, row)) => {
-                            flow = sampler.push(start, row);
+                        Ok(next) => {
+                            flow = next;
                             flow
                         }
                         Err(e) => {

@@ -406,7 +406,15 @@ impl Store {
             return Err(e);
         }
         if let Some(kept_from) = deleted.next {
-            rollups.recompute(&*snap, kept_from, &mut batch)?;
+            let catalog = self.catalog()?;
+            let metrics_of = |device: u32| {
+                catalog
+                    .devices
+                    .get(&device)
+                    .map(|record| record.metrics.clone())
+                    .unwrap_or_default()
+            };
+            rollups.recompute(&*snap, kept_from, metrics_of, &mut batch)?;
         }
         drop(snap);
         if !batch.is_empty() {
