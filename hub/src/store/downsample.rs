@@ -293,15 +293,19 @@ impl Downsampler {
         if let Some(last) = self.current.take() {
             self.done.push(last);
         }
-        let next = if self.more {
-            self.done.last().map(|b| b.start_ms)
+        BucketPage::of(self.done, self.more)
+    }
+}
+
+impl BucketPage {
+    /// A page of `buckets`, continuing after the last of them when `more` may follow.
+    pub(super) fn of(buckets: Vec<Bucket>, more: bool) -> Self {
+        let next = if more {
+            buckets.last().map(|b| b.start_ms)
         } else {
             None
         };
-        BucketPage {
-            buckets: self.done,
-            next,
-        }
+        BucketPage { buckets, next }
     }
 }
 

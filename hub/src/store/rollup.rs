@@ -362,15 +362,7 @@ impl RollupSampler {
         if let Some((start, last)) = self.current.take() {
             self.done.push(last.into_bucket(start));
         }
-        let next = if self.more {
-            self.done.last().map(|b| b.start_ms)
-        } else {
-            None
-        };
-        BucketPage {
-            buckets: self.done,
-            next,
-        }
+        BucketPage::of(self.done, self.more)
     }
 }
 
