@@ -27,6 +27,17 @@ def check(ok):
     return "-" if ok is None else ("yes" if ok else "**no**")
 
 
+def release_opt_level():
+    """The workspace's release opt-level, as Cargo.toml says now."""
+    import os
+    import re
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "Cargo.toml")
+    text = open(path).read()
+    section = text.split("[profile.release]", 1)[-1].split("\n[", 1)[0]
+    found = re.search(r'^opt-level\s*=\s*(\S+)', section, re.M)
+    return found.group(1) if found else "?"
+
+
 def main():
     res = json.load(open(sys.argv[1]))
     S = res["summary"]
@@ -64,7 +75,7 @@ def main():
     w(f"| rustc | {m['rustc']} |")
     w(f"| date (UTC) | {res['time_utc']} |")
     w(f"| git commit | {res['git_commit']}{' (with uncommitted changes to the hub or the tools)' if res['git_dirty'] else ''} |")
-    w(f"| hub binary | sha256 {res['hub_binary_sha256_16']}… (release profile: opt-level z, fat LTO) |")
+    w(f"| hub binary | sha256 {res['hub_binary_sha256_16']}… (release profile: opt-level {release_opt_level()}, fat LTO) |")
     w(f"| command | `{res['command']}` |")
     w(f"| repeats | every figure is the median of {n} run(s) (start-up: of several starts, see below) |")
     w(f"| ingest runs | {st['seconds_per_ingest_run']} s measured each, after a warm-up |")
