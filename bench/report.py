@@ -291,7 +291,7 @@ def main():
   fifth and the queue grew by 200,000 messages a second).
 - **WebSocket latency** (`ws-latency`): see its section; nearest-rank percentiles over every reading of the window.
 - **REST** (`wrk`): as `bench/api-latency.sh`, over stores written by `fill` through the hub's `Store::append`
-  (20,000 readings per commit, to fill 10 M readings in minutes; the hub's writer commits at most 1024).
+  (20,000 readings per commit, to fill 10 M readings in minutes; the hub's writer commits at most `ingest.batch_max`, 2,048 by default).
 - **RSS**: VmRSS and VmHWM from /proc/PID/status; under load, VmRSS sampled every 0.2 s and the peak kept.
 - **Start-up**: a hub started on the filled store, several times; the median.
 - **Bytes on disk per reading**: the store file's size over the readings in it (the filled store; the ingest table
