@@ -1222,6 +1222,18 @@ mod tests {
     }
 
     #[test]
+    fn the_embedded_brokers_connection_limit_is_checked() {
+        for bad in ["0", "100001"] {
+            let err = load(&format!("[mqtt]\nmax_connections = {bad}\n"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("mqtt.max_connections"), "{err}");
+        }
+        let c = load("[mqtt]\nmax_connections = 5000\n", &[]).unwrap();
+        assert_eq!(c.mqtt.max_connections, 5000);
+    }
+
+    #[test]
     fn the_devices_listener_is_checked() {
         let c = load("[mqtt.devices]\nlisten = \"0.0.0.0:8883\"\n", &[]).unwrap();
         assert_eq!(c.mqtt.devices.listen.as_deref(), Some("0.0.0.0:8883"));
