@@ -274,8 +274,8 @@ def main():
 
     w("## How each figure is measured")
     w("")
-    w("""- **Ingest** (`loadgen`, bench/tools): one MQTT connection per device (1000 devices share 500: the embedded
-  broker takes 1000 connections, the hub's own among them), JSON `{"seq":n,"ts":..,"metrics":{4 metrics}}` on
+    w("""- **Ingest** (`loadgen`, bench/tools): one MQTT connection per device (1000 devices share 500, on every
+  broker alike, a shape kept from when the embedded broker counted the hub's own session among its 1000), JSON `{"seq":n,"ts":..,"metrics":{4 metrics}}` on
   `devices/{id}/telemetry` or postcard `Uplink::Telemetry` on `devices/{id}/up`. Each device keeps at most
   8192/devices readings (at least 8) without the hub's ack (`devices/{id}/ack`, `/down`), as a device keeps its
   unacknowledged readings; QoS 1 also at most 100 PUBLISHes without PUBACK per connection. The publisher
