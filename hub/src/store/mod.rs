@@ -20,6 +20,7 @@ mod redb_engine;
 pub mod rollup;
 #[cfg(test)]
 mod rollup_tests;
+pub mod room;
 pub mod sequence;
 #[cfg(feature = "sled")]
 mod sled_engine;
@@ -42,6 +43,7 @@ pub use engine::{Direction, Engine, EngineError, KeyRange, Table, Usage, WriteBa
 pub use records::{CommandRecord, CommandState, DeviceRecord, TokenRecord, Transport, Wire};
 use records::{LatestRecord, ReadingRecord};
 pub use redb_engine::RedbEngine;
+pub use room::Room;
 #[cfg(feature = "sled")]
 pub use sled_engine::SledEngine;
 
@@ -612,6 +614,7 @@ pub struct Store {
     writer: Arc<Mutex<()>>,
     /// Set while the store is full and its policy is to refuse new readings.
     refusing: Arc<AtomicBool>,
+    room: Arc<Room>,
 }
 
 impl Store {
@@ -725,7 +728,13 @@ impl Store {
             catalog: Arc::new(RwLock::new(catalog)),
             writer: Arc::new(Mutex::new(())),
             refusing: Arc::new(AtomicBool::new(false)),
+            room: Arc::new(Room::default()),
         })
+    }
+
+    /// Turn-taking of the writer and retention at the quota.
+    pub fn room(&self) -> &Room {
+        &self.room
     }
 
     /// Refuses new readings (`true`) or takes them again (`false`); see [`Outcome::Refused`].

@@ -4,6 +4,8 @@
 //! answers each submission.
 //!
 //! Group commit falls out of the loop: while one commit is on disk, the next batch queues up.
+//! At the quota it takes turns with retention (see [`super::room`]), so a burst cannot grow the
+//! file faster than retention frees it.
 //! The writer stops when every sender is gone, after committing what was queued: stopping ingest
 //! is what drains it.
 //!
@@ -93,7 +95,10 @@ impl StoreWriter {
 
     /// Runs until every sender of `submissions_rx` is dropped and the queue is empty.
     pub async fn run(self, mut submissions_rx: mpsc::Receiver<Submission>) {
+        // The retention round the next commit waits for while the store is at its quota.
+        let mut turn = 0;
         while let Some(first) = submissions_rx.recv().await {
+            self.store.room().wait_turn(turn).await;
             let mut count = first.items.len();
             let mut batch = vec![first];
             let window_ends = tokio::time::Instant::now() + self.batch_window;
@@ -115,6 +120,7 @@ impl StoreWriter {
                 }
             }
             self.commit(batch).await;
+            turn = self.store.room().committed();
         }
         tracing::debug!("store writer drained and stopped");
     }

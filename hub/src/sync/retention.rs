@@ -8,6 +8,9 @@
 //!   `reject_new` makes the store refuse new readings (devices are not acknowledged and keep
 //!   them) until it is back under 65%.
 //!
+//! Above 65%, each commit waits for a round begun after the previous one
+//! ([`crate::store::room`]): ingest cannot outrun the deletes.
+//!
 //! Every unsynced reading deleted is counted and logged: that is data loss. The engine reuses
 //! freed space, so the file stops growing once retention runs; when the hub has been idle for a
 //! while and the file holds much free space, it is compacted so it shrinks.
@@ -163,6 +166,13 @@ impl Retention {
     /// runs at most once per [`ROUND`], and the followers' positions are read only when readings
     /// are about to be deleted.
     pub fn round(&mut self) -> Result<(), StoreError> {
+        let round = self.store.room().begin_round();
+        let outcome = self.round_within();
+        self.store.room().finish_round(round);
+        outcome
+    }
+
+    fn round_within(&mut self) -> Result<(), StoreError> {
         let age_due = self.age_checked.is_none_or(|at| at.elapsed() >= ROUND);
         if let (Some(max_age), true) = (self.settings.max_age, age_due) {
             self.age_checked = Some(Instant::now());
@@ -269,6 +279,8 @@ impl Retention {
         let low = budget / 100 * 65;
         let mut live = self.live_bytes()?;
         tracing::trace!(live, high, low, "quota check");
+        // Above the low mark, commits wait for this round (see `store::room`).
+        self.store.room().set_tight(live > low);
         let refusing = self.stats.refusing.load(Ordering::Relaxed);
         if live <= high && !(refusing && live > low) {
             if refusing {
@@ -370,6 +382,13 @@ impl Retention {
             );
         }
         Ok(())
+    }
+}
+
+impl Drop for Retention {
+    /// However retention stops (shutdown, or a round that panicked), the writer stops waiting.
+    fn drop(&mut self) {
+        self.store.room().release();
     }
 }
 
