@@ -119,13 +119,13 @@ impl StoreWriter {
                     None => break,
                 }
             }
-            self.commit(batch).await;
-            turn = self.store.room().committed();
+            turn = self.commit(batch).await;
         }
         tracing::debug!("store writer drained and stopped");
     }
 
-    async fn commit(&self, batch: Vec<Submission>) {
+    /// Commits `batch`; returns the retention round the next commit waits for at the quota.
+    async fn commit(&self, batch: Vec<Submission>) -> u64 {
         // The items move to the blocking task; each submission keeps its count and reply channel.
         let mut items: Vec<Ingest> = Vec::new();
         let replies: Vec<(usize, Option<oneshot::Sender<_>>)> = batch
@@ -167,7 +167,8 @@ impl StoreWriter {
                         let _ = done_tx.send(Err(CommitFailed));
                     }
                 }
-                return;
+                // Nothing was added: no reason to wait for retention.
+                return 0;
             }
         };
         let stored = applied
@@ -194,6 +195,9 @@ impl StoreWriter {
                 .fetch_add(refused as u64, Ordering::Relaxed);
         }
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        // Taken before retention hears of the commit: a round it starts for this commit must
+        // count, or the next commit would wait for a round nothing starts.
+        let turn = self.store.room().committed();
         if let Some(committed) = &self.committed {
             committed.notify_one();
         }
@@ -208,6 +212,7 @@ impl StoreWriter {
                 let _ = done_tx.send(Ok(mine));
             }
         }
+        turn
     }
 }
 
@@ -361,5 +366,59 @@ mod tests {
             "batched by at most batch_max"
         );
         assert_eq!(store.next_offset().unwrap(), 50);
+    }
+
+    #[tokio::test]
+    async fn at_the_quota_each_commit_waits_for_a_round_begun_after_the_last() {
+        let store = Store::open(Arc::new(MemoryEngine::new())).unwrap();
+        let room_of = store.clone();
+        let room = room_of.room();
+        let first = room.begin_round();
+        room.set_tight(true);
+        room.finish_round(first);
+        // Retention's side of the turns, with rounds started only by commits (no timer), so a
+        // commit that waited for a round nothing starts would wait forever.
+        let committed = Arc::new(tokio::sync::Notify::new());
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let rounds = tokio::spawn({
+            let (store, committed, seen) = (store.clone(), committed.clone(), seen.clone());
+            async move {
+                loop {
+                    committed.notified().await;
+                    let round = store.room().begin_round();
+                    seen.lock().unwrap().push(store.next_offset().unwrap());
+                    store.room().finish_round(round);
+                }
+            }
+        });
+        let (tx, rx) = mpsc::channel(16);
+        let stats = Arc::new(WriterStats::default());
+        let writer = StoreWriter::new(store.clone(), 1, Duration::ZERO, stats)
+            .notifying(committed)
+            .run(rx);
+        let writer = tokio::spawn(writer);
+        let mut answers = Vec::new();
+        for seq in 0..5 {
+            let (done_tx, done_rx) = oneshot::channel();
+            let items = vec![Ingest::Reading(reading(seq))];
+            let done_tx = Some(done_tx);
+            tx.send(Submission { items, done_tx }).await.unwrap();
+            answers.push(done_rx);
+        }
+        for answer in answers {
+            tokio::time::timeout(Duration::from_secs(10), answer)
+                .await
+                .expect("a commit waited for a round that never began")
+                .unwrap()
+                .unwrap();
+        }
+        // Between two commits a round ran that saw the first of them.
+        let seen = seen.lock().unwrap().clone();
+        for offset in 1..5 {
+            assert!(seen.contains(&offset), "{seen:?}");
+        }
+        drop(tx);
+        writer.await.unwrap();
+        rounds.abort();
     }
 }

@@ -78,17 +78,25 @@ pub struct RetentionStats {
     pub compactions: AtomicU64,
 }
 
-/// The largest file the quota allows, given how the engine grows its file: redb doubles it up to
-/// 4 GiB, then grows it by 4 GiB regions. Live data is kept under 75% of this, leaving room for
-/// the copy-on-write pages of the last commits, so the file itself stays within the quota.
-pub fn file_budget(max_disk: u64) -> u64 {
+/// The largest file the quota allows, given how the engine grows its file from `file` bytes now:
+/// redb doubles it up to 4 GiB (so it only reaches `file` times a power of two, which may be
+/// little more than half the quota), then grows it by 4 GiB regions. Live data is kept under 75%
+/// of this, leaving room for the copy-on-write pages of the last commits, so the engine never
+/// needs the growth step that would take the file past the quota. A file already past the quota
+/// (the quota was lowered) keeps to the quota and shrinks at the next idle compaction.
+pub fn file_budget(max_disk: u64, file: u64) -> u64 {
     const REGION: u64 = 4 << 30;
-    if max_disk < REGION {
-        // The largest power of two not above the quota.
-        1 << (63 - max_disk.max(1).leading_zeros())
-    } else {
-        max_disk / REGION * REGION
+    if file == 0 || file > max_disk {
+        return max_disk;
     }
+    let mut budget = file;
+    while budget < REGION && budget * 2 <= max_disk {
+        budget *= 2;
+    }
+    if max_disk >= REGION {
+        budget = budget.max(max_disk / REGION * REGION);
+    }
+    budget
 }
 
 /// Readings to delete in the next transaction to bring `live` bytes down to `low`.
@@ -102,6 +110,8 @@ pub struct Retention {
     settings: RetentionSettings,
     stats: Arc<RetentionStats>,
     measured: Option<(Instant, Usage, u64)>,
+    /// Size of the store's files at the last look.
+    file_bytes: u64,
     /// How long the last measurement took.
     measure_took: Duration,
     /// The head offset when it last moved, and when.
@@ -122,6 +132,7 @@ impl Retention {
             settings,
             stats,
             measured: None,
+            file_bytes: 0,
             measure_took: Duration::ZERO,
             last_activity: (0, Instant::now()),
             compacted_at: None,
@@ -238,7 +249,8 @@ impl Retention {
     fn live_bytes(&mut self) -> Result<u64, StoreError> {
         let file_bytes = self.store.file_bytes()?;
         self.stats.file_bytes.store(file_bytes, Ordering::Relaxed);
-        if file_bytes < file_budget(self.settings.max_disk) / 2 {
+        self.file_bytes = file_bytes;
+        if file_bytes < file_budget(self.settings.max_disk, file_bytes) / 2 {
             // Live bytes cannot be near the quota: no need to walk the file.
             self.stats.live_bytes.store(file_bytes, Ordering::Relaxed);
             self.measured = None;
@@ -274,10 +286,10 @@ impl Retention {
     }
 
     fn keep_quota(&mut self) -> Result<(), StoreError> {
-        let budget = file_budget(self.settings.max_disk);
+        let mut live = self.live_bytes()?;
+        let budget = file_budget(self.settings.max_disk, self.file_bytes);
         let high = budget / 4 * 3;
         let low = budget / 100 * 65;
-        let mut live = self.live_bytes()?;
         tracing::trace!(live, high, low, "quota check");
         // Above the low mark, commits wait for this round (see `store::room`).
         self.store.room().set_tight(live > low);
@@ -495,9 +507,18 @@ mod tests {
 
     #[test]
     fn the_file_budget_follows_the_engine_growth_steps() {
-        assert_eq!(file_budget(16 << 20), 16 << 20);
-        assert_eq!(file_budget(3 << 30), 2 << 30);
-        assert_eq!(file_budget(2 << 30), 2 << 30);
-        assert_eq!(file_budget(10 << 30), 8 << 30);
+        const MIB: u64 = 1 << 20;
+        const GIB: u64 = 1 << 30;
+        // No file yet, or one past a lowered quota: the quota itself.
+        assert_eq!(file_budget(16 * MIB, 0), 16 * MIB);
+        assert_eq!(file_budget(16 * MIB, 40 * MIB), 16 * MIB);
+        // Doublings of the file as it is now, while they stay within the quota.
+        assert_eq!(file_budget(16 * MIB, MIB), 16 * MIB);
+        assert_eq!(file_budget(64 * MIB, 39_325_696), 39_325_696);
+        assert_eq!(file_budget(64 * MIB, 9_831_424), 39_325_696);
+        assert_eq!(file_budget(3 * GIB, GIB), 2 * GIB);
+        // Past 4 GiB the file grows by 4 GiB regions.
+        assert_eq!(file_budget(10 * GIB, GIB), 8 * GIB);
+        assert_eq!(file_budget(10 * GIB, 3 * GIB), 8 * GIB);
     }
 }
