@@ -165,8 +165,10 @@ def main():
         w("Durable readings per second over the measured window (the hub's `hub_store_items_total{outcome=\"stored\"}` "
           "sampled at its start and end), a fresh hub and fresh device ids for every run. "
           "Ceiling: the same loadgen into mosquitto alone, counting what `mosquitto_sub -t 'devices/#' > /dev/null` "
-          "receives. Lost = published - stored, after the drain (the most of any run of the case; every run's is in the JSON). Resent: readings a device sent again after 1 s "
-          "without ack progress (acks lost or held back), as devices do; the hub stores them once (duplicates).")
+          "receives. Lost = published - stored, after the drain (the most of any run of the case; every run's is in the JSON): once the window ends, "
+          "devices send nothing new but keep sending their unacknowledged readings again, as devices with an outbox do, until all are acknowledged (30 s at most). "
+          "Resent: readings a device sent again after 1 s "
+          "without ack progress (acks lost or held back, or a reading the broker dropped), as devices do; the hub stores them once (duplicates).")
         w("")
         w("| broker | format | QoS | devices (connections) | durable/s | published/s | ceiling/s | ratio | lost | resent | hub CPU (cores) | loadgen CPU | hub peak RSS | bytes on disk/reading |")
         w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")

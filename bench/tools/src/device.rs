@@ -29,6 +29,9 @@ use tokio::time::Instant;
 
 use crate::mqtt::{self, KEEP_ALIVE};
 
+/// After the publishers stop, how long a device keeps sending its unacknowledged readings again.
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
 /// How readings are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -220,7 +223,9 @@ impl Device {
         Ok(device)
     }
 
-    /// Publishes from `start` until `stop`, within the plan's limits.
+    /// Publishes from `start` until `stop`, within the plan's limits; then, waiting for acks,
+    /// sends no new readings but keeps sending unacknowledged ones again, as a device with an
+    /// outbox does, until every reading is acknowledged or [`DRAIN_LIMIT`] has passed.
     pub async fn run(
         mut self,
         plan: Plan,
@@ -232,8 +237,22 @@ impl Device {
         let mut last_write = Instant::now();
         let mut payload = Vec::with_capacity(256);
         let qos1 = plan.qos != QoS::AtMostOnce;
-        while !stop.load(Ordering::Relaxed) {
+        let mut stopped_at: Option<Instant> = None;
+        loop {
             let now = Instant::now();
+            if stopped_at.is_none() && stop.load(Ordering::Relaxed) {
+                stopped_at = Some(now);
+            }
+            if let Some(at) = stopped_at {
+                let all_acked =
+                    plan.window == 0
+                        || self.lanes.iter().enumerate().all(|(i, lane)| {
+                            self.shared.acked[i].load(Ordering::Relaxed) >= lane.seq
+                        });
+                if all_acked || now - at > DRAIN_LIMIT {
+                    break;
+                }
+            }
             let timestamp_ms = crate::now_ms();
             // QoS 1: the connection's PUBLISHes without PUBACK.
             let mut room = if qos1 {
@@ -253,7 +272,11 @@ impl Device {
             // When the rate is what holds every lane back: the earliest moment one may send.
             let mut next_due: Option<Duration> = None;
             for (i, lane) in self.lanes.iter_mut().enumerate() {
-                let mut n = plan.chunk.min(room);
+                let mut n = if stopped_at.is_some() {
+                    0
+                } else {
+                    plan.chunk.min(room)
+                };
                 if plan.rate > 0.0 {
                     let due = ((now - start).as_secs_f64() * plan.rate) as u64 + 1;
                     let allowed = due.saturating_sub(lane.seq);

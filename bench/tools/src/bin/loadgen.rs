@@ -6,7 +6,8 @@
 //! from GET /metrics); with `--subscriber-pid`, the messages a `mosquitto_sub -F x` wrote (2
 //! bytes each, from `/proc/PID/io`), for the broker-alone baseline. Rates are over the measured
 //! window only (counters sampled at its start and end): no connection set-up, no warm-up, no
-//! drain. After the publishers stop it waits until the hub has stored everything published (or
+//! drain. After the window devices send nothing new but resend what is unacknowledged until it is
+//! acknowledged (see `device::DRAIN_LIMIT`); then it waits until the hub has stored everything published (or
 //! nothing moves for `--quiet`), and reports lost = published - stored.
 
 use std::net::SocketAddr;
