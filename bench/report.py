@@ -83,6 +83,16 @@ def main():
     w(f"| duration | {total // 60} min {total % 60} s in all, of which {st.get('build_seconds')} s building |" if total is not None else "| duration | - |")
     w(f"| load average at the end | {' '.join(m['loadavg_at_end'])} (anything else running on the machine shows in the figures) |")
     w("")
+    if res.get("parts"):
+        w("Merged by `bench/merge.py`: some sections were measured again, alone, after a change. Each "
+          "section comes whole from one run; the table above describes the first.")
+        w("")
+        w("| sections | run (UTC) | git commit | command |")
+        w("| --- | --- | --- | --- |")
+        for p in res["parts"]:
+            dirty = " (uncommitted changes)" if p["git_dirty"] else ""
+            w(f"| {', '.join(p['sections'])} | {p['time_utc']} | {p['git_commit'][:10]}{dirty} | `{p['command']}` |")
+        w("")
 
     # ---------- headline ----------
     small, big = (st["stores"] + [None, None])[:2]
