@@ -287,6 +287,14 @@ pub trait Engine: Send + Sync + 'static {
         Ok(self.usage()?.file_bytes)
     }
 
+    /// The largest file the engine can grow to within `max_disk`, its files being `file` bytes
+    /// now: retention keeps live data well below it, so the engine never needs a growth step past
+    /// the quota. An engine that grows its files in small steps gets the quota itself.
+    fn file_budget(&self, max_disk: u64, file: u64) -> u64 {
+        let _ = file;
+        max_disk
+    }
+
     /// Gives free space back to the file system; `Ok(false)` when there was nothing to do or the
     /// engine cannot now (open readers). Blocks writers while it runs: call it when idle.
     fn compact(&self) -> Result<bool, EngineError> {

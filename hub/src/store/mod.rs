@@ -43,7 +43,6 @@ pub use engine::{Direction, Engine, EngineError, KeyRange, Table, Usage, WriteBa
 pub use records::{CommandRecord, CommandState, DeviceRecord, TokenRecord, Transport, Wire};
 use records::{LatestRecord, ReadingRecord};
 pub use redb_engine::RedbEngine;
-pub use room::Room;
 #[cfg(feature = "sled")]
 pub use sled_engine::SledEngine;
 
@@ -614,7 +613,7 @@ pub struct Store {
     writer: Arc<Mutex<()>>,
     /// Set while the store is full and its policy is to refuse new readings.
     refusing: Arc<AtomicBool>,
-    room: Arc<Room>,
+    room: Arc<room::Room>,
 }
 
 impl Store {
@@ -728,12 +727,12 @@ impl Store {
             catalog: Arc::new(RwLock::new(catalog)),
             writer: Arc::new(Mutex::new(())),
             refusing: Arc::new(AtomicBool::new(false)),
-            room: Arc::new(Room::default()),
+            room: Arc::new(room::Room::default()),
         })
     }
 
     /// Turn-taking of the writer and retention at the quota.
-    pub fn room(&self) -> &Room {
+    pub fn room(&self) -> &room::Room {
         &self.room
     }
 

@@ -151,6 +151,10 @@ impl Engine for RedbEngine {
         Ok(std::fs::metadata(&self.path)?.len())
     }
 
+    fn file_budget(&self, max_disk: u64, file: u64) -> u64 {
+        file_budget_within(max_disk, file)
+    }
+
     fn compact(&self) -> Result<bool, EngineError> {
         let mut db = self
             .db
@@ -162,5 +166,48 @@ impl Engine for RedbEngine {
             Err(redb::CompactionError::TransactionInProgress) => Ok(false),
             Err(e) => Err(EngineError::engine(e)),
         }
+    }
+}
+
+/// The largest file within `max_disk`, given how redb grows its file from `file` bytes now: it
+/// doubles it up to 4 GiB (so it only reaches `file` times a power of two, which may be
+/// little more than half the quota), then grows it by 4 GiB regions. Live data is kept under 75%
+/// of this, leaving room for the copy-on-write pages of the last commits, so the engine never
+/// needs the growth step that would take the file past the quota. A file already past the quota
+/// (the quota was lowered) keeps to the quota and shrinks at the next idle compaction.
+fn file_budget_within(max_disk: u64, file: u64) -> u64 {
+    const REGION: u64 = 4 << 30;
+    if file == 0 || file > max_disk {
+        return max_disk;
+    }
+    let mut budget = file;
+    while budget < REGION && budget * 2 <= max_disk {
+        budget *= 2;
+    }
+    if max_disk >= REGION {
+        budget = budget.max(max_disk / REGION * REGION);
+    }
+    budget
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_file_budget_follows_the_engine_growth_steps() {
+        const MIB: u64 = 1 << 20;
+        const GIB: u64 = 1 << 30;
+        // No file yet, or one past a lowered quota: the quota itself.
+        assert_eq!(file_budget_within(16 * MIB, 0), 16 * MIB);
+        assert_eq!(file_budget_within(16 * MIB, 40 * MIB), 16 * MIB);
+        // Doublings of the file as it is now, while they stay within the quota.
+        assert_eq!(file_budget_within(16 * MIB, MIB), 16 * MIB);
+        assert_eq!(file_budget_within(64 * MIB, 39_325_696), 39_325_696);
+        assert_eq!(file_budget_within(64 * MIB, 9_831_424), 39_325_696);
+        assert_eq!(file_budget_within(3 * GIB, GIB), 2 * GIB);
+        // Past 4 GiB the file grows by 4 GiB regions.
+        assert_eq!(file_budget_within(10 * GIB, GIB), 8 * GIB);
+        assert_eq!(file_budget_within(10 * GIB, 3 * GIB), 8 * GIB);
     }
 }

@@ -433,6 +433,12 @@ impl Store {
         Ok(self.engine.file_bytes()?)
     }
 
+    /// The largest file the engine can grow to within `max_disk` (see
+    /// [`super::Engine::file_budget`]).
+    pub fn file_budget(&self, max_disk: u64, file_bytes: u64) -> u64 {
+        self.engine.file_budget(max_disk, file_bytes)
+    }
+
     /// Gives free space back to the file system (see [`super::Engine::compact`]).
     pub fn compact(&self) -> Result<bool, StoreError> {
         let _writer = self.writer.lock().map_err(|_| StoreError::Poisoned)?;

@@ -2,7 +2,7 @@
 //!
 //! Every round, oldest first and at most [`CHUNK`] readings per transaction:
 //! - readings older than `max_age` are deleted, synced or not;
-//! - above 75% of the file budget (see [`file_budget`]), readings every sink and registered pull
+//! - above 75% of the file budget (see [`crate::store::Engine::file_budget`]), readings every sink and registered pull
 //!   consumer has passed are deleted until the store is under 65%;
 //! - still above 75%, `full_policy` decides: `drop_oldest` deletes the oldest unsynced readings,
 //!   `reject_new` makes the store refuse new readings (devices are not acknowledged and keep
@@ -78,27 +78,6 @@ pub struct RetentionStats {
     pub compactions: AtomicU64,
 }
 
-/// The largest file the quota allows, given how the engine grows its file from `file` bytes now:
-/// redb doubles it up to 4 GiB (so it only reaches `file` times a power of two, which may be
-/// little more than half the quota), then grows it by 4 GiB regions. Live data is kept under 75%
-/// of this, leaving room for the copy-on-write pages of the last commits, so the engine never
-/// needs the growth step that would take the file past the quota. A file already past the quota
-/// (the quota was lowered) keeps to the quota and shrinks at the next idle compaction.
-pub fn file_budget(max_disk: u64, file: u64) -> u64 {
-    const REGION: u64 = 4 << 30;
-    if file == 0 || file > max_disk {
-        return max_disk;
-    }
-    let mut budget = file;
-    while budget < REGION && budget * 2 <= max_disk {
-        budget *= 2;
-    }
-    if max_disk >= REGION {
-        budget = budget.max(max_disk / REGION * REGION);
-    }
-    budget
-}
-
 /// Readings to delete in the next transaction to bring `live` bytes down to `low`.
 fn needed(live: u64, low: u64, per_reading: u64) -> usize {
     (live.saturating_sub(low).div_ceil(per_reading.max(1)) as usize).clamp(1, CHUNK)
@@ -110,8 +89,6 @@ pub struct Retention {
     settings: RetentionSettings,
     stats: Arc<RetentionStats>,
     measured: Option<(Instant, Usage, u64)>,
-    /// Size of the store's files at the last look.
-    file_bytes: u64,
     /// How long the last measurement took.
     measure_took: Duration,
     /// The head offset when it last moved, and when.
@@ -132,7 +109,6 @@ impl Retention {
             settings,
             stats,
             measured: None,
-            file_bytes: 0,
             measure_took: Duration::ZERO,
             last_activity: (0, Instant::now()),
             compacted_at: None,
@@ -245,12 +221,11 @@ impl Retention {
         }
     }
 
-    /// Live bytes now, or as estimated from the last measurement and the readings held since.
-    fn live_bytes(&mut self) -> Result<u64, StoreError> {
-        let file_bytes = self.store.file_bytes()?;
+    /// Live bytes now, or as estimated from the last measurement and the readings held since,
+    /// given the store's `file_bytes` and the `budget` they are held to.
+    fn live_bytes(&mut self, file_bytes: u64, budget: u64) -> Result<u64, StoreError> {
         self.stats.file_bytes.store(file_bytes, Ordering::Relaxed);
-        self.file_bytes = file_bytes;
-        if file_bytes < file_budget(self.settings.max_disk, file_bytes) / 2 {
+        if file_bytes < budget / 2 {
             // Live bytes cannot be near the quota: no need to walk the file.
             self.stats.live_bytes.store(file_bytes, Ordering::Relaxed);
             self.measured = None;
@@ -286,8 +261,9 @@ impl Retention {
     }
 
     fn keep_quota(&mut self) -> Result<(), StoreError> {
-        let mut live = self.live_bytes()?;
-        let budget = file_budget(self.settings.max_disk, self.file_bytes);
+        let file_bytes = self.store.file_bytes()?;
+        let budget = self.store.file_budget(self.settings.max_disk, file_bytes);
+        let mut live = self.live_bytes(file_bytes, budget)?;
         let high = budget / 4 * 3;
         let low = budget / 100 * 65;
         tracing::trace!(live, high, low, "quota check");
@@ -505,20 +481,23 @@ mod tests {
         assert_eq!(store.oldest_offset().unwrap(), Some(dropped));
     }
 
-    #[test]
-    fn the_file_budget_follows_the_engine_growth_steps() {
-        const MIB: u64 = 1 << 20;
-        const GIB: u64 = 1 << 30;
-        // No file yet, or one past a lowered quota: the quota itself.
-        assert_eq!(file_budget(16 * MIB, 0), 16 * MIB);
-        assert_eq!(file_budget(16 * MIB, 40 * MIB), 16 * MIB);
-        // Doublings of the file as it is now, while they stay within the quota.
-        assert_eq!(file_budget(16 * MIB, MIB), 16 * MIB);
-        assert_eq!(file_budget(64 * MIB, 39_325_696), 39_325_696);
-        assert_eq!(file_budget(64 * MIB, 9_831_424), 39_325_696);
-        assert_eq!(file_budget(3 * GIB, GIB), 2 * GIB);
-        // Past 4 GiB the file grows by 4 GiB regions.
-        assert_eq!(file_budget(10 * GIB, GIB), 8 * GIB);
-        assert_eq!(file_budget(10 * GIB, 3 * GIB), 8 * GIB);
+    #[tokio::test]
+    async fn above_the_low_mark_commits_wait_for_a_round_until_retention_stops() {
+        let store = store_with(2_000, |i| 1_000 + i);
+        follower_at(&store, 0);
+        let mut r = retention(&store, 512 << 10, FullPolicy::RejectNew, None);
+        r.round().unwrap();
+        let room = store.room();
+        let turn = room.committed();
+        let waited = tokio::time::timeout(Duration::from_millis(50), room.wait_turn(turn)).await;
+        assert!(waited.is_err(), "a commit waits for the next round");
+        r.round().unwrap();
+        let next = tokio::time::timeout(Duration::from_secs(5), room.wait_turn(turn)).await;
+        assert!(next.is_ok(), "the round let the commit go");
+
+        let turn = room.committed();
+        drop(r);
+        let released = tokio::time::timeout(Duration::from_secs(5), room.wait_turn(turn)).await;
+        assert!(released.is_ok(), "retention gone, commits no longer wait");
     }
 }

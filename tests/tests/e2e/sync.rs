@@ -693,16 +693,10 @@ async fn the_cloud_pulls_by_offset_and_commits_its_cursor() {
     hub.stop();
 }
 
-/// Publishes 24,000 readings of about 1.1 KB (26 MB) from four devices `{prefix}-0..3`, seqs from
-/// `from`.
-fn fill(hub: &Hub, prefix: &str, from: u32) {
+/// Publishes 24,000 readings of about 1.1 KB (26 MB) from four devices `{prefix}-0..3`.
+fn fill(hub: &Hub, prefix: &str) {
     for w in 0..4 {
-        publish_lines(
-            hub.mqtt_port(),
-            &format!("{prefix}-{w}"),
-            from..from + 6_000,
-            1_000,
-        );
+        publish_lines(hub.mqtt_port(), &format!("{prefix}-{w}"), 0..6_000, 1_000);
     }
 }
 
@@ -719,7 +713,7 @@ async fn fill_past_the_quota(policy: &str) -> (tempfile::TempDir, Receiver, Hub,
     .unwrap();
     let hub = Hub::start(root.path(), &["--config", &config]);
     // About 1.1 KB each: some 15,000 readings fill 16 MiB.
-    fill(&hub, "q", 0);
+    fill(&hub, "q");
     (root, receiver, hub, config)
 }
 
