@@ -635,3 +635,17 @@ pub async fn wait_for_readings(hub: &Hub, device: &str, n: u64) {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// A command running `tests/py/{script}` with the Python of the test peers' venv (`tests/run`
+/// makes it and sets `HUB_E2E_PYTHON`; without it, `python3` from the PATH, which must then have
+/// the packages of `tests/py/requirements.txt`).
+pub fn python_peer(script: &str) -> Command {
+    let python = std::env::var_os("HUB_E2E_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("python3"));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py").join(script);
+    assert!(script.exists(), "{} is missing", script.display());
+    let mut command = Command::new(python);
+    command.arg(script);
+    command
+}
