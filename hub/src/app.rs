@@ -1,6 +1,6 @@
 //! Builds the parts, wires their channels, supervises the tasks and drives the shutdown.
 //!
-//! Start-up: data directory, store, tokens, TLS material, API listener, embedded broker, then the
+//! Start-up: data directory, store, tokens, TLS material, API listener, MQTT endpoint, then the
 //! tasks. Shutdown, on the root token: stop ingest, let the store writer commit what is queued
 //! (it ends when ingest drops its sender), then drain the API within a deadline. A task that ends
 //! on its own before shutdown is a failure: the root is cancelled and `run` returns an error, so
@@ -21,8 +21,10 @@ use crate::auth::{self, AuthError, Scope, TokenRegistry, pki};
 use crate::commands::{self, CommandSettings, Transports};
 use crate::config::{Broker, Config};
 use crate::files;
-use crate::ingest::broker::{self, BrokerError, BrokerSettings};
-use crate::ingest::gate::{GateError, GateSettings, MqttGate};
+use crate::ingest::MqttDownlink;
+use crate::ingest::endpoint::{
+    EndpointError, EndpointSettings, ListenerSettings, MAX_PLAIN_PACKET, MqttEndpoint,
+};
 use crate::ingest::mqtt::{Link, MqttIngest, MqttSettings};
 use crate::ingest::serial::{SerialIngest, SerialSettings};
 use crate::live::{Live, Presence};
@@ -34,8 +36,6 @@ use crate::sync::retention::{Retention, RetentionSettings, RetentionStats};
 use crate::sync::supervisor::SinkSupervisor;
 use crate::sync::{self, SyncState};
 
-/// How long start-up waits for the subscription on the embedded broker.
-const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for open API requests.
 const API_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -56,12 +56,9 @@ pub enum AppError {
     /// Tokens or TLS could not be set up.
     #[error(transparent)]
     Auth(#[from] AuthError),
-    /// The embedded broker could not start.
+    /// The MQTT endpoint could not start.
     #[error(transparent)]
-    Broker(#[from] BrokerError),
-    /// The devices' TLS listener could not start.
-    #[error(transparent)]
-    Gate(#[from] GateError),
+    Endpoint(#[from] EndpointError),
     /// The API listener could not bind.
     #[error("API cannot listen on {addr}: {source}")]
     ApiBind {
@@ -83,7 +80,7 @@ pub enum AppError {
 pub struct Bound {
     /// The HTTPS API.
     pub api: SocketAddr,
-    /// The embedded broker, when it runs.
+    /// The MQTT endpoint's plain listener, when it runs.
     pub mqtt: Option<SocketAddr>,
 }
 
@@ -168,36 +165,12 @@ pub async fn run(
             source,
         })?;
 
-    let (mqtt_host, mqtt_port, mqtt_tls, embedded) = match config.mqtt.broker() {
-        Ok(Broker::External { host, port, tls }) => (host, port, tls, None),
+    let external = match config.mqtt.broker() {
+        Ok(Broker::External { host, port, tls }) => Some((host, port, tls)),
         // `validate` has checked both the broker and the listen address.
-        _ => {
-            let wanted: SocketAddr = config.mqtt.listen.parse().map_err(|_| BrokerError::Bind {
-                addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-                source: std::io::Error::other("mqtt.listen is not an address"),
-            })?;
-            let listen = broker::resolve_listen(wanted)?;
-            broker::start(BrokerSettings {
-                listen,
-                // The hub's own session and each device relayed by the gate are connections too.
-                max_connections: config.mqtt.max_connections
-                    + 1
-                    + config
-                        .mqtt
-                        .devices
-                        .listen
-                        .as_ref()
-                        .map_or(0, |_| config.mqtt.devices.max_connections),
-            })?;
-            tracing::info!(%listen, "embedded MQTT broker listening");
-            let host = if listen.ip().is_unspecified() {
-                "127.0.0.1".to_owned()
-            } else {
-                listen.ip().to_string()
-            };
-            (host, listen.port(), false, Some(listen))
-        }
+        _ => None,
     };
+    let mqtt_tls = external.as_ref().is_some_and(|(_, _, tls)| *tls);
 
     let mqtt_tls_config = if mqtt_tls {
         let client = config
@@ -223,7 +196,6 @@ pub async fn run(
     let writer_stats = Arc::new(WriterStats::default());
     let (submissions_tx, submissions_rx) = mpsc::channel(config.ingest.queue);
     let (link_tx, link_rx) = watch::channel(Link::Down);
-    let ready_link_rx = link_rx.clone();
 
     let tasks = TaskTracker::new();
     let ingest_shutdown = CancellationToken::new();
@@ -240,40 +212,67 @@ pub async fn run(
     .notifying(committed.clone());
     let writer_task = tasks.spawn(writer.run(submissions_rx));
 
-    let mqtt = MqttIngest::new(
-        MqttSettings {
-            host: mqtt_host,
-            port: mqtt_port,
-            tls: mqtt_tls_config,
-            credentials: config
-                .mqtt
-                .username
-                .clone()
-                .map(|user| (user, config.mqtt.password.clone().unwrap_or_default())),
-            client_id: config.mqtt.client_id.clone(),
-            inflight: config.mqtt.inflight,
-            max_payload: config.ingest.max_payload.0 as usize,
-            subscribe_qos: if embedded.is_some() {
-                rumqttc::QoS::AtMostOnce
-            } else {
-                rumqttc::QoS::AtLeastOnce
-            },
-        },
-        submissions_tx.clone(),
-        ingest_stats.clone(),
-        link_tx,
-    );
-    let mut transports = Transports {
-        mqtt: Some(mqtt.downlink()),
-        serial: Vec::new(),
-    };
     // Ingest tasks report their name when they end; before shutdown, that is a failure.
     let mut ingest_tasks = tokio::task::JoinSet::new();
-    let stop = ingest_shutdown.clone();
-    ingest_tasks.spawn(async move {
-        mqtt.run(stop).await;
-        "mqtt-ingest"
-    });
+    let mut transports = Transports {
+        mqtt: None,
+        serial: Vec::new(),
+    };
+    let mut mqtt_bound = None;
+    match external {
+        Some((host, port, _)) => {
+            let mqtt = MqttIngest::new(
+                MqttSettings {
+                    host,
+                    port,
+                    tls: mqtt_tls_config,
+                    credentials: config
+                        .mqtt
+                        .username
+                        .clone()
+                        .map(|user| (user, config.mqtt.password.clone().unwrap_or_default())),
+                    client_id: config.mqtt.client_id.clone(),
+                    inflight: config.mqtt.inflight,
+                    max_payload: config.ingest.max_payload.0 as usize,
+                    subscribe_qos: rumqttc::QoS::AtLeastOnce,
+                },
+                submissions_tx.clone(),
+                ingest_stats.clone(),
+                link_tx,
+            );
+            transports.mqtt = Some(MqttDownlink::Broker(mqtt.downlink()));
+            let stop = ingest_shutdown.clone();
+            ingest_tasks.spawn(async move {
+                mqtt.run(stop).await;
+                "mqtt-ingest"
+            });
+        }
+        None => {
+            let endpoint = MqttEndpoint::bind(
+                endpoint_settings(&config)?,
+                gate_tls.map(|tls| -> crate::ingest::endpoint::TlsLoader {
+                    Box::new(move || tls.load())
+                }),
+                submissions_tx.clone(),
+                ingest_stats.clone(),
+            )
+            .await?;
+            let listen = endpoint.local_addr()?;
+            tracing::info!(%listen, "MQTT endpoint listening (plain TCP)");
+            if let Some(devices) = endpoint.devices_addr() {
+                tracing::info!(listen = %devices, "MQTT endpoint for devices listening (TLS, device certificates)");
+            }
+            mqtt_bound = Some(listen);
+            transports.mqtt = Some(MqttDownlink::Endpoint(endpoint.downlink()));
+            // The endpoint is the link: up as soon as it listens.
+            link_tx.send_replace(Link::Up);
+            let stop = ingest_shutdown.clone();
+            ingest_tasks.spawn(async move {
+                endpoint.run(stop).await;
+                "mqtt-endpoint"
+            });
+        }
+    }
     for port in &config.serial {
         let serial = SerialIngest::new(
             SerialSettings {
@@ -290,22 +289,6 @@ pub async fn run(
         ingest_tasks.spawn(async move {
             serial.run(stop).await;
             "serial-ingest"
-        });
-    }
-    if let (Some(tls), Some(listen), Some(broker)) =
-        (gate_tls, &config.mqtt.devices.listen, embedded)
-    {
-        let gate = MqttGate::bind(
-            gate_settings(&config, listen, broker::local_address(broker))?,
-            Box::new(move || tls.load()),
-            ingest_stats.clone(),
-        )
-        .await?;
-        tracing::info!(listen = %gate.local_addr()?, "MQTT gate for devices listening (TLS, device certificates)");
-        let stop = ingest_shutdown.clone();
-        ingest_tasks.spawn(async move {
-            gate.run(stop).await;
-            "mqtt-gate"
         });
     }
     // The ingest tasks now hold every sender: when they end, the writer drains and ends.
@@ -401,22 +384,9 @@ pub async fn run(
     if let Some(secret_path) = token_created {
         tracing::info!(path = %secret_path.display(), "made the admin token");
     }
-    // With the embedded broker, a message published before the hub's subscription exists has no
-    // subscriber and is dropped: ready means subscribed. An external broker may be down for a
-    // while; its persistent session keeps messages for the hub, so the hub does not wait for it.
-    if embedded.is_some() {
-        let mut link = ready_link_rx;
-        let subscribed = link.wait_for(|l| *l == Link::Up);
-        if tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribed)
-            .await
-            .is_err()
-        {
-            tracing::warn!("the embedded broker did not accept the hub's subscription in time");
-        }
-    }
     on_ready(Bound {
         api: api_addr,
-        mqtt: embedded,
+        mqtt: mqtt_bound,
     });
 
     let failure = tokio::select! {
@@ -532,7 +502,7 @@ impl TlsSource {
     }
 }
 
-/// Where the MQTT gate's TLS comes from, when `[mqtt.devices] listen` asks for the gate: the
+/// Where the MQTT device listener's TLS comes from, when `[mqtt.devices] listen` asks for it: the
 /// API's server certificate, and device certificates required and checked against the device CA.
 fn gate_tls(config: &Config, api: &TlsSource) -> Option<TlsSource> {
     config.mqtt.devices.listen.as_ref()?;
@@ -551,25 +521,33 @@ fn gate_tls(config: &Config, api: &TlsSource) -> Option<TlsSource> {
     })
 }
 
-/// The gate's settings from `[mqtt.devices]`.
-fn gate_settings(
-    config: &Config,
-    listen: &str,
-    broker: SocketAddr,
-) -> Result<GateSettings, GateError> {
+/// The MQTT endpoint's settings from `[mqtt]` and `[mqtt.devices]`.
+fn endpoint_settings(config: &Config) -> Result<EndpointSettings, EndpointError> {
+    // `validate` has checked the addresses.
+    let address = |text: &str| {
+        text.parse::<SocketAddr>().map_err(|_| EndpointError::Bind {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            source: std::io::Error::other(format!("{text:?} is not an address:port")),
+        })
+    };
     let d = &config.mqtt.devices;
-    // `validate` has checked the address.
-    let listen = listen.parse().map_err(|_| GateError::Bind {
-        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-        source: std::io::Error::other("mqtt.devices.listen is not an address"),
-    })?;
-    Ok(GateSettings {
-        listen,
-        broker,
-        max_connections: d.max_connections,
+    let devices = match &d.listen {
+        Some(listen) => Some(ListenerSettings {
+            listen: address(listen)?,
+            max_connections: d.max_connections,
+            max_packet: d.max_packet.0 as usize,
+        }),
+        None => None,
+    };
+    Ok(EndpointSettings {
+        plain: ListenerSettings {
+            listen: address(&config.mqtt.listen)?,
+            max_connections: config.mqtt.max_connections,
+            max_packet: MAX_PLAIN_PACKET,
+        },
+        devices,
         connect_timeout: d.connect_timeout.0,
-        max_packet: d.max_packet.0 as usize,
-        hub_client_id: config.mqtt.client_id.clone(),
+        max_payload: config.ingest.max_payload.0 as usize,
     })
 }
 

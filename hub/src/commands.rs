@@ -27,7 +27,7 @@ use serde_json::{Map, Value as Json};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::ingest::mqtt::MqttDownlink;
+use crate::ingest::MqttDownlink;
 use crate::ingest::serial::SerialDownlink;
 use crate::ingest::{DownlinkError, now_ms};
 use crate::live::{DeviceChange, Event, Live, Presence};

@@ -408,9 +408,9 @@ impl Default for IngestConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MqttConfig {
-    /// `embedded`, or `mqtt://host:port` for an external broker.
+    /// `embedded` (the hub's own MQTT endpoint), or `mqtt://host:port` for an external broker.
     pub broker: String,
-    /// The embedded broker's listener.
+    /// The endpoint's plain TCP listener.
     pub listen: String,
     /// The client id of the hub's own subscription.
     pub client_id: String,
@@ -426,17 +426,17 @@ pub struct MqttConfig {
     pub username: Option<String>,
     /// Password for an external broker (better given as `HUB_MQTT__PASSWORD`).
     pub password: Option<String>,
-    /// Lets the embedded broker listen beyond loopback, where anyone on the network may publish
+    /// Lets the plain listener listen beyond loopback, where anyone on the network may publish
     /// as any device; devices should use `[mqtt.devices]` instead.
     pub allow_insecure_listen: bool,
-    /// Most device connections the embedded broker takes on `listen`; the hub's own session and
-    /// the gate's relayed devices (`[mqtt.devices] max_connections`) come on top.
+    /// Most clients connected at once on `listen`; the TLS listener's
+    /// (`[mqtt.devices] max_connections`) come on top.
     pub max_connections: usize,
     /// The TLS listener for devices (`[mqtt.devices]`).
     pub devices: MqttDevicesConfig,
 }
 
-/// `[mqtt.devices]`: the MQTT gate, a TLS listener that devices connect to with a certificate of
+/// `[mqtt.devices]`: the endpoint's TLS listener, that devices connect to with a certificate of
 /// the hub's CA and that lets each one publish and subscribe to its own topics only.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -491,7 +491,7 @@ impl Default for MqttConfig {
 /// Where the hub's MQTT client connects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Broker {
-    /// The embedded broker, at its listen address.
+    /// The hub's own MQTT endpoint, at its listen address.
     Embedded,
     /// An external broker.
     External {
@@ -752,12 +752,12 @@ impl Config {
                     "mqtt.listen: {:?} is not an address:port",
                     self.mqtt.listen
                 )),
-                // The embedded broker checks no one: beyond loopback anyone could publish as any
+                // The plain listener checks no one: beyond loopback anyone could publish as any
                 // device, so that takes an explicit yes.
                 Ok(addr) if !addr.ip().is_loopback() && !self.mqtt.allow_insecure_listen => {
                     problems.push(format!(
-                        "mqtt.listen: {addr} is not a loopback address, and the embedded broker \
-                         authenticates no one; let devices connect through the TLS listener \
+                        "mqtt.listen: {addr} is not a loopback address, and the plain MQTT \
+                         listener authenticates no one; let devices connect through the TLS listener \
                          [mqtt.devices] listen instead, or set mqtt.allow_insecure_listen = true"
                     ))
                 }
@@ -766,7 +766,7 @@ impl Config {
             Ok(Broker::External { tls, .. }) => {
                 if self.mqtt.devices.listen.is_some() {
                     problems.push(
-                        "mqtt.devices.listen: needs the embedded broker; give an external broker \
+                        "mqtt.devices.listen: needs the hub's own endpoint (mqtt.broker = \"embedded\"); give an external broker \
                          its own TLS listener and ACL (see deploy/mosquitto)"
                             .into(),
                     );
@@ -801,14 +801,13 @@ impl Config {
                 "mqtt.devices.listen: {listen:?} is not an address:port"
             ));
         }
-        // The embedded broker takes 1000 connections, one of them the hub's own.
-        if !(1..=999).contains(&gate.max_connections) {
-            problems.push("mqtt.devices.max_connections: must be 1 to 999".into());
+        if !(1..=100_000).contains(&gate.max_connections) {
+            problems.push("mqtt.devices.max_connections: must be 1 to 100000".into());
         }
         if gate.connect_timeout.0.is_zero() {
             problems.push("mqtt.devices.connect_timeout: must be more than 0".into());
         }
-        if !((1 << 10)..=crate::ingest::broker::BROKER_MAX_PAYLOAD as u64)
+        if !((1 << 10)..=crate::ingest::endpoint::MAX_PLAIN_PACKET as u64)
             .contains(&gate.max_packet.0)
         {
             problems.push("mqtt.devices.max_packet: must be 1KiB to 1MiB".into());
@@ -1243,7 +1242,7 @@ mod tests {
         let text = "[mqtt]\nbroker = \"mqtt://broker.lan\"\n[mqtt.devices]\nlisten = \"nowhere\"\nmax_connections = 0\nmax_packet = \"2MiB\"\n";
         let err = load(text, &[]).unwrap_err().to_string();
         for needle in [
-            "mqtt.devices.listen: needs the embedded broker",
+            "mqtt.devices.listen: needs the hub's own endpoint",
             "mqtt.devices.listen: \"nowhere\"",
             "mqtt.devices.max_connections",
             "mqtt.devices.max_packet",

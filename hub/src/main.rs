@@ -187,8 +187,8 @@ fn main() -> ExitCode {
             Config::load(config_path.as_deref(), std::env::vars(), &overrides)
         }),
         log_level: Box::new(move |level| {
-            let filter = tracing_subscriber::EnvFilter::try_new(with_rumqttd_off(level))
-                .map_err(|e| e.to_string())?;
+            let filter =
+                tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
             log_filter.reload(filter).map_err(|e| e.to_string())
         }),
     };
@@ -270,17 +270,6 @@ fn certs(config: &Config, action: CertsCommand) -> ExitCode {
     }
 }
 
-/// The log filter of `level`, with rumqttd's lines off unless asked for by name: it logs every
-/// ordinary client disconnect at ERROR, which would break our rule that ERROR means data loss or
-/// an operator must act.
-fn with_rumqttd_off(level: &str) -> String {
-    if level.contains("rumqttd") {
-        level.to_owned()
-    } else {
-        format!("{level},rumqttd=off")
-    }
-}
-
 /// The handle that changes the log filter while the hub runs.
 type LogFilter =
     tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
@@ -289,7 +278,7 @@ fn init_logging(config: &Config) -> LogFilter {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(with_rumqttd_off(&config.log.level)))
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     // Colours only on a terminal: a journal or a log file gets plain text.

@@ -1,21 +1,21 @@
 //! Ingest: readings arrive from devices and go to the store writer.
 //!
-//! - `broker`: the embedded MQTT broker (rumqttd) devices connect to.
-//! - `mqtt`: the hub's MQTT client (rumqttc), subscribed to device topics on the embedded or an
-//!   external broker; it acks a QoS 1 message to the broker only once its reading is durable.
+//! - `endpoint`: the hub's own MQTT endpoint devices connect to (plain TCP on loopback, TLS with
+//!   device certificates on the network); its PUBACK means durable.
+//! - `mqtt`: the hub's MQTT client (rumqttc) of an external broker, subscribed to device topics;
+//!   it acks a QoS 1 message to the broker only once its reading is durable.
+//! - `reply`: what an MQTT message becomes for the store, and what its device is told after.
 //! - `decode`: turns what devices send into store items, or a reason to skip it.
 //! - `serial`: serial ports with device-protocol frames; acks written back on the line.
-//! - `gate`: the TLS listener devices connect to, in front of the embedded broker; each device
-//!   publishes and subscribes to its own topics only.
 
 //!
 //! Bad input is counted by reason and logged at most once a second per reason; it never stops
 //! ingest.
 
-pub mod broker;
 pub mod decode;
-pub mod gate;
+pub mod endpoint;
 pub mod mqtt;
+pub mod reply;
 pub mod serial;
 
 use std::sync::Mutex;
@@ -39,11 +39,11 @@ pub enum Rejection {
     UnknownDevice,
     /// A message this hub version does not handle.
     Unsupported,
-    /// A device published to a topic that is not one of its own (MQTT gate).
+    /// A device published to a topic that is not one of its own (MQTT endpoint).
     ForbiddenTopic,
-    /// A device subscribed to a filter that is not one of its own (MQTT gate).
+    /// A client subscribed to a filter that is not one of its own, or not valid (MQTT endpoint).
     ForbiddenFilter,
-    /// A device's CONNECT named another client id or will topic than its own (MQTT gate).
+    /// A CONNECT named another client id or will topic than allowed (MQTT endpoint).
     ForbiddenConnect,
 }
 
@@ -79,15 +79,37 @@ impl Rejection {
     }
 }
 
+/// Why a reading that was accepted was lost after all (only ever a QoS 0 one, which has no way
+/// to be sent again: anything acknowledged is never dropped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The commit holding it failed (disk full, store refusing).
+    CommitFailed,
+}
+
+impl DropReason {
+    /// All reasons, in a fixed order.
+    pub const ALL: [DropReason; 1] = [DropReason::CommitFailed];
+
+    /// A short name for logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::CommitFailed => "commit_failed",
+        }
+    }
+}
+
 /// Ingest counters, shared with whoever reports them.
 #[derive(Debug, Default)]
 pub struct IngestStats {
     /// Messages accepted and handed to the store writer.
     pub accepted: AtomicU64,
-    /// Device connections open now (the MQTT gate's; the embedded broker does not report its).
+    /// Device connections open now (the MQTT endpoint's).
     pub connections: AtomicU64,
     rejected: [AtomicU64; Rejection::ALL.len()],
     last_logged: Mutex<[Option<Instant>; Rejection::ALL.len()]>,
+    dropped: [AtomicU64; DropReason::ALL.len()],
+    last_drop_logged: Mutex<Option<Instant>>,
 }
 
 /// Least time between two log lines for the same rejection reason.
@@ -116,6 +138,39 @@ impl IngestStats {
         }
     }
 
+    /// Counts a message handed to the store writer.
+    pub fn count_accepted(&self) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an accepted reading that was lost after all, and says so at most once a second.
+    pub fn count_dropped(&self, reason: DropReason) {
+        let total = self.dropped[reason as usize].fetch_add(1, Ordering::Relaxed) + 1;
+        let now = Instant::now();
+        let due = match self.last_drop_logged.lock() {
+            Ok(mut last) => {
+                let due = last.is_none_or(|t| now.duration_since(t) >= REJECTION_LOG_INTERVAL);
+                if due {
+                    *last = Some(now);
+                }
+                due
+            }
+            Err(_) => true,
+        };
+        if due {
+            tracing::warn!(
+                reason = reason.name(),
+                total,
+                "dropped a QoS 0 reading that could not be stored"
+            );
+        }
+    }
+
+    /// How many accepted readings were lost for `reason`.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.dropped[reason as usize].load(Ordering::Relaxed)
+    }
+
     /// How many messages were skipped for `reason`.
     pub fn rejected(&self, reason: Rejection) -> u64 {
         self.rejected[reason as usize].load(Ordering::Relaxed)
@@ -134,6 +189,26 @@ pub enum DownlinkError {
     /// The message does not fit the transport's frame.
     #[error("the message is too large for the transport")]
     TooLarge,
+}
+
+/// Sends messages to devices over MQTT: through the hub's own endpoint, or its session on an
+/// external broker. Never waits.
+#[derive(Clone)]
+pub enum MqttDownlink {
+    /// The hub's endpoint: to the sessions subscribed to the topic.
+    Endpoint(endpoint::EndpointDownlink),
+    /// The hub's client of an external broker.
+    Broker(mqtt::BrokerDownlink),
+}
+
+impl MqttDownlink {
+    /// Queues `payload` on `topic` at QoS 1.
+    pub fn publish(&self, topic: String, payload: Vec<u8>) -> Result<(), DownlinkError> {
+        match self {
+            MqttDownlink::Endpoint(endpoint) => endpoint.publish(topic, payload),
+            MqttDownlink::Broker(broker) => broker.publish(topic, payload),
+        }
+    }
 }
 
 /// A wait between half of `max` and `max`, varied by the clock's nanoseconds, so connections that

@@ -13,15 +13,14 @@ use std::time::Duration;
 
 use std::collections::HashMap;
 
-use device_protocol::{Ack, Downlink, TimeSync};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::decode::{self, Topic};
-use super::{DownlinkError, IngestStats, jitter, now_ms};
+use super::reply::{MAX_TOLD_DEVICES, Reply, decode_message, reply_message};
+use super::{DownlinkError, IngestStats, decode, jitter, now_ms};
+use crate::store::Applied;
 use crate::store::writer::{CommitFailed, Submission};
-use crate::store::{Applied, Ingest, Outcome};
 
 /// Messages waiting for their commit before the PUBACK and the device's ack. A broker sends at
 /// most its in-flight window of unacked QoS 1 messages (mosquitto: 20 by default, rumqttd: 100),
@@ -68,19 +67,6 @@ pub enum Link {
     Up,
 }
 
-/// What the device is told once its message is durable.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Reply {
-    /// Nothing (a device without seq, or a skipped message).
-    Nothing,
-    /// `{"seq":n}` on `devices/{id}/ack`.
-    Json(String),
-    /// `Ack` on `devices/{id}/down`.
-    Binary(String),
-    /// `TimeSync` on `devices/{id}/down`, after a `Hello`.
-    TimeSync(String),
-}
-
 /// A message waiting for its commit: the PUBACK to send (QoS 1) and the reply to the device.
 struct Pending {
     done_rx: oneshot::Receiver<Result<Vec<Applied>, CommitFailed>>,
@@ -105,12 +91,12 @@ struct Core {
 
 /// Sends messages to devices over the hub's MQTT session (commands); never waits.
 #[derive(Clone)]
-pub struct MqttDownlink {
+pub struct BrokerDownlink {
     client: AsyncClient,
     link_rx: tokio::sync::watch::Receiver<Link>,
 }
 
-impl MqttDownlink {
+impl BrokerDownlink {
     /// Queues `payload` on `topic` at QoS 1.
     pub fn publish(&self, topic: String, payload: Vec<u8>) -> Result<(), DownlinkError> {
         if *self.link_rx.borrow() != Link::Up {
@@ -164,7 +150,7 @@ impl MqttIngest {
             .set_manual_acks(true)
             .set_keep_alive(Duration::from_secs(30))
             .set_inflight(s.inflight)
-            .set_max_packet_size(super::broker::BROKER_MAX_PAYLOAD + 1024, 64 << 10);
+            .set_max_packet_size(super::endpoint::MAX_PLAIN_PACKET + 1024, 64 << 10);
         let (client, eventloop) = AsyncClient::new(options, REQUEST_QUEUE);
         MqttIngest {
             core: Core {
@@ -179,8 +165,8 @@ impl MqttIngest {
     }
 
     /// A handle that sends messages to devices over this session.
-    pub fn downlink(&self) -> MqttDownlink {
-        MqttDownlink {
+    pub fn downlink(&self) -> BrokerDownlink {
+        BrokerDownlink {
             client: self.core.client.clone(),
             link_rx: self.core.link_tx.subscribe(),
         }
@@ -258,42 +244,12 @@ impl Core {
         shutdown: &CancellationToken,
     ) -> bool {
         let received_ms = now_ms();
-        let decoded = decode::parse_topic(&publish.topic)
-            .map_err(|r| (r, String::new()))
-            .and_then(|topic| match topic {
-                Topic::Telemetry(device) => decode::json_telemetry(
-                    device,
-                    &publish.payload,
-                    self.settings.max_payload,
-                    received_ms,
-                )
-                .map(|r| {
-                    let reply = if r.seq.is_some() {
-                        Reply::Json(device.to_owned())
-                    } else {
-                        Reply::Nothing
-                    };
-                    (Ingest::Reading(r), reply)
-                }),
-                Topic::Up(device) => decode::mqtt_uplink(device, &publish.payload, received_ms)
-                    .map(|item| {
-                        let reply = match &item {
-                            Ingest::Hello(_) => Reply::TimeSync(device.to_owned()),
-                            Ingest::Reading(_) => Reply::Binary(device.to_owned()),
-                            Ingest::CommandResult(_) | Ingest::Status(_) => Reply::Nothing,
-                        };
-                        (item, reply)
-                    }),
-                Topic::CommandResults(device) => decode::json_command_result(
-                    device,
-                    &publish.payload,
-                    self.settings.max_payload,
-                    received_ms,
-                )
-                .map(|item| (item, Reply::Nothing)),
-                Topic::Status(device) => decode::status(device, &publish.payload, received_ms)
-                    .map(|item| (item, Reply::Nothing)),
-            });
+        let decoded = decode_message(
+            &publish.topic,
+            &publish.payload,
+            self.settings.max_payload,
+            received_ms,
+        );
 
         let (done_tx, done_rx) = oneshot::channel();
         let reply = match decoded {
@@ -392,56 +348,4 @@ async fn ack_in_order(
             }
         }
     }
-}
-
-/// Devices whose last ack is remembered; past this the memory is dropped (acks are then resent).
-const MAX_TOLD_DEVICES: usize = 100_000;
-
-/// The topic and payload of the reply to a device, if one is due.
-/// A message for a device.
-struct DeviceMessage {
-    topic: String,
-    payload: Vec<u8>,
-    /// The device and the ack this message tells it, if it is an ack.
-    ack: Option<(String, u32)>,
-}
-
-fn reply_message(
-    reply: &Reply,
-    applied: &[Applied],
-    told: &HashMap<String, u32>,
-) -> Option<DeviceMessage> {
-    let (device, binary) = match reply {
-        Reply::Nothing => return None,
-        Reply::TimeSync(device) => {
-            let sync = Downlink::TimeSync(TimeSync { unix_ms: now_ms() });
-            return Some(DeviceMessage {
-                topic: format!("devices/{device}/down"),
-                payload: sync.to_vec().ok()?,
-                ack: None,
-            });
-        }
-        Reply::Json(device) => (device, false),
-        Reply::Binary(device) => (device, true),
-    };
-    let first = applied.first()?;
-    let ack = first.ack?;
-    // A duplicate means the device missed an ack: always answer it. Otherwise skip an ack the
-    // device was already given.
-    let duplicate = matches!(first.outcome, Outcome::Duplicate { .. });
-    if !duplicate && told.get(device) == Some(&ack) {
-        return None;
-    }
-    let (topic, payload) = if binary {
-        let message = Downlink::Ack(Ack { seq: ack });
-        (format!("devices/{device}/down"), message.to_vec().ok()?)
-    } else {
-        let json = device_protocol::json::ack_json(ack).into_bytes();
-        (format!("devices/{device}/ack"), json)
-    };
-    Some(DeviceMessage {
-        topic,
-        payload,
-        ack: Some((device.clone(), ack)),
-    })
 }

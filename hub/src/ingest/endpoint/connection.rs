@@ -1,0 +1,668 @@
+//! One client connection to the MQTT endpoint, from its CONNECT to its end.
+//!
+//! Two halves run at once, so neither can stall the other on a full socket:
+//! - the reader takes packets from the client. A PUBLISH on a device topic is decoded and handed
+//!   to the store writer; its acknowledgement (PUBACK for QoS 1, PUBREC for QoS 2) is queued in
+//!   arrival order behind the commit. When the writer falls behind, the reader stops reading: the
+//!   unacknowledged publishes of a connection are bounded in number and in bytes, so back-pressure
+//!   reaches the client's socket instead of a queue growing or a reading being dropped.
+//! - the writer sends, in this order of preference: answers that wait for nothing (CONNACK,
+//!   SUBACK, PINGRESP, PUBCOMP), the acknowledgements whose commit is done (in arrival order),
+//!   and downlinks queued for the session (acks, commands).
+//!
+//! A PUBACK or PUBREC from the hub therefore means "durable". A commit that fails is never
+//! acknowledged: the connection is closed, so the client sends the message again when it comes
+//! back; a QoS 0 reading lost that way is counted (`dropped{reason="commit_failed"}`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::mqttbytes::QoS;
+use rumqttc::mqttbytes::v4::{
+    ConnAck, Connect, ConnectReturnCode, Packet, PubAck, PubComp, PubRec, PubRel, Publish, SubAck,
+    SubscribeReasonCode, UnsubAck,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::router::{self, Session};
+use super::wire::{FLUSH_AT, PacketReader, PacketWriter, WireError};
+use super::{Context, Identity};
+use crate::ingest::reply::{self, MAX_TOLD_DEVICES, Reply};
+use crate::ingest::{DropReason, Rejection, decode, now_ms};
+use crate::store::Applied;
+use crate::store::writer::{CommitFailed, Submission};
+
+/// Publishes of one connection read and not yet acknowledged (waiting for their commit).
+pub const MAX_UNACKED: usize = 1024;
+/// Payload bytes of one connection read and not yet acknowledged.
+pub const MAX_UNACKED_BYTES: usize = 1 << 20;
+/// Answers that wait for nothing, queued for the writer.
+const CONTROL_QUEUE: usize = 16;
+/// Silence allowed to a client that asks for no keep-alive.
+const IDLE_WITHOUT_KEEP_ALIVE: Duration = Duration::from_secs(300);
+
+/// Why a connection ended early; logged at debug, never fatal to the endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    /// No CONNECT in time.
+    #[error("no CONNECT within the time allowed")]
+    ConnectTimeout,
+    /// The first packet was something else.
+    #[error("the first packet is not a CONNECT")]
+    NotConnect,
+    /// The CONNECT was refused.
+    #[error("CONNECT refused: {0}")]
+    Refused(&'static str),
+    /// Silent past its keep-alive.
+    #[error("silent for longer than its keep-alive allows")]
+    Idle,
+    /// Did not take what the hub sent in time.
+    #[error("did not read what the hub sent within its keep-alive")]
+    WriteTimeout,
+    /// A packet only a server sends, or a second CONNECT.
+    #[error("a packet only a server sends, or a second CONNECT")]
+    Unexpected,
+    /// Too many QoS 2 exchanges open.
+    #[error("too many QoS 2 publishes awaiting their PUBREL")]
+    TooManyPending,
+    /// A commit failed: its publishes are not acknowledged, the client sends them again.
+    #[error("a commit failed; the client will send its unacknowledged messages again")]
+    CommitFailed,
+    /// Another connection took the session over.
+    #[error("another connection took over the client id")]
+    TakenOver,
+    /// The hub is stopping.
+    #[error("the hub is stopping")]
+    Stopping,
+    /// The stream failed.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+}
+
+/// A publish waiting for its commit before its acknowledgement and its device's reply.
+struct Unacked {
+    /// The commit's outcome; `None` when there was nothing to commit (a skipped message).
+    done_rx: Option<oneshot::Receiver<Result<Vec<Applied>, CommitFailed>>>,
+    qos: QoS,
+    pkid: u16,
+    reply: Reply,
+    /// Its share of the connection's byte budget, given back with the acknowledgement.
+    _bytes: Option<OwnedSemaphorePermit>,
+}
+
+/// Serves one connection: `identity` says what it may do. Returns the client id when it ends
+/// cleanly.
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    io: S,
+    identity: Identity,
+    context: &Context,
+    connection: u64,
+    shutdown: &CancellationToken,
+) -> Result<String, ConnectionError> {
+    let (from_client, to_client) = tokio::io::split(io);
+    let mut reader = PacketReader::new(from_client, context.settings.max_packet);
+    let mut writer = PacketWriter::new(to_client, context.settings.max_packet);
+    let deadline = tokio::time::Instant::now() + context.settings.connect_timeout;
+    let connect = match tokio::time::timeout_at(deadline, reader.next()).await {
+        Err(_) => return Err(ConnectionError::ConnectTimeout),
+        Ok(Ok(Some(Packet::Connect(connect)))) => connect,
+        Ok(Ok(_)) => return Err(ConnectionError::NotConnect),
+        Ok(Err(e)) => return Err(e.into()),
+    };
+    let admitted = match admit(&identity, connection, connect) {
+        Ok(admitted) => admitted,
+        Err((code, why)) => {
+            context.stats.reject(
+                Rejection::ForbiddenConnect,
+                "",
+                &format!("{}: {why}", identity.name()),
+            );
+            writer
+                .send(&Packet::ConnAck(ConnAck::new(code, false)))
+                .await?;
+            return Err(ConnectionError::Refused(why));
+        }
+    };
+    let idle = match admitted.keep_alive {
+        0 => IDLE_WITHOUT_KEEP_ALIVE,
+        secs => Duration::from_millis(u64::from(secs) * 1500),
+    };
+    let close = shutdown.child_token();
+    let connected = context.router.connect(
+        &admitted.client_id,
+        admitted.clean,
+        connection,
+        close.clone(),
+    );
+    let session = connected.session;
+    writer
+        .send(&Packet::ConnAck(ConnAck::new(
+            ConnectReturnCode::Success,
+            connected.session_present,
+        )))
+        .await?;
+
+    let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
+    let (unacked_tx, unacked_rx) = mpsc::channel(MAX_UNACKED);
+    let half = Reader {
+        identity: &identity,
+        context,
+        session: &session,
+        control_tx,
+        unacked_tx,
+        budget: Arc::new(Semaphore::new(MAX_UNACKED_BYTES)),
+    };
+    let sender = Writer {
+        context,
+        session: &session,
+        told: HashMap::new(),
+        idle,
+    };
+    let ended = tokio::select! {
+        _ = close.cancelled() => Err(if shutdown.is_cancelled() {
+            ConnectionError::Stopping
+        } else {
+            ConnectionError::TakenOver
+        }),
+        ended = half.run(&mut reader, idle) => ended,
+        ended = sender.run(&mut writer, control_rx, unacked_rx) => ended,
+    };
+    context.router.disconnected(&session, connection);
+    match ended {
+        Ok(()) => Ok(admitted.client_id),
+        Err(e) => {
+            // The will is published only when a connection ends without a DISCONNECT.
+            if let Some((device, payload)) = admitted.will {
+                submit_will(context, &device, &payload).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// What a CONNECT was admitted as.
+#[derive(Debug, PartialEq, Eq)]
+struct Admitted {
+    client_id: String,
+    clean: bool,
+    keep_alive: u16,
+    /// The device and payload of the will (on `devices/{id}/status`).
+    will: Option<(String, Bytes)>,
+}
+
+/// Checks a CONNECT. A device (TLS, certificate) connects as itself: its client id is its device
+/// id (an empty one becomes it). A local client may take any client id; an empty one gets a
+/// fresh id for a clean session and is refused for a persistent one (MQTT 3.1.1 3.1.3-8). A will
+/// must be a device's status (`devices/{id}/status`), a device's own.
+fn admit(
+    identity: &Identity,
+    connection: u64,
+    connect: Connect,
+) -> Result<Admitted, (ConnectReturnCode, &'static str)> {
+    if connect.protocol != rumqttc::mqttbytes::Protocol::V4 {
+        return Err((
+            ConnectReturnCode::RefusedProtocolVersion,
+            "only MQTT 3.1.1 is served",
+        ));
+    }
+    let client_id = match identity {
+        Identity::Device(device) => {
+            if !connect.client_id.is_empty() && connect.client_id != *device {
+                return Err((
+                    ConnectReturnCode::NotAuthorized,
+                    "the client id is not the certificate's device id",
+                ));
+            }
+            device.clone()
+        }
+        Identity::Local => {
+            if connect.client_id.is_empty() {
+                if !connect.clean_session {
+                    return Err((
+                        ConnectReturnCode::BadClientId,
+                        "an empty client id needs a clean session",
+                    ));
+                }
+                format!("hub-auto-{connection}")
+            } else {
+                connect.client_id.clone()
+            }
+        }
+    };
+    let will = match &connect.last_will {
+        None => None,
+        Some(will) => {
+            let device = match decode::parse_topic(&will.topic) {
+                Ok(decode::Topic::Status(device)) => device,
+                _ => {
+                    return Err((
+                        ConnectReturnCode::NotAuthorized,
+                        "a will must be on a device's status topic devices/{id}/status",
+                    ));
+                }
+            };
+            if let Identity::Device(own) = identity
+                && own != device
+            {
+                return Err((
+                    ConnectReturnCode::NotAuthorized,
+                    "the will is not on the device's own status topic",
+                ));
+            }
+            Some((device.to_owned(), will.message.clone()))
+        }
+    };
+    Ok(Admitted {
+        client_id,
+        clean: connect.clean_session,
+        keep_alive: connect.keep_alive,
+        will,
+    })
+}
+
+/// Hands a will to the store writer as the device's status; nothing waits for it.
+async fn submit_will(context: &Context, device: &str, payload: &[u8]) {
+    match decode::status(device, payload, now_ms()) {
+        Ok(item) => {
+            let submission = Submission {
+                items: vec![item],
+                done_tx: None,
+            };
+            if context.submissions_tx.send(submission).await.is_ok() {
+                context.stats.count_accepted();
+            }
+        }
+        Err((reason, detail)) => {
+            context
+                .stats
+                .reject(reason, &format!("devices/{device}/status"), &detail)
+        }
+    }
+}
+
+/// The reading half of a connection.
+struct Reader<'a> {
+    identity: &'a Identity,
+    context: &'a Context,
+    session: &'a Arc<Session>,
+    control_tx: mpsc::Sender<Packet>,
+    unacked_tx: mpsc::Sender<Unacked>,
+    /// Payload bytes read and not yet acknowledged, at most [`MAX_UNACKED_BYTES`].
+    budget: Arc<Semaphore>,
+}
+
+impl Reader<'_> {
+    async fn run<R: AsyncRead + Unpin>(
+        self,
+        reader: &mut PacketReader<R>,
+        idle: Duration,
+    ) -> Result<(), ConnectionError> {
+        loop {
+            let packet = tokio::time::timeout(idle, reader.next())
+                .await
+                .map_err(|_| ConnectionError::Idle)??;
+            let Some(packet) = packet else {
+                // Closed without a DISCONNECT: the will applies.
+                return Err(WireError::Truncated.into());
+            };
+            match packet {
+                Packet::Publish(publish) => self.publish(publish).await?,
+                Packet::PubAck(ack) => self.session.acked(ack.pkid),
+                // The hub sends at most QoS 1; answer a stray PUBREC so the client can finish.
+                Packet::PubRec(rec) => self.control(Packet::PubRel(PubRel::new(rec.pkid))).await?,
+                Packet::PubRel(release) => {
+                    self.session.released(release.pkid);
+                    self.control(Packet::PubComp(PubComp::new(release.pkid)))
+                        .await?;
+                }
+                Packet::PubComp(_) => {}
+                Packet::Subscribe(subscribe) => {
+                    let wanted: Vec<(String, QoS)> = subscribe
+                        .filters
+                        .iter()
+                        .map(|f| (f.path.clone(), f.qos))
+                        .collect();
+                    let codes = self.subscribe(&wanted);
+                    self.control(Packet::SubAck(SubAck::new(subscribe.pkid, codes)))
+                        .await?;
+                }
+                Packet::Unsubscribe(unsubscribe) => {
+                    self.context
+                        .router
+                        .unsubscribe(self.session, &unsubscribe.topics);
+                    self.control(Packet::UnsubAck(UnsubAck::new(unsubscribe.pkid)))
+                        .await?;
+                }
+                Packet::PingReq => self.control(Packet::PingResp).await?,
+                Packet::Disconnect => return Ok(()),
+                Packet::Connect(_)
+                | Packet::ConnAck(_)
+                | Packet::SubAck(_)
+                | Packet::UnsubAck(_)
+                | Packet::PingResp => return Err(ConnectionError::Unexpected),
+            }
+        }
+    }
+
+    async fn control(&self, packet: Packet) -> Result<(), ConnectionError> {
+        // Closed only when the writer has ended, and with it the connection.
+        self.control_tx
+            .send(packet)
+            .await
+            .map_err(|_| WireError::Io(std::io::ErrorKind::BrokenPipe.into()).into())
+    }
+
+    /// The SUBACK codes for `filters`, subscribing the allowed ones.
+    fn subscribe(&self, filters: &[(String, QoS)]) -> Vec<SubscribeReasonCode> {
+        let allowed: Vec<bool> = filters
+            .iter()
+            .map(|(filter, _)| match self.identity {
+                Identity::Device(device) => super::may_subscribe(device, filter),
+                Identity::Local => router::is_valid_filter(filter),
+            })
+            .collect();
+        for ((filter, _), _) in filters.iter().zip(&allowed).filter(|(_, ok)| !**ok) {
+            self.context
+                .stats
+                .reject(Rejection::ForbiddenFilter, filter, self.identity.name());
+        }
+        let wanted: Vec<(String, QoS)> = filters
+            .iter()
+            .zip(&allowed)
+            .filter(|(_, ok)| **ok)
+            .map(|(f, _)| f.clone())
+            .collect();
+        let mut granted = self
+            .context
+            .router
+            .subscribe(self.session, &wanted)
+            .into_iter();
+        allowed
+            .iter()
+            .map(|ok| match ok.then(|| granted.next().flatten()).flatten() {
+                Some(qos) => SubscribeReasonCode::Success(qos),
+                None => SubscribeReasonCode::Failure,
+            })
+            .collect()
+    }
+
+    /// Hands a publish to the store writer and queues its acknowledgement behind the commit.
+    async fn publish(&self, publish: Publish) -> Result<(), ConnectionError> {
+        let context = self.context;
+        let allowed = match self.identity {
+            Identity::Device(device) => super::may_publish(device, &publish.topic),
+            Identity::Local => true,
+        };
+        let mut unacked = Unacked {
+            done_rx: None,
+            qos: publish.qos,
+            pkid: publish.pkid,
+            reply: Reply::Nothing,
+            _bytes: None,
+        };
+        if !allowed {
+            // MQTT 3.1.1 has no way to say no: the flow is completed, as mosquitto does for an
+            // ACL denial, so the device does not resend it forever.
+            context.stats.reject(
+                Rejection::ForbiddenTopic,
+                &publish.topic,
+                self.identity.name(),
+            );
+        } else if publish.qos == QoS::ExactlyOnce && self.session.is_awaiting_release(publish.pkid)
+        {
+            // Stored already: only its PUBREC was lost.
+        } else {
+            let decoded = reply::decode_message(
+                &publish.topic,
+                &publish.payload,
+                context.settings.max_payload,
+                now_ms(),
+            );
+            match decoded {
+                Ok((item, reply)) => {
+                    let want = publish.payload.len().clamp(1, MAX_UNACKED_BYTES) as u32;
+                    let bytes = self
+                        .budget
+                        .clone()
+                        .acquire_many_owned(want)
+                        .await
+                        .map_err(|_| ConnectionError::Stopping)?;
+                    let (done_tx, done_rx) = oneshot::channel();
+                    let submission = Submission {
+                        items: vec![item],
+                        done_tx: Some(done_tx),
+                    };
+                    context
+                        .submissions_tx
+                        .send(submission)
+                        .await
+                        .map_err(|_| ConnectionError::Stopping)?;
+                    context.stats.count_accepted();
+                    unacked.done_rx = Some(done_rx);
+                    unacked.reply = reply;
+                    unacked._bytes = Some(bytes);
+                }
+                // Skipped for good: acknowledged, so the client does not send it again forever.
+                Err((reason, detail)) => context.stats.reject(reason, &publish.topic, &detail),
+            }
+        }
+        if unacked.qos == QoS::AtMostOnce
+            && unacked.done_rx.is_none()
+            && unacked.reply == Reply::Nothing
+        {
+            return Ok(());
+        }
+        self.unacked_tx
+            .send(unacked)
+            .await
+            .map_err(|_| WireError::Io(std::io::ErrorKind::BrokenPipe.into()).into())
+    }
+}
+
+/// The writing half of a connection.
+struct Writer<'a> {
+    context: &'a Context,
+    session: &'a Arc<Session>,
+    /// The last ack each device was told on this connection.
+    told: HashMap<String, u32>,
+    idle: Duration,
+}
+
+impl Writer<'_> {
+    async fn run<W: AsyncWrite + Unpin>(
+        mut self,
+        writer: &mut PacketWriter<W>,
+        mut control_rx: mpsc::Receiver<Packet>,
+        mut unacked_rx: mpsc::Receiver<Unacked>,
+    ) -> Result<(), ConnectionError> {
+        let mut head: Option<Unacked> = None;
+        // A persistent session's waiting messages go out at once.
+        self.push_downlinks(writer)?;
+        loop {
+            if writer.pending() > 0 {
+                tokio::time::timeout(self.idle, writer.flush())
+                    .await
+                    .map_err(|_| ConnectionError::WriteTimeout)??;
+            }
+            // Biased: answers first, then acknowledgements in order, then downlinks; each branch
+            // is cancel-safe (the head is kept outside, and polling `&mut` a oneshot is).
+            tokio::select! {
+                biased;
+                packet = control_rx.recv() => match packet {
+                    Some(packet) => writer.push(&packet)?,
+                    // The reader ended, and with it the connection.
+                    None => return Ok(()),
+                },
+                next = unacked_rx.recv(), if head.is_none() => match next {
+                    Some(next) => head = Some(next),
+                    None => return Ok(()),
+                },
+                outcome = wait_commit(&mut head), if head.is_some() => {
+                    if let Some(done) = head.take() {
+                        self.acknowledge(writer, done, outcome)?;
+                    }
+                    // Every following acknowledgement whose commit is done goes in the same write.
+                    while writer.pending() < FLUSH_AT {
+                        let Ok(mut next) = unacked_rx.try_recv() else { break };
+                        match try_commit(&mut next) {
+                            Some(outcome) => self.acknowledge(writer, next, outcome)?,
+                            None => {
+                                head = Some(next);
+                                break;
+                            }
+                        }
+                    }
+                }
+                _ = self.session.wake.notified() => self.push_downlinks(writer)?,
+            }
+        }
+    }
+
+    /// Queues the acknowledgement of a publish whose commit is done, and its device's reply.
+    fn acknowledge<W: AsyncWrite + Unpin>(
+        &mut self,
+        writer: &mut PacketWriter<W>,
+        done: Unacked,
+        outcome: Result<Vec<Applied>, CommitFailed>,
+    ) -> Result<(), ConnectionError> {
+        let applied = match outcome {
+            Ok(applied) => applied,
+            Err(CommitFailed) => {
+                if done.qos == QoS::AtMostOnce {
+                    self.context.stats.count_dropped(DropReason::CommitFailed);
+                    return Ok(());
+                }
+                return Err(ConnectionError::CommitFailed);
+            }
+        };
+        match done.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => writer.push(&Packet::PubAck(PubAck::new(done.pkid)))?,
+            QoS::ExactlyOnce => {
+                if !self.session.await_release(done.pkid) {
+                    return Err(ConnectionError::TooManyPending);
+                }
+                writer.push(&Packet::PubRec(PubRec::new(done.pkid)))?;
+            }
+        }
+        if let Some(message) = reply::reply_message(&done.reply, &applied, &self.told) {
+            // Best effort: a device that lost its ack sends the reading again and is answered.
+            let routed = self.context.router.publish(
+                &message.topic,
+                Bytes::from(message.payload),
+                QoS::AtMostOnce,
+            );
+            if routed.is_ok()
+                && let Some((device, ack)) = message.ack
+            {
+                if self.told.len() >= MAX_TOLD_DEVICES {
+                    self.told.clear();
+                }
+                self.told.insert(device, ack);
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues the session's downlinks that may go now.
+    fn push_downlinks<W: AsyncWrite + Unpin>(
+        &self,
+        writer: &mut PacketWriter<W>,
+    ) -> Result<(), ConnectionError> {
+        for message in self.session.take_sendable().messages {
+            let mut publish = Publish::from_bytes(&*message.topic, message.qos, message.payload);
+            if let Some(pkid) = message.pkid {
+                publish.pkid = pkid;
+            }
+            publish.dup = message.dup;
+            writer.push(&Packet::Publish(publish))?;
+        }
+        Ok(())
+    }
+}
+
+/// The outcome of the head's commit (cancel-safe: the receiver stays in the head).
+async fn wait_commit(head: &mut Option<Unacked>) -> Result<Vec<Applied>, CommitFailed> {
+    match head.as_mut().and_then(|h| h.done_rx.as_mut()) {
+        None => Ok(Vec::new()),
+        // A dropped sender means the writer is gone: nothing was made durable.
+        Some(done_rx) => done_rx.await.unwrap_or(Err(CommitFailed)),
+    }
+}
+
+/// The outcome of `unacked`'s commit if it is done.
+fn try_commit(unacked: &mut Unacked) -> Option<Result<Vec<Applied>, CommitFailed>> {
+    match unacked.done_rx.as_mut() {
+        None => Some(Ok(Vec::new())),
+        Some(done_rx) => match done_rx.try_recv() {
+            Ok(outcome) => Some(outcome),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => Some(Err(CommitFailed)),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttc::mqttbytes::v4::LastWill;
+
+    fn device(id: &str) -> Identity {
+        Identity::Device(id.to_owned())
+    }
+
+    #[test]
+    fn a_device_connects_as_itself_with_its_own_will_only() {
+        let admitted = admit(&device("A"), 1, Connect::new("A")).unwrap();
+        assert_eq!(admitted.client_id, "A");
+        // An empty client id becomes the device id.
+        assert_eq!(
+            admit(&device("A"), 1, Connect::new("")).unwrap().client_id,
+            "A"
+        );
+        let refused = |identity: &Identity, connect| admit(identity, 1, connect).unwrap_err().0;
+        assert_eq!(
+            refused(&device("A"), Connect::new("B")),
+            ConnectReturnCode::NotAuthorized
+        );
+        let with_will = |topic: &str| {
+            let mut connect = Connect::new("A");
+            connect.last_will = Some(LastWill::new(topic, "offline", QoS::AtLeastOnce, false));
+            connect
+        };
+        assert_eq!(
+            refused(&device("A"), with_will("devices/B/status")),
+            ConnectReturnCode::NotAuthorized
+        );
+        let admitted = admit(&device("A"), 1, with_will("devices/A/status")).unwrap();
+        assert_eq!(admitted.will, Some(("A".into(), Bytes::from("offline"))));
+        // A local client may name any device's status, but nothing else.
+        assert!(admit(&Identity::Local, 1, with_will("devices/B/status")).is_ok());
+        assert_eq!(
+            refused(&Identity::Local, with_will("alerts/x")),
+            ConnectReturnCode::NotAuthorized
+        );
+        let mut v5 = Connect::new("A");
+        v5.protocol = rumqttc::mqttbytes::Protocol::V5;
+        assert_eq!(
+            refused(&device("A"), v5),
+            ConnectReturnCode::RefusedProtocolVersion
+        );
+    }
+
+    #[test]
+    fn a_local_client_without_an_id_gets_one_for_a_clean_session_only() {
+        let admitted = admit(&Identity::Local, 7, Connect::new("")).unwrap();
+        assert_eq!(admitted.client_id, "hub-auto-7");
+        let mut persistent = Connect::new("");
+        persistent.clean_session = false;
+        assert_eq!(
+            admit(&Identity::Local, 7, persistent).unwrap_err().0,
+            ConnectReturnCode::BadClientId
+        );
+    }
+}

@@ -1,0 +1,522 @@
+//! The hub's own MQTT endpoint: devices connect here, and a PUBACK (QoS 1) or PUBREC (QoS 2) from
+//! it means the reading is durable.
+//!
+//! Two listeners serve MQTT 3.1.1:
+//! - `mqtt.listen`, plain TCP, on loopback unless the operator insists: a local client may
+//!   publish on any device's uplink topics and subscribe to any filter (it only ever receives
+//!   the hub's downlinks).
+//! - `[mqtt.devices] listen`, TLS with a client certificate of the device CA (required, checked
+//!   by rustls): the certificate's common name is the device id, and the device publishes and
+//!   subscribes to its own topics only (see [`may_publish`] and [`may_subscribe`]).
+//!
+//! The endpoint is not a general broker: what devices publish goes to the store, never to other
+//! clients; the hub's downlinks (acks, commands, time syncs) go to the sessions subscribed to them
+//! ([`router`]). A user who needs a general broker runs mosquitto with the hub behind it
+//! (`mqtt.broker = "mqtt://..."`, see `ingest::mqtt`).
+//!
+//! Bounds: connections per listener (more wait in the listen backlog), packet size, CONNECT (and
+//! TLS handshake) within `connect_timeout`, silence at most 1.5 keep-alive periods, and per
+//! connection the publishes read and not yet acknowledged ([`connection`]). Certificates, keys and
+//! CRLs of the TLS listener are read again on SIGHUP, for new connections.
+
+pub mod connection;
+pub mod router;
+pub mod wire;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::mqttbytes::QoS;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{DownlinkError, IngestStats, decode};
+use crate::auth::AuthError;
+use crate::store::writer::Submission;
+use router::Router;
+
+/// Largest MQTT packet taken on the plain listener. Larger than `ingest.max_payload` on purpose:
+/// an oversized reading reaches the decoder, which counts and logs it, instead of the connection
+/// just closing.
+pub const MAX_PLAIN_PACKET: usize = 1 << 20;
+/// Downlink topics a device may subscribe to, under `devices/{id}/`.
+const DOWNLINK_TOPICS: [&str; 3] = ["down", "ack", "commands"];
+/// First wait after a failed accept (out of file descriptors, say); doubled up to a second.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// Longest wait after a failed accept.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Reads the TLS listener's configuration: the server certificate, and the device CA (with its
+/// CRLs) as a required client-certificate verifier. Called at start and on each SIGHUP.
+pub type TlsLoader = Box<dyn Fn() -> Result<rustls::ServerConfig, AuthError> + Send + Sync>;
+
+/// Settings of one listener.
+#[derive(Debug, Clone)]
+pub struct ListenerSettings {
+    /// Where clients connect.
+    pub listen: SocketAddr,
+    /// Most clients connected at once.
+    pub max_connections: usize,
+    /// Largest MQTT packet (its remaining length), either way.
+    pub max_packet: usize,
+}
+
+/// Settings of the endpoint.
+#[derive(Debug, Clone)]
+pub struct EndpointSettings {
+    /// The plain listener (`mqtt.listen`).
+    pub plain: ListenerSettings,
+    /// The TLS listener for devices (`[mqtt.devices]`), if any.
+    pub devices: Option<ListenerSettings>,
+    /// Time allowed for the TLS handshake and the CONNECT packet.
+    pub connect_timeout: Duration,
+    /// Largest telemetry payload accepted.
+    pub max_payload: usize,
+}
+
+/// What starting the endpoint can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    /// A listener address is taken or not ours.
+    #[error(
+        "MQTT endpoint cannot listen on {addr}: {source} (is another hub or broker running? choose another address with --mqtt-listen or mqtt.listen)"
+    )]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The certificates, keys or CRLs of the TLS listener are unusable.
+    #[error("MQTT endpoint: {0}")]
+    Tls(#[from] AuthError),
+}
+
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// A client of the plain listener.
+    Local,
+    /// A device, by its certificate.
+    Device(String),
+}
+
+impl Identity {
+    fn name(&self) -> &str {
+        match self {
+            Identity::Local => "local client",
+            Identity::Device(id) => id,
+        }
+    }
+}
+
+/// What every connection shares.
+pub struct Context {
+    settings: ConnectionSettings,
+    router: Arc<Router>,
+    submissions_tx: mpsc::Sender<Submission>,
+    stats: Arc<IngestStats>,
+}
+
+/// Per-connection settings.
+struct ConnectionSettings {
+    max_packet: usize,
+    connect_timeout: Duration,
+    max_payload: usize,
+}
+
+/// Whether `device` may publish to `topic`: only to its own uplink topics.
+pub fn may_publish(device: &str, topic: &str) -> bool {
+    decode::parse_topic(topic).is_ok_and(|t| t.device() == device)
+}
+
+/// Whether `device` may subscribe to `filter`: only to its own downlink topics, without wildcards.
+pub fn may_subscribe(device: &str, filter: &str) -> bool {
+    filter
+        .strip_prefix("devices/")
+        .and_then(|rest| rest.strip_prefix(device))
+        .and_then(|rest| rest.strip_prefix('/'))
+        .is_some_and(|kind| DOWNLINK_TOPICS.contains(&kind))
+}
+
+/// Sends downlinks (acks, commands) to the sessions subscribed to them; never waits.
+#[derive(Clone)]
+pub struct EndpointDownlink {
+    router: Arc<Router>,
+}
+
+impl EndpointDownlink {
+    /// Queues `payload` on `topic` at QoS 1 for every session subscribed to it; fails when none is.
+    pub fn publish(&self, topic: String, payload: Vec<u8>) -> Result<(), DownlinkError> {
+        self.router
+            .publish(&topic, Bytes::from(payload), QoS::AtLeastOnce)
+    }
+}
+
+/// The MQTT endpoint component.
+pub struct MqttEndpoint {
+    plain: TcpListener,
+    plain_settings: ListenerSettings,
+    devices: Option<DeviceListener>,
+    context: Arc<Context>,
+}
+
+/// The TLS listener and how to read its configuration again.
+struct DeviceListener {
+    listener: TcpListener,
+    settings: ListenerSettings,
+    load_tls: TlsLoader,
+    tls: Arc<rustls::ServerConfig>,
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, EndpointError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| EndpointError::Bind { addr, source })
+}
+
+impl MqttEndpoint {
+    /// Binds the listeners and reads the TLS material, so any of them failing fails start-up.
+    pub async fn bind(
+        settings: EndpointSettings,
+        load_tls: Option<TlsLoader>,
+        submissions_tx: mpsc::Sender<Submission>,
+        stats: Arc<IngestStats>,
+    ) -> Result<Self, EndpointError> {
+        if !settings.plain.listen.ip().is_loopback() {
+            // Only with `mqtt.allow_insecure_listen`: configuration refuses it otherwise.
+            tracing::warn!(listen = %settings.plain.listen, "the plain MQTT listener is open beyond loopback and authenticates no one: any host that reaches it may publish as any device");
+        }
+        let plain = bind(settings.plain.listen).await?;
+        let devices = match (settings.devices.clone(), load_tls) {
+            (Some(listener_settings), Some(load_tls)) => {
+                let tls = load(&load_tls)?;
+                Some(DeviceListener {
+                    listener: bind(listener_settings.listen).await?,
+                    settings: listener_settings,
+                    load_tls,
+                    tls,
+                })
+            }
+            _ => None,
+        };
+        let max_sessions = settings.plain.max_connections
+            + settings.devices.as_ref().map_or(0, |d| d.max_connections);
+        Ok(MqttEndpoint {
+            plain,
+            plain_settings: settings.plain.clone(),
+            devices,
+            context: Arc::new(Context {
+                settings: ConnectionSettings {
+                    max_packet: settings.plain.max_packet,
+                    connect_timeout: settings.connect_timeout,
+                    max_payload: settings.max_payload,
+                },
+                // Persistent sessions of devices that went away are kept up to twice the
+                // connections, the oldest forgotten first.
+                router: Arc::new(Router::new(max_sessions * 2)),
+                submissions_tx,
+                stats,
+            }),
+        })
+    }
+
+    /// The plain listener's address (the port, when configured with 0).
+    pub fn local_addr(&self) -> Result<SocketAddr, EndpointError> {
+        self.plain
+            .local_addr()
+            .map_err(|source| EndpointError::Bind {
+                addr: self.plain_settings.listen,
+                source,
+            })
+    }
+
+    /// The TLS listener's address, if there is one.
+    pub fn devices_addr(&self) -> Option<SocketAddr> {
+        self.devices
+            .as_ref()
+            .and_then(|d| d.listener.local_addr().ok())
+    }
+
+    /// A handle that sends downlinks to connected devices.
+    pub fn downlink(&self) -> EndpointDownlink {
+        EndpointDownlink {
+            router: self.context.router.clone(),
+        }
+    }
+
+    /// Accepts clients until `shutdown`, then closes every connection and returns.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let connections = TaskTracker::new();
+        let numbers = Arc::new(AtomicU64::new(1));
+        let plain = accept_plain(
+            self.plain,
+            self.plain_settings.max_connections,
+            self.context.clone(),
+            numbers.clone(),
+            connections.clone(),
+            shutdown.clone(),
+        );
+        match self.devices {
+            Some(devices) => {
+                let tls = accept_devices(
+                    devices,
+                    self.context.clone(),
+                    numbers,
+                    connections.clone(),
+                    shutdown.clone(),
+                );
+                tokio::join!(plain, tls);
+            }
+            None => plain.await,
+        }
+        connections.close();
+        connections.wait().await;
+    }
+}
+
+/// Serves one accepted connection, counted as open while it lasts.
+async fn serve_counted<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    io: S,
+    identity: Identity,
+    context: &Context,
+    number: u64,
+    shutdown: &CancellationToken,
+    peer: SocketAddr,
+) {
+    context.stats.connections.fetch_add(1, Ordering::Relaxed);
+    let served = connection::serve(io, identity, context, number, shutdown).await;
+    context.stats.connections.fetch_sub(1, Ordering::Relaxed);
+    match served {
+        Ok(client) => tracing::debug!(%peer, client, "MQTT client disconnected"),
+        Err(e) => tracing::debug!(%peer, error = %e, "MQTT connection closed"),
+    }
+}
+
+/// Accepts with a slot per connection, backing off when accept fails.
+async fn accept_with_slots(
+    listener: &TcpListener,
+    slots: &Arc<Semaphore>,
+    backoff: &mut Duration,
+    shutdown: &CancellationToken,
+) -> Option<(TcpStream, SocketAddr, tokio::sync::OwnedSemaphorePermit)> {
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            permit = slots.clone().acquire_owned() => permit.ok()?,
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    *backoff = ACCEPT_BACKOFF_MIN;
+                    let _ = stream.set_nodelay(true);
+                    return Some((stream, peer, permit));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "MQTT endpoint: accept failed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return None,
+                        _ = tokio::time::sleep(*backoff) => {}
+                    }
+                    *backoff = (*backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                }
+            },
+        }
+    }
+}
+
+async fn accept_plain(
+    listener: TcpListener,
+    max_connections: usize,
+    context: Arc<Context>,
+    numbers: Arc<AtomicU64>,
+    connections: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    while let Some((stream, peer, permit)) =
+        accept_with_slots(&listener, &slots, &mut backoff, &shutdown).await
+    {
+        let context = context.clone();
+        let stop = shutdown.clone();
+        let number = numbers.fetch_add(1, Ordering::Relaxed);
+        connections.spawn(async move {
+            let _slot = permit;
+            serve_counted(stream, Identity::Local, &context, number, &stop, peer).await;
+        });
+    }
+}
+
+async fn accept_devices(
+    mut devices: DeviceListener,
+    context: Arc<Context>,
+    numbers: Arc<AtomicU64>,
+    connections: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = signal(SignalKind::hangup())
+        .inspect_err(|e| tracing::warn!(error = %e, "MQTT endpoint: cannot listen for SIGHUP: certificates are read at start only"))
+        .ok();
+    let slots = Arc::new(Semaphore::new(devices.settings.max_connections));
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    let max_packet = devices.settings.max_packet;
+    loop {
+        let accepted = tokio::select! {
+            _ = hangup(&mut hangups) => {
+                devices.reload_tls();
+                continue;
+            }
+            accepted = accept_with_slots(&devices.listener, &slots, &mut backoff, &shutdown) => accepted,
+        };
+        let Some((stream, peer, permit)) = accepted else {
+            break;
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(devices.tls.clone());
+        let context = context.clone();
+        let stop = shutdown.clone();
+        let number = numbers.fetch_add(1, Ordering::Relaxed);
+        connections.spawn(async move {
+            let _slot = permit;
+            let deadline = tokio::time::Instant::now() + context.settings.connect_timeout;
+            let tls = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "MQTT endpoint: TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "MQTT endpoint: no TLS handshake in time");
+                    return;
+                }
+            };
+            // rustls has verified the chain to the device CA; the leaf's common name is the device.
+            let device = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|leaf| crate::auth::clients::subject_common_name(leaf.as_ref()))
+                .filter(|cn| device_protocol::is_valid_id(cn));
+            let Some(device) = device else {
+                tracing::debug!(%peer, "MQTT endpoint: the certificate's common name is not a device id");
+                return;
+            };
+            let device_context = Context {
+                settings: ConnectionSettings {
+                    max_packet,
+                    ..context.settings
+                },
+                router: context.router.clone(),
+                submissions_tx: context.submissions_tx.clone(),
+                stats: context.stats.clone(),
+            };
+            serve_counted(
+                tls,
+                Identity::Device(device),
+                &device_context,
+                number,
+                &stop,
+                peer,
+            )
+            .await;
+        });
+    }
+}
+
+impl DeviceListener {
+    /// On SIGHUP: new connections get the certificates, keys and CRLs read again, open ones keep
+    /// theirs; a reload that fails keeps the running configuration and says why.
+    fn reload_tls(&mut self) {
+        match load(&self.load_tls) {
+            Ok(tls) => {
+                self.tls = tls;
+                tracing::info!(
+                    "SIGHUP: the MQTT device listener's certificates, keys and CRLs reloaded"
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: the MQTT device listener's reload failed; the previous TLS configuration stays")
+            }
+        }
+    }
+}
+
+/// Loads the TLS configuration for MQTT: no ALPN (the API's `http/1.1` would refuse a client
+/// offering `mqtt`).
+fn load(load_tls: &TlsLoader) -> Result<Arc<rustls::ServerConfig>, AuthError> {
+    let mut tls = load_tls()?;
+    tls.alpn_protocols.clear();
+    Ok(Arc::new(tls))
+}
+
+/// The next SIGHUP; never, where SIGHUP cannot be listened for.
+async fn hangup(hangups: &mut Option<tokio::signal::unix::Signal>) {
+    let arrived = match hangups {
+        Some(signals) => signals.recv().await.is_some(),
+        None => false,
+    };
+    if !arrived {
+        std::future::pending::<()>().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_publishes_to_its_own_uplink_topics_only() {
+        for kind in ["telemetry", "up", "command-results", "status"] {
+            assert!(may_publish("A", &format!("devices/A/{kind}")), "{kind}");
+            assert!(!may_publish("A", &format!("devices/B/{kind}")), "{kind}");
+        }
+        for topic in [
+            "devices/A/down",
+            "devices/A/ack",
+            "devices/A/commands",
+            "devices/A/other",
+            "devices/AB/telemetry",
+            "devices/A/x/telemetry",
+            "devices/+/telemetry",
+            "devices/A/#",
+            "devices/A",
+            "A/telemetry",
+            "",
+            "$SYS/broker",
+        ] {
+            assert!(!may_publish("A", topic), "{topic}");
+        }
+    }
+
+    #[test]
+    fn a_device_subscribes_to_its_own_downlink_topics_only_and_without_wildcards() {
+        for kind in ["down", "ack", "commands"] {
+            assert!(may_subscribe("A", &format!("devices/A/{kind}")), "{kind}");
+            assert!(!may_subscribe("A", &format!("devices/B/{kind}")), "{kind}");
+            assert!(!may_subscribe("A", &format!("devices/+/{kind}")), "{kind}");
+        }
+        for filter in [
+            "devices/A/#",
+            "devices/A/+",
+            "devices/#",
+            "#",
+            "+/A/down",
+            "devices/A/telemetry",
+            "devices/A/down/#",
+            "devices/A/down/x",
+            "devices/AB/down",
+            "devices/A",
+            "",
+        ] {
+            assert!(!may_subscribe("A", filter), "{filter}");
+        }
+    }
+}

@@ -1,0 +1,646 @@
+//! The sessions of the MQTT endpoint and the way downlinks (acks, commands, time syncs) reach them.
+//!
+//! A session is a client id's state: its subscriptions, the QoS 1 messages it has not yet
+//! acknowledged, the QoS 2 packet ids it has been sent a PUBREC for. A persistent session
+//! (`clean_session = false`) outlives its connection: QoS 1 downlinks for it wait, bounded, and
+//! are sent again (DUP) when it comes back. A clean session ends with its connection. A new
+//! connection with a client id that is connected takes the session over and closes the old one.
+//!
+//! The hub only ever publishes downlinks, so routing is one-way: a downlink goes to each session
+//! whose filter matches its topic, once per session. Exact filters (what devices use) are found
+//! by a hash look-up; wildcard filters (a local tool's `devices/+/commands`) are few and scanned.
+//!
+//! Bounds: sessions ([`Router::new`]'s `max_sessions`: past it, the disconnected persistent
+//! session that left first is forgotten), subscriptions per session, queued messages per
+//! session, QoS 1 messages in flight per connection, QoS 2 ids awaiting their PUBREL.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use rumqttc::mqttbytes::QoS;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::ingest::DownlinkError;
+
+/// Subscriptions one session may hold.
+pub const MAX_SUBSCRIPTIONS: usize = 32;
+/// Messages queued for one session (sent or not, not yet acknowledged).
+pub const MAX_QUEUED: usize = 128;
+/// QoS 1 downlinks sent to one connection and not yet acknowledged.
+pub const MAX_INFLIGHT_DOWN: usize = 16;
+/// QoS 2 publishes of one session answered with PUBREC and awaiting their PUBREL.
+pub const MAX_AWAITING_RELEASE: usize = 256;
+
+/// A message for a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Its topic.
+    pub topic: Arc<str>,
+    /// Its payload.
+    pub payload: Bytes,
+    /// At most once or at least once.
+    pub qos: QoS,
+    /// Its packet id, once sent at QoS 1 (kept when sent again).
+    pub pkid: Option<u16>,
+    /// Sent before on an earlier connection (MQTT's DUP flag).
+    pub dup: bool,
+}
+
+/// One client id's state; shared by the router and the connection that serves it.
+#[derive(Debug)]
+pub struct Session {
+    /// The client id.
+    pub client_id: String,
+    state: Mutex<SessionState>,
+    /// Woken when a message is queued for the connection to send.
+    pub wake: Notify,
+}
+
+#[derive(Debug, Default)]
+struct SessionState {
+    persistent: bool,
+    /// The connection serving it: its number and how to close it.
+    connection: Option<(u64, CancellationToken)>,
+    subscriptions: Vec<(String, QoS)>,
+    /// Waiting to be sent, oldest first; QoS 1 messages that were sent and not acknowledged
+    /// when the connection ended come first again.
+    outbox: VecDeque<Message>,
+    /// Sent at QoS 1 on the current connection, awaiting PUBACK, by packet id.
+    inflight: Vec<Message>,
+    next_pkid: u16,
+    awaiting_release: HashSet<u16>,
+    /// When it was last disconnected (an order number), to forget the oldest first.
+    left: u64,
+}
+
+/// What a connection may take from its session's queue now.
+pub struct Sendable {
+    /// Messages to send, with their packet id set when QoS 1.
+    pub messages: Vec<Message>,
+}
+
+impl Session {
+    fn new(client_id: &str, persistent: bool) -> Self {
+        Session {
+            client_id: client_id.to_owned(),
+            state: Mutex::new(SessionState {
+                persistent,
+                next_pkid: 1,
+                ..SessionState::default()
+            }),
+            wake: Notify::new(),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, SessionState> {
+        // The state stays consistent at every step, so a panic elsewhere leaves it usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes what may be sent now: every queued QoS 0 message, and QoS 1 messages up to the
+    /// in-flight limit, numbered.
+    pub fn take_sendable(&self) -> Sendable {
+        let mut state = self.state();
+        let mut messages = Vec::new();
+        let mut kept = VecDeque::new();
+        while let Some(mut message) = state.outbox.pop_front() {
+            if message.qos == QoS::AtMostOnce {
+                messages.push(message);
+                continue;
+            }
+            if state.inflight.len() >= MAX_INFLIGHT_DOWN {
+                kept.push_back(message);
+                continue;
+            }
+            match message.pkid {
+                Some(_) => message.dup = true,
+                None => message.pkid = Some(state.next_id()),
+            }
+            state.inflight.push(message.clone());
+            messages.push(message);
+        }
+        state.outbox = kept;
+        Sendable { messages }
+    }
+
+    /// The device acknowledged the QoS 1 message `pkid`.
+    pub fn acked(&self, pkid: u16) {
+        let mut state = self.state();
+        state.inflight.retain(|m| m.pkid != Some(pkid));
+        if !state.outbox.is_empty() {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Records that the QoS 2 publish `pkid` was stored and answered with PUBREC; false when too
+    /// many await their PUBREL.
+    pub fn await_release(&self, pkid: u16) -> bool {
+        let mut state = self.state();
+        if state.awaiting_release.len() >= MAX_AWAITING_RELEASE {
+            return false;
+        }
+        state.awaiting_release.insert(pkid);
+        true
+    }
+
+    /// Whether the QoS 2 publish `pkid` was already stored (its PUBREL has not come yet).
+    pub fn is_awaiting_release(&self, pkid: u16) -> bool {
+        self.state().awaiting_release.contains(&pkid)
+    }
+
+    /// The PUBREL of `pkid` came: the exchange is over.
+    pub fn released(&self, pkid: u16) {
+        self.state().awaiting_release.remove(&pkid);
+    }
+
+    /// Queues `message`, unless the queue is full or a QoS 0 message has no connection to go to.
+    fn offer(&self, message: Message) -> Result<(), DownlinkError> {
+        let mut state = self.state();
+        if state.connection.is_none() && message.qos == QoS::AtMostOnce {
+            return Err(DownlinkError::NotConnected);
+        }
+        if state.outbox.len() + state.inflight.len() >= MAX_QUEUED {
+            return Err(DownlinkError::Busy);
+        }
+        state.outbox.push_back(message);
+        drop(state);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    fn subscribed_qos(&self, topic: &str) -> Option<QoS> {
+        self.state()
+            .subscriptions
+            .iter()
+            .filter(|(filter, _)| matches(filter, topic))
+            .map(|(_, qos)| *qos)
+            .max_by_key(|qos| *qos as u8)
+    }
+}
+
+impl SessionState {
+    fn next_id(&mut self) -> u16 {
+        // Packet id 0 is not allowed; skip ids still in flight.
+        loop {
+            let id = self.next_pkid;
+            self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
+            if !self.inflight.iter().any(|m| m.pkid == Some(id)) {
+                return id;
+            }
+        }
+    }
+}
+
+/// Whether `filter` (with `+` and `#` wildcards) matches `topic`.
+pub fn matches(filter: &str, topic: &str) -> bool {
+    let mut levels = topic.split('/');
+    for part in filter.split('/') {
+        match part {
+            "#" => return true,
+            "+" => {
+                if levels.next().is_none() {
+                    return false;
+                }
+            }
+            exact => {
+                if levels.next() != Some(exact) {
+                    return false;
+                }
+            }
+        }
+    }
+    levels.next().is_none()
+}
+
+/// Whether `filter` is a valid MQTT topic filter: not empty, `#` only as the last level, `+` and
+/// `#` only as whole levels.
+pub fn is_valid_filter(filter: &str) -> bool {
+    if filter.is_empty() || filter.contains('\0') {
+        return false;
+    }
+    let parts: Vec<&str> = filter.split('/').collect();
+    parts.iter().enumerate().all(|(i, part)| match *part {
+        "#" => i + 1 == parts.len(),
+        "+" => true,
+        other => !other.contains(['+', '#']),
+    })
+}
+
+fn is_wildcard(filter: &str) -> bool {
+    filter.contains(['+', '#'])
+}
+
+/// What a CONNECT found.
+pub struct Connected {
+    /// The session, new or taken over.
+    pub session: Arc<Session>,
+    /// Whether an earlier persistent session was resumed.
+    pub session_present: bool,
+}
+
+/// Every session, and the subscriptions that route downlinks to them.
+#[derive(Debug)]
+pub struct Router {
+    routes: Mutex<Routes>,
+    max_sessions: usize,
+}
+
+#[derive(Debug, Default)]
+struct Routes {
+    sessions: HashMap<String, Arc<Session>>,
+    /// Exact filter -> client ids subscribed with it.
+    exact: HashMap<String, HashSet<String>>,
+    /// Client ids with at least one wildcard filter.
+    wildcard: HashSet<String>,
+    /// Order numbers for disconnections.
+    departures: u64,
+}
+
+impl Router {
+    /// A router keeping at most `max_sessions` sessions.
+    pub fn new(max_sessions: usize) -> Self {
+        Router {
+            routes: Mutex::new(Routes::default()),
+            max_sessions: max_sessions.max(1),
+        }
+    }
+
+    fn routes(&self) -> MutexGuard<'_, Routes> {
+        self.routes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A connection numbered `connection` (closed by `close`) starts a session for `client_id`:
+    /// a clean one replaces any earlier session, a persistent one resumes it. Any connection that
+    /// held the session is closed.
+    pub fn connect(
+        &self,
+        client_id: &str,
+        clean: bool,
+        connection: u64,
+        close: CancellationToken,
+    ) -> Connected {
+        let mut routes = self.routes();
+        let existing = routes.sessions.get(client_id).cloned();
+        if let Some(old) = &existing {
+            let mut state = old.state();
+            if let Some((_, old_close)) = state.connection.take() {
+                old_close.cancel();
+            }
+            requeue_inflight(&mut state);
+        }
+        let (session, present) = match existing {
+            Some(old) if !clean && old.state().persistent => (old, true),
+            other => {
+                if other.is_some() {
+                    routes.forget(client_id);
+                }
+                routes.make_room(self.max_sessions);
+                let session = Arc::new(Session::new(client_id, !clean));
+                routes
+                    .sessions
+                    .insert(client_id.to_owned(), session.clone());
+                (session, false)
+            }
+        };
+        session.state().connection = Some((connection, close));
+        if present {
+            // What waited for the device goes out at once.
+            session.wake.notify_one();
+        }
+        Connected {
+            session,
+            session_present: present,
+        }
+    }
+
+    /// The connection numbered `connection` ended: a clean session ends with it, a persistent one
+    /// keeps its unacknowledged messages for the next connection.
+    pub fn disconnected(&self, session: &Arc<Session>, connection: u64) {
+        let mut routes = self.routes();
+        let persistent = {
+            let mut state = session.state();
+            if state.connection.as_ref().map(|(n, _)| *n) != Some(connection) {
+                // Taken over by a newer connection, which now owns the session.
+                return;
+            }
+            state.connection = None;
+            requeue_inflight(&mut state);
+            state.outbox.retain(|m| m.qos != QoS::AtMostOnce);
+            routes.departures += 1;
+            state.left = routes.departures;
+            state.persistent
+        };
+        if !persistent
+            && routes
+                .sessions
+                .get(&session.client_id)
+                .is_some_and(|s| Arc::ptr_eq(s, session))
+        {
+            routes.forget(&session.client_id);
+        }
+    }
+
+    /// Subscribes `session` to `filters` (checked by the caller), replacing the QoS of a filter it
+    /// already has; the QoS granted for each, or `None` where the session has too many.
+    pub fn subscribe(&self, session: &Arc<Session>, filters: &[(String, QoS)]) -> Vec<Option<QoS>> {
+        let mut routes = self.routes();
+        let mut state = session.state();
+        let mut granted = Vec::with_capacity(filters.len());
+        for (filter, qos) in filters {
+            // The hub sends at most QoS 1.
+            let qos = if *qos == QoS::ExactlyOnce {
+                QoS::AtLeastOnce
+            } else {
+                *qos
+            };
+            if let Some(existing) = state.subscriptions.iter_mut().find(|(f, _)| f == filter) {
+                existing.1 = qos;
+            } else if state.subscriptions.len() >= MAX_SUBSCRIPTIONS {
+                granted.push(None);
+                continue;
+            } else {
+                state.subscriptions.push((filter.clone(), qos));
+                if is_wildcard(filter) {
+                    routes.wildcard.insert(session.client_id.clone());
+                } else {
+                    routes
+                        .exact
+                        .entry(filter.clone())
+                        .or_default()
+                        .insert(session.client_id.clone());
+                }
+            }
+            granted.push(Some(qos));
+        }
+        granted
+    }
+
+    /// Removes `filters` from `session`'s subscriptions.
+    pub fn unsubscribe(&self, session: &Arc<Session>, filters: &[String]) {
+        let mut routes = self.routes();
+        let mut state = session.state();
+        state.subscriptions.retain(|(f, _)| !filters.contains(f));
+        for filter in filters.iter().filter(|f| !is_wildcard(f)) {
+            routes.unroute(filter, &session.client_id);
+        }
+        if !state.subscriptions.iter().any(|(f, _)| is_wildcard(f)) {
+            routes.wildcard.remove(&session.client_id);
+        }
+    }
+
+    /// Sends `payload` on `topic` to every session subscribed to it, at `qos` or the
+    /// subscription's, whichever is lower. Fails when no session took it.
+    pub fn publish(&self, topic: &str, payload: Bytes, qos: QoS) -> Result<(), DownlinkError> {
+        let targets: Vec<Arc<Session>> = {
+            let routes = self.routes();
+            let exact = routes.exact.get(topic);
+            let wildcard = routes
+                .wildcard
+                .iter()
+                .filter(|id| !exact.is_some_and(|ids| ids.contains(*id)));
+            exact
+                .into_iter()
+                .flatten()
+                .chain(wildcard)
+                .filter_map(|id| routes.sessions.get(id).cloned())
+                .collect()
+        };
+        let topic: Arc<str> = Arc::from(topic);
+        let mut outcome = Err(DownlinkError::NotConnected);
+        for session in targets {
+            let Some(granted) = session.subscribed_qos(&topic) else {
+                continue;
+            };
+            let qos = if (granted as u8) < (qos as u8) {
+                granted
+            } else {
+                qos
+            };
+            let offered = session.offer(Message {
+                topic: topic.clone(),
+                payload: payload.clone(),
+                qos,
+                pkid: None,
+                dup: false,
+            });
+            outcome = match (outcome, offered) {
+                (Ok(()), _) | (_, Ok(())) => Ok(()),
+                (Err(DownlinkError::Busy), _) | (_, Err(DownlinkError::Busy)) => {
+                    Err(DownlinkError::Busy)
+                }
+                (_, Err(e)) => Err(e),
+            };
+        }
+        outcome
+    }
+
+    /// Sessions kept now (connected or not).
+    pub fn sessions(&self) -> usize {
+        self.routes().sessions.len()
+    }
+}
+
+/// QoS 1 messages sent and not acknowledged go back to the front of the queue, to be sent again.
+fn requeue_inflight(state: &mut SessionState) {
+    for message in state.inflight.drain(..).rev() {
+        state.outbox.push_front(message);
+    }
+}
+
+impl Routes {
+    fn unroute(&mut self, filter: &str, client_id: &str) {
+        if let Some(ids) = self.exact.get_mut(filter) {
+            ids.remove(client_id);
+            if ids.is_empty() {
+                self.exact.remove(filter);
+            }
+        }
+    }
+
+    /// Removes a session and its routes.
+    fn forget(&mut self, client_id: &str) {
+        if let Some(session) = self.sessions.remove(client_id) {
+            let filters: Vec<String> = session
+                .state()
+                .subscriptions
+                .iter()
+                .map(|(f, _)| f.clone())
+                .collect();
+            for filter in &filters {
+                self.unroute(filter, client_id);
+            }
+            self.wildcard.remove(client_id);
+        }
+    }
+
+    /// Forgets the disconnected persistent session that left first while at the limit.
+    fn make_room(&mut self, max_sessions: usize) {
+        while self.sessions.len() >= max_sessions {
+            let oldest = self
+                .sessions
+                .values()
+                .filter_map(|s| {
+                    let state = s.state();
+                    state
+                        .connection
+                        .is_none()
+                        .then_some((state.left, s.client_id.clone()))
+                })
+                .min();
+            match oldest {
+                Some((_, id)) => self.forget(&id),
+                // Every session is connected: the connection limit keeps their number bounded.
+                None => break,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn filters_match_as_mqtt_says() {
+        assert!(matches("devices/a/ack", "devices/a/ack"));
+        assert!(!matches("devices/a/ack", "devices/b/ack"));
+        assert!(matches("devices/+/ack", "devices/b/ack"));
+        assert!(!matches("devices/+/ack", "devices/b/c/ack"));
+        assert!(matches("devices/#", "devices/b/c/ack"));
+        assert!(matches("#", "devices/b"));
+        assert!(!matches("devices/+", "devices/b/ack"));
+        assert!(!matches("devices/a/ack/x", "devices/a/ack"));
+        for ok in ["a", "a/+/b", "#", "a/#", "+", "+/+"] {
+            assert!(is_valid_filter(ok), "{ok}");
+        }
+        for bad in ["", "a/#/b", "a+/b", "a/b#", "#/a"] {
+            assert!(!is_valid_filter(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_downlink_reaches_each_subscribed_session_once_at_the_lower_qos() {
+        let router = Router::new(10);
+        let a = router
+            .connect("a", true, 1, CancellationToken::new())
+            .session;
+        let b = router
+            .connect("b", true, 2, CancellationToken::new())
+            .session;
+        router.subscribe(&a, &[("devices/a/commands".into(), QoS::AtLeastOnce)]);
+        router.subscribe(
+            &b,
+            &[
+                ("devices/+/commands".into(), QoS::AtMostOnce),
+                ("devices/#".into(), QoS::AtMostOnce),
+            ],
+        );
+        router
+            .publish("devices/a/commands", payload("x"), QoS::AtLeastOnce)
+            .unwrap();
+        let to_a = a.take_sendable().messages;
+        assert_eq!(to_a.len(), 1);
+        assert_eq!((to_a[0].qos, to_a[0].pkid), (QoS::AtLeastOnce, Some(1)));
+        let to_b = b.take_sendable().messages;
+        assert_eq!(to_b.len(), 1);
+        assert_eq!((to_b[0].qos, to_b[0].pkid), (QoS::AtMostOnce, None));
+        assert_eq!(
+            router.publish("devices/z/ack", payload("y"), QoS::AtMostOnce),
+            Ok(())
+        );
+        assert_eq!(
+            router.publish("other/topic", payload("y"), QoS::AtMostOnce),
+            Err(DownlinkError::NotConnected)
+        );
+    }
+
+    #[test]
+    fn a_persistent_session_keeps_unacknowledged_messages_for_the_next_connection() {
+        let router = Router::new(10);
+        let first = CancellationToken::new();
+        let s = router.connect("d", false, 1, first.clone());
+        assert!(!s.session_present);
+        let session = s.session;
+        router.subscribe(&session, &[("devices/d/commands".into(), QoS::AtLeastOnce)]);
+        router
+            .publish("devices/d/commands", payload("1"), QoS::AtLeastOnce)
+            .unwrap();
+        let sent = session.take_sendable().messages;
+        assert_eq!(sent[0].pkid, Some(1));
+        router.disconnected(&session, 1);
+        // Offline: QoS 1 waits, QoS 0 is refused.
+        router
+            .publish("devices/d/commands", payload("2"), QoS::AtLeastOnce)
+            .unwrap();
+        assert_eq!(
+            router.publish("devices/d/commands", payload("3"), QoS::AtMostOnce),
+            Err(DownlinkError::NotConnected)
+        );
+        let again = router.connect("d", false, 2, CancellationToken::new());
+        assert!(again.session_present);
+        let resent = again.session.take_sendable().messages;
+        let got: Vec<(&[u8], Option<u16>)> =
+            resent.iter().map(|m| (&m.payload[..], m.pkid)).collect();
+        // The unacknowledged one again with its packet id, then the one that waited.
+        assert_eq!(got, [(&b"1"[..], Some(1)), (&b"2"[..], Some(2))]);
+        again.session.acked(1);
+        again.session.acked(2);
+        assert!(again.session.take_sendable().messages.is_empty());
+    }
+
+    #[test]
+    fn a_takeover_closes_the_old_connection_and_a_clean_session_starts_afresh() {
+        let router = Router::new(10);
+        let old = CancellationToken::new();
+        let first = router.connect("d", false, 1, old.clone()).session;
+        router.subscribe(&first, &[("devices/d/ack".into(), QoS::AtMostOnce)]);
+        let second = router.connect("d", true, 2, CancellationToken::new());
+        assert!(old.is_cancelled());
+        assert!(!second.session_present);
+        // The old connection ending does not end the new one's session.
+        router.disconnected(&first, 1);
+        assert_eq!(router.sessions(), 1);
+        // The clean session has no subscriptions of the old one.
+        assert_eq!(
+            router.publish("devices/d/ack", payload("x"), QoS::AtMostOnce),
+            Err(DownlinkError::NotConnected)
+        );
+        router.disconnected(&second.session, 2);
+        assert_eq!(router.sessions(), 0);
+    }
+
+    #[test]
+    fn sessions_and_queues_are_bounded() {
+        let router = Router::new(2);
+        for (i, id) in ["a", "b", "c"].iter().enumerate() {
+            let s = router
+                .connect(id, false, i as u64, CancellationToken::new())
+                .session;
+            router.disconnected(&s, i as u64);
+        }
+        assert_eq!(router.sessions(), 2);
+        let s = router
+            .connect("q", true, 9, CancellationToken::new())
+            .session;
+        router.subscribe(&s, &[("t".into(), QoS::AtLeastOnce)]);
+        for _ in 0..MAX_QUEUED {
+            router.publish("t", payload("x"), QoS::AtLeastOnce).unwrap();
+        }
+        assert_eq!(
+            router.publish("t", payload("x"), QoS::AtLeastOnce),
+            Err(DownlinkError::Busy)
+        );
+        assert_eq!(s.take_sendable().messages.len(), MAX_INFLIGHT_DOWN);
+        let filters: Vec<(String, QoS)> = (0..MAX_SUBSCRIPTIONS + 1)
+            .map(|i| (format!("f/{i}"), QoS::AtMostOnce))
+            .collect();
+        let granted = router.subscribe(&s, &filters);
+        assert_eq!(granted.iter().filter(|g| g.is_none()).count(), 2);
+    }
+}
