@@ -291,6 +291,14 @@ pub async fn run(
             "serial-ingest"
         });
     }
+    let liveness = Arc::new(crate::liveness::IngestLiveness::default());
+    tasks.spawn(crate::liveness::watch(
+        liveness.clone(),
+        writer_stats.clone(),
+        submissions_tx.downgrade(),
+        config.ingest.stall_after.0,
+        api_shutdown.clone(),
+    ));
     // The ingest tasks now hold every sender: when they end, the writer drains and ends.
     drop(submissions_tx);
 
@@ -350,6 +358,7 @@ pub async fn run(
         metrics: Arc::new(crate::metrics::Sources {
             ingest: vec![("mqtt", ingest_stats), ("serial", serial_stats)],
             writer: writer_stats,
+            liveness,
             certificates,
             requests: crate::metrics::RequestMetrics::default(),
             started: now_ms() / 1000,

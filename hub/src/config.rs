@@ -382,6 +382,9 @@ pub struct IngestConfig {
     pub batch_window: HumanDuration,
     /// Largest accepted telemetry payload.
     pub max_payload: ByteSize,
+    /// Readings waiting this long with no commit finishing is a stall: said at WARN, in
+    /// `/readyz` and in `/metrics`.
+    pub stall_after: HumanDuration,
 }
 
 impl Default for IngestConfig {
@@ -400,6 +403,7 @@ impl Default for IngestConfig {
             // (0.48 cores instead of 0.86).
             batch_window: HumanDuration(Duration::ZERO),
             max_payload: ByteSize(16 << 10),
+            stall_after: HumanDuration(Duration::from_secs(10)),
         }
     }
 }
@@ -821,8 +825,8 @@ impl Config {
         if self.ingest.batch_window.0 > Duration::from_secs(1) {
             problems.push("ingest.batch_window: at most 1s (acks wait for it)".into());
         }
-        if self.ingest.batch_window.0 > Duration::from_secs(1) {
-            problems.push("ingest.batch_window: at most 1s (acks wait for it)".into());
+        if self.ingest.stall_after.0 < Duration::from_secs(1) {
+            problems.push("ingest.stall_after: at least 1s".into());
         }
         if !(64..=(1 << 20)).contains(&self.ingest.max_payload.0) {
             problems.push("ingest.max_payload: must be 64B to 1MiB".into());

@@ -13,6 +13,7 @@ pub mod config;
 pub mod files;
 pub mod ingest;
 pub mod live;
+pub mod liveness;
 pub mod metrics;
 pub mod notify;
 pub mod store;

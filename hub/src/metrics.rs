@@ -237,6 +237,8 @@ pub struct Sources {
     pub ingest: Vec<(&'static str, std::sync::Arc<crate::ingest::IngestStats>)>,
     /// The store writer's counters and commit histograms.
     pub writer: std::sync::Arc<crate::store::writer::WriterStats>,
+    /// Whether ingest is stalled.
+    pub liveness: std::sync::Arc<crate::liveness::IngestLiveness>,
     /// Unix time at which each certificate of the API expires (`server`, `client_ca`), as of
     /// the last load.
     pub certificates: Expiry,

@@ -29,6 +29,9 @@ pub struct Readiness {
     /// The store: `ok`.
     #[schema(value_type = String, example = "ok")]
     store: &'static str,
+    /// Ingest: `ok` (no readings waiting longer than `ingest.stall_after` for a commit).
+    #[schema(value_type = String, example = "ok")]
+    ingest: &'static str,
 }
 
 /// Liveness.
@@ -60,19 +63,26 @@ pub(super) async fn healthz() -> Json<Health> {
 pub(super) async fn readyz(State(state): State<ApiState>) -> Response {
     let mqtt = *state.mqtt_link.borrow();
     let store_ok = state.store.next_offset().is_ok();
-    if store_ok && mqtt == Link::Up {
+    let stalled = state.metrics.liveness.stalled_for(crate::ingest::now_ms());
+    if store_ok && mqtt == Link::Up && stalled.is_none() {
         return Json(Readiness {
             mqtt: "connected",
             store: "ok",
+            ingest: "ok",
         })
         .into_response();
     }
     let mut reasons = Vec::new();
     if !store_ok {
-        reasons.push("the store cannot be read");
+        reasons.push("the store cannot be read".to_owned());
+    }
+    if let Some(seconds) = stalled {
+        reasons.push(format!(
+            "ingest is stalled: readings have waited {seconds:.0} s with no commit finishing"
+        ));
     }
     if mqtt != Link::Up {
-        reasons.push("the MQTT subscription is not connected");
+        reasons.push("the MQTT subscription is not connected".to_owned());
     }
     ApiError::Unavailable(reasons.join("; ")).into_response()
 }

@@ -127,14 +127,45 @@ pub(super) async fn metrics(
     }
     family(
         &mut out,
+        "hub_ingest_dropped_total",
+        "counter",
+        "Readings accepted and then lost after all, by transport and reason: only QoS 0 ones, which cannot be sent again (anything acknowledged is never dropped).",
+    );
+    for (transport, stats) in &sources.ingest {
+        for reason in crate::ingest::DropReason::ALL {
+            sample(
+                &mut out,
+                "hub_ingest_dropped_total",
+                &format!("transport=\"{transport}\",reason=\"{}\"", reason.name()),
+                stats.dropped(reason),
+            );
+        }
+    }
+    family(
+        &mut out,
+        "hub_ingest_stalled_seconds",
+        "gauge",
+        "How long readings have waited with no commit finishing, once past ingest.stall_after; 0 while ingest moves.",
+    );
+    sample(
+        &mut out,
+        "hub_ingest_stalled_seconds",
+        "",
+        sources
+            .liveness
+            .stalled_for(crate::ingest::now_ms())
+            .unwrap_or(0.0),
+    );
+    family(
+        &mut out,
         "hub_device_connections",
         "gauge",
-        "Device connections open through the MQTT gate (devices on loopback that use the embedded broker directly are not counted).",
+        "MQTT client connections open on the hub's endpoint (plain and TLS listeners).",
     );
     sample(
         &mut out,
         "hub_device_connections",
-        "listener=\"mqtt_gate\"",
+        "listener=\"mqtt\"",
         sources
             .ingest
             .iter()

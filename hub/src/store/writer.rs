@@ -46,6 +46,8 @@ pub struct WriterStats {
     pub commits: AtomicU64,
     /// Commits that failed.
     pub failed_commits: AtomicU64,
+    /// Items taken from the queue and not yet committed (for the liveness watch).
+    pub in_hand: AtomicU64,
     /// Readings refused because the store was full (policy `reject_new`).
     pub refused: AtomicU64,
     /// Sizes and durations of commits.
@@ -98,8 +100,9 @@ impl StoreWriter {
         // The retention round the next commit waits for while the store is at its quota.
         let mut turn = 0;
         while let Some(first) = submissions_rx.recv().await {
-            self.store.room().wait_turn(turn).await;
             let mut count = first.items.len();
+            self.stats.in_hand.store(count as u64, Ordering::Relaxed);
+            self.store.room().wait_turn(turn).await;
             let mut batch = vec![first];
             let window_ends = tokio::time::Instant::now() + self.batch_window;
             while count < self.batch_max {
@@ -119,7 +122,9 @@ impl StoreWriter {
                     None => break,
                 }
             }
+            self.stats.in_hand.store(count as u64, Ordering::Relaxed);
             turn = self.commit(batch).await;
+            self.stats.in_hand.store(0, Ordering::Relaxed);
         }
         tracing::debug!("store writer drained and stopped");
     }
