@@ -31,7 +31,9 @@ def main():
 
     while len(acked) < count and time.monotonic() < deadline:
         inflight = {}  # mid -> seq
-        state = {"up": None}
+        # "up": the CONNACK came; "lost": this connection dropped (paho may connect again by
+        # itself, but then its unacknowledged messages are this device's to send again).
+        state = {"up": None, "lost": False}
 
         def on_connect(client, userdata, flags, reason_code, properties):
             with lock:
@@ -41,6 +43,7 @@ def main():
         def on_disconnect(client, userdata, flags, reason_code, properties):
             with lock:
                 state["up"] = False
+                state["lost"] = True
                 lock.notify_all()
 
         early = set()  # mids acknowledged before publish() returned them
@@ -84,9 +87,9 @@ def main():
                 if seq in acked:
                     continue
                 lock.wait_for(
-                    lambda: len(inflight) < window or not state["up"], timeout=10
+                    lambda: len(inflight) < window or state["lost"], timeout=10
                 )
-                if not state["up"] or time.monotonic() > deadline:
+                if state["lost"] or time.monotonic() > deadline:
                     break
             payload = json.dumps({"seq": seq, "metrics": {"v": seq}})
             # Not under the lock: paho's network thread holds its own lock while it calls
@@ -94,7 +97,7 @@ def main():
             info = client.publish(topic, payload, qos=qos)
             with lock:
                 if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                    state["up"] = False
+                    state["lost"] = True
                     break
                 sent += 1
                 if info.mid in early:
@@ -105,7 +108,7 @@ def main():
         # Wait for the last acknowledgements, or for the connection to drop.
         with lock:
             lock.wait_for(
-                lambda: not inflight or not state["up"],
+                lambda: not inflight or state["lost"],
                 timeout=max(0.0, min(10.0, deadline - time.monotonic())),
             )
         client.loop_stop()

@@ -637,10 +637,10 @@ pub async fn wait_for_readings(hub: &Hub, device: &str, n: u64) {
 }
 
 /// A command running `tests/py/{script}` with the Python of the test peers' venv (`tests/run`
-/// makes it and sets `HUB_E2E_PYTHON`; without it, `python3` from the PATH, which must then have
+/// makes it and sets `E2E_PYTHON`; without it, `python3` from the PATH, which must then have
 /// the packages of `tests/py/requirements.txt`).
 pub fn python_peer(script: &str) -> Command {
-    let python = std::env::var_os("HUB_E2E_PYTHON")
+    let python = std::env::var_os("E2E_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("python3"));
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))

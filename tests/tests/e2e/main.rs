@@ -17,6 +17,7 @@ mod harness;
 mod ingest;
 mod live;
 mod metrics;
+mod mqtt_door;
 mod openapi;
 mod security;
 mod serial;

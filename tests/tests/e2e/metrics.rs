@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 
 use crate::harness::{Hub, mosquitto_pub, wait_for_readings};
 
-async fn scrape(hub: &Hub, token: &str) -> (u16, String) {
+pub async fn scrape(hub: &Hub, token: &str) -> (u16, String) {
     let response = hub
         .client()
         .get(hub.url("/metrics"))

@@ -1,0 +1,237 @@
+//! The MQTT door, against the real binary and stock MQTT clients: a PUBACK (QoS 1) or PUBREC
+//! (QoS 2) from the hub's own endpoint means durable.
+//!
+//! - paho-mqtt (tests/py/paho_publisher.py) trusts only the PUBACK: it sends again only what was
+//!   never acknowledged. The hub is SIGKILLed 20 times meanwhile. Every acknowledged reading must
+//!   be stored, none twice.
+//! - A QoS 0 flood from mosquitto_pub: the endpoint stops reading instead of dropping, so every
+//!   reading published is stored or counted as dropped (published - stored == the counter).
+//! - A persistent session: a command queued while its device is away reaches it when it
+//!   reconnects with `clean_session = false`, once.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::harness::{DEADLINE, Hub, check_every_reading_once, eventually, free_port, python_peer};
+
+/// Kills the child when dropped, so a failing test leaves no publisher behind.
+struct Peer(Option<Child>);
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Peer {
+    /// Waits for it to end; its success and stdout.
+    fn finish(mut self) -> (bool, String) {
+        let child = self.0.take().unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+}
+
+fn paho_publisher(port: u16, device: &str, count: u32, qos: u8) -> Peer {
+    let child = python_peer("paho_publisher.py")
+        .args([
+            "127.0.0.1",
+            &port.to_string(),
+            device,
+            &count.to_string(),
+            &qos.to_string(),
+            "50",
+            "240",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("python with paho-mqtt (tests/run makes the venv)");
+    Peer(Some(child))
+}
+
+/// paho publishes `count` readings at `qos` while the hub is killed and restarted `kills` times;
+/// then every reading is stored once.
+async fn kill_loop(qos: u8) {
+    let root = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mqtt = format!("127.0.0.1:{port}");
+    let base = [
+        "--api-listen",
+        "127.0.0.1:0",
+        "--mqtt-listen",
+        mqtt.as_str(),
+    ];
+    let mut hub = Hub::start_in(root.path(), &base, &[]);
+    // Enough readings that paho is still publishing when the last kill comes (each kill waits
+    // for 200 more).
+    let (devices, count, kills) = (2u32, 25_000u32, 20u32);
+    let prefix = format!("paho-q{qos}-");
+    let publishers: Vec<Peer> = (0..devices)
+        .map(|d| paho_publisher(port, &format!("{prefix}{d}"), count, qos))
+        .collect();
+    let mut seed = 0x9e37_79b9_u64 ^ u64::from(qos);
+    for _ in 0..kills {
+        // Each kill comes while readings flow: after some were stored since the last start.
+        let before = stored(&hub, &prefix, devices).await;
+        eventually("readings flowing before the next kill", || async {
+            (stored(&hub, &prefix, devices).await >= before + 200).then_some(())
+        })
+        .await;
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(seed % 100));
+        hub.kill9();
+        hub = Hub::start_in(root.path(), &base, &[]);
+    }
+    for publisher in publishers {
+        let (ok, out) = publisher.finish();
+        assert!(ok, "paho did not get every reading acknowledged: {out}");
+        let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        eprintln!("paho at QoS {qos}: {report}");
+        // The kills came while it published: it had to connect again and again.
+        assert!(
+            report["connections"].as_u64().unwrap() > u64::from(kills / 2),
+            "the kills missed the publishing: {report}"
+        );
+    }
+    check_every_reading_once(&hub, &prefix, devices, count).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_puback_means_durable_through_20_kill_9s_at_qos_1() {
+    kill_loop(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pubrec_means_durable_through_20_kill_9s_at_qos_2() {
+    kill_loop(2).await;
+}
+
+/// Readings stored of devices `{prefix}0..devices`.
+async fn stored(hub: &Hub, prefix: &str, devices: u32) -> u64 {
+    let mut total = 0;
+    for d in 0..devices {
+        let (_, body) = hub.get(&format!("/api/v1/devices/{prefix}{d}")).await;
+        total += body["counters"]["readings"].as_u64().unwrap_or(0);
+    }
+    total
+}
+
+/// The value of a counter sample in the `/metrics` text.
+async fn metric(hub: &Hub, sample: &str) -> f64 {
+    let (status, text) = crate::metrics::scrape(hub, &hub.token()).await;
+    assert_eq!(status, 200);
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{sample} missing from /metrics:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_qos_0_flood_is_stored_or_counted_never_dropped_unseen() {
+    let root = tempfile::tempdir().unwrap();
+    let hub = Hub::start(root.path(), &[]);
+    let count = 20_000u32;
+    let lines: String = (0..count)
+        .map(|i| format!("{{\"seq\":{i},\"metrics\":{{\"v\":{i}}}}}\n"))
+        .collect();
+    let mut flood = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &hub.mqtt_port().to_string()])
+        .args(["-t", "devices/flood-0/telemetry", "-q", "0", "-l"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("mosquitto_pub");
+    {
+        use std::io::Write;
+        let mut stdin = flood.stdin.take().unwrap();
+        stdin.write_all(lines.as_bytes()).unwrap();
+    }
+    assert!(flood.wait().unwrap().success());
+    // Settled: what is stored plus what was counted as dropped is every reading published.
+    let dropped_sample = "hub_ingest_dropped_total{transport=\"mqtt\",reason=\"commit_failed\"}";
+    let (stored, dropped) = eventually("every flooded reading stored or counted", || async {
+        let (_, body) = hub.get("/api/v1/devices/flood-0").await;
+        let stored = body["counters"]["readings"].as_u64().unwrap_or(0);
+        let dropped = metric(&hub, dropped_sample).await as u64;
+        (stored + dropped == u64::from(count)).then_some((stored, dropped))
+    })
+    .await;
+    eprintln!("QoS 0 flood: {count} published, {stored} stored, {dropped} dropped");
+    // Nothing failed here, so back-pressure, not dropping, held the flood: all stored.
+    assert_eq!(dropped, 0);
+    check_every_reading_once(&hub, "flood-", 1, count).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_for_a_device_away_waits_in_its_persistent_session() {
+    let root = tempfile::tempdir().unwrap();
+    let hub = Hub::start(root.path(), &[]);
+    let port = hub.mqtt_port().to_string();
+    // The device subscribes in a persistent session and goes away.
+    let subscribe = |extra: &[&str]| {
+        Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-i",
+                "away-1",
+                "-c",
+                "-q",
+                "1",
+            ])
+            .args(["-t", "devices/away-1/commands"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto_sub")
+    };
+    let first = Peer(Some(subscribe(&["-W", "1"])));
+    let _ = first.finish();
+    // It is online (a reading), then a command is queued for it while it is disconnected.
+    crate::harness::mosquitto_pub(
+        hub.mqtt_port(),
+        "devices/away-1/telemetry",
+        br#"{"metrics":{"v":1}}"#,
+        1,
+    );
+    crate::harness::wait_for_readings(&hub, "away-1", 1).await;
+    let (status, body) = hub
+        .send(
+            reqwest::Method::POST,
+            "/api/v1/devices/away-1/commands",
+            Some(&serde_json::json!({"name": "reboot", "args": {}})),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["id"].as_u64().unwrap();
+    eventually("the command handed to the device's session", || async {
+        let (_, body) = hub
+            .get(&format!("/api/v1/devices/away-1/commands/{id}"))
+            .await;
+        (body["state"] == "delivered").then_some(())
+    })
+    .await;
+    // Back with the same client id and no clean session: the command arrives, once.
+    let back = Peer(Some(subscribe(&[
+        "-C",
+        "1",
+        "-W",
+        &DEADLINE.as_secs().to_string(),
+    ])));
+    let (ok, out) = back.finish();
+    assert!(ok, "the queued command did not arrive: {out}");
+    let command: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(command["id"], id);
+    assert_eq!(command["name"], "reboot");
+}
