@@ -7,7 +7,7 @@ connection drops (the broker or hub killed), it reconnects and sends again only 
 that were never acknowledged. Prints one JSON line at the end: {"acked": n, "sent": n,
 "connections": n} and exits 0 when every reading was acknowledged before the deadline, else 1.
 
-Usage: paho_publisher.py HOST PORT DEVICE COUNT QOS [WINDOW] [DEADLINE_S]
+Usage: paho_publisher.py HOST PORT DEVICE COUNT QOS [WINDOW] [DEADLINE_S] [MQTT_VERSION: 3 or 5]
 """
 
 import json
@@ -23,6 +23,7 @@ def main():
     count, qos = int(sys.argv[4]), int(sys.argv[5])
     window = int(sys.argv[6]) if len(sys.argv) > 6 else 50
     deadline = time.monotonic() + (float(sys.argv[7]) if len(sys.argv) > 7 else 120.0)
+    v5 = len(sys.argv) > 8 and sys.argv[8] == "5"
     topic = f"devices/{device}/telemetry"
     acked = set()
     lock = threading.Condition()
@@ -57,19 +58,29 @@ def main():
                     acked.add(seq)
                 lock.notify_all()
 
-        client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"paho-{device}",
-            clean_session=True,
-            protocol=mqtt.MQTTv311,
-        )
+        if v5:
+            client = mqtt.Client(
+                mqtt.CallbackAPIVersion.VERSION2,
+                client_id=f"paho-{device}",
+                protocol=mqtt.MQTTv5,
+            )
+        else:
+            client = mqtt.Client(
+                mqtt.CallbackAPIVersion.VERSION2,
+                client_id=f"paho-{device}",
+                clean_session=True,
+                protocol=mqtt.MQTTv311,
+            )
         client.on_connect = on_connect
         client.on_disconnect = on_disconnect
         client.on_publish = on_publish
         # paho must not resend on its own: this device decides what to send again.
         client.reconnect_delay_set(min_delay=1, max_delay=1)
         try:
-            client.connect(host, port, keepalive=10)
+            if v5:
+                client.connect(host, port, keepalive=10, clean_start=True)
+            else:
+                client.connect(host, port, keepalive=10)
         except OSError:
             time.sleep(0.05)
             continue

@@ -38,7 +38,7 @@ impl Peer {
     }
 }
 
-fn paho_publisher(port: u16, device: &str, count: u32, qos: u8) -> Peer {
+fn paho_publisher(port: u16, device: &str, count: u32, qos: u8, version: u8) -> Peer {
     let child = python_peer("paho_publisher.py")
         .args([
             "127.0.0.1",
@@ -48,6 +48,7 @@ fn paho_publisher(port: u16, device: &str, count: u32, qos: u8) -> Peer {
             &qos.to_string(),
             "50",
             "240",
+            &version.to_string(),
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -56,9 +57,9 @@ fn paho_publisher(port: u16, device: &str, count: u32, qos: u8) -> Peer {
     Peer(Some(child))
 }
 
-/// paho publishes `count` readings at `qos` while the hub is killed and restarted `kills` times;
-/// then every reading is stored once.
-async fn kill_loop(qos: u8) {
+/// paho publishes readings at `qos` in MQTT `version` while the hub is killed and restarted
+/// `kills` times; then every reading is stored once.
+async fn kill_loop(qos: u8, version: u8, kills: u32) {
     let root = tempfile::tempdir().unwrap();
     let port = free_port();
     let mqtt = format!("127.0.0.1:{port}");
@@ -71,10 +72,10 @@ async fn kill_loop(qos: u8) {
     let mut hub = Hub::start_in(root.path(), &base, &[]);
     // Enough readings that paho is still publishing when the last kill comes (each kill waits
     // for 200 more).
-    let (devices, count, kills) = (2u32, 25_000u32, 20u32);
-    let prefix = format!("paho-q{qos}-");
+    let (devices, count) = (2u32, 25_000u32);
+    let prefix = format!("paho-v{version}-q{qos}-");
     let publishers: Vec<Peer> = (0..devices)
-        .map(|d| paho_publisher(port, &format!("{prefix}{d}"), count, qos))
+        .map(|d| paho_publisher(port, &format!("{prefix}{d}"), count, qos, version))
         .collect();
     let mut seed = 0x9e37_79b9_u64 ^ u64::from(qos);
     for _ in 0..kills {
@@ -107,12 +108,17 @@ async fn kill_loop(qos: u8) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_puback_means_durable_through_20_kill_9s_at_qos_1() {
-    kill_loop(1).await;
+    kill_loop(1, 3, 20).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pubrec_means_durable_through_20_kill_9s_at_qos_2() {
-    kill_loop(2).await;
+    kill_loop(2, 3, 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_puback_means_durable_in_mqtt_5_too() {
+    kill_loop(1, 5, 6).await;
 }
 
 /// Readings stored of devices `{prefix}0..devices`.

@@ -19,17 +19,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use rumqttc::mqttbytes::Protocol;
 use rumqttc::mqttbytes::QoS;
-use rumqttc::mqttbytes::v4::{
-    ConnAck, Connect, ConnectReturnCode, Packet, PubAck, PubComp, PubRec, PubRel, Publish, SubAck,
-    SubscribeReasonCode, UnsubAck,
-};
+use rumqttc::mqttbytes::v4::{Connect, ConnectReturnCode, Packet, Publish};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::router::{self, Session};
-use super::wire::{FLUSH_AT, PacketReader, PacketWriter, WireError};
+use super::wire::{FLUSH_AT, Outbound, PacketReader, PacketWriter, Version, WireError};
 use super::{Context, Identity};
 use crate::ingest::reply::{self, MAX_TOLD_DEVICES, Reply};
 use crate::ingest::{DropReason, Rejection, decode, now_ms};
@@ -113,6 +111,15 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(Ok(_)) => return Err(ConnectionError::NotConnect),
         Ok(Err(e)) => return Err(e.into()),
     };
+    let version = reader.version().unwrap_or(Version::V4);
+    writer.speak(version);
+    let connack = |code, session_present, assigned_id| Outbound::ConnAck {
+        code,
+        session_present,
+        assigned_id,
+        receive_max: MAX_UNACKED as u16,
+    };
+    let asked_for_id = !connect.client_id.is_empty();
     let admitted = match admit(&identity, connection, connect) {
         Ok(admitted) => admitted,
         Err((code, why)) => {
@@ -121,9 +128,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 "",
                 &format!("{}: {why}", identity.name()),
             );
-            writer
-                .send(&Packet::ConnAck(ConnAck::new(code, false)))
-                .await?;
+            writer.send(&connack(code, false, None)).await?;
             return Err(ConnectionError::Refused(why));
         }
     };
@@ -139,11 +144,14 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         close.clone(),
     );
     let session = connected.session;
+    // MQTT 5 tells a client the id the hub chose for it.
+    let assigned = (version == Version::V5 && !asked_for_id).then(|| admitted.client_id.clone());
     writer
-        .send(&Packet::ConnAck(ConnAck::new(
+        .send(&connack(
             ConnectReturnCode::Success,
             connected.session_present,
-        )))
+            assigned,
+        ))
         .await?;
 
     let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
@@ -203,10 +211,10 @@ fn admit(
     connection: u64,
     connect: Connect,
 ) -> Result<Admitted, (ConnectReturnCode, &'static str)> {
-    if connect.protocol != rumqttc::mqttbytes::Protocol::V4 {
+    if !matches!(connect.protocol, Protocol::V4 | Protocol::V5) {
         return Err((
             ConnectReturnCode::RefusedProtocolVersion,
-            "only MQTT 3.1.1 is served",
+            "only MQTT 3.1.1 and 5 are served",
         ));
     }
     let client_id = match identity {
@@ -289,7 +297,7 @@ struct Reader<'a> {
     identity: &'a Identity,
     context: &'a Context,
     session: &'a Arc<Session>,
-    control_tx: mpsc::Sender<Packet>,
+    control_tx: mpsc::Sender<Outbound>,
     unacked_tx: mpsc::Sender<Unacked>,
     /// Payload bytes read and not yet acknowledged, at most [`MAX_UNACKED_BYTES`].
     budget: Arc<Semaphore>,
@@ -313,11 +321,10 @@ impl Reader<'_> {
                 Packet::Publish(publish) => self.publish(publish).await?,
                 Packet::PubAck(ack) => self.session.acked(ack.pkid),
                 // The hub sends at most QoS 1; answer a stray PUBREC so the client can finish.
-                Packet::PubRec(rec) => self.control(Packet::PubRel(PubRel::new(rec.pkid))).await?,
+                Packet::PubRec(rec) => self.control(Outbound::PubRel(rec.pkid)).await?,
                 Packet::PubRel(release) => {
                     self.session.released(release.pkid);
-                    self.control(Packet::PubComp(PubComp::new(release.pkid)))
-                        .await?;
+                    self.control(Outbound::PubComp(release.pkid)).await?;
                 }
                 Packet::PubComp(_) => {}
                 Packet::Subscribe(subscribe) => {
@@ -326,18 +333,24 @@ impl Reader<'_> {
                         .iter()
                         .map(|f| (f.path.clone(), f.qos))
                         .collect();
-                    let codes = self.subscribe(&wanted);
-                    self.control(Packet::SubAck(SubAck::new(subscribe.pkid, codes)))
-                        .await?;
+                    let granted = self.subscribe(&wanted);
+                    self.control(Outbound::SubAck {
+                        pkid: subscribe.pkid,
+                        granted,
+                    })
+                    .await?;
                 }
                 Packet::Unsubscribe(unsubscribe) => {
                     self.context
                         .router
                         .unsubscribe(self.session, &unsubscribe.topics);
-                    self.control(Packet::UnsubAck(UnsubAck::new(unsubscribe.pkid)))
-                        .await?;
+                    self.control(Outbound::UnsubAck {
+                        pkid: unsubscribe.pkid,
+                        count: unsubscribe.topics.len(),
+                    })
+                    .await?;
                 }
-                Packet::PingReq => self.control(Packet::PingResp).await?,
+                Packet::PingReq => self.control(Outbound::PingResp).await?,
                 Packet::Disconnect => return Ok(()),
                 Packet::Connect(_)
                 | Packet::ConnAck(_)
@@ -348,7 +361,7 @@ impl Reader<'_> {
         }
     }
 
-    async fn control(&self, packet: Packet) -> Result<(), ConnectionError> {
+    async fn control(&self, packet: Outbound) -> Result<(), ConnectionError> {
         // Closed only when the writer has ended, and with it the connection.
         self.control_tx
             .send(packet)
@@ -356,8 +369,8 @@ impl Reader<'_> {
             .map_err(|_| WireError::Io(std::io::ErrorKind::BrokenPipe.into()).into())
     }
 
-    /// The SUBACK codes for `filters`, subscribing the allowed ones.
-    fn subscribe(&self, filters: &[(String, QoS)]) -> Vec<SubscribeReasonCode> {
+    /// The QoS granted to each of `filters` (`None` where refused), subscribing the allowed ones.
+    fn subscribe(&self, filters: &[(String, QoS)]) -> Vec<Option<QoS>> {
         let allowed: Vec<bool> = filters
             .iter()
             .map(|(filter, _)| match self.identity {
@@ -383,10 +396,7 @@ impl Reader<'_> {
             .into_iter();
         allowed
             .iter()
-            .map(|ok| match ok.then(|| granted.next().flatten()).flatten() {
-                Some(qos) => SubscribeReasonCode::Success(qos),
-                None => SubscribeReasonCode::Failure,
-            })
+            .map(|ok| ok.then(|| granted.next().flatten()).flatten())
             .collect()
     }
 
@@ -476,7 +486,7 @@ impl Writer<'_> {
     async fn run<W: AsyncWrite + Unpin>(
         mut self,
         writer: &mut PacketWriter<W>,
-        mut control_rx: mpsc::Receiver<Packet>,
+        mut control_rx: mpsc::Receiver<Outbound>,
         mut unacked_rx: mpsc::Receiver<Unacked>,
     ) -> Result<(), ConnectionError> {
         let mut head: Option<Unacked> = None;
@@ -541,12 +551,12 @@ impl Writer<'_> {
         };
         match done.qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => writer.push(&Packet::PubAck(PubAck::new(done.pkid)))?,
+            QoS::AtLeastOnce => writer.push(&Outbound::PubAck(done.pkid))?,
             QoS::ExactlyOnce => {
                 if !self.session.await_release(done.pkid) {
                     return Err(ConnectionError::TooManyPending);
                 }
-                writer.push(&Packet::PubRec(PubRec::new(done.pkid)))?;
+                writer.push(&Outbound::PubRec(done.pkid))?;
             }
         }
         if let Some(message) = reply::reply_message(&done.reply, &applied, &self.told) {
@@ -579,7 +589,7 @@ impl Writer<'_> {
                 publish.pkid = pkid;
             }
             publish.dup = message.dup;
-            writer.push(&Packet::Publish(publish))?;
+            writer.push(&Outbound::Publish(publish))?;
         }
         Ok(())
     }
@@ -647,11 +657,8 @@ mod tests {
             ConnectReturnCode::NotAuthorized
         );
         let mut v5 = Connect::new("A");
-        v5.protocol = rumqttc::mqttbytes::Protocol::V5;
-        assert_eq!(
-            refused(&device("A"), v5),
-            ConnectReturnCode::RefusedProtocolVersion
-        );
+        v5.protocol = Protocol::V5;
+        assert!(admit(&device("A"), 1, v5).is_ok());
     }
 
     #[test]

@@ -1,17 +1,29 @@
-//! MQTT packets on a byte stream, framed with rumqttc's codec: whole packets in, each at most a
+//! MQTT packets on a byte stream, framed with rumqttc's codecs: whole packets in, each at most a
 //! set size, from any split of the stream; packets out, gathered and written in one go.
+//!
+//! A connection speaks MQTT 3.1.1 or 5, as its CONNECT says. The rest of the endpoint sees one
+//! shape either way: packets in as MQTT 3.1.1 ones (version 5's properties are not used, its
+//! CONNECT keeps `Protocol::V5` and its session expiry decides the clean flag), and what the hub
+//! sends as [`Outbound`], written in the connection's version.
 
 use bytes::BytesMut;
-use rumqttc::mqttbytes::Error as MqttError;
-use rumqttc::mqttbytes::v4::Packet;
+use rumqttc::mqttbytes::v4::{self, Packet};
+use rumqttc::mqttbytes::{Error as MqttError, Protocol, QoS};
+use rumqttc::v5::mqttbytes::v5;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Why reading or writing packets failed.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
-    /// Not MQTT 3.1.1, or larger than allowed.
+    /// Not MQTT, or larger than allowed.
     #[error("malformed or oversized MQTT packet: {0}")]
     Protocol(MqttError),
+    /// Not MQTT 5, or larger than allowed.
+    #[error("malformed or oversized MQTT 5 packet: {0}")]
+    Protocol5(rumqttc::v5::mqttbytes::Error),
+    /// An MQTT 5 feature the endpoint does not take (topic aliases, AUTH).
+    #[error("MQTT 5 {0} is not supported")]
+    Unsupported(&'static str),
     /// The peer closed inside a packet.
     #[error("the stream ended inside a packet")]
     Truncated,
@@ -20,11 +32,36 @@ pub enum WireError {
     Io(#[from] std::io::Error),
 }
 
+/// The MQTT version a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// MQTT 3.1.1 (protocol level 4).
+    V4,
+    /// MQTT 5 (protocol level 5).
+    V5,
+}
+
 /// Reads whole MQTT packets from one side of a connection, each at most `max_packet` long.
 pub struct PacketReader<R> {
     io: R,
     buf: BytesMut,
     max_packet: usize,
+    version: Option<Version>,
+}
+
+/// Bytes of a CONNECT up to its protocol level: type, up to 4 of remaining length, the protocol
+/// name "MQTT" with its length, the level.
+const CONNECT_HEAD: usize = 1 + 4 + 2 + 4 + 1;
+
+/// The protocol level of the CONNECT at the start of `buf`, if enough of it is there; `Some(0)`
+/// when it is not a CONNECT (the 3.1.1 reader then says what is wrong).
+fn connect_level(buf: &[u8]) -> Option<u8> {
+    if buf.first().is_some_and(|b| b >> 4 != 1) {
+        return Some(0);
+    }
+    // The remaining length: 1 to 4 bytes, the high bit saying another follows.
+    let length_bytes = buf.iter().skip(1).take(4).position(|b| b & 0x80 == 0)? + 1;
+    buf.get(1 + length_bytes + 2 + 4).copied()
 }
 
 impl<R: AsyncRead + Unpin> PacketReader<R> {
@@ -34,18 +71,50 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
             io,
             buf: BytesMut::with_capacity(1024),
             max_packet,
+            version: None,
         }
+    }
+
+    /// The version the connection speaks, once its CONNECT was read.
+    pub fn version(&self) -> Option<Version> {
+        self.version
     }
 
     /// The next packet, or `None` when the stream ends between packets. Cancel-safe: what was
     /// read stays in the buffer.
     pub async fn next(&mut self) -> Result<Option<Packet>, WireError> {
         loop {
-            match Packet::read(&mut self.buf, self.max_packet) {
-                Ok(packet) => return Ok(Some(packet)),
-                // `read` checks the announced length against `max_packet` before asking for more.
-                Err(MqttError::InsufficientBytes(more)) => self.buf.reserve(more),
-                Err(e) => return Err(WireError::Protocol(e)),
+            if self.version.is_none() {
+                match connect_level(&self.buf) {
+                    Some(5) => self.version = Some(Version::V5),
+                    Some(_) => self.version = Some(Version::V4),
+                    None if self.buf.len() >= CONNECT_HEAD => self.version = Some(Version::V4),
+                    None => {}
+                }
+            }
+            match self.version {
+                Some(Version::V4) => match Packet::read(&mut self.buf, self.max_packet) {
+                    Ok(packet) => return Ok(Some(packet)),
+                    // `read` checks the announced length against `max_packet` before asking for more.
+                    Err(MqttError::InsufficientBytes(more)) => self.buf.reserve(more),
+                    Err(e) => return Err(WireError::Protocol(e)),
+                },
+                Some(Version::V5) => {
+                    // A DISCONNECT without a reason code (remaining length 0), which rumqttc's
+                    // reader refuses, though MQTT 5 allows it (3.14.2.1).
+                    if self.buf.starts_with(&[0xE0, 0x00]) {
+                        let _ = self.buf.split_to(2);
+                        return Ok(Some(Packet::Disconnect));
+                    }
+                    match v5::Packet::read(&mut self.buf, Some(self.max_packet as u32)) {
+                        Ok(packet) => return from_v5(packet).map(Some),
+                        Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(more)) => {
+                            self.buf.reserve(more)
+                        }
+                        Err(e) => return Err(WireError::Protocol5(e)),
+                    }
+                }
+                None => {}
             }
             if self.io.read_buf(&mut self.buf).await? == 0 {
                 return if self.buf.is_empty() {
@@ -58,11 +127,262 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
     }
 }
 
+/// The same QoS in rumqttc's MQTT 3.1.1 type.
+fn qos4(qos: rumqttc::v5::mqttbytes::QoS) -> QoS {
+    match qos {
+        rumqttc::v5::mqttbytes::QoS::AtMostOnce => QoS::AtMostOnce,
+        rumqttc::v5::mqttbytes::QoS::AtLeastOnce => QoS::AtLeastOnce,
+        rumqttc::v5::mqttbytes::QoS::ExactlyOnce => QoS::ExactlyOnce,
+    }
+}
+
+/// The same QoS in rumqttc's MQTT 5 type.
+fn qos5(qos: QoS) -> rumqttc::v5::mqttbytes::QoS {
+    match qos {
+        QoS::AtMostOnce => rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+        QoS::AtLeastOnce => rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        QoS::ExactlyOnce => rumqttc::v5::mqttbytes::QoS::ExactlyOnce,
+    }
+}
+
+/// An MQTT 5 packet in the shape of its MQTT 3.1.1 counterpart.
+fn from_v5(packet: v5::Packet) -> Result<Packet, WireError> {
+    let utf8 = |bytes: bytes::Bytes| {
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| WireError::Protocol5(rumqttc::v5::mqttbytes::Error::TopicNotUtf8))
+    };
+    Ok(match packet {
+        v5::Packet::Connect(connect, will, login) => {
+            // A session outlives its connection only with an expiry interval (MQTT 5 3.1.2.11.2).
+            let expiry = connect
+                .properties
+                .as_ref()
+                .and_then(|p| p.session_expiry_interval)
+                .unwrap_or(0);
+            let last_will = match will {
+                Some(will) => Some(v4::LastWill {
+                    topic: utf8(will.topic)?,
+                    message: will.message,
+                    qos: qos4(will.qos),
+                    retain: will.retain,
+                }),
+                None => None,
+            };
+            Packet::Connect(v4::Connect {
+                protocol: Protocol::V5,
+                keep_alive: connect.keep_alive,
+                client_id: connect.client_id,
+                clean_session: connect.clean_start || expiry == 0,
+                last_will,
+                login: login.map(|l| v4::Login {
+                    username: l.username,
+                    password: l.password,
+                }),
+            })
+        }
+        v5::Packet::Publish(publish) => {
+            if publish.topic.is_empty()
+                || publish
+                    .properties
+                    .as_ref()
+                    .is_some_and(|p| p.topic_alias.is_some())
+            {
+                // CONNACK offers no aliases (Topic Alias Maximum 0), so a client must not use one.
+                return Err(WireError::Unsupported("topic aliases"));
+            }
+            Packet::Publish(v4::Publish {
+                dup: publish.dup,
+                qos: qos4(publish.qos),
+                retain: publish.retain,
+                topic: utf8(publish.topic)?,
+                pkid: publish.pkid,
+                payload: publish.payload,
+            })
+        }
+        v5::Packet::PubAck(ack) => Packet::PubAck(v4::PubAck::new(ack.pkid)),
+        v5::Packet::PubRec(rec) => Packet::PubRec(v4::PubRec::new(rec.pkid)),
+        v5::Packet::PubRel(rel) => Packet::PubRel(v4::PubRel::new(rel.pkid)),
+        v5::Packet::PubComp(comp) => Packet::PubComp(v4::PubComp::new(comp.pkid)),
+        v5::Packet::Subscribe(subscribe) => Packet::Subscribe(v4::Subscribe {
+            pkid: subscribe.pkid,
+            filters: subscribe
+                .filters
+                .into_iter()
+                .map(|f| v4::SubscribeFilter::new(f.path, qos4(f.qos)))
+                .collect(),
+        }),
+        v5::Packet::Unsubscribe(unsubscribe) => Packet::Unsubscribe(v4::Unsubscribe {
+            pkid: unsubscribe.pkid,
+            topics: unsubscribe.filters,
+        }),
+        v5::Packet::PingReq(_) => Packet::PingReq,
+        v5::Packet::PingResp(_) => Packet::PingResp,
+        v5::Packet::Disconnect(_) => Packet::Disconnect,
+        v5::Packet::ConnAck(_) => {
+            Packet::ConnAck(v4::ConnAck::new(v4::ConnectReturnCode::Success, false))
+        }
+        v5::Packet::SubAck(ack) => Packet::SubAck(v4::SubAck::new(ack.pkid, Vec::new())),
+        v5::Packet::UnsubAck(ack) => Packet::UnsubAck(v4::UnsubAck::new(ack.pkid)),
+        v5::Packet::Auth(_) => return Err(WireError::Unsupported("AUTH")),
+    })
+}
+
+/// What the hub sends a client, in either version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outbound {
+    /// The answer to CONNECT.
+    ConnAck {
+        /// Accepted, or why not.
+        code: v4::ConnectReturnCode,
+        /// Whether an earlier session was resumed.
+        session_present: bool,
+        /// The client id the hub chose for a client that gave none (MQTT 5 says it).
+        assigned_id: Option<String>,
+        /// Most QoS 1 and 2 publishes the client may have unacknowledged (MQTT 5 says it).
+        receive_max: u16,
+    },
+    /// QoS 1 publish stored.
+    PubAck(u16),
+    /// QoS 2 publish stored.
+    PubRec(u16),
+    /// Answer to a PUBREC of a QoS 2 downlink.
+    PubRel(u16),
+    /// QoS 2 exchange over.
+    PubComp(u16),
+    /// Answer to SUBSCRIBE: the QoS granted to each filter, or `None` where refused.
+    SubAck {
+        /// Its packet id.
+        pkid: u16,
+        /// Per filter, in order.
+        granted: Vec<Option<QoS>>,
+    },
+    /// Answer to UNSUBSCRIBE of `count` filters.
+    UnsubAck {
+        /// Its packet id.
+        pkid: u16,
+        /// Filters it named.
+        count: usize,
+    },
+    /// Answer to PINGREQ.
+    PingResp,
+    /// A downlink.
+    Publish(v4::Publish),
+}
+
+impl Outbound {
+    fn v4(&self) -> Packet {
+        match self {
+            Outbound::ConnAck {
+                code,
+                session_present,
+                ..
+            } => Packet::ConnAck(v4::ConnAck::new(*code, *session_present)),
+            Outbound::PubAck(pkid) => Packet::PubAck(v4::PubAck::new(*pkid)),
+            Outbound::PubRec(pkid) => Packet::PubRec(v4::PubRec::new(*pkid)),
+            Outbound::PubRel(pkid) => Packet::PubRel(v4::PubRel::new(*pkid)),
+            Outbound::PubComp(pkid) => Packet::PubComp(v4::PubComp::new(*pkid)),
+            Outbound::SubAck { pkid, granted } => Packet::SubAck(v4::SubAck::new(
+                *pkid,
+                granted
+                    .iter()
+                    .map(|g| match g {
+                        Some(qos) => v4::SubscribeReasonCode::Success(*qos),
+                        None => v4::SubscribeReasonCode::Failure,
+                    })
+                    .collect(),
+            )),
+            Outbound::UnsubAck { pkid, .. } => Packet::UnsubAck(v4::UnsubAck::new(*pkid)),
+            Outbound::PingResp => Packet::PingResp,
+            Outbound::Publish(publish) => Packet::Publish(publish.clone()),
+        }
+    }
+
+    fn v5(&self) -> v5::Packet {
+        match self {
+            Outbound::ConnAck {
+                code,
+                session_present,
+                assigned_id,
+                receive_max,
+            } => v5::Packet::ConnAck(v5::ConnAck {
+                session_present: *session_present,
+                code: match code {
+                    v4::ConnectReturnCode::Success => v5::ConnectReturnCode::Success,
+                    v4::ConnectReturnCode::RefusedProtocolVersion => {
+                        v5::ConnectReturnCode::UnsupportedProtocolVersion
+                    }
+                    v4::ConnectReturnCode::BadClientId => {
+                        v5::ConnectReturnCode::ClientIdentifierNotValid
+                    }
+                    v4::ConnectReturnCode::ServiceUnavailable => {
+                        v5::ConnectReturnCode::ServerUnavailable
+                    }
+                    v4::ConnectReturnCode::BadUserNamePassword => {
+                        v5::ConnectReturnCode::BadUserNamePassword
+                    }
+                    v4::ConnectReturnCode::NotAuthorized => v5::ConnectReturnCode::NotAuthorized,
+                },
+                properties: Some(v5::ConnAckProperties {
+                    session_expiry_interval: None,
+                    receive_max: Some(*receive_max),
+                    // The hub sends at most QoS 1 and keeps no retained messages.
+                    max_qos: None,
+                    retain_available: Some(0),
+                    max_packet_size: None,
+                    assigned_client_identifier: assigned_id.clone(),
+                    topic_alias_max: None,
+                    reason_string: None,
+                    user_properties: Vec::new(),
+                    wildcard_subscription_available: None,
+                    subscription_identifiers_available: Some(0),
+                    shared_subscription_available: Some(0),
+                    server_keep_alive: None,
+                    response_information: None,
+                    server_reference: None,
+                    authentication_method: None,
+                    authentication_data: None,
+                }),
+            }),
+            Outbound::PubAck(pkid) => v5::Packet::PubAck(v5::PubAck::new(*pkid, None)),
+            Outbound::PubRec(pkid) => v5::Packet::PubRec(v5::PubRec::new(*pkid, None)),
+            Outbound::PubRel(pkid) => v5::Packet::PubRel(v5::PubRel::new(*pkid, None)),
+            Outbound::PubComp(pkid) => v5::Packet::PubComp(v5::PubComp::new(*pkid, None)),
+            Outbound::SubAck { pkid, granted } => v5::Packet::SubAck(v5::SubAck {
+                pkid: *pkid,
+                return_codes: granted
+                    .iter()
+                    .map(|g| match g {
+                        Some(qos) => v5::SubscribeReasonCode::Success(qos5(*qos)),
+                        None => v5::SubscribeReasonCode::NotAuthorized,
+                    })
+                    .collect(),
+                properties: None,
+            }),
+            Outbound::UnsubAck { pkid, count } => v5::Packet::UnsubAck(v5::UnsubAck {
+                pkid: *pkid,
+                reasons: vec![v5::UnsubAckReason::Success; *count],
+                properties: None,
+            }),
+            Outbound::PingResp => v5::Packet::PingResp(v5::PingResp),
+            Outbound::Publish(publish) => v5::Packet::Publish(v5::Publish {
+                dup: publish.dup,
+                qos: qos5(publish.qos),
+                retain: publish.retain,
+                topic: bytes::Bytes::copy_from_slice(publish.topic.as_bytes()),
+                pkid: publish.pkid,
+                payload: publish.payload.clone(),
+                properties: None,
+            }),
+        }
+    }
+}
+
 /// Writes MQTT packets to one side of a connection: `push` gathers, `flush` writes them all.
 pub struct PacketWriter<W> {
     io: W,
     buf: BytesMut,
     max_packet: usize,
+    version: Version,
 }
 
 /// Gathered bytes past which `push` asks to flush, so a burst of acks goes out in few writes
@@ -76,16 +396,30 @@ impl<W: AsyncWrite + Unpin> PacketWriter<W> {
             io,
             buf: BytesMut::with_capacity(256),
             max_packet,
+            version: Version::V4,
         }
     }
 
-    /// Adds `packet` to what the next flush writes.
-    pub fn push(&mut self, packet: &Packet) -> Result<(), WireError> {
+    /// Writes in `version` from now on.
+    pub fn speak(&mut self, version: Version) {
+        self.version = version;
+    }
+
+    /// Adds `packet` to what the next flush writes, in the connection's version.
+    pub fn push(&mut self, packet: &Outbound) -> Result<(), WireError> {
         // The frame's size: its remaining length and at most 5 bytes of header.
-        packet
-            .write(&mut self.buf, self.max_packet + 5)
-            .map_err(WireError::Protocol)?;
-        Ok(())
+        match self.version {
+            Version::V4 => packet
+                .v4()
+                .write(&mut self.buf, self.max_packet + 5)
+                .map(drop)
+                .map_err(WireError::Protocol),
+            Version::V5 => packet
+                .v5()
+                .write(&mut self.buf, Some(self.max_packet as u32 + 5))
+                .map(drop)
+                .map_err(WireError::Protocol5),
+        }
     }
 
     /// Bytes gathered and not yet written.
@@ -108,7 +442,7 @@ impl<W: AsyncWrite + Unpin> PacketWriter<W> {
     }
 
     /// Writes one packet at once.
-    pub async fn send(&mut self, packet: &Packet) -> Result<(), WireError> {
+    pub async fn send(&mut self, packet: &Outbound) -> Result<(), WireError> {
         self.push(packet)?;
         self.flush().await
     }
@@ -154,10 +488,8 @@ mod tests {
     async fn gathered_packets_are_written_in_order_on_flush() {
         let mut out = Vec::new();
         let mut writer = PacketWriter::new(&mut out, 1024);
-        writer
-            .push(&Packet::PubAck(rumqttc::mqttbytes::v4::PubAck::new(1)))
-            .unwrap();
-        writer.push(&Packet::PingResp).unwrap();
+        writer.push(&Outbound::PubAck(1)).unwrap();
+        writer.push(&Outbound::PingResp).unwrap();
         assert!(writer.pending() > 0);
         writer.flush().await.unwrap();
         let mut reader = PacketReader::new(std::io::Cursor::new(out), 1024);
@@ -167,6 +499,124 @@ mod tests {
         );
         assert_eq!(reader.next().await.unwrap(), Some(Packet::PingResp));
         assert_eq!(reader.next().await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn mqtt_5_packets_are_read_in_the_shape_of_3_1_1_and_answers_written_in_5() {
+        use rumqttc::v5::mqttbytes::QoS as QoS5;
+        let mut wire = BytesMut::new();
+        let connect = v5::Connect {
+            keep_alive: 30,
+            client_id: "dev-5".into(),
+            clean_start: false,
+            properties: Some(v5::ConnectProperties {
+                session_expiry_interval: Some(60),
+                ..v5::ConnectProperties::new()
+            }),
+        };
+        v5::Packet::Connect(connect, None, None)
+            .write(&mut wire, None)
+            .unwrap();
+        let publish = v5::Publish::new("devices/dev-5/telemetry", QoS5::AtLeastOnce, "{}", None);
+        let mut publish = publish;
+        publish.pkid = 3;
+        v5::Packet::Publish(publish).write(&mut wire, None).unwrap();
+        // A DISCONNECT with no reason code: remaining length 0.
+        wire.extend_from_slice(&[0xE0, 0x00]);
+        let mut reader = PacketReader::new(chunked(&[&wire]), 1024);
+        match reader.next().await.unwrap() {
+            Some(Packet::Connect(c)) => {
+                assert_eq!(c.protocol, Protocol::V5);
+                assert_eq!(c.client_id, "dev-5");
+                // A session with an expiry interval outlives its connection.
+                assert!(!c.clean_session);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(reader.version(), Some(Version::V5));
+        match reader.next().await.unwrap() {
+            Some(Packet::Publish(p)) => {
+                assert_eq!((p.topic.as_str(), p.pkid), ("devices/dev-5/telemetry", 3));
+                assert_eq!(p.qos, QoS::AtLeastOnce);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(reader.next().await.unwrap(), Some(Packet::Disconnect));
+        assert_eq!(reader.next().await.unwrap(), None);
+
+        // The hub's answers, in MQTT 5.
+        let mut out = Vec::new();
+        let mut writer = PacketWriter::new(&mut out, 1024);
+        writer.speak(Version::V5);
+        writer
+            .push(&Outbound::ConnAck {
+                code: v4::ConnectReturnCode::Success,
+                session_present: false,
+                assigned_id: Some("auto".into()),
+                receive_max: 1024,
+            })
+            .unwrap();
+        writer.push(&Outbound::PubAck(3)).unwrap();
+        writer
+            .push(&Outbound::SubAck {
+                pkid: 4,
+                granted: vec![Some(QoS::AtLeastOnce), None],
+            })
+            .unwrap();
+        writer.flush().await.unwrap();
+        let mut bytes = BytesMut::from(&out[..]);
+        match v5::Packet::read(&mut bytes, None).unwrap() {
+            v5::Packet::ConnAck(ack) => {
+                let props = ack.properties.unwrap();
+                assert_eq!(props.receive_max, Some(1024));
+                assert_eq!(props.assigned_client_identifier.as_deref(), Some("auto"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(v5::Packet::read(&mut bytes, None).unwrap(), v5::Packet::PubAck(a) if a.pkid == 3)
+        );
+        match v5::Packet::read(&mut bytes, None).unwrap() {
+            v5::Packet::SubAck(ack) => assert_eq!(
+                ack.return_codes,
+                [
+                    v5::SubscribeReasonCode::Success(QoS5::AtLeastOnce),
+                    v5::SubscribeReasonCode::NotAuthorized
+                ]
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_mqtt_5_topic_alias_is_refused() {
+        let mut wire = BytesMut::new();
+        let connect = v5::Connect {
+            keep_alive: 30,
+            client_id: "a".into(),
+            clean_start: true,
+            properties: None,
+        };
+        v5::Packet::Connect(connect, None, None)
+            .write(&mut wire, None)
+            .unwrap();
+        let mut publish = v5::Publish::new(
+            "devices/a/telemetry",
+            rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+            "{}",
+            None,
+        );
+        publish.properties = Some(v5::PublishProperties {
+            topic_alias: Some(1),
+            ..Default::default()
+        });
+        v5::Packet::Publish(publish).write(&mut wire, None).unwrap();
+        let mut reader = PacketReader::new(chunked(&[&wire]), 1024);
+        assert!(matches!(reader.next().await, Ok(Some(Packet::Connect(_)))));
+        assert!(matches!(
+            reader.next().await,
+            Err(WireError::Unsupported("topic aliases"))
+        ));
     }
 
     /// A reader that returns `chunks` one read at a time.
