@@ -4,31 +4,58 @@
 //! `seq`, `Ack` (and `TimeSync` after a `Hello`) on `devices/{id}/down` for binary ones.
 //!
 //! Two tasks share the connection. The session task alone polls rumqttc's event loop (polling is
-//! not cancel-safe, so it is never raced in a `select!`), decodes messages and hands them to the
-//! store writer. The acker waits for each commit in arrival order and then queues the PUBACK with
-//! `try_ack`, never blocking on the event loop, so neither task can wait on the other.
+//! not cancel-safe, so it is never raced in a `select!`, shutdown aside), decodes messages and
+//! hands them to the store writer. The acker waits for each commit in arrival order and hands the
+//! PUBACK and the device's reply back to the session task, which writes them straight to the
+//! connection between two polls; only while the session task is inside a poll does the acker
+//! queue the next PUBACK through rumqttc's request channel, which wakes that poll. The session
+//! task waits only on the store (a full writer queue, or a full window) and on the socket; the
+//! acker waits only on the store: neither ever waits on the other.
+//! PUBACKs leave in arrival order, except that the one queued through rumqttc can be overtaken by
+//! the next ones when the poll returns for a read first (brokers match a PUBACK by packet id).
+//!
+//! The receive window: the hub reads no further PUBLISH while `mqtt.inflight` QoS 1 messages are
+//! unacknowledged, so a broker that sends faster than the store commits is held back by TCP,
+//! and what the hub holds stays bounded whatever the broker does.
+//!
+//! Why (the stall this replaced). Behind mosquitto at QoS 1 the hub once stopped for good after
+//! about 30,000 readings of a burst. mosquitto 2.0 does not keep to its in-flight window
+//! (`max_inflight_messages`, 20 by default; nor to an MQTT 5 client's Receive Maximum): measured
+//! with mosquitto 2.0.11 and a subscriber that acks its first 1,000 messages and then nothing, it
+//! sent 2,900 to 3,400 unacknowledged messages (6,000 to 18,000 with Receive Maximum 20), and
+//! MQTT 3.1.1 has no limit at all. rumqttc 0.25 has no receive-side flow control: each poll picks
+//! at random between reading the socket (up to 10 packets) and writing one queued request, so
+//! under a flood the hub read about ten PUBLISHes for each PUBACK it wrote, and the number
+//! unacknowledged grew without bound. The PUBACKs then waited in rumqttc's request channel
+//! (8,192), the acker waited for room there, its queue (16,384) filled, and the session task
+//! waited for room in that queue; but the session task's polling was the only thing that emptied
+//! the request channel: a cycle, every task asleep, the socket unread. Now PUBACKs never queue
+//! behind reads, the session task never waits on the acker, and the window bounds the reading.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, PubAck, PubRec, Publish, QoS};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::reply::{MAX_TOLD_DEVICES, Reply, decode_message, reply_message};
+use super::reply::{DeviceMessage, MAX_TOLD_DEVICES, Reply, decode_message, reply_message};
 use super::{DownlinkError, IngestStats, decode, jitter, now_ms};
 use crate::store::Applied;
 use crate::store::writer::{CommitFailed, Submission};
 
-/// Messages waiting for their commit before the PUBACK and the device's ack. A broker sends at
-/// most its in-flight window of unacked QoS 1 messages (mosquitto: 20 by default, rumqttd: 100),
-/// far fewer than this; it also holds more than the writer's queue and one batch (4,096 and
-/// 2,048 by default), so a device's reply is not dropped while its reading waits for the commit.
+/// Messages waiting for their commit before the PUBACK and the device's ack. The receive window
+/// (`mqtt.inflight`, see [`MqttIngest::run`]) keeps the QoS 1 ones below it; it also holds more
+/// than the writer's queue and one batch (4,096 and 2,048 by default), so that the reply to a
+/// device that published at QoS 0 is not dropped while its reading waits for the commit.
 const ACK_QUEUE: usize = 16_384;
-/// Requests (PUBACKs, device acks, subscriptions) queued for rumqttc's event loop.
+/// Requests queued for rumqttc's event loop: subscriptions, commands to devices, and at most one
+/// PUBACK (with its reply) at a time, the one that wakes a poll (see [`ack_in_order`]).
 const REQUEST_QUEUE: usize = 8192;
+/// How long the intake may stay paused on a full window, with no commit over, before a warning.
+const STALL_WARNING: Duration = Duration::from_secs(10);
 
 /// First wait after a failed connection; doubled up to [`RECONNECT_MAX`], with full jitter.
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
@@ -72,6 +99,53 @@ struct Pending {
     done_rx: oneshot::Receiver<Result<Vec<Applied>, CommitFailed>>,
     publish: Option<Publish>,
     reply: Reply,
+    /// The connection it came in on.
+    generation: u64,
+}
+
+/// A message whose commit is over, handed from the acker to the session task.
+struct Done {
+    /// The connection its PUBLISH came in on.
+    generation: u64,
+    /// QoS and packet id of the PUBACK (PUBREC at QoS 2) to send; none for QoS 0 or a failed
+    /// commit (not acked, so the broker redelivers it after the next reconnection).
+    ack: Option<(QoS, u16)>,
+    /// The message to the device, if one is due.
+    reply: Option<DeviceMessage>,
+    /// Whether it held a place in the receive window (QoS 1 or 2).
+    windowed: bool,
+}
+
+/// What the acker and the session task share.
+#[derive(Default)]
+struct Shared {
+    handoff: std::sync::Mutex<Handoff>,
+    /// Wakes the session task when it waits for the store with the window full.
+    wake: tokio::sync::Notify,
+}
+
+impl Shared {
+    /// The hand-off, locked. Nothing panics while holding it, so a poisoned lock is still sound.
+    fn handoff(&self) -> std::sync::MutexGuard<'_, Handoff> {
+        self.handoff
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The acker's hand-off, under one lock so that each PUBACK leaves once, by one road.
+#[derive(Default)]
+struct Handoff {
+    /// Commits over, in arrival order: the session task writes their PUBACKs and replies
+    /// straight to the connection between two polls.
+    done: VecDeque<Done>,
+    /// The session task is inside `EventLoop::poll` and nothing waits in `done`: the next commit
+    /// to finish is acked through rumqttc's request channel instead, which wakes that poll.
+    polling: bool,
+    /// PUBACKs queued through the request channel that the poll has not reported written yet.
+    routed: usize,
+    /// The session's connection: only its messages are acked through the request channel.
+    generation: u64,
 }
 
 /// The MQTT ingest component.
@@ -174,25 +248,68 @@ impl MqttIngest {
 
     /// Runs until `shutdown`; reconnects with jittered exponential back-off on its own.
     pub async fn run(self, shutdown: CancellationToken) {
-        // Only this task drains rumqttc's request channel (by polling), so it must never wait on
-        // the acker, which fills that channel: the acker's queue and the request channel are both
-        // larger than any broker's in-flight window (see `handle`).
         let MqttIngest {
             core,
             mut eventloop,
         } = self;
         let client = core.client.clone();
         let s = &core.settings;
+        let window = usize::from(s.inflight.max(1));
+        let shared = Arc::new(Shared::default());
         let (acks_tx, acks_rx) = mpsc::channel::<Pending>(ACK_QUEUE);
-        let acker = tokio::spawn(ack_in_order(client.clone(), acks_rx, shutdown.clone()));
+        let acker = tokio::spawn(ack_in_order(client.clone(), acks_rx, shared.clone()));
 
+        // The connection the session is on, and its QoS 1/2 messages not yet PUBACKed (nor failed).
+        let mut generation = 0u64;
+        let mut owed = 0usize;
         let mut backoff = RECONNECT_MIN;
         loop {
+            // What the store made durable: its PUBACKs and replies, written straight to the
+            // connection, all of them, never behind a read.
+            let done = std::mem::take(&mut shared.handoff().done);
+            if !done.is_empty() {
+                if let Err(e) = write_done(&mut eventloop, done, generation, &mut owed).await {
+                    eventloop.clean();
+                    generation += 1;
+                    owed = 0;
+                    if !connection_lost(&core, &shared, generation, &mut backoff, &e, &shutdown)
+                        .await
+                    {
+                        break;
+                    }
+                }
+                continue;
+            }
+            // The window is full: read nothing more until the store has caught up. A PUBACK
+            // queued through rumqttc needs a poll to go out, so then the poll goes on.
+            let routed = shared.handoff().routed;
+            if owed >= window && routed == 0 {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = shared.wake.notified() => {}
+                    _ = tokio::time::sleep(STALL_WARNING) => {
+                        tracing::warn!(
+                            waiting = owed,
+                            seconds = STALL_WARNING.as_secs(),
+                            "MQTT intake paused: the store has committed none of the messages it was given"
+                        );
+                    }
+                }
+                continue;
+            }
+            {
+                let mut handoff = shared.handoff();
+                if !handoff.done.is_empty() {
+                    continue;
+                }
+                handoff.polling = true;
+            }
             let event = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
                 event = eventloop.poll() => event,
             };
+            shared.handoff().polling = false;
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     backoff = RECONNECT_MIN;
@@ -212,19 +329,28 @@ impl MqttIngest {
                     tracing::info!(host = %s.host, port = s.port, "subscribed to device telemetry");
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    if !core.handle(publish, &acks_tx, &shutdown).await {
+                    if publish.qos != QoS::AtMostOnce {
+                        owed += 1;
+                    }
+                    if !core.handle(publish, generation, &acks_tx, &shutdown).await {
                         break;
                     }
                 }
+                // A PUBACK the acker queued through rumqttc went out.
+                Ok(Event::Outgoing(Outgoing::PubAck(_) | Outgoing::PubRec(_))) => {
+                    owed = owed.saturating_sub(1);
+                    let mut handoff = shared.handoff();
+                    handoff.routed = handoff.routed.saturating_sub(1);
+                }
                 Ok(_) => {}
                 Err(e) => {
-                    core.link_tx.send_replace(Link::Down);
-                    let wait = jitter(backoff);
-                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, host = %s.host, port = s.port, "MQTT connection lost");
-                    backoff = (backoff * 2).min(RECONNECT_MAX);
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(wait) => {}
+                    // rumqttc has dropped the PUBACKs queued in it; the broker redelivers.
+                    generation += 1;
+                    owed = 0;
+                    if !connection_lost(&core, &shared, generation, &mut backoff, &e, &shutdown)
+                        .await
+                    {
+                        break;
                     }
                 }
             }
@@ -235,11 +361,77 @@ impl MqttIngest {
     }
 }
 
+/// After the connection failed: reports it, forgets what the acker routed, and waits a jittered
+/// back-off; false when shutting down.
+async fn connection_lost(
+    core: &Core,
+    shared: &Shared,
+    generation: u64,
+    backoff: &mut Duration,
+    error: &rumqttc::ConnectionError,
+    shutdown: &CancellationToken,
+) -> bool {
+    let s = &core.settings;
+    core.link_tx.send_replace(Link::Down);
+    {
+        let mut handoff = shared.handoff();
+        handoff.generation = generation;
+        handoff.routed = 0;
+    }
+    let wait = jitter(*backoff);
+    tracing::warn!(error = %error, retry_in_ms = wait.as_millis() as u64, host = %s.host, port = s.port, "MQTT connection lost");
+    *backoff = (*backoff * 2).min(RECONNECT_MAX);
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(wait) => true,
+    }
+}
+
+/// Writes the replies and PUBACKs of `done` to the connection, in order, and flushes. A PUBACK
+/// only goes out on the connection its PUBLISH came in on: after a reconnection the broker
+/// redelivers, and the redelivery is acked.
+async fn write_done(
+    eventloop: &mut rumqttc::EventLoop,
+    done: VecDeque<Done>,
+    generation: u64,
+    owed: &mut usize,
+) -> Result<(), rumqttc::ConnectionError> {
+    let timeout = Duration::from_secs(eventloop.network_options().connection_timeout());
+    // Not connected: nothing to write to (the next poll connects).
+    let Some(network) = eventloop.network.as_mut() else {
+        return Ok(());
+    };
+    for d in done {
+        if let Some(reply) = d.reply {
+            let publish = Publish::new(reply.topic, QoS::AtMostOnce, reply.payload);
+            network.write(Packet::Publish(publish)).await?;
+        }
+        if d.generation != generation {
+            continue;
+        }
+        if d.windowed {
+            *owed = owed.saturating_sub(1);
+        }
+        match d.ack {
+            Some((QoS::ExactlyOnce, pkid)) => {
+                network.write(Packet::PubRec(PubRec::new(pkid))).await?
+            }
+            Some((_, pkid)) => network.write(Packet::PubAck(PubAck::new(pkid))).await?,
+            None => {}
+        }
+    }
+    match tokio::time::timeout(timeout, network.flush()).await {
+        Ok(flushed) => Ok(flushed?),
+        Err(_) => Err(rumqttc::ConnectionError::FlushTimeout),
+    }
+}
+
 impl Core {
     /// Decodes one message and submits it; false when shutting down.
     async fn handle(
         &self,
         publish: Publish,
+        generation: u64,
         acks_tx: &mpsc::Sender<Pending>,
         shutdown: &CancellationToken,
     ) -> bool {
@@ -282,6 +474,7 @@ impl Core {
             done_rx,
             publish,
             reply,
+            generation,
         };
         match acks_tx.try_send(pending) {
             Ok(()) => true,
@@ -289,8 +482,9 @@ impl Core {
             // A QoS 0 message only wanted a reply to its device: drop the reply rather than stop
             // polling; the device retransmits and gets its ack then.
             Err(mpsc::error::TrySendError::Full(p)) if p.publish.is_none() => true,
-            // A QoS 1 message's PUBACK must not be lost. This only happens with a broker sending
-            // more unacked messages than ACK_QUEUE; wait, as the only way left.
+            // A QoS 1 message's PUBACK must not be lost. The receive window keeps this queue far
+            // from full; waiting is safe anyway: the acker waits only on the store, never on this
+            // task.
             Err(mpsc::error::TrySendError::Full(p)) => tokio::select! {
                 _ = shutdown.cancelled() => false,
                 sent = acks_tx.send(p) => sent.is_ok(),
@@ -299,53 +493,81 @@ impl Core {
     }
 }
 
-/// Once each commit is done, in arrival order: tells the device (its ack, or a time sync) and
-/// sends the PUBACK. A failed commit is neither acked nor answered, so the broker redelivers the
-/// message after the next reconnection and the device retransmits it.
+/// Once each commit is done, in arrival order: hands its PUBACK and its reply (the device's ack,
+/// or a time sync) to the session task, which writes them between two polls. While that task is
+/// inside a poll, the first commit to finish is acked through rumqttc's request channel instead,
+/// so that the poll returns and the rest follows at once. A failed commit is neither acked nor
+/// answered, so the broker redelivers the message after the next reconnection and the device
+/// retransmits it. This task waits for nothing but the store.
 async fn ack_in_order(
     client: AsyncClient,
     mut acks_rx: mpsc::Receiver<Pending>,
-    shutdown: CancellationToken,
+    shared: Arc<Shared>,
 ) {
     // The highest ack each device was told, so a burst of readings gets one ack, not one each.
     let mut told: HashMap<String, u32> = HashMap::new();
     while let Some(pending) = acks_rx.recv().await {
-        let Ok(Ok(applied)) = pending.done_rx.await else {
-            continue;
-        };
-        if let Some(reply) = reply_message(&pending.reply, &applied, &told) {
-            // Best effort: a lost ack makes the device retransmit, and the retransmission is acked.
-            for _ in 0..20 {
-                match client.try_publish(
-                    reply.topic.as_str(),
-                    QoS::AtMostOnce,
-                    false,
-                    reply.payload.clone(),
-                ) {
-                    Ok(()) => {
-                        // Remembered only once queued: an ack that was dropped is sent again.
-                        if let Some((device, ack)) = reply.ack {
-                            told.insert(device, ack);
-                        }
-                        break;
-                    }
-                    Err(_) if shutdown.is_cancelled() => break,
-                    Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        let windowed = pending.publish.is_some();
+        let (ack, reply) = match pending.done_rx.await {
+            Ok(Ok(applied)) => {
+                let reply = reply_message(&pending.reply, &applied, &told);
+                if let Some((device, ack)) = reply.as_ref().and_then(|r| r.ack.clone()) {
+                    told.insert(device, ack);
                 }
+                let ack = pending.publish.as_ref().map(|p| (p.qos, p.pkid));
+                (ack, reply)
             }
-        }
+            _ => (None, None),
+        };
         if told.len() > MAX_TOLD_DEVICES {
             told.clear();
         }
-        let Some(publish) = pending.publish else {
-            continue;
+        let done = Done {
+            generation: pending.generation,
+            ack,
+            reply,
+            windowed,
         };
-        loop {
-            match client.try_ack(&publish) {
-                Ok(()) => break,
-                Err(_) if shutdown.is_cancelled() => return,
-                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        let mut handoff = shared.handoff();
+        if handoff.polling
+            && handoff.done.is_empty()
+            && handoff.generation == done.generation
+            && (done.ack.is_some() || done.reply.is_some())
+            && route(&client, &done)
+        {
+            handoff.polling = false;
+            if done.ack.is_some() {
+                handoff.routed += 1;
             }
+            continue;
+        }
+        handoff.done.push_back(done);
+        drop(handoff);
+        shared.wake.notify_one();
+    }
+}
+
+/// Queues `done`'s PUBACK and reply through rumqttc's request channel; false (and nothing
+/// queued) when the PUBACK cannot be.
+fn route(client: &AsyncClient, done: &Done) -> bool {
+    if let Some((qos, pkid)) = done.ack {
+        let mut publish = Publish::new("", qos, Vec::new());
+        publish.pkid = pkid;
+        if client.try_ack(&publish).is_err() {
+            return false;
         }
     }
+    if let Some(reply) = &done.reply {
+        // Best effort: a lost ack makes the device retransmit, and the retransmission is acked.
+        let queued = client.try_publish(
+            reply.topic.as_str(),
+            QoS::AtMostOnce,
+            false,
+            reply.payload.clone(),
+        );
+        if queued.is_err() && done.ack.is_none() {
+            return false;
+        }
+    }
+    true
 }

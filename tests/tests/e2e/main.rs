@@ -18,6 +18,7 @@ mod ingest;
 mod live;
 mod metrics;
 mod mqtt_door;
+mod mqtt_door_external;
 mod openapi;
 mod security;
 mod serial;

@@ -15,7 +15,7 @@ use std::time::Duration;
 use crate::harness::{DEADLINE, Hub, check_every_reading_once, eventually, free_port, python_peer};
 
 /// Kills the child when dropped, so a failing test leaves no publisher behind.
-struct Peer(Option<Child>);
+pub(crate) struct Peer(Option<Child>);
 
 impl Drop for Peer {
     fn drop(&mut self) {
@@ -28,7 +28,7 @@ impl Drop for Peer {
 
 impl Peer {
     /// Waits for it to end; its success and stdout.
-    fn finish(mut self) -> (bool, String) {
+    pub(crate) fn finish(mut self) -> (bool, String) {
         let child = self.0.take().unwrap();
         let out = child.wait_with_output().unwrap();
         (
@@ -38,7 +38,7 @@ impl Peer {
     }
 }
 
-fn paho_publisher(port: u16, device: &str, count: u32, qos: u8, version: u8) -> Peer {
+pub(crate) fn paho_publisher(port: u16, device: &str, count: u32, qos: u8, version: u8) -> Peer {
     let child = python_peer("paho_publisher.py")
         .args([
             "127.0.0.1",
@@ -122,7 +122,7 @@ async fn a_puback_means_durable_in_mqtt_5_too() {
 }
 
 /// Readings stored of devices `{prefix}0..devices`.
-async fn stored(hub: &Hub, prefix: &str, devices: u32) -> u64 {
+pub(crate) async fn stored(hub: &Hub, prefix: &str, devices: u32) -> u64 {
     let mut total = 0;
     for d in 0..devices {
         let (_, body) = hub.get(&format!("/api/v1/devices/{prefix}{d}")).await;
