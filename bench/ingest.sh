@@ -61,14 +61,14 @@ rate=$(field "$r" acked); rate=$(python3 -c "print($rate/$(field "$r" seconds))"
 echo "| hub behind mosquitto, JSON QoS 1, hub acks | 50 | 20000 | $(printf %.0f "$rate") | $(python3 -c "print(f'{$rate/$base_rate:.2f}')") | $(( $(rss_kb "$HUB_PID") / 1024 )) MB |" >> "$work/table"
 kill "$HUB_PID"; wait "$HUB_PID" 2>/dev/null || true
 
-# 3. The hub with its embedded broker: JSON and binary.
+# 3. The hub with its own MQTT endpoint: JSON and binary.
 eport=$(port)
 start_hub "$work/hub-emb" --mqtt-listen "127.0.0.1:$eport"
 for transport in json binary; do
   r=$($sim --broker "127.0.0.1:$eport" --transport "$transport" --devices 50 --rate 400 --duration "$secs" --drain-timeout 10 --prefix "emb-$transport-" || true)
   echo "$r" > "$out/ingest-hub-embedded-$transport.json"
   rate=$(field "$r" acked); rate=$(python3 -c "print($rate/$(field "$r" seconds))")
-  echo "| hub, embedded broker, $transport QoS 1, hub acks | 50 | 20000 | $(printf %.0f "$rate") | $(python3 -c "print(f'{$rate/$base_rate:.2f}')") | $(( $(rss_kb "$HUB_PID") / 1024 )) MB |" >> "$work/table"
+  echo "| hub, its MQTT endpoint, $transport QoS 1, hub acks | 50 | 20000 | $(printf %.0f "$rate") | $(python3 -c "print(f'{$rate/$base_rate:.2f}')") | $(( $(rss_kb "$HUB_PID") / 1024 )) MB |" >> "$work/table"
 done
 kill "$HUB_PID"; wait "$HUB_PID" 2>/dev/null || true
 

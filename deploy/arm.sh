@@ -6,7 +6,7 @@
 #   deploy/arm.sh --all    also armv7 (gnueabihf) and the static aarch64 musl binary, each smoke-tested
 #
 # The smoke test starts the hub in a temp data dir on free ports, waits for "hub ready", publishes
-# a reading to the embedded broker, reads it back over HTTPS with the first-run admin token and CA,
+# a reading to the hub's MQTT endpoint, reads it back over HTTPS with the first-run admin token and CA,
 # and stops the hub with SIGTERM, which must end it with exit code 0. Each release build takes
 # 7 minutes or more on 2 cores: this is not part of CI.
 #

@@ -68,7 +68,7 @@ pub struct Hub {
     pub log_path: PathBuf,
     /// The API address.
     pub api: SocketAddr,
-    /// The embedded broker's address, if it runs one.
+    /// The MQTT endpoint's plain listener, if it runs one.
     pub mqtt: Option<SocketAddr>,
     /// Lines the hub printed on stdout up to readiness.
     pub stdout: Vec<String>,
@@ -146,9 +146,9 @@ impl Hub {
         }
     }
 
-    /// The embedded broker's port.
+    /// The MQTT endpoint's port.
     pub fn mqtt_port(&self) -> u16 {
-        self.mqtt.expect("hub runs the embedded broker").port()
+        self.mqtt.expect("hub runs its MQTT endpoint").port()
     }
 
     /// The admin token from the first run.
