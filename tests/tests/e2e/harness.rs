@@ -643,7 +643,9 @@ pub fn python_peer(script: &str) -> Command {
     let python = std::env::var_os("HUB_E2E_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("python3"));
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py").join(script);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("py")
+        .join(script);
     assert!(script.exists(), "{} is missing", script.display());
     let mut command = Command::new(python);
     command.arg(script);
