@@ -887,7 +887,8 @@ impl Config {
                     .any(|s| crate::auth::Scope::parse(s).is_none())
             {
                 problems.push(format!(
-                    "api.clients[{i}].scopes: one or more of read, command, admin, metrics"
+                    "api.clients[{i}].scopes: one or more of {}",
+                    crate::auth::tokens::SCOPE_NAMES
                 ));
             }
         }

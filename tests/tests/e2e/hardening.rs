@@ -4,6 +4,125 @@
 //! ids `.` and `..`, and leap-second timestamps.
 
 use crate::harness::{Hub, eventually, mosquitto_pub, wait_for_readings};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// A new token with `scopes`, made by the admin; its secret.
+async fn token(hub: &Hub, name: &str, scopes: &[&str]) -> String {
+    let (status, body) = hub
+        .send(
+            Method::POST,
+            "/api/v1/tokens",
+            Some(&json!({"name": name, "scopes": scopes})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    body["secret"].as_str().unwrap().to_owned()
+}
+
+/// A request with `token`: status and JSON body (null when there is none).
+async fn call(hub: &Hub, token: &str, method: Method, path: &str, body: Value) -> (u16, Value) {
+    let response = hub
+        .client()
+        .request(method, hub.url(path))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_a_consumers_own_sync_identity_or_an_admin_moves_its_cursor() {
+    let root = tempfile::tempdir().unwrap();
+    let hub = Hub::start(root.path(), &[]);
+    for seq in 0..3 {
+        mosquitto_pub(
+            hub.mqtt_port(),
+            "devices/pull-1/telemetry",
+            format!(r#"{{"seq":{seq},"metrics":{{"v":1}}}}"#).as_bytes(),
+            1,
+        );
+    }
+    wait_for_readings(&hub, "pull-1", 3).await;
+    let reader = token(&hub, "reader", &["read"]).await;
+    let cloud = token(&hub, "cloud", &["read", "sync"]).await;
+    let other = token(&hub, "other", &["sync"]).await;
+    let put = |secret: String, name: &'static str, cursor: u64| {
+        let hub = &hub;
+        async move {
+            call(
+                hub,
+                &secret,
+                Method::PUT,
+                &format!("/api/v1/sync/consumers/{name}"),
+                json!({"cursor": cursor}),
+            )
+            .await
+        }
+    };
+    // The cloud's own token registers and moves its consumer.
+    assert_eq!(put(cloud.clone(), "cloud", 0).await.0, 200);
+    // A reader, another consumer's token, cannot move it forward (the attack), nor register
+    // one; the cloud's token cannot move another consumer.
+    let (status, body) = put(reader.clone(), "cloud", 2).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("sync"), "{body}");
+    assert_eq!(put(reader, "reader", 2).await.0, 403);
+    assert_eq!(put(other, "cloud", 2).await.0, 403);
+    assert_eq!(put(cloud.clone(), "other", 2).await.0, 403);
+    let (_, status) = hub.get("/api/v1/sync/status").await;
+    let consumers = status["consumers"].as_array().unwrap();
+    assert_eq!(consumers.len(), 1, "{status}");
+    assert_eq!(consumers[0]["name"], "cloud");
+    assert_eq!(consumers[0]["cursor"], 0, "nobody else moved it: {status}");
+    // An admin may, and the refused attempt was logged with who tried.
+    let (status, body) = hub
+        .send(
+            Method::PUT,
+            "/api/v1/sync/consumers/cloud",
+            Some(&json!({"cursor": 1})),
+        )
+        .await;
+    assert_eq!((status, body["cursor"].as_u64()), (200, Some(1)));
+    assert!(hub.log().contains("by=reader"), "the refusal is logged");
+    hub.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn absurd_token_expiries_are_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let hub = Hub::start(root.path(), &[]);
+    for expires in ["3000000d", "36501d", "99999999999999999999d"] {
+        let (status, body) = hub
+            .send(
+                Method::POST,
+                "/api/v1/tokens",
+                Some(&json!({"name": "forever", "scopes": ["read"], "expires": expires})),
+            )
+            .await;
+        assert_eq!(status, 400, "{expires}: {body}");
+        assert!(
+            body["detail"].as_str().unwrap().starts_with("`expires`"),
+            "{body}"
+        );
+    }
+    let (status, body) = hub
+        .send(
+            Method::POST,
+            "/api/v1/tokens",
+            Some(&json!({"name": "century", "scopes": ["read"], "expires": "36500d"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert!(
+        body["expires"].as_str().unwrap().starts_with("21"),
+        "{body}"
+    );
+    hub.stop();
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dot_ids_and_leap_seconds_are_refused_at_the_edge() {
