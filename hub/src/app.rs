@@ -707,7 +707,9 @@ fn client_identities(config: &Config) -> ClientIdentities {
                 devices: c.devices.clone(),
             })
             .collect(),
-    );
+    )
+    // The hub's own CA signs devices' certificates too: only those marked as a client's count.
+    .marked_only(config.api.client_ca.is_none());
     if config.api.client_ca.is_none() && !clients.names(pki::ADMIN_CLIENT_NAME) {
         clients.push(ClientEntry {
             name: pki::ADMIN_CLIENT_NAME.to_owned(),

@@ -3,9 +3,13 @@
 //! token expiries that never come, bare 414/431/308 answers, formulas in CSV exports, the device
 //! ids `.` and `..`, and leap-second timestamps.
 
+use crate::harness::binary;
 use crate::harness::{Hub, eventually, mosquitto_pub, wait_for_readings};
+use crate::security::{client, write_config};
 use reqwest::Method;
 use serde_json::{Value, json};
+use std::path::Path;
+use std::process::{Command, Output};
 
 /// A new token with `scopes`, made by the admin; its secret.
 async fn token(hub: &Hub, name: &str, scopes: &[&str]) -> String {
@@ -32,6 +36,30 @@ async fn call(hub: &Hub, token: &str, method: Method, path: &str, body: Value) -
         .unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// `hub certs ...` in the hub's data directory.
+fn certs(data: &Path, args: &[&str]) -> Output {
+    let out = Command::new(binary("hub"))
+        .arg("--data-dir")
+        .arg(data)
+        .arg("certs")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "hub certs {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The PEM identity (certificate and key) in `dir` under `name`.
+fn identity(dir: &Path, name: &str) -> String {
+    let cert = std::fs::read_to_string(dir.join(format!("{name}.crt"))).unwrap();
+    let key = std::fs::read_to_string(dir.join(format!("{name}.key"))).unwrap();
+    format!("{cert}{key}")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -88,6 +116,62 @@ async fn only_a_consumers_own_sync_identity_or_an_admin_moves_its_cursor() {
         .await;
     assert_eq!((status, body["cursor"].as_u64()), (200, Some(1)));
     assert!(hub.log().contains("by=reader"), "the refusal is logged");
+    hub.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_certificate_is_no_api_identity_whatever_its_id() {
+    let root = tempfile::tempdir().unwrap();
+    let config = write_config(
+        root.path(),
+        "[[api.clients]]\nname = \"app-1\"\nscopes = [\"read\"]\n",
+    );
+    let hub = Hub::start(root.path(), &["--config", &config]);
+    let data = hub.data.clone();
+    certs(&data, &["issue-device", "--id", "admin"]);
+    certs(&data, &["issue-device", "--id", "app-1"]);
+    certs(&data, &["issue-client", "--name", "app-1"]);
+    let devices = data.join("tls/devices");
+    let clients = data.join("tls/clients");
+    let new_token = json!({"name": "stolen", "scopes": ["admin"]});
+
+    // The device `admin` is refused where the first-run admin certificate is served.
+    let device_admin = client(&hub, Some(&identity(&devices, "admin")));
+    let response = device_admin
+        .post(hub.url("/api/v1/tokens"))
+        .json(&new_token)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        [401, 403].contains(&response.status().as_u16()),
+        "a device certificate made a token: {}",
+        response.status()
+    );
+    let admin = client(&hub, Some(&identity(&data.join("tls"), "admin")));
+    let response = admin
+        .post(hub.url("/api/v1/tokens"))
+        .json(&json!({"name": "fine", "scopes": ["read"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+
+    // The same for a configured client's name: the client's certificate reads, the device's
+    // of the same name does not.
+    let status = |c: reqwest::Client| {
+        let url = hub.url("/api/v1/devices");
+        async move { c.get(url).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(
+        status(client(&hub, Some(&identity(&clients, "app-1")))).await,
+        200
+    );
+    assert_eq!(
+        status(client(&hub, Some(&identity(&devices, "app-1")))).await,
+        401
+    );
+    assert!(!hub.log().contains("name=stolen"));
     hub.stop();
 }
 
