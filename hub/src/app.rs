@@ -375,7 +375,9 @@ pub async fn run(
 
     let limits = api::server::ServerLimits {
         max_connections: config.api.max_connections,
+        max_connections_per_address: config.api.max_connections_per_address,
         header_timeout: config.api.header_timeout.0,
+        body_timeout: config.api.body_timeout.0,
         drain_timeout: API_DRAIN_TIMEOUT,
     };
     let reload_task = tasks.spawn(reload_tls_on_hangup(

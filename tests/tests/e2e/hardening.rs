@@ -4,12 +4,16 @@
 //! ids `.` and `..`, and leap-second timestamps.
 
 use crate::harness::binary;
+use crate::harness::init_tls;
 use crate::harness::{Hub, eventually, mosquitto_pub, wait_for_readings};
+use crate::live::tls_connect;
 use crate::security::{client, write_config};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A new token with `scopes`, made by the admin; its secret.
 async fn token(hub: &Hub, name: &str, scopes: &[&str]) -> String {
@@ -60,6 +64,19 @@ fn identity(dir: &Path, name: &str) -> String {
     let cert = std::fs::read_to_string(dir.join(format!("{name}.crt"))).unwrap();
     let key = std::fs::read_to_string(dir.join(format!("{name}.key"))).unwrap();
     format!("{cert}{key}")
+}
+
+/// Reads until the end of a response head (or the end of the stream): the head's text.
+async fn read_head<R: tokio::io::AsyncRead + Unpin>(reader: &mut R) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match reader.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -172,6 +189,191 @@ async fn a_device_certificate_is_no_api_identity_whatever_its_id() {
         401
     );
     assert!(!hub.log().contains("name=stolen"));
+    hub.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trickled_body_is_cut_at_its_deadline_and_admins_are_still_served() {
+    let root = tempfile::tempdir().unwrap();
+    let config = write_config(
+        root.path(),
+        "[api]\nbody_timeout = \"2s\"\nrate_limit = 0\n",
+    );
+    let hub = Hub::start(root.path(), &["--config", &config]);
+    let reader = token(&hub, "trickler", &["read"]).await;
+    let tls = tls_connect(&hub, None).await;
+    let (mut from_hub, mut to_hub) = tokio::io::split(tls);
+    let head = format!(
+        "PUT /api/v1/sync/consumers/x HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {reader}\r\n\
+         Content-Type: application/json\r\nContent-Length: 200\r\n\r\n"
+    );
+    to_hub.write_all(head.as_bytes()).await.unwrap();
+    // A byte every 250 ms: the whole body would take 50 s.
+    let trickle = tokio::spawn(async move {
+        for _ in 0..200 {
+            if to_hub.write_all(b" ").await.is_err() || to_hub.flush().await.is_err() {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        true
+    });
+    // Meanwhile the admin is served.
+    assert_eq!(hub.get("/api/v1/devices").await.0, 200);
+    // The hub answers 408 (or closes) long before the body is whole.
+    let answer = tokio::time::timeout(Duration::from_secs(30), read_head(&mut from_hub))
+        .await
+        .expect("the hub cut the trickled body");
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    if !answer.is_empty() {
+        assert!(
+            answer
+                .to_ascii_lowercase()
+                .contains("content-type: application/problem+json"),
+            "{answer}"
+        );
+    }
+    assert!(!trickle.is_finished() || !trickle.await.unwrap());
+    assert_eq!(hub.get("/api/v1/devices").await.0, 200);
+    hub.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_address_cannot_take_every_connection_slot() {
+    let root = tempfile::tempdir().unwrap();
+    let config = write_config(
+        root.path(),
+        "[api]\nmax_connections = 8\nmax_connections_per_address = 4\nheader_timeout = \"60s\"\n",
+    );
+    let hub = Hub::start(root.path(), &["--config", &config]);
+    // Eight bare connections from 127.0.0.1 that never start TLS: enough for every slot.
+    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut held = Vec::new();
+    for i in 0..8 {
+        let mut tcp = tokio::net::TcpStream::connect(hub.api).await.unwrap();
+        let closed_tx = closed_tx.clone();
+        held.push(tokio::spawn(async move {
+            let mut buf = [0u8; 16];
+            // Returns when the hub closes it.
+            let _ = tcp.read(&mut buf).await;
+            let _ = closed_tx.send(i);
+        }));
+    }
+    // The hub closed what is over the address's share at once (not after header_timeout).
+    let mut closed = 0;
+    eventually("the hub closed the connections over the cap", || {
+        while closed_rx.try_recv().is_ok() {
+            closed += 1;
+        }
+        std::future::ready((closed >= 4).then_some(()))
+    })
+    .await;
+    // Another address is served while 127.0.0.1 holds its four.
+    init_tls();
+    let ca = std::fs::read(hub.data.join("tls/ca.crt")).unwrap();
+    let other = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()])
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .resolve("localhost", hub.api)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let response = other
+        .get(hub.url("/api/v1/devices"))
+        .bearer_auth(hub.token())
+        .send()
+        .await
+        .expect("a second address gets a slot");
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(hub.log().contains("too many open from one address"));
+    for task in held {
+        task.abort();
+    }
+    hub.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_huge_body_gets_413_before_any_100_continue_and_a_clean_close() {
+    let root = tempfile::tempdir().unwrap();
+    let hub = Hub::start(root.path(), &[]);
+    let mut tls = tls_connect(&hub, None).await;
+    let head = format!(
+        "POST /api/v1/devices/x/commands HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        hub.token(),
+        10 << 20
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), read_head(&mut tls))
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let lower = answer.to_ascii_lowercase();
+    assert!(
+        lower.contains("content-type: application/problem+json"),
+        "{answer}"
+    );
+    assert!(lower.contains("connection: close"), "{answer}");
+    // The problem body, then an orderly end of the stream (no reset).
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut rest))
+        .await
+        .unwrap();
+    assert!(read.is_ok(), "closed cleanly: {read:?}");
+    let body: Value = serde_json::from_slice(&rest).unwrap();
+    assert_eq!(body["status"], 413);
+    assert_eq!(hub.get("/api/v1/devices").await.0, 200);
+    hub.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn long_targets_many_headers_and_the_docs_redirect_answer_problems() {
+    let root = tempfile::tempdir().unwrap();
+    let hub = Hub::start(root.path(), &[]);
+    let c = hub.client();
+    let is_problem = |response: &reqwest::Response| {
+        response.headers()["content-type"] == "application/problem+json"
+    };
+    let long = format!("/api/v1/devices?x={}", "a".repeat(9000));
+    let response = c
+        .get(hub.url(&long))
+        .bearer_auth(hub.token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 414);
+    assert!(is_problem(&response));
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["status"], 414);
+    assert!(problem["request_id"].is_string());
+
+    let mut request = c.get(hub.url("/api/v1/devices")).bearer_auth(hub.token());
+    for i in 0..120 {
+        request = request.header(format!("x-filler-{i}"), "1");
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 431);
+    assert!(is_problem(&response));
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["status"], 431);
+
+    let no_redirects = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(
+            &std::fs::read(hub.data.join("tls/ca.crt")).unwrap(),
+        )
+        .unwrap()])
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let response = no_redirects.get(hub.url("/docs/")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 308);
+    assert_eq!(response.headers()["location"], "/docs");
+    assert!(is_problem(&response));
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["status"], 308);
     hub.stop();
 }
 

@@ -20,7 +20,7 @@ pub struct Stream {
 }
 
 /// Opens a TLS connection to the hub's API, trusting only its CA.
-async fn tls_connect(hub: &Hub, recv_buffer: Option<u32>) -> TlsStream<TcpStream> {
+pub(crate) async fn tls_connect(hub: &Hub, recv_buffer: Option<u32>) -> TlsStream<TcpStream> {
     init_tls();
     let mut roots = rustls::RootCertStore::empty();
     let ca = std::fs::read(hub.data.join("tls/ca.crt")).unwrap();
