@@ -411,6 +411,43 @@ async fn absurd_token_expiries_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn csv_exports_neutralise_formulas() {
+    let root = tempfile::tempdir().unwrap();
+    let hub = Hub::start(root.path(), &[]);
+    mosquitto_pub(
+        hub.mqtt_port(),
+        "devices/csv-1/telemetry",
+        br#"{"seq":0,"metrics":{"note":"=HYPERLINK(\"http://evil\",\"x\")","-dbm":-70,"at":"@SUM(A1)"}}"#,
+        1,
+    );
+    wait_for_readings(&hub, "csv-1", 1).await;
+    let response = hub
+        .client()
+        .get(hub.url("/api/v1/devices/csv-1/readings"))
+        .bearer_auth(hub.token())
+        .header("accept", "text/csv")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let csv = response.text().await.unwrap();
+    assert!(
+        csv.contains(r#",note,"'=HYPERLINK(""http://evil"",""x"")""#),
+        "{csv}"
+    );
+    assert!(csv.contains(r#",at,"'@SUM(A1)""#), "{csv}");
+    // A metric name is a cell too; a negative number stays a number.
+    assert!(csv.contains(",'-dbm,-70\r\n"), "{csv}");
+    for line in csv.lines() {
+        for cell in line.split(',') {
+            assert!(!cell.starts_with(['=', '+', '@']), "{line}");
+            assert!(!cell.trim_start_matches('"').starts_with('='), "{line}");
+        }
+    }
+    hub.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn dot_ids_and_leap_seconds_are_refused_at_the_edge() {
     let root = tempfile::tempdir().unwrap();
     let hub = Hub::start(root.path(), &[]);
