@@ -3,17 +3,17 @@
 //! token expiries that never come, bare 414/431/308 answers, formulas in CSV exports, the device
 //! ids `.` and `..`, and leap-second timestamps.
 
-use crate::harness::binary;
-use crate::harness::init_tls;
-use crate::harness::{Hub, eventually, mosquitto_pub, wait_for_readings};
-use crate::live::tls_connect;
-use crate::security::{client, write_config};
-use reqwest::Method;
-use serde_json::{Value, json};
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::harness::{Hub, binary, eventually, init_tls, mosquitto_pub, wait_for_readings};
+use crate::live::tls_connect;
+use crate::security::{client, write_config};
 
 /// A new token with `scopes`, made by the admin; its secret.
 async fn token(hub: &Hub, name: &str, scopes: &[&str]) -> String {
