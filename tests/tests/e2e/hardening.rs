@@ -506,3 +506,50 @@ async fn dot_ids_and_leap_seconds_are_refused_at_the_edge() {
     assert_eq!(readings[0]["seq"], 2);
     hub.stop();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_identity_cannot_hold_more_than_its_share_of_requests() {
+    let root = tempfile::tempdir().unwrap();
+    let config = write_config(
+        root.path(),
+        "[api]\nbody_timeout = \"60s\"\nrate_limit = 0\n",
+    );
+    let hub = Hub::start(root.path(), &["--config", &config]);
+    let slow = token(&hub, "slow", &["read"]).await;
+    // 32 requests of one token whose bodies never come: each is in progress until the deadline.
+    let mut held = Vec::new();
+    for _ in 0..32 {
+        let mut tls = tls_connect(&hub, None).await;
+        let head = format!(
+            "PUT /api/v1/sync/consumers/x HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {slow}\r\n\
+             Content-Type: application/json\r\nContent-Length: 10\r\n\r\n"
+        );
+        tls.write_all(head.as_bytes()).await.unwrap();
+        held.push(tls);
+    }
+    // One more of the same token is refused at once; another identity is served.
+    let status = |secret: String| {
+        let hub = &hub;
+        async move {
+            hub.client()
+                .get(hub.url("/api/v1/devices"))
+                .bearer_auth(secret)
+                .send()
+                .await
+                .ok()
+                .map(|r| r.status().as_u16())
+        }
+    };
+    eventually("the 33rd request of one token is refused", || async {
+        (status(slow.clone()).await == Some(429)).then_some(())
+    })
+    .await;
+    assert_eq!(status(hub.token()).await, Some(200));
+    // Once they end, the token is served again.
+    drop(held);
+    eventually("the token is served again", || async {
+        (status(slow.clone()).await == Some(200)).then_some(())
+    })
+    .await;
+    hub.stop();
+}
