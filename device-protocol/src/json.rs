@@ -268,6 +268,16 @@ fn parse_ts(raw: &Raw) -> Result<u64, JsonError> {
         Raw::Str(text) => {
             let time = OffsetDateTime::parse(text, &Rfc3339)
                 .map_err(|e| JsonError::BadTimestamp(format!("{:?}: {e}", quote(text))))?;
+            // RFC 3339 allows a leap second (`23:59:60`), which the parser folds into the second
+            // before it; stored so, it would sort and show as a time the device never sent. Unix
+            // time has no leap seconds: refused. The parse above fixed the layout
+            // `YYYY-MM-DDTHH:MM:SS`, so the seconds are bytes 17 and 18.
+            if text.get(17..19) == Some("60") {
+                return Err(JsonError::BadTimestamp(format!(
+                    "{:?}: a leap second (:60), which unix time cannot hold",
+                    quote(text)
+                )));
+            }
             let ms = time.unix_timestamp_nanos().div_euclid(1_000_000);
             u64::try_from(ms).map_err(|_| bad("before 1970"))
         }

@@ -95,9 +95,12 @@ pub const MAX_FRAME_LEN: usize = 1024;
 pub const MAX_MESSAGE_LEN: usize = frame::max_message_len(MAX_FRAME_LEN);
 
 /// True if `s` is a valid device id or metric / field name: 1 to [`MAX_ID_LEN`] characters, each
-/// one of `A-Z a-z 0-9 . _ -`.
+/// one of `A-Z a-z 0-9 . _ -`, and neither `.` nor `..`. Ids end up in paths (URLs, file names
+/// of certificates, MQTT topics), where those two mean "this" and "the parent".
 pub fn is_valid_id(s: &str) -> bool {
-    !s.is_empty()
+    s != "."
+        && s != ".."
+        && !s.is_empty()
         && s.len() <= MAX_ID_LEN
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
@@ -122,8 +125,11 @@ mod tests {
         assert!(is_valid_id("greenhouse-1.temp_C"));
         assert!(is_valid_id("ABCxyz0189"));
         assert!(is_valid_id("._-"));
+        assert!(is_valid_id("..."));
+        assert!(is_valid_id(".a"));
+        assert!(is_valid_id("a.."));
         for bad in [
-            "a b", "a/b", "a+b", "a#b", "a\0b", "a\nb", "a:b", "a,b", "\"a\"", "a*",
+            "a b", "a/b", "a+b", "a#b", "a\0b", "a\nb", "a:b", "a,b", "\"a\"", "a*", ".", "..",
         ] {
             assert!(!is_valid_id(bad), "{bad:?} accepted");
         }

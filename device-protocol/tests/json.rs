@@ -302,6 +302,10 @@ fn bad_ts() {
         r#""2026-13-01T00:00:00Z""#,
         r#""2026-11-21T10:00:00""#, // no offset
         r#""1969-12-31T23:59:59Z""#,
+        // Leap seconds: unix time has none; in any offset, with or without fractions.
+        r#""2016-12-31T23:59:60Z""#,
+        r#""2016-12-31T23:59:60.5Z""#,
+        r#""2017-01-01T00:59:60+01:00""#,
         "-1",
         "1.5",
         "true",

@@ -128,14 +128,15 @@ struct Limits {
 
 /// Up to the protocol's limits (long strings are added separately).
 const FULL: Limits = Limits {
-    id: "[A-Za-z0-9._-]{1,64}",
+    // Not `.` or `..` (refused ids): the first character is not a dot.
+    id: "[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}",
     text: "\\PC{0,64}",
     max_fields: MAX_FIELDS,
 };
 
 /// Small messages, for tests that are quadratic in the stream length.
 const SMALL: Limits = Limits {
-    id: "[A-Za-z0-9._-]{1,8}",
+    id: "[A-Za-z0-9_-][A-Za-z0-9._-]{0,7}",
     text: "\\PC{0,8}",
     max_fields: 3,
 };

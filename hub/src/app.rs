@@ -367,7 +367,9 @@ pub async fn run(
 
     let limits = api::server::ServerLimits {
         max_connections: config.api.max_connections,
+        max_connections_per_address: config.api.max_connections_per_address,
         header_timeout: config.api.header_timeout.0,
+        body_timeout: config.api.body_timeout.0,
         drain_timeout: API_DRAIN_TIMEOUT,
     };
     let reload_task = tasks.spawn(reload_tls_on_hangup(
@@ -694,7 +696,9 @@ fn client_identities(config: &Config) -> ClientIdentities {
                 devices: c.devices.clone(),
             })
             .collect(),
-    );
+    )
+    // The hub's own CA signs devices' certificates too: only those marked as a client's count.
+    .marked_only(config.api.client_ca.is_none());
     if config.api.client_ca.is_none() && !clients.names(pki::ADMIN_CLIENT_NAME) {
         clients.push(ClientEntry {
             name: pki::ADMIN_CLIENT_NAME.to_owned(),

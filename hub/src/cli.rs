@@ -714,7 +714,13 @@ pub fn issue_cert(
             return Err(CliError::Exists(path.clone()));
         }
     }
-    let issued = pki::issue_client(&ca_cert, &ca_key, name, days)?;
+    // The role goes into the certificate: the API never takes a device's certificate for a
+    // client's, whatever its name.
+    let role = match kind {
+        CertKind::Client => pki::Role::Client,
+        CertKind::Device => pki::Role::Device,
+    };
+    let issued = pki::issue_client(&ca_cert, &ca_key, name, days, role)?;
     let write = |path: &PathBuf, text: &str| {
         files::write_private(path, text.as_bytes()).map_err(|source| CliError::File {
             path: path.clone(),

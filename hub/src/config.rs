@@ -591,8 +591,14 @@ pub struct ApiConfig {
     pub max_page: usize,
     /// Most concurrent connections.
     pub max_connections: usize,
+    /// Most concurrent connections from one client address, so one address cannot take every
+    /// slot of `max_connections`.
+    pub max_connections_per_address: usize,
     /// Time allowed for the TLS handshake and the request head.
     pub header_timeout: HumanDuration,
+    /// Time allowed for a whole request body, from the end of its head (a body trickled slower
+    /// is cut with 408).
+    pub body_timeout: HumanDuration,
     /// Requests per second one identity (token or client certificate) may make, on average;
     /// 0 turns the limit off.
     pub rate_limit: u32,
@@ -625,7 +631,9 @@ impl Default for ApiConfig {
             client_ca: None,
             max_page: 1000,
             max_connections: 256,
+            max_connections_per_address: 64,
             header_timeout: HumanDuration(Duration::from_secs(10)),
+            body_timeout: HumanDuration(Duration::from_secs(10)),
             crls: Vec::new(),
             rate_limit: 100,
             rate_burst: 200,
@@ -873,6 +881,12 @@ impl Config {
         if self.api.max_connections == 0 {
             problems.push("api.max_connections: must be at least 1".into());
         }
+        if self.api.max_connections_per_address == 0 {
+            problems.push("api.max_connections_per_address: must be at least 1".into());
+        }
+        if self.api.body_timeout.0.is_zero() {
+            problems.push("api.body_timeout: must be more than 0".into());
+        }
         if self.api.header_timeout.0.is_zero() {
             problems.push("api.header_timeout: must be more than 0".into());
         }
@@ -890,7 +904,8 @@ impl Config {
                     .any(|s| crate::auth::Scope::parse(s).is_none())
             {
                 problems.push(format!(
-                    "api.clients[{i}].scopes: one or more of read, command, admin, metrics"
+                    "api.clients[{i}].scopes: one or more of {}",
+                    crate::auth::tokens::SCOPE_NAMES
                 ));
             }
         }

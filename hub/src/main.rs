@@ -81,7 +81,7 @@ enum TokenCommand {
         /// A name for people: 1 to 64 of A-Z a-z 0-9 . _ -
         #[arg(long)]
         name: String,
-        /// Scopes, comma-separated: read, command, admin, metrics.
+        /// Scopes, comma-separated: read, command, admin, metrics, sync.
         #[arg(
             long = "scope",
             alias = "scopes",

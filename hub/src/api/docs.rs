@@ -39,8 +39,19 @@ pub(super) fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/docs", get(page))
         // The page's address as people also type it.
-        .route("/docs/", get(|| async { Redirect::permanent("/docs") }))
+        .route("/docs/", get(to_page))
         .route("/docs/{file}", get(asset))
+}
+
+/// `/docs/` to `/docs`, with a problem body like every answer that is not the thing asked for
+/// (the request-id layer writes it), so a client that does not follow redirects learns why.
+async fn to_page() -> Response {
+    let mut response = Redirect::permanent("/docs").into_response();
+    response.extensions_mut().insert(super::error::Problem {
+        detail: Some("the docs page is at /docs".to_owned()),
+        ..super::error::Problem::for_status(axum::http::StatusCode::PERMANENT_REDIRECT)
+    });
+    response
 }
 
 /// The page: small, never cached for long, so a new hub's page (and asset names) is seen at once.

@@ -19,10 +19,16 @@ pub enum ApiError {
     NotFound(String),
     /// 406: the client refuses every representation the route has.
     NotAcceptable(String),
+    /// 408: the request body did not arrive in time; the connection is closed after it.
+    Timeout(String),
     /// 409: the request conflicts with the state of the thing (a device offline).
     Conflict(String),
     /// 413: the request body is larger than the route takes.
     TooLarge(String),
+    /// 414: the request target is longer than the API reads.
+    UriTooLong(String),
+    /// 431: the request's header fields are more or larger than the API reads.
+    HeadersTooLarge(String),
     /// 429: too many open things (commands) for now.
     TooMany(String),
     /// 500: the hub failed; the detail goes to the log only.
@@ -109,7 +115,18 @@ impl ApiError {
                 "Not acceptable",
                 Some(d.clone()),
             ),
+            ApiError::Timeout(d) => (
+                StatusCode::REQUEST_TIMEOUT,
+                "Request timeout",
+                Some(d.clone()),
+            ),
             ApiError::Conflict(d) => (StatusCode::CONFLICT, "Conflict", Some(d.clone())),
+            ApiError::UriTooLong(d) => (StatusCode::URI_TOO_LONG, "URI too long", Some(d.clone())),
+            ApiError::HeadersTooLarge(d) => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "Request header fields too large",
+                Some(d.clone()),
+            ),
             ApiError::TooLarge(d) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "Payload too large",
@@ -146,6 +163,15 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if matches!(
+            status,
+            StatusCode::REQUEST_TIMEOUT | StatusCode::PAYLOAD_TOO_LARGE
+        ) {
+            // The body was not read (whole): the connection cannot carry another request.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if status == StatusCode::TOO_MANY_REQUESTS {
             // Open commands close within their timeout; a few seconds is a fair first retry.

@@ -42,8 +42,18 @@ use crate::ingest::mqtt::Link;
 use crate::store::Store;
 use error::{ApiError, Problem};
 
-/// Largest request body any route takes; more gets 413.
+/// Largest request body any route takes; more gets 413 (from `Content-Length` before any of
+/// the body is read, so a client that sent `Expect: 100-continue` never gets to send it).
 pub const MAX_BODY: usize = 16 * 1024;
+/// Longest request target (path and query); longer gets 414.
+pub const MAX_URI: usize = 8 * 1024;
+/// Most header fields in a request; more gets 431.
+pub const MAX_HEADERS: usize = 100;
+/// Largest sum of header names and values in a request; more gets 431.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+/// Requests one identity may have in progress at once (reading their bodies included): a
+/// handful of slow requests of one token cannot hold the API; more get 429.
+pub const MAX_IN_FLIGHT_PER_IDENTITY: usize = 32;
 
 /// Most concurrent stream (WebSocket) clients.
 pub const STREAM_CLIENTS: usize = stream::MAX_CLIENTS;
@@ -193,7 +203,10 @@ async fn request_id(State(state): State<ApiState>, mut request: Request, next: N
         .map_or("unmatched", |m| m.as_str())
         .to_owned();
     let started = std::time::Instant::now();
-    let mut response = next.run(request).await;
+    let mut response = match refuse_head(&request) {
+        Some(refused) => refused.into_response(),
+        None => next.run(request).await,
+    };
     let status = response.status();
     state.metrics.requests.record(
         &route,
@@ -232,8 +245,86 @@ async fn request_id(State(state): State<ApiState>, mut request: Request, next: N
     response
 }
 
+/// Why a request is refused from its head alone: a target, header fields or a declared body
+/// larger than the API reads. Checked before anything reads the body, so no `100 Continue` is
+/// sent for a body that would be refused.
+fn refuse_head(request: &Request) -> Option<ApiError> {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |p| p.as_str().len());
+    if target > MAX_URI {
+        return Some(ApiError::UriTooLong(format!(
+            "the request target is {target} bytes; at most {MAX_URI}"
+        )));
+    }
+    let headers = request.headers();
+    let header_bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if headers.len() > MAX_HEADERS || header_bytes > MAX_HEADER_BYTES {
+        return Some(ApiError::HeadersTooLarge(format!(
+            "at most {MAX_HEADERS} header fields of {MAX_HEADER_BYTES} bytes in all"
+        )));
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Some(too_large());
+    }
+    None
+}
+
+fn too_large() -> ApiError {
+    ApiError::TooLarge(format!("the request body is larger than {MAX_BODY} bytes"))
+}
+
+/// Reads the whole body (at most [`MAX_BODY`]) by the request's [`server::BodyDeadline`], so a
+/// body trickled byte by byte cannot hold a connection and its handler: 408 after the deadline,
+/// 413 beyond the size. The handlers then get it from memory.
+async fn read_body(request: Request) -> Result<Request, ApiError> {
+    use axum::body::HttpBody as _;
+    if request.body().is_end_stream() {
+        return Ok(request);
+    }
+    let deadline = request
+        .extensions()
+        .get::<server::BodyDeadline>()
+        .map(|d| d.0);
+    let (parts, body) = request.into_parts();
+    let read = async move {
+        use futures_util::StreamExt as _;
+        let mut chunks = body.into_data_stream();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|_| {
+                ApiError::BadRequest("the request body could not be read whole".into())
+            })?;
+            // A chunked body has no `Content-Length` to refuse it by.
+            if bytes.len() + chunk.len() > MAX_BODY {
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
+    };
+    let read = match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, read).await,
+        None => Ok(read.await),
+    };
+    match read {
+        Ok(bytes) => Ok(Request::from_parts(parts, axum::body::Body::from(bytes?))),
+        Err(_) => Err(ApiError::Timeout(
+            "the request body did not arrive in time".into(),
+        )),
+    }
+}
+
 /// Resolves the bearer token to an [`Identity`] or answers 401.
-async fn authenticate(State(state): State<ApiState>, mut request: Request, next: Next) -> Response {
+async fn authenticate(State(state): State<ApiState>, request: Request, next: Next) -> Response {
     let now = std::time::Instant::now();
     let connection = request.extensions().get::<server::Connection>().cloned();
     let token = request.headers().get(header::AUTHORIZATION).map(|v| {
@@ -272,6 +363,25 @@ async fn authenticate(State(state): State<ApiState>, mut request: Request, next:
             .fetch_add(1, Ordering::Relaxed);
         return too_many(wait);
     }
+    // Held until the answer is made: the body's reading and the handler count.
+    let Some(_in_flight) = state
+        .limits
+        .in_flight
+        .take(&identity.key(), MAX_IN_FLIGHT_PER_IDENTITY)
+    else {
+        state
+            .limits
+            .requests_refused
+            .fetch_add(1, Ordering::Relaxed);
+        return too_many(std::time::Duration::from_secs(1));
+    };
+    let mut request = match read_body(request).await {
+        Ok(request) => request,
+        Err(refused) => {
+            tracing::debug!(by = %identity.name, ?refused, "request body refused");
+            return refused.into_response();
+        }
+    };
     request.extensions_mut().insert::<Identity>(identity);
     next.run(request).await
 }
@@ -294,6 +404,8 @@ pub struct Limits {
     pub requests: ratelimit::RateLimiter,
     /// Failed authentications per client address.
     pub failures: ratelimit::RateLimiter,
+    /// Requests in progress per identity.
+    pub in_flight: Arc<ratelimit::OpenCounts<String>>,
     /// Requests refused for an identity's rate.
     pub requests_refused: AtomicU64,
     /// Requests refused for too many failed authentications.
@@ -307,6 +419,7 @@ impl Limits {
         Limits {
             requests: ratelimit::RateLimiter::new(f64::from(rate), burst),
             failures: ratelimit::RateLimiter::new(if rate == 0 { 0.0 } else { 1.0 }, 20),
+            in_flight: Arc::new(ratelimit::OpenCounts::default()),
             requests_refused: AtomicU64::new(0),
             failures_refused: AtomicU64::new(0),
         }

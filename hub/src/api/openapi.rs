@@ -114,6 +114,26 @@ pub(super) fn authenticated(
                 .responses
                 .entry("429".to_owned())
                 .or_insert_with(|| limited.into());
+            // The same layer reads a body whole, by a deadline and within a size.
+            if operation.request_body.is_some() {
+                operation
+                    .responses
+                    .responses
+                    .entry("408".to_owned())
+                    .or_insert_with(|| {
+                        utoipa::openapi::Response::new(
+                            "The body did not arrive whole within `api.body_timeout`; the connection is closed.",
+                        )
+                        .into()
+                    });
+                operation
+                    .responses
+                    .responses
+                    .entry("413".to_owned())
+                    .or_insert_with(|| {
+                        utoipa::openapi::Response::new("The body is larger than 16 KiB.").into()
+                    });
+            }
         }
     }
     routes

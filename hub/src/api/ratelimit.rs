@@ -6,6 +6,9 @@
 //! empty bucket answers how long until the next token, which becomes `Retry-After`. The number of
 //! buckets is bounded: when it is full, buckets that have refilled completely (idle clients) are
 //! dropped first, and if none has, the oldest half is.
+//!
+//! Next to rates, [`OpenCounts`] caps how many things (connections, requests in progress) one key
+//! holds open at once: a rate limit does not stop a few slow requests from holding the API.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -124,5 +127,91 @@ mod tests {
             let _ = limiter.check(&format!("k{i}"), t0 + Duration::from_millis(i as u64));
         }
         assert!(limiter.buckets.lock().unwrap().len() <= MAX_BUCKETS);
+    }
+}
+
+/// How many things each key holds open, capped per key. Only keys with something open are
+/// kept, so the map is bounded by what is open in all.
+#[derive(Debug)]
+pub struct OpenCounts<K: std::hash::Hash + Eq + Clone> {
+    open: Mutex<HashMap<K, usize>>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Default for OpenCounts<K> {
+    fn default() -> Self {
+        OpenCounts {
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// One thing counted in [`OpenCounts`], uncounted when dropped.
+#[derive(Debug)]
+pub struct OpenSlot<K: std::hash::Hash + Eq + Clone> {
+    counts: std::sync::Arc<OpenCounts<K>>,
+    key: K,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> OpenCounts<K> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, usize>> {
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A slot for `key`, or `None` when it already holds `cap`.
+    pub fn take(self: &std::sync::Arc<Self>, key: &K, cap: usize) -> Option<OpenSlot<K>> {
+        let mut open = self.lock();
+        let count = open.entry(key.clone()).or_insert(0);
+        if *count >= cap {
+            if *count == 0 {
+                open.remove(key);
+            }
+            return None;
+        }
+        *count += 1;
+        Some(OpenSlot {
+            counts: self.clone(),
+            key: key.clone(),
+        })
+    }
+
+    /// How many `key` holds now.
+    pub fn open(&self, key: &K) -> usize {
+        self.lock().get(key).copied().unwrap_or(0)
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Drop for OpenSlot<K> {
+    fn drop(&mut self) {
+        let mut open = self.counts.lock();
+        if let Some(count) = open.get_mut(&self.key) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod open_tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn open_counts_cap_each_key_and_forget_keys_with_nothing_open() {
+        let counts = Arc::new(OpenCounts::<&str>::default());
+        let a1 = counts.take(&"a", 2).unwrap();
+        let a2 = counts.take(&"a", 2).unwrap();
+        assert!(counts.take(&"a", 2).is_none());
+        let b = counts.take(&"b", 2).unwrap();
+        assert_eq!((counts.open(&"a"), counts.open(&"b")), (2, 1));
+        drop(a1);
+        let a3 = counts.take(&"a", 2).unwrap();
+        drop((a2, a3, b));
+        assert!(counts.lock().is_empty());
+        assert!(counts.take(&"c", 0).is_none());
+        assert!(counts.lock().is_empty());
     }
 }

@@ -275,7 +275,9 @@ enum Source {
 /// `bucket`, buckets of one metric. With `Accept: text/csv` or `application/x-ndjson` (or
 /// `format`), the whole range is streamed instead of a page: `from`, `to`, `metric`, `order`,
 /// `bucket`, `agg` and `cursor` apply, `limit` is refused. CSV (RFC 4180, CRLF line ends) has the
-/// header `ts,offset,seq,metric,value` and a row per metric value, strings always double-quoted;
+/// header `ts,offset,seq,metric,value` and a row per metric value, strings always double-quoted,
+/// and a string or metric name that starts with `=`, `+`, `-`, `@`, a tab or a carriage return
+/// prefixed with `'` so that a spreadsheet does not run it as a formula;
 /// with `bucket`, the columns are `start,count,<aggs>`. NDJSON has one reading (or bucket) per
 /// line, shaped like an element of `readings` (or `buckets`). A store failure during an export
 /// ends the body early: the status was already sent.
@@ -500,7 +502,8 @@ impl Source {
                 for r in readings {
                     let ts = params::rfc3339(r.timestamp_ms);
                     for (metric, value) in &r.metrics {
-                        let _ = write!(out, "{ts},{},{},{metric},", r.offset, r.seq);
+                        let _ =
+                            write!(out, "{ts},{},{},{},", r.offset, r.seq, formula_safe(metric));
                         csv_value(&mut out, value);
                         out.push_str("\r\n");
                     }
@@ -691,9 +694,20 @@ fn csv_value(out: &mut String, value: &OwnedValue) {
         OwnedValue::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         OwnedValue::Str(s) => {
             out.push('"');
-            out.push_str(&s.replace('"', "\"\""));
+            out.push_str(&formula_safe(s).replace('"', "\"\""));
             out.push('"');
         }
+    }
+}
+
+/// A text cell that a spreadsheet would run as a formula (it starts with `=`, `+`, `-`, `@`, a
+/// tab or a carriage return) gets a `'` in front, as OWASP advises against CSV injection: a
+/// device's string must never become a formula on the desk of whoever opens the export.
+fn formula_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        std::borrow::Cow::Owned(format!("'{text}"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
     }
 }
 
@@ -715,6 +729,28 @@ mod tests {
             out.push('|');
         }
         assert_eq!(out, "21.5||-3|true|\"a \"\"b\"\", c\r\nd\"|");
+    }
+
+    #[test]
+    fn csv_strings_that_look_like_formulas_are_neutralised() {
+        let mut out = String::new();
+        for text in [
+            "=1+2", "+1", "-1", "@SUM(A1)", "\tx", "\rx", "=\"x\"", "a=b", "",
+        ] {
+            csv_value(&mut out, &OwnedValue::Str(text.into()));
+            out.push('|');
+        }
+        assert_eq!(
+            out,
+            "\"'=1+2\"|\"'+1\"|\"'-1\"|\"'@SUM(A1)\"|\"'\tx\"|\"'\rx\"|\"'=\"\"x\"\"\"|\"a=b\"|\"\"|"
+        );
+        // Numbers stay numbers: a negative one is not text.
+        let mut out = String::new();
+        csv_value(&mut out, &OwnedValue::I64(-3));
+        csv_value(&mut out, &OwnedValue::F64(-0.5));
+        assert_eq!(out, "-3-0.5");
+        assert_eq!(formula_safe("-rssi"), "'-rssi");
+        assert_eq!(formula_safe("rssi"), "rssi");
     }
 
     #[test]

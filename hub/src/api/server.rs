@@ -1,5 +1,7 @@
-//! Serves the router over TLS: a bounded number of connections, a deadline for the handshake and
-//! the request head (against slowloris), HTTP/1.1 with keep-alive, and a graceful drain on shutdown.
+//! Serves the router over TLS: a bounded number of connections and of connections from one
+//! address (so one address cannot take every slot), a deadline for the handshake and the request
+//! head (against slowloris) and one for the whole request body (see [`BodyDeadline`]), HTTP/1.1
+//! with keep-alive, and a graceful drain on shutdown.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,16 +24,29 @@ pub struct Connection {
     pub client_cert: Option<Arc<Vec<u8>>>,
 }
 
+/// When the body of a request must have arrived whole, in the request's extensions: the end of
+/// its head plus the body timeout. Whoever reads a body reads it by then (see `read_body`).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyDeadline(pub tokio::time::Instant);
+
 /// Kernel send buffer of each API connection.
 const SEND_BUFFER: usize = 128 * 1024;
+
+/// Most header lines hyper parses; the API's own, lower limit (`MAX_HEADERS` in the router)
+/// answers with a problem body, so hyper's bare 431 is left for heads far beyond it.
+const HYPER_MAX_HEADERS: usize = 256;
 
 /// Limits of the listener.
 #[derive(Debug, Clone, Copy)]
 pub struct ServerLimits {
     /// Most concurrent connections; more wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// Most concurrent connections from one address; more are closed at once.
+    pub max_connections_per_address: usize,
     /// Time for the TLS handshake, and then for each request head.
     pub header_timeout: Duration,
+    /// Time for a whole request body, from the end of its head.
+    pub body_timeout: Duration,
     /// How long shutdown waits for open requests.
     pub drain_timeout: Duration,
 }
@@ -45,6 +60,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let per_address = Arc::new(super::ratelimit::OpenCounts::<std::net::IpAddr>::default());
+    let mut refused_logged: Option<std::time::Instant> = None;
     let connections = TaskTracker::new();
     let mut accept_backoff = Duration::from_millis(5);
     loop {
@@ -68,6 +85,19 @@ pub async fn serve(
                 }
             },
         };
+        // Over its address's share: closed before TLS, so it costs next to nothing and its
+        // permit goes back at once.
+        let Some(address_slot) = per_address.take(&peer.ip(), limits.max_connections_per_address)
+        else {
+            // At most one line a minute: a flood must not flood the log too.
+            if refused_logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                refused_logged = Some(std::time::Instant::now());
+                tracing::warn!(address = %peer.ip(), cap = limits.max_connections_per_address,
+                    "API connections refused: too many open from one address");
+            }
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         // A fixed send buffer instead of the kernel's autotuning (up to megabytes per socket):
         // the memory a slow or stalled client can pin stays small, and a stream client that does
@@ -78,8 +108,10 @@ pub async fn serve(
         let router = router.clone();
         let stop = shutdown.clone();
         let header_timeout = limits.header_timeout;
+        let body_timeout = limits.body_timeout;
         connections.spawn(async move {
             let _permit = permit;
+            let _address_slot = address_slot;
             let tls = match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -106,6 +138,10 @@ pub async fn serve(
                 tower::ServiceBuilder::new()
                     .map_request(move |mut request: axum::http::Request<_>| {
                         request.extensions_mut().insert(connection_info.clone());
+                        // The head has just been read: the body's time starts now.
+                        request
+                            .extensions_mut()
+                            .insert(BodyDeadline(tokio::time::Instant::now() + body_timeout));
                         request
                     })
                     .service(router),
@@ -113,6 +149,7 @@ pub async fn serve(
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
+                .max_headers(HYPER_MAX_HEADERS)
                 .keep_alive(true);
             let connection = http
                 .serve_connection(TokioIo::new(tls), service)

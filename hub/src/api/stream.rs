@@ -23,9 +23,15 @@
 //! `lagged` with the count before the next message that fits, then the stream goes on. A client
 //! too slow for even the broadcast backlog is told the same: readings by the gap in hub offsets,
 //! events by the broadcast's own count. A socket write that takes longer than [`SEND_TIMEOUT`]
-//! ends the connection. The hub pings every [`PING_EVERY`] and closes a connection it has heard
-//! nothing from (no pong, no message) for [`IDLE_TIMEOUT`]. Oversized messages close the socket
-//! with code 1009.
+//! ends the connection.
+//!
+//! Control frames (the hub's pings and its close frame) go in a queue of their own that the
+//! writer serves first: they never wait behind readings, never fill up with them, and are never
+//! counted as dropped messages. The hub pings every [`PING_EVERY`] and closes (code 1008) a
+//! connection that has shown no sign of life for [`IDLE_TIMEOUT`]: no message or pong heard,
+//! and no write taken by the socket. A lagging reader that keeps reading is kept. Every close
+//! the hub starts carries a code: 1001 when it stops, 1008 when idle, 1009 for an oversized
+//! message.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,12 +39,12 @@ use std::time::Duration;
 use axum::Extension;
 use axum::extract::State;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocketUpgrade, close_code};
 use axum::response::Response;
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -69,6 +75,9 @@ pub const PING_EVERY: Duration = Duration::from_secs(20);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often a client that lagged is checked for room to be told so.
 const LAG_CHECK: Duration = Duration::from_secs(1);
+/// Control frames (pings, the close) waiting for the writer; a ping that finds it full is
+/// skipped, as the one before it has not gone out yet.
+const CONTROL_QUEUE: usize = 4;
 /// Longest one socket write may take.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -162,16 +171,24 @@ struct Session {
     next_offset: Option<u64>,
 }
 
-async fn session(
-    socket: WebSocket,
+/// Runs one connection until the client leaves, it goes idle or the hub stops. Generic over the
+/// socket so the unit tests drive it with channels under a paused clock.
+async fn session<S, E>(
+    socket: S,
     identity: Identity,
     live: Live,
     shutdown: CancellationToken,
     _permit: OwnedSemaphorePermit,
-) {
+) where
+    S: futures_util::Stream<Item = Result<Message, E>> + futures_util::Sink<Message>,
+    S: Send + 'static,
+    E: std::fmt::Display,
+{
     let (sink, mut source) = socket.split();
     let (out_tx, out_rx) = mpsc::channel::<Message>(CLIENT_QUEUE);
-    let writer = tokio::spawn(write_out(sink, out_rx));
+    let (control_tx, control_rx) = mpsc::channel::<Message>(CONTROL_QUEUE);
+    let (written_tx, written_rx) = watch::channel(Instant::now());
+    let writer = tokio::spawn(write_out(sink, control_rx, out_rx, written_tx));
     let mut readings_rx = live.readings_tx.subscribe();
     let mut events_rx = live.events_tx.subscribe();
     let mut s = Session {
@@ -217,7 +234,11 @@ async fn session(
                     let text = e.to_string().to_ascii_lowercase();
                     tracing::debug!(error = %text, "stream client sent a bad frame");
                     let too_big = ["size", "too long", "capacity", "limit"].iter().any(|w| text.contains(w));
-                    break too_big.then_some((close_code::SIZE, "message too big"));
+                    break Some(if too_big {
+                        (close_code::SIZE, "message too big")
+                    } else {
+                        (close_code::PROTOCOL, "broken frame")
+                    });
                 }
             },
             batch = readings_rx.recv() => match batch {
@@ -230,10 +251,14 @@ async fn session(
                 s.tell_lag();
             }
             _ = ping.tick() => {
-                if last_heard.elapsed() >= IDLE_TIMEOUT {
+                // A socket that takes the hub's writes is read by a live client, however far
+                // behind it is: only a client silent on both counts is idle.
+                let last_written = *written_rx.borrow();
+                if last_heard.elapsed() >= IDLE_TIMEOUT && last_written.elapsed() >= IDLE_TIMEOUT {
                     break Some((close_code::POLICY, "idle: no pong"));
                 }
-                s.offer(Message::Ping(Default::default()));
+                // Full: earlier pings have not gone out yet; one more would say nothing new.
+                let _ = control_tx.try_send(Message::Ping(Default::default()));
             }
         }
     };
@@ -243,26 +268,45 @@ async fn session(
             reason: Utf8Bytes::from_static(reason),
         };
         let _ =
-            tokio::time::timeout(SEND_TIMEOUT, s.out_tx.send(Message::Close(Some(frame)))).await;
+            tokio::time::timeout(SEND_TIMEOUT, control_tx.send(Message::Close(Some(frame)))).await;
     }
-    drop(s);
+    drop((s, control_tx));
     let _ = writer.await;
 }
 
-/// Writes queued messages until the queue closes or a write fails or stalls.
-async fn write_out(
-    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+/// Writes control frames first, then queued messages, until the queues close, a close frame
+/// is sent, or a write fails or stalls. Each message the socket takes is noted in `written_tx`.
+async fn write_out<K>(
+    mut sink: K,
+    mut control_rx: mpsc::Receiver<Message>,
     mut out_rx: mpsc::Receiver<Message>,
-) {
-    while let Some(message) = out_rx.recv().await {
+    written_tx: watch::Sender<Instant>,
+) where
+    K: futures_util::Sink<Message> + Unpin,
+{
+    loop {
+        let message = tokio::select! {
+            biased;
+            control = control_rx.recv() => control,
+            message = out_rx.recv() => message,
+        };
+        let Some(message) = message else { break };
         let closing = matches!(message, Message::Close(_));
+        // Only messages count as signs of life: a dead peer's socket buffers take pings for
+        // ever, while messages fill them and then stall the writer.
+        let control = matches!(message, Message::Ping(_) | Message::Pong(_));
         match tokio::time::timeout(SEND_TIMEOUT, sink.send(message)).await {
-            Ok(Ok(())) if !closing => {}
+            Ok(Ok(())) if !closing => {
+                if !control {
+                    written_tx.send_replace(Instant::now());
+                }
+            }
             _ => break,
         }
     }
-    // Dropping the receiver tells the reading side to stop.
+    // Closing the receivers tells the reading side to stop.
     out_rx.close();
+    control_rx.close();
     let _ = tokio::time::timeout(SEND_TIMEOUT, sink.close()).await;
 }
 
@@ -468,5 +512,223 @@ impl Session {
             }),
         };
         self.send_json(message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use tokio_util::sync::PollSender;
+
+    /// A socket made of two channels: what the client sends, and what the hub writes, taken by
+    /// a channel of `socket_room` messages (the kernel's buffers).
+    struct FakeSocket {
+        incoming: mpsc::Receiver<Result<Message, String>>,
+        outgoing: PollSender<Message>,
+    }
+
+    impl futures_util::Stream for FakeSocket {
+        type Item = Result<Message, String>;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.incoming.poll_recv(cx)
+        }
+    }
+
+    impl futures_util::Sink<Message> for FakeSocket {
+        type Error = String;
+        fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+            Pin::new(&mut self.outgoing)
+                .poll_ready(cx)
+                .map_err(|e| e.to_string())
+        }
+        fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), String> {
+            Pin::new(&mut self.outgoing)
+                .start_send(item)
+                .map_err(|e| e.to_string())
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+            Pin::new(&mut self.outgoing)
+                .poll_flush(cx)
+                .map_err(|e| e.to_string())
+        }
+        fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+            Pin::new(&mut self.outgoing)
+                .poll_close(cx)
+                .map_err(|e| e.to_string())
+        }
+    }
+
+    struct Client {
+        to_hub: mpsc::Sender<Result<Message, String>>,
+        from_hub: mpsc::Receiver<Message>,
+        live: Live,
+        shutdown: CancellationToken,
+        session: tokio::task::JoinHandle<()>,
+    }
+
+    fn connect(socket_room: usize) -> Client {
+        let (to_hub, incoming) = mpsc::channel(16);
+        let (outgoing, from_hub) = mpsc::channel(socket_room);
+        let live = Live::new();
+        let shutdown = CancellationToken::new();
+        let permit = Arc::new(tokio::sync::Semaphore::new(1))
+            .try_acquire_owned()
+            .unwrap();
+        let identity = Identity {
+            name: "reader".into(),
+            scopes: vec![Scope::Read],
+            devices: vec![],
+        };
+        let socket = FakeSocket {
+            incoming,
+            outgoing: PollSender::new(outgoing),
+        };
+        let session = tokio::spawn(session(
+            socket,
+            identity,
+            live.clone(),
+            shutdown.clone(),
+            permit,
+        ));
+        Client {
+            to_hub,
+            from_hub,
+            live,
+            shutdown,
+            session,
+        }
+    }
+
+    fn subscribe_all() -> Result<Message, String> {
+        Ok(Message::Text(
+            r#"{"op":"subscribe","devices":["*"]}"#.into(),
+        ))
+    }
+
+    fn publish(live: &Live, offset: u64) {
+        let _ = live.readings_tx.send(Arc::new(vec![LiveReading {
+            offset,
+            device: "d-1".into(),
+            seq: 0,
+            timestamp_ms: 0,
+            metrics: vec![("t".into(), device_protocol::OwnedValue::I64(1))],
+        }]));
+    }
+
+    fn lagged_count(text: &str) -> u64 {
+        serde_json::from_str::<Value>(text).unwrap()["dropped"]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reader_gets_its_pings_and_is_kept_past_the_idle_timeout() {
+        let mut c = connect(1);
+        c.to_hub.send(subscribe_all()).await.unwrap();
+        assert!(matches!(c.from_hub.recv().await, Some(Message::Text(_))));
+        let (mut pings, mut readings, mut dropped) = (0, 0, 0);
+        let mut offset = 0;
+        // Readings at 50 a second, read at 10 a second, for over three idle timeouts: the
+        // client sends nothing but its pongs (as a WebSocket library does on reading a ping).
+        let end = Instant::now() + IDLE_TIMEOUT * 3 + PING_EVERY;
+        let mut read_tick = tokio::time::interval(Duration::from_millis(100));
+        let mut publish_tick = tokio::time::interval(Duration::from_millis(20));
+        while Instant::now() < end {
+            tokio::select! {
+                _ = publish_tick.tick() => {
+                    publish(&c.live, offset);
+                    offset += 1;
+                }
+                // Never waiting for the hub: the clock must not jump while the client waits.
+                _ = read_tick.tick() => match c.from_hub.try_recv() {
+                    Ok(Message::Ping(payload)) => {
+                        pings += 1;
+                        c.to_hub.send(Ok(Message::Pong(payload))).await.unwrap();
+                    }
+                    Ok(Message::Text(text)) if text.contains("\"lagged\"") => {
+                        dropped += lagged_count(text.as_str());
+                    }
+                    Ok(Message::Text(_)) => readings += 1,
+                    Err(mpsc::error::TryRecvError::Empty) => {}
+                    other => panic!("the hub closed a slow reader: {other:?}"),
+                },
+            }
+        }
+        assert!(!c.session.is_finished(), "the session is still open");
+        // A ping every PING_EVERY, none of them lost behind readings.
+        let expected = (IDLE_TIMEOUT * 3 + PING_EVERY).as_secs() / PING_EVERY.as_secs();
+        assert!(pings >= expected - 1, "{pings} pings of {expected}");
+        assert!(
+            readings > 0 && dropped > 0,
+            "{readings} read, {dropped} dropped"
+        );
+        // No reading is counted twice, and no ping is counted as a dropped reading.
+        c.shutdown.cancel();
+        let mut closed = None;
+        while let Some(message) = c.from_hub.recv().await {
+            match message {
+                Message::Text(text) if text.contains("\"lagged\"") => {
+                    dropped += lagged_count(text.as_str());
+                }
+                Message::Text(_) => readings += 1,
+                Message::Close(frame) => closed = frame.map(|f| f.code),
+                Message::Ping(_) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(closed, Some(close_code::AWAY));
+        // (Counts of drops still queued at the close are not seen, hence no lower bound.)
+        assert!(
+            readings + dropped <= offset,
+            "{readings} read + {dropped} dropped of {offset}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_close_frame_goes_before_queued_readings() {
+        let mut c = connect(1);
+        c.to_hub.send(subscribe_all()).await.unwrap();
+        assert!(matches!(c.from_hub.recv().await, Some(Message::Text(_))));
+        // Fill the queue: the client reads nothing.
+        for offset in 0..CLIENT_QUEUE as u64 * 2 {
+            publish(&c.live, offset);
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        c.shutdown.cancel();
+        // What the socket held already, then the close: not a queue's worth of readings first.
+        let mut before_close = 0;
+        let code = loop {
+            match c.from_hub.recv().await {
+                Some(Message::Close(frame)) => break frame.map(|f| f.code),
+                Some(_) => before_close += 1,
+                None => panic!("closed without a close frame after {before_close} messages"),
+            }
+        };
+        assert_eq!(code, Some(close_code::AWAY));
+        assert!(
+            before_close <= 2,
+            "{before_close} messages before the close"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_that_takes_nothing_is_closed_with_a_code() {
+        let mut c = connect(CLIENT_QUEUE * 4);
+        // Nothing subscribed, nothing sent, pongs never come: idle.
+        let closed = tokio::time::timeout(IDLE_TIMEOUT + PING_EVERY * 2, async {
+            loop {
+                match c.from_hub.recv().await {
+                    Some(Message::Close(frame)) => break frame.map(|f| f.code),
+                    Some(Message::Ping(_)) => {}
+                    other => panic!("{other:?}"),
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(closed, Some(close_code::POLICY));
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! A pull consumer is registered by its first commit; from then on retention keeps every reading
 //! it has not committed (until the quota's `full_policy` says otherwise), so an abandoned consumer
-//! should be deleted.
+//! should be deleted. Only the consumer's own identity (the `sync` scope, named like the
+//! consumer) or an admin may commit: a commit is what lets retention delete readings.
 
 use axum::Extension;
 use axum::Json;
@@ -190,20 +191,24 @@ fn consumer_name(name: &str) -> Result<&str, ApiError> {
 
 /// Commit a pull consumer's cursor.
 ///
-/// Registers the consumer on its first commit. Needs the `read` scope for every device (a
-/// device-limited token would hold back retention for readings it cannot see: 403). The cursor
-/// may move back (to pull again what retention still holds) but not past the newest reading.
+/// Registers the consumer on its first commit. Needs the `sync` scope and an identity named
+/// like the consumer (a token named `cloud`, or a client certificate named `cloud`, commits the
+/// consumer `cloud` and no other), or the `admin` scope; either for every device (a
+/// device-limited identity would hold back retention for readings it cannot see: 403). A
+/// reader cannot commit: moving a consumer forward lets retention delete what it has not
+/// pulled. The cursor may move back (to pull again what retention still holds) but not past the
+/// newest reading.
 #[utoipa::path(
     put,
     path = "/sync/consumers/{name}",
-    security(("bearer" = ["read"])),
+    security(("bearer" = ["sync"])),
     tag = "sync",
     params(ConsumerPath),
     request_body = ConsumerCommit,
     responses(
         (status = 200, description = "Committed.", body = FollowerState),
         (status = 400, description = "The name or the body is wrong, or the cursor is past the newest reading."),
-        (status = 403, description = "The token lacks the `read` scope, or is limited to some devices."),
+        (status = 403, description = "The identity lacks the `sync` scope, is not named like the consumer (and is not an admin), or is limited to some devices."),
         (status = 409, description = "The name is a configured sink's, or there are already 32 consumers."),
         (status = 413, description = "The body is larger than 16 KiB."),
         (status = 500, description = "The store failed; the hub's log says why."),
@@ -215,11 +220,18 @@ pub(super) async fn commit(
     Path(name): Path<String>,
     body: Result<Json<ConsumerCommit>, JsonRejection>,
 ) -> Result<Json<FollowerState>, ApiError> {
-    require(&identity, Scope::Read, "read")?;
-    if !identity.devices.is_empty() {
-        return Err(ApiError::Forbidden("read (for every device)"));
-    }
     let name = consumer_name(&name)?.to_owned();
+    if !identity.may_commit(&name) {
+        // Logged: a refused commit is someone trying to move what retention relies on.
+        tracing::info!(consumer = %name, by = %identity.name, "a consumer's commit refused");
+        return Err(ApiError::Forbidden(if !identity.has(Scope::Sync) {
+            "sync"
+        } else if !identity.devices.is_empty() {
+            "sync (for every device)"
+        } else {
+            "sync (for a consumer of its own name)"
+        }));
+    }
     let Json(body) = body.map_err(json_rejection)?;
     if state.sync.is_sink(&name) {
         return Err(ApiError::Conflict(format!(

@@ -28,7 +28,8 @@ pub struct NewToken {
     /// A name for people: 1 to 64 of `A-Z a-z 0-9 . _ -`.
     #[schema(example = "app-1", pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     pub name: String,
-    /// What it may do: at least one of `read`, `command`, `admin`, `metrics`.
+    /// What it may do: at least one of `read`, `command`, `admin`, `metrics`, `sync` (commit
+    /// the pull consumer named like the token).
     #[schema(example = json!(["read", "command"]), min_items = 1)]
     pub scopes: Vec<String>,
     /// Device-id patterns it is limited to (`*` matches any run of characters), at most 32;
@@ -36,7 +37,7 @@ pub struct NewToken {
     #[serde(default)]
     #[schema(example = json!(["greenhouse-*"]), max_items = 32)]
     pub devices: Vec<String>,
-    /// How long it lives (`30d`, `12h`); absent or null for ever.
+    /// How long it lives (`30d`, `12h`), at most 100 years (`36500d`); absent or null for ever.
     #[serde(default)]
     #[schema(example = "30d", pattern = r"^[0-9]{1,9}(ms|s|m|h|d)$")]
     pub expires: Option<String>,

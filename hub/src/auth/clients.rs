@@ -3,10 +3,16 @@
 //! matching entry gives its scopes and device patterns. The name is the certificate's subject
 //! common name or one of its DNS subject alternative names. A verified certificate that no entry
 //! names is not an identity: the request needs a token then.
+//!
+//! Devices and API clients may share a CA (the hub's own does both), so a certificate's name
+//! alone does not make it a client: a certificate marked as a device's ([`Role::Device`], the OU
+//! `hub certs issue-device` writes) is never an API identity, and while the client CA is the
+//! hub's own, only certificates marked as a client's ([`Role::Client`]) are.
 
 use rustls::pki_types::{CertificateDer, ServerName};
 
-use super::tokens::{Identity, Scope};
+use super::pki::Role;
+use super::tokens::{CERT_PREFIX, Identity, Scope};
 
 /// One configured client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,12 +29,24 @@ pub struct ClientEntry {
 #[derive(Debug, Clone, Default)]
 pub struct ClientIdentities {
     entries: Vec<ClientEntry>,
+    /// Whether a certificate must carry the client mark: the client CA also issues devices'.
+    clients_marked: bool,
 }
 
 impl ClientIdentities {
     /// Clients from configuration.
     pub fn new(entries: Vec<ClientEntry>) -> Self {
-        ClientIdentities { entries }
+        ClientIdentities {
+            entries,
+            clients_marked: false,
+        }
+    }
+
+    /// Takes only certificates marked as a client's ([`Role::Client`]): for a client CA that
+    /// also signs devices' certificates, as the hub's own does.
+    pub fn marked_only(mut self, marked: bool) -> Self {
+        self.clients_marked = marked;
+        self
     }
 
     /// Whether an entry for `name` exists.
@@ -46,6 +64,12 @@ impl ClientIdentities {
         if self.entries.is_empty() {
             return None;
         }
+        match role(cert) {
+            Some(Role::Device) => return None,
+            Some(Role::Client) => {}
+            None if self.clients_marked => return None,
+            None => {}
+        }
         let common_name = subject_common_name(cert);
         let der = CertificateDer::from(cert);
         let end_entity = webpki::EndEntityCert::try_from(&der).ok();
@@ -57,7 +81,7 @@ impl ClientIdentities {
                 })
         })?;
         Some(Identity {
-            name: format!("cert:{}", entry.name),
+            name: format!("{CERT_PREFIX}{}", entry.name),
             scopes: entry.scopes.clone(),
             devices: entry.devices.clone(),
         })
@@ -134,25 +158,43 @@ pub fn not_after(cert: &[u8]) -> Option<i64> {
 
 /// The subject's common name (OID 2.5.4.3) of a DER certificate, if it has one.
 pub fn subject_common_name(cert: &[u8]) -> Option<String> {
-    const SEQUENCE: u8 = 0x30;
     const COMMON_NAME: [u8; 3] = [0x55, 0x04, 0x03];
+    subject_attributes(cert, &COMMON_NAME)?.into_iter().next()
+}
+
+/// The role a certificate's subject is marked with (an OU, OID 2.5.4.11, that the hub writes;
+/// see [`Role`]); `None` when it carries neither mark. A certificate that carries both is a
+/// device's: the mark that takes scopes away wins.
+pub fn role(cert: &[u8]) -> Option<Role> {
+    const ORGANIZATIONAL_UNIT: [u8; 3] = [0x55, 0x04, 0x0B];
+    let units = subject_attributes(cert, &ORGANIZATIONAL_UNIT)?;
+    [Role::Device, Role::Client]
+        .into_iter()
+        .find(|role| units.iter().any(|u| u == role.unit()))
+}
+
+/// Every value of the subject's attribute `oid` (DER content of the OID), in order.
+fn subject_attributes(cert: &[u8], oid: &[u8]) -> Option<Vec<String>> {
+    const SEQUENCE: u8 = 0x30;
     let fields = tbs_fields(cert)?;
     // serial, signature algorithm, issuer, validity, subject
     let (tag, subject) = *fields.get(4)?;
     if tag != SEQUENCE {
         return None;
     }
+    let mut values = Vec::new();
     for (_, rdn) in elements(subject) {
         for (_, attribute) in elements(rdn) {
             let parts = elements(attribute);
-            if let [(0x06, oid), (_, value)] = parts.as_slice()
-                && *oid == COMMON_NAME
+            if let [(0x06, found), (_, value)] = parts.as_slice()
+                && *found == oid
+                && let Ok(value) = std::str::from_utf8(value)
             {
-                return std::str::from_utf8(value).ok().map(str::to_owned);
+                values.push(value.to_owned());
             }
         }
     }
-    None
+    Some(values)
 }
 
 #[cfg(test)]
@@ -184,6 +226,49 @@ mod tests {
         let der = cert("app-1", &["app-1"]);
         for cut in 0..der.len() {
             let _ = subject_common_name(&der[..cut]);
+        }
+    }
+
+    fn marked(cn: &str, units: &[&str]) -> Vec<u8> {
+        let mut params = CertificateParams::new(vec![cn.to_owned()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        for unit in units {
+            params
+                .distinguished_name
+                .push(DnType::OrganizationalUnitName, *unit);
+        }
+        let key = KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn a_device_certificate_is_never_a_client_whatever_its_name() {
+        let admin = || ClientEntry {
+            name: "admin".into(),
+            scopes: vec![Scope::Admin],
+            devices: vec![],
+        };
+        let device = marked("admin", &[Role::Device.unit()]);
+        let client = marked("admin", &[Role::Client.unit()]);
+        let unmarked = marked("admin", &[]);
+        let both = marked("admin", &[Role::Client.unit(), Role::Device.unit()]);
+        assert_eq!(role(&device), Some(Role::Device));
+        assert_eq!(role(&client), Some(Role::Client));
+        assert_eq!(role(&unmarked), None);
+        assert_eq!(role(&both), Some(Role::Device));
+        assert_eq!(role(&marked("x", &["ops"])), None);
+        // The hub's own CA: only marked clients.
+        let own = ClientIdentities::new(vec![admin()]).marked_only(true);
+        assert!(own.identify(&client).is_some());
+        assert!(own.identify(&device).is_none());
+        assert!(own.identify(&unmarked).is_none());
+        assert!(own.identify(&both).is_none());
+        // An operator's CA: unmarked certificates are clients, devices' marks still refused.
+        let theirs = ClientIdentities::new(vec![admin()]);
+        assert!(theirs.identify(&unmarked).is_some());
+        assert!(theirs.identify(&device).is_none());
+        for cut in 0..device.len() {
+            let _ = role(&device[..cut]);
         }
     }
 

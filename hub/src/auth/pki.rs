@@ -10,6 +10,8 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use time::{Duration, OffsetDateTime};
 
 use super::AuthError;
@@ -17,6 +19,28 @@ use crate::files;
 
 /// The subject (CN) of the first-run admin client certificate.
 pub const ADMIN_CLIENT_NAME: &str = "admin";
+
+/// What a certificate of the hub's CA is for, written in its subject's organizational unit
+/// (OU). Devices and API clients share the hub's CA, so the subject name alone cannot tell a
+/// device `admin` from the API's `admin`: the API takes identities only from [`Role::Client`]
+/// certificates (see `clients`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// An API client (`hub certs issue-client`, the first-run admin).
+    Client,
+    /// A device (`hub certs issue-device`).
+    Device,
+}
+
+impl Role {
+    /// The OU that marks it.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Role::Client => "hub api client",
+            Role::Device => "hub device",
+        }
+    }
+}
 
 /// Paths of the first-run TLS material.
 #[derive(Debug, Clone)]
@@ -69,6 +93,7 @@ fn pki_err(what: &str) -> impl FnOnce(rcgen::Error) -> AuthError + '_ {
 pub fn ensure(dir: &Path) -> Result<(TlsFiles, bool), AuthError> {
     let files = TlsFiles::in_dir(dir);
     if files.all().iter().all(|p| p.exists()) {
+        renew_unmarked_admin(&files)?;
         return Ok((files, false));
     }
     files::create_private_dir(dir)?;
@@ -95,18 +120,12 @@ pub fn ensure(dir: &Path) -> Result<(TlsFiles, bool), AuthError> {
     if let Some(host) = host_name().filter(|h| h != "localhost") {
         names.push(host);
     }
-    let (server_cert, server_key) = issue_leaf(
-        &issuer,
-        "hub",
-        names,
-        ExtendedKeyUsagePurpose::ServerAuth,
-        LEAF_DAYS,
-    )?;
+    let (server_cert, server_key) = issue_leaf(&issuer, "hub", names, None, LEAF_DAYS)?;
     let (admin_cert, admin_key) = issue_leaf(
         &issuer,
         ADMIN_CLIENT_NAME,
         Vec::new(),
-        ExtendedKeyUsagePurpose::ClientAuth,
+        Some(Role::Client),
         LEAF_DAYS,
     )?;
 
@@ -134,13 +153,43 @@ pub struct IssuedCert {
     pub key_pem: String,
 }
 
+/// A first-run admin certificate made before certificates carried their [`Role`] is made again
+/// (same CA, same name, a new key), so the admin keeps an API identity: the API no longer
+/// trusts an unmarked certificate of the hub's CA, which may be a device's.
+fn renew_unmarked_admin(files: &TlsFiles) -> Result<(), AuthError> {
+    let pem = std::fs::read(&files.admin_cert)?;
+    let marked = CertificateDer::pem_slice_iter(&pem)
+        .next()
+        .and_then(Result::ok)
+        .is_some_and(|der| super::clients::role(der.as_ref()) == Some(Role::Client));
+    if marked {
+        return Ok(());
+    }
+    let issued = issue_client(
+        &files.ca_cert,
+        &files.ca_key,
+        ADMIN_CLIENT_NAME,
+        u32::try_from(LEAF_DAYS).unwrap_or(MAX_ISSUE_DAYS),
+        Role::Client,
+    )?;
+    files::write_private(&files.admin_key, issued.key_pem.as_bytes())?;
+    files::write_private(&files.admin_cert, issued.cert_pem.as_bytes())?;
+    tracing::warn!(
+        path = %files.admin_cert.display(),
+        "the first-run admin certificate was made again with its API client mark; give clients the new one"
+    );
+    Ok(())
+}
+
 /// Issues a certificate for client authentication to `name` (its CN and a DNS SAN), valid for
-/// `days`, signed by the CA in `ca_cert` and `ca_key` (PEM). The caller checks `name`.
+/// `days`, signed by the CA in `ca_cert` and `ca_key` (PEM), marked with `role`. The caller
+/// checks `name`.
 pub fn issue_client(
     ca_cert: &Path,
     ca_key: &Path,
     name: &str,
     days: u32,
+    role: Role,
 ) -> Result<IssuedCert, AuthError> {
     if days == 0 || days > MAX_ISSUE_DAYS {
         return Err(AuthError::Pki(format!(
@@ -155,7 +204,7 @@ pub fn issue_client(
         &issuer,
         name,
         vec![name.to_owned()],
-        ExtendedKeyUsagePurpose::ClientAuth,
+        Some(role),
         i64::from(days),
     )?;
     Ok(IssuedCert {
@@ -164,13 +213,14 @@ pub fn issue_client(
     })
 }
 
-/// A certificate for `common_name` (and `names` as SANs) for `purpose`, signed by `issuer`, valid
-/// from an hour ago for `days`, with a new key.
+/// A certificate for `common_name` (and `names` as SANs), signed by `issuer`, valid from an hour
+/// ago for `days`, with a new key: for client authentication marked with `role`, or for a
+/// server when `role` is `None`.
 fn issue_leaf(
     issuer: &Issuer<'_, KeyPair>,
     common_name: &str,
     names: Vec<String>,
-    purpose: ExtendedKeyUsagePurpose,
+    role: Option<Role>,
     days: i64,
 ) -> Result<(rcgen::Certificate, KeyPair), AuthError> {
     let key = KeyPair::generate().map_err(pki_err(common_name))?;
@@ -178,6 +228,15 @@ fn issue_leaf(
     params
         .distinguished_name
         .push(DnType::CommonName, common_name);
+    let purpose = match role {
+        Some(role) => {
+            params
+                .distinguished_name
+                .push(DnType::OrganizationalUnitName, role.unit());
+            ExtendedKeyUsagePurpose::ClientAuth
+        }
+        None => ExtendedKeyUsagePurpose::ServerAuth,
+    };
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![purpose];
     let now = OffsetDateTime::now_utc();
@@ -199,4 +258,46 @@ fn host_name() -> Option<String> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
     valid.then(|| name.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn role_of(path: &Path) -> Option<Role> {
+        let pem = std::fs::read(path).unwrap();
+        let der = CertificateDer::pem_slice_iter(&pem)
+            .next()
+            .unwrap()
+            .unwrap();
+        super::super::clients::role(der.as_ref())
+    }
+
+    #[test]
+    fn certificates_carry_their_role_and_an_unmarked_admin_is_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (files, made) = ensure(dir.path()).unwrap();
+        assert!(made);
+        assert_eq!(role_of(&files.admin_cert), Some(Role::Client));
+        for role in [Role::Client, Role::Device] {
+            let issued = issue_client(&files.ca_cert, &files.ca_key, "x", 1, role).unwrap();
+            let path = dir.path().join("x.crt");
+            std::fs::write(&path, issued.cert_pem).unwrap();
+            assert_eq!(role_of(&path), Some(role));
+        }
+        // An admin certificate of a hub from before the marks: made again, marked, at start.
+        let key = KeyPair::from_pem(&std::fs::read_to_string(&files.ca_key).unwrap()).unwrap();
+        let ca = std::fs::read_to_string(&files.ca_cert).unwrap();
+        let issuer = Issuer::from_ca_cert_pem(&ca, key).unwrap();
+        let (old, _) = issue_leaf(&issuer, ADMIN_CLIENT_NAME, Vec::new(), None, 30).unwrap();
+        std::fs::write(&files.admin_cert, old.pem()).unwrap();
+        assert_eq!(role_of(&files.admin_cert), None);
+        let (files, made) = ensure(dir.path()).unwrap();
+        assert!(!made);
+        assert_eq!(role_of(&files.admin_cert), Some(Role::Client));
+        // Marked already: left alone.
+        let before = std::fs::read(&files.admin_cert).unwrap();
+        ensure(dir.path()).unwrap();
+        assert_eq!(std::fs::read(&files.admin_cert).unwrap(), before);
+    }
 }

@@ -31,7 +31,13 @@ pub enum Scope {
     Admin,
     /// Read `/metrics`.
     Metrics,
+    /// Commit the cursor of the pull consumer named like the identity (see
+    /// [`Identity::may_commit`]).
+    Sync,
 }
+
+/// Every scope's name, in the order of [`Scope`], for messages and docs.
+pub const SCOPE_NAMES: &str = "read, command, admin, metrics, sync";
 
 impl Scope {
     /// Parses a scope name.
@@ -41,6 +47,7 @@ impl Scope {
             "command" => Some(Scope::Command),
             "admin" => Some(Scope::Admin),
             "metrics" => Some(Scope::Metrics),
+            "sync" => Some(Scope::Sync),
             _ => None,
         }
     }
@@ -52,6 +59,7 @@ impl Scope {
             Scope::Command => "command",
             Scope::Admin => "admin",
             Scope::Metrics => "metrics",
+            Scope::Sync => "sync",
         }
     }
 }
@@ -78,11 +86,33 @@ impl Identity {
         self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin)
     }
 
+    /// Whether the identity may move the cursor of the pull consumer `consumer`: an admin may
+    /// move any; an identity with the `sync` scope only the consumer of its own name (the
+    /// token's name, or the client certificate's name), so a reader, or another consumer's
+    /// token, cannot commit for the cloud and let retention delete what it never pulled.
+    /// Device-limited identities never may: a consumer holds back retention for every device.
+    pub fn may_commit(&self, consumer: &str) -> bool {
+        if !self.devices.is_empty() {
+            return false;
+        }
+        if self.scopes.contains(&Scope::Admin) {
+            return true;
+        }
+        let own = self.name.strip_prefix(CERT_PREFIX).unwrap_or(&self.name);
+        self.scopes.contains(&Scope::Sync) && own == consumer
+    }
+
     /// Whether the identity may see `device`.
     pub fn may_access(&self, device: &str) -> bool {
         self.devices.is_empty() || self.devices.iter().any(|p| pattern_matches(p, device))
     }
 }
+
+/// How a client certificate's identity name starts (`cert:app-1`), apart from tokens' names.
+pub const CERT_PREFIX: &str = "cert:";
+
+/// Longest life a token may be given: beyond it, an expiry is a typo or a way around expiry.
+pub const MAX_EXPIRY: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 86_400);
 
 /// Matches `*` wildcards (any run of characters, possibly empty); everything else literally.
 pub fn pattern_matches(pattern: &str, text: &str) -> bool {
@@ -118,7 +148,7 @@ pub const ID_LEN: usize = 16;
 pub struct TokenSpec {
     /// A name for people: 1 to 64 of `A-Z a-z 0-9 . _ -`.
     pub name: String,
-    /// Scope names: at least one of `read`, `command`, `admin`, `metrics`.
+    /// Scope names: at least one of `read`, `command`, `admin`, `metrics`, `sync`.
     pub scopes: Vec<String>,
     /// Device-id patterns (`*` wildcards); empty means every device.
     pub devices: Vec<String>,
@@ -142,7 +172,7 @@ impl TokenSpec {
             ));
         }
         if self.scopes.is_empty() {
-            return bad("`scopes`: at least one of read, command, admin, metrics".into());
+            return bad(format!("`scopes`: at least one of {SCOPE_NAMES}"));
         }
         let mut scopes: Vec<Scope> = Vec::new();
         for name in &self.scopes {
@@ -151,7 +181,7 @@ impl TokenSpec {
                 Some(_) => {}
                 None => {
                     return bad(format!(
-                        "`scopes`: {:?} is not one of read, command, admin, metrics",
+                        "`scopes`: {:?} is not one of {SCOPE_NAMES}",
                         name.chars().take(80).collect::<String>()
                     ));
                 }
@@ -187,8 +217,21 @@ impl TokenSpec {
                 if d.is_zero() {
                     return bad("`expires`: a duration above zero, like 30d or 12h".into());
                 }
-                let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-                Some(now_ms.saturating_add(ms))
+                // A saturated parse (`3000000d` and larger) or a life of centuries would make a
+                // token that never expires while it looks like one that does.
+                let at = u64::try_from(d.as_millis())
+                    .ok()
+                    .filter(|_| d <= MAX_EXPIRY)
+                    .and_then(|ms| now_ms.checked_add(ms));
+                match at {
+                    Some(at) => Some(at),
+                    None => {
+                        return bad(format!(
+                            "`expires`: at most {} days (100 years); omit it for a token that never expires",
+                            MAX_EXPIRY.as_secs() / 86_400
+                        ));
+                    }
+                }
             }
         };
         Ok(TokenRecord {
@@ -520,6 +563,23 @@ mod tests {
     }
 
     #[test]
+    fn only_admins_and_the_consumers_own_sync_identity_may_commit() {
+        let identity = |name: &str, scopes: &[Scope], devices: &[&str]| Identity {
+            name: name.into(),
+            scopes: scopes.to_vec(),
+            devices: devices.iter().map(|d| d.to_string()).collect(),
+        };
+        assert!(identity("cloud", &[Scope::Sync], &[]).may_commit("cloud"));
+        assert!(identity("cert:cloud", &[Scope::Sync], &[]).may_commit("cloud"));
+        assert!(identity("ops", &[Scope::Admin], &[]).may_commit("cloud"));
+        assert!(!identity("cloud", &[Scope::Read], &[]).may_commit("cloud"));
+        assert!(!identity("other", &[Scope::Sync], &[]).may_commit("cloud"));
+        assert!(!identity("cert:other", &[Scope::Sync], &[]).may_commit("cloud"));
+        assert!(!identity("cloud", &[Scope::Sync], &["gh-*"]).may_commit("cloud"));
+        assert!(!identity("ops", &[Scope::Admin], &["gh-*"]).may_commit("cloud"));
+    }
+
+    #[test]
     fn patterns_match_like_shell_stars() {
         assert!(pattern_matches("greenhouse-*", "greenhouse-"));
         assert!(pattern_matches("*", "anything"));
@@ -555,6 +615,12 @@ mod tests {
             (ok.created_ms, ok.revoked, ok.last_used_ms),
             (1000, false, None)
         );
+        // A century is the longest life; `sync` is a scope.
+        let century = spec("a", &["sync"], &[], Some("36500d"))
+            .validate(0)
+            .unwrap();
+        assert_eq!(century.expires_ms, Some(36_500 * 86_400_000));
+        assert_eq!(century.scopes, vec!["sync"]);
         assert_eq!(
             spec("a", &["metrics"], &[], None)
                 .validate(0)
@@ -579,6 +645,16 @@ mod tests {
             (spec("a", &["read"], &[], Some("soon")), "`expires`"),
             (spec("a", &["read"], &[], Some("0s")), "`expires`"),
             (spec("a", &["read"], &[], Some("5y")), "`expires`"),
+            (spec("a", &["read"], &[], Some("3000000d")), "`expires`"),
+            (spec("a", &["read"], &[], Some("36501d")), "`expires`"),
+            (
+                spec("a", &["read"], &[], Some("99999999999999999999999d")),
+                "`expires`",
+            ),
+            (
+                spec("a", &["read"], &[], Some("18446744073709551615ms")),
+                "`expires`",
+            ),
         ] {
             let e = bad.validate(0).unwrap_err();
             assert!(e.0.starts_with(field), "{bad:?}: {e}");

@@ -13,7 +13,10 @@ use crate::harness::{Hub, eventually, mosquitto_pub, wait_for_readings};
 use crate::security::{TestCa, client};
 
 const DEVICE: &str = "mx-1";
-const SCOPES: [&str; 4] = ["read", "command", "admin", "metrics"];
+const SCOPES: [&str; 5] = ["read", "command", "admin", "metrics", "sync"];
+/// The pull consumer of the matrix: named like the `sync` identity, which may commit only the
+/// consumer of its own name.
+const CONSUMER: &str = "only-sync";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_route_answers_every_kind_of_caller_as_described() {
@@ -67,7 +70,7 @@ async fn every_route_answers_every_kind_of_caller_as_described() {
     let (status, _) = hub
         .send(
             reqwest::Method::PUT,
-            "/api/v1/sync/consumers/matrix-consumer",
+            &format!("/api/v1/sync/consumers/{CONSUMER}"),
             Some(&json!({"cursor": 0})),
         )
         .await;
@@ -95,7 +98,7 @@ async fn every_route_answers_every_kind_of_caller_as_described() {
             } else {
                 template
                     .replace("{id}", &token_id)
-                    .replace("{name}", "matrix-consumer")
+                    .replace("{name}", CONSUMER)
             };
             let call = |c: reqwest::Client, token: Option<String>| {
                 let url = hub.url(&path);
@@ -147,6 +150,12 @@ async fn every_route_answers_every_kind_of_caller_as_described() {
                     if device_route {
                         let status = call(identity(&format!("elsewhere-{scope}")), None).await;
                         assert_eq!(status, 404, "{at}: another device's identity");
+                    }
+                    if template.starts_with("/api/v1/sync/consumers/") && method != "delete" {
+                        // A consumer is moved only by its own identity (or an admin): a
+                        // device-limited one, or one named otherwise, is refused.
+                        let status = call(identity(&format!("elsewhere-{scope}")), None).await;
+                        assert_eq!(status, 403, "{at}: a device-limited identity");
                     }
                 }
                 None => {

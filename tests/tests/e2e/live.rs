@@ -20,7 +20,7 @@ pub struct Stream {
 }
 
 /// Opens a TLS connection to the hub's API, trusting only its CA.
-async fn tls_connect(hub: &Hub, recv_buffer: Option<u32>) -> TlsStream<TcpStream> {
+pub(crate) async fn tls_connect(hub: &Hub, recv_buffer: Option<u32>) -> TlsStream<TcpStream> {
     init_tls();
     let mut roots = rustls::RootCertStore::empty();
     let ca = std::fs::read(hub.data.join("tls/ca.crt")).unwrap();
@@ -360,5 +360,91 @@ async fn a_lagging_client_is_told_what_it_missed_and_never_slows_ingest() {
     telemetry(&hub, "lag-late", 0, json!({"v": 1}));
     let late = slow.next_of("reading").await;
     assert_eq!(late["device"], "lag-late");
+    hub.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_hubs_close_frame_overtakes_a_lagging_clients_queue() {
+    use std::io::Write;
+    let root = tempfile::tempdir().unwrap();
+    let hub = Hub::start(root.path(), &[]);
+    let mut slow = Stream::connect_with(&hub, Some(&hub.token()), Some(4096))
+        .await
+        .unwrap();
+    slow.subscribe(json!({"devices": ["big-*"]})).await;
+
+    // Large readings (about 1.8 KB as stream messages), far faster than the client reads: the
+    // hub's queue for it (1024 messages) fills, and few fit in the sockets' buffers.
+    let count: u64 = 3000;
+    let text = "x".repeat(200);
+    let mut lines = String::new();
+    for seq in 0..count {
+        let metrics: serde_json::Map<String, Value> =
+            (0..8).map(|i| (format!("s{i}"), json!(text))).collect();
+        lines.push_str(&json!({"seq": seq, "metrics": metrics}).to_string());
+        lines.push('\n');
+    }
+    let mut publisher = std::process::Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &hub.mqtt_port().to_string()])
+        .args(["-t", "devices/big-1/telemetry", "-q", "1", "-l"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("mosquitto_pub");
+    let mut stdin = publisher.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        let _ = stdin.write_all(lines.as_bytes());
+    });
+    // The client reads slowly (so the hub's writes never stall) until every reading is stored.
+    let mut read = 0u64;
+    loop {
+        let message = tokio::time::timeout(DEADLINE, slow.socket.next())
+            .await
+            .expect("a message in time");
+        assert!(matches!(message, Some(Ok(_))), "open: {message:?}");
+        read += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        if read.is_multiple_of(50) {
+            let (_, device) = hub.get("/api/v1/devices/big-1").await;
+            if device["counters"]["readings"].as_u64() == Some(count) {
+                break;
+            }
+        }
+        assert!(
+            read < count,
+            "every reading was stored before the client read them all"
+        );
+    }
+    feeder.join().unwrap();
+    let _ = publisher.wait();
+
+    // An oversized message: the hub closes with 1009, and the close frame comes before what
+    // waits in the client's queue, not after a queue's worth of readings.
+    slow.socket
+        .send(Message::Text("x".repeat(10_000).into()))
+        .await
+        .unwrap();
+    let mut before_close = 0;
+    let closed = loop {
+        match tokio::time::timeout(DEADLINE, slow.socket.next())
+            .await
+            .expect("the close in time")
+        {
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| f.code),
+            Some(Ok(_)) => before_close += 1,
+            None | Some(Err(_)) => break None,
+        }
+    };
+    assert_eq!(
+        closed,
+        Some(CloseCode::Size),
+        "after {before_close} messages"
+    );
+    assert!(
+        before_close < 512,
+        "{before_close} messages came before the close frame"
+    );
+    assert_eq!(hub.get("/api/v1/devices").await.0, 200);
     hub.stop();
 }

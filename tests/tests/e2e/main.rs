@@ -13,6 +13,7 @@ mod downsample;
 
 mod external_broker;
 mod first_run;
+mod hardening;
 mod harness;
 mod ingest;
 mod live;

@@ -120,7 +120,7 @@ async fn status(
     request.send().await.ok().map(|r| r.status().as_u16())
 }
 
-fn write_config(root: &Path, text: &str) -> String {
+pub(crate) fn write_config(root: &Path, text: &str) -> String {
     let path = root.join("hub.toml");
     std::fs::write(&path, text).unwrap();
     path.display().to_string()
