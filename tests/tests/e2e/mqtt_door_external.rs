@@ -19,8 +19,8 @@ use crate::mqtt_door::{paho_publisher, stored};
 const STALL: Duration = Duration::from_secs(20);
 
 /// mosquitto as a site runs it (in-flight window and all at their defaults), except that it keeps
-/// every message for the hub's persistent session however many there are (by default 1,000), so
-/// that what is tested is the hub, not mosquitto's queue limit.
+/// every message for the hub's persistent session however many there are (`max_queued_messages 0`:
+/// no limit; by default 1,000), so that what is tested is the hub, not mosquitto's queue limit.
 fn mosquitto_keeping_everything(dir: &Path) -> Mosquitto {
     let port = free_port();
     let conf = dir.join(format!("mosquitto-keep-{port}.conf"));
@@ -28,7 +28,7 @@ fn mosquitto_keeping_everything(dir: &Path) -> Mosquitto {
         &conf,
         format!(
             "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-             max_queued_messages 10000000\n"
+             max_queued_messages 0\n"
         ),
     )
     .unwrap();
