@@ -418,7 +418,8 @@ pub struct MqttConfig {
     pub listen: String,
     /// The client id of the hub's own subscription.
     pub client_id: String,
-    /// Most QoS 1 messages the broker may have in flight to the hub before the hub acks.
+    /// Most QoS 1 messages an external broker may have sent the hub unacknowledged (the hub reads
+    /// no more until commits free room); also rumqttc's outgoing window.
     pub inflight: u16,
     /// CA of an `mqtts://` broker (PEM); default: the system bundle.
     pub ca: Option<PathBuf>,
@@ -479,7 +480,7 @@ impl Default for MqttConfig {
             broker: "embedded".into(),
             listen: "127.0.0.1:1883".into(),
             client_id: "hub".into(),
-            inflight: 100,
+            inflight: 1024,
             ca: None,
             client_cert: None,
             client_key: None,

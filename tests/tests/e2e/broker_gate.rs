@@ -291,6 +291,17 @@ async fn a_device_publishes_and_subscribes_to_its_own_topics_only() {
     assert_succeeded(&out, "a device named hub");
     wait_for_readings(&hub, "hub", 1).await;
 
+    // An API client's certificate, signed by the same CA, is not a device's.
+    let client = issue(&hub.data, "issue-client", "--name", "dev-c");
+    let out = publish_reading(gate, &client, "dev-c", 0);
+    assert_refused(&out, "an API client's certificate");
+    eventually("the client certificate refused in the log", || async {
+        hub.log()
+            .contains("an API client's certificate is not a device's")
+            .then_some(())
+    })
+    .await;
+
     // Another device's downlink: SUBACK 0x80, which mosquitto_sub -d prints as granted QoS 128.
     let denied = Sub::start(gate, &a, "dev-a", "devices/dev-b/down");
     denied.wait_for("SUBACK 0x80", refused).await;

@@ -397,12 +397,24 @@ async fn accept_devices(
                     return;
                 }
             };
-            // rustls has verified the chain to the device CA; the leaf's common name is the device.
-            let device = tls
+            // rustls has verified the chain to the device CA; the leaf's common name is the device,
+            // unless the hub marked it as an API client's (the same CA signs both).
+            let leaf = tls
                 .get_ref()
                 .1
                 .peer_certificates()
-                .and_then(|chain| chain.first())
+                .and_then(|chain| chain.first());
+            if leaf.is_some_and(|leaf| {
+                crate::auth::clients::role(leaf.as_ref()) == Some(crate::auth::pki::Role::Client)
+            }) {
+                context.stats.reject(
+                    super::Rejection::ForbiddenConnect,
+                    "",
+                    "an API client's certificate is not a device's",
+                );
+                return;
+            }
+            let device = leaf
                 .and_then(|leaf| crate::auth::clients::subject_common_name(leaf.as_ref()))
                 .filter(|cn| device_protocol::is_valid_id(cn));
             let Some(device) = device else {
