@@ -34,10 +34,13 @@ use crate::ingest::{DropReason, Rejection, decode, now_ms};
 use crate::store::Applied;
 use crate::store::writer::{CommitFailed, Submission};
 
-/// Publishes of one connection read and not yet acknowledged (waiting for their commit).
-pub const MAX_UNACKED: usize = 1024;
+/// Publishes of one connection read and not yet acknowledged (waiting for their commit). Room
+/// for two of the writer's batches, so one device can fill the next commit while one is on disk:
+/// 1 device at QoS 0 (loadgen, release build) went from 158k to 183k readings/s with 1,024 -> 4,096.
+/// Memory stays bounded by the writer's queue, which every connection shares.
+pub const MAX_UNACKED: usize = 4096;
 /// Payload bytes of one connection read and not yet acknowledged.
-pub const MAX_UNACKED_BYTES: usize = 1 << 20;
+pub const MAX_UNACKED_BYTES: usize = 4 << 20;
 /// Answers that wait for nothing, queued for the writer.
 const CONTROL_QUEUE: usize = 16;
 /// Silence allowed to a client that asks for no keep-alive.
