@@ -69,29 +69,16 @@ async fn kill_loop(qos: u8, version: u8, kills: u32) {
         "--mqtt-listen",
         mqtt.as_str(),
     ];
-    let mut hub = Hub::start_in(root.path(), &base, &[]);
+    let hub = Hub::start_in(root.path(), &base, &[]);
     // Enough readings that paho is still publishing when the last kill comes (each kill waits
     // for 200 more).
-    let (devices, count) = (2u32, 25_000u32);
+    let (devices, count) = (2u32, 40_000u32);
     let prefix = format!("paho-v{version}-q{qos}-");
     let publishers: Vec<Peer> = (0..devices)
         .map(|d| paho_publisher(port, &format!("{prefix}{d}"), count, qos, version))
         .collect();
-    let mut seed = 0x9e37_79b9_u64 ^ u64::from(qos);
-    for _ in 0..kills {
-        // Each kill comes while readings flow: after some were stored since the last start.
-        let before = stored(&hub, &prefix, devices).await;
-        eventually("readings flowing before the next kill", || async {
-            (stored(&hub, &prefix, devices).await >= before + 200).then_some(())
-        })
-        .await;
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        std::thread::sleep(Duration::from_millis(seed % 100));
-        hub.kill9();
-        hub = Hub::start_in(root.path(), &base, &[]);
-    }
+    let seed = 0x9e37_79b9_u64 ^ u64::from(qos);
+    let hub = kill_while_flowing(root.path(), &base, hub, (&prefix, devices), kills, seed).await;
     for publisher in publishers {
         let (ok, out) = publisher.finish();
         assert!(ok, "paho did not get every reading acknowledged: {out}");
@@ -119,6 +106,33 @@ async fn a_pubrec_means_durable_through_20_kill_9s_at_qos_2() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_puback_means_durable_in_mqtt_5_too() {
     kill_loop(1, 5, 6).await;
+}
+
+/// Kills the hub with SIGKILL `kills` times and starts it again on `base`, each kill coming while
+/// readings flow: after at least 200 more readings of devices `{prefix}0..devices` were stored
+/// since the last start, and a moment chosen from `seed`.
+pub(crate) async fn kill_while_flowing(
+    root: &std::path::Path,
+    base: &[&str],
+    mut hub: Hub,
+    (prefix, devices): (&str, u32),
+    kills: u32,
+    mut seed: u64,
+) -> Hub {
+    for _ in 0..kills {
+        let before = stored(&hub, prefix, devices).await;
+        eventually("readings flowing before the next kill", || async {
+            (stored(&hub, prefix, devices).await >= before + 200).then_some(())
+        })
+        .await;
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(seed % 100));
+        hub.kill9();
+        hub = Hub::start_in(root, base, &[]);
+    }
+    hub
 }
 
 /// Readings stored of devices `{prefix}0..devices`.

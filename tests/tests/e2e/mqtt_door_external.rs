@@ -13,7 +13,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::harness::{Hub, Mosquitto, check_every_reading_once, eventually, free_port};
-use crate::mqtt_door::{paho_publisher, stored};
+use crate::mqtt_door::{kill_while_flowing, paho_publisher, stored};
 
 /// No reading stored for this long, with readings still due: the hub has stalled.
 const STALL: Duration = Duration::from_secs(20);
@@ -183,30 +183,20 @@ async fn readings_survive_kill_9_behind_mosquitto(qos: u8) {
         "--mqtt-broker",
         broker.as_str(),
     ];
-    let mut hub = Hub::start_in(root.path(), &base, &[]);
+    let hub = Hub::start_in(root.path(), &base, &[]);
     // The hub's persistent session exists from here on: mosquitto keeps its messages.
     ready(&hub).await;
 
     let prefix = format!("kill-q{qos}-");
-    let (devices, count, kills) = (2u32, 10_000u32, 20);
+    // Enough that the devices still publish at the last kill (each waits for 200 more stored,
+    // and mosquitto hands the hub up to mqtt.inflight = 1,024 at a time).
+    let (devices, count, kills) = (2u32, 100_000u32, 20);
     let publishers: Vec<_> = (0..devices)
         .map(|d| paho_publisher(mosquitto.port, &format!("{prefix}{d}"), count, qos, 3))
         .collect();
-    let mut seed = 0x2545_f491_u64 ^ u64::from(qos);
-    for _ in 0..kills {
-        // Each kill comes while the hub stores: after some readings were stored since its start.
-        let before = stored(&hub, &prefix, devices).await;
-        eventually("readings flowing before the next kill", || async {
-            (stored(&hub, &prefix, devices).await >= before + 200).then_some(())
-        })
-        .await;
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        std::thread::sleep(Duration::from_millis(seed % 100));
-        hub.kill9();
-        hub = Hub::start_in(root.path(), &base, &[]);
-    }
+    // Each kill comes while the hub stores: after some readings were stored since its start.
+    let seed = 0x2545_f491_u64 ^ u64::from(qos);
+    let hub = kill_while_flowing(root.path(), &base, hub, (&prefix, devices), kills, seed).await;
     for publisher in publishers {
         let (ok, out) = publisher.finish();
         assert!(ok, "mosquitto did not acknowledge every reading: {out}");
