@@ -415,12 +415,19 @@ fn status_screen(
         metric(second, "hub_devices", ""),
         metric(second, "hub_devices_online", "")
     );
+    let stalled = metric(second, "hub_ingest_stalled_seconds", "");
     let _ = writeln!(
         out,
-        "ingest     {:.0} readings/s stored, {:.0}/s skipped (bad input)",
+        "ingest     {:.0} readings/s stored, {:.0}/s skipped (bad input), {} QoS 0 dropped{}",
         rate("hub_store_items_total", "outcome=\"stored\""),
         rate("hub_ingest_messages_total", "")
             - rate("hub_ingest_messages_total", "outcome=\"accepted\""),
+        metric(second, "hub_ingest_dropped_total", ""),
+        if stalled > 0.0 {
+            format!("  STALLED for {stalled:.0} s: readings wait, no commit finishes")
+        } else {
+            String::new()
+        },
     );
     let store = &sync["store"];
     let _ = writeln!(
@@ -810,5 +817,22 @@ mod tests {
             issue_cert(&config, CertKind::Device, "dev-1", 30, None),
             Err(CliError::Exists(_))
         ));
+    }
+
+    #[test]
+    fn the_status_screen_shows_dropped_readings_and_a_stall() {
+        let first = "hub_store_items_total{outcome=\"stored\"} 100\n";
+        let second = "hub_store_items_total{outcome=\"stored\"} 300\n\
+            hub_ingest_dropped_total{transport=\"mqtt\",reason=\"commit_failed\"} 7\n\
+            hub_ingest_stalled_seconds 12\n";
+        let screen = status_screen("https://h", first, second, 2.0, &serde_json::json!({}));
+        assert!(
+            screen.contains(
+                "100 readings/s stored, 0/s skipped (bad input), 7 QoS 0 dropped  STALLED for 12 s"
+            ),
+            "{screen}"
+        );
+        let calm = status_screen("https://h", first, first, 2.0, &serde_json::json!({}));
+        assert!(calm.contains("0 QoS 0 dropped\n"), "{calm}");
     }
 }
