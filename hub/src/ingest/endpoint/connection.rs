@@ -2,7 +2,9 @@
 //!
 //! Two halves run at once, so neither can stall the other on a full socket:
 //! - the reader takes packets from the client. A PUBLISH on a device topic is decoded and handed
-//!   to the store writer; its acknowledgement (PUBACK for QoS 1, PUBREC for QoS 2) is queued in
+//!   to the store writer, with the other publishes that the same read brought in (up to 64, one
+//!   submission: 1 device at QoS 0 went from 183k to 206k-212k readings/s, 1000 devices from 59k
+//!   to 67k-79k); their acknowledgements (PUBACK for QoS 1, PUBREC for QoS 2) are queued in
 //!   arrival order behind the commit. When the writer falls behind, the reader stops reading: the
 //!   unacknowledged publishes of a connection are bounded in number and in bytes, so back-pressure
 //!   reaches the client's socket instead of a queue growing or a reading being dropped.
@@ -84,15 +86,35 @@ pub enum ConnectionError {
     Wire(#[from] WireError),
 }
 
-/// A publish waiting for its commit before its acknowledgement and its device's reply.
+/// Publishes read together (one read's burst, at most [`MAX_BATCH`]) waiting for the commit that
+/// holds their readings, before their acknowledgements and their devices' replies.
 struct Unacked {
-    /// The commit's outcome; `None` when there was nothing to commit (a skipped message).
+    /// The commit's outcome; `None` when there was nothing to commit (only skipped messages).
     done_rx: Option<oneshot::Receiver<Result<Vec<Applied>, CommitFailed>>>,
+    /// The publishes, in arrival order.
+    publishes: Vec<Published>,
+    /// Their share of the connection's byte budget, given back with the acknowledgements.
+    _bytes: Option<OwnedSemaphorePermit>,
+}
+
+/// One publish of a batch.
+struct Published {
     qos: QoS,
     pkid: u16,
     reply: Reply,
-    /// Its share of the connection's byte budget, given back with the acknowledgement.
-    _bytes: Option<OwnedSemaphorePermit>,
+    /// Its item's place in the submission, if it was handed to the store.
+    item: Option<usize>,
+}
+
+/// Publishes taken from what one read brought in, handed to the store writer as one submission.
+const MAX_BATCH: usize = 64;
+
+/// Publishes read and decoded, not yet handed to the store.
+#[derive(Default)]
+struct Batch {
+    items: Vec<crate::store::Ingest>,
+    publishes: Vec<Published>,
+    bytes: usize,
 }
 
 /// Serves one connection: `identity` says what it may do. Returns the client id when it ends
@@ -321,7 +343,43 @@ impl Reader<'_> {
                 return Err(WireError::Truncated.into());
             };
             match packet {
-                Packet::Publish(publish) => self.publish(publish).await?,
+                Packet::Publish(publish) => {
+                    // The rest of the burst already read goes with it, up to a packet that is not
+                    // a publish, which is handled after the batch (in order).
+                    let mut batch = Batch::default();
+                    self.add(&mut batch, publish);
+                    let mut after = None;
+                    while batch.publishes.len() < MAX_BATCH {
+                        match reader.buffered()? {
+                            Some(Packet::Publish(publish)) => self.add(&mut batch, publish),
+                            Some(other) => {
+                                after = Some(other);
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    self.submit(batch).await?;
+                    if let Some(packet) = after
+                        && self.handle(packet).await?
+                    {
+                        return Ok(());
+                    }
+                }
+                other => {
+                    if self.handle(other).await? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles a packet that is not a PUBLISH; true on DISCONNECT.
+    async fn handle(&self, packet: Packet) -> Result<bool, ConnectionError> {
+        {
+            match packet {
+                Packet::Publish(_) => return Err(ConnectionError::Unexpected),
                 Packet::PubAck(ack) => self.session.acked(ack.pkid),
                 // The hub sends at most QoS 1; answer a stray PUBREC so the client can finish.
                 Packet::PubRec(rec) => self.control(Outbound::PubRel(rec.pkid)).await?,
@@ -354,7 +412,7 @@ impl Reader<'_> {
                     .await?;
                 }
                 Packet::PingReq => self.control(Outbound::PingResp).await?,
-                Packet::Disconnect => return Ok(()),
+                Packet::Disconnect => return Ok(true),
                 Packet::Connect(_)
                 | Packet::ConnAck(_)
                 | Packet::SubAck(_)
@@ -362,6 +420,7 @@ impl Reader<'_> {
                 | Packet::PingResp => return Err(ConnectionError::Unexpected),
             }
         }
+        Ok(false)
     }
 
     async fn control(&self, packet: Outbound) -> Result<(), ConnectionError> {
@@ -403,19 +462,18 @@ impl Reader<'_> {
             .collect()
     }
 
-    /// Hands a publish to the store writer and queues its acknowledgement behind the commit.
-    async fn publish(&self, publish: Publish) -> Result<(), ConnectionError> {
+    /// Decodes a publish into `batch`, or notes why it is skipped (it is acknowledged all the same).
+    fn add(&self, batch: &mut Batch, publish: Publish) {
         let context = self.context;
         let allowed = match self.identity {
             Identity::Device(device) => super::may_publish(device, &publish.topic),
             Identity::Local => true,
         };
-        let mut unacked = Unacked {
-            done_rx: None,
+        let mut published = Published {
             qos: publish.qos,
             pkid: publish.pkid,
             reply: Reply::Nothing,
-            _bytes: None,
+            item: None,
         };
         if !allowed {
             // MQTT 3.1.1 has no way to say no: the flow is completed, as mosquitto does for an
@@ -437,36 +495,61 @@ impl Reader<'_> {
             );
             match decoded {
                 Ok((item, reply)) => {
-                    let want = publish.payload.len().clamp(1, MAX_UNACKED_BYTES) as u32;
-                    let bytes = self
-                        .budget
-                        .clone()
-                        .acquire_many_owned(want)
-                        .await
-                        .map_err(|_| ConnectionError::Stopping)?;
-                    let (done_tx, done_rx) = oneshot::channel();
-                    let submission = Submission {
-                        items: vec![item],
-                        done_tx: Some(done_tx),
-                    };
-                    context
-                        .submissions_tx
-                        .send(submission)
-                        .await
-                        .map_err(|_| ConnectionError::Stopping)?;
-                    context.stats.count_accepted();
-                    unacked.done_rx = Some(done_rx);
-                    unacked.reply = reply;
-                    unacked._bytes = Some(bytes);
+                    published.item = Some(batch.items.len());
+                    published.reply = reply;
+                    batch.items.push(item);
+                    batch.bytes += publish.payload.len();
                 }
                 // Skipped for good: acknowledged, so the client does not send it again forever.
                 Err((reason, detail)) => context.stats.reject(reason, &publish.topic, &detail),
             }
         }
-        if unacked.qos == QoS::AtMostOnce
-            && unacked.done_rx.is_none()
-            && unacked.reply == Reply::Nothing
+        if published.qos == QoS::AtMostOnce
+            && published.item.is_none()
+            && published.reply == Reply::Nothing
         {
+            return;
+        }
+        batch.publishes.push(published);
+    }
+
+    /// Hands a batch's readings to the store writer as one submission, and queues their
+    /// acknowledgements behind its commit. Waits while the connection's budget is spent or the
+    /// writer's queue is full: that is the back-pressure.
+    async fn submit(&self, batch: Batch) -> Result<(), ConnectionError> {
+        let context = self.context;
+        let mut unacked = Unacked {
+            done_rx: None,
+            publishes: batch.publishes,
+            _bytes: None,
+        };
+        if !batch.items.is_empty() {
+            let want = batch.bytes.clamp(1, MAX_UNACKED_BYTES) as u32;
+            let bytes = self
+                .budget
+                .clone()
+                .acquire_many_owned(want)
+                .await
+                .map_err(|_| ConnectionError::Stopping)?;
+            let (done_tx, done_rx) = oneshot::channel();
+            let count = batch.items.len() as u64;
+            let submission = Submission {
+                items: batch.items,
+                done_tx: Some(done_tx),
+            };
+            context
+                .submissions_tx
+                .send(submission)
+                .await
+                .map_err(|_| ConnectionError::Stopping)?;
+            context
+                .stats
+                .accepted
+                .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+            unacked.done_rx = Some(done_rx);
+            unacked._bytes = Some(bytes);
+        }
+        if unacked.publishes.is_empty() {
             return Ok(());
         }
         self.unacked_tx
@@ -535,7 +618,7 @@ impl Writer<'_> {
         }
     }
 
-    /// Queues the acknowledgement of a publish whose commit is done, and its device's reply.
+    /// Queues the acknowledgements of a batch whose commit is done, and its devices' replies.
     fn acknowledge<W: AsyncWrite + Unpin>(
         &mut self,
         writer: &mut PacketWriter<W>,
@@ -545,24 +628,38 @@ impl Writer<'_> {
         let applied = match outcome {
             Ok(applied) => applied,
             Err(CommitFailed) => {
-                if done.qos == QoS::AtMostOnce {
-                    self.context.stats.count_dropped(DropReason::CommitFailed);
-                    return Ok(());
+                // Nothing of the batch is stored: a QoS 0 reading is lost (counted); the others
+                // are never acknowledged, and closing makes the client send them again.
+                for published in done.publishes.iter().filter(|p| p.item.is_some()) {
+                    if published.qos == QoS::AtMostOnce {
+                        self.context.stats.count_dropped(DropReason::CommitFailed);
+                    }
                 }
-                return Err(ConnectionError::CommitFailed);
+                if done.publishes.iter().any(|p| p.qos != QoS::AtMostOnce) {
+                    return Err(ConnectionError::CommitFailed);
+                }
+                return Ok(());
             }
         };
-        match done.qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => writer.push(&Outbound::PubAck(done.pkid))?,
-            QoS::ExactlyOnce => {
-                if !self.session.await_release(done.pkid) {
-                    return Err(ConnectionError::TooManyPending);
+        for published in &done.publishes {
+            match published.qos {
+                QoS::AtMostOnce => {}
+                QoS::AtLeastOnce => writer.push(&Outbound::PubAck(published.pkid))?,
+                QoS::ExactlyOnce => {
+                    if !self.session.await_release(published.pkid) {
+                        return Err(ConnectionError::TooManyPending);
+                    }
+                    writer.push(&Outbound::PubRec(published.pkid))?;
                 }
-                writer.push(&Outbound::PubRec(done.pkid))?;
             }
-        }
-        if let Some(message) = reply::reply_message(&done.reply, &applied, &self.told) {
+            // The store answers one `Applied` per item, in order.
+            let its = published
+                .item
+                .and_then(|i| applied.get(i..=i))
+                .unwrap_or(&[]);
+            let Some(message) = reply::reply_message(&published.reply, its, &self.told) else {
+                continue;
+            };
             // Best effort: a device that lost its ack sends the reading again and is answered.
             let routed = self.context.router.publish(
                 &message.topic,

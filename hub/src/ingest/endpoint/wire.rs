@@ -84,37 +84,8 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
     /// read stays in the buffer.
     pub async fn next(&mut self) -> Result<Option<Packet>, WireError> {
         loop {
-            if self.version.is_none() {
-                match connect_level(&self.buf) {
-                    Some(5) => self.version = Some(Version::V5),
-                    Some(_) => self.version = Some(Version::V4),
-                    None if self.buf.len() >= CONNECT_HEAD => self.version = Some(Version::V4),
-                    None => {}
-                }
-            }
-            match self.version {
-                Some(Version::V4) => match Packet::read(&mut self.buf, self.max_packet) {
-                    Ok(packet) => return Ok(Some(packet)),
-                    // `read` checks the announced length against `max_packet` before asking for more.
-                    Err(MqttError::InsufficientBytes(more)) => self.buf.reserve(more),
-                    Err(e) => return Err(WireError::Protocol(e)),
-                },
-                Some(Version::V5) => {
-                    // A DISCONNECT without a reason code (remaining length 0), which rumqttc's
-                    // reader refuses, though MQTT 5 allows it (3.14.2.1).
-                    if self.buf.starts_with(&[0xE0, 0x00]) {
-                        let _ = self.buf.split_to(2);
-                        return Ok(Some(Packet::Disconnect));
-                    }
-                    match v5::Packet::read(&mut self.buf, Some(self.max_packet as u32)) {
-                        Ok(packet) => return from_v5(packet).map(Some),
-                        Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(more)) => {
-                            self.buf.reserve(more)
-                        }
-                        Err(e) => return Err(WireError::Protocol5(e)),
-                    }
-                }
-                None => {}
+            if let Some(packet) = self.buffered()? {
+                return Ok(Some(packet));
             }
             if self.io.read_buf(&mut self.buf).await? == 0 {
                 return if self.buf.is_empty() {
@@ -123,6 +94,47 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
                     Err(WireError::Truncated)
                 };
             }
+        }
+    }
+
+    /// The next packet if it is whole in what was already read; never reads the stream. Lets a
+    /// connection take a burst of publishes from one read in one go.
+    pub fn buffered(&mut self) -> Result<Option<Packet>, WireError> {
+        if self.version.is_none() {
+            match connect_level(&self.buf) {
+                Some(5) => self.version = Some(Version::V5),
+                Some(_) => self.version = Some(Version::V4),
+                None if self.buf.len() >= CONNECT_HEAD => self.version = Some(Version::V4),
+                None => {}
+            }
+        }
+        match self.version {
+            Some(Version::V4) => match Packet::read(&mut self.buf, self.max_packet) {
+                Ok(packet) => Ok(Some(packet)),
+                // `read` checks the announced length against `max_packet` before asking for more.
+                Err(MqttError::InsufficientBytes(more)) => {
+                    self.buf.reserve(more);
+                    Ok(None)
+                }
+                Err(e) => Err(WireError::Protocol(e)),
+            },
+            Some(Version::V5) => {
+                // A DISCONNECT without a reason code (remaining length 0), which rumqttc's
+                // reader refuses, though MQTT 5 allows it (3.14.2.1).
+                if self.buf.starts_with(&[0xE0, 0x00]) {
+                    let _ = self.buf.split_to(2);
+                    return Ok(Some(Packet::Disconnect));
+                }
+                match v5::Packet::read(&mut self.buf, Some(self.max_packet as u32)) {
+                    Ok(packet) => from_v5(packet).map(Some),
+                    Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(more)) => {
+                        self.buf.reserve(more);
+                        Ok(None)
+                    }
+                    Err(e) => Err(WireError::Protocol5(e)),
+                }
+            }
+            None => Ok(None),
         }
     }
 }
