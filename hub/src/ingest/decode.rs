@@ -230,8 +230,12 @@ pub fn status(
 pub fn mqtt_uplink(
     device: &str,
     payload: &[u8],
+    max_payload: usize,
     received_ms: u64,
 ) -> Result<Ingest, (Rejection, String)> {
+    // The same limit as JSON: trailing bytes (fields of a newer sender) are allowed, a megabyte
+    // of them is not.
+    check_size(payload, max_payload)?;
     let message = Uplink::decode(payload).map_err(|e| (Rejection::BadPayload, e.to_string()))?;
     if let Uplink::Hello(hello) = &message
         && hello.device_id != device
@@ -372,7 +376,7 @@ mod tests {
             readings,
         });
         let bytes = telemetry.to_vec().unwrap();
-        match mqtt_uplink("b-1", &bytes, 7).unwrap() {
+        match mqtt_uplink("b-1", &bytes, 1024, 7).unwrap() {
             Ingest::Reading(r) => {
                 assert_eq!(
                     (r.seq, r.timestamp_ms, r.received_ms),
@@ -389,15 +393,24 @@ mod tests {
         });
         let bytes = hello.to_vec().unwrap();
         assert!(
-            matches!(mqtt_uplink("b-1", &bytes, 7), Ok(Ingest::Hello(h)) if h.firmware == "2.0")
+            matches!(mqtt_uplink("b-1", &bytes, 1024, 7), Ok(Ingest::Hello(h)) if h.firmware == "2.0")
         );
         assert_eq!(
-            mqtt_uplink("b-2", &bytes, 7).unwrap_err().0,
+            mqtt_uplink("b-2", &bytes, 1024, 7).unwrap_err().0,
             Rejection::BadPayload
         );
         assert_eq!(
-            mqtt_uplink("b-1", b"\xff\xff", 7).unwrap_err().0,
+            mqtt_uplink("b-1", b"\xff\xff", 1024, 7).unwrap_err().0,
             Rejection::BadPayload
+        );
+        // Trailing bytes are allowed (a newer sender's fields), but not past the payload limit.
+        let mut long = bytes.clone();
+        long.extend_from_slice(&[0u8; 16]);
+        assert!(mqtt_uplink("b-1", &long, 1024, 7).is_ok());
+        long.resize(1025, 0);
+        assert_eq!(
+            mqtt_uplink("b-1", &long, 1024, 7).unwrap_err().0,
+            Rejection::TooLarge
         );
     }
 }

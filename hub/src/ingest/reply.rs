@@ -44,14 +44,16 @@ pub fn decode_message(
                 (Ingest::Reading(r), reply)
             })
         }
-        Topic::Up(device) => decode::mqtt_uplink(device, payload, received_ms).map(|item| {
-            let reply = match &item {
-                Ingest::Hello(_) => Reply::TimeSync(device.to_owned()),
-                Ingest::Reading(_) => Reply::Binary(device.to_owned()),
-                Ingest::CommandResult(_) | Ingest::Status(_) => Reply::Nothing,
-            };
-            (item, reply)
-        }),
+        Topic::Up(device) => {
+            decode::mqtt_uplink(device, payload, max_payload, received_ms).map(|item| {
+                let reply = match &item {
+                    Ingest::Hello(_) => Reply::TimeSync(device.to_owned()),
+                    Ingest::Reading(_) => Reply::Binary(device.to_owned()),
+                    Ingest::CommandResult(_) | Ingest::Status(_) => Reply::Nothing,
+                };
+                (item, reply)
+            })
+        }
         Topic::CommandResults(device) => {
             decode::json_command_result(device, payload, max_payload, received_ms)
                 .map(|item| (item, Reply::Nothing))

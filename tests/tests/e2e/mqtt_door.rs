@@ -255,3 +255,41 @@ async fn a_command_for_a_device_away_waits_in_its_persistent_session() {
     assert_eq!(command["id"], id);
     assert_eq!(command["name"], "reboot");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_uplink_is_counted_whether_the_hub_reads_it_or_closes_on_it() {
+    let root = tempfile::tempdir().unwrap();
+    let hub = Hub::start(root.path(), &[]);
+    let port = hub.mqtt_port();
+    // Over ingest.max_payload (16 KiB) but within the listener's packet limit: read, counted,
+    // acknowledged so the device goes on.
+    crate::harness::mosquitto_pub(port, "devices/big-1/up", &vec![0u8; 100 << 10], 1);
+    // Over the listener's packet limit (1 MiB): the connection cannot go on, but it is counted.
+    let _ = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-t", "devices/big-1/up", "-q", "1", "-s"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            let _ = stdin.write_all(&vec![0u8; 2 << 20]);
+            drop(stdin);
+            child.wait()
+        });
+    let sample = "hub_ingest_messages_total{transport=\"mqtt\",outcome=\"too_large\"}";
+    eventually("both oversized uplinks counted", || async {
+        (metric(&hub, sample).await == 2.0).then_some(())
+    })
+    .await;
+    // The hub goes on: a reading after them is stored.
+    crate::harness::mosquitto_pub(
+        port,
+        "devices/big-1/telemetry",
+        br#"{"metrics":{"v":1}}"#,
+        1,
+    );
+    crate::harness::wait_for_readings(&hub, "big-1", 1).await;
+}

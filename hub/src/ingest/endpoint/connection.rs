@@ -337,7 +337,18 @@ impl Reader<'_> {
         loop {
             let packet = tokio::time::timeout(idle, reader.next())
                 .await
-                .map_err(|_| ConnectionError::Idle)??;
+                .map_err(|_| ConnectionError::Idle)?
+                .inspect_err(|e| {
+                    if e.is_oversized() {
+                        // Counted like a payload over the limit; the connection cannot go on
+                        // (the rest of the packet is not read).
+                        self.context.stats.reject(
+                            Rejection::TooLarge,
+                            "",
+                            &format!("{}: {e}; connection closed", self.identity.name()),
+                        );
+                    }
+                })?;
             let Some(packet) = packet else {
                 // Closed without a DISCONNECT: the will applies.
                 return Err(WireError::Truncated.into());

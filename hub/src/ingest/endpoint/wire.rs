@@ -41,6 +41,19 @@ pub enum Version {
     V5,
 }
 
+impl WireError {
+    /// Whether the peer sent a packet larger than allowed.
+    pub fn is_oversized(&self) -> bool {
+        matches!(
+            self,
+            WireError::Protocol(MqttError::PayloadSizeLimitExceeded(_))
+                | WireError::Protocol5(
+                    rumqttc::v5::mqttbytes::Error::PayloadSizeLimitExceeded { .. }
+                )
+        )
+    }
+}
+
 /// Reads whole MQTT packets from one side of a connection, each at most `max_packet` long.
 pub struct PacketReader<R> {
     io: R,
@@ -491,7 +504,7 @@ mod tests {
             assert_eq!(packets.next().await.unwrap(), None);
         }
         let mut small = PacketReader::new(chunked(&[&wire]), 100);
-        assert!(matches!(small.next().await, Err(WireError::Protocol(_))));
+        assert!(small.next().await.is_err_and(|e| e.is_oversized()));
         let mut cut = PacketReader::new(chunked(&[&wire[..10]]), 1024);
         assert!(matches!(cut.next().await, Err(WireError::Truncated)));
     }
