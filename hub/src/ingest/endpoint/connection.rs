@@ -117,18 +117,19 @@ struct Batch {
     bytes: usize,
 }
 
-/// Serves one connection: `identity` says what it may do. Returns the client id when it ends
-/// cleanly.
+/// Serves one connection: `identity` says what it may do, `max_packet` is its listener's largest
+/// packet either way. Returns the client id when it ends cleanly.
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     io: S,
     identity: Identity,
+    max_packet: usize,
     context: &Context,
     connection: u64,
     shutdown: &CancellationToken,
 ) -> Result<String, ConnectionError> {
     let (from_client, to_client) = tokio::io::split(io);
-    let mut reader = PacketReader::new(from_client, context.settings.max_packet);
-    let mut writer = PacketWriter::new(to_client, context.settings.max_packet);
+    let mut reader = PacketReader::new(from_client, max_packet);
+    let mut writer = PacketWriter::new(to_client, max_packet);
     let deadline = tokio::time::Instant::now() + context.settings.connect_timeout;
     let connect = match tokio::time::timeout_at(deadline, reader.next()).await {
         Err(_) => return Err(ConnectionError::ConnectTimeout),
@@ -386,50 +387,53 @@ impl Reader<'_> {
         }
     }
 
-    /// Handles a packet that is not a PUBLISH; true on DISCONNECT.
+    /// Handles a packet after a batch of publishes (a publish there goes alone); true on
+    /// DISCONNECT.
     async fn handle(&self, packet: Packet) -> Result<bool, ConnectionError> {
-        {
-            match packet {
-                Packet::Publish(_) => return Err(ConnectionError::Unexpected),
-                Packet::PubAck(ack) => self.session.acked(ack.pkid),
-                // The hub sends at most QoS 1; answer a stray PUBREC so the client can finish.
-                Packet::PubRec(rec) => self.control(Outbound::PubRel(rec.pkid)).await?,
-                Packet::PubRel(release) => {
-                    self.session.released(release.pkid);
-                    self.control(Outbound::PubComp(release.pkid)).await?;
-                }
-                Packet::PubComp(_) => {}
-                Packet::Subscribe(subscribe) => {
-                    let wanted: Vec<(String, QoS)> = subscribe
-                        .filters
-                        .iter()
-                        .map(|f| (f.path.clone(), f.qos))
-                        .collect();
-                    let granted = self.subscribe(&wanted);
-                    self.control(Outbound::SubAck {
-                        pkid: subscribe.pkid,
-                        granted,
-                    })
-                    .await?;
-                }
-                Packet::Unsubscribe(unsubscribe) => {
-                    self.context
-                        .router
-                        .unsubscribe(self.session, &unsubscribe.topics);
-                    self.control(Outbound::UnsubAck {
-                        pkid: unsubscribe.pkid,
-                        count: unsubscribe.topics.len(),
-                    })
-                    .await?;
-                }
-                Packet::PingReq => self.control(Outbound::PingResp).await?,
-                Packet::Disconnect => return Ok(true),
-                Packet::Connect(_)
-                | Packet::ConnAck(_)
-                | Packet::SubAck(_)
-                | Packet::UnsubAck(_)
-                | Packet::PingResp => return Err(ConnectionError::Unexpected),
+        match packet {
+            Packet::Publish(publish) => {
+                let mut batch = Batch::default();
+                self.add(&mut batch, publish);
+                self.submit(batch).await?;
             }
+            Packet::PubAck(ack) => self.session.acked(ack.pkid),
+            // The hub sends at most QoS 1; answer a stray PUBREC so the client can finish.
+            Packet::PubRec(rec) => self.control(Outbound::PubRel(rec.pkid)).await?,
+            Packet::PubRel(release) => {
+                self.session.released(release.pkid);
+                self.control(Outbound::PubComp(release.pkid)).await?;
+            }
+            Packet::PubComp(_) => {}
+            Packet::Subscribe(subscribe) => {
+                let wanted: Vec<(String, QoS)> = subscribe
+                    .filters
+                    .iter()
+                    .map(|f| (f.path.clone(), f.qos))
+                    .collect();
+                let granted = self.subscribe(&wanted);
+                self.control(Outbound::SubAck {
+                    pkid: subscribe.pkid,
+                    granted,
+                })
+                .await?;
+            }
+            Packet::Unsubscribe(unsubscribe) => {
+                self.context
+                    .router
+                    .unsubscribe(self.session, &unsubscribe.topics);
+                self.control(Outbound::UnsubAck {
+                    pkid: unsubscribe.pkid,
+                    count: unsubscribe.topics.len(),
+                })
+                .await?;
+            }
+            Packet::PingReq => self.control(Outbound::PingResp).await?,
+            Packet::Disconnect => return Ok(true),
+            Packet::Connect(_)
+            | Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp => return Err(ConnectionError::Unexpected),
         }
         Ok(false)
     }

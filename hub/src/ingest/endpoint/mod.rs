@@ -125,7 +125,6 @@ pub struct Context {
 
 /// Per-connection settings.
 struct ConnectionSettings {
-    max_packet: usize,
     connect_timeout: Duration,
     max_payload: usize,
 }
@@ -213,7 +212,6 @@ impl MqttEndpoint {
             devices,
             context: Arc::new(Context {
                 settings: ConnectionSettings {
-                    max_packet: settings.plain.max_packet,
                     connect_timeout: settings.connect_timeout,
                     max_payload: settings.max_payload,
                 },
@@ -256,7 +254,7 @@ impl MqttEndpoint {
         let numbers = Arc::new(AtomicU64::new(1));
         let plain = accept_plain(
             self.plain,
-            self.plain_settings.max_connections,
+            self.plain_settings.clone(),
             self.context.clone(),
             numbers.clone(),
             connections.clone(),
@@ -284,13 +282,14 @@ impl MqttEndpoint {
 async fn serve_counted<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     io: S,
     identity: Identity,
+    max_packet: usize,
     context: &Context,
     number: u64,
     shutdown: &CancellationToken,
     peer: SocketAddr,
 ) {
     context.stats.connections.fetch_add(1, Ordering::Relaxed);
-    let served = connection::serve(io, identity, context, number, shutdown).await;
+    let served = connection::serve(io, identity, max_packet, context, number, shutdown).await;
     context.stats.connections.fetch_sub(1, Ordering::Relaxed);
     match served {
         Ok(client) => tracing::debug!(%peer, client, "MQTT client disconnected"),
@@ -333,13 +332,14 @@ async fn accept_with_slots(
 
 async fn accept_plain(
     listener: TcpListener,
-    max_connections: usize,
+    settings: ListenerSettings,
     context: Arc<Context>,
     numbers: Arc<AtomicU64>,
     connections: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(max_connections));
+    let slots = Arc::new(Semaphore::new(settings.max_connections));
+    let max_packet = settings.max_packet;
     let mut backoff = ACCEPT_BACKOFF_MIN;
     while let Some((stream, peer, permit)) =
         accept_with_slots(&listener, &slots, &mut backoff, &shutdown).await
@@ -349,7 +349,16 @@ async fn accept_plain(
         let number = numbers.fetch_add(1, Ordering::Relaxed);
         connections.spawn(async move {
             let _slot = permit;
-            serve_counted(stream, Identity::Local, &context, number, &stop, peer).await;
+            serve_counted(
+                stream,
+                Identity::Local,
+                max_packet,
+                &context,
+                number,
+                &stop,
+                peer,
+            )
+            .await;
         });
     }
 }
@@ -421,19 +430,11 @@ async fn accept_devices(
                 tracing::debug!(%peer, "MQTT endpoint: the certificate's common name is not a device id");
                 return;
             };
-            let device_context = Context {
-                settings: ConnectionSettings {
-                    max_packet,
-                    ..context.settings
-                },
-                router: context.router.clone(),
-                submissions_tx: context.submissions_tx.clone(),
-                stats: context.stats.clone(),
-            };
             serve_counted(
                 tls,
                 Identity::Device(device),
-                &device_context,
+                max_packet,
+                &context,
                 number,
                 &stop,
                 peer,
