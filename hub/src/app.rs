@@ -38,6 +38,8 @@ use crate::sync::{self, SyncState};
 
 /// How long shutdown waits for open API requests.
 const API_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Command handoffs (acknowledged or lost) waiting for the dispatcher.
+const HANDOFFS: usize = 1024;
 
 /// What starting or running the hub can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -219,6 +221,8 @@ pub async fn run(
         serial: Vec::new(),
     };
     let mut mqtt_bound = None;
+    // The endpoint tells the command dispatcher which commands devices acknowledged.
+    let (handoffs_tx, handoffs_rx) = mpsc::channel(HANDOFFS);
     match external {
         Some((host, port, _)) => {
             let mqtt = MqttIngest::new(
@@ -255,6 +259,7 @@ pub async fn run(
                 }),
                 submissions_tx.clone(),
                 ingest_stats.clone(),
+                handoffs_tx.clone(),
             )
             .await?;
             let listen = endpoint.local_addr()?;
@@ -317,6 +322,7 @@ pub async fn run(
             ..CommandSettings::default()
         },
         transports,
+        handoffs_rx,
     );
     // Commands and presence stop with the API: both serve it, and neither holds data to flush.
     let dispatcher_task = tasks.spawn(dispatcher.run(api_shutdown.clone()));

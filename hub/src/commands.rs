@@ -11,8 +11,11 @@
 //!
 //! How a command travels: JSON devices get `{"id":..,"name":..,"args":{..}}` on
 //! `devices/{id}/commands`; binary MQTT devices a `Downlink::Command` on `devices/{id}/down`;
-//! serial devices the same as a frame on their line. "Delivered" means handed to that transport
-//! (published to the broker at QoS 1, or queued for the line) while the device was online.
+//! serial devices the same as a frame on their line. "Delivered" means the device acknowledged
+//! it where the hub can see that (the PUBACK of a device on the hub's own MQTT endpoint), else
+//! handed to the transport while the device was online (published to the external broker at QoS
+//! 1, or queued for the line). A command queued in a device's MQTT session stays `pending` until
+//! the device acknowledges it; if the session ends first, or the hub restarts, it is sent again.
 //!
 //! Bounded: open commands (pending or delivered) per device and in all; stored commands are
 //! pruned to the newest [`CommandSettings::keep`].
@@ -27,9 +30,8 @@ use serde_json::{Map, Value as Json};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::ingest::MqttDownlink;
 use crate::ingest::serial::SerialDownlink;
-use crate::ingest::{DownlinkError, now_ms};
+use crate::ingest::{CommandHandoff, DownlinkError, Handed, MqttDownlink, now_ms};
 use crate::live::{DeviceChange, Event, Live, Presence};
 use crate::store::{CommandRecord, CommandState, Store, StoreError, Transition, Transport, Wire};
 
@@ -180,6 +182,7 @@ pub fn new(
     live: Live,
     settings: CommandSettings,
     transports: Transports,
+    handoffs: mpsc::Receiver<CommandHandoff>,
 ) -> (Commands, Dispatcher) {
     let (dispatch_tx, dispatch_rx) = mpsc::channel(DISPATCH_QUEUE);
     let settings = Arc::new(settings);
@@ -200,6 +203,7 @@ pub fn new(
         open,
         transports,
         dispatch_rx,
+        handoffs,
     };
     (commands, dispatcher)
 }
@@ -352,9 +356,18 @@ struct Open {
     name: String,
     args: Map<String, Json>,
     delivered: bool,
+    /// Queued in a device's MQTT session, awaiting its acknowledgement (still pending).
+    handed: bool,
     /// Pending: when its TTL runs out. Delivered: when its result is due.
     deadline_ms: u64,
     result_timeout_ms: u64,
+}
+
+impl Open {
+    /// Whether it should be sent now (if its device can take it).
+    fn is_due(&self) -> bool {
+        !self.delivered && !self.handed
+    }
 }
 
 /// The task that delivers commands and times them out.
@@ -366,6 +379,8 @@ pub struct Dispatcher {
     open: Arc<OpenCount>,
     transports: Transports,
     dispatch_rx: mpsc::Receiver<u64>,
+    /// What became of commands whose delivery a transport tracks.
+    handoffs: mpsc::Receiver<CommandHandoff>,
 }
 
 impl Dispatcher {
@@ -386,6 +401,7 @@ impl Dispatcher {
                     let devices: Vec<String> = open.get(&id).map(|c| c.device.clone()).into_iter().collect();
                     self.deliver_to(&devices, &mut open).await;
                 }
+                Some(handoff) = self.handoffs.recv() => self.handed_off(handoff, &mut open).await,
                 event = events.recv() => match event {
                     Ok(Event::Device { device, change: DeviceChange::Online | DeviceChange::New, .. }) => {
                         self.deliver_to(&[device], &mut open).await;
@@ -401,7 +417,7 @@ impl Dispatcher {
                 },
                 _ = tick.tick() => {
                     self.expire(&mut open).await;
-                    let waiting: Vec<String> = open.values().filter(|c| !c.delivered).map(|c| c.device.clone()).collect();
+                    let waiting: Vec<String> = open.values().filter(|c| c.is_due()).map(|c| c.device.clone()).collect();
                     self.deliver_to(&waiting, &mut open).await;
                     if last_prune.elapsed() >= PRUNE_EVERY {
                         last_prune = tokio::time::Instant::now();
@@ -469,7 +485,7 @@ impl Dispatcher {
         }
         let mut due: Vec<u64> = open
             .iter()
-            .filter(|(_, c)| !c.delivered && devices.contains(&c.device))
+            .filter(|(_, c)| c.is_due() && devices.contains(&c.device))
             .map(|(id, _)| *id)
             .collect();
         due.sort_unstable();
@@ -482,14 +498,10 @@ impl Dispatcher {
                 continue;
             }
             match self.send(id, &command) {
-                Ok(()) => {
-                    let now = now_ms();
-                    let transition = Transition::Delivered { at_ms: now };
-                    if self.advance(id, &command.device, transition).await
-                        && let Some(c) = open.get_mut(&id)
-                    {
-                        c.delivered = true;
-                        c.deadline_ms = now + c.result_timeout_ms;
+                Ok(Handed::Delivered) => self.delivered(id, open).await,
+                Ok(Handed::Tracked) => {
+                    if let Some(c) = open.get_mut(&id) {
+                        c.handed = true;
                     }
                 }
                 Err(Refused::Later) => blocked.push(command.device.clone()),
@@ -504,8 +516,43 @@ impl Dispatcher {
         }
     }
 
+    /// Records that open command `id` reached its device: its result is due from now.
+    async fn delivered(&self, id: u64, open: &mut HashMap<u64, Open>) {
+        let Some(device) = open.get(&id).map(|c| c.device.clone()) else {
+            return;
+        };
+        let now = now_ms();
+        let transition = Transition::Delivered { at_ms: now };
+        if self.advance(id, &device, transition).await
+            && let Some(c) = open.get_mut(&id)
+        {
+            c.delivered = true;
+            c.deadline_ms = now + c.result_timeout_ms;
+        }
+    }
+
+    /// A tracked command was acknowledged by its device, or lost with its session (then it is
+    /// due again, and goes out at once if the device can take it).
+    async fn handed_off(&self, handoff: CommandHandoff, open: &mut HashMap<u64, Open>) {
+        match handoff {
+            CommandHandoff::Delivered(id) => {
+                if open.get(&id).is_some_and(|c| !c.delivered) {
+                    self.delivered(id, open).await;
+                }
+            }
+            CommandHandoff::Lost(id) => {
+                let Some(c) = open.get_mut(&id).filter(|c| !c.delivered) else {
+                    return;
+                };
+                c.handed = false;
+                let device = c.device.clone();
+                self.deliver_to(&[device], open).await;
+            }
+        }
+    }
+
     /// Sends one command over its device's transport.
-    fn send(&self, id: u64, command: &Open) -> Result<(), Refused> {
+    fn send(&self, id: u64, command: &Open) -> Result<Handed, Refused> {
         let device = match self.store.device(&command.device) {
             Ok(Some(device)) => device.record,
             Ok(None) => return Err(Refused::Never("the device is gone".into())),
@@ -527,7 +574,7 @@ impl Dispatcher {
                     .iter()
                     .find(|line| line.device().as_deref() == Some(command.device.as_str()));
                 match line {
-                    Some(line) => line.send_encoded(&bytes),
+                    Some(line) => line.send_encoded(&bytes).map(|()| Handed::Delivered),
                     None => Err(DownlinkError::NotConnected),
                 }
             }
@@ -542,13 +589,13 @@ impl Dispatcher {
                             (format!("devices/{}/down", command.device), bytes)
                         }
                     };
-                    mqtt.publish(topic, payload)
+                    mqtt.publish_command(topic, payload, id)
                 }
                 None => Err(DownlinkError::NotConnected),
             },
         };
         match sent {
-            Ok(()) => Ok(()),
+            Ok(handed) => Ok(handed),
             Err(DownlinkError::TooLarge) => Err(Refused::Never(
                 "the command does not fit the device's transport".into(),
             )),
@@ -637,6 +684,7 @@ fn open_from(record: &CommandRecord) -> Option<Open> {
         name: record.name.clone(),
         args,
         delivered,
+        handed: false,
         deadline_ms: if delivered {
             record.delivered_ms.unwrap_or(record.created_ms) + record.result_timeout_ms
         } else {

@@ -296,6 +296,7 @@ mod tests {
             live.clone(),
             crate::commands::CommandSettings::default(),
             crate::commands::Transports::default(),
+            tokio::sync::mpsc::channel(1).1,
         );
         let state = ApiState {
             store,

@@ -191,6 +191,25 @@ pub enum DownlinkError {
     TooLarge,
 }
 
+/// What became of a command that the MQTT endpoint took with its delivery tracked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandHandoff {
+    /// The device acknowledged it (PUBACK): delivered.
+    Delivered(u64),
+    /// Its session ended before the device acknowledged it: it may be sent again.
+    Lost(u64),
+}
+
+/// How a transport took a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handed {
+    /// Delivered as far as the hub can tell: written to the line, or acknowledged by the
+    /// external broker's session.
+    Delivered,
+    /// Queued for the device; a [`CommandHandoff`] tells when it acknowledges it or it is lost.
+    Tracked,
+}
+
 /// Sends messages to devices over MQTT: through the hub's own endpoint, or its session on an
 /// external broker. Never waits.
 #[derive(Clone)]
@@ -207,6 +226,21 @@ impl MqttDownlink {
         match self {
             MqttDownlink::Endpoint(endpoint) => endpoint.publish(topic, payload),
             MqttDownlink::Broker(broker) => broker.publish(topic, payload),
+        }
+    }
+
+    /// Queues command `command` (`payload`, on `topic`) at QoS 1.
+    pub fn publish_command(
+        &self,
+        topic: String,
+        payload: Vec<u8>,
+        command: u64,
+    ) -> Result<Handed, DownlinkError> {
+        match self {
+            MqttDownlink::Endpoint(endpoint) => endpoint.publish_command(topic, payload, command),
+            MqttDownlink::Broker(broker) => {
+                broker.publish(topic, payload).map(|()| Handed::Delivered)
+            }
         }
     }
 }

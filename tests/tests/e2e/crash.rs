@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{Hub, Mosquitto, Sim, check_every_reading_once, free_port};
+use crate::harness::{Hub, Mosquitto, Sim, check_every_reading_once, free_port, restartable};
 
 /// A small deterministic generator, seeded from the clock and printed, so a failure can be rerun.
 struct Rng(u64);
@@ -69,12 +69,7 @@ fn kill_repeatedly(
 async fn kill_9_during_ingest_loses_nothing_acknowledged_and_stores_nothing_twice() {
     let root = tempfile::tempdir().unwrap();
     let mqtt = format!("127.0.0.1:{}", free_port());
-    let base = [
-        "--api-listen",
-        "127.0.0.1:0",
-        "--mqtt-listen",
-        mqtt.as_str(),
-    ];
+    let base = restartable("--mqtt-listen", &mqtt);
     let hub = Hub::start_in(root.path(), &base, &[]);
     let (json_devices, binary_devices, count) = (6, 4, count(400));
     let mut json = Sim::start(

@@ -74,6 +74,12 @@ pub struct Hub {
     pub stdout: Vec<String>,
 }
 
+/// Flags for a hub that is restarted on the same MQTT address or broker (`flag` and `value`, e.g.
+/// `--mqtt-listen 127.0.0.1:1883`), so its clients find it again; the API on a free port.
+pub fn restartable<'a>(flag: &'a str, value: &'a str) -> [&'a str; 4] {
+    ["--api-listen", "127.0.0.1:0", flag, value]
+}
+
 impl Hub {
     /// Starts a hub with its data in `root/hub-data`, on free ports, plus `args`.
     pub fn start(root: &Path, args: &[&str]) -> Hub {

@@ -7,12 +7,16 @@
 //! - A QoS 0 flood from mosquitto_pub: the endpoint stops reading instead of dropping, so every
 //!   reading published is stored or counted as dropped (published - stored == the counter).
 //! - A persistent session: a command queued while its device is away reaches it when it
-//!   reconnects with `clean_session = false`, once.
+//!   reconnects with `clean_session = false`, once; it stays `pending` until the device
+//!   acknowledges it, so a kill -9 of the hub meanwhile does not lose it. A thousand paho devices
+//!   (tests/py/paho_fleet.py) get their commands that way across a kill -9.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::harness::{DEADLINE, Hub, check_every_reading_once, eventually, free_port, python_peer};
+use crate::harness::{
+    DEADLINE, Hub, check_every_reading_once, eventually, free_port, python_peer, restartable,
+};
 
 /// Kills the child when dropped, so a failing test leaves no publisher behind.
 pub(crate) struct Peer(Option<Child>);
@@ -63,12 +67,7 @@ async fn kill_loop(qos: u8, version: u8, kills: u32) {
     let root = tempfile::tempdir().unwrap();
     let port = free_port();
     let mqtt = format!("127.0.0.1:{port}");
-    let base = [
-        "--api-listen",
-        "127.0.0.1:0",
-        "--mqtt-listen",
-        mqtt.as_str(),
-    ];
+    let base = restartable("--mqtt-listen", &mqtt);
     let hub = Hub::start_in(root.path(), &base, &[]);
     // Enough readings that paho is still publishing when the last kill comes (each kill waits
     // for 200 more).
@@ -235,13 +234,12 @@ async fn a_command_for_a_device_away_waits_in_its_persistent_session() {
         .await;
     assert_eq!(status, 202, "{body}");
     let id = body["id"].as_u64().unwrap();
-    eventually("the command handed to the device's session", || async {
-        let (_, body) = hub
-            .get(&format!("/api/v1/devices/away-1/commands/{id}"))
-            .await;
-        (body["state"] == "delivered").then_some(())
-    })
-    .await;
+    // Handed to the device's session, not delivered: the device has not acknowledged it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, body) = hub
+        .get(&format!("/api/v1/devices/away-1/commands/{id}"))
+        .await;
+    assert_eq!(body["state"], "pending", "{body}");
     // Back with the same client id and no clean session: the command arrives, once.
     let back = Peer(Some(subscribe(&[
         "-C",
@@ -254,6 +252,91 @@ async fn a_command_for_a_device_away_waits_in_its_persistent_session() {
     let command: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(command["id"], id);
     assert_eq!(command["name"], "reboot");
+    eventually(
+        "the command delivered once the device acknowledged it",
+        || async {
+            let (_, body) = hub
+                .get(&format!("/api/v1/devices/away-1/commands/{id}"))
+                .await;
+            (body["state"] == "delivered").then_some(())
+        },
+    )
+    .await;
+}
+
+/// Runs the paho fleet (tests/py/paho_fleet.py) in `mode` for `count` devices `{prefix}NNNN`;
+/// its JSON report.
+fn paho_fleet(mode: &str, port: u16, prefix: &str, count: u32) -> serde_json::Value {
+    let child = python_peer("paho_fleet.py")
+        .args([
+            mode,
+            "127.0.0.1",
+            &port.to_string(),
+            prefix,
+            &count.to_string(),
+            "240",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("python with paho-mqtt (tests/run makes the venv)");
+    let (ok, out) = Peer(Some(child)).finish();
+    let report: serde_json::Value = serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("paho_fleet {mode} printed {out:?}: {e}"));
+    assert!(ok, "paho_fleet {mode} fell short: {report}");
+    report
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thousand_persistent_sessions_get_their_queued_commands_across_a_kill_9() {
+    const DEVICES: u32 = 1000;
+    let root = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mqtt = format!("127.0.0.1:{port}");
+    let base = restartable("--mqtt-listen", &mqtt);
+    let hub = Hub::start_in(root.path(), &base, &[]);
+    // A thousand devices subscribe in persistent sessions, report once and go away.
+    let enrolled = paho_fleet("enrol", port, "fleet-", DEVICES);
+    assert_eq!(enrolled["enrolled"], DEVICES);
+    // A command for each, handed to its waiting session (the device counts as online: it just
+    // reported).
+    let mut ids = Vec::new();
+    for d in 0..DEVICES {
+        let command = serde_json::json!({"name": "blink", "args": {"n": d}});
+        let path = format!("/api/v1/devices/fleet-{d:04}/commands");
+        let (status, body) = loop {
+            match hub.send(reqwest::Method::POST, &path, Some(&command)).await {
+                // Over the token's request rate (100/s by default): wait as a client would.
+                (429, _) => tokio::time::sleep(Duration::from_millis(200)).await,
+                answer => break answer,
+            }
+        };
+        assert_eq!(status, 202, "{body}");
+        ids.push((d, body["id"].as_u64().unwrap()));
+    }
+    // No device acknowledged its command: every one is still pending.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (d, id) in ids.iter().step_by(97) {
+        let (_, body) = hub
+            .get(&format!("/api/v1/devices/fleet-{d:04}/commands/{id}"))
+            .await;
+        assert_eq!(body["state"], "pending", "{body}");
+    }
+    // The hub dies with every command sitting in a session that lived only in its memory.
+    hub.kill9();
+    let hub = Hub::start_in(root.path(), &base, &[]);
+    let served = paho_fleet("serve", port, "fleet-", DEVICES);
+    eprintln!("paho fleet after the kill: {served}");
+    assert_eq!(served["devices_served"], DEVICES);
+    for (d, id) in &ids {
+        eventually("each command answered by its device", || async {
+            let (_, body) = hub
+                .get(&format!("/api/v1/devices/fleet-{d:04}/commands/{id}"))
+                .await;
+            (body["state"] == "succeeded").then_some(())
+        })
+        .await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

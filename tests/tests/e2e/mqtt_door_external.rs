@@ -12,7 +12,9 @@ use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Hub, Mosquitto, check_every_reading_once, eventually, free_port};
+use crate::harness::{
+    Hub, Mosquitto, check_every_reading_once, eventually, free_port, restartable,
+};
 use crate::mqtt_door::{kill_while_flowing, paho_publisher, stored};
 
 /// No reading stored for this long, with readings still due: the hub has stalled.
@@ -177,12 +179,7 @@ async fn readings_survive_kill_9_behind_mosquitto(qos: u8) {
     let root = tempfile::tempdir().unwrap();
     let mosquitto = mosquitto_keeping_everything(root.path());
     let broker = format!("mqtt://127.0.0.1:{}", mosquitto.port);
-    let base = [
-        "--api-listen",
-        "127.0.0.1:0",
-        "--mqtt-broker",
-        broker.as_str(),
-    ];
+    let base = restartable("--mqtt-broker", &broker);
     let hub = Hub::start_in(root.path(), &base, &[]);
     // The hub's persistent session exists from here on: mosquitto keeps its messages.
     ready(&hub).await;
@@ -228,12 +225,7 @@ async fn readings_published_while_the_hub_is_killed_are_stored_once_it_is_back()
     let root = tempfile::tempdir().unwrap();
     let mosquitto = mosquitto_keeping_everything(root.path());
     let broker = format!("mqtt://127.0.0.1:{}", mosquitto.port);
-    let base = [
-        "--api-listen",
-        "127.0.0.1:0",
-        "--mqtt-broker",
-        broker.as_str(),
-    ];
+    let base = restartable("--mqtt-broker", &broker);
     let hub = Hub::start_in(root.path(), &base, &[]);
     ready(&hub).await;
     hub.kill9();

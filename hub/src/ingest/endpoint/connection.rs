@@ -32,7 +32,7 @@ use super::router::{self, Session};
 use super::wire::{FLUSH_AT, Outbound, PacketReader, PacketWriter, Version, WireError};
 use super::{Context, Identity};
 use crate::ingest::reply::{self, MAX_TOLD_DEVICES, Reply};
-use crate::ingest::{DropReason, Rejection, decode, now_ms};
+use crate::ingest::{CommandHandoff, DropReason, Rejection, decode, now_ms};
 use crate::store::Applied;
 use crate::store::writer::{CommitFailed, Submission};
 
@@ -396,7 +396,11 @@ impl Reader<'_> {
                 self.add(&mut batch, publish);
                 self.submit(batch).await?;
             }
-            Packet::PubAck(ack) => self.session.acked(ack.pkid),
+            Packet::PubAck(ack) => {
+                if let Some(command) = self.session.acked(ack.pkid) {
+                    self.context.router.tell(CommandHandoff::Delivered(command));
+                }
+            }
             // The hub sends at most QoS 1; answer a stray PUBREC so the client can finish.
             Packet::PubRec(rec) => self.control(Outbound::PubRel(rec.pkid)).await?,
             Packet::PubRel(release) => {

@@ -35,7 +35,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{DownlinkError, IngestStats, decode};
+use super::{CommandHandoff, DownlinkError, Handed, IngestStats, decode};
 use crate::auth::AuthError;
 use crate::store::writer::Submission;
 use router::Router;
@@ -155,6 +155,24 @@ impl EndpointDownlink {
         self.router
             .publish(&topic, Bytes::from(payload), QoS::AtLeastOnce)
     }
+
+    /// Queues command `command` like [`EndpointDownlink::publish`], its delivery tracked where a
+    /// session takes it at QoS 1.
+    pub fn publish_command(
+        &self,
+        topic: String,
+        payload: Vec<u8>,
+        command: u64,
+    ) -> Result<Handed, DownlinkError> {
+        let tracked = self
+            .router
+            .publish_command(&topic, Bytes::from(payload), command)?;
+        Ok(if tracked {
+            Handed::Tracked
+        } else {
+            Handed::Delivered
+        })
+    }
 }
 
 /// The MQTT endpoint component.
@@ -186,6 +204,7 @@ impl MqttEndpoint {
         load_tls: Option<TlsLoader>,
         submissions_tx: mpsc::Sender<Submission>,
         stats: Arc<IngestStats>,
+        handoffs: mpsc::Sender<CommandHandoff>,
     ) -> Result<Self, EndpointError> {
         if !settings.plain.listen.ip().is_loopback() {
             // Only with `mqtt.allow_insecure_listen`: configuration refuses it otherwise.
@@ -217,7 +236,7 @@ impl MqttEndpoint {
                 },
                 // Persistent sessions of devices that went away are kept up to twice the
                 // connections, the oldest forgotten first.
-                router: Arc::new(Router::new(max_sessions * 2)),
+                router: Arc::new(Router::new(max_sessions * 2, Some(handoffs))),
                 submissions_tx,
                 stats,
             }),

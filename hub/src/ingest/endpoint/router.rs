@@ -10,6 +10,10 @@
 //! whose filter matches its topic, once per session. Exact filters (what devices use) are found
 //! by a hash look-up; wildcard filters (a local tool's `devices/+/commands`) are few and scanned.
 //!
+//! A command (a QoS 1 downlink the dispatcher tracks) is told back as a [`CommandHandoff`]: the
+//! device acknowledged it, or its session ended without that (a clean session closed, a
+//! persistent one forgotten to make room), so the dispatcher knows whether to send it again.
+//!
 //! Bounds: sessions ([`Router::new`]'s `max_sessions`: past it, the disconnected persistent
 //! session that left first is forgotten), subscriptions per session, queued messages per
 //! session, QoS 1 messages in flight per connection, QoS 2 ids awaiting their PUBREL.
@@ -19,10 +23,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use rumqttc::mqttbytes::QoS;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::ingest::DownlinkError;
+use crate::ingest::{CommandHandoff, DownlinkError};
 
 /// Subscriptions one session may hold.
 pub const MAX_SUBSCRIPTIONS: usize = 32;
@@ -46,6 +50,8 @@ pub struct Message {
     pub pkid: Option<u16>,
     /// Sent before on an earlier connection (MQTT's DUP flag).
     pub dup: bool,
+    /// The command it carries, when its delivery is tracked (QoS 1 only).
+    pub command: Option<u64>,
 }
 
 /// One client id's state; shared by the router and the connection that serves it.
@@ -125,13 +131,15 @@ impl Session {
         Sendable { messages }
     }
 
-    /// The device acknowledged the QoS 1 message `pkid`.
-    pub fn acked(&self, pkid: u16) {
+    /// The device acknowledged the QoS 1 message `pkid`; the command it carried, if tracked.
+    pub fn acked(&self, pkid: u16) -> Option<u64> {
         let mut state = self.state();
-        state.inflight.retain(|m| m.pkid != Some(pkid));
+        let at = state.inflight.iter().position(|m| m.pkid == Some(pkid));
+        let command = at.and_then(|at| state.inflight.remove(at).command);
         if !state.outbox.is_empty() {
             self.wake.notify_one();
         }
+        command
     }
 
     /// Records that the QoS 2 publish `pkid` was stored and answered with PUBREC; false when too
@@ -245,6 +253,8 @@ pub struct Connected {
 pub struct Router {
     routes: Mutex<Routes>,
     max_sessions: usize,
+    /// Where tracked commands are told back.
+    handoffs: Option<mpsc::Sender<CommandHandoff>>,
 }
 
 #[derive(Debug, Default)]
@@ -259,11 +269,32 @@ struct Routes {
 }
 
 impl Router {
-    /// A router keeping at most `max_sessions` sessions.
-    pub fn new(max_sessions: usize) -> Self {
+    /// A router keeping at most `max_sessions` sessions, telling tracked commands back on
+    /// `handoffs`.
+    pub fn new(max_sessions: usize, handoffs: Option<mpsc::Sender<CommandHandoff>>) -> Self {
         Router {
             routes: Mutex::new(Routes::default()),
             max_sessions: max_sessions.max(1),
+            handoffs,
+        }
+    }
+
+    /// Tells the dispatcher what became of a tracked command. A full channel loses the note:
+    /// the command then waits for its TTL, as a command to an unreachable device does.
+    pub fn tell(&self, handoff: CommandHandoff) {
+        if let Some(handoffs) = &self.handoffs
+            && handoffs.try_send(handoff).is_err()
+        {
+            tracing::warn!(
+                ?handoff,
+                "the command dispatcher is not listening; a command's delivery goes untold"
+            );
+        }
+    }
+
+    fn tell_lost(&self, lost: Vec<u64>) {
+        for command in lost {
+            self.tell(CommandHandoff::Lost(command));
         }
     }
 
@@ -282,6 +313,7 @@ impl Router {
         close: CancellationToken,
     ) -> Connected {
         let mut routes = self.routes();
+        let mut lost = Vec::new();
         let existing = routes.sessions.get(client_id).cloned();
         if let Some(old) = &existing {
             let mut state = old.state();
@@ -294,9 +326,9 @@ impl Router {
             Some(old) if !clean && old.state().persistent => (old, true),
             other => {
                 if other.is_some() {
-                    routes.forget(client_id);
+                    lost.extend(routes.forget(client_id));
                 }
-                routes.make_room(self.max_sessions);
+                lost.extend(routes.make_room(self.max_sessions));
                 let session = Arc::new(Session::new(client_id, !clean));
                 routes
                     .sessions
@@ -309,6 +341,8 @@ impl Router {
             // What waited for the device goes out at once.
             session.wake.notify_one();
         }
+        drop(routes);
+        self.tell_lost(lost);
         Connected {
             session,
             session_present: present,
@@ -338,7 +372,9 @@ impl Router {
                 .get(&session.client_id)
                 .is_some_and(|s| Arc::ptr_eq(s, session))
         {
-            routes.forget(&session.client_id);
+            let lost = routes.forget(&session.client_id);
+            drop(routes);
+            self.tell_lost(lost);
         }
     }
 
@@ -393,6 +429,28 @@ impl Router {
     /// Sends `payload` on `topic` to every session subscribed to it, at `qos` or the
     /// subscription's, whichever is lower. Fails when no session took it.
     pub fn publish(&self, topic: &str, payload: Bytes, qos: QoS) -> Result<(), DownlinkError> {
+        self.route(topic, payload, qos, None).map(|_| ())
+    }
+
+    /// Sends command `command` at QoS 1 like [`Router::publish`]; whether its delivery is
+    /// tracked (some session took it at QoS 1: a [`CommandHandoff`] will tell how it ended).
+    pub fn publish_command(
+        &self,
+        topic: &str,
+        payload: Bytes,
+        command: u64,
+    ) -> Result<bool, DownlinkError> {
+        self.route(topic, payload, QoS::AtLeastOnce, Some(command))
+    }
+
+    /// Offers a message to every subscribed session; whether a session took it tracked.
+    fn route(
+        &self,
+        topic: &str,
+        payload: Bytes,
+        qos: QoS,
+        command: Option<u64>,
+    ) -> Result<bool, DownlinkError> {
         let targets: Vec<Arc<Session>> = {
             let routes = self.routes();
             let exact = routes.exact.get(topic);
@@ -409,6 +467,7 @@ impl Router {
         };
         let topic: Arc<str> = Arc::from(topic);
         let mut outcome = Err(DownlinkError::NotConnected);
+        let mut tracked = false;
         for session in targets {
             let Some(granted) = session.subscribed_qos(&topic) else {
                 continue;
@@ -418,13 +477,16 @@ impl Router {
             } else {
                 qos
             };
+            let command = command.filter(|_| qos == QoS::AtLeastOnce);
             let offered = session.offer(Message {
                 topic: topic.clone(),
                 payload: payload.clone(),
                 qos,
                 pkid: None,
                 dup: false,
+                command,
             });
+            tracked |= offered.is_ok() && command.is_some();
             outcome = match (outcome, offered) {
                 (Ok(()), _) | (_, Ok(())) => Ok(()),
                 (Err(DownlinkError::Busy), _) | (_, Err(DownlinkError::Busy)) => {
@@ -433,7 +495,7 @@ impl Router {
                 (_, Err(e)) => Err(e),
             };
         }
-        outcome
+        outcome.map(|()| tracked)
     }
 
     /// Sessions kept now (connected or not).
@@ -459,24 +521,34 @@ impl Routes {
         }
     }
 
-    /// Removes a session and its routes.
-    fn forget(&mut self, client_id: &str) {
-        if let Some(session) = self.sessions.remove(client_id) {
-            let filters: Vec<String> = session
-                .state()
-                .subscriptions
-                .iter()
-                .map(|(f, _)| f.clone())
+    /// Removes a session and its routes; the tracked commands it had not delivered.
+    fn forget(&mut self, client_id: &str) -> Vec<u64> {
+        let Some(session) = self.sessions.remove(client_id) else {
+            return Vec::new();
+        };
+        let (filters, lost) = {
+            let mut state = session.state();
+            let filters: Vec<String> = state.subscriptions.iter().map(|(f, _)| f.clone()).collect();
+            let state = &mut *state;
+            let lost = state
+                .inflight
+                .drain(..)
+                .chain(state.outbox.drain(..))
+                .filter_map(|m| m.command)
                 .collect();
-            for filter in &filters {
-                self.unroute(filter, client_id);
-            }
-            self.wildcard.remove(client_id);
+            (filters, lost)
+        };
+        for filter in &filters {
+            self.unroute(filter, client_id);
         }
+        self.wildcard.remove(client_id);
+        lost
     }
 
-    /// Forgets the disconnected persistent session that left first while at the limit.
-    fn make_room(&mut self, max_sessions: usize) {
+    /// Forgets the disconnected persistent sessions that left first while at the limit; the
+    /// tracked commands they had not delivered.
+    fn make_room(&mut self, max_sessions: usize) -> Vec<u64> {
+        let mut lost = Vec::new();
         while self.sessions.len() >= max_sessions {
             let oldest = self
                 .sessions
@@ -490,11 +562,12 @@ impl Routes {
                 })
                 .min();
             match oldest {
-                Some((_, id)) => self.forget(&id),
+                Some((_, id)) => lost.extend(self.forget(&id)),
                 // Every session is connected: the connection limit keeps their number bounded.
                 None => break,
             }
         }
+        lost
     }
 }
 
@@ -526,7 +599,7 @@ mod tests {
 
     #[test]
     fn a_downlink_reaches_each_subscribed_session_once_at_the_lower_qos() {
-        let router = Router::new(10);
+        let router = Router::new(10, None);
         let a = router
             .connect("a", true, 1, CancellationToken::new())
             .session;
@@ -562,7 +635,7 @@ mod tests {
 
     #[test]
     fn a_persistent_session_keeps_unacknowledged_messages_for_the_next_connection() {
-        let router = Router::new(10);
+        let router = Router::new(10, None);
         let first = CancellationToken::new();
         let s = router.connect("d", false, 1, first.clone());
         assert!(!s.session_present);
@@ -596,7 +669,7 @@ mod tests {
 
     #[test]
     fn a_takeover_closes_the_old_connection_and_a_clean_session_starts_afresh() {
-        let router = Router::new(10);
+        let router = Router::new(10, None);
         let old = CancellationToken::new();
         let first = router.connect("d", false, 1, old.clone()).session;
         router.subscribe(&first, &[("devices/d/ack".into(), QoS::AtMostOnce)]);
@@ -617,7 +690,7 @@ mod tests {
 
     #[test]
     fn sessions_and_queues_are_bounded() {
-        let router = Router::new(2);
+        let router = Router::new(2, None);
         for (i, id) in ["a", "b", "c"].iter().enumerate() {
             let s = router
                 .connect(id, false, i as u64, CancellationToken::new())
@@ -642,5 +715,40 @@ mod tests {
             .collect();
         let granted = router.subscribe(&s, &filters);
         assert_eq!(granted.iter().filter(|g| g.is_none()).count(), 2);
+    }
+
+    #[test]
+    fn a_command_is_told_back_when_acknowledged_or_lost_with_its_session() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let router = Router::new(10, Some(tx));
+        let s = router
+            .connect("d", false, 1, CancellationToken::new())
+            .session;
+        router.subscribe(&s, &[("devices/d/commands".into(), QoS::AtLeastOnce)]);
+        assert_eq!(
+            router.publish_command("devices/d/commands", payload("1"), 7),
+            Ok(true)
+        );
+        assert_eq!(
+            router.publish_command("devices/d/commands", payload("2"), 8),
+            Ok(true)
+        );
+        let sent = s.take_sendable().messages;
+        assert_eq!(s.acked(sent[0].pkid.unwrap()), Some(7));
+        router.tell(CommandHandoff::Delivered(7));
+        assert_eq!(rx.try_recv(), Ok(CommandHandoff::Delivered(7)));
+        // The device goes and comes back clean: its session, with command 8 unacknowledged, ends.
+        router.disconnected(&s, 1);
+        assert!(rx.try_recv().is_err(), "a persistent session keeps it");
+        let clean = router
+            .connect("d", true, 2, CancellationToken::new())
+            .session;
+        assert_eq!(rx.try_recv(), Ok(CommandHandoff::Lost(8)));
+        // A QoS 0 subscriber cannot acknowledge: not tracked.
+        router.subscribe(&clean, &[("devices/d/commands".into(), QoS::AtMostOnce)]);
+        assert_eq!(
+            router.publish_command("devices/d/commands", payload("3"), 9),
+            Ok(false)
+        );
     }
 }
