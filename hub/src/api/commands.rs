@@ -96,7 +96,10 @@ impl From<CommandState> for StateName {
 #[allow(dead_code, reason = "read by the OpenAPI derive only")]
 pub(super) struct CommandPath {
     /// The device id.
-    #[param(pattern = r"^[A-Za-z0-9._-]{1,64}$", example = "greenhouse-1")]
+    #[param(
+        pattern = r"^([A-Za-z0-9_-][A-Za-z0-9._-]{0,63}|\.[A-Za-z0-9_-][A-Za-z0-9._-]{0,62}|\.\.[A-Za-z0-9._-]{1,62})$",
+        example = "greenhouse-1"
+    )]
     id: String,
     /// The command id, as the POST answered it (digits; anything else is no command: 404).
     #[param(example = "42", pattern = r"^[0-9]{1,20}$")]

@@ -68,7 +68,10 @@ pub struct DeviceSummary {
     #[schema(format = DateTime, example = "2026-11-21T10:00:00.000Z")]
     first_seen: String,
     /// The device id.
-    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$", example = "greenhouse-1")]
+    #[schema(
+        pattern = r"^([A-Za-z0-9_-][A-Za-z0-9._-]{0,63}|\.[A-Za-z0-9_-][A-Za-z0-9._-]{0,62}|\.\.[A-Za-z0-9._-]{1,62})$",
+        example = "greenhouse-1"
+    )]
     id: String,
     /// Labels set by an operator.
     labels: BTreeMap<String, String>,
@@ -125,7 +128,9 @@ pub struct DeviceDetail {
     #[schema(format = DateTime)]
     first_seen: String,
     /// The device id.
-    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
+    #[schema(
+        pattern = r"^([A-Za-z0-9_-][A-Za-z0-9._-]{0,63}|\.[A-Za-z0-9_-][A-Za-z0-9._-]{0,62}|\.\.[A-Za-z0-9._-]{1,62})$"
+    )]
     id: String,
     /// Labels set by an operator.
     labels: BTreeMap<String, String>,

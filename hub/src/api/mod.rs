@@ -305,6 +305,7 @@ async fn read_body(request: Request) -> Result<Request, ApiError> {
             })?;
             // A chunked body has no `Content-Length` to refuse it by.
             if bytes.len() + chunk.len() > MAX_BODY {
+                drain(&mut chunks).await;
                 return Err(too_large());
             }
             bytes.extend_from_slice(&chunk);
@@ -320,6 +321,26 @@ async fn read_body(request: Request) -> Result<Request, ApiError> {
         Err(_) => Err(ApiError::Timeout(
             "the request body did not arrive in time".into(),
         )),
+    }
+}
+
+/// Bytes of an oversized body read and thrown away before the 413, so that a client still
+/// sending it reads the answer instead of a reset (closing a socket with unread data resets it).
+/// Beyond this, or the body's deadline, the connection is closed anyway.
+const MAX_DRAIN: usize = 16 << 20;
+
+/// Reads and discards the rest of a refused body, at most [`MAX_DRAIN`] bytes.
+async fn drain<S, E>(chunks: &mut S)
+where
+    S: futures_util::Stream<Item = Result<axum::body::Bytes, E>> + Unpin,
+{
+    use futures_util::StreamExt as _;
+    let mut drained = 0usize;
+    while drained < MAX_DRAIN {
+        match chunks.next().await {
+            Some(Ok(chunk)) => drained += chunk.len(),
+            _ => break,
+        }
     }
 }
 

@@ -105,9 +105,13 @@ impl From<crate::store::Wire> for WireName {
 #[into_params(parameter_in = Path)]
 #[allow(dead_code, reason = "read by the OpenAPI derive only")]
 pub struct DeviceId {
-    /// The device id: 1 to 64 characters of `A-Z a-z 0-9 . _ -`. An id that is not one gets
+    /// The device id: 1 to 64 characters of `A-Z a-z 0-9 . _ -`, not `.` or `..` (the pattern
+    /// says that without look-ahead). An id that is not one gets
     /// 400; a device that does not exist, or that the token may not see, 404.
-    #[param(pattern = r"^[A-Za-z0-9._-]{1,64}$", example = "greenhouse-1")]
+    #[param(
+        pattern = r"^([A-Za-z0-9_-][A-Za-z0-9._-]{0,63}|\.[A-Za-z0-9_-][A-Za-z0-9._-]{0,62}|\.\.[A-Za-z0-9._-]{1,62})$",
+        example = "greenhouse-1"
+    )]
     id: String,
 }
 

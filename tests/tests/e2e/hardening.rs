@@ -329,6 +329,46 @@ async fn a_huge_body_gets_413_before_any_100_continue_and_a_clean_close() {
     hub.stop();
 }
 
+/// A chunked body has no length to refuse it by: the hub reads past the limit, throwing it away,
+/// so the client sends its body whole and reads the 413, instead of failing on a reset while it
+/// sends (what curl reports).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_huge_chunked_body_gets_its_413_not_a_reset() {
+    let root = tempfile::tempdir().unwrap();
+    let hub = Hub::start(root.path(), &[]);
+    for _ in 0..5 {
+        let tls = tls_connect(&hub, None).await;
+        let (mut read, mut write) = tokio::io::split(tls);
+        let head = format!(
+            "POST /api/v1/devices/x/commands HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+            hub.token()
+        );
+        // 10 MiB in 64 KiB chunks, sent whatever the hub does meanwhile.
+        let sender = tokio::spawn(async move {
+            write.write_all(head.as_bytes()).await?;
+            let chunk = vec![b' '; 64 << 10];
+            for _ in 0..160 {
+                write
+                    .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+                    .await?;
+                write.write_all(&chunk).await?;
+                write.write_all(b"\r\n").await?;
+            }
+            write.write_all(b"0\r\n\r\n").await?;
+            write.flush().await
+        });
+        let answer = tokio::time::timeout(Duration::from_secs(30), read_head(&mut read))
+            .await
+            .expect("an answer in time");
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
+        let sent = sender.await.expect("the sender task");
+        assert!(sent.is_ok(), "the body could not be sent whole: {sent:?}");
+    }
+    assert_eq!(hub.get("/api/v1/devices").await.0, 200);
+    hub.stop();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn long_targets_many_headers_and_the_docs_redirect_answer_problems() {
     let root = tempfile::tempdir().unwrap();
