@@ -1,0 +1,224 @@
+use super::*;
+
+fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hub.toml");
+    std::fs::write(&path, text).unwrap();
+    let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+    Config::load(Some(&path), env, &Overrides::default())
+}
+
+#[test]
+fn no_file_gives_the_documented_defaults() {
+    let c = Config::load(None, Vec::new(), &Overrides::default()).unwrap();
+    assert_eq!(c.api.listen, "127.0.0.1:8443");
+    assert_eq!(c.mqtt.listen, "127.0.0.1:1883");
+    assert_eq!(c.mqtt.broker().unwrap(), Broker::Embedded);
+    assert_eq!(c.data.dir, PathBuf::from("./hub-data"));
+    assert_eq!(c.data.engine, EngineKind::Redb);
+}
+
+#[test]
+fn the_example_file_is_valid_and_matches_the_defaults() {
+    let c = load(EXAMPLE, &[]).unwrap();
+    let d = Config::default();
+    assert_eq!(c.api.listen, d.api.listen);
+    assert_eq!(c.ingest.batch_max, d.ingest.batch_max);
+    assert_eq!(c.data.cache, d.data.cache);
+    let (m, dm) = (&c.mqtt.devices, &d.mqtt.devices);
+    assert_eq!(c.mqtt.allow_insecure_listen, d.mqtt.allow_insecure_listen);
+    assert_eq!(c.mqtt.max_connections, d.mqtt.max_connections);
+    assert_eq!(
+        (
+            m.listen.as_deref(),
+            m.max_connections,
+            m.connect_timeout,
+            m.max_packet
+        ),
+        (
+            dm.listen.as_deref(),
+            dm.max_connections,
+            dm.connect_timeout,
+            dm.max_packet
+        )
+    );
+}
+
+#[test]
+fn environment_overrides_file_and_flags_override_both() {
+    let c = load(
+        "[api]\nlisten = \"127.0.0.1:1\"\n",
+        &[
+            ("HUB_API__LISTEN", "127.0.0.1:2"),
+            ("HUB_INGEST__QUEUE", "7"),
+            ("OTHER", "x"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.api.listen, "127.0.0.1:2");
+    assert_eq!(c.ingest.queue, 7);
+    let overrides = Overrides {
+        api_listen: Some("127.0.0.1:3".into()),
+        ..Overrides::default()
+    };
+    let c = Config::load(
+        None,
+        vec![("HUB_API__LISTEN".into(), "127.0.0.1:2".into())],
+        &overrides,
+    )
+    .unwrap();
+    assert_eq!(c.api.listen, "127.0.0.1:3");
+}
+
+#[test]
+fn sinks_are_checked_by_kind_and_name() {
+    let c = load(
+        "[[sync.http]]\nname = \"cloud\"\nurl = \"https://x.example/in\"\n\
+         [[sync.mqtt]]\nname = \"broker\"\nurl = \"mqtts://x.example:8883\"\n",
+        &[],
+    )
+    .unwrap();
+    let sinks: Vec<_> = c.sync.sinks().collect();
+    assert_eq!(sinks.len(), 2);
+    assert_eq!(sinks[0].1.compression(SinkKind::Http), Compression::Gzip);
+    assert_eq!(sinks[1].1.compression(SinkKind::Mqtt), Compression::None);
+    assert_eq!(sinks[1].1.topic_for("gw"), "gateways/gw/readings");
+    let Err(ConfigError::Invalid(problems)) = load(
+        "[[sync.http]]\nname = \"a\"\nurl = \"ftp://x\"\ntopic = \"t\"\n\
+         [[sync.mqtt]]\nname = \"a\"\nurl = \"mqtt://x:1\"\ntoken = \"s\"\nbatch_max = 0\n",
+        &[],
+    ) else {
+        panic!("bad sinks accepted");
+    };
+    let all = problems.join("\n");
+    for expected in [
+        "sync.http[0].url",
+        "sync.http[0].topic",
+        "sync.mqtt[0].name",
+        "sync.mqtt[0].token",
+        "sync.mqtt[0].batch_max",
+    ] {
+        assert!(all.contains(expected), "{expected} missing from:\n{all}");
+    }
+}
+
+#[test]
+fn unknown_keys_are_refused() {
+    let err = load("[api]\nlisen = \"x\"\n", &[]).unwrap_err().to_string();
+    assert!(err.contains("lisen"), "{err}");
+}
+
+#[test]
+fn every_problem_is_listed_at_once() {
+    let text = "[api]\nlisten = \"nowhere\"\nmax_page = 0\n[mqtt]\nbroker = \"amqp://x\"\n[ingest]\nbatch_max = 0\n";
+    let err = load(text, &[]).unwrap_err().to_string();
+    for needle in [
+        "api.listen",
+        "api.max_page",
+        "mqtt.broker",
+        "ingest.batch_max",
+    ] {
+        assert!(err.contains(needle), "{needle} missing from: {err}");
+    }
+}
+
+#[test]
+fn the_embedded_broker_stays_on_loopback_unless_insecure_is_asked_for() {
+    let err = load("[mqtt]\nlisten = \"0.0.0.0:1883\"\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("mqtt.listen") && err.contains("allow_insecure_listen"),
+        "{err}"
+    );
+    let c = load(
+        "[mqtt]\nlisten = \"0.0.0.0:1883\"\nallow_insecure_listen = true\n",
+        &[],
+    )
+    .unwrap();
+    assert!(c.mqtt.allow_insecure_listen);
+    assert!(load("[mqtt]\nlisten = \"[::1]:1883\"\n", &[]).is_ok());
+}
+
+#[test]
+fn the_embedded_brokers_connection_limit_is_checked() {
+    for bad in ["0", "100001"] {
+        let err = load(&format!("[mqtt]\nmax_connections = {bad}\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mqtt.max_connections"), "{err}");
+    }
+    let c = load("[mqtt]\nmax_connections = 5000\n", &[]).unwrap();
+    assert_eq!(c.mqtt.max_connections, 5000);
+}
+
+#[test]
+fn the_devices_listener_is_checked() {
+    let c = load("[mqtt.devices]\nlisten = \"0.0.0.0:8883\"\n", &[]).unwrap();
+    assert_eq!(c.mqtt.devices.listen.as_deref(), Some("0.0.0.0:8883"));
+    assert_eq!(c.mqtt.devices.max_packet, ByteSize(64 << 10));
+    let c = load("", &[("HUB_MQTT__DEVICES__LISTEN", "127.0.0.1:8883")]).unwrap();
+    assert_eq!(c.mqtt.devices.listen.as_deref(), Some("127.0.0.1:8883"));
+    let text = "[mqtt]\nbroker = \"mqtt://broker.lan\"\n[mqtt.devices]\nlisten = \"nowhere\"\nmax_connections = 0\nmax_packet = \"2MiB\"\n";
+    let err = load(text, &[]).unwrap_err().to_string();
+    for needle in [
+        "mqtt.devices.listen: needs the hub's own endpoint",
+        "mqtt.devices.listen: \"nowhere\"",
+        "mqtt.devices.max_connections",
+        "mqtt.devices.max_packet",
+    ] {
+        assert!(err.contains(needle), "{needle} missing from: {err}");
+    }
+}
+
+#[test]
+fn sizes_and_durations_parse_with_units_and_refuse_nonsense() {
+    assert_eq!(ByteSize::parse("16KiB").unwrap(), ByteSize(16384));
+    assert_eq!(ByteSize::parse("2GiB").unwrap(), ByteSize(2 << 30));
+    assert_eq!(ByteSize::parse("512").unwrap(), ByteSize(512));
+    assert!(ByteSize::parse("12 parsecs").is_err());
+    assert!(ByteSize::parse("99999999999999999999GiB").is_err());
+    assert_eq!(
+        HumanDuration::parse("250ms").unwrap().0,
+        Duration::from_millis(250)
+    );
+    assert_eq!(
+        HumanDuration::parse("5m").unwrap().0,
+        Duration::from_secs(300)
+    );
+    assert!(HumanDuration::parse("soon").is_err());
+}
+
+#[test]
+fn external_broker_urls_parse() {
+    let parse = |url: &str| {
+        MqttConfig {
+            broker: url.into(),
+            ..MqttConfig::default()
+        }
+        .broker()
+    };
+    let external = |host: &str, port, tls| Broker::External {
+        host: host.into(),
+        port,
+        tls,
+    };
+    assert_eq!(
+        parse("mqtt://10.0.0.5:1884").unwrap(),
+        external("10.0.0.5", 1884, false)
+    );
+    assert_eq!(
+        parse("mqtt://broker.lan").unwrap(),
+        external("broker.lan", 1883, false)
+    );
+    assert_eq!(
+        parse("mqtts://broker.lan").unwrap(),
+        external("broker.lan", 8883, true)
+    );
+    assert_eq!(
+        parse("mqtts://[::1]:8884").unwrap(),
+        external("::1", 8884, true)
+    );
+    assert!(parse("mqtt://:1").is_err());
+    assert!(parse("amqp://x").is_err());
+}
