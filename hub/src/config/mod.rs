@@ -39,10 +39,8 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
-    /// The file or an override is not valid TOML for this configuration.
-    #[error("{0}")]
-    Parse(String),
-    /// The values parse but do not make sense together.
+    /// Every problem: syntax errors of the file, values of the wrong type or unknown keys (each
+    /// with its key and line, or its variable), values that do not make sense together.
     #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
     Invalid(Vec<String>),
 }

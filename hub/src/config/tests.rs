@@ -123,6 +123,49 @@ fn every_problem_is_listed_at_once() {
 }
 
 #[test]
+fn type_errors_unknown_keys_and_bad_variables_are_all_listed_with_their_place() {
+    let text = "[api]\nrate_limit = \"x\"\ncolour = \"blue\"\nlisten = \"nowhere\"\n\
+                [ingest]\nmax_payload = \"12 parsecs\"\n[[serial]]\npath = \"/dev/a\"\nbaud = \"fast\"\n";
+    let err = load(text, &[("HUB_COMMANDS__KEEP", "lots")]).unwrap_err();
+    let ConfigError::Invalid(problems) = err else {
+        panic!("not a list of problems: {err}");
+    };
+    for (key, place) in [
+        ("api.rate_limit", "line 2"),
+        ("api.colour", "line 3"),
+        ("ingest.max_payload", "line 6"),
+        ("serial.baud", "line 9"),
+        ("commands.keep", "HUB_COMMANDS__KEEP"),
+    ] {
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with(key) && p.contains(place)),
+            "{key} at {place} missing from: {problems:#?}"
+        );
+    }
+    // The values that parse are still checked together.
+    assert!(
+        problems.iter().any(|p| p.starts_with("api.listen:")),
+        "{problems:#?}"
+    );
+}
+
+#[test]
+fn every_syntax_error_of_the_file_is_listed_with_its_line() {
+    let err = load("[api\nx = = 1\n\n[ok]\ny = \"open\n", &[]).unwrap_err();
+    let ConfigError::Invalid(problems) = err else {
+        panic!("not a list of problems: {err}");
+    };
+    for line in ["line 1:", "line 2:", "line 5:"] {
+        assert!(
+            problems.iter().any(|p| p.contains(line)),
+            "{line} missing from: {problems:#?}"
+        );
+    }
+}
+
+#[test]
 fn the_embedded_broker_stays_on_loopback_unless_insecure_is_asked_for() {
     let err = load("[mqtt]\nlisten = \"0.0.0.0:1883\"\n", &[])
         .unwrap_err()

@@ -28,34 +28,52 @@ fn print_config_prints_a_config_that_check_config_accepts() {
     );
 }
 
-#[test]
-fn check_config_lists_every_problem_and_fails() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("hub.toml");
-    std::fs::write(
-        &path,
-        "[api]\nlisten = \"nowhere\"\nmax_page = 0\n[mqtt]\nbroker = \"amqp://x\"\n",
-    )
-    .unwrap();
+/// `hub check-config` on a file holding `text`: its exit code and what it printed on stderr.
+fn check_config(dir: &std::path::Path, text: &str) -> (Option<i32>, String) {
+    let path = dir.join("hub.toml");
+    std::fs::write(&path, text).unwrap();
     let out = Command::new(binary("hub"))
         .args(["check-config", "--config"])
         .arg(&path)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_lists_every_problem_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, err) = check_config(
+        dir.path(),
+        "[api]\nlisten = \"nowhere\"\nmax_page = 0\n[mqtt]\nbroker = \"amqp://x\"\n",
+    );
+    assert_eq!(code, Some(2));
     for needle in ["api.listen", "api.max_page", "mqtt.broker"] {
         assert!(err.contains(needle), "{needle} not in: {err}");
     }
     // A typo in a key is named, not ignored.
-    std::fs::write(&path, "[api]\nlisen = \"127.0.0.1:1\"\n").unwrap();
-    let out = Command::new(binary("hub"))
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("lisen"));
+    let (code, err) = check_config(dir.path(), "[api]\nlisen = \"127.0.0.1:1\"\n");
+    assert_eq!(code, Some(2));
+    assert!(err.contains("lisen"), "{err}");
+    // Three mistakes of type and unit, three problems, each with its key and line.
+    let (code, err) = check_config(
+        dir.path(),
+        "[api]\nrate_limit = \"x\"\n\n[ingest]\nmax_payload = \"12 parsecs\"\nstall_after = 5\n",
+    );
+    assert_eq!(code, Some(2));
+    for needle in [
+        "api.rate_limit (",
+        "line 2)",
+        "ingest.max_payload (",
+        "line 5)",
+        "ingest.stall_after (",
+        "line 6)",
+    ] {
+        assert!(err.contains(needle), "{needle} not in: {err}");
+    }
     // The environment is checked too.
     let out = Command::new(binary("hub"))
         .arg("check-config")
