@@ -62,7 +62,9 @@ pub enum AppError {
     #[error(transparent)]
     Endpoint(#[from] EndpointError),
     /// The API listener could not bind.
-    #[error("API cannot listen on {addr}: {source}")]
+    #[error(
+        "API cannot listen on {addr}: {source} (is another hub running? choose another address with --api-listen or api.listen)"
+    )]
     ApiBind {
         /// The address.
         addr: String,

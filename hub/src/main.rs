@@ -195,8 +195,8 @@ fn main() -> ExitCode {
     match serve(config, reload) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("hub: {e:#}");
+            // The log is on stderr: one line says it.
+            tracing::error!("{}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
@@ -387,4 +387,18 @@ async fn watch_signals(shutdown: CancellationToken) {
     shutdown.cancel();
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
     std::process::exit(130);
+}
+
+/// The error and its causes, each said once: our errors often name their cause in their own
+/// message already, and `{:#}` would repeat it.
+fn error_chain(error: &anyhow::Error) -> String {
+    let mut said = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !said.contains(&cause) {
+            said.push_str(": ");
+            said.push_str(&cause);
+        }
+    }
+    said
 }

@@ -100,4 +100,8 @@ fn a_taken_port_is_a_clear_error_and_a_non_zero_exit() {
         err.contains(&addr) && err.contains("API cannot listen"),
         "{err}"
     );
+    // Said once, with its cause once, and the way out.
+    assert_eq!(err.matches("API cannot listen").count(), 1, "{err}");
+    assert_eq!(err.matches("Address already in use").count(), 1, "{err}");
+    assert!(err.contains("--api-listen"), "{err}");
 }
