@@ -57,6 +57,25 @@ enum Command {
     /// A one-screen summary of the running hub: devices, ingest rate, store and quota, lag of
     /// every sink and pull consumer.
     Status,
+    /// The running hub's live stream: one line per durable reading, device event and command
+    /// change, until interrupted.
+    Watch {
+        /// Device-id patterns, comma-separated (`greenhouse-*`); all devices if absent.
+        #[arg(long = "device", alias = "devices", value_delimiter = ',')]
+        devices: Vec<String>,
+        /// Metric patterns, comma-separated (`temp,hum*`); all metrics if absent.
+        #[arg(long = "metric", alias = "metrics", value_delimiter = ',')]
+        metrics: Vec<String>,
+        /// Readings only: no device or command events.
+        #[arg(long)]
+        no_events: bool,
+        /// Print the stream's JSON messages, one per line.
+        #[arg(long)]
+        json: bool,
+        /// Stop after this many readings.
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// A consistent backup of the data directory, while the hub runs (or not): into
     /// `<data.dir>/backups/<UTC time>/`, or moved to --out.
     Backup {
@@ -166,6 +185,25 @@ fn main() -> ExitCode {
         Some(Command::Certs { action }) => return certs(&config, action),
         Some(Command::Status) => {
             return operate(cli::status(&config), |screen| print!("{screen}"));
+        }
+        Some(Command::Watch {
+            devices,
+            metrics,
+            no_events,
+            json,
+            count,
+        }) => {
+            let options = cli::WatchOptions {
+                devices,
+                metrics,
+                events: !no_events,
+                json,
+                count,
+            };
+            return operate(
+                cli::watch(&config, &options, |line| println!("{line}")),
+                |()| {},
+            );
         }
         Some(Command::Backup { out }) => {
             return operate(cli::backup(&config, out.as_deref()), |dir| {

@@ -24,6 +24,9 @@ use crate::config::Config;
 use crate::files;
 use crate::store::{self, Store, StoreError};
 
+mod watch;
+pub use watch::{WatchOptions, watch};
+
 /// How long the CLI tries to reach the running hub before deciding that none runs.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one API request may take.

@@ -105,3 +105,71 @@ fn a_taken_port_is_a_clear_error_and_a_non_zero_exit() {
     assert_eq!(err.matches("Address already in use").count(), 1, "{err}");
     assert!(err.contains("--api-listen"), "{err}");
 }
+
+/// `hub watch` prints the live stream of the running hub: readings of the devices asked for, one
+/// line each, and ends after `--count` of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn hub_watch_prints_the_live_stream_and_stops_at_its_count() {
+    let root = tempfile::tempdir().unwrap();
+    let hub = crate::harness::Hub::start(root.path(), &[]);
+    let api = hub.api.to_string();
+    let watch = |extra: &[&str]| {
+        Command::new(binary("hub"))
+            .args(["--api-listen", &api, "--data-dir"])
+            .arg(&hub.data)
+            .arg("watch")
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let lines = watch(&["--device", "watch-a*", "--count", "2", "--no-events"]);
+    let json = watch(&["--json", "--metric", "temp", "--count", "1"]);
+    // Both are connected before anything is published (the stream has no history).
+    crate::harness::eventually("both watchers connected", || async {
+        let (_, text) = crate::metrics::scrape(&hub, &hub.token()).await;
+        text.lines()
+            .any(|l| l.trim() == "hub_stream_clients 2")
+            .then_some(())
+    })
+    .await;
+    // Subscribed too: the subscription is the first message each sends after the handshake.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let port = hub.mqtt_port();
+    crate::harness::mosquitto_pub(port, "devices/other/telemetry", br#"{"hum":40}"#, 1);
+    crate::harness::mosquitto_pub(
+        port,
+        "devices/watch-a1/telemetry",
+        br#"{"temp":21.5,"mode":"auto"}"#,
+        1,
+    );
+    crate::harness::mosquitto_pub(port, "devices/watch-a2/telemetry", br#"{"temp":22.5}"#, 1);
+    let out = lines.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let shown: Vec<&str> = text.lines().collect();
+    assert_eq!(shown.len(), 2, "{text}");
+    assert!(
+        shown[0].ends_with(r#" watch-a1 mode="auto" temp=21.5"#),
+        "{text}"
+    );
+    assert!(shown[1].ends_with(" watch-a2 temp=22.5"), "{text}");
+    let out = json.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reading = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|m| m["type"] == "reading")
+        .expect("a reading in JSON");
+    assert_eq!(reading["device"], "watch-a1");
+    assert_eq!(reading["metrics"], serde_json::json!({"temp": 21.5}));
+}
