@@ -294,6 +294,7 @@ pub async fn run(
     let liveness = Arc::new(crate::liveness::IngestLiveness::default());
     tasks.spawn(crate::liveness::watch(
         liveness.clone(),
+        store.clone(),
         writer_stats.clone(),
         submissions_tx.downgrade(),
         config.ingest.stall_after.0,

@@ -24,6 +24,7 @@ pub mod room;
 pub mod sequence;
 #[cfg(feature = "sled")]
 mod sled_engine;
+pub mod space;
 pub mod sync;
 #[cfg(test)]
 mod tests;
@@ -78,6 +79,14 @@ pub enum StoreError {
     /// A lock was poisoned by a panic elsewhere.
     #[error("store state lock poisoned")]
     Poisoned,
+}
+
+impl StoreError {
+    /// Whether the file system holding the store is full: the same write can succeed once it has
+    /// room again (see [`space`]).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StoreError::Engine(e) if e.is_disk_full())
+    }
 }
 
 /// Which engine to open.
@@ -614,6 +623,8 @@ pub struct Store {
     /// Set while the store is full and its policy is to refuse new readings.
     refusing: Arc<AtomicBool>,
     room: Arc<room::Room>,
+    /// Whether the file system holding the store is full.
+    space: Arc<space::DiskSpace>,
 }
 
 impl Store {
@@ -728,7 +739,19 @@ impl Store {
             writer: Arc::new(Mutex::new(())),
             refusing: Arc::new(AtomicBool::new(false)),
             room: Arc::new(room::Room::default()),
+            space: Arc::new(space::DiskSpace::default()),
         })
+    }
+
+    /// Whether the file system holding the store is full (set by the store writer).
+    pub fn space(&self) -> &space::DiskSpace {
+        &self.space
+    }
+
+    /// Whether the file system holding the store has room for `bytes` more now (see
+    /// [`Engine::has_room`]). Blocks: a small write.
+    pub fn has_room(&self, bytes: u64) -> Result<bool, StoreError> {
+        Ok(self.engine.has_room(bytes)?)
     }
 
     /// Turn-taking of the writer and retention at the quota.

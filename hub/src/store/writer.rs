@@ -11,6 +11,14 @@
 //!
 //! After each commit it tells live listeners (see [`crate::live`]) what became durable: readings,
 //! new devices, devices coming online or reported gone, command results.
+//!
+//! A full file system is waited out, not failed: the batch whose commit found no room stays in the
+//! writer's hands, unanswered (so unacknowledged: devices and brokers keep their readings), the
+//! store is marked full (see [`super::space`]), and once a second the writer asks the file system
+//! for room; when it has some, the same batch is committed and answered, and the writer goes on.
+//! Meanwhile its queue fills and ingest stops reading sockets: the usual back-pressure. It is said
+//! at WARN once a minute, not once per reading. A writer whose senders are all gone (the hub is
+//! stopping) gives up waiting: nothing it held was acknowledged.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,8 +27,14 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Applied, Ingest, Outcome, Store};
+use super::{Applied, Ingest, Outcome, Store, StoreError};
 use crate::live::{DeviceChange, Event, Live, LiveReading, Presence};
+
+/// How often the writer asks for room while the file system is full.
+const ROOM_LOOK_EVERY: Duration = Duration::from_secs(1);
+/// Room the file system must have before a batch that found it full is tried again: a commit
+/// that fails again costs the engine a reopen, and reads in flight then fail.
+const ROOM_TO_RETRY_BYTES: u64 = 4 << 20;
 
 /// The items of one source message, and where to say when they are durable.
 #[derive(Debug)]
@@ -62,6 +76,8 @@ pub struct StoreWriter {
     stats: Arc<WriterStats>,
     live: Option<(Live, Arc<Presence>)>,
     committed: Option<Arc<tokio::sync::Notify>>,
+    /// Set once the writer gave up waiting for room at shutdown (said once).
+    gave_up: std::sync::atomic::AtomicBool,
 }
 
 impl StoreWriter {
@@ -80,6 +96,7 @@ impl StoreWriter {
             stats,
             live: None,
             committed: None,
+            gave_up: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -123,14 +140,15 @@ impl StoreWriter {
                 }
             }
             self.stats.in_hand.store(count as u64, Ordering::Relaxed);
-            turn = self.commit(batch).await;
+            turn = self.commit(batch, &submissions_rx).await;
             self.stats.in_hand.store(0, Ordering::Relaxed);
         }
         tracing::debug!("store writer drained and stopped");
     }
 
-    /// Commits `batch`; returns the retention round the next commit waits for at the quota.
-    async fn commit(&self, batch: Vec<Submission>) -> u64 {
+    /// Commits `batch`, waiting for room while the file system is full; returns the retention
+    /// round the next commit waits for at the quota. `queue` tells whether the hub is stopping.
+    async fn commit(&self, batch: Vec<Submission>, queue: &mpsc::Receiver<Submission>) -> u64 {
         // The items move to the blocking task; each submission keeps its count and reply channel.
         let mut items: Vec<Ingest> = Vec::new();
         let replies: Vec<(usize, Option<oneshot::Sender<_>>)> = batch
@@ -141,31 +159,48 @@ impl StoreWriter {
                 (count, s.done_tx)
             })
             .collect();
-        let store = self.store.clone();
         let count = items.len();
-        let started = std::time::Instant::now();
-        let outcome = tokio::task::spawn_blocking(move || {
-            let applied = store.apply(&items);
-            (items, applied)
-        })
-        .await;
-        self.stats
-            .commit
-            .seconds
-            .observe(started.elapsed().as_secs_f64());
-        self.stats.commit.batch_items.observe(count as f64);
+        let outcome = loop {
+            let store = self.store.clone();
+            let started = std::time::Instant::now();
+            let outcome = tokio::task::spawn_blocking(move || {
+                let applied = store.apply(&items);
+                (items, applied)
+            })
+            .await;
+            self.stats
+                .commit
+                .seconds
+                .observe(started.elapsed().as_secs_f64());
+            self.stats.commit.batch_items.observe(count as f64);
+            match outcome {
+                Ok((held, Err(e))) if e.is_disk_full() => {
+                    self.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
+                    if !self.wait_for_room(&e, count, queue).await {
+                        break Ok((held, Err(e)));
+                    }
+                    items = held;
+                }
+                outcome => break outcome,
+            }
+        };
         let (items, applied) = match outcome {
             Ok((items, Ok(applied))) => (items, applied),
             failure => {
-                self.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
                 match failure {
+                    // Given up at shutdown, counted and said already.
+                    Ok((_, Err(e))) if e.is_disk_full() => {}
                     Ok((_, Err(e))) => {
+                        self.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
                         tracing::error!(error = %e, items = count, "commit failed; nothing of it was acknowledged, so devices and brokers send it again")
                     }
-                    _ => tracing::error!(
-                        items = count,
-                        "commit task died; nothing of it was acknowledged"
-                    ),
+                    _ => {
+                        self.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(
+                            items = count,
+                            "commit task died; nothing of it was acknowledged"
+                        )
+                    }
                 }
                 for (_, done_tx) in replies {
                     if let Some(done_tx) = done_tx {
@@ -176,6 +211,12 @@ impl StoreWriter {
                 return 0;
             }
         };
+        if let Some(since) = self.store.space().set_room() {
+            tracing::info!(
+                full_for_s = crate::ingest::now_ms().saturating_sub(since) / 1000,
+                "the store has room again: readings are stored and acknowledged again"
+            );
+        }
         let stored = applied
             .iter()
             .filter(|a| matches!(a.outcome, Outcome::Stored { .. }))
@@ -218,6 +259,61 @@ impl StoreWriter {
             }
         }
         turn
+    }
+
+    /// Waits until the file system has room for another try at a batch of `count` items whose
+    /// commit failed with `err`; false when the hub is stopping (every sender of `queue` gone) and
+    /// the batch is to be given up.
+    async fn wait_for_room(
+        &self,
+        err: &StoreError,
+        count: usize,
+        queue: &mpsc::Receiver<Submission>,
+    ) -> bool {
+        let space = self.store.space();
+        let now = crate::ingest::now_ms();
+        if space.set_full(now) {
+            tracing::warn!(
+                error = %err,
+                waiting = count,
+                "the file system holding the store is full: new readings are not stored nor acknowledged (devices keep them) until it has room; free space on it, or lower data.max_disk"
+            );
+        }
+        let mut notice = super::space::FullNotice::default();
+        // Said just above (or by the batch before).
+        notice.due();
+        loop {
+            if queue.is_closed() {
+                if !self.gave_up.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "stopping with the file system still full: the readings waiting were never acknowledged, so devices and brokers send them again"
+                    );
+                }
+                return false;
+            }
+            tokio::time::sleep(ROOM_LOOK_EVERY).await;
+            let store = self.store.clone();
+            let probed =
+                tokio::task::spawn_blocking(move || store.has_room(ROOM_TO_RETRY_BYTES)).await;
+            match probed {
+                Ok(Ok(true)) => return true,
+                Ok(Ok(false)) => {}
+                // Cannot tell: the commit itself will.
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "asking the file system for room failed");
+                    return true;
+                }
+                Err(_) => return true,
+            }
+            if notice.due() {
+                let since = space.full_since_ms().unwrap_or(now);
+                tracing::warn!(
+                    full_for_s = crate::ingest::now_ms().saturating_sub(since) / 1000,
+                    waiting = count + (queue.max_capacity() - queue.capacity()),
+                    "the file system holding the store is still full: readings are not acknowledged"
+                );
+            }
+        }
     }
 }
 
@@ -371,6 +467,83 @@ mod tests {
             "batched by at most batch_max"
         );
         assert_eq!(store.next_offset().unwrap(), 50);
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_holds_the_batch_unanswered_until_there_is_room_then_stores_it_once() {
+        let engine = MemoryEngine::new();
+        let store = Store::open(Arc::new(engine.clone())).unwrap();
+        store.append(&[reading(0)]).unwrap();
+        engine.set_full(true);
+        let stats = Arc::new(WriterStats::default());
+        let (tx, rx) = mpsc::channel(16);
+        let writer =
+            tokio::spawn(StoreWriter::new(store.clone(), 4, Duration::ZERO, stats.clone()).run(rx));
+        let mut answers = Vec::new();
+        for seq in 1..=6 {
+            let (done_tx, done_rx) = oneshot::channel();
+            let items = vec![Ingest::Reading(reading(seq))];
+            let done_tx = Some(done_tx);
+            tx.send(Submission { items, done_tx }).await.unwrap();
+            answers.push(done_rx);
+        }
+        // Full: nothing is answered (so nothing acknowledged), the store says so, reads go on.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        for answer in &mut answers {
+            assert!(
+                answer.try_recv().is_err(),
+                "answered while the disk is full"
+            );
+        }
+        assert!(store.space().is_full());
+        assert_eq!(store.next_offset().unwrap(), 1);
+        assert!(store.device("d").unwrap().is_some());
+        let failed = stats.failed_commits.load(Ordering::Relaxed);
+        assert_eq!(failed, 1, "no retry while the file system has no room");
+        // Room again: every held reading is stored once and answered, and the state clears.
+        engine.set_full(false);
+        for (seq, answer) in (1..=6).zip(answers) {
+            let applied = tokio::time::timeout(Duration::from_secs(10), answer)
+                .await
+                .expect("not answered once there was room")
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                applied[0].outcome,
+                Outcome::Stored {
+                    offset: seq as u64,
+                    seq
+                }
+            );
+        }
+        assert!(!store.space().is_full());
+        assert_eq!(store.next_offset().unwrap(), 7);
+        drop(tx);
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_writer_stopping_on_a_full_disk_gives_up_without_answering_ok() {
+        let engine = MemoryEngine::new();
+        let store = Store::open(Arc::new(engine.clone())).unwrap();
+        engine.set_full(true);
+        let stats = Arc::new(WriterStats::default());
+        let (tx, rx) = mpsc::channel(16);
+        let (done_tx, done_rx) = oneshot::channel();
+        let items = vec![Ingest::Reading(reading(1))];
+        tx.send(Submission {
+            items,
+            done_tx: Some(done_tx),
+        })
+        .await
+        .unwrap();
+        drop(tx);
+        let run = StoreWriter::new(store.clone(), 4, Duration::ZERO, stats).run(rx);
+        tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .expect("the writer waited for room while the hub stops");
+        assert_eq!(done_rx.await.unwrap(), Err(CommitFailed));
+        assert_eq!(store.next_offset().unwrap(), 0);
     }
 
     #[tokio::test]
