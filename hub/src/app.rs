@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -194,7 +194,8 @@ pub async fn run(
     presence.load(last_seen.iter().map(|(d, at)| (d.as_str(), *at)), now_ms());
 
     let writer_stats = Arc::new(WriterStats::default());
-    let (submissions_tx, submissions_rx) = mpsc::channel(config.ingest.queue);
+    let (submissions_tx, submissions_rx) =
+        crate::store::writer::queue(config.ingest.queue, config.ingest.queue_bytes.0 as usize);
     let (link_tx, link_rx) = watch::channel(Link::Down);
 
     let tasks = TaskTracker::new();

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::Store;
-use crate::store::writer::{Submission, WriterStats};
+use crate::store::writer::{Queued, WriterStats};
 
 /// How often the watch looks.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
@@ -44,7 +44,7 @@ pub async fn watch(
     liveness: Arc<IngestLiveness>,
     store: Store,
     writer: Arc<WriterStats>,
-    queue: mpsc::WeakSender<Submission>,
+    queue: mpsc::WeakSender<Queued>,
     stall_after: Duration,
     shutdown: CancellationToken,
 ) {
@@ -109,7 +109,7 @@ mod tests {
     async fn waiting_readings_without_a_commit_are_a_stall_until_a_commit_finishes() {
         let liveness = Arc::new(IngestLiveness::default());
         let writer = Arc::new(WriterStats::default());
-        let (tx, _rx) = mpsc::channel::<Submission>(8);
+        let (tx, _rx) = crate::store::writer::queue(8, 1 << 20);
         let shutdown = CancellationToken::new();
         let store = Store::open(Arc::new(crate::store::memory::MemoryEngine::new())).unwrap();
         let task = tokio::spawn(watch(
@@ -124,7 +124,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(30)).await;
         assert_eq!(liveness.stalled_for(crate::ingest::now_ms()), None);
         // A reading waits and nothing commits.
-        tx.send(Submission {
+        tx.send(crate::store::writer::Submission {
             items: Vec::new(),
             done_tx: None,
         })

@@ -279,6 +279,35 @@ pub enum Ingest {
 }
 
 impl Ingest {
+    /// About the memory the item takes: its own size and what it points to. The store writer's
+    /// queue is bounded by the sum of these (see [`writer::SubmissionSender`]).
+    pub fn approx_bytes(&self) -> usize {
+        let heap = match self {
+            Ingest::Reading(r) => {
+                r.device.len()
+                    + r.metrics.capacity() * std::mem::size_of::<(String, OwnedValue)>()
+                    + r.metrics
+                        .iter()
+                        .map(|(metric, value)| {
+                            metric.len()
+                                + match value {
+                                    OwnedValue::Str(s) => s.len(),
+                                    _ => 0,
+                                }
+                        })
+                        .sum::<usize>()
+            }
+            Ingest::Hello(h) => h.device.len() + h.firmware.len(),
+            Ingest::CommandResult(c) => {
+                c.device.len()
+                    + c.result.as_ref().map_or(0, String::len)
+                    + c.error.as_ref().map_or(0, String::len)
+            }
+            Ingest::Status(s) => s.device.len(),
+        };
+        std::mem::size_of::<Ingest>() + heap
+    }
+
     /// The device the item is about.
     pub fn device(&self) -> &str {
         match self {

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use super::{Applied, Ingest, Outcome, Store, StoreError};
 use crate::live::{DeviceChange, Event, Live, LiveReading, Presence};
@@ -43,6 +43,91 @@ pub struct Submission {
     pub items: Vec<Ingest>,
     /// Told the outcome once the batch holding them is committed (or failed).
     pub done_tx: Option<oneshot::Sender<Result<Vec<Applied>, CommitFailed>>>,
+}
+
+/// A submission in the writer's queue, holding its share of the queue's bytes until its commit is
+/// over.
+#[derive(Debug)]
+pub struct Queued {
+    submission: Submission,
+    _bytes: OwnedSemaphorePermit,
+}
+
+/// The sending end of the store writer's queue, for every transport. The queue is bounded in
+/// submissions (`ingest.queue`) and in bytes (`ingest.queue_bytes`: the items'
+/// [`Ingest::approx_bytes`], held until their commit is over), so what waits for the writer, and
+/// what it holds, stays within a fixed amount of memory whatever the transports read: a sender
+/// waits for room, and with it the socket or line it reads from.
+#[derive(Debug, Clone)]
+pub struct SubmissionSender {
+    tx: mpsc::Sender<Queued>,
+    bytes: Arc<Semaphore>,
+    max_bytes: u32,
+}
+
+/// The store writer has stopped: nothing more can be submitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the store writer has stopped")]
+pub struct WriterGone;
+
+/// The store writer's queue: at most `submissions` submissions and `bytes` bytes of items. The
+/// receiving end is for [`StoreWriter::run`].
+pub fn queue(submissions: usize, bytes: usize) -> (SubmissionSender, mpsc::Receiver<Queued>) {
+    let (tx, rx) = mpsc::channel(submissions.max(1));
+    let max_bytes = u32::try_from(bytes).unwrap_or(u32::MAX).max(1);
+    let sender = SubmissionSender {
+        tx,
+        bytes: Arc::new(Semaphore::new(max_bytes as usize)),
+        max_bytes,
+    };
+    (sender, rx)
+}
+
+impl SubmissionSender {
+    /// The bytes `submission` counts for (a submission larger than the whole queue takes it all).
+    fn bytes_of(&self, submission: &Submission) -> u32 {
+        let bytes: usize = submission.items.iter().map(Ingest::approx_bytes).sum();
+        u32::try_from(bytes)
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.max_bytes)
+    }
+
+    /// Queues `submission`, waiting for room (in number and in bytes).
+    pub async fn send(&self, submission: Submission) -> Result<(), WriterGone> {
+        let want = self.bytes_of(&submission);
+        let bytes = self
+            .bytes
+            .clone()
+            .acquire_many_owned(want)
+            .await
+            .map_err(|_| WriterGone)?;
+        self.tx
+            .send(Queued {
+                submission,
+                _bytes: bytes,
+            })
+            .await
+            .map_err(|_| WriterGone)
+    }
+
+    /// Queues `submission` if there is room now; false when there is none (or no writer).
+    pub fn try_send(&self, submission: Submission) -> bool {
+        let want = self.bytes_of(&submission);
+        let Ok(bytes) = self.bytes.clone().try_acquire_many_owned(want) else {
+            return false;
+        };
+        self.tx
+            .try_send(Queued {
+                submission,
+                _bytes: bytes,
+            })
+            .is_ok()
+    }
+
+    /// A handle that does not keep the writer running (for watching its queue).
+    pub fn downgrade(&self) -> mpsc::WeakSender<Queued> {
+        self.tx.downgrade()
+    }
 }
 
 /// The batch holding a submission could not be committed; nothing of it is stored.
@@ -113,11 +198,11 @@ impl StoreWriter {
     }
 
     /// Runs until every sender of `submissions_rx` is dropped and the queue is empty.
-    pub async fn run(self, mut submissions_rx: mpsc::Receiver<Submission>) {
+    pub async fn run(self, mut submissions_rx: mpsc::Receiver<Queued>) {
         // The retention round the next commit waits for while the store is at its quota.
         let mut turn = 0;
         while let Some(first) = submissions_rx.recv().await {
-            let mut count = first.items.len();
+            let mut count = first.submission.items.len();
             self.stats.in_hand.store(count as u64, Ordering::Relaxed);
             self.store.room().wait_turn(turn).await;
             let mut batch = vec![first];
@@ -133,7 +218,7 @@ impl StoreWriter {
                 };
                 match next {
                     Some(next) => {
-                        count += next.items.len();
+                        count += next.submission.items.len();
                         batch.push(next);
                     }
                     None => break,
@@ -148,12 +233,16 @@ impl StoreWriter {
 
     /// Commits `batch`, waiting for room while the file system is full; returns the retention
     /// round the next commit waits for at the quota. `queue` tells whether the hub is stopping.
-    async fn commit(&self, batch: Vec<Submission>, queue: &mpsc::Receiver<Submission>) -> u64 {
+    async fn commit(&self, batch: Vec<Queued>, queue: &mpsc::Receiver<Queued>) -> u64 {
         // The items move to the blocking task; each submission keeps its count and reply channel.
+        // Their bytes stay counted until the commit is over (dropped on return).
         let mut items: Vec<Ingest> = Vec::new();
+        let mut _bytes = Vec::with_capacity(batch.len());
         let replies: Vec<(usize, Option<oneshot::Sender<_>>)> = batch
             .into_iter()
-            .map(|s| {
+            .map(|queued| {
+                let s = queued.submission;
+                _bytes.push(queued._bytes);
                 let count = s.items.len();
                 items.extend(s.items);
                 (count, s.done_tx)
@@ -268,7 +357,7 @@ impl StoreWriter {
         &self,
         err: &StoreError,
         count: usize,
-        queue: &mpsc::Receiver<Submission>,
+        queue: &mpsc::Receiver<Queued>,
     ) -> bool {
         let space = self.store.space();
         let now = crate::ingest::now_ms();
@@ -426,7 +515,7 @@ mod tests {
     async fn answers_every_submission_in_order_with_acks_and_drains_on_close() {
         let store = Store::open(Arc::new(MemoryEngine::new())).unwrap();
         let stats = Arc::new(WriterStats::default());
-        let (tx, rx) = mpsc::channel(128);
+        let (tx, rx) = queue(128, 1 << 20);
         let mut answers = Vec::new();
         // 0..50, then 40..50 again: the retransmissions are answered but not stored.
         for seq in (0..50).chain(40..50) {
@@ -470,13 +559,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_queue_holds_at_most_its_bytes_until_their_commit_is_over() {
+        let submission = |seq| Submission {
+            items: vec![Ingest::Reading(reading(seq))],
+            done_tx: None,
+        };
+        let one = Ingest::Reading(reading(0)).approx_bytes();
+        assert!(one > std::mem::size_of::<Ingest>(), "the heap counts too");
+        let (tx, rx) = queue(1_000, 2 * one);
+        tx.send(submission(0)).await.unwrap();
+        tx.send(submission(1)).await.unwrap();
+        // Room for two: a third waits, in number of submissions far from the bound.
+        let waits = tokio::time::timeout(Duration::from_millis(200), tx.send(submission(2)));
+        assert!(waits.await.is_err(), "the queue took more than its bytes");
+        assert!(!tx.try_send(submission(2)));
+        // The writer commits what is queued, and the room comes back.
+        let store = Store::open(Arc::new(MemoryEngine::new())).unwrap();
+        let stats = Arc::new(WriterStats::default());
+        let writer =
+            tokio::spawn(StoreWriter::new(store.clone(), 8, Duration::ZERO, stats).run(rx));
+        tokio::time::timeout(Duration::from_secs(10), tx.send(submission(2)))
+            .await
+            .expect("no room after the commit")
+            .unwrap();
+        drop(tx);
+        writer.await.unwrap();
+        assert_eq!(store.next_offset().unwrap(), 3);
+    }
+
+    #[tokio::test]
     async fn a_full_disk_holds_the_batch_unanswered_until_there_is_room_then_stores_it_once() {
         let engine = MemoryEngine::new();
         let store = Store::open(Arc::new(engine.clone())).unwrap();
         store.append(&[reading(0)]).unwrap();
         engine.set_full(true);
         let stats = Arc::new(WriterStats::default());
-        let (tx, rx) = mpsc::channel(16);
+        let (tx, rx) = queue(16, 1 << 20);
         let writer =
             tokio::spawn(StoreWriter::new(store.clone(), 4, Duration::ZERO, stats.clone()).run(rx));
         let mut answers = Vec::new();
@@ -528,7 +646,7 @@ mod tests {
         let store = Store::open(Arc::new(engine.clone())).unwrap();
         engine.set_full(true);
         let stats = Arc::new(WriterStats::default());
-        let (tx, rx) = mpsc::channel(16);
+        let (tx, rx) = queue(16, 1 << 20);
         let (done_tx, done_rx) = oneshot::channel();
         let items = vec![Ingest::Reading(reading(1))];
         tx.send(Submission {
@@ -569,7 +687,7 @@ mod tests {
                 }
             }
         });
-        let (tx, rx) = mpsc::channel(16);
+        let (tx, rx) = queue(16, 1 << 20);
         let stats = Arc::new(WriterStats::default());
         let writer = StoreWriter::new(store.clone(), 1, Duration::ZERO, stats)
             .notifying(committed)

@@ -31,13 +31,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use rumqttc::mqttbytes::QoS;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{DownlinkError, IngestStats, decode};
 use crate::auth::AuthError;
-use crate::store::writer::Submission;
+use crate::store::writer::SubmissionSender;
 use router::Router;
 
 /// Largest MQTT packet taken on the plain listener. Larger than `ingest.max_payload` on purpose:
@@ -119,7 +119,7 @@ impl Identity {
 pub struct Context {
     settings: ConnectionSettings,
     router: Arc<Router>,
-    submissions_tx: mpsc::Sender<Submission>,
+    submissions_tx: SubmissionSender,
     stats: Arc<IngestStats>,
 }
 
@@ -184,7 +184,7 @@ impl MqttEndpoint {
     pub async fn bind(
         settings: EndpointSettings,
         load_tls: Option<TlsLoader>,
-        submissions_tx: mpsc::Sender<Submission>,
+        submissions_tx: SubmissionSender,
         stats: Arc<IngestStats>,
     ) -> Result<Self, EndpointError> {
         if !settings.plain.listen.ip().is_loopback() {
