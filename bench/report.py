@@ -218,6 +218,32 @@ def main():
             w(f"| {c['labels'].get('engine', case)} | {fmt(md.get('stored_per_s'))} | {fmt(md.get('lost'))} | {fmt(md.get('retention_deleted'))} | {mb(md.get('hub_peak_rss_kb'))} | {mb(md.get('hub_hwm_kb'))} | {fmt(md.get('store_bytes', 0) / 1e6, 1)} MB |")
         w("")
 
+    # ---------- overload ----------
+    if S.get("overload"):
+        ov = S["overload"]
+        w("## Memory under overload")
+        w("")
+        w("The hostile loads of issue 18 on one hub, one after the other (the same hub throughout, so the "
+          "last row is the idle hub after all three): loads past what the hub commits, with large device "
+          "windows. Peak RSS: VmRSS of the hub sampled every 200 ms from /proc through the warm-up, the "
+          "window and the drain. Target: at most 48 MB under any load, back to the idle footprint (12 MB) after.")
+        w("")
+        w("| load | seconds | durable/s | lost | peak RSS | RSS at the window's end | VmHWM so far |")
+        w("| --- | --- | --- | --- | --- | --- | --- |")
+        loads = sorted(((c["median"].get("order", 0), case, c) for case, c in ov.items()
+                        if "order" in c["median"]), key=lambda t: t[0])
+        for _, case, c in loads:
+            md = c["median"]
+            w(f"| {case} | {fmt(md.get('seconds'))} | {fmt(md.get('stored_per_s'))} | {fmt(c['max'].get('lost'))} | "
+              f"{mb(c['max'].get('hub_peak_rss_kb'))} | {mb(md.get('hub_rss_kb_window_end'))} | {mb(md.get('hub_hwm_kb'))} |")
+        before, after = ov.get("idle before the loads"), ov.get("idle after the loads")
+        if before or after:
+            w("")
+            w(f"Idle before the loads: VmRSS {mb(before and before['median'].get('VmRSS_kb'))}; "
+              f"idle 25 s after them: VmRSS {mb(after and after['median'].get('VmRSS_kb'))} "
+              f"(the most of any repeat: {mb(after and after['max'].get('VmRSS_kb'))}).")
+        w("")
+
     # ---------- ws ----------
     if S.get("ws"):
         w("## Publish to WebSocket")

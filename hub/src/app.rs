@@ -198,7 +198,8 @@ pub async fn run(
     presence.load(last_seen.iter().map(|(d, at)| (d.as_str(), *at)), now_ms());
 
     let writer_stats = Arc::new(WriterStats::default());
-    let (submissions_tx, submissions_rx) = mpsc::channel(config.ingest.queue);
+    let (submissions_tx, submissions_rx) =
+        crate::store::writer::queue(config.ingest.queue, config.ingest.queue_bytes.0 as usize);
     let (link_tx, link_rx) = watch::channel(Link::Down);
 
     let tasks = TaskTracker::new();
@@ -301,6 +302,7 @@ pub async fn run(
     let liveness = Arc::new(crate::liveness::IngestLiveness::default());
     tasks.spawn(crate::liveness::watch(
         liveness.clone(),
+        store.clone(),
         writer_stats.clone(),
         submissions_tx.downgrade(),
         config.ingest.stall_after.0,

@@ -3,7 +3,8 @@
 //! Once a second it looks at the store writer: readings waiting (in the writer's queue or in its
 //! hands) while no commit has finished, successfully or not, for `stall_after` is a stall. The
 //! watch then says so at WARN (again each minute while it lasts), and `/readyz` and `/metrics`
-//! show it until a commit finishes.
+//! show it until a commit finishes. A writer waiting for room on a full file system is no stall:
+//! the store says so itself (see [`crate::store::space`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +13,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::writer::{Submission, WriterStats};
+use crate::store::Store;
+use crate::store::writer::{Queued, WriterStats};
 
 /// How often the watch looks.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
@@ -36,12 +38,13 @@ impl IngestLiveness {
     }
 }
 
-/// Watches the writer until `shutdown`. `queue` is a weak handle on the writer's queue, so the
-/// watch never keeps the writer running at shutdown.
+/// Watches the writer of `store` until `shutdown`. `queue` is a weak handle on the writer's
+/// queue, so the watch never keeps the writer running at shutdown.
 pub async fn watch(
     liveness: Arc<IngestLiveness>,
+    store: Store,
     writer: Arc<WriterStats>,
-    queue: mpsc::WeakSender<Submission>,
+    queue: mpsc::WeakSender<Queued>,
     stall_after: Duration,
     shutdown: CancellationToken,
 ) {
@@ -64,12 +67,15 @@ pub async fn watch(
             .map_or(0, |tx| tx.max_capacity() - tx.capacity());
         let in_hand = writer.in_hand.load(Ordering::Relaxed);
         let done = finished(&writer);
-        if done != last_finished || (queued == 0 && in_hand == 0) {
+        let disk_full = store.space().is_full();
+        if done != last_finished || (queued == 0 && in_hand == 0) || disk_full {
             last_finished = done;
             moved_at = now;
             if said_at.take().is_some() {
                 liveness.stalled_since_ms.store(0, Ordering::Relaxed);
-                tracing::info!("ingest moves again: a commit finished");
+                if !disk_full {
+                    tracing::info!("ingest moves again: a commit finished");
+                }
             }
             continue;
         }
@@ -103,10 +109,12 @@ mod tests {
     async fn waiting_readings_without_a_commit_are_a_stall_until_a_commit_finishes() {
         let liveness = Arc::new(IngestLiveness::default());
         let writer = Arc::new(WriterStats::default());
-        let (tx, _rx) = mpsc::channel::<Submission>(8);
+        let (tx, _rx) = crate::store::writer::queue(8, 1 << 20);
         let shutdown = CancellationToken::new();
+        let store = Store::open(Arc::new(crate::store::memory::MemoryEngine::new())).unwrap();
         let task = tokio::spawn(watch(
             liveness.clone(),
+            store.clone(),
             writer.clone(),
             tx.downgrade(),
             Duration::from_secs(5),
@@ -116,7 +124,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(30)).await;
         assert_eq!(liveness.stalled_for(crate::ingest::now_ms()), None);
         // A reading waits and nothing commits.
-        tx.send(Submission {
+        tx.send(crate::store::writer::Submission {
             items: Vec::new(),
             done_tx: None,
         })
@@ -130,6 +138,14 @@ mod tests {
         writer.commits.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(liveness.stalled_for(crate::ingest::now_ms()), None);
+        // The writer waits for room on a full file system: the store says so, not the watch.
+        store.space().set_full(crate::ingest::now_ms());
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(liveness.stalled_for(crate::ingest::now_ms()), None);
+        // Room again, and the readings still wait with no commit: a stall once more.
+        store.space().set_room();
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        assert!(liveness.stalled_for(crate::ingest::now_ms()).is_some());
         shutdown.cancel();
         task.await.unwrap();
     }

@@ -67,6 +67,11 @@ pub struct Problem {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(required = true, value_type = String)]
     pub request_id: Option<String>,
+    /// Extension members (RFC 9457, 3.2) of some problems: `/readyz` gives the state of each part
+    /// it depends on (`"store": "disk_full"`).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    #[schema(ignore)]
+    pub members: Option<std::collections::BTreeMap<&'static str, &'static str>>,
 }
 
 impl Problem {
@@ -78,6 +83,7 @@ impl Problem {
             status: status.as_u16(),
             detail: None,
             request_id: None,
+            members: None,
         }
     }
 
@@ -150,6 +156,7 @@ impl ApiError {
             status: status.as_u16(),
             detail,
             request_id: None,
+            members: None,
         };
         (status, problem)
     }

@@ -266,12 +266,23 @@ pub(super) async fn metrics(
         "The store's quota (data.max_disk).",
         sync.max_disk,
     );
-    single(
+    family(
         &mut out,
         "hub_store_refusing",
         "gauge",
-        "1 while the store refuses new readings (full, reject_new).",
+        "1 while the store refuses new readings, by reason: quota (at data.max_disk, reject_new), disk_full (the file system holding it is full: nothing is acknowledged until it has room).",
+    );
+    sample(
+        &mut out,
+        "hub_store_refusing",
+        "reason=\"quota\"",
         u8::from(state.store.is_refusing()),
+    );
+    sample(
+        &mut out,
+        "hub_store_refusing",
+        "reason=\"disk_full\"",
+        u8::from(state.store.space().is_full()),
     );
     family(
         &mut out,

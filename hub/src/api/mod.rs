@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router};
@@ -234,7 +234,9 @@ async fn request_id(State(state): State<ApiState>, mut request: Request, next: N
             response.headers_mut().insert(header::ALLOW, allow.clone());
         }
     }
-    if status.is_server_error() {
+    // A 503 says a state the hub reports itself (`/readyz` polled while the disk is full), not a
+    // failure of the request: logged at debug, so a probe cannot flood the log.
+    if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
         tracing::warn!(request_id = %id, %method, %path, status = status.as_u16(), "request failed");
     } else {
         tracing::debug!(request_id = %id, %method, %path, status = status.as_u16(), "request");

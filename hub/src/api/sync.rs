@@ -369,8 +369,11 @@ pub struct StoreState {
     pub oldest_offset: Option<u64>,
     /// Readings held.
     pub readings: u64,
-    /// Whether new readings are refused (`reject_new` at the quota).
+    /// Whether new readings are refused: `reject_new` at the quota, or a full file system.
     pub refusing: bool,
+    /// Why they are refused: `quota` or `disk_full`; null while they are taken.
+    #[schema(required = true)]
+    pub refusing_reason: Option<&'static str>,
 }
 
 /// Sync at a glance.
@@ -454,7 +457,14 @@ pub(super) async fn status(
                 next_offset,
                 oldest_offset,
                 readings: oldest_offset.map_or(0, |o| next_offset - o),
-                refusing: store.is_refusing(),
+                refusing: store.is_refusing() || store.space().is_full(),
+                refusing_reason: if store.space().is_full() {
+                    Some("disk_full")
+                } else if store.is_refusing() {
+                    Some("quota")
+                } else {
+                    None
+                },
             },
         })
     })

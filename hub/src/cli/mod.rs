@@ -439,7 +439,9 @@ fn status_screen(
         store["readings"],
         size(store["file_bytes"].as_f64().unwrap_or(0.0)),
         size(store["max_disk"].as_f64().unwrap_or(0.0)),
-        if store["refusing"] == true {
+        if store["refusing_reason"] == "disk_full" {
+            "  DISK FULL: new readings not stored nor acknowledged until the file system has room"
+        } else if store["refusing"] == true {
             " FULL: refusing new readings"
         } else {
             ""
@@ -837,5 +839,21 @@ mod tests {
         );
         let calm = status_screen("https://h", first, first, 2.0, &serde_json::json!({}));
         assert!(calm.contains("0 QoS 0 dropped\n"), "{calm}");
+    }
+
+    #[test]
+    fn the_status_screen_tells_a_full_disk_from_a_full_quota() {
+        let screen = |reason: serde_json::Value| {
+            let sync = serde_json::json!({"store": {"refusing": true, "refusing_reason": reason}});
+            status_screen("https://h", "", "", 1.0, &sync)
+        };
+        let disk = screen("disk_full".into());
+        assert!(
+            disk.contains("DISK FULL: new readings not stored nor acknowledged"),
+            "{disk}"
+        );
+        let quota = screen("quota".into());
+        assert!(quota.contains(" FULL: refusing new readings"), "{quota}");
+        assert!(!quota.contains("DISK FULL"), "{quota}");
     }
 }

@@ -167,6 +167,9 @@ pub enum FullPolicy {
 pub struct IngestConfig {
     /// Readings waiting for the store writer; when full, ingest waits (back-pressure to the broker).
     pub queue: usize,
+    /// Bytes of the readings waiting for the store writer or in its commit; when reached, ingest
+    /// waits as when `queue` is full. Bounds the memory between the sockets and the store.
+    pub queue_bytes: ByteSize,
     /// Most readings in one durable commit.
     pub batch_max: usize,
     /// How long a commit waits after its first reading for more to share its fsync.
@@ -186,6 +189,7 @@ impl Default for IngestConfig {
             // with a queue of 4,096 took 8.6 to 8.9 us and 58 MB; 1,024 / 4,096 took 9.3 to 9.5
             // us; 4,096 / 8,192 no less CPU but 70 MB.
             queue: 4096,
+            queue_bytes: ByteSize(8 << 20),
             batch_max: 2048,
             // No wait: the writer commits as soon as it is free, and what arrives meanwhile shares
             // the next commit, so batches grow with the load by themselves. Publish to WebSocket

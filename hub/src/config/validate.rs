@@ -84,6 +84,9 @@ impl Config {
         if self.ingest.queue == 0 {
             problems.push("ingest.queue: must be at least 1".into());
         }
+        if !((64 << 10)..=(1 << 30)).contains(&self.ingest.queue_bytes.0) {
+            problems.push("ingest.queue_bytes: 64KiB to 1GiB".into());
+        }
         if !(1..=65_536).contains(&self.ingest.batch_max) {
             problems.push("ingest.batch_max: must be 1 to 65536".into());
         }

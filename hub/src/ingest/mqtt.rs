@@ -44,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 use super::reply::{DeviceMessage, MAX_TOLD_DEVICES, Reply, decode_message, reply_message};
 use super::{DownlinkError, IngestStats, decode, jitter, now_ms};
 use crate::store::Applied;
-use crate::store::writer::{CommitFailed, Submission};
+use crate::store::writer::{CommitFailed, Submission, SubmissionSender};
 
 /// Messages waiting for their commit before the PUBACK and the device's ack. The receive window
 /// (`mqtt.inflight`, see [`MqttIngest::run`]) keeps the QoS 1 ones below it; it also holds more
@@ -97,7 +97,9 @@ pub enum Link {
 /// A message waiting for its commit: the PUBACK to send (QoS 1) and the reply to the device.
 struct Pending {
     done_rx: oneshot::Receiver<Result<Vec<Applied>, CommitFailed>>,
-    publish: Option<Publish>,
+    /// QoS and packet id of the PUBACK (PUBREC at QoS 2) owed; none at QoS 0. Only these, not the
+    /// PUBLISH: its payload is in the store writer's queue already, counted against its bytes.
+    ack: Option<(QoS, u16)>,
     reply: Reply,
     /// The connection it came in on.
     generation: u64,
@@ -157,7 +159,7 @@ pub struct MqttIngest {
 /// What the session shares with message handling; the event loop stays apart, polled by `run`.
 struct Core {
     settings: MqttSettings,
-    submissions_tx: mpsc::Sender<Submission>,
+    submissions_tx: SubmissionSender,
     stats: Arc<IngestStats>,
     link_tx: tokio::sync::watch::Sender<Link>,
     client: AsyncClient,
@@ -207,7 +209,7 @@ impl MqttIngest {
     /// A client that submits readings to `submissions_tx` and reports its link on `link_tx`.
     pub fn new(
         settings: MqttSettings,
-        submissions_tx: mpsc::Sender<Submission>,
+        submissions_tx: SubmissionSender,
         stats: Arc<IngestStats>,
         link_tx: tokio::sync::watch::Sender<Link>,
     ) -> Self {
@@ -466,13 +468,13 @@ impl Core {
                 Reply::Nothing
             }
         };
-        let publish = (publish.qos != QoS::AtMostOnce).then_some(publish);
-        if publish.is_none() && reply == Reply::Nothing {
+        let ack = (publish.qos != QoS::AtMostOnce).then_some((publish.qos, publish.pkid));
+        if ack.is_none() && reply == Reply::Nothing {
             return true;
         }
         let pending = Pending {
             done_rx,
-            publish,
+            ack,
             reply,
             generation,
         };
@@ -481,7 +483,7 @@ impl Core {
             Err(mpsc::error::TrySendError::Closed(_)) => false,
             // A QoS 0 message only wanted a reply to its device: drop the reply rather than stop
             // polling; the device retransmits and gets its ack then.
-            Err(mpsc::error::TrySendError::Full(p)) if p.publish.is_none() => true,
+            Err(mpsc::error::TrySendError::Full(p)) if p.ack.is_none() => true,
             // A QoS 1 message's PUBACK must not be lost. The receive window keeps this queue far
             // from full; waiting is safe anyway: the acker waits only on the store, never on this
             // task.
@@ -507,15 +509,14 @@ async fn ack_in_order(
     // The highest ack each device was told, so a burst of readings gets one ack, not one each.
     let mut told: HashMap<String, u32> = HashMap::new();
     while let Some(pending) = acks_rx.recv().await {
-        let windowed = pending.publish.is_some();
+        let windowed = pending.ack.is_some();
         let (ack, reply) = match pending.done_rx.await {
             Ok(Ok(applied)) => {
                 let reply = reply_message(&pending.reply, &applied, &told);
                 if let Some((device, ack)) = reply.as_ref().and_then(|r| r.ack.clone()) {
                     told.insert(device, ack);
                 }
-                let ack = pending.publish.as_ref().map(|p| (p.qos, p.pkid));
-                (ack, reply)
+                (pending.ack, reply)
             }
             _ => (None, None),
         };

@@ -49,7 +49,7 @@ use tokio_serial::{DataBits, FlowControl, Parity, SerialPortBuilderExt, SerialSt
 use tokio_util::sync::CancellationToken;
 
 use super::{DownlinkError, IngestStats, Rejection, decode, jitter, now_ms};
-use crate::store::writer::{CommitFailed, Submission};
+use crate::store::writer::{CommitFailed, Submission, SubmissionSender};
 use crate::store::{Applied, DeviceStatus, Ingest, Outcome, Transport};
 
 /// First wait before reopening a lost port; doubled after each fruitless attempt.
@@ -103,7 +103,7 @@ pub struct LineStats {
 /// The serial ingest component: one per configured port.
 pub struct SerialIngest {
     settings: SerialSettings,
-    submissions_tx: mpsc::Sender<Submission>,
+    submissions_tx: SubmissionSender,
     stats: Arc<IngestStats>,
     line_stats: Arc<LineStats>,
     /// The path as text, for logs and as the "topic" of rejections.
@@ -277,7 +277,7 @@ impl SerialIngest {
     /// A component reading `settings.path`, submitting to `submissions_tx` and counting in `stats`.
     pub fn new(
         settings: SerialSettings,
-        submissions_tx: mpsc::Sender<Submission>,
+        submissions_tx: SubmissionSender,
         stats: Arc<IngestStats>,
     ) -> Self {
         SerialIngest {
@@ -815,7 +815,7 @@ mod tests {
             let dir = tempfile::tempdir().expect("tempdir");
             let socat = Socat::start(dir.path()).await;
             let store = Store::open(Arc::new(MemoryEngine::new())).expect("store");
-            let (submissions_tx, submissions_rx) = mpsc::channel(64);
+            let (submissions_tx, submissions_rx) = crate::store::writer::queue(64, 1 << 20);
             let writer = StoreWriter::new(
                 store.clone(),
                 64,

@@ -205,7 +205,21 @@ pub enum EngineError {
     Engine(String),
     /// The disk or file system failed.
     #[error("storage I/O: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+    /// The file system has no room left (or the user's disk quota is reached): nothing of the
+    /// batch was stored; the same batch can be committed once there is room again.
+    #[error("no room left on the file system: {0}")]
+    DiskFull(std::io::Error),
+}
+
+impl From<std::io::Error> for EngineError {
+    fn from(err: std::io::Error) -> Self {
+        if is_no_room(&err) {
+            EngineError::DiskFull(err)
+        } else {
+            EngineError::Io(err)
+        }
+    }
 }
 
 impl EngineError {
@@ -213,6 +227,19 @@ impl EngineError {
     pub fn engine(err: impl std::fmt::Display) -> Self {
         EngineError::Engine(err.to_string())
     }
+
+    /// Whether the file system is full (see [`EngineError::DiskFull`]).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, EngineError::DiskFull(_))
+    }
+}
+
+/// Whether `err` says the file system (or the user's quota on it) has no room left.
+pub fn is_no_room(err: &std::io::Error) -> bool {
+    matches!(
+        err.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }
 
 /// Feeds `entries` to `step` in `direction` order until `step` says stop (`true`) or fails; the
@@ -299,5 +326,39 @@ pub trait Engine: Send + Sync + 'static {
     /// engine cannot now (open readers). Blocks writers while it runs: call it when idle.
     fn compact(&self) -> Result<bool, EngineError> {
         Ok(false)
+    }
+
+    /// Whether the file system holding the engine's files has room for `bytes` more now; asked
+    /// while commits fail with [`EngineError::DiskFull`], to know when to try again. Writes
+    /// nothing that stays.
+    fn has_room(&self, bytes: u64) -> Result<bool, EngineError> {
+        let _ = bytes;
+        Ok(true)
+    }
+}
+
+/// Whether the file system of `dir` has room for `bytes` more: a file of that size is written
+/// there (into the page cache, never synced) and removed. A real write, not `statvfs`, so reserved
+/// blocks, quotas and the file system's own rules all count.
+pub fn dir_has_room(dir: &std::path::Path, bytes: u64) -> Result<bool, EngineError> {
+    use std::io::Write;
+    static CHUNK: [u8; 64 << 10] = [0; 64 << 10];
+    let path = dir.join(".room-probe");
+    let written = (|| {
+        let mut file = std::fs::File::create(&path)?;
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(CHUNK.len() as u64) as usize;
+            file.write_all(&CHUNK[..n])?;
+            left -= n as u64;
+        }
+        file.flush()
+    })();
+    // Removed whatever happened, so the probe never holds the room it measured.
+    let removed = std::fs::remove_file(&path);
+    match written {
+        Ok(()) => removed.map(|()| true).map_err(EngineError::from),
+        Err(e) if is_no_room(&e) => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }

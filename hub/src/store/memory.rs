@@ -1,7 +1,9 @@
 //! An in-memory engine for component tests. It keeps the same contract as the disk engines except
-//! durability: a "reopen" is a new [`MemoryEngine`] over the same shared tables.
+//! durability: a "reopen" is a new [`MemoryEngine`] over the same shared tables. A test can fill
+//! its "disk" ([`MemoryEngine::set_full`]): commits then fail as on a full file system.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use super::engine::{
@@ -15,12 +17,19 @@ type Tables = BTreeMap<(Table, Vec<u8>), Vec<u8>>;
 #[derive(Clone, Default)]
 pub struct MemoryEngine {
     tables: Arc<RwLock<Tables>>,
+    /// Commits fail with [`EngineError::DiskFull`] while set.
+    full: Arc<AtomicBool>,
 }
 
 impl MemoryEngine {
     /// An empty engine.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Makes every commit fail as on a full file system (`true`), or succeed again.
+    pub fn set_full(&self, full: bool) {
+        self.full.store(full, Ordering::Relaxed);
     }
 
     /// A second engine over the same data, as if the store were closed and opened again.
@@ -72,6 +81,9 @@ impl Engine for MemoryEngine {
     }
 
     fn commit(&self, batch: &WriteBatch) -> Result<(), EngineError> {
+        if self.full.load(Ordering::Relaxed) {
+            return Err(std::io::Error::from(std::io::ErrorKind::StorageFull).into());
+        }
         let mut tables = self
             .tables
             .write()
@@ -91,6 +103,10 @@ impl Engine for MemoryEngine {
 
     fn name(&self) -> &'static str {
         "memory"
+    }
+
+    fn has_room(&self, _bytes: u64) -> Result<bool, EngineError> {
+        Ok(!self.full.load(Ordering::Relaxed))
     }
 
     fn usage(&self) -> Result<Usage, EngineError> {

@@ -24,6 +24,7 @@ pub mod room;
 pub mod sequence;
 #[cfg(feature = "sled")]
 mod sled_engine;
+pub mod space;
 pub mod sync;
 #[cfg(test)]
 mod tests;
@@ -78,6 +79,14 @@ pub enum StoreError {
     /// A lock was poisoned by a panic elsewhere.
     #[error("store state lock poisoned")]
     Poisoned,
+}
+
+impl StoreError {
+    /// Whether the file system holding the store is full: the same write can succeed once it has
+    /// room again (see [`space`]).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StoreError::Engine(e) if e.is_disk_full())
+    }
 }
 
 /// Which engine to open.
@@ -270,6 +279,35 @@ pub enum Ingest {
 }
 
 impl Ingest {
+    /// About the memory the item takes: its own size and what it points to. The store writer's
+    /// queue is bounded by the sum of these (see [`writer::SubmissionSender`]).
+    pub fn approx_bytes(&self) -> usize {
+        let heap = match self {
+            Ingest::Reading(r) => {
+                r.device.len()
+                    + r.metrics.capacity() * std::mem::size_of::<(String, OwnedValue)>()
+                    + r.metrics
+                        .iter()
+                        .map(|(metric, value)| {
+                            metric.len()
+                                + match value {
+                                    OwnedValue::Str(s) => s.len(),
+                                    _ => 0,
+                                }
+                        })
+                        .sum::<usize>()
+            }
+            Ingest::Hello(h) => h.device.len() + h.firmware.len(),
+            Ingest::CommandResult(c) => {
+                c.device.len()
+                    + c.result.as_ref().map_or(0, String::len)
+                    + c.error.as_ref().map_or(0, String::len)
+            }
+            Ingest::Status(s) => s.device.len(),
+        };
+        std::mem::size_of::<Ingest>() + heap
+    }
+
     /// The device the item is about.
     pub fn device(&self) -> &str {
         match self {
@@ -614,6 +652,8 @@ pub struct Store {
     /// Set while the store is full and its policy is to refuse new readings.
     refusing: Arc<AtomicBool>,
     room: Arc<room::Room>,
+    /// Whether the file system holding the store is full.
+    space: Arc<space::DiskSpace>,
 }
 
 impl Store {
@@ -728,7 +768,19 @@ impl Store {
             writer: Arc::new(Mutex::new(())),
             refusing: Arc::new(AtomicBool::new(false)),
             room: Arc::new(room::Room::default()),
+            space: Arc::new(space::DiskSpace::default()),
         })
+    }
+
+    /// Whether the file system holding the store is full (set by the store writer).
+    pub fn space(&self) -> &space::DiskSpace {
+        &self.space
+    }
+
+    /// Whether the file system holding the store has room for `bytes` more now (see
+    /// [`Engine::has_room`]). Blocks: a small write.
+    pub fn has_room(&self, bytes: u64) -> Result<bool, StoreError> {
+        Ok(self.engine.has_room(bytes)?)
     }
 
     /// Turn-taking of the writer and retention at the quota.

@@ -2,6 +2,12 @@
 //!
 //! Quick repair is on, so reopening after a crash takes milliseconds instead of a full scan, and the
 //! page cache is capped by the caller so memory stays flat whatever the size of the file.
+//!
+//! After an I/O error (a full disk, above all) redb refuses every later operation, reads included,
+//! until the database is closed and opened again. So the engine reopens it at once, itself: the
+//! failed commit left nothing behind (redb is copy-on-write), reads go on from the last commit, and
+//! the next commit succeeds as soon as there is room. Reopening needs no free space (measured on a
+//! full tmpfs: a few milliseconds, reads and a small commit into freed pages worked).
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -17,53 +23,163 @@ fn definition(table: Table) -> TableDefinition<'static, &'static [u8], &'static 
     TableDefinition::new(table.name())
 }
 
+/// A redb error as an engine error, keeping the I/O error (a full disk must be told apart).
+fn engine_error(err: impl Into<redb::Error>) -> EngineError {
+    match err.into() {
+        redb::Error::Io(io) => io.into(),
+        other => EngineError::engine(other),
+    }
+}
+
+/// Whether `err` leaves the database refusing everything until it is reopened.
+fn needs_reopen(err: &EngineError) -> bool {
+    match err {
+        EngineError::Io(_) | EngineError::DiskFull(_) => true,
+        EngineError::Engine(detail) => detail == &redb::Error::PreviousIo.to_string(),
+    }
+}
+
 /// A redb database file.
 pub struct RedbEngine {
-    /// Compaction needs the database to itself; everything else shares it.
-    db: RwLock<Database>,
+    /// Compaction and reopening need the database to themselves; everything else shares it.
+    db: RwLock<Handle>,
     path: PathBuf,
+    cache_bytes: usize,
+}
+
+/// The open database and how many times it was opened, so that of two calls that met the same
+/// failure only one reopens it.
+struct Handle {
+    /// `None` only when reopening after an I/O error failed; the next call tries again.
+    db: Option<Database>,
+    generation: u64,
 }
 
 impl RedbEngine {
     /// Opens or creates the database at `path` with a page cache of `cache_bytes`.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<Self, EngineError> {
-        let db = Database::builder()
-            .set_cache_size(cache_bytes)
-            .create(path)
-            .map_err(EngineError::engine)?;
+        let db = open_database(path, cache_bytes)?;
         // Create every table up front so readers never meet a missing one.
-        let mut txn = db.begin_write().map_err(EngineError::engine)?;
+        let mut txn = db.begin_write().map_err(engine_error)?;
         txn.set_quick_repair(true);
         for table in Table::ALL {
-            txn.open_table(definition(table))
-                .map_err(EngineError::engine)?;
+            txn.open_table(definition(table)).map_err(engine_error)?;
         }
-        txn.commit().map_err(EngineError::engine)?;
+        txn.commit().map_err(engine_error)?;
         Ok(RedbEngine {
-            db: RwLock::new(db),
+            db: RwLock::new(Handle {
+                db: Some(db),
+                generation: 0,
+            }),
             path: path.to_owned(),
+            cache_bytes,
         })
     }
 
-    fn db(&self) -> Result<RwLockReadGuard<'_, Database>, EngineError> {
-        self.db
-            .read()
-            .map_err(|_| EngineError::engine("database lock poisoned"))
+    /// Runs `op` on the database; after an error that leaves redb refusing everything, reopens
+    /// it, so the calls after this one work again.
+    fn with_db<T>(
+        &self,
+        op: impl FnOnce(&Database, u64) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
+        let (outcome, generation) = {
+            let handle = self.handle()?;
+            let outcome = match &handle.db {
+                Some(db) => op(db, handle.generation),
+                None => Err(EngineError::engine(redb::Error::PreviousIo)),
+            };
+            (outcome, handle.generation)
+        };
+        if let Err(e) = &outcome {
+            self.recover(e, generation);
+        }
+        outcome
+    }
+
+    /// Reopens the database if `err`, met on its `generation`, leaves it refusing everything.
+    fn recover(&self, err: &EngineError, generation: u64) {
+        if needs_reopen(err) {
+            self.reopen(generation);
+        }
+    }
+
+    /// Closes the database and opens it again (see the module's doc), unless another call already
+    /// did since `generation`. A failure is logged; the database then stays closed until a later
+    /// call reopens it.
+    fn reopen(&self, generation: u64) {
+        let Ok(mut handle) = self.db.write() else {
+            return;
+        };
+        if handle.generation != generation {
+            return;
+        }
+        handle.generation += 1;
+        // Dropped first: the new handle needs the file's lock.
+        handle.db = None;
+        match open_database(&self.path, self.cache_bytes) {
+            Ok(db) => {
+                tracing::info!(
+                    "store reopened after an I/O error; reads go on from the last commit"
+                );
+                handle.db = Some(db);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "store could not be reopened after an I/O error; trying again at its next use")
+            }
+        }
+    }
+
+    /// The handle, reopening the database first if an earlier reopen failed.
+    fn handle(&self) -> Result<RwLockReadGuard<'_, Handle>, EngineError> {
+        let read = || {
+            self.db
+                .read()
+                .map_err(|_| EngineError::engine("database lock poisoned"))
+        };
+        let handle = read()?;
+        if handle.db.is_some() {
+            return Ok(handle);
+        }
+        let generation = handle.generation;
+        drop(handle);
+        self.reopen(generation);
+        read()
     }
 }
 
-struct RedbSnapshot {
-    txn: ReadTransaction,
+fn open_database(path: &Path, cache_bytes: usize) -> Result<Database, EngineError> {
+    Database::builder()
+        .set_cache_size(cache_bytes)
+        .create(path)
+        .map_err(engine_error)
 }
 
-impl Snapshot for RedbSnapshot {
+struct RedbSnapshot<'e> {
+    txn: ReadTransaction,
+    /// To reopen the database when a read meets an I/O error.
+    engine: &'e RedbEngine,
+    generation: u64,
+}
+
+impl RedbSnapshot<'_> {
+    fn checked<T>(&self, outcome: Result<T, EngineError>) -> Result<T, EngineError> {
+        if let Err(e) = &outcome {
+            self.engine.recover(e, self.generation);
+        }
+        outcome
+    }
+}
+
+impl Snapshot for RedbSnapshot<'_> {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
-        let table = self
-            .txn
-            .open_table(definition(table))
-            .map_err(EngineError::engine)?;
-        let value = table.get(key).map_err(EngineError::engine)?;
-        Ok(value.map(|v| v.value().to_vec()))
+        self.checked((|| {
+            let table = self
+                .txn
+                .open_table(definition(table))
+                .map_err(engine_error)?;
+            let value = table.get(key).map_err(engine_error)?;
+            Ok(value.map(|v| v.value().to_vec()))
+        })())
     }
 
     fn scan(
@@ -73,61 +189,68 @@ impl Snapshot for RedbSnapshot {
         direction: Direction,
         visit: &mut Visitor<'_>,
     ) -> Result<(), EngineError> {
-        let table = self
-            .txn
-            .open_table(definition(table))
-            .map_err(EngineError::engine)?;
-        let bounds = (
-            range.start.as_ref().map(|k| k.as_slice()),
-            range.end.as_ref().map(|k| k.as_slice()),
-        );
-        let iter = table.range::<&[u8]>(bounds).map_err(EngineError::engine)?;
-        let mut step = |entry: Result<_, redb::StorageError>| -> Result<bool, EngineError> {
-            let (k, v): (redb::AccessGuard<&[u8]>, redb::AccessGuard<&[u8]>) =
-                entry.map_err(EngineError::engine)?;
-            Ok(visit(k.value(), v.value()) == ControlFlow::Break(()))
-        };
-        super::engine::walk(iter, direction, &mut step)
+        self.checked((|| {
+            let table = self
+                .txn
+                .open_table(definition(table))
+                .map_err(engine_error)?;
+            let bounds = (
+                range.start.as_ref().map(|k| k.as_slice()),
+                range.end.as_ref().map(|k| k.as_slice()),
+            );
+            let iter = table.range::<&[u8]>(bounds).map_err(engine_error)?;
+            let mut step = |entry: Result<_, redb::StorageError>| -> Result<bool, EngineError> {
+                let (k, v): (redb::AccessGuard<&[u8]>, redb::AccessGuard<&[u8]>) =
+                    entry.map_err(engine_error)?;
+                Ok(visit(k.value(), v.value()) == ControlFlow::Break(()))
+            };
+            super::engine::walk(iter, direction, &mut step)
+        })())
     }
 }
 
 impl Engine for RedbEngine {
     fn snapshot(&self) -> Result<Box<dyn Snapshot + '_>, EngineError> {
-        let txn = self.db()?.begin_read().map_err(EngineError::engine)?;
-        Ok(Box::new(RedbSnapshot { txn }))
+        let (txn, generation) = self
+            .with_db(|db, generation| Ok((db.begin_read().map_err(engine_error)?, generation)))?;
+        Ok(Box::new(RedbSnapshot {
+            txn,
+            engine: self,
+            generation,
+        }))
     }
 
     fn commit(&self, batch: &WriteBatch) -> Result<(), EngineError> {
-        let db = self.db()?;
-        let mut txn = db.begin_write().map_err(EngineError::engine)?;
-        txn.set_quick_repair(true);
-        {
-            let mut open = std::collections::BTreeMap::new();
-            for change in batch.changes() {
-                let table = match change {
-                    Change::Put { table, .. } | Change::Delete { table, .. } => *table,
-                };
-                let handle = match open.entry(table) {
-                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                    std::collections::btree_map::Entry::Vacant(e) => e.insert(
-                        txn.open_table(definition(table))
-                            .map_err(EngineError::engine)?,
-                    ),
-                };
-                match change {
-                    Change::Put { key, value, .. } => {
-                        handle
-                            .insert(key.as_slice(), value.as_slice())
-                            .map_err(EngineError::engine)?;
-                    }
-                    Change::Delete { key, .. } => {
-                        handle.remove(key.as_slice()).map_err(EngineError::engine)?;
+        self.with_db(|db, _| {
+            let mut txn = db.begin_write().map_err(engine_error)?;
+            txn.set_quick_repair(true);
+            {
+                let mut open = std::collections::BTreeMap::new();
+                for change in batch.changes() {
+                    let table = match change {
+                        Change::Put { table, .. } | Change::Delete { table, .. } => *table,
+                    };
+                    let handle = match open.entry(table) {
+                        std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                        std::collections::btree_map::Entry::Vacant(e) => {
+                            e.insert(txn.open_table(definition(table)).map_err(engine_error)?)
+                        }
+                    };
+                    match change {
+                        Change::Put { key, value, .. } => {
+                            handle
+                                .insert(key.as_slice(), value.as_slice())
+                                .map_err(engine_error)?;
+                        }
+                        Change::Delete { key, .. } => {
+                            handle.remove(key.as_slice()).map_err(engine_error)?;
+                        }
                     }
                 }
             }
-        }
-        // Durability::Immediate is the default: commit returns after fdatasync.
-        txn.commit().map_err(EngineError::engine)
+            // Durability::Immediate is the default: commit returns after fdatasync.
+            txn.commit().map_err(engine_error)
+        })
     }
 
     fn name(&self) -> &'static str {
@@ -136,11 +259,13 @@ impl Engine for RedbEngine {
 
     fn usage(&self) -> Result<Usage, EngineError> {
         let file_bytes = std::fs::metadata(&self.path)?.len();
-        let db = self.db()?;
-        let txn = db.begin_write().map_err(EngineError::engine)?;
-        let stats = txn.stats().map_err(EngineError::engine)?;
-        let live_bytes = stats.allocated_pages() * stats.page_size() as u64;
-        txn.abort().map_err(EngineError::engine)?;
+        let live_bytes = self.with_db(|db, _| {
+            let txn = db.begin_write().map_err(engine_error)?;
+            let stats = txn.stats().map_err(engine_error)?;
+            let live_bytes = stats.allocated_pages() * stats.page_size() as u64;
+            txn.abort().map_err(engine_error)?;
+            Ok(live_bytes)
+        })?;
         Ok(Usage {
             file_bytes,
             live_bytes: live_bytes.min(file_bytes),
@@ -156,15 +281,31 @@ impl Engine for RedbEngine {
     }
 
     fn compact(&self) -> Result<bool, EngineError> {
-        let mut db = self
+        let mut handle = self
             .db
             .write()
             .map_err(|_| EngineError::engine("database lock poisoned"))?;
-        match db.compact() {
+        let generation = handle.generation;
+        let Some(db) = handle.db.as_mut() else {
+            return Ok(false);
+        };
+        let outcome = match db.compact() {
             Ok(done) => Ok(done),
             // An API request still reads: try again at the next idle moment.
             Err(redb::CompactionError::TransactionInProgress) => Ok(false),
-            Err(e) => Err(EngineError::engine(e)),
+            Err(e) => Err(engine_error(e)),
+        };
+        drop(handle);
+        if let Err(e) = &outcome {
+            self.recover(e, generation);
+        }
+        outcome
+    }
+
+    fn has_room(&self, bytes: u64) -> Result<bool, EngineError> {
+        match self.path.parent() {
+            Some(dir) => super::engine::dir_has_room(dir, bytes),
+            None => Ok(true),
         }
     }
 }

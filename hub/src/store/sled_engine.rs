@@ -4,9 +4,13 @@
 //! `apply_batch` followed by `flush`. Measured caveats (README, "Storage"): memory grows while old
 //! readings are deleted, space is never given back, and `flush` uses `sync_file_range`, which does
 //! not survive a power cut. redb is the default for those reasons.
+//!
+//! A full disk: sled's I/O errors are told apart like redb's ([`EngineError::DiskFull`]), so the
+//! writer waits for room instead of failing readings. Whether sled takes commits again once there
+//! is room without a restart is sled's own affair: unlike redb, it is not reopened here.
 
 use std::ops::{Bound, ControlFlow};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::engine::{
     Change, Direction, Engine, EngineError, KeyRange, Snapshot, Table, Usage, Visitor, WriteBatch,
@@ -15,6 +19,7 @@ use super::engine::{
 /// A sled database directory.
 pub struct SledEngine {
     db: sled::Db,
+    dir: PathBuf,
 }
 
 impl SledEngine {
@@ -24,8 +29,19 @@ impl SledEngine {
             .path(dir)
             .cache_capacity(cache_bytes as u64)
             .open()
-            .map_err(EngineError::engine)?;
-        Ok(SledEngine { db })
+            .map_err(sled_error)?;
+        Ok(SledEngine {
+            db,
+            dir: dir.to_owned(),
+        })
+    }
+}
+
+/// A sled error as an engine error, keeping the I/O error (a full disk must be told apart).
+fn sled_error(err: sled::Error) -> EngineError {
+    match err {
+        sled::Error::Io(io) => io.into(),
+        other => EngineError::engine(other),
     }
 }
 
@@ -53,10 +69,7 @@ struct SledSnapshot<'a> {
 
 impl Snapshot for SledSnapshot<'_> {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
-        let value = self
-            .db
-            .get(tagged(table, key))
-            .map_err(EngineError::engine)?;
+        let value = self.db.get(tagged(table, key)).map_err(sled_error)?;
         Ok(value.map(|v| v.to_vec()))
     }
 
@@ -74,7 +87,7 @@ impl Snapshot for SledSnapshot<'_> {
         let iter = self.db.range(bounds);
         let mut step =
             |entry: sled::Result<(sled::IVec, sled::IVec)>| -> Result<bool, EngineError> {
-                let (k, v) = entry.map_err(EngineError::engine)?;
+                let (k, v) = entry.map_err(sled_error)?;
                 Ok(visit(&k[1..], &v) == ControlFlow::Break(()))
             };
         super::engine::walk(iter, direction, &mut step)
@@ -96,10 +109,8 @@ impl Engine for SledEngine {
                 Change::Delete { table, key } => sled_batch.remove(tagged(*table, key)),
             }
         }
-        self.db
-            .apply_batch(sled_batch)
-            .map_err(EngineError::engine)?;
-        self.db.flush().map_err(EngineError::engine)?;
+        self.db.apply_batch(sled_batch).map_err(sled_error)?;
+        self.db.flush().map_err(sled_error)?;
         Ok(())
     }
 
@@ -109,10 +120,14 @@ impl Engine for SledEngine {
 
     fn usage(&self) -> Result<Usage, EngineError> {
         // sled never gives space back, so what its files take is what it uses.
-        let bytes = self.db.size_on_disk().map_err(EngineError::engine)?;
+        let bytes = self.db.size_on_disk().map_err(sled_error)?;
         Ok(Usage {
             file_bytes: bytes,
             live_bytes: bytes,
         })
+    }
+
+    fn has_room(&self, bytes: u64) -> Result<bool, EngineError> {
+        super::engine::dir_has_room(&self.dir, bytes)
     }
 }

@@ -11,16 +11,30 @@
 //!
 //! After each commit it tells live listeners (see [`crate::live`]) what became durable: readings,
 //! new devices, devices coming online or reported gone, command results.
+//!
+//! A full file system is waited out, not failed: the batch whose commit found no room stays in the
+//! writer's hands, unanswered (so unacknowledged: devices and brokers keep their readings), the
+//! store is marked full (see [`super::space`]), and once a second the writer asks the file system
+//! for room; when it has some, the same batch is committed and answered, and the writer goes on.
+//! Meanwhile its queue fills and ingest stops reading sockets: the usual back-pressure. It is said
+//! at WARN once a minute, not once per reading. A writer whose senders are all gone (the hub is
+//! stopping) gives up waiting: nothing it held was acknowledged.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
-use super::{Applied, Ingest, Outcome, Store};
+use super::{Applied, Ingest, Outcome, Store, StoreError};
 use crate::live::{DeviceChange, Event, Live, LiveReading, Presence};
+
+/// How often the writer asks for room while the file system is full.
+const ROOM_LOOK_EVERY: Duration = Duration::from_secs(1);
+/// Room the file system must have before a batch that found it full is tried again: a commit
+/// that fails again costs the engine a reopen, and reads in flight then fail.
+const ROOM_TO_RETRY_BYTES: u64 = 4 << 20;
 
 /// The items of one source message, and where to say when they are durable.
 #[derive(Debug)]
@@ -29,6 +43,91 @@ pub struct Submission {
     pub items: Vec<Ingest>,
     /// Told the outcome once the batch holding them is committed (or failed).
     pub done_tx: Option<oneshot::Sender<Result<Vec<Applied>, CommitFailed>>>,
+}
+
+/// A submission in the writer's queue, holding its share of the queue's bytes until its commit is
+/// over.
+#[derive(Debug)]
+pub struct Queued {
+    submission: Submission,
+    _bytes: OwnedSemaphorePermit,
+}
+
+/// The sending end of the store writer's queue, for every transport. The queue is bounded in
+/// submissions (`ingest.queue`) and in bytes (`ingest.queue_bytes`: the items'
+/// [`Ingest::approx_bytes`], held until their commit is over), so what waits for the writer, and
+/// what it holds, stays within a fixed amount of memory whatever the transports read: a sender
+/// waits for room, and with it the socket or line it reads from.
+#[derive(Debug, Clone)]
+pub struct SubmissionSender {
+    tx: mpsc::Sender<Queued>,
+    bytes: Arc<Semaphore>,
+    max_bytes: u32,
+}
+
+/// The store writer has stopped: nothing more can be submitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the store writer has stopped")]
+pub struct WriterGone;
+
+/// The store writer's queue: at most `submissions` submissions and `bytes` bytes of items. The
+/// receiving end is for [`StoreWriter::run`].
+pub fn queue(submissions: usize, bytes: usize) -> (SubmissionSender, mpsc::Receiver<Queued>) {
+    let (tx, rx) = mpsc::channel(submissions.max(1));
+    let max_bytes = u32::try_from(bytes).unwrap_or(u32::MAX).max(1);
+    let sender = SubmissionSender {
+        tx,
+        bytes: Arc::new(Semaphore::new(max_bytes as usize)),
+        max_bytes,
+    };
+    (sender, rx)
+}
+
+impl SubmissionSender {
+    /// The bytes `submission` counts for (a submission larger than the whole queue takes it all).
+    fn bytes_of(&self, submission: &Submission) -> u32 {
+        let bytes: usize = submission.items.iter().map(Ingest::approx_bytes).sum();
+        u32::try_from(bytes)
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.max_bytes)
+    }
+
+    /// Queues `submission`, waiting for room (in number and in bytes).
+    pub async fn send(&self, submission: Submission) -> Result<(), WriterGone> {
+        let want = self.bytes_of(&submission);
+        let bytes = self
+            .bytes
+            .clone()
+            .acquire_many_owned(want)
+            .await
+            .map_err(|_| WriterGone)?;
+        self.tx
+            .send(Queued {
+                submission,
+                _bytes: bytes,
+            })
+            .await
+            .map_err(|_| WriterGone)
+    }
+
+    /// Queues `submission` if there is room now; false when there is none (or no writer).
+    pub fn try_send(&self, submission: Submission) -> bool {
+        let want = self.bytes_of(&submission);
+        let Ok(bytes) = self.bytes.clone().try_acquire_many_owned(want) else {
+            return false;
+        };
+        self.tx
+            .try_send(Queued {
+                submission,
+                _bytes: bytes,
+            })
+            .is_ok()
+    }
+
+    /// A handle that does not keep the writer running (for watching its queue).
+    pub fn downgrade(&self) -> mpsc::WeakSender<Queued> {
+        self.tx.downgrade()
+    }
 }
 
 /// The batch holding a submission could not be committed; nothing of it is stored.
@@ -62,6 +161,8 @@ pub struct StoreWriter {
     stats: Arc<WriterStats>,
     live: Option<(Live, Arc<Presence>)>,
     committed: Option<Arc<tokio::sync::Notify>>,
+    /// Set once the writer gave up waiting for room at shutdown (said once).
+    gave_up: std::sync::atomic::AtomicBool,
 }
 
 impl StoreWriter {
@@ -80,6 +181,7 @@ impl StoreWriter {
             stats,
             live: None,
             committed: None,
+            gave_up: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -96,11 +198,11 @@ impl StoreWriter {
     }
 
     /// Runs until every sender of `submissions_rx` is dropped and the queue is empty.
-    pub async fn run(self, mut submissions_rx: mpsc::Receiver<Submission>) {
+    pub async fn run(self, mut submissions_rx: mpsc::Receiver<Queued>) {
         // The retention round the next commit waits for while the store is at its quota.
         let mut turn = 0;
         while let Some(first) = submissions_rx.recv().await {
-            let mut count = first.items.len();
+            let mut count = first.submission.items.len();
             self.stats.in_hand.store(count as u64, Ordering::Relaxed);
             self.store.room().wait_turn(turn).await;
             let mut batch = vec![first];
@@ -116,56 +218,78 @@ impl StoreWriter {
                 };
                 match next {
                     Some(next) => {
-                        count += next.items.len();
+                        count += next.submission.items.len();
                         batch.push(next);
                     }
                     None => break,
                 }
             }
             self.stats.in_hand.store(count as u64, Ordering::Relaxed);
-            turn = self.commit(batch).await;
+            turn = self.commit(batch, &submissions_rx).await;
             self.stats.in_hand.store(0, Ordering::Relaxed);
         }
         tracing::debug!("store writer drained and stopped");
     }
 
-    /// Commits `batch`; returns the retention round the next commit waits for at the quota.
-    async fn commit(&self, batch: Vec<Submission>) -> u64 {
+    /// Commits `batch`, waiting for room while the file system is full; returns the retention
+    /// round the next commit waits for at the quota. `queue` tells whether the hub is stopping.
+    async fn commit(&self, batch: Vec<Queued>, queue: &mpsc::Receiver<Queued>) -> u64 {
         // The items move to the blocking task; each submission keeps its count and reply channel.
+        // Their bytes stay counted until the commit is over (dropped on return).
         let mut items: Vec<Ingest> = Vec::new();
+        let mut _bytes = Vec::with_capacity(batch.len());
         let replies: Vec<(usize, Option<oneshot::Sender<_>>)> = batch
             .into_iter()
-            .map(|s| {
+            .map(|queued| {
+                let s = queued.submission;
+                _bytes.push(queued._bytes);
                 let count = s.items.len();
                 items.extend(s.items);
                 (count, s.done_tx)
             })
             .collect();
-        let store = self.store.clone();
         let count = items.len();
-        let started = std::time::Instant::now();
-        let outcome = tokio::task::spawn_blocking(move || {
-            let applied = store.apply(&items);
-            (items, applied)
-        })
-        .await;
-        self.stats
-            .commit
-            .seconds
-            .observe(started.elapsed().as_secs_f64());
-        self.stats.commit.batch_items.observe(count as f64);
+        let outcome = loop {
+            let store = self.store.clone();
+            let started = std::time::Instant::now();
+            let outcome = tokio::task::spawn_blocking(move || {
+                let applied = store.apply(&items);
+                (items, applied)
+            })
+            .await;
+            self.stats
+                .commit
+                .seconds
+                .observe(started.elapsed().as_secs_f64());
+            self.stats.commit.batch_items.observe(count as f64);
+            match outcome {
+                Ok((held, Err(e))) if e.is_disk_full() => {
+                    self.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
+                    if !self.wait_for_room(&e, count, queue).await {
+                        break Ok((held, Err(e)));
+                    }
+                    items = held;
+                }
+                outcome => break outcome,
+            }
+        };
         let (items, applied) = match outcome {
             Ok((items, Ok(applied))) => (items, applied),
             failure => {
-                self.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
                 match failure {
+                    // Given up at shutdown, counted and said already.
+                    Ok((_, Err(e))) if e.is_disk_full() => {}
                     Ok((_, Err(e))) => {
+                        self.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
                         tracing::error!(error = %e, items = count, "commit failed; nothing of it was acknowledged, so devices and brokers send it again")
                     }
-                    _ => tracing::error!(
-                        items = count,
-                        "commit task died; nothing of it was acknowledged"
-                    ),
+                    _ => {
+                        self.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(
+                            items = count,
+                            "commit task died; nothing of it was acknowledged"
+                        )
+                    }
                 }
                 for (_, done_tx) in replies {
                     if let Some(done_tx) = done_tx {
@@ -176,6 +300,12 @@ impl StoreWriter {
                 return 0;
             }
         };
+        if let Some(since) = self.store.space().set_room() {
+            tracing::info!(
+                full_for_s = crate::ingest::now_ms().saturating_sub(since) / 1000,
+                "the store has room again: readings are stored and acknowledged again"
+            );
+        }
         let stored = applied
             .iter()
             .filter(|a| matches!(a.outcome, Outcome::Stored { .. }))
@@ -218,6 +348,61 @@ impl StoreWriter {
             }
         }
         turn
+    }
+
+    /// Waits until the file system has room for another try at a batch of `count` items whose
+    /// commit failed with `err`; false when the hub is stopping (every sender of `queue` gone) and
+    /// the batch is to be given up.
+    async fn wait_for_room(
+        &self,
+        err: &StoreError,
+        count: usize,
+        queue: &mpsc::Receiver<Queued>,
+    ) -> bool {
+        let space = self.store.space();
+        let now = crate::ingest::now_ms();
+        if space.set_full(now) {
+            tracing::warn!(
+                error = %err,
+                waiting = count,
+                "the file system holding the store is full: new readings are not stored nor acknowledged (devices keep them) until it has room; free space on it, or lower data.max_disk"
+            );
+        }
+        let mut notice = super::space::FullNotice::default();
+        // Said just above (or by the batch before).
+        notice.due();
+        loop {
+            if queue.is_closed() {
+                if !self.gave_up.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "stopping with the file system still full: the readings waiting were never acknowledged, so devices and brokers send them again"
+                    );
+                }
+                return false;
+            }
+            tokio::time::sleep(ROOM_LOOK_EVERY).await;
+            let store = self.store.clone();
+            let probed =
+                tokio::task::spawn_blocking(move || store.has_room(ROOM_TO_RETRY_BYTES)).await;
+            match probed {
+                Ok(Ok(true)) => return true,
+                Ok(Ok(false)) => {}
+                // Cannot tell: the commit itself will.
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "asking the file system for room failed");
+                    return true;
+                }
+                Err(_) => return true,
+            }
+            if notice.due() {
+                let since = space.full_since_ms().unwrap_or(now);
+                tracing::warn!(
+                    full_for_s = crate::ingest::now_ms().saturating_sub(since) / 1000,
+                    waiting = count + (queue.max_capacity() - queue.capacity()),
+                    "the file system holding the store is still full: readings are not acknowledged"
+                );
+            }
+        }
     }
 }
 
@@ -330,7 +515,7 @@ mod tests {
     async fn answers_every_submission_in_order_with_acks_and_drains_on_close() {
         let store = Store::open(Arc::new(MemoryEngine::new())).unwrap();
         let stats = Arc::new(WriterStats::default());
-        let (tx, rx) = mpsc::channel(128);
+        let (tx, rx) = queue(128, 1 << 20);
         let mut answers = Vec::new();
         // 0..50, then 40..50 again: the retransmissions are answered but not stored.
         for seq in (0..50).chain(40..50) {
@@ -374,6 +559,112 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_queue_holds_at_most_its_bytes_until_their_commit_is_over() {
+        let submission = |seq| Submission {
+            items: vec![Ingest::Reading(reading(seq))],
+            done_tx: None,
+        };
+        let one = Ingest::Reading(reading(0)).approx_bytes();
+        assert!(one > std::mem::size_of::<Ingest>(), "the heap counts too");
+        let (tx, rx) = queue(1_000, 2 * one);
+        tx.send(submission(0)).await.unwrap();
+        tx.send(submission(1)).await.unwrap();
+        // Room for two: a third waits, in number of submissions far from the bound.
+        let waits = tokio::time::timeout(Duration::from_millis(200), tx.send(submission(2)));
+        assert!(waits.await.is_err(), "the queue took more than its bytes");
+        assert!(!tx.try_send(submission(2)));
+        // The writer commits what is queued, and the room comes back.
+        let store = Store::open(Arc::new(MemoryEngine::new())).unwrap();
+        let stats = Arc::new(WriterStats::default());
+        let writer =
+            tokio::spawn(StoreWriter::new(store.clone(), 8, Duration::ZERO, stats).run(rx));
+        tokio::time::timeout(Duration::from_secs(10), tx.send(submission(2)))
+            .await
+            .expect("no room after the commit")
+            .unwrap();
+        drop(tx);
+        writer.await.unwrap();
+        assert_eq!(store.next_offset().unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_holds_the_batch_unanswered_until_there_is_room_then_stores_it_once() {
+        let engine = MemoryEngine::new();
+        let store = Store::open(Arc::new(engine.clone())).unwrap();
+        store.append(&[reading(0)]).unwrap();
+        engine.set_full(true);
+        let stats = Arc::new(WriterStats::default());
+        let (tx, rx) = queue(16, 1 << 20);
+        let writer =
+            tokio::spawn(StoreWriter::new(store.clone(), 4, Duration::ZERO, stats.clone()).run(rx));
+        let mut answers = Vec::new();
+        for seq in 1..=6 {
+            let (done_tx, done_rx) = oneshot::channel();
+            let items = vec![Ingest::Reading(reading(seq))];
+            let done_tx = Some(done_tx);
+            tx.send(Submission { items, done_tx }).await.unwrap();
+            answers.push(done_rx);
+        }
+        // Full: nothing is answered (so nothing acknowledged), the store says so, reads go on.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        for answer in &mut answers {
+            assert!(
+                answer.try_recv().is_err(),
+                "answered while the disk is full"
+            );
+        }
+        assert!(store.space().is_full());
+        assert_eq!(store.next_offset().unwrap(), 1);
+        assert!(store.device("d").unwrap().is_some());
+        let failed = stats.failed_commits.load(Ordering::Relaxed);
+        assert_eq!(failed, 1, "no retry while the file system has no room");
+        // Room again: every held reading is stored once and answered, and the state clears.
+        engine.set_full(false);
+        for (seq, answer) in (1..=6).zip(answers) {
+            let applied = tokio::time::timeout(Duration::from_secs(10), answer)
+                .await
+                .expect("not answered once there was room")
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                applied[0].outcome,
+                Outcome::Stored {
+                    offset: seq as u64,
+                    seq
+                }
+            );
+        }
+        assert!(!store.space().is_full());
+        assert_eq!(store.next_offset().unwrap(), 7);
+        drop(tx);
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_writer_stopping_on_a_full_disk_gives_up_without_answering_ok() {
+        let engine = MemoryEngine::new();
+        let store = Store::open(Arc::new(engine.clone())).unwrap();
+        engine.set_full(true);
+        let stats = Arc::new(WriterStats::default());
+        let (tx, rx) = queue(16, 1 << 20);
+        let (done_tx, done_rx) = oneshot::channel();
+        let items = vec![Ingest::Reading(reading(1))];
+        tx.send(Submission {
+            items,
+            done_tx: Some(done_tx),
+        })
+        .await
+        .unwrap();
+        drop(tx);
+        let run = StoreWriter::new(store.clone(), 4, Duration::ZERO, stats).run(rx);
+        tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .expect("the writer waited for room while the hub stops");
+        assert_eq!(done_rx.await.unwrap(), Err(CommitFailed));
+        assert_eq!(store.next_offset().unwrap(), 0);
+    }
+
+    #[tokio::test]
     async fn at_the_quota_each_commit_waits_for_a_round_begun_after_the_last() {
         let store = Store::open(Arc::new(MemoryEngine::new())).unwrap();
         let room_of = store.clone();
@@ -396,7 +687,7 @@ mod tests {
                 }
             }
         });
-        let (tx, rx) = mpsc::channel(16);
+        let (tx, rx) = queue(16, 1 << 20);
         let stats = Arc::new(WriterStats::default());
         let writer = StoreWriter::new(store.clone(), 1, Duration::ZERO, stats)
             .notifying(committed)

@@ -197,11 +197,16 @@ impl Sink {
     /// Sends batches until `shutdown`.
     pub async fn run(mut self, shutdown: CancellationToken) {
         tracing::info!(sink = %self.settings.name, kind = ?self.settings.kind, "sink started");
+        let mut full = crate::store::space::FullNotice::default();
         loop {
             match self.follow(&shutdown).await {
                 Stop::Shutdown => break,
                 Stop::Store(e) => {
-                    tracing::error!(sink = %self.settings.name, error = %e, "sink cannot read or save its position; trying again");
+                    if !e.is_disk_full() {
+                        tracing::error!(sink = %self.settings.name, error = %e, "sink cannot read or save its position; trying again");
+                    } else if full.due() {
+                        tracing::warn!(sink = %self.settings.name, error = %e, "sink cannot save its position: the file system holding the store is full; the batch is sent again once it has room");
+                    }
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep(STORE_RETRY) => {}

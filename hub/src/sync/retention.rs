@@ -120,6 +120,7 @@ impl Retention {
 
     /// Runs rounds until `shutdown`: every [`ROUND`], and after each commit `committed` reports.
     pub async fn run(mut self, committed: Arc<Notify>, shutdown: CancellationToken) {
+        let mut full = crate::store::space::FullNotice::default();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -135,8 +136,17 @@ impl Retention {
             match joined {
                 Ok((back, outcome)) => {
                     self = back;
-                    if let Err(e) = outcome {
-                        tracing::error!(error = %e, "retention round failed; trying again");
+                    match outcome {
+                        Ok(()) => {}
+                        // Deletes need room too (copy-on-write); the writer says the rest.
+                        Err(e) if e.is_disk_full() => {
+                            if full.due() {
+                                tracing::warn!(error = %e, "retention cannot write: the file system holding the store is full; trying again");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "retention round failed; trying again")
+                        }
                     }
                 }
                 Err(_) => {

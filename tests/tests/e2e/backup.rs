@@ -64,7 +64,7 @@ async fn a_backup_taken_while_running_restores_into_a_working_hub() {
 }
 
 /// Runs `hub ARGS` in `root` (where the hub's data is) and returns status, stdout and stderr.
-fn hub_cli(root: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+pub(crate) fn hub_cli(root: &std::path::Path, args: &[&str]) -> (bool, String, String) {
     let out = std::process::Command::new(crate::harness::binary("hub"))
         .current_dir(root)
         .args(args)

@@ -9,6 +9,7 @@ mod broker_gate;
 mod cli;
 mod commands;
 mod crash;
+mod disk_full;
 mod downsample;
 
 mod external_broker;

@@ -37,7 +37,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{CommandHandoff, DownlinkError, Handed, IngestStats, decode};
 use crate::auth::AuthError;
-use crate::store::writer::Submission;
+use crate::store::writer::SubmissionSender;
 use router::Router;
 
 /// Largest MQTT packet taken on the plain listener. Larger than `ingest.max_payload` on purpose:
@@ -119,7 +119,7 @@ impl Identity {
 pub struct Context {
     settings: ConnectionSettings,
     router: Arc<Router>,
-    submissions_tx: mpsc::Sender<Submission>,
+    submissions_tx: SubmissionSender,
     stats: Arc<IngestStats>,
 }
 
@@ -202,7 +202,7 @@ impl MqttEndpoint {
     pub async fn bind(
         settings: EndpointSettings,
         load_tls: Option<TlsLoader>,
-        submissions_tx: mpsc::Sender<Submission>,
+        submissions_tx: SubmissionSender,
         stats: Arc<IngestStats>,
         handoffs: mpsc::Sender<CommandHandoff>,
     ) -> Result<Self, EndpointError> {
