@@ -54,6 +54,11 @@ impl WireError {
     }
 }
 
+/// Bytes asked of the socket in one read.
+const READ_CHUNK: usize = 4 << 10;
+/// A read buffer larger than this is given back once it is empty.
+const KEEP_READ_BUFFER: usize = 2 * READ_CHUNK;
+
 /// Reads whole MQTT packets from one side of a connection, each at most `max_packet` long.
 pub struct PacketReader<R> {
     io: R,
@@ -100,7 +105,16 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
             if let Some(packet) = self.buffered()? {
                 return Ok(Some(packet));
             }
-            if self.io.read_buf(&mut self.buf).await? == 0 {
+            // At most READ_CHUNK a read: under load the socket always has more, and a buffer
+            // that grew to whatever the kernel held would stay that large for every connection.
+            if self.buf.capacity() - self.buf.len() < READ_CHUNK {
+                self.buf.reserve(READ_CHUNK);
+            }
+            let read = self
+                .io
+                .read_buf(&mut bytes::BufMut::limit(&mut self.buf, READ_CHUNK))
+                .await?;
+            if read == 0 {
                 return if self.buf.is_empty() {
                     Ok(None)
                 } else {
@@ -113,6 +127,11 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
     /// The next packet if it is whole in what was already read; never reads the stream. Lets a
     /// connection take a burst of publishes from one read in one go.
     pub fn buffered(&mut self) -> Result<Option<Packet>, WireError> {
+        // Everything read was taken: a buffer a large packet made large is not kept. (Packets
+        // share the buffer's memory, so a fresh one also lets the old go with its last packet.)
+        if self.buf.is_empty() && self.buf.capacity() > KEEP_READ_BUFFER {
+            self.buf = BytesMut::with_capacity(READ_CHUNK);
+        }
         if self.version.is_none() {
             match connect_level(&self.buf) {
                 Some(5) => self.version = Some(Version::V5),
@@ -413,6 +432,8 @@ pub struct PacketWriter<W> {
 /// Gathered bytes past which `push` asks to flush, so a burst of acks goes out in few writes
 /// without holding much memory per connection.
 pub const FLUSH_AT: usize = 16 << 10;
+/// A write buffer larger than this is given back after its flush.
+const KEEP_WRITE_BUFFER: usize = 4 << 10;
 
 impl<W: AsyncWrite + Unpin> PacketWriter<W> {
     /// Writes to `io`.
@@ -457,8 +478,9 @@ impl<W: AsyncWrite + Unpin> PacketWriter<W> {
         if !self.buf.is_empty() {
             self.io.write_all(&self.buf).await?;
             self.buf.clear();
-            // A large buffer (a big downlink) is not kept for the connection's life.
-            if self.buf.capacity() > FLUSH_AT * 4 {
+            // A large buffer (a burst of acks, a big downlink) is not kept for the connection's
+            // life: a thousand connections would hold a thousand of them.
+            if self.buf.capacity() > KEEP_WRITE_BUFFER {
                 self.buf = BytesMut::with_capacity(256);
             }
         }
