@@ -11,10 +11,18 @@
 //! - a `Telemetry` carries at least one reading; `Hello::protocol_version` is not 0.
 //!
 //! The declaration order of fields and variants below IS the wire format: only append.
+//!
+//! # Appended fields
+//!
+//! `Hello::boot`, `Telemetry::boot` and `Ack::boot` came with protocol version 2. Each is the last
+//! field of its message, written as a postcard `Option` only when it is `Some`: a message without
+//! it has exactly the bytes of version 1, and the bytes of a version 1 sender, which end before
+//! it, decode with `None` (see `appended`). A field appended after one of these must make it
+//! always written (`None` as its 0x00), or the two could not be told apart.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::{Error, MAX_FIELDS, MAX_STR_LEN, is_valid_id};
+use crate::{Error, MAX_FIELDS, MAX_RANGES, MAX_STR_LEN, is_valid_id};
 
 /// One value of a reading, command argument or result field.
 ///
@@ -53,13 +61,23 @@ pub struct Hello<'a> {
     pub firmware: &'a str,
     /// The [`PROTOCOL_VERSION`](crate::PROTOCOL_VERSION) the device speaks; never 0.
     pub protocol_version: u16,
+    /// The device's boot number: any u32 that changes at every reboot (a counter kept in flash,
+    /// or a random number drawn at start). `None` for a device that keeps its `seq` counting
+    /// across reboots, or speaks protocol version 1. Appended in version 2 (see the module docs).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "appended"
+    )]
+    pub boot: Option<u32>,
 }
 
 /// Readings taken by a device at one moment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Telemetry<'a> {
-    /// The device's sequence number for this message; `(device, seq)` identifies it, so a
-    /// retransmission is stored once. The hub answers with [`Ack`].
+    /// The device's sequence number for this message; `(device, boot, seq)` identifies it, so a
+    /// retransmission is stored once. The hub answers with [`Ack`] (and [`Rejected`] or [`GaveUp`]
+    /// when it has to).
     pub seq: u32,
     /// When the readings were taken: unix milliseconds, UTC, from the device clock; `None` if the
     /// device has no clock (the hub then uses its receive time).
@@ -67,6 +85,24 @@ pub struct Telemetry<'a> {
     /// One or more readings, metric names unique.
     #[serde(borrow)]
     pub readings: Fields<'a>,
+    /// The boot the seq counts in (see [`Hello::boot`]): a device whose counter starts again at
+    /// every reboot sends a new boot, so its new readings are not taken for old ones. Appended in
+    /// version 2.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "appended"
+    )]
+    pub boot: Option<u32>,
+}
+
+/// Which reading: the device's `seq` in the run of its `boot`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadingId {
+    /// The device's seq.
+    pub seq: u32,
+    /// Its boot, if it sends one.
+    pub boot: Option<u32>,
 }
 
 /// Outcome of a command.
@@ -92,11 +128,62 @@ pub struct CommandResult<'a> {
     pub payload: Fields<'a>,
 }
 
-/// The hub's acknowledgement of telemetry.
+/// The hub's acknowledgement of telemetry: cumulative, per boot.
+///
+/// Every seq of the boot up to and including `seq` is settled: stored durably, or named to the
+/// device in a [`Rejected`] or a [`GaveUp`] sent before this ack (or before an earlier one). A
+/// device may drop every reading up to `seq` from its outbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {
-    /// Highest contiguous `seq` now durable: every seq up to and including it is stored.
+    /// Highest seq up to which everything is settled.
     pub seq: u32,
+    /// The boot this ack is for: the [`Telemetry::boot`] of the readings it answers. A device
+    /// ignores an ack for another boot (an answer to a reading of its previous run). Appended in
+    /// version 2.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "appended"
+    )]
+    pub boot: Option<u32>,
+}
+
+/// A reading the hub refused for its content (a string too long, a bad metric name, a value that
+/// is not finite, a timestamp out of range): it is not stored and never will be, so the device
+/// drops it; the next [`Ack`] passes its seq.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejected<'a> {
+    /// The refused reading's seq.
+    pub seq: u32,
+    /// Its boot.
+    pub boot: Option<u32>,
+    /// Why, for the device's log: at most [`MAX_STR_LEN`] bytes.
+    pub reason: &'a str,
+}
+
+/// An inclusive range of seqs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeqRange {
+    /// The first seq.
+    pub first: u32,
+    /// The last seq; at least `first`.
+    pub last: u32,
+}
+
+/// Ranges of seqs, at most [`MAX_RANGES`].
+pub type SeqRanges = heapless::Vec<SeqRange, MAX_RANGES>;
+
+/// Seqs the hub stopped waiting for. The hub remembers the gaps below the seqs it stored for a
+/// while; when a device leaves more open gaps than it can keep, it gives up the oldest and says
+/// so here before an [`Ack`] passes them. A device that still holds one of them may send it again:
+/// it is stored if the hub can still tell it was never stored (else it is taken for a duplicate).
+/// A range may also cover seqs that were stored, when the hub had to merge ranges.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GaveUp {
+    /// The boot the seqs count in.
+    pub boot: Option<u32>,
+    /// One or more ranges, ascending.
+    pub ranges: SeqRanges,
 }
 
 /// A command from the hub for a device to carry out.
@@ -136,7 +223,8 @@ pub enum Uplink<'a> {
 
 /// A message from the hub to a device.
 ///
-/// Variant order is wire format: `Ack` = 0, `Command` = 1, `TimeSync` = 2.
+/// Variant order is wire format: `Ack` = 0, `Command` = 1, `TimeSync` = 2, `Rejected` = 3,
+/// `GaveUp` = 4. A decoder older than a variant fails on it with [`Error::Decode`]: skip it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[allow(
     clippy::large_enum_variant,
@@ -150,6 +238,11 @@ pub enum Downlink<'a> {
     Command(Command<'a>),
     /// See [`TimeSync`].
     TimeSync(TimeSync),
+    /// See [`Rejected`]. Since protocol version 2.
+    #[serde(borrow)]
+    Rejected(Rejected<'a>),
+    /// See [`GaveUp`]. Since protocol version 2.
+    GaveUp(GaveUp),
 }
 
 impl<'a> Uplink<'a> {
@@ -194,6 +287,19 @@ impl<'a> Uplink<'a> {
         self.validate()?;
         postcard::to_allocvec(self).map_err(Error::from_postcard_ser)
     }
+
+    /// The seq and boot of telemetry in `bytes`, even when [`Uplink::decode`] refuses it for
+    /// breaking a rule, so the hub can name the reading it rejects. `None` when the bytes are not
+    /// well-formed telemetry at all.
+    pub fn reading_id(bytes: &[u8]) -> Option<ReadingId> {
+        match decode_postcard::<Uplink<'_>>(bytes).ok()? {
+            Uplink::Telemetry(t) => Some(ReadingId {
+                seq: t.seq,
+                boot: t.boot,
+            }),
+            Uplink::Hello(_) | Uplink::CommandResult(_) => None,
+        }
+    }
 }
 
 impl<'a> Downlink<'a> {
@@ -204,6 +310,14 @@ impl<'a> Downlink<'a> {
             Downlink::Command(command) => {
                 check_id(command.name)?;
                 check_fields(&command.args)
+            }
+            Downlink::Rejected(rejected) => check_str(rejected.reason),
+            Downlink::GaveUp(gave_up) => {
+                let ordered = gave_up.ranges.iter().all(|r| r.first <= r.last);
+                if gave_up.ranges.is_empty() || !ordered {
+                    return Err(Error::Invalid);
+                }
+                Ok(())
             }
         }
     }
@@ -228,6 +342,17 @@ impl<'a> Downlink<'a> {
         self.validate()?;
         postcard::to_allocvec(self).map_err(Error::from_postcard_ser)
     }
+}
+
+/// Reads a field appended to a message after its first version (see the module docs): the
+/// field's `Option`, or `None` when the message ends before it. Bytes that do not form the field
+/// are read as `None` too, as an older decoder would ignore them.
+fn appended<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer).unwrap_or(None))
 }
 
 fn decode_postcard<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Error> {
@@ -296,6 +421,7 @@ mod tests {
             seq: 1,
             timestamp_ms: None,
             readings,
+            boot: None,
         })
     }
 
@@ -307,6 +433,7 @@ mod tests {
             device_id: "dev-1",
             firmware: "",
             protocol_version: 1,
+            boot: None,
         });
         assert_eq!(hello.validate(), Ok(()));
         let cmd = Downlink::Command(Command {
@@ -331,16 +458,19 @@ mod tests {
                 device_id: "",
                 firmware: "1.0",
                 protocol_version: 1,
+                boot: None,
             }),
             Uplink::Hello(Hello {
                 device_id: "d",
                 firmware: &long,
                 protocol_version: 1,
+                boot: None,
             }),
             Uplink::Hello(Hello {
                 device_id: "d",
                 firmware: "1.0",
                 protocol_version: 0,
+                boot: None,
             }),
             Uplink::CommandResult(CommandResult {
                 command_id: 1,
@@ -389,10 +519,121 @@ mod tests {
 
     #[test]
     fn trailing_bytes_are_ignored() {
-        let message = Downlink::Ack(Ack { seq: 5 });
+        let message = Downlink::Ack(Ack { seq: 5, boot: None });
         let mut buf = [0u8; 16];
         let len = message.encode(&mut buf).unwrap().len();
         buf[len] = 0xAB;
         assert_eq!(Downlink::decode(&buf[..=len]), Ok(message));
+    }
+
+    #[test]
+    fn appended_boot_is_written_only_when_some_and_old_bytes_read_as_none() {
+        let mut readings = Fields::new();
+        readings
+            .push(Field {
+                name: "t",
+                value: Value::I64(1),
+            })
+            .unwrap();
+        let old = Telemetry {
+            seq: 3,
+            timestamp_ms: None,
+            readings,
+            boot: None,
+        };
+        let old_bytes = Uplink::Telemetry(old.clone()).to_vec().unwrap();
+        let new = Telemetry {
+            boot: Some(300),
+            ..old.clone()
+        };
+        let new_bytes = Uplink::Telemetry(new.clone()).to_vec().unwrap();
+        // The version 1 bytes, then Some(300).
+        assert_eq!(new_bytes, [&old_bytes[..], &[0x01, 0xac, 0x02]].concat());
+        assert_eq!(
+            Uplink::decode(&old_bytes),
+            Ok(Uplink::Telemetry(old.clone()))
+        );
+        assert_eq!(Uplink::decode(&new_bytes), Ok(Uplink::Telemetry(new)));
+        // Trailing bytes that are not an Option: ignored, as an older decoder would.
+        for tail in [&[0x07][..], &[0x01], &[0x01, 0x80]] {
+            let odd = [&old_bytes[..], tail].concat();
+            assert_eq!(
+                Uplink::decode(&odd),
+                Ok(Uplink::Telemetry(old.clone())),
+                "{tail:?}"
+            );
+        }
+        let ack = Downlink::Ack(Ack {
+            seq: 1,
+            boot: Some(2),
+        });
+        let bytes = ack.to_vec().unwrap();
+        assert_eq!(bytes, [0x00, 0x01, 0x01, 0x02]);
+        assert_eq!(Downlink::decode(&bytes), Ok(ack));
+    }
+
+    #[test]
+    fn reading_id_names_telemetry_that_breaks_a_rule() {
+        let long = "x".repeat(MAX_STR_LEN + 1);
+        let mut readings = Fields::new();
+        readings
+            .push(Field {
+                name: "s",
+                value: Value::Str(&long),
+            })
+            .unwrap();
+        let bad = Uplink::Telemetry(Telemetry {
+            seq: 9,
+            timestamp_ms: None,
+            readings,
+            boot: Some(4),
+        });
+        let bytes = postcard::to_allocvec(&bad).unwrap();
+        assert_eq!(Uplink::decode(&bytes), Err(Error::Invalid));
+        assert_eq!(
+            Uplink::reading_id(&bytes),
+            Some(ReadingId {
+                seq: 9,
+                boot: Some(4)
+            })
+        );
+        let hello = Uplink::Hello(Hello {
+            device_id: "d",
+            firmware: "",
+            protocol_version: 2,
+            boot: None,
+        })
+        .to_vec()
+        .unwrap();
+        assert_eq!(Uplink::reading_id(&hello), None);
+        assert_eq!(Uplink::reading_id(&[0x01, 0x05]), None);
+        assert_eq!(Uplink::reading_id(&[]), None);
+    }
+
+    #[test]
+    fn rejected_and_gave_up_are_checked() {
+        let long = "x".repeat(MAX_STR_LEN + 1);
+        let rejected = |reason| {
+            Downlink::Rejected(Rejected {
+                seq: 1,
+                boot: None,
+                reason,
+            })
+        };
+        assert_eq!(rejected("too long").validate(), Ok(()));
+        assert_eq!(rejected(&long).validate(), Err(Error::Invalid));
+        let gave_up = |ranges: &[(u32, u32)]| {
+            let mut list = SeqRanges::new();
+            for &(first, last) in ranges {
+                list.push(SeqRange { first, last }).unwrap();
+            }
+            Downlink::GaveUp(GaveUp {
+                boot: Some(1),
+                ranges: list,
+            })
+        };
+        assert_eq!(gave_up(&[(1, 1), (3, 7)]).validate(), Ok(()));
+        assert_eq!(gave_up(&[]).validate(), Err(Error::Invalid));
+        assert_eq!(gave_up(&[(5, 4)]).validate(), Err(Error::Invalid));
     }
 }

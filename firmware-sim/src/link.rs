@@ -369,6 +369,7 @@ fn downlink_event(payload: &[u8]) -> Option<LinkEvent> {
         Downlink::Ack(ack) => Some(LinkEvent::Ack(ack.seq)),
         Downlink::TimeSync(sync) => Some(LinkEvent::TimeSync(sync.unix_ms)),
         Downlink::Command(_) => Some(LinkEvent::Command(payload.to_vec())),
+        Downlink::Rejected(_) | Downlink::GaveUp(_) => None,
     }
 }
 
@@ -448,7 +449,7 @@ mod tests {
             Some(LinkEvent::Ack(41))
         );
         assert_eq!(parse_down(br#"{"id":1,"name":"x"}"#, false), None);
-        let ack = Downlink::Ack(Ack { seq: 9 }).to_vec().unwrap();
+        let ack = Downlink::Ack(Ack { seq: 9, boot: None }).to_vec().unwrap();
         assert_eq!(parse_down(&ack, true), Some(LinkEvent::Ack(9)));
         let sync = Downlink::TimeSync(TimeSync { unix_ms: 5 })
             .to_vec()

@@ -67,6 +67,7 @@ pub fn telemetry_bytes(seq: u32, timestamp_ms: u64, readings: Fields<'_>) -> Vec
         seq,
         timestamp_ms: Some(timestamp_ms),
         readings,
+        boot: None,
     })
     .to_vec()
     .expect("a simulated reading is a valid message")
@@ -79,6 +80,7 @@ pub fn hello_bytes(device_id: &str) -> anyhow::Result<Vec<u8>> {
         device_id,
         firmware,
         protocol_version: PROTOCOL_VERSION,
+        boot: None,
     })
     .to_vec()
     .map_err(|e| anyhow::anyhow!("{device_id}: cannot build a Hello: {e}"))

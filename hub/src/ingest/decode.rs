@@ -354,6 +354,7 @@ mod tests {
             seq: 1,
             timestamp_ms: Some(u64::MAX),
             readings,
+            boot: None,
         });
         assert_eq!(
             uplink(&late, "x", Transport::Serial, 0).unwrap_err().0,
@@ -374,6 +375,7 @@ mod tests {
             seq: 9,
             timestamp_ms: Some(5),
             readings,
+            boot: None,
         });
         let bytes = telemetry.to_vec().unwrap();
         match mqtt_uplink("b-1", &bytes, 1024, 7).unwrap() {
@@ -390,6 +392,7 @@ mod tests {
             device_id: "b-1",
             firmware: "2.0",
             protocol_version: 1,
+            boot: None,
         });
         let bytes = hello.to_vec().unwrap();
         assert!(

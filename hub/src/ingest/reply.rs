@@ -104,10 +104,15 @@ pub fn reply_message(
         return None;
     }
     let (topic, payload) = if binary {
-        let message = Downlink::Ack(Ack { seq: ack });
+        let message = Downlink::Ack(Ack {
+            seq: ack,
+            boot: None,
+        });
         (format!("devices/{device}/down"), message.to_vec().ok()?)
     } else {
-        let json = device_protocol::json::ack_json(ack).into_bytes();
+        let json = device_protocol::json::JsonAck::new(ack, None)
+            .to_json()
+            .into_bytes();
         (format!("devices/{device}/ack"), json)
     };
     Some(DeviceMessage {

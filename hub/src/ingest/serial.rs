@@ -696,7 +696,13 @@ async fn ack_in_order(
                 if !duplicate && told == Some((pending.generation, ack)) {
                     continue;
                 }
-                (Downlink::Ack(Ack { seq: ack }), Some(ack))
+                (
+                    Downlink::Ack(Ack {
+                        seq: ack,
+                        boot: None,
+                    }),
+                    Some(ack),
+                )
             }
         };
         let Some(frame) = frame(&message) else {
@@ -1037,6 +1043,7 @@ mod tests {
             device_id: id,
             firmware,
             protocol_version: 1,
+            boot: None,
         })
     }
 
@@ -1052,6 +1059,7 @@ mod tests {
             seq,
             timestamp_ms: None,
             readings,
+            boot: None,
         })
     }
 

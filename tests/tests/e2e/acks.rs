@@ -72,6 +72,7 @@ fn telemetry(seq: u32, value: f64) -> Vec<u8> {
         seq,
         timestamp_ms: Some(1_795_255_200_000 + u64::from(seq)),
         readings,
+        boot: None,
     })
     .to_vec()
     .unwrap()
@@ -87,6 +88,7 @@ async fn binary_devices_get_time_sync_and_acks_on_their_down_topic() {
         device_id: "b1",
         firmware: "fw-1.4",
         protocol_version: PROTOCOL_VERSION,
+        boot: None,
     })
     .to_vec()
     .unwrap();
@@ -128,6 +130,7 @@ async fn binary_devices_get_time_sync_and_acks_on_their_down_topic() {
         device_id: "b2",
         firmware: "x",
         protocol_version: 1,
+        boot: None,
     })
     .to_vec()
     .unwrap();
