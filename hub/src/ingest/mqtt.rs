@@ -1,7 +1,8 @@
 //! The hub's MQTT client: subscribes to device telemetry (JSON) and uplink (binary) topics with QoS 1
 //! in a persistent session, acks each message to the broker only after the store has made it
 //! durable, and then tells the device: `{"seq":n}` on `devices/{id}/ack` for JSON devices that send
-//! `seq`, `Ack` (and `TimeSync` after a `Hello`) on `devices/{id}/down` for binary ones.
+//! `seq`, `Ack` (and `TimeSync` after a `Hello`) on `devices/{id}/down` for binary ones, with what
+//! the ack passes without storing (see [`super::reply`]).
 //!
 //! Two tasks share the connection. The session task alone polls rumqttc's event loop (polling is
 //! not cancel-safe, so it is never raced in a `select!`, shutdown aside), decodes messages and

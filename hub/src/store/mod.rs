@@ -863,8 +863,8 @@ impl Store {
     }
 
     /// Applies `items` in one durable transaction and returns what became of each, in order.
-    /// Blocks until the batch is on disk. Retransmitted readings (same device and seq) are
-    /// recognised and not stored again.
+    /// Blocks until the batch is on disk. Retransmitted readings (same device, boot and seq) are
+    /// recognised and not stored again (see [`sequence`]).
     pub fn apply(&self, items: &[Ingest]) -> Result<Vec<Applied>, StoreError> {
         let _writer = self.writer.lock().map_err(|_| StoreError::Poisoned)?;
         let base = self.catalog()?;

@@ -959,3 +959,98 @@ fn a_binary_device_s_telemetry_counts_in_the_boot_of_its_hello() {
     let json = store.append(&[booted(None, 0)]).unwrap();
     assert!(matches!(json[0].outcome, Outcome::Stored { .. }));
 }
+
+/// A device record as a hub of schema 2 wrote it: the fields of its time, a window without boots.
+#[derive(serde::Serialize)]
+struct DeviceRecordOfSchema2 {
+    name: String,
+    transport: Transport,
+    first_seen_ms: u64,
+    last_seen_ms: u64,
+    last_seq: Option<u32>,
+    readings: u64,
+    firmware: Option<String>,
+    labels: BTreeMap<String, String>,
+    metrics: Vec<u32>,
+    protocol_version: Option<u16>,
+    /// base, bits, missing, given_up
+    seq_window: Option<(i64, Vec<u8>, Vec<u32>, u64)>,
+    duplicates: u64,
+    display_name: Option<String>,
+    wire: Wire,
+}
+
+#[test]
+fn a_store_of_schema_2_opens_and_its_devices_keep_their_duplicate_detection() {
+    for (name, mut h) in harnesses() {
+        let store = Store::open(h.open()).unwrap();
+        let batch: Vec<_> = (0..10).map(|s| booted(None, s)).collect();
+        store.append(&batch).unwrap();
+        drop(store);
+        // Rewrite it as schema 2 left it: its device record in the old layout.
+        let engine = h.open();
+        let old = DeviceRecordOfSchema2 {
+            name: "d".into(),
+            transport: Transport::Mqtt,
+            first_seen_ms: 1,
+            last_seen_ms: 1,
+            last_seq: Some(9),
+            readings: 10,
+            firmware: None,
+            labels: BTreeMap::new(),
+            metrics: vec![0],
+            protocol_version: None,
+            seq_window: Some((9, vec![0; 128], vec![], 0)),
+            duplicates: 0,
+            display_name: Some("hall".into()),
+            wire: Wire::Json,
+        };
+        let mut batch = WriteBatch::new();
+        batch.put(
+            Table::Devices,
+            0u32.to_be_bytes().to_vec(),
+            records::encode(&old).unwrap(),
+        );
+        batch.put(
+            Table::Meta,
+            records::META_SCHEMA_VERSION.to_vec(),
+            2u32.to_be_bytes().to_vec(),
+        );
+        engine.commit(&batch).unwrap();
+        drop(engine);
+
+        let store = Store::open(h.open()).unwrap();
+        let device = store.device("d").unwrap().unwrap();
+        assert_eq!(
+            (
+                device.record.display_name.as_deref(),
+                device.record.readings
+            ),
+            (Some("hall"), 10),
+            "{name}"
+        );
+        let applied = store.append(&[booted(None, 5), booted(None, 10)]).unwrap();
+        assert_eq!(applied[0].outcome, Outcome::Duplicate { seq: 5 }, "{name}");
+        assert!(
+            matches!(applied[1].outcome, Outcome::Stored { .. }),
+            "{name}"
+        );
+        let snap = store.engine.snapshot().unwrap();
+        assert_eq!(
+            snap.get(Table::Meta, records::META_SCHEMA_VERSION).unwrap(),
+            Some(SCHEMA_VERSION.to_be_bytes().to_vec()),
+            "{name}"
+        );
+        let written = snap.get(Table::Devices, &0u32.to_be_bytes()).unwrap();
+        assert_eq!(
+            written.as_deref().map(|b| &b[..2]),
+            Some(&[0u8, 3][..]),
+            "{name}: written back in the new layout"
+        );
+        let page = store
+            .readings(&query("d", Order::Oldest, 100))
+            .unwrap()
+            .unwrap();
+        assert_eq!(page.readings.len(), 11, "{name}");
+    }
+}
