@@ -26,6 +26,9 @@
 //!   window is resent, oldest first (see [`crate::retransmit`]). A binary or serial device
 //!   first probes again with its `Hello`: a hub restarted behind a serial line that stayed open
 //!   has forgotten which device is on it, and rejects telemetry until it hears a `Hello`.
+//!   Only acks of the device's boot count (`--boot`; an ack without one is from an older hub).
+//!   A reading the hub rejects leaves the outbox at once; one the hub gave up waiting for is
+//!   sent once more (the ack that follows passes it). Both are counted, and fail the run.
 //! - Stopping: after `--count` (seqs `0..count` in all, an outbox's earlier runs included), at
 //!   `--duration` or on Ctrl-C, production stops and the device waits for its last ack, at most
 //!   `--drain-timeout`. An idle device (`--idle`) produces nothing and runs until `--duration` or

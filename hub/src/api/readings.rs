@@ -286,7 +286,8 @@ enum Source {
 /// `bucket`, buckets of one metric. With `Accept: text/csv` or `application/x-ndjson` (or
 /// `format`), the whole range is streamed instead of a page: `from`, `to`, `metric`, `order`,
 /// `bucket`, `agg` and `cursor` apply, `limit` is refused. CSV (RFC 4180, CRLF line ends) has the
-/// header `ts,offset,seq,metric,value` and a row per metric value, strings always double-quoted,
+/// header `ts,offset,boot,seq,hub_seq,metric,value` and a row per metric value (a reading's
+/// `boot`, `seq` or `hub_seq` empty where it has none), strings always double-quoted,
 /// and a string or metric name that starts with `=`, `+`, `-`, `@`, a tab or a carriage return
 /// prefixed with `'` so that a spreadsheet does not run it as a formula;
 /// with `bucket`, the columns are `start,count,<aggs>`. NDJSON has one reading (or bucket) per
