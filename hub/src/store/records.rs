@@ -222,27 +222,29 @@ const DEVICE_LAYOUT_3: [u8; 2] = [0x00, 3];
 /// The second layout of [`DeviceRecord`] (schema 2): the first, then `display_name` and `wire`
 /// (postcard writes a nested struct as its fields, so the first layout is a prefix of it).
 #[derive(Deserialize)]
-struct DeviceRecordV2 {
-    v1: DeviceRecordV1,
-    display_name: Option<String>,
-    wire: Wire,
+#[cfg_attr(test, derive(Serialize))]
+pub(in crate::store) struct DeviceRecordV2 {
+    pub(in crate::store) v1: DeviceRecordV1,
+    pub(in crate::store) display_name: Option<String>,
+    pub(in crate::store) wire: Wire,
 }
 
 /// The first layout of [`DeviceRecord`]: one window, no boots.
 #[derive(Deserialize)]
-struct DeviceRecordV1 {
-    name: String,
-    transport: Transport,
-    first_seen_ms: u64,
-    last_seen_ms: u64,
-    last_seq: Option<u32>,
-    readings: u64,
-    firmware: Option<String>,
-    labels: BTreeMap<String, String>,
-    metrics: Vec<u32>,
-    protocol_version: Option<u16>,
-    seq_window: Option<WindowV1>,
-    duplicates: u64,
+#[cfg_attr(test, derive(Serialize))]
+pub(in crate::store) struct DeviceRecordV1 {
+    pub(in crate::store) name: String,
+    pub(in crate::store) transport: Transport,
+    pub(in crate::store) first_seen_ms: u64,
+    pub(in crate::store) last_seen_ms: u64,
+    pub(in crate::store) last_seq: Option<u32>,
+    pub(in crate::store) readings: u64,
+    pub(in crate::store) firmware: Option<String>,
+    pub(in crate::store) labels: BTreeMap<String, String>,
+    pub(in crate::store) metrics: Vec<u32>,
+    pub(in crate::store) protocol_version: Option<u16>,
+    pub(in crate::store) seq_window: Option<WindowV1>,
+    pub(in crate::store) duplicates: u64,
 }
 
 /// Encodes a device record: its layout's marker, then its postcard bytes.

@@ -1,47 +1,14 @@
 //! Tests of `records`: every older layout still decodes, and new fields keep old bytes.
 
 use super::*;
-
-/// The first layout, as a hub of that version wrote it.
-#[derive(Serialize)]
-struct WrittenV1 {
-    name: String,
-    transport: Transport,
-    first_seen_ms: u64,
-    last_seen_ms: u64,
-    last_seq: Option<u32>,
-    readings: u64,
-    firmware: Option<String>,
-    labels: BTreeMap<String, String>,
-    metrics: Vec<u32>,
-    protocol_version: Option<u16>,
-    seq_window: Option<OldWindow>,
-    duplicates: u64,
-}
-
-/// The second layout, as a hub of schema 2 wrote it.
-#[derive(Serialize)]
-struct WrittenV2 {
-    v1: WrittenV1,
-    display_name: Option<String>,
-    wire: Wire,
-}
-
-/// A window of schema 1 and 2.
-#[derive(Serialize)]
-struct OldWindow {
-    base: i64,
-    bits: Vec<u8>,
-    missing: Vec<u32>,
-    given_up: u64,
-}
+use crate::store::sequence::WindowV1;
 
 #[test]
 fn second_layout_device_records_keep_their_window_as_a_run_without_boot() {
     let mut bits = vec![0u8; 128];
     bits[0] = 0b10; // seq 11 (base 9) stored, 10 not yet
-    let old = WrittenV2 {
-        v1: WrittenV1 {
+    let old = DeviceRecordV2 {
+        v1: DeviceRecordV1 {
             name: "d-2".into(),
             transport: Transport::Mqtt,
             first_seen_ms: 1,
@@ -52,7 +19,7 @@ fn second_layout_device_records_keep_their_window_as_a_run_without_boot() {
             labels: BTreeMap::new(),
             metrics: vec![0],
             protocol_version: None,
-            seq_window: Some(OldWindow {
+            seq_window: Some(WindowV1 {
                 base: 9,
                 bits,
                 missing: vec![4],
@@ -96,13 +63,13 @@ fn reading_records_keep_their_bytes_unless_the_origin_says_something() {
     };
     /// As a hub of schema 2 wrote it.
     #[derive(Serialize)]
-    struct WrittenV2 {
+    struct DeviceRecordV2 {
         device: u32,
         seq: u32,
         timestamp_ms: u64,
         metrics: Vec<(u32, OwnedValue)>,
     }
-    let old = encode(&WrittenV2 {
+    let old = encode(&DeviceRecordV2 {
         device: 1,
         seq: 7,
         timestamp_ms: 9,
@@ -137,7 +104,7 @@ fn first_layout_device_records_still_decode() {
         (Transport::Mqtt, Some(1), Wire::Binary),
         (Transport::Serial, None, Wire::Binary),
     ] {
-        let old = WrittenV1 {
+        let old = DeviceRecordV1 {
             name: "d-1".into(),
             transport,
             first_seen_ms: 1,
@@ -173,7 +140,7 @@ fn first_layout_device_records_still_decode() {
 #[test]
 fn token_records_of_the_first_layout_still_decode() {
     #[derive(Serialize)]
-    struct WrittenV1 {
+    struct DeviceRecordV1 {
         name: String,
         scopes: Vec<String>,
         devices: Vec<String>,
@@ -181,7 +148,7 @@ fn token_records_of_the_first_layout_still_decode() {
         expires_ms: Option<u64>,
         revoked: bool,
     }
-    let old = WrittenV1 {
+    let old = DeviceRecordV1 {
         name: "app".into(),
         scopes: vec!["read".into()],
         devices: vec!["greenhouse-*".into()],

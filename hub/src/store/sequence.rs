@@ -124,10 +124,10 @@ pub struct SeqWindow {
 /// The layout of [`SeqWindow`] before schema 3 (no `gave_up`): what older device records hold.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct WindowV1 {
-    base: i64,
-    bits: Vec<u8>,
-    missing: Vec<u32>,
-    given_up: u64,
+    pub(in crate::store) base: i64,
+    pub(in crate::store) bits: Vec<u8>,
+    pub(in crate::store) missing: Vec<u32>,
+    pub(in crate::store) given_up: u64,
 }
 
 impl From<WindowV1> for SeqWindow {

@@ -960,28 +960,10 @@ fn a_binary_device_s_telemetry_counts_in_the_boot_of_its_hello() {
     assert!(matches!(json[0].outcome, Outcome::Stored { .. }));
 }
 
-/// A device record as a hub of schema 2 wrote it: the fields of its time, a window without boots.
-#[derive(serde::Serialize)]
-struct DeviceRecordOfSchema2 {
-    name: String,
-    transport: Transport,
-    first_seen_ms: u64,
-    last_seen_ms: u64,
-    last_seq: Option<u32>,
-    readings: u64,
-    firmware: Option<String>,
-    labels: BTreeMap<String, String>,
-    metrics: Vec<u32>,
-    protocol_version: Option<u16>,
-    /// base, bits, missing, given_up
-    seq_window: Option<(i64, Vec<u8>, Vec<u32>, u64)>,
-    duplicates: u64,
-    display_name: Option<String>,
-    wire: Wire,
-}
-
 #[test]
 fn a_store_of_schema_2_opens_and_its_devices_keep_their_duplicate_detection() {
+    use super::records::{DeviceRecordV1, DeviceRecordV2};
+    use super::sequence::WindowV1;
     for (name, mut h) in harnesses() {
         let store = Store::open(h.open()).unwrap();
         let batch: Vec<_> = (0..10).map(|s| booted(None, s)).collect();
@@ -989,19 +971,26 @@ fn a_store_of_schema_2_opens_and_its_devices_keep_their_duplicate_detection() {
         drop(store);
         // Rewrite it as schema 2 left it: its device record in the old layout.
         let engine = h.open();
-        let old = DeviceRecordOfSchema2 {
-            name: "d".into(),
-            transport: Transport::Mqtt,
-            first_seen_ms: 1,
-            last_seen_ms: 1,
-            last_seq: Some(9),
-            readings: 10,
-            firmware: None,
-            labels: BTreeMap::new(),
-            metrics: vec![0],
-            protocol_version: None,
-            seq_window: Some((9, vec![0; 128], vec![], 0)),
-            duplicates: 0,
+        let old = DeviceRecordV2 {
+            v1: DeviceRecordV1 {
+                name: "d".into(),
+                transport: Transport::Mqtt,
+                first_seen_ms: 1,
+                last_seen_ms: 1,
+                last_seq: Some(9),
+                readings: 10,
+                firmware: None,
+                labels: BTreeMap::new(),
+                metrics: vec![0],
+                protocol_version: None,
+                seq_window: Some(WindowV1 {
+                    base: 9,
+                    bits: vec![0; 128],
+                    missing: vec![],
+                    given_up: 0,
+                }),
+                duplicates: 0,
+            },
             display_name: Some("hall".into()),
             wire: Wire::Json,
         };
