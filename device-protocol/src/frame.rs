@@ -7,6 +7,19 @@
 //! - the encoded body is at most [`MAX_FRAME_LEN`] bytes, so a message is at most
 //!   [`MAX_MESSAGE_LEN`] bytes.
 //!
+//! # On the line: a 0x00 before each frame
+//!
+//! A sender writes a 0x00 before every frame, so a line carries `0x00 frame 0x00 frame ...`:
+//! bytes of noise (or of a frame cut short) since the last frame are then ended by that 0x00 and
+//! cost nothing but themselves, where without it they would run into the next frame and spoil
+//! it, and that reading would be lost until the device sends it again. The receiver skips the
+//! empty frame this makes between two 0x00s without counting anything. The hub writes its
+//! downlinks this way, and expects devices to; a sender that does not is still understood, only
+//! without that protection. [`encode_frame`] writes the frame alone (what a file of frames holds);
+//! write the 0x00 before it, or use [`encode_line_frame`].
+//!
+//! # Decoding
+//!
 //! [`FrameDecoder`] rebuilds frames from chunks of any size in a fixed `[u8; MAX_FRAME_LEN]` buffer.
 //! Its invariants:
 //! - it never panics and never allocates, whatever the input;
@@ -65,6 +78,15 @@ pub fn encode_frame<T: Serialize>(message: &T, out: &mut [u8]) -> Result<usize, 
     let body_len = cobs_encode(&scratch[..raw_len], out)?;
     put(out, body_len, 0)?;
     Ok(body_len + 1)
+}
+
+/// What a sender writes on a line for `message`: a 0x00, then its frame (see the module docs);
+/// returns the length written into `out`, at most `MAX_FRAME_LEN + 2`. Errors as
+/// [`encode_frame`].
+pub fn encode_line_frame<T: Serialize>(message: &T, out: &mut [u8]) -> Result<usize, Error> {
+    put(out, 0, 0)?;
+    let rest = out.get_mut(1..).ok_or(Error::BufferTooSmall)?;
+    Ok(1 + encode_frame(message, rest)?)
 }
 
 /// Writes `byte` at `out[at]`, or fails with [`Error::BufferTooSmall`].
@@ -507,5 +529,50 @@ mod tests {
         let stats = decoder.stats();
         assert_eq!(stats.dropped_too_long, 1);
         assert_eq!(stats.dropped_crc, 1);
+    }
+
+    /// Frames of `(byte, byte)` postcard messages, as a line carries them.
+    fn noise_then(frame_starts_with_zero: bool) -> (usize, DecoderStats) {
+        let mut line = [0u8; 64];
+        let mut len = 0;
+        for b in [0x11u8, 0x22, 0x33] {
+            line[len] = b; // noise: no 0x00 in it
+            len += 1;
+        }
+        len += if frame_starts_with_zero {
+            encode_line_frame(&(7u8, 9u8), &mut line[len..]).unwrap()
+        } else {
+            encode_frame(&(7u8, 9u8), &mut line[len..]).unwrap()
+        };
+        let mut decoder = FrameDecoder::new();
+        let mut input = &line[..len];
+        let mut frames = 0;
+        loop {
+            match decoder.feed(input) {
+                FeedResult::Consumed => break,
+                FeedResult::Frame { payload, remaining } => {
+                    assert_eq!(payload, &[7, 9]);
+                    frames += 1;
+                    input = remaining;
+                }
+                FeedResult::Dropped { remaining, .. } => input = remaining,
+            }
+        }
+        (frames, decoder.stats())
+    }
+
+    #[test]
+    fn a_zero_before_each_frame_saves_the_frame_after_noise() {
+        let (frames, stats) = noise_then(true);
+        assert_eq!(frames, 1, "the frame after the noise arrives");
+        assert_eq!(stats.dropped_crc + stats.dropped_cobs, 1, "the noise, once");
+        // Without it the noise runs into the frame: both are lost as one.
+        let (frames, _) = noise_then(false);
+        assert_eq!(frames, 0);
+        let mut small = [0u8; 4];
+        assert_eq!(
+            encode_line_frame(&(7u8, 9u8), &mut small),
+            Err(Error::BufferTooSmall)
+        );
     }
 }

@@ -1,14 +1,15 @@
 //! The JSON payloads of the MQTT topics (feature `std`).
 //!
-//! - `devices/{id}/telemetry` (up): [`parse_telemetry`] into [`JsonTelemetry`];
-//! - `devices/{id}/ack` (down): [`ack_json`];
+//! - `devices/{id}/telemetry` (up): [`parse_telemetry`] into [`JsonTelemetry`] ([`reading_id`]
+//!   names a reading that breaks a rule);
+//! - `devices/{id}/ack` (down): [`JsonAck`];
 //! - `devices/{id}/commands` (down): [`JsonCommand`];
 //! - `devices/{id}/command-results` (up): [`parse_command_result`] into [`JsonCommandResult`].
 //!
-//! Telemetry comes in two forms. It is the envelope `{"seq":7,"ts":..,"metrics":{..}}` if and only
-//! if the top-level object has the key `metrics`; then `seq` and `ts` are optional and no other key
-//! is allowed. Otherwise the whole object is the metrics (`{"temp":21.5,"door":false}`), so in that
-//! form `seq` and `ts` are ordinary metric names.
+//! Telemetry comes in two forms. It is the envelope `{"seq":7,"boot":3,"ts":..,"metrics":{..}}` if
+//! and only if the top-level object has the key `metrics`; then `seq`, `boot` and `ts` are optional
+//! and no other key is allowed. Otherwise the whole object is the metrics
+//! (`{"temp":21.5,"door":false}`), so in that form `seq`, `boot` and `ts` are ordinary metric names.
 //!
 //! The parser keeps every key it reads, so a duplicate is reported rather than silently replaced,
 //! whatever serde_json's `preserve_order` feature says. [`JsonTelemetry::metrics`] is sorted by
@@ -33,6 +34,9 @@ const MAX_QUOTED_CHARS: usize = 80;
 pub struct JsonTelemetry {
     /// The device's sequence number, if it sent one (envelope form only).
     pub seq: Option<u32>,
+    /// The device's boot number, if it sent one (envelope form only; see
+    /// [`crate::Telemetry::boot`]).
+    pub boot: Option<u32>,
     /// When the readings were taken, unix milliseconds UTC, if the device said (envelope `ts`).
     pub timestamp_ms: Option<u64>,
     /// One to [`MAX_JSON_METRICS`] readings, names valid and unique, sorted by name.
@@ -52,8 +56,8 @@ pub enum JsonError {
     /// The envelope's `metrics` is not an object.
     #[error("\"metrics\" is not a JSON object")]
     MetricsNotAnObject,
-    /// The envelope has a key other than `seq`, `ts` and `metrics`.
-    #[error("unknown key {0:?} in the telemetry envelope (allowed: seq, ts, metrics)")]
+    /// The envelope has a key other than `seq`, `boot`, `ts` and `metrics`.
+    #[error("unknown key {0:?} in the telemetry envelope (allowed: seq, boot, ts, metrics)")]
     UnknownKey(String),
     /// A key of the envelope appears more than once.
     #[error("key {0:?} appears more than once")]
@@ -92,6 +96,9 @@ pub enum JsonError {
     /// `seq` is not an integer that fits a u32.
     #[error("seq is not an integer in 0..=4294967295")]
     BadSeq,
+    /// `boot` is not an integer that fits a u32.
+    #[error("boot is not an integer in 0..=4294967295")]
+    BadBoot,
     /// `ts` is not an RFC 3339 time or an integer of unix milliseconds at or after 1970.
     #[error("ts is not an RFC 3339 time or integer unix milliseconds: {0}")]
     BadTimestamp(String),
@@ -109,17 +116,22 @@ pub fn parse_telemetry(payload: &[u8]) -> Result<JsonTelemetry, JsonError> {
     if !top.iter().any(|(key, _)| key == "metrics") {
         return Ok(JsonTelemetry {
             seq: None,
+            boot: None,
             timestamp_ms: None,
             metrics: convert_metrics(top)?,
         });
     }
 
     let mut seq = None;
+    let mut boot = None;
     let mut timestamp_ms = None;
     let mut metrics = None;
     for (key, value) in top {
         let seen = match key.as_str() {
             "seq" => seq.replace(parse_seq(&value)?).is_some(),
+            "boot" => boot
+                .replace(parse_u32(&value).ok_or(JsonError::BadBoot)?)
+                .is_some(),
             "ts" => timestamp_ms.replace(parse_ts(&value)?).is_some(),
             "metrics" => match value {
                 Raw::Object(members) => metrics.replace(members).is_some(),
@@ -133,14 +145,88 @@ pub fn parse_telemetry(payload: &[u8]) -> Result<JsonTelemetry, JsonError> {
     }
     Ok(JsonTelemetry {
         seq,
+        boot,
         timestamp_ms,
         metrics: convert_metrics(metrics.unwrap_or_default())?,
     })
 }
 
-/// The JSON ack for a device that sends `seq`: `{"seq":7}`. Cumulative, like [`crate::Ack`].
-pub fn ack_json(seq: u32) -> String {
-    format!("{{\"seq\":{seq}}}")
+/// The seq and boot of an envelope that [`parse_telemetry`] refuses for its content (a string too
+/// long, a bad metric name, a bad `ts`...), so the hub can name the reading it rejects. `None`
+/// when the payload is not an envelope with one valid `seq` (and at most one valid `boot`): then
+/// there is no reading to name.
+pub fn reading_id(payload: &[u8]) -> Option<crate::ReadingId> {
+    let Ok(Raw::Object(top)) = parse_raw(payload) else {
+        return None;
+    };
+    if !top.iter().any(|(key, _)| key == "metrics") {
+        return None;
+    }
+    let mut seqs = top.iter().filter(|(key, _)| key == "seq");
+    let seq = parse_seq(&seqs.next()?.1).ok()?;
+    let mut boots = top.iter().filter(|(key, _)| key == "boot");
+    let boot = match boots.next() {
+        Some((_, raw)) => Some(parse_u32(raw)?),
+        None => None,
+    };
+    if seqs.next().is_some() || boots.next().is_some() {
+        return None;
+    }
+    Some(crate::ReadingId { seq, boot })
+}
+
+/// What the hub tells a JSON device that sends `seq`, on `devices/{id}/ack`; the JSON form of
+/// [`crate::Ack`], [`crate::Rejected`] and [`crate::GaveUp`] together:
+///
+/// ```json
+/// {"seq":1200,"boot":3,"rejected":{"seq":1,"reason":"..."},"gave_up":[[5,5],[7,9]]}
+/// ```
+///
+/// `seq` is cumulative for the boot: every seq up to it is stored, or was named in `rejected` or
+/// `gave_up` of this message or an earlier one. `boot` is there when the device sent one; the
+/// other two only when they say something. A device that sends neither boot nor anything to
+/// report gets `{"seq":n}`, as before version 2.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JsonAck {
+    /// Every seq of the boot up to this one is settled.
+    pub seq: u32,
+    /// The boot the ack is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<u32>,
+    /// The reading this message answers, refused for its content: drop it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<JsonRejected>,
+    /// Seqs the hub stopped waiting for, as inclusive `[first, last]` ranges (see
+    /// [`crate::GaveUp`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gave_up: Vec<[u32; 2]>,
+}
+
+/// A reading refused for its content, in a [`JsonAck`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JsonRejected {
+    /// Its seq.
+    pub seq: u32,
+    /// Why.
+    pub reason: String,
+}
+
+impl JsonAck {
+    /// The plain ack `{"seq":n}` (with `boot` when given).
+    pub fn new(seq: u32, boot: Option<u32>) -> Self {
+        JsonAck {
+            seq,
+            boot,
+            rejected: None,
+            gave_up: Vec::new(),
+        }
+    }
+
+    /// Its JSON text.
+    pub fn to_json(&self) -> String {
+        // Only strings and integers: serializing cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
 }
 
 /// A command for a JSON device: `{"id":..,"name":..,"args":{..}}`.
@@ -253,10 +339,14 @@ fn convert_value(name: &str, raw: Raw) -> Result<OwnedValue, JsonError> {
 }
 
 fn parse_seq(raw: &Raw) -> Result<u32, JsonError> {
+    parse_u32(raw).ok_or(JsonError::BadSeq)
+}
+
+fn parse_u32(raw: &Raw) -> Option<u32> {
     match *raw {
-        Raw::U64(u) => u32::try_from(u).map_err(|_| JsonError::BadSeq),
-        Raw::I64(i) => u32::try_from(i).map_err(|_| JsonError::BadSeq),
-        _ => Err(JsonError::BadSeq),
+        Raw::U64(u) => u32::try_from(u).ok(),
+        Raw::I64(i) => u32::try_from(i).ok(),
+        _ => None,
     }
 }
 

@@ -8,7 +8,9 @@
 //!   `encode` / `decode` turn them into postcard bytes and back; `decode` also checks the protocol
 //!   rules (see [`Uplink::validate`]) and returns [`Error::Invalid`] when one is broken.
 //! - [`frame`] puts a message on a serial line: `COBS(postcard ++ crc32_le(postcard)) ++ [0x00]`,
-//!   and [`FrameDecoder`] rebuilds frames from arbitrary chunks of bytes in a fixed buffer.
+//!   and [`FrameDecoder`] rebuilds frames from arbitrary chunks of bytes in a fixed buffer. A
+//!   sender writes a 0x00 before each frame too (see [`frame`]): after line noise, the frame that
+//!   follows is then not lost.
 //! - `json` (feature `std`) parses and writes the JSON payloads of the MQTT topics.
 //!
 //! # Wire rule
@@ -20,8 +22,22 @@
 //!
 //! `decode` ignores bytes after a complete message, so a field appended at the end of a message
 //! struct (`Hello`, `Telemetry`, `CommandResult`, `Ack`, `Command`, `TimeSync`) is skipped by an
-//! older decoder. A newer decoder cannot read an older message that lacks the field: bump
-//! [`PROTOCOL_VERSION`] when appending, and append new kinds of message as new enum variants.
+//! older decoder. postcard alone cannot read an older message that lacks the field, so an
+//! appended field is an `Option` read tolerantly: absent (the message ends first) reads as
+//! `None`, and it is written only when `Some`, so a message without it keeps the older bytes.
+//! Version 2 appended `boot` to `Hello`, `Telemetry` and `Ack` this way, and the downlink
+//! variants `Rejected` and `GaveUp`. Bump [`PROTOCOL_VERSION`] when appending, and append new
+//! kinds of message as new enum variants (an older decoder fails on those with
+//! [`Error::Decode`], and skips them).
+//!
+//! # Delivery
+//!
+//! `(device, boot, seq)` identifies a reading: a device numbers its telemetry, and a device whose
+//! counter starts again at every reboot also sends a boot number that changes at every reboot
+//! ([`Hello::boot`], [`Telemetry::boot`]). The hub answers, per boot, with a cumulative [`Ack`]:
+//! every seq up to it is stored, or was named in a [`Rejected`] (refused for its content: drop
+//! it) or a [`GaveUp`] (the hub stopped waiting for it) sent before. A device keeps each reading
+//! until an ack for its boot passes it, and sends it again when acks stop coming.
 //!
 //! # Features
 //!
@@ -36,7 +52,7 @@
 //!
 //! let mut readings = device_protocol::Fields::new();
 //! readings.push(Field { name: "temp", value: Value::F64(21.5) }).unwrap();
-//! let message = Uplink::Telemetry(Telemetry { seq: 7, timestamp_ms: None, readings });
+//! let message = Uplink::Telemetry(Telemetry { seq: 7, timestamp_ms: None, readings, boot: Some(3) });
 //!
 //! let mut frame = [0u8; device_protocol::MAX_FRAME_LEN + 1];
 //! let len = encode_frame(&message, &mut frame).unwrap();
@@ -66,16 +82,18 @@ mod message;
 mod owned;
 
 pub use error::Error;
-pub use frame::{DecoderStats, FeedResult, FrameDecoder, encode_frame};
+pub use frame::{DecoderStats, FeedResult, FrameDecoder, encode_frame, encode_line_frame};
 pub use message::{
-    Ack, Command, CommandResult, CommandStatus, Downlink, Field, Fields, Hello, Telemetry,
-    TimeSync, Uplink, Value,
+    Ack, Command, CommandResult, CommandStatus, Downlink, Field, Fields, GaveUp, Hello, ReadingId,
+    Rejected, SeqRange, SeqRanges, Telemetry, TimeSync, Uplink, Value,
 };
 #[cfg(feature = "alloc")]
 pub use owned::OwnedValue;
 
-/// Version of this protocol, sent by a device in [`Hello::protocol_version`].
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Version of this protocol, sent by a device in [`Hello::protocol_version`]. Version 2 added the
+/// boot number and the `Rejected` and `GaveUp` downlinks; a hub of version 2 reads version 1
+/// messages unchanged.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Maximum length in bytes (all ASCII, so also in chars) of a device id or a metric / field name.
 pub const MAX_ID_LEN: usize = 64;
@@ -84,8 +102,12 @@ pub const MAX_ID_LEN: usize = 64;
 /// [`Command`], payload fields per [`CommandResult`].
 pub const MAX_FIELDS: usize = 16;
 
-/// Maximum length in bytes (UTF-8) of a string value ([`Value::Str`], [`Hello::firmware`]).
+/// Maximum length in bytes (UTF-8) of a string value ([`Value::Str`], [`Hello::firmware`],
+/// [`Rejected::reason`]).
 pub const MAX_STR_LEN: usize = 256;
+
+/// Maximum number of seq ranges in one [`GaveUp`].
+pub const MAX_RANGES: usize = 16;
 
 /// Maximum length in bytes of one COBS-encoded frame, not counting its 0x00 delimiter.
 pub const MAX_FRAME_LEN: usize = 1024;

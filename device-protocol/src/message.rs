@@ -11,10 +11,18 @@
 //! - a `Telemetry` carries at least one reading; `Hello::protocol_version` is not 0.
 //!
 //! The declaration order of fields and variants below IS the wire format: only append.
+//!
+//! # Appended fields
+//!
+//! `Hello::boot`, `Telemetry::boot` and `Ack::boot` came with protocol version 2. Each is the last
+//! field of its message, written as a postcard `Option` only when it is `Some`: a message without
+//! it has exactly the bytes of version 1, and the bytes of a version 1 sender, which end before
+//! it, decode with `None` (see `appended`). A field appended after one of these must make it
+//! always written (`None` as its 0x00), or the two could not be told apart.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::{Error, MAX_FIELDS, MAX_STR_LEN, is_valid_id};
+use crate::{Error, MAX_FIELDS, MAX_RANGES, MAX_STR_LEN, is_valid_id};
 
 /// One value of a reading, command argument or result field.
 ///
@@ -53,13 +61,23 @@ pub struct Hello<'a> {
     pub firmware: &'a str,
     /// The [`PROTOCOL_VERSION`](crate::PROTOCOL_VERSION) the device speaks; never 0.
     pub protocol_version: u16,
+    /// The device's boot number: any u32 that changes at every reboot (a counter kept in flash,
+    /// or a random number drawn at start). `None` for a device that keeps its `seq` counting
+    /// across reboots, or speaks protocol version 1. Appended in version 2 (see the module docs).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "appended"
+    )]
+    pub boot: Option<u32>,
 }
 
 /// Readings taken by a device at one moment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Telemetry<'a> {
-    /// The device's sequence number for this message; `(device, seq)` identifies it, so a
-    /// retransmission is stored once. The hub answers with [`Ack`].
+    /// The device's sequence number for this message; `(device, boot, seq)` identifies it, so a
+    /// retransmission is stored once. The hub answers with [`Ack`] (and [`Rejected`] or [`GaveUp`]
+    /// when it has to).
     pub seq: u32,
     /// When the readings were taken: unix milliseconds, UTC, from the device clock; `None` if the
     /// device has no clock (the hub then uses its receive time).
@@ -67,6 +85,24 @@ pub struct Telemetry<'a> {
     /// One or more readings, metric names unique.
     #[serde(borrow)]
     pub readings: Fields<'a>,
+    /// The boot the seq counts in (see [`Hello::boot`]): a device whose counter starts again at
+    /// every reboot sends a new boot, so its new readings are not taken for old ones. Appended in
+    /// version 2.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "appended"
+    )]
+    pub boot: Option<u32>,
+}
+
+/// Which reading: the device's `seq` in the run of its `boot`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadingId {
+    /// The device's seq.
+    pub seq: u32,
+    /// Its boot, if it sends one.
+    pub boot: Option<u32>,
 }
 
 /// Outcome of a command.
@@ -92,11 +128,62 @@ pub struct CommandResult<'a> {
     pub payload: Fields<'a>,
 }
 
-/// The hub's acknowledgement of telemetry.
+/// The hub's acknowledgement of telemetry: cumulative, per boot.
+///
+/// Every seq of the boot up to and including `seq` is settled: stored durably, or named to the
+/// device in a [`Rejected`] or a [`GaveUp`] sent before this ack (or before an earlier one). A
+/// device may drop every reading up to `seq` from its outbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {
-    /// Highest contiguous `seq` now durable: every seq up to and including it is stored.
+    /// Highest seq up to which everything is settled.
     pub seq: u32,
+    /// The boot this ack is for: the [`Telemetry::boot`] of the readings it answers. A device
+    /// ignores an ack for another boot (an answer to a reading of its previous run). Appended in
+    /// version 2.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "appended"
+    )]
+    pub boot: Option<u32>,
+}
+
+/// A reading the hub refused for its content (a string too long, a bad metric name, a value that
+/// is not finite, a timestamp out of range): it is not stored and never will be, so the device
+/// drops it; the next [`Ack`] passes its seq.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejected<'a> {
+    /// The refused reading's seq.
+    pub seq: u32,
+    /// Its boot.
+    pub boot: Option<u32>,
+    /// Why, for the device's log: at most [`MAX_STR_LEN`] bytes.
+    pub reason: &'a str,
+}
+
+/// An inclusive range of seqs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeqRange {
+    /// The first seq.
+    pub first: u32,
+    /// The last seq; at least `first`.
+    pub last: u32,
+}
+
+/// Ranges of seqs, at most [`MAX_RANGES`].
+pub type SeqRanges = heapless::Vec<SeqRange, MAX_RANGES>;
+
+/// Seqs the hub stopped waiting for. The hub remembers the gaps below the seqs it stored for a
+/// while; when a device leaves more open gaps than it can keep, it gives up the oldest and says
+/// so here before an [`Ack`] passes them. A device that still holds one of them may send it again:
+/// it is stored if the hub can still tell it was never stored (else it is taken for a duplicate).
+/// A range may also cover seqs that were stored, when the hub had to merge ranges.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GaveUp {
+    /// The boot the seqs count in.
+    pub boot: Option<u32>,
+    /// One or more ranges, ascending.
+    pub ranges: SeqRanges,
 }
 
 /// A command from the hub for a device to carry out.
@@ -136,7 +223,8 @@ pub enum Uplink<'a> {
 
 /// A message from the hub to a device.
 ///
-/// Variant order is wire format: `Ack` = 0, `Command` = 1, `TimeSync` = 2.
+/// Variant order is wire format: `Ack` = 0, `Command` = 1, `TimeSync` = 2, `Rejected` = 3,
+/// `GaveUp` = 4. A decoder older than a variant fails on it with [`Error::Decode`]: skip it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[allow(
     clippy::large_enum_variant,
@@ -150,6 +238,11 @@ pub enum Downlink<'a> {
     Command(Command<'a>),
     /// See [`TimeSync`].
     TimeSync(TimeSync),
+    /// See [`Rejected`]. Since protocol version 2.
+    #[serde(borrow)]
+    Rejected(Rejected<'a>),
+    /// See [`GaveUp`]. Since protocol version 2.
+    GaveUp(GaveUp),
 }
 
 impl<'a> Uplink<'a> {
@@ -194,6 +287,19 @@ impl<'a> Uplink<'a> {
         self.validate()?;
         postcard::to_allocvec(self).map_err(Error::from_postcard_ser)
     }
+
+    /// The seq and boot of telemetry in `bytes`, even when [`Uplink::decode`] refuses it for
+    /// breaking a rule, so the hub can name the reading it rejects. `None` when the bytes are not
+    /// well-formed telemetry at all.
+    pub fn reading_id(bytes: &[u8]) -> Option<ReadingId> {
+        match decode_postcard::<Uplink<'_>>(bytes).ok()? {
+            Uplink::Telemetry(t) => Some(ReadingId {
+                seq: t.seq,
+                boot: t.boot,
+            }),
+            Uplink::Hello(_) | Uplink::CommandResult(_) => None,
+        }
+    }
 }
 
 impl<'a> Downlink<'a> {
@@ -204,6 +310,14 @@ impl<'a> Downlink<'a> {
             Downlink::Command(command) => {
                 check_id(command.name)?;
                 check_fields(&command.args)
+            }
+            Downlink::Rejected(rejected) => check_str(rejected.reason),
+            Downlink::GaveUp(gave_up) => {
+                let ordered = gave_up.ranges.iter().all(|r| r.first <= r.last);
+                if gave_up.ranges.is_empty() || !ordered {
+                    return Err(Error::Invalid);
+                }
+                Ok(())
             }
         }
     }
@@ -228,6 +342,17 @@ impl<'a> Downlink<'a> {
         self.validate()?;
         postcard::to_allocvec(self).map_err(Error::from_postcard_ser)
     }
+}
+
+/// Reads a field appended to a message after its first version (see the module docs): the
+/// field's `Option`, or `None` when the message ends before it. Bytes that do not form the field
+/// are read as `None` too, as an older decoder would ignore them.
+fn appended<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer).unwrap_or(None))
 }
 
 fn decode_postcard<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Error> {
@@ -276,123 +401,5 @@ fn check_fields(fields: &[Field<'_>]) -> Result<(), Error> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn fields<'a>(items: &[(&'a str, Value<'a>)]) -> Fields<'a> {
-        let mut out = Fields::new();
-        for (name, value) in items {
-            out.push(Field {
-                name,
-                value: value.clone(),
-            })
-            .unwrap();
-        }
-        out
-    }
-
-    fn telemetry<'a>(readings: Fields<'a>) -> Uplink<'a> {
-        Uplink::Telemetry(Telemetry {
-            seq: 1,
-            timestamp_ms: None,
-            readings,
-        })
-    }
-
-    #[test]
-    fn valid_messages_pass() {
-        let t = telemetry(fields(&[("temp", Value::F64(1.0)), ("n", Value::I64(-1))]));
-        assert_eq!(t.validate(), Ok(()));
-        let hello = Uplink::Hello(Hello {
-            device_id: "dev-1",
-            firmware: "",
-            protocol_version: 1,
-        });
-        assert_eq!(hello.validate(), Ok(()));
-        let cmd = Downlink::Command(Command {
-            command_id: 1,
-            name: "reboot",
-            args: Fields::new(),
-        });
-        assert_eq!(cmd.validate(), Ok(()));
-    }
-
-    #[test]
-    fn rule_violations_are_invalid() {
-        let long = "x".repeat(MAX_STR_LEN + 1);
-        let cases = [
-            telemetry(Fields::new()),
-            telemetry(fields(&[("bad name", Value::Bool(true))])),
-            telemetry(fields(&[("a", Value::F64(f64::NAN))])),
-            telemetry(fields(&[("a", Value::F64(f64::INFINITY))])),
-            telemetry(fields(&[("a", Value::Str(&long))])),
-            telemetry(fields(&[("a", Value::I64(1)), ("a", Value::I64(2))])),
-            Uplink::Hello(Hello {
-                device_id: "",
-                firmware: "1.0",
-                protocol_version: 1,
-            }),
-            Uplink::Hello(Hello {
-                device_id: "d",
-                firmware: &long,
-                protocol_version: 1,
-            }),
-            Uplink::Hello(Hello {
-                device_id: "d",
-                firmware: "1.0",
-                protocol_version: 0,
-            }),
-            Uplink::CommandResult(CommandResult {
-                command_id: 1,
-                status: CommandStatus::Ok,
-                payload: fields(&[("é", Value::Bool(true))]),
-            }),
-        ];
-        let mut buf = [0u8; 1024];
-        for case in cases {
-            assert_eq!(case.validate(), Err(Error::Invalid), "{case:?}");
-            assert_eq!(case.encode(&mut buf), Err(Error::Invalid), "{case:?}");
-        }
-        let bad_command = Downlink::Command(Command {
-            command_id: 1,
-            name: "re boot",
-            args: Fields::new(),
-        });
-        assert_eq!(bad_command.validate(), Err(Error::Invalid));
-    }
-
-    #[test]
-    fn decode_rejects_invalid_content() {
-        // Encoded without validation: postcard accepts what the protocol forbids.
-        let message = telemetry(fields(&[("bad name", Value::Bool(true))]));
-        let mut buf = [0u8; 64];
-        let bytes = postcard::to_slice(&message, &mut buf).unwrap();
-        assert_eq!(Uplink::decode(bytes), Err(Error::Invalid));
-    }
-
-    #[test]
-    fn decode_errors() {
-        assert_eq!(Uplink::decode(&[]), Err(Error::Empty));
-        assert_eq!(Downlink::decode(&[]), Err(Error::Empty));
-        assert_eq!(Uplink::decode(&[9]), Err(Error::Decode)); // unknown variant
-        assert_eq!(Downlink::decode(&[0]), Err(Error::Decode)); // truncated Ack
-        // More fields than MAX_FIELDS: length 17, then nothing.
-        assert_eq!(Uplink::decode(&[1, 1, 0, 17]), Err(Error::Decode));
-    }
-
-    #[test]
-    fn encode_reports_small_buffer() {
-        let message = Downlink::TimeSync(TimeSync { unix_ms: u64::MAX });
-        let mut buf = [0u8; 4];
-        assert_eq!(message.encode(&mut buf), Err(Error::BufferTooSmall));
-    }
-
-    #[test]
-    fn trailing_bytes_are_ignored() {
-        let message = Downlink::Ack(Ack { seq: 5 });
-        let mut buf = [0u8; 16];
-        let len = message.encode(&mut buf).unwrap().len();
-        buf[len] = 0xAB;
-        assert_eq!(Downlink::decode(&buf[..=len]), Ok(message));
-    }
-}
+#[path = "message_tests.rs"]
+mod tests;

@@ -13,7 +13,8 @@
 
 use device_protocol::{
     Ack, Command, CommandResult, CommandStatus, Downlink, FeedResult, Field, Fields, FrameDecoder,
-    Hello, OwnedValue, Telemetry, TimeSync, Uplink, Value, encode_frame,
+    GaveUp, Hello, OwnedValue, Rejected, SeqRange, SeqRanges, Telemetry, TimeSync, Uplink, Value,
+    encode_frame, encode_line_frame,
 };
 
 fn fields<'a>(items: &[(&'a str, Value<'a>)]) -> Fields<'a> {
@@ -32,6 +33,27 @@ fn fields<'a>(items: &[(&'a str, Value<'a>)]) -> Fields<'a> {
 const TS_MS: u64 = 1_795_255_200_000;
 /// Its varint.
 const TS_VARINT: [u8; 6] = [0x80, 0xd2, 0xb1, 0xec, 0x9f, 0x34];
+
+/// `Hello { "dev-1", "1.2.3", protocol_version 1 }` as a device of version 1 sends it.
+#[rustfmt::skip]
+const HELLO_V1: [u8; 14] = [
+    0x00,                                     // Uplink::Hello
+    0x05, b'd', b'e', b'v', b'-', b'1',       // device_id
+    0x05, b'1', b'.', b'2', b'.', b'3',       // firmware
+    0x01,                                     // protocol_version
+];
+
+/// `Telemetry { seq 300, no timestamp, temp 21.5 }` as a device of version 1 sends it.
+#[rustfmt::skip]
+const TELEMETRY_V1: [u8; 19] = [
+    0x01,                                     // Uplink::Telemetry
+    0xac, 0x02,                               // seq 300
+    0x00,                                     // timestamp None
+    0x01,                                     // 1 reading
+    0x04, b't', b'e', b'm', b'p',             // name
+    0x00,                                     // Value::F64
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x80, 0x35, 0x40, // 21.5 = 0x4035_8000_0000_0000
+];
 
 fn check_uplink(message: &Uplink<'_>, expected: &[u8]) {
     let mut buf = [0u8; 512];
@@ -55,15 +77,9 @@ fn hello() {
         device_id: "dev-1",
         firmware: "1.2.3",
         protocol_version: 1,
+        boot: None,
     });
-    #[rustfmt::skip]
-    let expected = [
-        0x00,                                     // Uplink::Hello
-        0x05, b'd', b'e', b'v', b'-', b'1',       // device_id
-        0x05, b'1', b'.', b'2', b'.', b'3',       // firmware
-        0x01,                                     // protocol_version
-    ];
-    check_uplink(&message, &expected);
+    check_uplink(&message, &HELLO_V1);
 }
 
 #[test]
@@ -72,18 +88,9 @@ fn telemetry_without_timestamp() {
         seq: 300,
         timestamp_ms: None,
         readings: fields(&[("temp", Value::F64(21.5))]),
+        boot: None,
     });
-    #[rustfmt::skip]
-    let expected = [
-        0x01,                                     // Uplink::Telemetry
-        0xac, 0x02,                               // seq 300
-        0x00,                                     // timestamp None
-        0x01,                                     // 1 reading
-        0x04, b't', b'e', b'm', b'p',             // name
-        0x00,                                     // Value::F64
-        0x00, 0x00, 0x00, 0x00, 0x00, 0x80, 0x35, 0x40, // 21.5 = 0x4035_8000_0000_0000
-    ];
-    check_uplink(&message, &expected);
+    check_uplink(&message, &TELEMETRY_V1);
 }
 
 #[test]
@@ -97,6 +104,7 @@ fn telemetry_with_timestamp_and_every_value_kind() {
             ("door", Value::Bool(true)),
             ("s", Value::Str("ok")),
         ]),
+        boot: None,
     });
     let mut expected = vec![0x01, 0x07, 0x01];
     expected.extend_from_slice(&TS_VARINT);
@@ -138,6 +146,7 @@ fn every_value_variant() {
             seq: 1,
             timestamp_ms: None,
             readings: fields(&[("v", value.clone())]),
+            boot: None,
         });
         let expected = [&prefix[..], value_bytes].concat();
         check_uplink(&message, &expected);
@@ -179,10 +188,25 @@ fn command_result_error() {
 
 #[test]
 fn ack() {
-    check_downlink(&Downlink::Ack(Ack { seq: 127 }), &[0x00, 0x7f]);
-    check_downlink(&Downlink::Ack(Ack { seq: 128 }), &[0x00, 0x80, 0x01]);
     check_downlink(
-        &Downlink::Ack(Ack { seq: u32::MAX }),
+        &Downlink::Ack(Ack {
+            seq: 127,
+            boot: None,
+        }),
+        &[0x00, 0x7f],
+    );
+    check_downlink(
+        &Downlink::Ack(Ack {
+            seq: 128,
+            boot: None,
+        }),
+        &[0x00, 0x80, 0x01],
+    );
+    check_downlink(
+        &Downlink::Ack(Ack {
+            seq: u32::MAX,
+            boot: None,
+        }),
         &[0x00, 0xff, 0xff, 0xff, 0xff, 0x0f],
     );
 }
@@ -231,7 +255,10 @@ fn decode_one_frame(frame: &[u8]) -> Vec<u8> {
 
 #[test]
 fn frame_of_ack() {
-    let message = Downlink::Ack(Ack { seq: 127 });
+    let message = Downlink::Ack(Ack {
+        seq: 127,
+        boot: None,
+    });
     let mut out = [0u8; 64];
     let len = encode_frame(&message, &mut out).unwrap();
     // postcard 00 7f, CRC-32 0x81637e52 little-endian, COBS, delimiter.
@@ -246,6 +273,7 @@ fn frame_of_telemetry() {
         seq: 300,
         timestamp_ms: None,
         readings: fields(&[("temp", Value::F64(21.5))]),
+        boot: None,
     });
     let mut out = [0u8; 64];
     let len = encode_frame(&message, &mut out).unwrap();
@@ -274,4 +302,121 @@ fn frame_of_command_result() {
     let expected = [0x03, 0x02, 0x2a, 0x01, 0x05, 0xa1, 0xd4, 0x97, 0xbe, 0x00];
     assert_eq!(&out[..len], &expected);
     assert_eq!(decode_one_frame(&expected), [0x02, 0x2a, 0x00, 0x00]);
+}
+
+// ----- Protocol version 2 ---------------------------------------------------------------------
+
+#[test]
+fn hello_with_boot() {
+    let message = Uplink::Hello(Hello {
+        device_id: "dev-1",
+        firmware: "1.2.3",
+        protocol_version: 2,
+        boot: Some(300),
+    });
+    // The version 1 layout with protocol_version 2, then boot Some(300).
+    let mut expected = HELLO_V1.to_vec();
+    expected[13] = 0x02;
+    expected.extend_from_slice(&[0x01, 0xac, 0x02]);
+    check_uplink(&message, &expected);
+}
+
+#[test]
+fn telemetry_with_boot() {
+    let message = Uplink::Telemetry(Telemetry {
+        seq: 300,
+        timestamp_ms: None,
+        readings: fields(&[("temp", Value::F64(21.5))]),
+        boot: Some(7),
+    });
+    // The version 1 bytes, then boot Some(7).
+    let expected = [&TELEMETRY_V1[..], &[0x01, 0x07]].concat();
+    check_uplink(&message, &expected);
+}
+
+#[test]
+fn ack_with_boot() {
+    check_downlink(
+        &Downlink::Ack(Ack {
+            seq: 127,
+            boot: Some(0),
+        }),
+        &[0x00, 0x7f, 0x01, 0x00],
+    );
+}
+
+#[test]
+fn rejected() {
+    let message = Downlink::Rejected(Rejected {
+        seq: 1,
+        boot: Some(2),
+        reason: "long",
+    });
+    #[rustfmt::skip]
+    let expected = [
+        0x03,                                     // Downlink::Rejected
+        0x01,                                     // seq
+        0x01, 0x02,                               // boot Some(2)
+        0x04, b'l', b'o', b'n', b'g',             // reason
+    ];
+    check_downlink(&message, &expected);
+}
+
+#[test]
+fn gave_up() {
+    let mut ranges = SeqRanges::new();
+    ranges.push(SeqRange { first: 1, last: 1 }).unwrap();
+    ranges
+        .push(SeqRange {
+            first: 3,
+            last: 300,
+        })
+        .unwrap();
+    let message = Downlink::GaveUp(GaveUp { boot: None, ranges });
+    #[rustfmt::skip]
+    let expected = [
+        0x04,                                     // Downlink::GaveUp
+        0x00,                                     // boot None
+        0x02,                                     // 2 ranges
+        0x01, 0x01,                               // 1..=1
+        0x03, 0xac, 0x02,                         // 3..=300
+    ];
+    check_downlink(&message, &expected);
+}
+
+/// What a device of version 1 sends is read as before, with no boot; and what a hub of version 2
+/// sends a device that gave no boot is what a hub of version 1 sent.
+#[test]
+fn version_1_bytes_still_decode() {
+    match Uplink::decode(&HELLO_V1).unwrap() {
+        Uplink::Hello(h) => assert_eq!((h.protocol_version, h.boot), (1, None)),
+        other => panic!("{other:?}"),
+    }
+    match Uplink::decode(&TELEMETRY_V1).unwrap() {
+        Uplink::Telemetry(t) => assert_eq!((t.seq, t.boot), (300, None)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        Downlink::Ack(Ack {
+            seq: 127,
+            boot: None
+        })
+        .to_vec()
+        .unwrap(),
+        [0x00, 0x7f]
+    );
+}
+
+#[test]
+fn line_frame_is_a_zero_then_the_frame() {
+    let message = Downlink::Ack(Ack {
+        seq: 127,
+        boot: None,
+    });
+    let mut out = [0u8; 64];
+    let len = encode_line_frame(&message, &mut out).unwrap();
+    assert_eq!(
+        &out[..len],
+        &[0x00, 0x01, 0x06, 0x7f, 0x52, 0x7e, 0x63, 0x81, 0x00]
+    );
 }

@@ -8,9 +8,10 @@
 )]
 
 use device_protocol::OwnedValue;
+use device_protocol::ReadingId;
 use device_protocol::json::{
-    JsonCommand, JsonCommandResult, JsonError, JsonTelemetry, MAX_JSON_METRICS, ack_json,
-    parse_command_result, parse_telemetry,
+    JsonAck, JsonCommand, JsonCommandResult, JsonError, JsonRejected, JsonTelemetry,
+    MAX_JSON_METRICS, parse_command_result, parse_telemetry, reading_id,
 };
 use serde_json::json;
 
@@ -47,6 +48,7 @@ fn flat_object() {
         t,
         JsonTelemetry {
             seq: None,
+            boot: None,
             timestamp_ms: None,
             // Sorted by name.
             metrics: metrics(&[
@@ -117,6 +119,7 @@ fn envelope_full() {
         t,
         JsonTelemetry {
             seq: Some(7),
+            boot: None,
             timestamp_ms: Some(TS_MS),
             metrics: metrics(&[
                 ("door", OwnedValue::Bool(false)),
@@ -367,10 +370,98 @@ fn envelope_shape_errors() {
 
 #[test]
 fn ack() {
-    assert_eq!(ack_json(7), r#"{"seq":7}"#);
-    assert_eq!(ack_json(u32::MAX), r#"{"seq":4294967295}"#);
-    let parsed: serde_json::Value = serde_json::from_str(&ack_json(0)).unwrap();
-    assert_eq!(parsed, json!({"seq": 0}));
+    // A device that sends no boot, with nothing to report, gets the version 1 form.
+    assert_eq!(JsonAck::new(7, None).to_json(), r#"{"seq":7}"#);
+    assert_eq!(
+        JsonAck::new(u32::MAX, None).to_json(),
+        r#"{"seq":4294967295}"#
+    );
+    assert_eq!(JsonAck::new(7, Some(3)).to_json(), r#"{"seq":7,"boot":3}"#);
+    let full = JsonAck {
+        seq: 1200,
+        boot: Some(3),
+        rejected: Some(JsonRejected {
+            seq: 1,
+            reason: "too \"long\"".into(),
+        }),
+        gave_up: vec![[5, 5], [7, 9]],
+    };
+    let text = full.to_json();
+    assert_eq!(
+        text,
+        r#"{"seq":1200,"boot":3,"rejected":{"seq":1,"reason":"too \"long\""},"gave_up":[[5,5],[7,9]]}"#
+    );
+    assert_eq!(serde_json::from_str::<JsonAck>(&text).unwrap(), full);
+    // A device of version 1 reads the new form as before: extra keys are ignored.
+    let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(parsed["seq"], 1200);
+    assert_eq!(
+        serde_json::from_str::<JsonAck>(r#"{"seq":4}"#).unwrap(),
+        JsonAck::new(4, None)
+    );
+}
+
+#[test]
+fn envelope_boot() {
+    let t = ok(r#"{"seq":7,"boot":3,"metrics":{"a":1}}"#);
+    assert_eq!((t.seq, t.boot), (Some(7), Some(3)));
+    let t = ok(r#"{"boot":3,"metrics":{"a":1}}"#);
+    assert_eq!((t.seq, t.boot), (None, Some(3)));
+    for bad in [
+        r#"{"boot":-1,"metrics":{"a":1}}"#,
+        r#"{"boot":4294967296,"metrics":{"a":1}}"#,
+        r#"{"boot":"3","metrics":{"a":1}}"#,
+        r#"{"boot":1.5,"metrics":{"a":1}}"#,
+    ] {
+        assert_eq!(err(bad), JsonError::BadBoot, "{bad}");
+    }
+    assert_eq!(
+        err(r#"{"boot":1,"boot":2,"metrics":{"a":1}}"#),
+        JsonError::DuplicateKey("boot".into())
+    );
+    // In the flat form it is a metric like any other.
+    assert_eq!(
+        ok(r#"{"boot":3}"#).metrics,
+        metrics(&[("boot", OwnedValue::I64(3))])
+    );
+}
+
+#[test]
+fn reading_id_names_an_envelope_refused_for_its_content() {
+    let long = "x".repeat(device_protocol::MAX_STR_LEN + 1);
+    let payload = json!({"seq": 1, "boot": 2, "metrics": {"s": long}}).to_string();
+    assert!(matches!(
+        parse_telemetry(payload.as_bytes()),
+        Err(JsonError::StringTooLong { .. })
+    ));
+    assert_eq!(
+        reading_id(payload.as_bytes()),
+        Some(ReadingId {
+            seq: 1,
+            boot: Some(2)
+        })
+    );
+    assert_eq!(
+        reading_id(br#"{"seq":5,"ts":"yesterday","metrics":{"a":1}}"#),
+        Some(ReadingId { seq: 5, boot: None })
+    );
+    for nameless in [
+        &br#"{"metrics":{"a":1}}"#[..],
+        br#"{"seq":5,"a":1}"#,
+        br#"{"seq":-5,"metrics":{}}"#,
+        br#"{"seq":5,"boot":-1,"metrics":{}}"#,
+        br#"{"seq":5,"seq":6,"metrics":{}}"#,
+        br#"{"seq":5,"boot":1,"boot":2,"metrics":{}}"#,
+        b"not json",
+        b"[1]",
+    ] {
+        assert_eq!(
+            reading_id(nameless),
+            None,
+            "{}",
+            String::from_utf8_lossy(nameless)
+        );
+    }
 }
 
 #[test]

@@ -27,11 +27,13 @@ enum UpModel {
         device_id: String,
         firmware: String,
         protocol_version: u16,
+        boot: Option<u32>,
     },
     Telemetry {
         seq: u32,
         timestamp_ms: Option<u64>,
         readings: Items,
+        boot: Option<u32>,
     },
     CommandResult {
         command_id: u64,
@@ -42,13 +44,15 @@ enum UpModel {
 
 #[derive(Debug, Clone)]
 enum DownModel {
-    Ack(u32),
+    Ack(u32, Option<u32>),
     Command {
         command_id: u64,
         name: String,
         args: Items,
     },
     TimeSync(u64),
+    Rejected(u32, Option<u32>, String),
+    GaveUp(Option<u32>, Vec<(u32, u32)>),
 }
 
 fn to_fields(items: &Items) -> Fields<'_> {
@@ -71,19 +75,23 @@ impl UpModel {
                 device_id,
                 firmware,
                 protocol_version,
+                boot,
             } => Uplink::Hello(device_protocol::Hello {
                 device_id,
                 firmware,
                 protocol_version: *protocol_version,
+                boot: *boot,
             }),
             UpModel::Telemetry {
                 seq,
                 timestamp_ms,
                 readings,
+                boot,
             } => Uplink::Telemetry(Telemetry {
                 seq: *seq,
                 timestamp_ms: *timestamp_ms,
                 readings: to_fields(readings),
+                boot: *boot,
             }),
             UpModel::CommandResult {
                 command_id,
@@ -101,7 +109,10 @@ impl UpModel {
 impl DownModel {
     fn message(&self) -> Downlink<'_> {
         match self {
-            DownModel::Ack(seq) => Downlink::Ack(device_protocol::Ack { seq: *seq }),
+            DownModel::Ack(seq, boot) => Downlink::Ack(device_protocol::Ack {
+                seq: *seq,
+                boot: *boot,
+            }),
             DownModel::Command {
                 command_id,
                 name,
@@ -114,6 +125,20 @@ impl DownModel {
             DownModel::TimeSync(unix_ms) => {
                 Downlink::TimeSync(device_protocol::TimeSync { unix_ms: *unix_ms })
             }
+            DownModel::Rejected(seq, boot, reason) => {
+                Downlink::Rejected(device_protocol::Rejected {
+                    seq: *seq,
+                    boot: *boot,
+                    reason,
+                })
+            }
+            DownModel::GaveUp(boot, ranges) => Downlink::GaveUp(device_protocol::GaveUp {
+                boot: *boot,
+                ranges: ranges
+                    .iter()
+                    .map(|&(first, last)| device_protocol::SeqRange { first, last })
+                    .collect(),
+            }),
         }
     }
 }
@@ -183,22 +208,28 @@ fn status() -> impl Strategy<Value = CommandStatus> {
 
 fn uplink(limits: Limits) -> impl Strategy<Value = UpModel> {
     prop_oneof![
-        (limits.id, text(limits), 1..=u16::MAX).prop_map(
-            |(device_id, firmware, protocol_version)| {
+        (limits.id, text(limits), 1..=u16::MAX, any::<Option<u32>>()).prop_map(
+            |(device_id, firmware, protocol_version, boot)| {
                 UpModel::Hello {
                     device_id,
                     firmware,
                     protocol_version,
+                    boot,
                 }
             }
         ),
-        (any::<u32>(), any::<Option<u64>>(), items(limits, 1)).prop_map(
-            |(seq, timestamp_ms, readings)| UpModel::Telemetry {
+        (
+            any::<u32>(),
+            any::<Option<u64>>(),
+            items(limits, 1),
+            any::<Option<u32>>()
+        )
+            .prop_map(|(seq, timestamp_ms, readings, boot)| UpModel::Telemetry {
                 seq,
                 timestamp_ms,
                 readings,
-            }
-        ),
+                boot,
+            }),
         (any::<u64>(), status(), items(limits, 0)).prop_map(|(command_id, status, payload)| {
             UpModel::CommandResult {
                 command_id,
@@ -211,7 +242,7 @@ fn uplink(limits: Limits) -> impl Strategy<Value = UpModel> {
 
 fn downlink(limits: Limits) -> impl Strategy<Value = DownModel> {
     prop_oneof![
-        any::<u32>().prop_map(DownModel::Ack),
+        (any::<u32>(), any::<Option<u32>>()).prop_map(|(seq, boot)| DownModel::Ack(seq, boot)),
         (any::<u64>(), limits.id, items(limits, 0)).prop_map(|(command_id, name, args)| {
             DownModel::Command {
                 command_id,
@@ -220,6 +251,16 @@ fn downlink(limits: Limits) -> impl Strategy<Value = DownModel> {
             }
         }),
         any::<u64>().prop_map(DownModel::TimeSync),
+        (any::<u32>(), any::<Option<u32>>(), text(limits))
+            .prop_map(|(seq, boot, reason)| DownModel::Rejected(seq, boot, reason)),
+        (
+            any::<Option<u32>>(),
+            vec(
+                (any::<u32>(), any::<u32>()).prop_map(|(a, b)| (a.min(b), a.max(b))),
+                1..=device_protocol::MAX_RANGES
+            )
+        )
+            .prop_map(|(boot, ranges)| DownModel::GaveUp(boot, ranges)),
     ]
 }
 
@@ -571,6 +612,7 @@ fn largest_message_round_trips() {
         seq: u32::MAX,
         timestamp_ms: Some(u64::MAX),
         readings,
+        boot: Some(u32::MAX),
     });
     let bytes = message.to_vec().unwrap();
     assert_eq!(Uplink::decode(&bytes).unwrap(), message);
@@ -581,7 +623,10 @@ fn largest_message_round_trips() {
 
 #[test]
 fn frame_into_a_small_buffer() {
-    let message = Downlink::Ack(device_protocol::Ack { seq: 127 });
+    let message = Downlink::Ack(device_protocol::Ack {
+        seq: 127,
+        boot: None,
+    });
     let mut out = [0u8; 7];
     assert_eq!(encode_frame(&message, &mut out), Err(Error::BufferTooSmall));
     let mut out = [0u8; 8];

@@ -626,7 +626,7 @@ mod tests {
         assert!(json_c.receive(b"{\"name\":\"echo\"}", now).is_err());
         assert!(json_c.receive(b"nope", now).is_err());
         let mut bin = Commands::new(Encoding::Binary);
-        let ack = Downlink::Ack(device_protocol::Ack { seq: 1 })
+        let ack = Downlink::Ack(device_protocol::Ack { seq: 1, boot: None })
             .to_vec()
             .unwrap();
         assert!(bin.receive(&ack, now).is_err());

@@ -26,6 +26,9 @@
 //!   window is resent, oldest first (see [`crate::retransmit`]). A binary or serial device
 //!   first probes again with its `Hello`: a hub restarted behind a serial line that stayed open
 //!   has forgotten which device is on it, and rejects telemetry until it hears a `Hello`.
+//!   Only acks of the device's boot count (`--boot`; an ack without one is from an older hub).
+//!   A reading the hub rejects leaves the outbox at once; one the hub gave up waiting for is
+//!   sent once more (the ack that follows passes it). Both are counted, and fail the run.
 //! - Stopping: after `--count` (seqs `0..count` in all, an outbox's earlier runs included), at
 //!   `--duration` or on Ctrl-C, production stops and the device waits for its last ack, at most
 //!   `--drain-timeout`. An idle device (`--idle`) produces nothing and runs until `--duration` or
@@ -39,7 +42,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
@@ -47,6 +49,7 @@ use crate::commands::{self, Commands, Encoding};
 use crate::faults::Noise;
 use crate::link::{Endpoint, Link, LinkEvent};
 use crate::outbox::Outbox;
+pub use crate::report::DeviceReport;
 use crate::retransmit::Retransmit;
 use crate::sensors::{Sensors, Timestamps, hello_bytes};
 
@@ -103,66 +106,10 @@ pub struct Plan {
     /// Serial line noise probability per frame.
     pub noise: f64,
     pub seed: u64,
+    /// The boot number its readings count in (`--boot`; none: its seqs never start again).
+    pub boot: Option<u32>,
     pub outbox: OutboxPlan,
     pub stop: watch::Receiver<Stop>,
-}
-
-/// What one device did, for the summary and `--report`.
-#[derive(Debug, Default, Clone, Serialize)]
-pub struct DeviceReport {
-    #[serde(skip)]
-    pub id: String,
-    /// Readings produced by this run.
-    pub produced: u64,
-    /// Readings acked during this run (a loaded backlog included).
-    pub acked: u64,
-    /// Every seq up to this one is acked (null: none yet).
-    pub acked_through: Option<u32>,
-    /// Readings sent again (after a reconnect, an ack timeout, or loaded from the outbox).
-    pub retransmitted: u64,
-    /// Readings still unacked at the end.
-    pub unacked: u64,
-    /// Times production stopped because the outbox was full.
-    pub stalls: u64,
-    /// Time spent stalled.
-    pub stalled_seconds: f64,
-    /// Unacked readings loaded from the outbox at start.
-    pub loaded: u64,
-    /// The seq the next reading would get.
-    pub next_seq: u64,
-    /// Connections that came up.
-    pub connections: u64,
-    /// Times the ack did not move for the ack timeout (and the window was resent).
-    pub ack_timeouts: u64,
-    /// Probes that went unanswered for the ack timeout.
-    pub probe_timeouts: u64,
-    /// Connections dropped on purpose by `--disconnect-every`.
-    pub forced_disconnects: u64,
-    /// Time syncs received.
-    pub time_syncs: u64,
-    /// Acks for seqs this device never produced (the hub knows another run of it).
-    pub acks_beyond: u64,
-    /// Serial frames preceded by garbage.
-    pub noise_frames: u64,
-    /// Serial frames sent with a flipped bit.
-    pub corrupted_frames: u64,
-    /// Commands received (redeliveries included).
-    pub commands_received: u64,
-    /// Answers to commands sent (a redelivery's included).
-    pub commands_answered: u64,
-    /// Commands delivered again with an id still remembered.
-    pub commands_duplicates: u64,
-    /// Payloads on a command topic that were not a command.
-    pub commands_invalid: u64,
-    /// Why the device failed, if it did.
-    pub error: Option<String>,
-}
-
-impl DeviceReport {
-    /// True if every reading was acked.
-    pub fn ok(&self) -> bool {
-        self.error.is_none() && self.unacked == 0
-    }
 }
 
 /// Runs the device until it has stopped producing and every reading is acked, or it gives up.
@@ -259,7 +206,7 @@ impl<'a> Device<'a> {
         Ok(Device {
             plan,
             outbox,
-            sensors: Sensors::new(plan.seed),
+            sensors: Sensors::new(plan.seed).with_boot(plan.boot),
             noise: Noise::new(plan.noise, plan.seed ^ 0x6e6f_6973),
             retransmit: Retransmit::new(plan.ack_timeout, now),
             link: None,
@@ -273,7 +220,7 @@ impl<'a> Device<'a> {
             stalled_since: None,
             next_disconnect: plan.disconnect_every.map(|every| now + every),
             last_persist: now,
-            hello: hello_bytes(&plan.id)?,
+            hello: hello_bytes(&plan.id, plan.boot)?,
             jitter: rand::rngs::SmallRng::seed_from_u64(plan.seed ^ 0x6a69_7474),
             commands: Commands::new(encoding(&plan.endpoint)),
             undelivered: VecDeque::new(),
@@ -443,7 +390,10 @@ impl<'a> Device<'a> {
                     }
                 }
             },
-            LinkEvent::Ack(seq) => {
+            LinkEvent::Ack { boot, .. } if !self.answers_us(boot) => {
+                self.report.acks_other_boot += 1;
+            }
+            LinkEvent::Ack { seq, .. } => {
                 let acked = self
                     .outbox
                     .ack_through(seq)
@@ -460,6 +410,32 @@ impl<'a> Device<'a> {
                     _ => {}
                 }
             }
+            LinkEvent::Rejected { seq, boot, reason } => {
+                // Never to be stored: it leaves the outbox (the ack that follows passes it).
+                if self.answers_us(boot)
+                    && let Some(i) = self.outbox.remove(seq)
+                {
+                    self.report.rejected += 1;
+                    if i < self.next_unsent {
+                        self.next_unsent -= 1;
+                    }
+                    eprintln!(
+                        "firmware-sim: {}: the hub rejected reading {seq}: {reason}",
+                        self.plan.id
+                    );
+                }
+            }
+            LinkEvent::GaveUp { boot, ranges } => {
+                // Sent once more at once: the hub stores one it can still tell was never stored.
+                if self.answers_us(boot) {
+                    for i in self.outbox.held_in(&ranges) {
+                        self.report.gave_up += 1;
+                        if !self.send_at(i).await {
+                            break;
+                        }
+                    }
+                }
+            }
             LinkEvent::TimeSync(_) => {
                 self.report.time_syncs += 1;
                 if matches!(self.phase, Phase::Probing { .. }) {
@@ -474,6 +450,12 @@ impl<'a> Device<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Whether an answer for the readings of `boot` is for this run of the device: of its boot,
+    /// or without one (a hub older than protocol version 2 takes every ack as its own).
+    fn answers_us(&self, boot: Option<u32>) -> bool {
+        boot.is_none() || boot == self.plan.boot
     }
 
     /// Sends the probe of a connection (its `tries`-th so far).

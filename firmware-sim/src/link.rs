@@ -14,7 +14,12 @@
 //!   and event loop, so nothing queued for an old connection is replayed ahead of the device's
 //!   own oldest-first retransmission.
 //! - Serial: the task reads the port and decodes [`Downlink`] frames. The port is reported up as
-//!   soon as it is open.
+//!   soon as it is open. Every frame the device writes goes after a 0x00 (see `device_protocol::frame`),
+//!   so line noise before it costs at most itself.
+//!
+//! What the hub says about readings comes as [`LinkEvent::Rejected`], [`LinkEvent::GaveUp`] and
+//! [`LinkEvent::Ack`], in that order: from a binary device's `Downlink`s, or from the one JSON ack
+//! that holds all three.
 //!
 //! Commands are passed on as their payload bytes ([`LinkEvent::Command`]), for
 //! [`crate::commands`]; the answers go back with [`Link::send_reply`].
@@ -23,9 +28,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use device_protocol::json::JsonAck;
 use device_protocol::{Downlink, FeedResult, FrameDecoder, MAX_FRAME_LEN, Uplink, encode_frame};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
-use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -56,8 +61,19 @@ pub enum Endpoint {
 pub enum LinkEvent {
     /// Connected (MQTT: ConnAck received and the subscription queued; serial: port open).
     Up,
-    /// The hub's cumulative ack.
-    Ack(u32),
+    /// The hub's cumulative ack for the readings of `boot`.
+    Ack { seq: u32, boot: Option<u32> },
+    /// The hub refused the reading `seq` of `boot` for its content: it will never be stored.
+    Rejected {
+        seq: u32,
+        boot: Option<u32>,
+        reason: String,
+    },
+    /// The hub stopped waiting for these seqs of `boot` (inclusive ranges).
+    GaveUp {
+        boot: Option<u32>,
+        ranges: Vec<(u32, u32)>,
+    },
     /// The hub's clock, unix milliseconds.
     TimeSync(u64),
     /// A command: the JSON payload of `devices/{id}/commands`, or the postcard bytes of a
@@ -299,14 +315,14 @@ impl Topics {
         Ok(())
     }
 
-    /// The event of a publish the hub sent on one of these topics, if it is one.
-    pub fn event(&self, topic: &str, payload: &[u8]) -> Option<LinkEvent> {
+    /// The events of a publish the hub sent on one of these topics (none if it is not one).
+    pub fn events(&self, topic: &str, payload: &[u8]) -> Vec<LinkEvent> {
         if topic == self.down {
             parse_down(payload, self.binary)
         } else if self.commands.as_deref() == Some(topic) {
-            Some(LinkEvent::Command(payload.to_vec()))
+            vec![LinkEvent::Command(payload.to_vec())]
         } else {
-            None
+            Vec::new()
         }
     }
 }
@@ -329,7 +345,7 @@ async fn poll_mqtt(
                 let _ = tx.send(LinkEvent::Up);
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                if let Some(event) = topics.event(&publish.topic, &publish.payload) {
+                for event in topics.events(&publish.topic, &publish.payload) {
                     let _ = tx.send(event);
                 }
             }
@@ -346,29 +362,57 @@ async fn poll_mqtt(
     }
 }
 
-/// The hub's JSON ack, `{"seq":n}`.
-#[derive(Deserialize)]
-struct JsonAck {
-    seq: u32,
-}
-
-/// An ack, a time sync or a command (binary) from a payload on the down (or JSON ack) topic;
-/// anything else is ignored.
-fn parse_down(payload: &[u8], binary: bool) -> Option<LinkEvent> {
+/// What a payload on the down (or JSON ack) topic says: an ack (with what it passes, see the
+/// module docs), a time sync or a command (binary); anything else is ignored.
+fn parse_down(payload: &[u8], binary: bool) -> Vec<LinkEvent> {
     if binary {
-        downlink_event(payload)
-    } else {
-        serde_json::from_slice::<JsonAck>(payload)
-            .ok()
-            .map(|ack| LinkEvent::Ack(ack.seq))
+        return downlink_event(payload).into_iter().collect();
     }
+    let Ok(ack) = serde_json::from_slice::<JsonAck>(payload) else {
+        return Vec::new();
+    };
+    let mut events = Vec::new();
+    if let Some(rejected) = ack.rejected {
+        events.push(LinkEvent::Rejected {
+            seq: rejected.seq,
+            boot: ack.boot,
+            reason: rejected.reason,
+        });
+    }
+    if !ack.gave_up.is_empty() {
+        events.push(LinkEvent::GaveUp {
+            boot: ack.boot,
+            ranges: ack
+                .gave_up
+                .iter()
+                .map(|[first, last]| (*first, *last))
+                .collect(),
+        });
+    }
+    events.push(LinkEvent::Ack {
+        seq: ack.seq,
+        boot: ack.boot,
+    });
+    events
 }
 
 fn downlink_event(payload: &[u8]) -> Option<LinkEvent> {
     match Downlink::decode(payload).ok()? {
-        Downlink::Ack(ack) => Some(LinkEvent::Ack(ack.seq)),
+        Downlink::Ack(ack) => Some(LinkEvent::Ack {
+            seq: ack.seq,
+            boot: ack.boot,
+        }),
         Downlink::TimeSync(sync) => Some(LinkEvent::TimeSync(sync.unix_ms)),
         Downlink::Command(_) => Some(LinkEvent::Command(payload.to_vec())),
+        Downlink::Rejected(rejected) => Some(LinkEvent::Rejected {
+            seq: rejected.seq,
+            boot: rejected.boot,
+            reason: rejected.reason.to_owned(),
+        }),
+        Downlink::GaveUp(gave_up) => Some(LinkEvent::GaveUp {
+            boot: gave_up.boot,
+            ranges: gave_up.ranges.iter().map(|r| (r.first, r.last)).collect(),
+        }),
     }
 }
 
@@ -415,14 +459,14 @@ mod tests {
         let json = Topics::new("d", false);
         let cmd = br#"{"id":1,"name":"echo"}"#;
         assert_eq!(
-            json.event("devices/d/commands", cmd),
-            Some(LinkEvent::Command(cmd.to_vec()))
+            json.events("devices/d/commands", cmd),
+            vec![LinkEvent::Command(cmd.to_vec())]
         );
         assert_eq!(
-            json.event("devices/d/ack", br#"{"seq":3}"#),
-            Some(LinkEvent::Ack(3))
+            json.events("devices/d/ack", br#"{"seq":3}"#),
+            vec![LinkEvent::Ack { seq: 3, boot: None }]
         );
-        assert_eq!(json.event("devices/x/commands", cmd), None);
+        assert_eq!(json.events("devices/x/commands", cmd), vec![]);
         assert_eq!(json.results, "devices/d/command-results");
 
         let binary = Topics::new("d", true);
@@ -434,10 +478,10 @@ mod tests {
         .to_vec()
         .unwrap();
         assert_eq!(
-            binary.event("devices/d/down", &down),
-            Some(LinkEvent::Command(down.clone()))
+            binary.events("devices/d/down", &down),
+            vec![LinkEvent::Command(down.clone())]
         );
-        assert_eq!(binary.event("devices/d/commands", cmd), None);
+        assert_eq!(binary.events("devices/d/commands", cmd), vec![]);
         assert_eq!(binary.results, "devices/d/up");
     }
 
@@ -445,15 +489,66 @@ mod tests {
     fn acks_and_time_syncs_are_understood_and_the_rest_ignored() {
         assert_eq!(
             parse_down(br#"{"seq":41}"#, false),
-            Some(LinkEvent::Ack(41))
+            vec![LinkEvent::Ack {
+                seq: 41,
+                boot: None
+            }]
         );
-        assert_eq!(parse_down(br#"{"id":1,"name":"x"}"#, false), None);
-        let ack = Downlink::Ack(Ack { seq: 9 }).to_vec().unwrap();
-        assert_eq!(parse_down(&ack, true), Some(LinkEvent::Ack(9)));
+        assert_eq!(parse_down(br#"{"id":1,"name":"x"}"#, false), vec![]);
+        // What the ack passes comes first.
+        assert_eq!(
+            parse_down(
+                br#"{"seq":9,"boot":2,"rejected":{"seq":1,"reason":"long"},"gave_up":[[3,4]]}"#,
+                false
+            ),
+            vec![
+                LinkEvent::Rejected {
+                    seq: 1,
+                    boot: Some(2),
+                    reason: "long".into()
+                },
+                LinkEvent::GaveUp {
+                    boot: Some(2),
+                    ranges: vec![(3, 4)]
+                },
+                LinkEvent::Ack {
+                    seq: 9,
+                    boot: Some(2)
+                },
+            ]
+        );
+        let ack = Downlink::Ack(Ack {
+            seq: 9,
+            boot: Some(2),
+        })
+        .to_vec()
+        .unwrap();
+        assert_eq!(
+            parse_down(&ack, true),
+            vec![LinkEvent::Ack {
+                seq: 9,
+                boot: Some(2)
+            }]
+        );
+        let rejected = Downlink::Rejected(device_protocol::Rejected {
+            seq: 1,
+            boot: None,
+            reason: "bad",
+        })
+        .to_vec()
+        .unwrap();
+        assert_eq!(
+            parse_down(&rejected, true),
+            vec![LinkEvent::Rejected {
+                seq: 1,
+                boot: None,
+                reason: "bad".into()
+            }]
+        );
         let sync = Downlink::TimeSync(TimeSync { unix_ms: 5 })
             .to_vec()
             .unwrap();
-        assert_eq!(parse_down(&sync, true), Some(LinkEvent::TimeSync(5)));
-        assert_eq!(parse_down(b"", true), None);
+        assert_eq!(parse_down(&sync, true), vec![LinkEvent::TimeSync(5)]);
+        assert_eq!(parse_down(b"", true), vec![]);
     }
 }

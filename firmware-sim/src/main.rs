@@ -9,7 +9,13 @@
 //!   on `devices/{id}/down`; `--transport serial --serial PATH...`: the same messages as frames on
 //!   a serial line, one device per path.
 //! - `--acks hub` (default): a reading is delivered when the hub's cumulative ack covers it; until
-//!   then it stays in the device's outbox ([`outbox`]) and is retransmitted ([`device`]).
+//!   then it stays in the device's outbox ([`outbox`]) and is retransmitted ([`device`]). A
+//!   reading the hub rejects leaves the outbox undelivered; one the hub gave up waiting for is sent
+//!   once more, then leaves it too (both count as failures: a simulated reading is always valid).
+//! - `--boot N`: the devices' readings count in boot `N` (in the `Hello`, the binary telemetry and
+//!   the JSON envelope), and their seqs start at 0: a device that keeps no counter across reboots.
+//!   Run it again with another `N` to simulate a reboot. Without it no boot is sent, and the seq
+//!   is kept across runs by `--outbox`.
 //!   `--acks broker`: delivered when the broker has it, no outbox ([`plain`]).
 //!
 //! - Commands: every connected device answers the hub's commands ([`commands`]): JSON on
@@ -38,6 +44,7 @@ mod faults;
 mod link;
 mod outbox;
 mod plain;
+mod report;
 mod retransmit;
 mod sensors;
 
@@ -165,6 +172,11 @@ struct Args {
     /// Seed for the values, so a run can be repeated.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// The boot number of this run: the seqs start at 0 and count in this boot (a device that
+    /// keeps no counter across reboots; run again with another number for a reboot). Not with
+    /// --outbox, which keeps the seq counting instead.
+    #[arg(long, value_name = "N")]
+    boot: Option<u32>,
 }
 
 fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
@@ -276,6 +288,11 @@ fn plans(args: &Args, stop: &watch::Receiver<Stop>) -> anyhow::Result<Vec<Plan>>
             vec![endpoint; devices]
         }
     };
+    if args.boot.is_some() && args.outbox.is_some() {
+        bail!(
+            "--boot is for a device whose seqs start again at every boot; --outbox keeps them counting: give one of them"
+        );
+    }
     if args.acks == Acks::Broker {
         if args.transport == Transport::Serial {
             bail!("--acks broker needs an MQTT transport (json or binary)");
@@ -315,6 +332,7 @@ fn plans(args: &Args, stop: &watch::Receiver<Stop>) -> anyhow::Result<Vec<Plan>>
             disconnect_every,
             noise: args.noise,
             seed: args.seed.wrapping_mul(1_000_003).wrapping_add(i as u64),
+            boot: args.boot,
             outbox: OutboxPlan {
                 dir: args.outbox.clone(),
                 max: args.outbox_max,
@@ -446,6 +464,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         "acked": sum(|r| r.acked),
         "retransmitted": sum(|r| r.retransmitted),
         "stalls": sum(|r| r.stalls),
+        "rejected": sum(|r| r.rejected),
+        "gave_up": sum(|r| r.gave_up),
         "commands_received": sum(|r| r.commands_received),
         "commands_answered": sum(|r| r.commands_answered),
         "failed_devices": failed.len(),
@@ -470,7 +490,10 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .take(SHOWN)
             .map(|r| match &r.error {
                 Some(e) => format!("{} ({e})", r.id),
-                None => format!("{} ({} unacked)", r.id, r.unacked),
+                None => format!(
+                    "{} ({} unacked, {} rejected, {} given up by the hub)",
+                    r.id, r.unacked, r.rejected, r.gave_up
+                ),
             })
             .collect();
         if failed.len() > SHOWN {

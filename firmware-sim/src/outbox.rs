@@ -273,6 +273,24 @@ impl Outbox {
         self.pending.get_mut(i)
     }
 
+    /// Drops the unacked reading `seq` (the hub rejected it); its index before, if it was held.
+    /// Not written to disk: the ack that passes it follows.
+    pub fn remove(&mut self, seq: u32) -> Option<usize> {
+        let i = self.pending.iter().position(|r| r.seq == seq)?;
+        self.pending.remove(i);
+        Some(i)
+    }
+
+    /// The indexes of the unacked readings whose seq lies in one of `ranges` (inclusive).
+    pub fn held_in(&self, ranges: &[(u32, u32)]) -> Vec<usize> {
+        self.pending
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| ranges.iter().any(|(a, b)| (*a..=*b).contains(&r.seq)))
+            .map(|(i, _)| i)
+            .collect()
+    }
+
     /// Appends the reading `seq`, which must be [`Outbox::next_seq`], whose postcard
     /// `Uplink::Telemetry` bytes are `message`. It is written to the log (and synced, with
     /// `fsync`) before this returns. The caller checks [`Outbox::is_full`] first.
@@ -669,5 +687,18 @@ mod tests {
         assert_eq!(outbox.acked_through(), Some(2));
         assert!(outbox.is_empty());
         assert_eq!(outbox.next_seq(), 3);
+    }
+
+    #[test]
+    fn a_rejected_reading_leaves_and_given_up_ones_are_found() {
+        let mut sensors = Sensors::new(9);
+        let mut outbox = Outbox::in_memory(10);
+        append_n(&mut outbox, &mut sensors, 6);
+        assert_eq!(outbox.remove(2), Some(2));
+        assert_eq!(outbox.remove(2), None);
+        assert_eq!(seqs(&outbox), [0, 1, 3, 4, 5]);
+        assert_eq!(outbox.held_in(&[(1, 3), (5, 9)]), vec![1, 2, 4]);
+        assert_eq!(outbox.ack_through(5).unwrap(), 5);
+        assert!(outbox.is_empty());
     }
 }

@@ -92,12 +92,12 @@ async fn publish(plan: &Plan, report: &mut DeviceReport) -> anyhow::Result<()> {
     // Messages that the broker must accept: the readings, and a binary device's Hello.
     let mut expected = 0u64;
     if *binary {
-        let hello = hello_bytes(&plan.id)?;
+        let hello = hello_bytes(&plan.id, plan.boot)?;
         client.publish(topic.as_str(), *qos, false, hello).await?;
         expected += 1;
     }
 
-    let mut sensors = Sensors::new(plan.seed);
+    let mut sensors = Sensors::new(plan.seed).with_boot(plan.boot);
     let mut ticker = tokio::time::interval(plan.interval.max(Duration::from_micros(1)));
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut stop = plan.stop.clone();
@@ -294,10 +294,10 @@ async fn poll(
                 backoff = RECONNECT_MIN;
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                if let Some(LinkEvent::Command(payload)) =
-                    commanded.topics.event(&publish.topic, &publish.payload)
-                {
-                    let _ = commanded.tx.send(payload);
+                for event in commanded.topics.events(&publish.topic, &publish.payload) {
+                    if let LinkEvent::Command(payload) = event {
+                        let _ = commanded.tx.send(payload);
+                    }
                 }
             }
             Ok(event) => {

@@ -2,7 +2,8 @@
 //!
 //! A reading is kept (in the outbox, on the wire) as the postcard bytes of an
 //! [`Uplink::Telemetry`]: the binary and serial transports send those bytes as they are, the JSON
-//! transport turns them into the envelope `{"seq":n,"ts":"<RFC 3339>","metrics":{..}}`.
+//! transport turns them into the envelope `{"seq":n,"boot":b,"ts":"<RFC 3339>","metrics":{..}}`
+//! (`boot` with `--boot`, as in the `Hello` and the telemetry of a binary device).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -15,6 +16,8 @@ use rand::{Rng, SeedableRng};
 /// that drift, a battery that drains, a door switch that sometimes flips.
 pub struct Sensors {
     rng: SmallRng,
+    /// The boot number the readings count in (`--boot`).
+    boot: Option<u32>,
     temperature: f64,
     humidity: f64,
     battery: f64,
@@ -25,12 +28,19 @@ impl Sensors {
     pub fn new(seed: u64) -> Self {
         let mut rng = SmallRng::seed_from_u64(seed);
         Sensors {
+            boot: None,
             temperature: rng.random_range(18.0..24.0),
             humidity: rng.random_range(35.0..60.0),
             battery: rng.random_range(80.0..100.0),
             door_open: false,
             rng,
         }
+    }
+
+    /// The same sensors, whose readings count in `boot`.
+    pub fn with_boot(mut self, boot: Option<u32>) -> Self {
+        self.boot = boot;
+        self
     }
 
     /// The next values: temperature (°C), humidity (%), battery (%), door (open).
@@ -57,28 +67,25 @@ impl Sensors {
             // Four fields always fit in MAX_FIELDS.
             let _ = readings.push(Field { name, value });
         }
-        telemetry_bytes(seq, timestamp_ms, readings)
+        Uplink::Telemetry(Telemetry {
+            seq,
+            timestamp_ms: Some(timestamp_ms),
+            readings,
+            boot: self.boot,
+        })
+        .to_vec()
+        .expect("a simulated reading is a valid message")
     }
 }
 
-/// The postcard bytes of a telemetry message.
-pub fn telemetry_bytes(seq: u32, timestamp_ms: u64, readings: Fields<'_>) -> Vec<u8> {
-    Uplink::Telemetry(Telemetry {
-        seq,
-        timestamp_ms: Some(timestamp_ms),
-        readings,
-    })
-    .to_vec()
-    .expect("a simulated reading is a valid message")
-}
-
-/// The postcard bytes of this simulator's `Hello`.
-pub fn hello_bytes(device_id: &str) -> anyhow::Result<Vec<u8>> {
+/// The postcard bytes of this simulator's `Hello`, with its `boot` (`--boot`).
+pub fn hello_bytes(device_id: &str, boot: Option<u32>) -> anyhow::Result<Vec<u8>> {
     let firmware = concat!("firmware-sim/", env!("CARGO_PKG_VERSION"));
     Uplink::Hello(Hello {
         device_id,
         firmware,
         protocol_version: PROTOCOL_VERSION,
+        boot,
     })
     .to_vec()
     .map_err(|e| anyhow::anyhow!("{device_id}: cannot build a Hello: {e}"))
@@ -93,7 +100,7 @@ pub fn telemetry_seq(message: &[u8]) -> Option<u32> {
     }
 }
 
-/// The JSON envelope of a telemetry message: `{"seq":n,"ts":"..","metrics":{..}}`.
+/// The JSON envelope of a telemetry message: `{"seq":n,"boot":b,"ts":"..","metrics":{..}}`.
 pub fn telemetry_json(message: &[u8]) -> anyhow::Result<Vec<u8>> {
     let Uplink::Telemetry(t) = Uplink::decode(message).context("decoding a stored reading")? else {
         bail!("a stored message is not telemetry");
@@ -112,6 +119,9 @@ pub fn telemetry_json(message: &[u8]) -> anyhow::Result<Vec<u8>> {
     }
     let mut envelope = serde_json::Map::new();
     envelope.insert("seq".into(), t.seq.into());
+    if let Some(boot) = t.boot {
+        envelope.insert("boot".into(), boot.into());
+    }
     if let Some(ms) = t.timestamp_ms {
         envelope.insert("ts".into(), rfc3339(ms).into());
     }
@@ -222,6 +232,20 @@ mod tests {
         assert_eq!(parsed.timestamp_ms, Some(1_795_255_200_000));
         let names: Vec<&str> = parsed.metrics.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["battery", "door", "humidity", "temperature"]);
+    }
+
+    #[test]
+    fn with_a_boot_the_reading_and_its_envelope_carry_it() {
+        let mut sensors = Sensors::new(7).with_boot(Some(3));
+        let bytes = sensors.reading(0, 1_795_255_200_000);
+        let json = telemetry_json(&bytes).unwrap();
+        let parsed = device_protocol::json::parse_telemetry(&json).unwrap();
+        assert_eq!((parsed.seq, parsed.boot), (Some(0), Some(3)));
+        let hello = hello_bytes("d", Some(3)).unwrap();
+        match Uplink::decode(&hello).unwrap() {
+            Uplink::Hello(h) => assert_eq!((h.boot, h.protocol_version), (Some(3), 2)),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -199,6 +199,7 @@ mod tests {
                 transport: Transport::Mqtt,
                 wire: Wire::Json,
                 seq: Some(1),
+                boot: None,
                 timestamp_ms: Some(5),
                 received_ms: 5,
                 metrics: vec![("v".into(), OwnedValue::I64(1))],

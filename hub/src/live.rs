@@ -33,8 +33,8 @@ pub struct LiveReading {
     pub offset: u64,
     /// Device id.
     pub device: String,
-    /// Device seq (or the hub's).
-    pub seq: u32,
+    /// How it is numbered.
+    pub seq: crate::store::ReadingSeq,
     /// Timestamp (device clock, or hub receive time).
     pub timestamp_ms: u64,
     /// Metric names and values.

@@ -175,6 +175,7 @@ impl Device {
                     device_id: &lane.id,
                     firmware: "hub-bench",
                     protocol_version: PROTOCOL_VERSION,
+                    boot: None,
                 })
                 .encode(&mut buf)
                 .map_err(|e| anyhow::anyhow!("encoding Hello: {e:?}"))?;
@@ -417,6 +418,7 @@ pub fn encode(plan: &Plan, seq: u64, timestamp_ms: u64, out: &mut Vec<u8>) -> an
                 seq: seq as u32,
                 timestamp_ms: Some(timestamp_ms),
                 readings,
+                boot: None,
             });
             let mut buf = [0u8; 512];
             let bytes = message
@@ -474,7 +476,10 @@ mod tests {
         assert_eq!(ack_seq(Format::Json, br#"{"seq":41}"#), Some(41));
         assert_eq!(ack_seq(Format::Json, br#"{"seq": 3 }"#), Some(3));
         let mut buf = [0u8; 32];
-        let ack = Downlink::Ack(device_protocol::Ack { seq: 12 });
+        let ack = Downlink::Ack(device_protocol::Ack {
+            seq: 12,
+            boot: None,
+        });
         let bytes = ack.encode(&mut buf).unwrap();
         assert_eq!(ack_seq(Format::Binary, bytes), Some(12));
     }

@@ -151,13 +151,21 @@ pub struct DeviceDetail {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Counters {
+    /// The boot of its latest run of seqs; null for a device that sends no boot (or no seq).
+    #[schema(required = true)]
+    boot: Option<u32>,
     /// Readings it sent again that were recognised and not stored twice.
     duplicates: u64,
-    /// The highest seq stored for it; null for a device that sends none.
+    /// Seqs the hub stopped waiting for: the device left more gaps open than the hub keeps
+    /// (each was named to the device before an ack passed it).
+    gave_up: u64,
+    /// The highest seq stored in its latest run; null for a device that sends none.
     #[schema(required = true)]
     last_seq: Option<u32>,
     /// Readings stored for it.
     readings: u64,
+    /// Readings with a seq refused for their content (the device was told, and their seq acked).
+    rejected: u64,
 }
 
 /// The latest value of each metric of a device.
@@ -341,9 +349,12 @@ impl DeviceDetail {
         metrics.sort();
         DeviceDetail {
             counters: Counters {
+                boot: device.record.runs.current_boot(),
                 duplicates: device.record.duplicates,
+                gave_up: device.record.gave_up,
                 last_seq: device.record.last_seq,
                 readings: device.record.readings,
+                rejected: device.record.rejected,
             },
             display_name,
             firmware: device.record.firmware,

@@ -177,7 +177,7 @@ pub(super) async fn metrics(
         &mut out,
         "hub_store_items_total",
         "counter",
-        "What the store writer did with readings: stored, duplicate (a retransmission, stored once), refused (store full, reject_new).",
+        "What the store writer did with readings: stored, duplicate (a retransmission, stored once), refused (store full, reject_new), rejected (refused for its content: settled, its device told).",
     );
     sample(
         &mut out,
@@ -196,6 +196,19 @@ pub(super) async fn metrics(
         "hub_store_items_total",
         "outcome=\"refused\"",
         w.refused.load(Ordering::Relaxed),
+    );
+    sample(
+        &mut out,
+        "hub_store_items_total",
+        "outcome=\"rejected\"",
+        w.rejected.load(Ordering::Relaxed),
+    );
+    single(
+        &mut out,
+        "hub_store_seqs_given_up_total",
+        "counter",
+        "Seqs the store stopped waiting for because a device left more gaps open than it keeps; each is named to the device before an ack passes it.",
+        w.gave_up.load(Ordering::Relaxed),
     );
     single(
         &mut out,

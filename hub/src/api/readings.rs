@@ -134,16 +134,25 @@ pub struct ReadingsPage {
 
 // Fields are in alphabetical order, here and in every body of this module: the bytes stay what
 // they were when the bodies were built as `serde_json` maps, which sort their keys.
-/// A reading (also each line of an NDJSON export).
+/// A reading (also each line of an NDJSON export). `(device, boot, seq)` identifies a reading the
+/// device numbered; one it did not number has a `hub_seq` instead, and no `seq`.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReadingJson {
+    /// The device's boot number, when it sends one: its seqs count within a boot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    boot: Option<u32>,
+    /// The hub's number of a reading the device sent without a seq (a numbering of the device's
+    /// own, apart from its seqs; a retransmission of such a reading cannot be recognised).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hub_seq: Option<u32>,
     /// Values by metric name.
     metrics: BTreeMap<String, MetricValue>,
     /// The hub offset: a number that only grows.
     offset: u64,
-    /// The device's sequence number (assigned by the hub when the device sends none).
-    seq: u32,
+    /// The device's sequence number, when it sent one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u32>,
     /// Timestamp (the device's, else the hub's receive time), RFC 3339 UTC.
     #[schema(format = DateTime)]
     ts: String,
@@ -152,9 +161,11 @@ pub struct ReadingJson {
 impl From<&Reading> for ReadingJson {
     fn from(r: &Reading) -> Self {
         ReadingJson {
+            boot: r.seq.boot(),
+            hub_seq: r.seq.hub_seq(),
             metrics: MetricValue::map(&r.metrics),
             offset: r.offset,
-            seq: r.seq,
+            seq: r.seq.device_seq(),
             ts: params::rfc3339(r.timestamp_ms),
         }
     }
@@ -275,7 +286,8 @@ enum Source {
 /// `bucket`, buckets of one metric. With `Accept: text/csv` or `application/x-ndjson` (or
 /// `format`), the whole range is streamed instead of a page: `from`, `to`, `metric`, `order`,
 /// `bucket`, `agg` and `cursor` apply, `limit` is refused. CSV (RFC 4180, CRLF line ends) has the
-/// header `ts,offset,seq,metric,value` and a row per metric value, strings always double-quoted,
+/// header `ts,offset,boot,seq,hub_seq,metric,value` and a row per metric value (a reading's
+/// `boot`, `seq` or `hub_seq` empty where it has none), strings always double-quoted,
 /// and a string or metric name that starts with `=`, `+`, `-`, `@`, a tab or a carriage return
 /// prefixed with `'` so that a spreadsheet does not run it as a formula;
 /// with `bucket`, the columns are `start,count,<aggs>`. NDJSON has one reading (or bucket) per
@@ -481,7 +493,7 @@ impl Source {
     /// The first line of a CSV export.
     fn csv_header(&self) -> String {
         match self {
-            Source::Raw(_) => "ts,offset,seq,metric,value\r\n".to_owned(),
+            Source::Raw(_) => "ts,offset,boot,seq,hub_seq,metric,value\r\n".to_owned(),
             Source::Buckets { aggs, .. } => {
                 let mut line = "start,count".to_owned();
                 for agg in aggs.iter().filter(|a| **a != Agg::Count) {
@@ -501,9 +513,12 @@ impl Source {
             (Page::Raw { readings, .. }, Format::Csv) => {
                 for r in readings {
                     let ts = params::rfc3339(r.timestamp_ms);
+                    let cell = |n: Option<u32>| n.map(|n| n.to_string()).unwrap_or_default();
+                    let (boot, seq) = (cell(r.seq.boot()), cell(r.seq.device_seq()));
+                    let hub_seq = cell(r.seq.hub_seq());
                     for (metric, value) in &r.metrics {
-                        let _ =
-                            write!(out, "{ts},{},{},{},", r.offset, r.seq, formula_safe(metric));
+                        let metric = formula_safe(metric);
+                        let _ = write!(out, "{ts},{},{boot},{seq},{hub_seq},{metric},", r.offset);
                         csv_value(&mut out, value);
                         out.push_str("\r\n");
                     }

@@ -14,7 +14,8 @@
 //! - `{"op":"ping"}`: answered `{"type":"pong"}`.
 //!
 //! Server messages: `{"type":"reading","subscriptions":[..],"device":..,"offset":..,"seq":..,
-//! "ts":..,"metrics":{..}}` (only the metrics the subscriptions match), `{"type":"device",..,
+//! "ts":..,"metrics":{..}}` (only the metrics the subscriptions match; `seq`, `boot` and `hub_seq`
+//! as in the readings API: each only when the reading has it), `{"type":"device",..,
 //! "event":"online","reason":..,"ts":..}`, `{"type":"command",..,"id":..,"state":..}`,
 //! `{"type":"lagged","dropped":N}` and `{"type":"error","detail":..}`.
 //!
@@ -463,15 +464,25 @@ impl Session {
             if metrics.is_empty() {
                 continue;
             }
-            self.send_json(json!({
+            let mut message = json!({
                 "type": "reading",
                 "subscriptions": ids,
                 "device": reading.device,
                 "offset": reading.offset,
-                "seq": reading.seq,
                 "ts": params::rfc3339(reading.timestamp_ms),
                 "metrics": metrics,
-            }));
+            });
+            let numbering = [
+                ("seq", reading.seq.device_seq()),
+                ("boot", reading.seq.boot()),
+                ("hub_seq", reading.seq.hub_seq()),
+            ];
+            for (key, value) in numbering {
+                if let Some(value) = value {
+                    message[key] = json!(value);
+                }
+            }
+            self.send_json(message);
         }
     }
 
@@ -611,7 +622,7 @@ mod tests {
         let _ = live.readings_tx.send(Arc::new(vec![LiveReading {
             offset,
             device: "d-1".into(),
-            seq: 0,
+            seq: crate::store::ReadingSeq::Device { boot: None, seq: 0 },
             timestamp_ms: 0,
             metrics: vec![("t".into(), device_protocol::OwnedValue::I64(1))],
         }]));

@@ -5,7 +5,8 @@ use device_protocol::{CommandStatus, OwnedValue, Uplink, json};
 
 use super::Rejection;
 use crate::store::{
-    CommandResultIn, DeviceHello, DeviceStatus, Ingest, NewReading, Transport, Wire,
+    CommandResultIn, DeviceHello, DeviceStatus, Ingest, NewReading, RejectedReading, Transport,
+    Wire,
 };
 
 /// Topic filter of JSON telemetry.
@@ -101,6 +102,7 @@ pub fn json_telemetry(
         transport: Transport::Mqtt,
         wire: Wire::Json,
         seq: telemetry.seq,
+        boot: telemetry.boot,
         timestamp_ms: telemetry.timestamp_ms,
         received_ms,
         metrics: telemetry.metrics,
@@ -120,6 +122,7 @@ pub fn uplink(
             transport,
             firmware: hello.firmware.to_owned(),
             protocol_version: hello.protocol_version,
+            boot: hello.boot,
             received_ms,
         })),
         Uplink::Telemetry(t) => check_timestamp(t.timestamp_ms).map(|()| {
@@ -128,6 +131,7 @@ pub fn uplink(
                 transport,
                 wire: Wire::Binary,
                 seq: Some(t.seq),
+                boot: t.boot,
                 timestamp_ms: t.timestamp_ms,
                 received_ms,
                 metrics: t
@@ -159,6 +163,55 @@ pub fn uplink(
         #[allow(unreachable_patterns)]
         _ => Err((Rejection::Unsupported, "unknown uplink message".into())),
     }
+}
+
+/// The item that settles a JSON reading refused for its content, when the payload names its seq
+/// (see [`json::reading_id`]); `None` for any other refusal (too large to read, not an envelope
+/// with a seq): such a message names no reading to settle.
+pub fn rejected_json(
+    device: &str,
+    payload: &[u8],
+    reason: Rejection,
+    received_ms: u64,
+) -> Option<Ingest> {
+    let id = (reason == Rejection::BadPayload).then(|| json::reading_id(payload))??;
+    Some(rejected(
+        device,
+        Transport::Mqtt,
+        Wire::Json,
+        id,
+        received_ms,
+    ))
+}
+
+/// The item that settles binary telemetry refused for its content (see [`Uplink::reading_id`]),
+/// like [`rejected_json`].
+pub fn rejected_uplink(
+    device: &str,
+    bytes: &[u8],
+    transport: Transport,
+    reason: Rejection,
+    received_ms: u64,
+) -> Option<Ingest> {
+    let id = (reason == Rejection::BadPayload).then(|| Uplink::reading_id(bytes))??;
+    Some(rejected(device, transport, Wire::Binary, id, received_ms))
+}
+
+fn rejected(
+    device: &str,
+    transport: Transport,
+    wire: Wire,
+    id: device_protocol::ReadingId,
+    received_ms: u64,
+) -> Ingest {
+    Ingest::Rejected(RejectedReading {
+        device: device.to_owned(),
+        transport,
+        wire,
+        seq: id.seq,
+        boot: id.boot,
+        received_ms,
+    })
 }
 
 /// Fields as a JSON object, as text.
@@ -354,6 +407,7 @@ mod tests {
             seq: 1,
             timestamp_ms: Some(u64::MAX),
             readings,
+            boot: None,
         });
         assert_eq!(
             uplink(&late, "x", Transport::Serial, 0).unwrap_err().0,
@@ -374,6 +428,7 @@ mod tests {
             seq: 9,
             timestamp_ms: Some(5),
             readings,
+            boot: None,
         });
         let bytes = telemetry.to_vec().unwrap();
         match mqtt_uplink("b-1", &bytes, 1024, 7).unwrap() {
@@ -390,6 +445,7 @@ mod tests {
             device_id: "b-1",
             firmware: "2.0",
             protocol_version: 1,
+            boot: None,
         });
         let bytes = hello.to_vec().unwrap();
         assert!(

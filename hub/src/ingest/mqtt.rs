@@ -1,7 +1,8 @@
 //! The hub's MQTT client: subscribes to device telemetry (JSON) and uplink (binary) topics with QoS 1
 //! in a persistent session, acks each message to the broker only after the store has made it
 //! durable, and then tells the device: `{"seq":n}` on `devices/{id}/ack` for JSON devices that send
-//! `seq`, `Ack` (and `TimeSync` after a `Hello`) on `devices/{id}/down` for binary ones.
+//! `seq`, `Ack` (and `TimeSync` after a `Hello`) on `devices/{id}/down` for binary ones, with what
+//! the ack passes without storing (see [`super::reply`]).
 //!
 //! Two tasks share the connection. The session task alone polls rumqttc's event loop (polling is
 //! not cancel-safe, so it is never raced in a `select!`, shutdown aside), decodes messages and
@@ -41,7 +42,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, PubAck, PubRec,
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::reply::{DeviceMessage, MAX_TOLD_DEVICES, Reply, decode_message, reply_message};
+use super::reply::{DeviceMessage, MAX_TOLD_DEVICES, Reply, Told, decode_message, reply_message};
 use super::{DownlinkError, IngestStats, decode, jitter, now_ms};
 use crate::store::Applied;
 use crate::store::writer::{CommitFailed, Submission, SubmissionSender};
@@ -405,8 +406,10 @@ async fn write_done(
     };
     for d in done {
         if let Some(reply) = d.reply {
-            let publish = Publish::new(reply.topic, QoS::AtMostOnce, reply.payload);
-            network.write(Packet::Publish(publish)).await?;
+            for payload in reply.payloads {
+                let publish = Publish::new(reply.topic.as_str(), QoS::AtMostOnce, payload);
+                network.write(Packet::Publish(publish)).await?;
+            }
         }
         if d.generation != generation {
             continue;
@@ -448,6 +451,13 @@ impl Core {
         let (done_tx, done_rx) = oneshot::channel();
         let reply = match decoded {
             Ok((item, reply)) => {
+                // A reading refused for its content is counted as skipped, and still goes to the
+                // store to be settled, so its device can be told.
+                let rejected = reply.rejection();
+                if let Some((reason, detail)) = rejected {
+                    self.stats.reject(reason, &publish.topic, detail);
+                }
+                let accepted = rejected.is_none();
                 let submission = Submission {
                     items: vec![item],
                     done_tx: Some(done_tx),
@@ -456,9 +466,11 @@ impl Core {
                     _ = shutdown.cancelled() => return false,
                     sent = self.submissions_tx.send(submission) => if sent.is_err() { return false },
                 }
-                self.stats
-                    .accepted
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if accepted {
+                    self.stats
+                        .accepted
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 reply
             }
             Err((reason, detail)) => {
@@ -507,7 +519,7 @@ async fn ack_in_order(
     shared: Arc<Shared>,
 ) {
     // The highest ack each device was told, so a burst of readings gets one ack, not one each.
-    let mut told: HashMap<String, u32> = HashMap::new();
+    let mut told: HashMap<String, Told> = HashMap::new();
     while let Some(pending) = acks_rx.recv().await {
         let windowed = pending.ack.is_some();
         let (ack, reply) = match pending.done_rx.await {
@@ -560,12 +572,15 @@ fn route(client: &AsyncClient, done: &Done) -> bool {
     }
     if let Some(reply) = &done.reply {
         // Best effort: a lost ack makes the device retransmit, and the retransmission is acked.
-        let queued = client.try_publish(
-            reply.topic.as_str(),
-            QoS::AtMostOnce,
-            false,
-            reply.payload.clone(),
-        );
+        let mut queued = Ok(());
+        for payload in &reply.payloads {
+            queued = queued.and(client.try_publish(
+                reply.topic.as_str(),
+                QoS::AtMostOnce,
+                false,
+                payload.clone(),
+            ));
+        }
         if queued.is_err() && done.ack.is_none() {
             return false;
         }

@@ -3,7 +3,9 @@
 //!
 //! Job: keep the port open for as long as the hub runs, rebuild frames from the byte stream,
 //! hand what devices send to the store writer, and answer on the same line once it is durable:
-//! `Ack` for readings, `TimeSync` after a `Hello`. Commands go the other way through
+//! `Ack` for readings (with `Rejected` and `GaveUp` before it when there is one to tell, see
+//! [`super::reply`]), `TimeSync` after a `Hello`. Every frame written starts with a 0x00, as the
+//! framing asks of a sender. Commands go the other way through
 //! [`SerialDownlink`], to whichever device is on the line now; the device's `CommandResult` comes
 //! back as a frame like any other.
 //!
@@ -39,7 +41,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use device_protocol::{
-    Ack, Downlink, FeedResult, FrameDecoder, MAX_FRAME_LEN, TimeSync, Uplink, encode_frame,
+    Downlink, FeedResult, FrameDecoder, MAX_FRAME_LEN, TimeSync, Uplink, encode_line_frame,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -48,9 +50,10 @@ use tokio::time::Instant;
 use tokio_serial::{DataBits, FlowControl, Parity, SerialPortBuilderExt, SerialStream, StopBits};
 use tokio_util::sync::CancellationToken;
 
+use super::reply::{self, Told};
 use super::{DownlinkError, IngestStats, Rejection, decode, jitter, now_ms};
 use crate::store::writer::{CommitFailed, Submission, SubmissionSender};
-use crate::store::{Applied, DeviceStatus, Ingest, Outcome, Transport};
+use crate::store::{Applied, DeviceStatus, Ingest, Transport};
 
 /// First wait before reopening a lost port; doubled after each fruitless attempt.
 const REOPEN_MIN: Duration = Duration::from_millis(100);
@@ -140,10 +143,12 @@ impl SerialDownlink {
 }
 
 /// What the device is told once its message is durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Reply {
     /// `Ack` with the device's cumulative ack (a reading).
     Ack,
+    /// `Rejected` with why, then the ack (a reading refused for its content).
+    Rejected(String),
     /// `TimeSync` (a `Hello`).
     TimeSync,
     /// Nothing (a command result).
@@ -247,13 +252,17 @@ impl Identity {
                 }
             }
         }
-        if let Some(device) = self.configured.as_deref().or(self.hello.as_deref()) {
-            return Ok(device);
-        }
-        Err((
-            Rejection::UnknownDevice,
-            "no Hello yet and no device_id configured for this line".into(),
-        ))
+        self.known().ok_or_else(|| {
+            (
+                Rejection::UnknownDevice,
+                "no Hello yet and no device_id configured for this line".into(),
+            )
+        })
+    }
+
+    /// The device on the line, if known.
+    fn known(&self) -> Option<&str> {
+        self.configured.as_deref().or(self.hello.as_deref())
     }
 }
 
@@ -526,7 +535,7 @@ impl SerialIngest {
                 FeedResult::Frame { payload, remaining } => {
                     input = remaining;
                     // Turned into an owned item here: the payload lives in the decoder's buffer.
-                    Uplink::decode(payload)
+                    let decoded = Uplink::decode(payload)
                         .map_err(|e| (Rejection::BadPayload, e.to_string()))
                         .and_then(|message| {
                             let device = line.identity.device_for(&message, path)?;
@@ -538,12 +547,45 @@ impl SerialIngest {
                                 changed
                             });
                             decode::uplink(&message, device, Transport::Serial, now_ms())
+                        });
+                    // Telemetry refused for its content is settled all the same, so the device
+                    // on the line can be told to drop it.
+                    decoded
+                        .map(|item| (item, None))
+                        .or_else(|(reason, detail)| {
+                            line.identity
+                                .known()
+                                .and_then(|device| {
+                                    let now = now_ms();
+                                    decode::rejected_uplink(
+                                        device,
+                                        payload,
+                                        Transport::Serial,
+                                        reason,
+                                        now,
+                                    )
+                                })
+                                .map(|item| (item, Some((reason, detail.clone()))))
+                                .ok_or((reason, detail))
                         })
                 }
             };
             match decoded {
-                Ok(item) => {
-                    if !self.submit(item, session).await {
+                Ok((item, rejection)) => {
+                    let reply = match rejection {
+                        Some((reason, detail)) => {
+                            self.stats.reject(reason, path, &detail);
+                            Reply::Rejected(detail)
+                        }
+                        None => match &item {
+                            Ingest::Hello(_) => Reply::TimeSync,
+                            Ingest::Reading(_) => Reply::Ack,
+                            Ingest::Rejected(_) | Ingest::CommandResult(_) | Ingest::Status(_) => {
+                                Reply::Nothing
+                            }
+                        },
+                    };
+                    if !self.submit(item, reply, session).await {
                         return false;
                     }
                 }
@@ -553,12 +595,8 @@ impl SerialIngest {
     }
 
     /// Hands one item to the store writer and its reply to the acker; false when stopping.
-    async fn submit(&self, item: Ingest, session: &Session<'_>) -> bool {
-        let reply = match &item {
-            Ingest::Hello(_) => Reply::TimeSync,
-            Ingest::Reading(_) => Reply::Ack,
-            Ingest::CommandResult(_) | Ingest::Status(_) => Reply::Nothing,
-        };
+    async fn submit(&self, item: Ingest, reply: Reply, session: &Session<'_>) -> bool {
+        let accepted = !matches!(item, Ingest::Rejected(_));
         let (done_tx, done_rx) = oneshot::channel();
         let submission = Submission {
             items: vec![item],
@@ -572,7 +610,9 @@ impl SerialIngest {
                 return false;
             },
         }
-        self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        if accepted {
+            self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        }
         let pending = Pending {
             done_rx,
             reply,
@@ -668,7 +708,7 @@ async fn ack_in_order(
     line_rx: watch::Receiver<Option<LineWriter>>,
 ) {
     // The last ack written, and on which opening: a burst of readings gets one ack, not one each.
-    let mut told: Option<(u64, u32)> = None;
+    let mut told: Option<(u64, Told)> = None;
     while let Some(pending) = pending_rx.recv().await {
         let Ok(Ok(applied)) = pending.done_rx.await else {
             continue;
@@ -677,40 +717,42 @@ async fn ack_in_order(
         let Some(line) = line.filter(|l| l.generation == pending.generation) else {
             continue;
         };
-        let (message, acked) = match pending.reply {
+        let (frames, acked) = match &pending.reply {
             Reply::Nothing => continue,
             Reply::TimeSync => {
                 // A Hello means the device (re)started and may have forgotten what it was told.
                 told = None;
-                (Downlink::TimeSync(TimeSync { unix_ms: now_ms() }), None)
+                let sync = Downlink::TimeSync(TimeSync { unix_ms: now_ms() });
+                (frame(&sync).into_iter().collect::<Vec<_>>(), None)
             }
-            Reply::Ack => {
+            Reply::Ack | Reply::Rejected(_) => {
+                let rejected = match &pending.reply {
+                    Reply::Rejected(detail) => Some(detail.as_str()),
+                    _ => None,
+                };
+                let told_here = told
+                    .filter(|(generation, _)| *generation == pending.generation)
+                    .map(|(_, t)| t);
                 let Some(first) = applied.first() else {
                     continue;
                 };
-                let Some(ack) = first.ack else {
+                let Some(answer) = reply::answer(first, rejected, told_here) else {
                     continue;
                 };
-                // A duplicate means the device missed an ack: always answer it.
-                let duplicate = matches!(first.outcome, Outcome::Duplicate { .. });
-                if !duplicate && told == Some((pending.generation, ack)) {
-                    continue;
-                }
-                (Downlink::Ack(Ack { seq: ack }), Some(ack))
+                let frames = answer.downlinks().iter().filter_map(frame).collect();
+                (frames, Some(answer.told()))
             }
-        };
-        let Some(frame) = frame(&message) else {
-            continue;
         };
         // Never waits on the line: a full queue drops the reply, which the device's
         // retransmission gets back.
-        match line.frames_tx.try_send(frame) {
-            Ok(()) => {
-                if let Some(ack) = acked {
-                    told = Some((pending.generation, ack));
-                }
-            }
-            Err(_) => tracing::debug!("serial reply dropped: the line is not draining"),
+        let mut queued = true;
+        for frame in frames {
+            queued = queued && line.frames_tx.try_send(frame).is_ok();
+        }
+        match (queued, acked) {
+            (true, Some(ack)) => told = Some((pending.generation, ack)),
+            (true, None) => {}
+            (false, _) => tracing::debug!("serial reply dropped: the line is not draining"),
         }
     }
 }
@@ -718,12 +760,9 @@ async fn ack_in_order(
 /// The bytes to write for `message`: a 0x00, then its frame. The leading 0x00 ends whatever noise
 /// the device may have received since the last frame, so the noise cannot spoil this one.
 fn frame(message: &Downlink<'_>) -> Option<Vec<u8>> {
-    let mut buf = [0u8; MAX_FRAME_LEN + 1];
-    let len = encode_frame(message, &mut buf).ok()?;
-    let mut bytes = Vec::with_capacity(len + 1);
-    bytes.push(0);
-    bytes.extend_from_slice(buf.get(..len)?);
-    Some(bytes)
+    let mut buf = [0u8; MAX_FRAME_LEN + 2];
+    let len = encode_line_frame(message, &mut buf).ok()?;
+    Some(buf.get(..len)?.to_vec())
 }
 
 #[cfg(test)]
@@ -731,7 +770,9 @@ mod tests {
     use std::collections::VecDeque;
     use std::process::{Child, Command, Stdio};
 
-    use device_protocol::{CommandResult, CommandStatus, Field, Fields, Hello, Telemetry, Value};
+    use device_protocol::{
+        CommandResult, CommandStatus, Field, Fields, Hello, Telemetry, Value, encode_frame,
+    };
 
     use super::*;
     use crate::store::memory::MemoryEngine;
@@ -881,7 +922,10 @@ mod tests {
         }
 
         fn seqs(&self, device: &str) -> Vec<u32> {
-            self.readings(device).iter().map(|r| r.seq).collect()
+            self.readings(device)
+                .iter()
+                .filter_map(|r| r.seq.device_seq())
+                .collect()
         }
 
         /// Stops the component (it must return promptly) and the store writer after it.
@@ -1037,6 +1081,7 @@ mod tests {
             device_id: id,
             firmware,
             protocol_version: 1,
+            boot: None,
         })
     }
 
@@ -1052,6 +1097,7 @@ mod tests {
             seq,
             timestamp_ms: None,
             readings,
+            boot: None,
         })
     }
 
@@ -1087,7 +1133,7 @@ mod tests {
         assert!(stored.iter().all(|r| r.metrics
             == vec![(
                 "v".into(),
-                device_protocol::OwnedValue::I64(i64::from(r.seq))
+                device_protocol::OwnedValue::I64(i64::from(r.seq.device_seq().unwrap_or(u32::MAX)))
             )]));
         let record = hub
             .store

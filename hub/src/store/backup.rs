@@ -76,6 +76,7 @@ mod tests {
                 transport: Transport::Mqtt,
                 wire: Wire::Json,
                 seq: Some(i / 7),
+                boot: None,
                 timestamp_ms: Some(1_000 + u64::from(i)),
                 received_ms: 0,
                 metrics: vec![("v".into(), OwnedValue::I64(i64::from(i)))],

@@ -582,6 +582,7 @@ mod tests {
                         transport: Transport::Mqtt,
                         wire: crate::store::Wire::Json,
                         seq: Some(i as u32),
+                        boot: None,
                         timestamp_ms: Some(ts),
                         received_ms: 0,
                         metrics: metrics.clone(),

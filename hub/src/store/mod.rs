@@ -44,13 +44,17 @@ pub use engine::{Direction, Engine, EngineError, KeyRange, Table, Usage, WriteBa
 pub use records::{CommandRecord, CommandState, DeviceRecord, TokenRecord, Transport, Wire};
 use records::{LatestRecord, ReadingRecord};
 pub use redb_engine::RedbEngine;
+pub use sequence::{ReadingSeq, RunAck};
 #[cfg(feature = "sled")]
 pub use sled_engine::SledEngine;
 
 /// The layout version this build writes and reads. Version 2 added rollups (see [`rollup`]):
 /// a version 1 store is upgraded at open, and an older hub refuses a version 2 one, since it
-/// would store readings without their rollups.
-pub const SCHEMA_VERSION: u32 = 2;
+/// would store readings without their rollups. Version 3 keeps a device's seqs per boot, in
+/// device records of a new layout, and tells a reading's numbering (see `records`): older
+/// records are read as they are and rewritten when they change, and an older hub refuses a
+/// version 3 store, whose device records it could not read.
+pub const SCHEMA_VERSION: u32 = 3;
 /// The first version with rollups.
 const ROLLUPS_VERSION: u32 = 2;
 /// Distinct metric names a store accepts; a guard against a device inventing names without end.
@@ -133,6 +137,9 @@ pub struct NewReading {
     pub wire: Wire,
     /// The device's seq, if it sent one.
     pub seq: Option<u32>,
+    /// The device's boot, if it sent one (a binary device's readings without one count in the
+    /// boot of its last `Hello`).
+    pub boot: Option<u32>,
     /// The device's timestamp, if it sent one.
     pub timestamp_ms: Option<u64>,
     /// When the hub received it.
@@ -141,15 +148,33 @@ pub struct NewReading {
     pub metrics: Vec<(String, OwnedValue)>,
 }
 
+/// A reading with a seq that was refused for its content: nothing of it is stored, but its seq
+/// is settled, so the ack passes it, and the device is told to drop it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedReading {
+    /// Device id (already validated).
+    pub device: String,
+    /// Transport it came over.
+    pub transport: Transport,
+    /// How it was encoded.
+    pub wire: Wire,
+    /// Its seq.
+    pub seq: u32,
+    /// Its boot, if it named one.
+    pub boot: Option<u32>,
+    /// When the hub received it.
+    pub received_ms: u64,
+}
+
 /// A stored reading.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Reading {
     /// Hub offset.
     pub offset: u64,
     /// Device id.
     pub device: String,
-    /// Device sequence number.
-    pub seq: u32,
+    /// How it is numbered.
+    pub seq: ReadingSeq,
     /// Timestamp (device clock, or hub receive time).
     pub timestamp_ms: u64,
     /// Metric names and values.
@@ -245,6 +270,8 @@ pub struct DeviceHello {
     pub firmware: String,
     /// Protocol version it speaks.
     pub protocol_version: u16,
+    /// Its boot number, if it sends one.
+    pub boot: Option<u32>,
     /// When the hub received it.
     pub received_ms: u64,
 }
@@ -270,6 +297,8 @@ pub struct DeviceStatus {
 pub enum Ingest {
     /// A reading to store.
     Reading(NewReading),
+    /// A reading refused for its content, to settle.
+    Rejected(RejectedReading),
     /// A device registering or updating itself.
     Hello(DeviceHello),
     /// A device's answer to a command.
@@ -297,6 +326,7 @@ impl Ingest {
                         })
                         .sum::<usize>()
             }
+            Ingest::Rejected(r) => r.device.len(),
             Ingest::Hello(h) => h.device.len() + h.firmware.len(),
             Ingest::CommandResult(c) => {
                 c.device.len()
@@ -312,6 +342,7 @@ impl Ingest {
     pub fn device(&self) -> &str {
         match self {
             Ingest::Reading(r) => &r.device,
+            Ingest::Rejected(r) => &r.device,
             Ingest::Hello(h) => &h.device,
             Ingest::CommandResult(c) => &c.device,
             Ingest::Status(s) => &s.device,
@@ -326,11 +357,16 @@ pub enum Outcome {
     Stored {
         /// Hub offset.
         offset: u64,
+        /// Its numbering.
+        seq: ReadingSeq,
+    },
+    /// Already stored (or rejected) earlier: not stored again.
+    Duplicate {
         /// Seq.
         seq: u32,
     },
-    /// Already stored earlier: not stored again.
-    Duplicate {
+    /// A reading refused for its content ([`Ingest::Rejected`]): settled, not stored.
+    Rejected {
         /// Seq.
         seq: u32,
     },
@@ -350,16 +386,63 @@ pub enum Outcome {
     Refused,
 }
 
-/// The outcome of an item and, for a device that sends seqs, its cumulative ack after the batch:
-/// every seq of its current run up to `ack` is durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The outcome of an item and, for a numbered reading, the cumulative ack of its run (boot) after
+/// the batch: every seq of the run up to `ack.seq` is durable, rejected or given up.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
     /// What became of the item.
     pub outcome: Outcome,
-    /// The device's ack, when it numbers its readings.
-    pub ack: Option<u32>,
+    /// The ack of the item's run, when it is a numbered reading.
+    pub ack: Option<RunAck>,
     /// The item made the store register its device.
     pub new_device: bool,
+    /// Seqs its arrival made the store give up waiting for.
+    pub given_up: u64,
+}
+
+/// What became of one item of a batch, until its run's ack is read after the commit.
+struct ItemOutcome {
+    /// The device's number (0 for items without a run).
+    device: u32,
+    outcome: Outcome,
+    /// The boot of the run to ack, for a numbered reading.
+    run: Option<Option<u32>>,
+    new_device: bool,
+    given_up: u64,
+}
+
+impl ItemOutcome {
+    /// An item that is not a numbered reading.
+    fn plain(outcome: Outcome, new_device: bool) -> Self {
+        ItemOutcome {
+            device: 0,
+            outcome,
+            run: None,
+            new_device,
+            given_up: 0,
+        }
+    }
+}
+
+/// The boot a reading counts in: its own, or for a binary device, the boot of its last `Hello`.
+fn effective_boot(record: &DeviceRecord, boot: Option<u32>, wire: Wire) -> Option<u32> {
+    match wire {
+        Wire::Binary => boot.or(record.hello_boot),
+        Wire::Json => boot,
+    }
+}
+
+/// Settles `seq` of `boot` in `record`'s runs, counting what it says.
+fn take_seq(record: &mut DeviceRecord, boot: Option<u32>, seq: u32) -> sequence::Taken {
+    let taken = record.runs.take(boot, seq);
+    record.gave_up += taken.given_up;
+    if taken.verdict == sequence::Verdict::Duplicate {
+        record.duplicates += 1;
+    }
+    if taken.far_behind {
+        tracing::warn!(device = %record.name, seq, boot, "seq far below what this device already sent in this boot, taken as a duplicate; if its counter restarted, its readings are being dropped (a device must keep seq across restarts, or send a new boot)");
+    }
+    taken
 }
 
 /// Visits the decoded records of `range` in key order until `visit` breaks; the first record
@@ -548,10 +631,14 @@ impl<'c> Staged<'c> {
                     labels: BTreeMap::new(),
                     metrics: Vec::new(),
                     protocol_version: None,
-                    seq_window: None,
+                    runs: sequence::Runs::default(),
                     duplicates: 0,
                     display_name: None,
                     wire: records::Wire::Json,
+                    hello_boot: None,
+                    hub_seq: None,
+                    rejected: 0,
+                    gave_up: 0,
                 },
             });
         Ok((n, record))
@@ -625,7 +712,7 @@ impl Catalog {
                 .get(&record.device)
                 .map(|d| d.name.clone())
                 .unwrap_or_else(|| format!("#{}", record.device)),
-            seq: record.seq,
+            seq: record.numbering(),
             timestamp_ms: record.timestamp_ms,
             metrics: record
                 .metrics
@@ -829,16 +916,15 @@ impl Store {
     }
 
     /// Applies `items` in one durable transaction and returns what became of each, in order.
-    /// Blocks until the batch is on disk. Retransmitted readings (same device and seq) are
-    /// recognised and not stored again.
+    /// Blocks until the batch is on disk. Retransmitted readings (same device, boot and seq) are
+    /// recognised and not stored again (see [`sequence`]).
     pub fn apply(&self, items: &[Ingest]) -> Result<Vec<Applied>, StoreError> {
         let _writer = self.writer.lock().map_err(|_| StoreError::Poisoned)?;
         let base = self.catalog()?;
         let mut staged = Staged::new(&base);
         let mut batch = WriteBatch::new();
         let mut latest: BTreeMap<(u32, u32), LatestRecord> = BTreeMap::new();
-        // (device number, outcome, whether the device numbers its readings, new device)
-        let mut outcomes: Vec<(u32, Outcome, bool, bool)> = Vec::with_capacity(items.len());
+        let mut outcomes: Vec<ItemOutcome> = Vec::with_capacity(items.len());
         let mut commands = commands::Changes::default();
         let mut rollups = rollup::BatchRollups::default();
         let snap = self.engine.snapshot()?;
@@ -847,6 +933,7 @@ impl Store {
             let new_device = !staged.knows(item.device());
             let (transport, wire, received_ms) = match item {
                 Ingest::Reading(r) => (r.transport, r.wire, r.received_ms),
+                Ingest::Rejected(r) => (r.transport, r.wire, r.received_ms),
                 Ingest::Hello(h) => (h.transport, records::Wire::Binary, h.received_ms),
                 Ingest::CommandResult(c) => {
                     // Only a known device's answer counts; it is also a sign of life.
@@ -857,7 +944,10 @@ impl Store {
                         record.last_seen_ms = record.last_seen_ms.max(c.received_ms);
                         commands.apply_result(&*snap, c)?
                     };
-                    outcomes.push((0, Outcome::CommandResult { id: c.id, state }, false, false));
+                    outcomes.push(ItemOutcome::plain(
+                        Outcome::CommandResult { id: c.id, state },
+                        false,
+                    ));
                     continue;
                 }
                 Ingest::Status(s) => {
@@ -865,16 +955,16 @@ impl Store {
                     if s.online {
                         let (_, record) = staged.device(&s.device, s.transport, s.received_ms)?;
                         record.last_seen_ms = record.last_seen_ms.max(s.received_ms);
-                        outcomes.push((0, Outcome::Status, false, new_device));
+                        outcomes.push(ItemOutcome::plain(Outcome::Status, new_device));
                     } else {
-                        outcomes.push((0, Outcome::Status, false, false));
+                        outcomes.push(ItemOutcome::plain(Outcome::Status, false));
                     }
                     continue;
                 }
             };
             if matches!(item, Ingest::Reading(_)) && self.refusing.load(Ordering::Relaxed) {
                 // Full under `reject_new`: not stored and not acknowledged, so the device keeps it.
-                outcomes.push((0, Outcome::Refused, false, false));
+                outcomes.push(ItemOutcome::plain(Outcome::Refused, false));
                 continue;
             }
             let name = item.device();
@@ -886,33 +976,59 @@ impl Store {
                 Ingest::Hello(hello) => {
                     record.firmware = Some(hello.firmware.clone());
                     record.protocol_version = Some(hello.protocol_version);
-                    outcomes.push((device, Outcome::Registered, false, new_device));
+                    record.hello_boot = hello.boot;
+                    outcomes.push(ItemOutcome::plain(Outcome::Registered, new_device));
+                    continue;
+                }
+                Ingest::Rejected(rejected) => {
+                    let boot = effective_boot(record, rejected.boot, rejected.wire);
+                    let taken = take_seq(record, boot, rejected.seq);
+                    if taken.verdict == sequence::Verdict::New {
+                        record.rejected += 1;
+                    }
+                    outcomes.push(ItemOutcome {
+                        device,
+                        outcome: Outcome::Rejected { seq: rejected.seq },
+                        run: Some(boot),
+                        new_device,
+                        given_up: taken.given_up,
+                    });
                     continue;
                 }
                 Ingest::Reading(reading) => reading,
                 Ingest::CommandResult(_) | Ingest::Status(_) => continue,
             };
-            let seq = match reading.seq {
+            let mut given_up = 0;
+            let boot = effective_boot(record, reading.boot, reading.wire);
+            let numbering = match reading.seq {
                 Some(seq) => {
-                    match record.seq_window.as_mut() {
-                        Some(window) => match window.classify(seq) {
-                            sequence::Verdict::Duplicate => {
-                                if window.far_behind(seq) {
-                                    tracing::warn!(device = %record.name, seq, "seq far below what this device already sent, taken as a duplicate; if its counter restarted, its readings are being dropped (devices must keep seq across restarts)");
-                                }
-                                record.duplicates += 1;
-                                outcomes.push((device, Outcome::Duplicate { seq }, true, false));
-                                continue;
-                            }
-                            sequence::Verdict::New => window.record(seq),
-                        },
-                        None => record.seq_window = Some(sequence::SeqWindow::starting_at(seq)),
+                    let taken = take_seq(record, boot, seq);
+                    if taken.verdict == sequence::Verdict::Duplicate {
+                        outcomes.push(ItemOutcome {
+                            device,
+                            outcome: Outcome::Duplicate { seq },
+                            run: Some(boot),
+                            new_device: false,
+                            given_up: 0,
+                        });
+                        continue;
                     }
-                    seq
+                    given_up = taken.given_up;
+                    // The highest seq of the latest run: a late one of the run before is not.
+                    if taken.new_run || record.last_seq.is_none() {
+                        record.last_seq = Some(seq);
+                    } else if record.runs.current_boot() == boot {
+                        record.last_seq = record.last_seq.map(|last| last.max(seq));
+                    }
+                    ReadingSeq::Device { boot, seq }
                 }
-                None => record.last_seq.map_or(0, |s| s.wrapping_add(1)),
+                None => {
+                    // A numbering of the hub's own, never mixed with the device's seqs.
+                    let n = record.hub_seq.map_or(0, |s| s.wrapping_add(1));
+                    record.hub_seq = Some(n);
+                    ReadingSeq::Hub(n)
+                }
             };
-            record.last_seq = Some(record.last_seq.map_or(seq, |s| s.max(seq)));
             record.readings += 1;
             let mut metrics = Vec::with_capacity(reading.metrics.len());
             for (name, value) in &reading.metrics {
@@ -956,11 +1072,13 @@ impl Store {
                     );
                 }
             }
+            let (seq, origin) = records::SeqOrigin::of(numbering);
             let record = ReadingRecord {
                 device,
                 seq,
                 timestamp_ms,
                 metrics,
+                origin,
             };
             batch.put(
                 Table::Readings,
@@ -972,12 +1090,16 @@ impl Store {
                 records::device_time_key(device, timestamp_ms, offset),
                 vec![],
             );
-            outcomes.push((
+            outcomes.push(ItemOutcome {
                 device,
-                Outcome::Stored { offset, seq },
-                reading.seq.is_some(),
+                outcome: Outcome::Stored {
+                    offset,
+                    seq: numbering,
+                },
+                run: reading.seq.map(|_| boot),
                 new_device,
-            ));
+                given_up,
+            });
         }
         rollups.write_to(&*snap, &mut batch)?;
         drop(snap);
@@ -992,7 +1114,7 @@ impl Store {
             batch.put(
                 Table::Devices,
                 device.to_be_bytes().to_vec(),
-                records::encode(record)?,
+                records::encode_device(record)?,
             );
         }
 
@@ -1003,17 +1125,27 @@ impl Store {
             staged.next_offset.to_be_bytes().to_vec(),
         );
         self.engine.commit(&batch)?;
-        // Acks are cumulative: every item of a device gets the device's ack after the whole batch.
+        // Acks are cumulative: every numbered item gets its run's ack after the whole batch.
+        let mut acks: HashMap<(u32, Option<u32>), Option<RunAck>> = HashMap::new();
         let applied = outcomes
             .into_iter()
-            .map(|(device, outcome, numbered, new_device)| Applied {
-                outcome,
-                ack: numbered
-                    .then(|| staged.devices.get(&device))
-                    .flatten()
-                    .and_then(|r| r.seq_window.as_ref())
-                    .and_then(|w| w.ack()),
-                new_device,
+            .map(|item| {
+                let ack = item.run.and_then(|boot| {
+                    acks.entry((item.device, boot))
+                        .or_insert_with(|| {
+                            staged
+                                .devices
+                                .get(&item.device)
+                                .and_then(|r| r.runs.ack(boot))
+                        })
+                        .clone()
+                });
+                Applied {
+                    outcome: item.outcome,
+                    ack,
+                    new_device: item.new_device,
+                    given_up: item.given_up,
+                }
             })
             .collect();
         let changes = staged.into_changes();
@@ -1071,7 +1203,7 @@ impl Store {
         batch.put(
             Table::Devices,
             number.to_be_bytes().to_vec(),
-            records::encode(&record)?,
+            records::encode_device(&record)?,
         );
         self.engine.commit(&batch)?;
         let mut cat = self.catalog.write().map_err(|_| StoreError::Poisoned)?;
@@ -1226,6 +1358,7 @@ impl Store {
                         return ControlFlow::Break(());
                     }
                 };
+                let seq = reading.numbering();
                 let metrics: Vec<(String, OwnedValue)> = reading
                     .metrics
                     .into_iter()
@@ -1238,7 +1371,7 @@ impl Store {
                 positions.push(Reading {
                     offset,
                     device: query.device.clone(),
-                    seq: reading.seq,
+                    seq,
                     timestamp_ms,
                     metrics,
                 });

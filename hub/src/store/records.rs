@@ -13,7 +13,11 @@
 //!
 //! A record that gains fields gets a new version: the old layout stays here as a private struct
 //! that the decoder falls back to (postcard cannot tell a missing trailing field), and the next
-//! write stores the new layout.
+//! write stores the new layout. Device records from schema 3 on start with a marker, 0x00 then
+//! their layout's number (see [`encode_device`]): no older layout can start so (its first field,
+//! the device id, is never empty), so the decoder never has to guess. A reading record's
+//! [`SeqOrigin`] is a field appended as an `Option`-like tail, written only when it says
+//! something, so most readings keep the bytes they had.
 
 use std::collections::BTreeMap;
 
@@ -21,6 +25,7 @@ use device_protocol::OwnedValue;
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
+use super::sequence::{ReadingSeq, Runs, WindowV1};
 
 /// Meta key of the schema version (u32 BE).
 pub const META_SCHEMA_VERSION: &[u8] = b"schema_version";
@@ -58,15 +63,119 @@ pub enum Wire {
 pub struct ReadingRecord {
     /// Device number.
     pub device: u32,
-    /// The device's sequence number (assigned by the hub when the device sends none).
+    /// The device's sequence number, or the hub's (see `origin`).
     pub seq: u32,
     /// Device timestamp, or the hub's receive time when the device sent none.
     pub timestamp_ms: u64,
     /// Metric number and value.
     pub metrics: Vec<(u32, OwnedValue)>,
+    /// Who numbered it. Appended in schema 3: absent (every older reading) reads as `Device`.
+    #[serde(
+        default,
+        skip_serializing_if = "SeqOrigin::is_device",
+        deserialize_with = "appended"
+    )]
+    pub origin: SeqOrigin,
 }
 
-/// A device, as kept in the `Devices` table.
+/// Who numbered a stored reading.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SeqOrigin {
+    /// The device, which sends no boot (and every reading stored before schema 3, when hub
+    /// numbers were not told apart).
+    #[default]
+    Device,
+    /// The device, in the run of this boot.
+    Boot(u32),
+    /// The hub, for a device that sends no seq.
+    Hub,
+}
+
+impl SeqOrigin {
+    /// Whether it is the default, which is not written.
+    pub fn is_device(&self) -> bool {
+        *self == SeqOrigin::Device
+    }
+
+    /// The origin of a reading numbered `seq`.
+    pub fn of(seq: ReadingSeq) -> (u32, SeqOrigin) {
+        match seq {
+            ReadingSeq::Device { boot: None, seq } => (seq, SeqOrigin::Device),
+            ReadingSeq::Device {
+                boot: Some(boot),
+                seq,
+            } => (seq, SeqOrigin::Boot(boot)),
+            ReadingSeq::Hub(seq) => (seq, SeqOrigin::Hub),
+        }
+    }
+}
+
+/// A reading record without its origin: what a record that embeds a reading holds, since a field
+/// appended to the reading would run into the embedding record's next field. Such a record puts
+/// the origin at its own end (see `sync::ParkedRecord`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReadingFields {
+    /// Device number.
+    pub device: u32,
+    /// Seq.
+    pub seq: u32,
+    /// Timestamp.
+    pub timestamp_ms: u64,
+    /// Metric number and value.
+    pub metrics: Vec<(u32, OwnedValue)>,
+}
+
+impl ReadingRecord {
+    /// Its fields, and its origin apart.
+    pub fn split(self) -> (ReadingFields, SeqOrigin) {
+        let fields = ReadingFields {
+            device: self.device,
+            seq: self.seq,
+            timestamp_ms: self.timestamp_ms,
+            metrics: self.metrics,
+        };
+        (fields, self.origin)
+    }
+
+    /// The record of `fields` and `origin`.
+    pub fn join(fields: ReadingFields, origin: SeqOrigin) -> Self {
+        ReadingRecord {
+            device: fields.device,
+            seq: fields.seq,
+            timestamp_ms: fields.timestamp_ms,
+            metrics: fields.metrics,
+            origin,
+        }
+    }
+
+    /// How it is numbered.
+    pub fn numbering(&self) -> ReadingSeq {
+        match self.origin {
+            SeqOrigin::Device => ReadingSeq::Device {
+                boot: None,
+                seq: self.seq,
+            },
+            SeqOrigin::Boot(boot) => ReadingSeq::Device {
+                boot: Some(boot),
+                seq: self.seq,
+            },
+            SeqOrigin::Hub => ReadingSeq::Hub(self.seq),
+        }
+    }
+}
+
+/// Reads a field appended to a record: its value, or the default when the record ends before it
+/// (written by an older hub). Bytes that do not form it read as the default too. Only for the
+/// last field of a record that is never embedded in another one.
+pub fn appended<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(T::deserialize(deserializer).unwrap_or_default())
+}
+
+/// A device, as kept in the `Devices` table (layout 3; see [`encode_device`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceRecord {
     /// The device id.
@@ -77,7 +186,7 @@ pub struct DeviceRecord {
     pub first_seen_ms: u64,
     /// When it was last seen (hub clock).
     pub last_seen_ms: u64,
-    /// The highest seq stored for it.
+    /// The highest seq stored in its latest run (boot).
     pub last_seq: Option<u32>,
     /// How many readings were stored for it.
     pub readings: u64,
@@ -89,44 +198,85 @@ pub struct DeviceRecord {
     pub metrics: Vec<u32>,
     /// Protocol version from its `Hello`, if any.
     pub protocol_version: Option<u16>,
-    /// Duplicate detection over the seqs it sends; `None` for a device that sends none.
-    pub seq_window: Option<super::sequence::SeqWindow>,
+    /// Duplicate detection over the seqs it sends, per boot; empty for a device that sends none.
+    pub runs: Runs,
     /// Readings refused as duplicates.
     pub duplicates: u64,
     /// A name for people, set by an operator.
     pub display_name: Option<String>,
     /// How it encodes its messages.
     pub wire: Wire,
+    /// The boot of its last `Hello`: the boot of its binary telemetry that names none.
+    pub hello_boot: Option<u32>,
+    /// The last seq the hub gave one of its readings that came without one.
+    pub hub_seq: Option<u32>,
+    /// Readings with a seq refused for their content (settled, never stored).
+    pub rejected: u64,
+    /// Seqs the hub gave up waiting for.
+    pub gave_up: u64,
 }
 
-/// The first layout of [`DeviceRecord`], without `display_name` and `wire`.
+/// The marker of a device record of layout 3 (see [`encode_device`]).
+const DEVICE_LAYOUT_3: [u8; 2] = [0x00, 3];
+
+/// The second layout of [`DeviceRecord`] (schema 2): the first, then `display_name` and `wire`
+/// (postcard writes a nested struct as its fields, so the first layout is a prefix of it).
 #[derive(Deserialize)]
-struct DeviceRecordV1 {
-    name: String,
-    transport: Transport,
-    first_seen_ms: u64,
-    last_seen_ms: u64,
-    last_seq: Option<u32>,
-    readings: u64,
-    firmware: Option<String>,
-    labels: BTreeMap<String, String>,
-    metrics: Vec<u32>,
-    protocol_version: Option<u16>,
-    seq_window: Option<super::sequence::SeqWindow>,
-    duplicates: u64,
+#[cfg_attr(test, derive(Serialize))]
+pub(in crate::store) struct DeviceRecordV2 {
+    pub(in crate::store) v1: DeviceRecordV1,
+    pub(in crate::store) display_name: Option<String>,
+    pub(in crate::store) wire: Wire,
+}
+
+/// The first layout of [`DeviceRecord`]: one window, no boots.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+pub(in crate::store) struct DeviceRecordV1 {
+    pub(in crate::store) name: String,
+    pub(in crate::store) transport: Transport,
+    pub(in crate::store) first_seen_ms: u64,
+    pub(in crate::store) last_seen_ms: u64,
+    pub(in crate::store) last_seq: Option<u32>,
+    pub(in crate::store) readings: u64,
+    pub(in crate::store) firmware: Option<String>,
+    pub(in crate::store) labels: BTreeMap<String, String>,
+    pub(in crate::store) metrics: Vec<u32>,
+    pub(in crate::store) protocol_version: Option<u16>,
+    pub(in crate::store) seq_window: Option<WindowV1>,
+    pub(in crate::store) duplicates: u64,
+}
+
+/// Encodes a device record: its layout's marker, then its postcard bytes.
+pub fn encode_device(record: &DeviceRecord) -> Result<Vec<u8>, StoreError> {
+    let mut bytes = DEVICE_LAYOUT_3.to_vec();
+    bytes.extend_from_slice(&encode(record)?);
+    Ok(bytes)
 }
 
 /// Decodes a device record of any layout this version knows.
 pub fn decode_device(bytes: &[u8]) -> Result<DeviceRecord, StoreError> {
-    if let Ok(record) = postcard::from_bytes::<DeviceRecord>(bytes) {
-        return Ok(record);
+    if let Some(rest) = bytes.strip_prefix(&DEVICE_LAYOUT_3) {
+        return decode(rest, "device record");
     }
-    let v1: DeviceRecordV1 = decode(bytes, "device record")?;
+    if bytes.first() == Some(&0) {
+        return Err(StoreError::Corrupt(format!(
+            "device record of layout {:?}, newer than this hub reads",
+            bytes.get(1)
+        )));
+    }
+    let (v1, display_name, wire) = match postcard::from_bytes::<DeviceRecordV2>(bytes) {
+        Ok(v2) => (v2.v1, v2.display_name, v2.wire),
+        Err(_) => {
+            let v1: DeviceRecordV1 = decode(bytes, "device record")?;
+            let wire = match (v1.transport, v1.protocol_version) {
+                (Transport::Serial, _) | (_, Some(_)) => Wire::Binary,
+                _ => Wire::Json,
+            };
+            (v1, None, wire)
+        }
+    };
     Ok(DeviceRecord {
-        wire: match (v1.transport, v1.protocol_version) {
-            (Transport::Serial, _) | (_, Some(_)) => Wire::Binary,
-            _ => Wire::Json,
-        },
         name: v1.name,
         transport: v1.transport,
         first_seen_ms: v1.first_seen_ms,
@@ -137,9 +287,14 @@ pub fn decode_device(bytes: &[u8]) -> Result<DeviceRecord, StoreError> {
         labels: v1.labels,
         metrics: v1.metrics,
         protocol_version: v1.protocol_version,
-        seq_window: v1.seq_window,
+        runs: Runs::from_window(v1.seq_window.map(Into::into)),
         duplicates: v1.duplicates,
-        display_name: None,
+        display_name,
+        wire,
+        hello_boot: None,
+        hub_seq: None,
+        rejected: 0,
+        gave_up: 0,
     })
 }
 
@@ -387,90 +542,5 @@ pub fn be_u32(bytes: &[u8], what: &str) -> Result<u32, StoreError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The first layout, as a hub of that version wrote it.
-    #[derive(Serialize)]
-    struct WrittenV1 {
-        name: String,
-        transport: Transport,
-        first_seen_ms: u64,
-        last_seen_ms: u64,
-        last_seq: Option<u32>,
-        readings: u64,
-        firmware: Option<String>,
-        labels: BTreeMap<String, String>,
-        metrics: Vec<u32>,
-        protocol_version: Option<u16>,
-        seq_window: Option<super::super::sequence::SeqWindow>,
-        duplicates: u64,
-    }
-
-    #[test]
-    fn first_layout_device_records_still_decode() {
-        for (transport, protocol_version, wire) in [
-            (Transport::Mqtt, None, Wire::Json),
-            (Transport::Mqtt, Some(1), Wire::Binary),
-            (Transport::Serial, None, Wire::Binary),
-        ] {
-            let old = WrittenV1 {
-                name: "d-1".into(),
-                transport,
-                first_seen_ms: 1,
-                last_seen_ms: 2,
-                last_seq: Some(3),
-                readings: 4,
-                firmware: Some("fw".into()),
-                labels: BTreeMap::from([("room".into(), "kitchen".into())]),
-                metrics: vec![0, 1],
-                protocol_version,
-                seq_window: None,
-                duplicates: 5,
-            };
-            let record = decode_device(&encode(&old).unwrap()).unwrap();
-            assert_eq!(
-                (record.name.as_str(), record.readings, record.duplicates),
-                ("d-1", 4, 5)
-            );
-            assert_eq!(
-                record.labels.get("room").map(String::as_str),
-                Some("kitchen")
-            );
-            assert_eq!((record.wire, record.display_name.as_deref()), (wire, None));
-            // Written back in the new layout, it reads as itself.
-            assert_eq!(decode_device(&encode(&record).unwrap()).unwrap(), record);
-        }
-    }
-
-    #[test]
-    fn token_records_of_the_first_layout_still_decode() {
-        #[derive(Serialize)]
-        struct WrittenV1 {
-            name: String,
-            scopes: Vec<String>,
-            devices: Vec<String>,
-            created_ms: u64,
-            expires_ms: Option<u64>,
-            revoked: bool,
-        }
-        let old = WrittenV1 {
-            name: "app".into(),
-            scopes: vec!["read".into()],
-            devices: vec!["greenhouse-*".into()],
-            created_ms: 7,
-            expires_ms: Some(9),
-            revoked: true,
-        };
-        let record = decode_token(&encode(&old).unwrap()).unwrap();
-        assert_eq!(
-            (record.name.as_str(), record.created_ms, record.expires_ms),
-            ("app", 7, Some(9))
-        );
-        assert!(record.revoked && record.last_used_ms.is_none());
-        assert_eq!(record.devices, vec!["greenhouse-*".to_owned()]);
-        let mut used = record.clone();
-        used.last_used_ms = Some(11);
-        assert_eq!(decode_token(&encode(&used).unwrap()).unwrap(), used);
-    }
-}
+#[path = "records_tests.rs"]
+mod tests;

@@ -25,6 +25,7 @@ fn reading(device: &str, seq: Option<u32>, ts: u64, metrics: &[(&str, OwnedValue
         transport: Transport::Mqtt,
         wire: Wire::Json,
         seq,
+        boot: None,
         timestamp_ms: Some(ts),
         received_ms: 0,
         metrics: metrics
@@ -490,6 +491,7 @@ fn a_store_written_before_rollups_reads_raw_readings_for_its_old_minutes() {
                 transport: Transport::Serial,
                 firmware: "1.0".into(),
                 protocol_version: 1,
+                boot: None,
                 received_ms: 0,
             })])
             .unwrap();

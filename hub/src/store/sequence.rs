@@ -1,54 +1,146 @@
-//! Per-device duplicate detection by `seq`, and the cumulative ack a device is told.
+//! Per-device duplicate detection by `(boot, seq)`, and the cumulative ack a device is told.
 //!
 //! A device numbers its readings; a retransmitted reading carries the same `seq` and must be stored
-//! once. The hub cannot keep every seq it has seen, so it keeps, per device:
+//! once. A device whose counter starts again at every reboot also sends a boot number that changes
+//! at every reboot, and its seqs count within that boot: a *run*. The hub keeps, per device, the
+//! run of its latest boot and the one before ([`Runs`]), so readings of the previous boot still in
+//! the device's outbox are recognised too. A reading of a third boot starts a new run and the
+//! oldest is forgotten: a retransmission from it would then be stored again.
 //!
-//! - `base`: every seq at or below it is *settled*: stored, or listed in `missing`;
-//! - a bitmap of the [`WINDOW`] seqs above `base`: which are stored;
+//! Within a run the hub cannot keep every seq it has seen, so a [`SeqWindow`] keeps:
+//!
+//! - `base`: every seq at or below it is *settled*: stored, rejected, or listed below;
+//! - a bitmap of the [`WINDOW`] seqs above `base`: which are settled;
 //! - `missing`: seqs at or below `base` that were skipped over and never arrived (at most
-//!   [`MAX_MISSING`]; when more, the oldest are given up and counted).
+//!   [`MAX_MISSING`]); a retransmission of one is stored;
+//! - `gave_up`: when more than [`MAX_MISSING`] are missing, the oldest are given up and kept as
+//!   ranges (at most [`MAX_GAVE_UP_RANGES`]), which the device is told of before the ack passes
+//!   them. An *exact* range holds only seqs that never arrived, so one sent late is still stored;
+//!   when there are too many ranges the two oldest are merged into an inexact one, which may also
+//!   cover stored seqs, and a seq in it is taken for a duplicate.
 //!
-//! When a seq arrives more than [`WINDOW`] ahead of `base`, the window slides and the seqs it leaves
-//! unfilled go to `missing`, so a device that never retransmits does not stall, and one that does
-//! can still fill its gaps. The ack is the highest seq `n` such that every seq of the device's
-//! current run up to `n` is stored: `missing[0] - 1` while gaps remain, else `base`.
+//! When a seq arrives more than [`WINDOW`] ahead of `base`, the window slides and the seqs it
+//! leaves unfilled go to `missing`, so a device that never retransmits does not stall, and one
+//! that does can still fill its gaps.
 //!
-//! A run starts with the first seq the hub sees from the device; readings older than that are
-//! taken for duplicates, so after each (re)connection a device sends its oldest unacknowledged
-//! reading first and waits for its ack before the rest.
+//! The ack is the highest `n` such that every seq of the run up to `n` is settled or given up:
+//! `missing[0] - 1` while gaps remain, else `base`. So an ack never passes a seq that was not
+//! stored unless the seq was rejected (the device is told so with the answer to that reading)
+//! or is in `gave_up`, which every answer that moves the ack past it lists.
 //!
-//! `(device, seq)` identifies a reading, so there is no guessing: a seq at or below `base` that is
-//! not a recorded gap is a duplicate, however old. A device whose counter restarts breaks that
-//! rule (its new readings look like old ones); [`SeqWindow::far_behind`] lets the caller warn about
-//! it. Devices must keep `seq` across their restarts, or send none.
+//! A run starts with the first seq the hub sees of its boot; readings older than that are taken
+//! for duplicates, so after each (re)connection a device sends its oldest unacknowledged reading
+//! first and waits for its ack before the rest. A seq at or below `base` that is not a recorded
+//! gap is a duplicate, however old: a device whose counter restarts without a new boot breaks
+//! that rule (its new readings look like old ones); [`SeqWindow::far_behind`] lets the caller
+//! warn about it.
 
+use device_protocol::SeqRange;
 use serde::{Deserialize, Serialize};
 
 /// Seqs tracked above `base`.
 pub const WINDOW: u32 = 1024;
-/// Gaps remembered below `base`.
+/// Gaps remembered below `base`, open to a late arrival.
 pub const MAX_MISSING: usize = 256;
+/// Ranges of given-up seqs remembered per run.
+pub const MAX_GAVE_UP_RANGES: usize = 64;
 
 /// What to do with an arriving seq.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// Store it.
+    /// New: store it.
     New,
-    /// Already stored: acknowledge, do not store.
+    /// Already settled: acknowledge, do not store.
     Duplicate,
 }
 
-/// The dedup state of one device, persisted with its record.
+/// How a stored reading is numbered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadingSeq {
+    /// By the device: its seq in the run of its boot (if it sends one).
+    Device {
+        /// The device's boot number.
+        boot: Option<u32>,
+        /// The device's seq.
+        seq: u32,
+    },
+    /// By the hub, for a device that sends no seq, in a numbering of the device's own that never
+    /// mixes with a device's seqs: retransmissions of such readings cannot be recognised.
+    Hub(u32),
+}
+
+impl ReadingSeq {
+    /// The device's seq, if the device numbered it.
+    pub fn device_seq(self) -> Option<u32> {
+        match self {
+            ReadingSeq::Device { seq, .. } => Some(seq),
+            ReadingSeq::Hub(_) => None,
+        }
+    }
+
+    /// The device's boot, if it sent one.
+    pub fn boot(self) -> Option<u32> {
+        match self {
+            ReadingSeq::Device { boot, .. } => boot,
+            ReadingSeq::Hub(_) => None,
+        }
+    }
+
+    /// The hub's number, if the hub numbered it.
+    pub fn hub_seq(self) -> Option<u32> {
+        match self {
+            ReadingSeq::Hub(n) => Some(n),
+            ReadingSeq::Device { .. } => None,
+        }
+    }
+}
+
+/// A range of seqs the hub gave up on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GaveUpRange {
+    /// First seq.
+    pub first: u32,
+    /// Last seq (at least `first`).
+    pub last: u32,
+    /// Every seq in it never arrived (not merged with another range).
+    pub exact: bool,
+}
+
+/// The dedup state of one run, persisted with its device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeqWindow {
     /// Every seq at or below this is settled (-1: none yet).
     base: i64,
-    /// Bit `i` set: seq `base + 1 + i` is stored. `WINDOW / 8` bytes.
+    /// Bit `i` set: seq `base + 1 + i` is settled. `WINDOW / 8` bytes.
     bits: Vec<u8>,
-    /// Settled seqs that were never stored, ascending.
+    /// Settled seqs that never arrived and are still awaited, ascending.
     missing: Vec<u32>,
-    /// Gaps given up because `missing` was full (for metrics and logs).
-    pub given_up: u64,
+    /// Given-up seqs, ascending ranges, all below `missing`.
+    gave_up: Vec<GaveUpRange>,
+    /// Seqs given up so far (for metrics and logs).
+    given_up: u64,
+}
+
+/// The layout of [`SeqWindow`] before schema 3 (no `gave_up`): what older device records hold.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct WindowV1 {
+    pub(in crate::store) base: i64,
+    pub(in crate::store) bits: Vec<u8>,
+    pub(in crate::store) missing: Vec<u32>,
+    pub(in crate::store) given_up: u64,
+}
+
+impl From<WindowV1> for SeqWindow {
+    fn from(old: WindowV1) -> Self {
+        // The seqs an older hub gave up were never told to the device: nothing to list.
+        SeqWindow {
+            base: old.base,
+            bits: old.bits,
+            missing: old.missing,
+            gave_up: Vec::new(),
+            given_up: old.given_up,
+        }
+    }
 }
 
 impl SeqWindow {
@@ -58,6 +150,7 @@ impl SeqWindow {
             base: i64::from(seq) - 1,
             bits: vec![0; (WINDOW / 8) as usize],
             missing: Vec::new(),
+            gave_up: Vec::new(),
             given_up: 0,
         };
         w.set(seq);
@@ -86,15 +179,16 @@ impl SeqWindow {
         self.settle();
     }
 
-    /// Moves `base` up over stored seqs at the bottom of the window.
+    /// Moves `base` up over settled seqs at the bottom of the window.
     fn settle(&mut self) {
         while self.bit(self.base + 1) {
             self.shift(1);
         }
     }
 
-    /// Slides the window up by `n`, recording the unfilled seqs it leaves as missing.
-    fn shift(&mut self, n: i64) {
+    /// Slides the window up by `n`, recording the unfilled seqs it leaves as missing, and giving
+    /// up the oldest missing ones past [`MAX_MISSING`]; returns how many were given up.
+    fn shift(&mut self, n: i64) -> u64 {
         for k in 0..n.min(i64::from(WINDOW)) {
             let seq = self.base + 1 + k;
             if !self.bit(seq)
@@ -103,10 +197,14 @@ impl SeqWindow {
                 self.missing.push(seq);
             }
         }
+        let mut given_up = 0;
         if self.missing.len() > MAX_MISSING {
             let excess = self.missing.len() - MAX_MISSING;
-            self.missing.drain(..excess);
-            self.given_up += excess as u64;
+            for seq in self.missing.drain(..excess) {
+                add_gave_up(&mut self.gave_up, seq);
+            }
+            given_up = excess as u64;
+            self.given_up += given_up;
         }
         // Move the bits down by n in place (n >= WINDOW clears them all): byte by byte, each
         // byte taking the high bits of the next one. Reads are at or after the byte written.
@@ -125,13 +223,23 @@ impl SeqWindow {
             }
         }
         self.base += n;
+        given_up
+    }
+
+    /// The exact given-up range holding `seq`, if any.
+    fn exact_gave_up(&self, seq: u32) -> Option<usize> {
+        self.gave_up
+            .iter()
+            .position(|r| r.exact && (r.first..=r.last).contains(&seq))
     }
 
     /// What `seq` is, without changing anything.
     pub fn classify(&self, seq: u32) -> Verdict {
         let s = i64::from(seq);
         if s <= self.base {
-            return if self.missing.binary_search(&seq).is_ok() {
+            let awaited =
+                self.missing.binary_search(&seq).is_ok() || self.exact_gave_up(seq).is_some();
+            return if awaited {
                 Verdict::New
             } else {
                 Verdict::Duplicate
@@ -145,28 +253,30 @@ impl SeqWindow {
     }
 
     /// Whether `seq` lies far below everything tracked: a very late retransmission, or a device
-    /// whose counter restarted (which the hub cannot tell apart, and reports).
+    /// whose counter restarted without a new boot (which the hub cannot tell apart, and reports).
     pub fn far_behind(&self, seq: u32) -> bool {
         i64::from(seq) < self.base - i64::from(WINDOW)
     }
 
-    /// Records `seq` as stored, after a [`Verdict::New`].
-    pub fn record(&mut self, seq: u32) {
+    /// Records `seq` as settled (stored or rejected), after a [`Verdict::New`]; returns how many
+    /// seqs its arrival made the hub give up.
+    pub fn record(&mut self, seq: u32) -> u64 {
         let s = i64::from(seq);
         if s <= self.base {
             if let Ok(i) = self.missing.binary_search(&seq) {
                 self.missing.remove(i);
+            } else if let Some(i) = self.exact_gave_up(seq) {
+                fill_gave_up(&mut self.gave_up, i, seq);
             }
-            return;
+            return 0;
         }
         let over = s - (self.base + i64::from(WINDOW));
-        if over > 0 {
-            self.shift(over);
-        }
+        let given_up = if over > 0 { self.shift(over) } else { 0 };
         self.set(seq);
+        given_up
     }
 
-    /// The cumulative ack: every seq of this run up to it is stored.
+    /// The cumulative ack: every seq of this run up to it is settled or given up.
     pub fn ack(&self) -> Option<u32> {
         let n = match self.missing.first() {
             Some(first) => i64::from(*first) - 1,
@@ -174,132 +284,185 @@ impl SeqWindow {
         };
         u32::try_from(n).ok()
     }
+
+    /// The ranges given up, ascending.
+    pub fn gave_up(&self) -> &[GaveUpRange] {
+        &self.gave_up
+    }
+}
+
+/// Adds `seq`, above every range, to `ranges`; merges the two oldest past the bound.
+fn add_gave_up(ranges: &mut Vec<GaveUpRange>, seq: u32) {
+    match ranges.last_mut() {
+        Some(last) if last.exact && u64::from(last.last) + 1 == u64::from(seq) => last.last = seq,
+        _ => ranges.push(GaveUpRange {
+            first: seq,
+            last: seq,
+            exact: true,
+        }),
+    }
+    bound_gave_up(ranges);
+}
+
+/// Takes `seq` out of the exact range `ranges[i]`, which holds it: it arrived after all.
+fn fill_gave_up(ranges: &mut Vec<GaveUpRange>, i: usize, seq: u32) {
+    let Some(range) = ranges.get(i).copied() else {
+        return;
+    };
+    match (range.first == seq, range.last == seq) {
+        (true, true) => {
+            ranges.remove(i);
+        }
+        (true, false) => ranges[i].first = seq + 1,
+        (false, true) => ranges[i].last = seq - 1,
+        (false, false) => {
+            ranges[i].last = seq - 1;
+            ranges.insert(
+                i + 1,
+                GaveUpRange {
+                    first: seq + 1,
+                    last: range.last,
+                    exact: true,
+                },
+            );
+            bound_gave_up(ranges);
+        }
+    }
+}
+
+/// Merges the two oldest ranges while there are more than [`MAX_GAVE_UP_RANGES`].
+fn bound_gave_up(ranges: &mut Vec<GaveUpRange>) {
+    while ranges.len() > MAX_GAVE_UP_RANGES {
+        let second = ranges.remove(1);
+        ranges[0] = GaveUpRange {
+            first: ranges[0].first,
+            last: second.last,
+            exact: false,
+        };
+    }
+}
+
+/// One run: the readings a device numbered since one boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Run {
+    /// The boot (`None`: the device sends none).
+    pub boot: Option<u32>,
+    /// Its seqs.
+    pub window: SeqWindow,
+}
+
+/// What the device is told about a run: its cumulative ack and what the hub gave up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAck {
+    /// The run's boot.
+    pub boot: Option<u32>,
+    /// Every seq of the run up to this is settled or given up.
+    pub seq: u32,
+    /// The given-up ranges of the run, ascending (at most [`MAX_GAVE_UP_RANGES`]).
+    pub gave_up: Vec<SeqRange>,
+}
+
+/// What became of an arriving `(boot, seq)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Taken {
+    /// New (now settled) or a duplicate.
+    pub verdict: Verdict,
+    /// The reading started a run (its boot was not one of the runs kept).
+    pub new_run: bool,
+    /// Seqs its arrival made the hub give up.
+    pub given_up: u64,
+    /// It lies far below its run (see [`SeqWindow::far_behind`]).
+    pub far_behind: bool,
+}
+
+/// The runs kept for one device: of its latest boot, and of the one before.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Runs {
+    current: Option<Run>,
+    previous: Option<Run>,
+}
+
+impl Runs {
+    /// The runs of a device record written before boots were known: its one window, without boot.
+    pub fn from_window(window: Option<SeqWindow>) -> Self {
+        Runs {
+            current: window.map(|window| Run { boot: None, window }),
+            previous: None,
+        }
+    }
+
+    fn run_mut(&mut self, boot: Option<u32>) -> Option<&mut Run> {
+        if self.current.as_ref().is_some_and(|r| r.boot == boot) {
+            return self.current.as_mut();
+        }
+        self.previous.as_mut().filter(|r| r.boot == boot)
+    }
+
+    fn run(&self, boot: Option<u32>) -> Option<&Run> {
+        [self.current.as_ref(), self.previous.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|r| r.boot == boot)
+    }
+
+    /// Takes the reading `seq` of `boot`: settles it if it is new. A boot of neither run kept
+    /// starts a new one, and the older of the two is forgotten.
+    pub fn take(&mut self, boot: Option<u32>, seq: u32) -> Taken {
+        let Some(run) = self.run_mut(boot) else {
+            self.previous = self.current.take();
+            self.current = Some(Run {
+                boot,
+                window: SeqWindow::starting_at(seq),
+            });
+            return Taken {
+                verdict: Verdict::New,
+                new_run: true,
+                given_up: 0,
+                far_behind: false,
+            };
+        };
+        let verdict = run.window.classify(seq);
+        let given_up = match verdict {
+            Verdict::New => run.window.record(seq),
+            Verdict::Duplicate => 0,
+        };
+        Taken {
+            verdict,
+            new_run: false,
+            given_up,
+            far_behind: verdict == Verdict::Duplicate && run.window.far_behind(seq),
+        }
+    }
+
+    /// What the device is told about the run of `boot`, if the hub keeps it.
+    pub fn ack(&self, boot: Option<u32>) -> Option<RunAck> {
+        let run = self.run(boot)?;
+        Some(RunAck {
+            boot,
+            seq: run.window.ack()?,
+            gave_up: run
+                .window
+                .gave_up()
+                .iter()
+                .map(|r| SeqRange {
+                    first: r.first,
+                    last: r.last,
+                })
+                .collect(),
+        })
+    }
+
+    /// The boot of the latest run.
+    pub fn current_boot(&self) -> Option<u32> {
+        self.current.as_ref().and_then(|r| r.boot)
+    }
+
+    /// Whether any run is kept (the device numbers its readings).
+    pub fn is_empty(&self) -> bool {
+        self.current.is_none()
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use std::collections::BTreeSet;
-
-    use proptest::prelude::*;
-
-    use super::*;
-
-    /// Feeds `seqs` through a window as the store does; returns what was stored.
-    fn run(seqs: &[u32]) -> (Vec<u32>, SeqWindow) {
-        let mut stored = Vec::new();
-        let mut w: Option<SeqWindow> = None;
-        for &s in seqs {
-            match w.as_ref().map(|w| w.classify(s)) {
-                None => {
-                    w = Some(SeqWindow::starting_at(s));
-                    stored.push(s);
-                }
-                Some(Verdict::New) => {
-                    if let Some(w) = w.as_mut() {
-                        w.record(s);
-                    }
-                    stored.push(s);
-                }
-                Some(Verdict::Duplicate) => {}
-            }
-        }
-        (stored, w.expect("at least one seq"))
-    }
-
-    #[test]
-    fn in_order_with_retransmissions_stores_each_once_and_acks_the_highest() {
-        let (stored, w) = run(&[0, 1, 2, 2, 1, 3, 0, 4]);
-        assert_eq!(stored, vec![0, 1, 2, 3, 4]);
-        assert_eq!(w.ack(), Some(4));
-    }
-
-    #[test]
-    fn a_gap_holds_the_ack_until_filled_and_out_of_order_arrivals_are_kept() {
-        let (stored, w) = run(&[10, 11, 13, 14]);
-        assert_eq!(stored, vec![10, 11, 13, 14]);
-        assert_eq!(w.ack(), Some(11));
-        let (stored, w) = run(&[10, 11, 13, 14, 12, 13]);
-        assert_eq!(stored, vec![10, 11, 13, 14, 12]);
-        assert_eq!(w.ack(), Some(14));
-    }
-
-    #[test]
-    fn a_jump_past_the_window_keeps_the_gaps_fillable() {
-        let far = 5 + WINDOW + 10;
-        let (stored, w) = run(&[0, 1, 2, far]);
-        assert_eq!(stored, vec![0, 1, 2, far]);
-        assert_eq!(w.ack(), Some(2), "the skipped seqs are not acknowledged");
-        let (stored, w) = run(&[0, 1, 2, far, 3, 3, 4]);
-        assert_eq!(stored, vec![0, 1, 2, far, 3, 4]);
-        assert_eq!(w.ack(), Some(4));
-    }
-
-    #[test]
-    fn too_many_gaps_are_given_up_and_counted() {
-        let mut seqs = vec![0];
-        // Every other seq, far enough to push many gaps out of the window.
-        seqs.extend((1..=(2 * (WINDOW + MAX_MISSING as u32) + 10)).filter(|s| s % 2 == 0));
-        let (_, w) = run(&seqs);
-        assert!(w.missing.len() <= MAX_MISSING);
-        assert!(w.given_up > 0);
-    }
-
-    #[test]
-    fn old_seqs_are_duplicates_however_far_behind() {
-        // A retransmission that lags far behind (its acks were lost) is stored once, not again.
-        let seqs: Vec<u32> = (0..5000).chain(0..5000).collect();
-        let (stored, w) = run(&seqs);
-        assert_eq!(stored, (0..5000).collect::<Vec<_>>());
-        assert_eq!(w.ack(), Some(4999));
-        assert!(w.far_behind(0) && !w.far_behind(4000));
-        // Below the first seq of the run: a duplicate too (a backlog is sent oldest first).
-        let (stored, _) = run(&[5000, 5001, 7]);
-        assert_eq!(stored, vec![5000, 5001]);
-    }
-
-    #[test]
-    fn survives_a_round_trip_through_the_store_encoding_and_stays_small() {
-        let (_, typical) = run(&(0..500).collect::<Vec<_>>());
-        let (_, worst) = run(&[3, 4, 9, 20_000]);
-        assert_eq!(worst.missing.len(), MAX_MISSING);
-        for w in [typical, worst] {
-            let bytes = postcard::to_allocvec(&w).unwrap();
-            assert_eq!(postcard::from_bytes::<SeqWindow>(&bytes).unwrap(), w);
-            let bound = if w.missing.is_empty() {
-                150
-            } else {
-                150 + 5 * MAX_MISSING
-            };
-            assert!(bytes.len() <= bound, "{} bytes per device", bytes.len());
-        }
-    }
-
-    proptest! {
-        /// Against a model that remembers every seq: a device whose seqs stay within the window of
-        /// its run (no restart) gets each distinct seq stored exactly once, and the ack never
-        /// covers a seq that was not stored.
-        #[test]
-        fn matches_a_model_that_remembers_everything(
-            start in 1u32..1000,
-            steps in proptest::collection::vec(0u32..200, 1..600),
-        ) {
-            // Seqs wander around a rising point: retransmissions, reordering, gaps.
-            let seqs: Vec<u32> = steps.iter().enumerate().map(|(i, d)| start + i as u32 / 2 + d).collect();
-            let mut model = BTreeSet::new();
-            let mut expected = Vec::new();
-            let first = seqs[0];
-            for &s in &seqs {
-                if s >= first && model.insert(s) {
-                    expected.push(s);
-                }
-            }
-            let (stored, w) = run(&seqs);
-            prop_assert_eq!(stored, expected);
-            if let Some(ack) = w.ack() {
-                for s in first..=ack {
-                    prop_assert!(model.contains(&s), "ack {} covers {} which was never stored", ack, s);
-                }
-            }
-        }
-    }
-}
+#[path = "sequence_tests.rs"]
+mod tests;

@@ -12,7 +12,7 @@ use std::ops::{Bound, ControlFlow};
 
 use serde::{Deserialize, Serialize};
 
-use super::records::{self, ReadingRecord};
+use super::records::{self, ReadingFields, ReadingRecord, SeqOrigin};
 use super::{Direction, KeyRange, Reading, Store, StoreError, Table, WriteBatch};
 
 /// Who follows the readings log.
@@ -58,10 +58,17 @@ impl SyncPosition {
 /// A reading a sink's receiver refused for good.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct ParkedRecord {
-    reading: ReadingRecord,
+    reading: ReadingFields,
     status: u16,
     reason: String,
     parked_ms: u64,
+    /// The reading's origin, appended in schema 3 (see `records::ReadingFields`).
+    #[serde(
+        default,
+        skip_serializing_if = "SeqOrigin::is_device",
+        deserialize_with = "records::appended"
+    )]
+    origin: SeqOrigin,
 }
 
 /// A parked reading, as the API shows it.
@@ -270,11 +277,13 @@ impl Store {
             let Some(reading) = super::reading_at(&*snap, offset)? else {
                 continue;
             };
+            let (reading, origin) = reading.split();
             let record = ParkedRecord {
                 reading,
                 status,
                 reason: reason.clone(),
                 parked_ms: now_ms,
+                origin,
             };
             batch.put(
                 Table::Parked,
@@ -330,7 +339,7 @@ impl Store {
             .into_iter()
             .map(|(sink, offset, p)| Parked {
                 sink,
-                reading: cat.resolve(offset, p.reading),
+                reading: cat.resolve(offset, ReadingRecord::join(p.reading, p.origin)),
                 status: p.status,
                 reason: p.reason,
                 parked_ms: p.parked_ms,

@@ -10,6 +10,11 @@ use super::engine::{Direction, Engine, KeyRange, Table, WriteBatch};
 use super::memory::MemoryEngine;
 use super::*;
 
+/// A seq of a device that sends no boot.
+fn dev(seq: u32) -> ReadingSeq {
+    ReadingSeq::Device { boot: None, seq }
+}
+
 /// Opens an engine, closes it and opens it again over the same data.
 pub(super) trait Harness {
     fn open(&mut self) -> Arc<dyn Engine>;
@@ -194,6 +199,7 @@ fn reading(
         transport: Transport::Mqtt,
         wire: crate::store::Wire::Json,
         seq,
+        boot: None,
         timestamp_ms: ts,
         received_ms: 1_000_000,
         metrics: metrics
@@ -250,14 +256,23 @@ fn store_appends_reads_back_and_keeps_everything_across_reopen() {
         assert_eq!(
             stored,
             vec![
-                Outcome::Stored { offset: 0, seq: 7 },
-                Outcome::Stored { offset: 1, seq: 0 },
-                Outcome::Stored { offset: 2, seq: 8 }
+                Outcome::Stored {
+                    offset: 0,
+                    seq: dev(7)
+                },
+                Outcome::Stored {
+                    offset: 1,
+                    seq: ReadingSeq::Hub(0)
+                },
+                Outcome::Stored {
+                    offset: 2,
+                    seq: dev(8)
+                }
             ],
-            "{name}: a device without seq gets one assigned"
+            "{name}: a device without seq gets one assigned, apart from device seqs"
         );
         assert_eq!(
-            assigned[0].ack,
+            assigned[0].ack.as_ref().map(|a| a.seq),
             Some(8),
             "{name}: the ack is the device's after the batch"
         );
@@ -284,8 +299,11 @@ fn store_appends_reads_back_and_keeps_everything_across_reopen() {
             .unwrap();
         assert_eq!(
             more[0].outcome,
-            Outcome::Stored { offset: 3, seq: 1 },
-            "{name}"
+            Outcome::Stored {
+                offset: 3,
+                seq: ReadingSeq::Hub(1)
+            },
+            "{name}: the hub's numbering survives reopen"
         );
 
         let page = store
@@ -293,7 +311,7 @@ fn store_appends_reads_back_and_keeps_everything_across_reopen() {
             .unwrap()
             .unwrap();
         assert_eq!(page.readings.len(), 2, "{name}");
-        assert_eq!(page.readings[0].seq, 7);
+        assert_eq!(page.readings[0].seq, dev(7));
         assert_eq!(page.readings[0].timestamp_ms, 1000);
         assert!(
             page.readings[0]
@@ -459,13 +477,27 @@ fn retransmissions_are_stored_once_even_across_reopen() {
             vec![
                 Outcome::Duplicate { seq: 3 },
                 Outcome::Duplicate { seq: 4 },
-                Outcome::Stored { offset: 5, seq: 5 },
-                Outcome::Stored { offset: 6, seq: 6 },
-                Outcome::Stored { offset: 7, seq: 7 },
+                Outcome::Stored {
+                    offset: 5,
+                    seq: dev(5)
+                },
+                Outcome::Stored {
+                    offset: 6,
+                    seq: dev(6)
+                },
+                Outcome::Stored {
+                    offset: 7,
+                    seq: dev(7)
+                },
             ],
             "{name}"
         );
-        assert!(applied.iter().all(|a| a.ack == Some(7)), "{name}");
+        assert!(
+            applied
+                .iter()
+                .all(|a| a.ack.as_ref().map(|a| a.seq) == Some(7)),
+            "{name}"
+        );
         let device = store.device("d").unwrap().unwrap();
         assert_eq!(
             (device.record.readings, device.record.duplicates),
@@ -477,7 +509,7 @@ fn retransmissions_are_stored_once_even_across_reopen() {
             .unwrap()
             .unwrap();
         let seqs: Vec<_> = page.readings.iter().map(|r| r.seq).collect();
-        assert_eq!(seqs, (0..8).collect::<Vec<_>>(), "{name}");
+        assert_eq!(seqs, (0..8).map(dev).collect::<Vec<_>>(), "{name}");
     }
 }
 
@@ -490,6 +522,7 @@ fn hello_registers_firmware_and_protocol() {
             transport: Transport::Serial,
             firmware: "1.2.3".into(),
             protocol_version: 1,
+            boot: None,
             received_ms: 5,
         };
         let applied = store.apply(&[Ingest::Hello(hello)]).unwrap();
@@ -535,13 +568,13 @@ mod model {
 
         /// The store against a model that remembers every (device, seq): each reading is stored
         /// exactly once, offsets count up from 0 without gaps across reopen, hub-assigned seqs
-        /// count up per device, and the device's readings are exactly the model's.
+        /// count up per device on their own, and the device's readings are exactly the model's.
         #[test]
         fn store_matches_a_simple_model(ops in proptest::collection::vec(op(), 1..25)) {
             let mut harness = OnDisk(tempfile::tempdir().unwrap(), EngineKind::Redb);
             let mut store = Store::open(harness.open()).unwrap();
             // Per device: the seqs the device numbered (for dedup), every stored seq (a multiset:
-            // a hub-assigned seq may equal one the device sends later), and the highest seq.
+            // a hub-assigned seq may equal one the device sends), and the hub's last number.
             let mut seen: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
             let mut all: BTreeMap<String, Vec<u32>> = BTreeMap::new();
             let mut highest: BTreeMap<String, u32> = BTreeMap::new();
@@ -572,15 +605,18 @@ mod model {
                                     let start = *first.entry(r.device.clone()).or_insert(s);
                                     (s >= start && set.insert(s)).then_some(s)
                                 }
-                                // Unnumbered: the next seq after the highest, outside dedup.
+                                // Unnumbered: the hub's next number for the device, outside dedup.
                                 None => Some(high.map_or(0, |h| h + 1)),
                             };
                             match expected {
                                 Some(s) => {
-                                    prop_assert_eq!(a.outcome, Outcome::Stored { offset: next_offset, seq: s });
+                                    let seq = if r.seq.is_some() { dev(s) } else { ReadingSeq::Hub(s) };
+                                    prop_assert_eq!(a.outcome, Outcome::Stored { offset: next_offset, seq });
                                     next_offset += 1;
                                     stored.push(s);
-                                    highest.insert(r.device.clone(), high.map_or(s, |h| h.max(s)));
+                                    if r.seq.is_none() {
+                                        highest.insert(r.device.clone(), s);
+                                    }
                                 }
                                 None => {
                                     prop_assert_eq!(a.outcome, Outcome::Duplicate { seq: r.seq.unwrap() });
@@ -593,7 +629,11 @@ mod model {
             prop_assert_eq!(store.next_offset().unwrap(), next_offset);
             for (device, seqs) in &all {
                 let page = store.readings(&query(device, Order::Oldest, 10_000)).unwrap().unwrap();
-                let mut stored: Vec<u32> = page.readings.iter().map(|r| r.seq).collect();
+                let mut stored: Vec<u32> = page
+                    .readings
+                    .iter()
+                    .filter_map(|r| r.seq.device_seq().or(r.seq.hub_seq()))
+                    .collect();
                 stored.sort();
                 let mut expected = seqs.clone();
                 expected.sort();
@@ -689,7 +729,13 @@ fn a_refusing_store_stores_no_reading_and_acks_none() {
     let applied = store
         .append(&[reading("a", Some(1), None, &[("v", OwnedValue::I64(1))])])
         .unwrap();
-    assert_eq!(applied[0].outcome, Outcome::Stored { offset: 0, seq: 1 });
+    assert_eq!(
+        applied[0].outcome,
+        Outcome::Stored {
+            offset: 0,
+            seq: dev(1)
+        }
+    );
 }
 
 #[test]
@@ -750,4 +796,250 @@ fn redb_reuses_the_space_of_deleted_readings_and_compaction_shrinks_the_file() {
     while store.compact().unwrap() {}
     assert!(file(&store) < before, "compaction did not shrink the file");
     assert_eq!(store.reading_count().unwrap(), 100);
+}
+
+#[test]
+fn a_parked_reading_keeps_its_numbering() {
+    let store = Store::open(Arc::new(MemoryEngine::new())).unwrap();
+    let mut numbered = reading("b", Some(4), None, &[("v", OwnedValue::I64(1))]);
+    numbered.boot = Some(9);
+    let unnumbered = reading("c", None, None, &[("v", OwnedValue::I64(2))]);
+    store.append(&[numbered, unnumbered]).unwrap();
+    let position = sync::SyncPosition::start(sync::FollowerKind::Sink, 2);
+    store
+        .park("cloud", &[0, 1], 400, "bad value", &position, 7)
+        .unwrap();
+    let parked: Vec<_> = store
+        .parked(10)
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.reading.seq, p.status, p.reason, p.parked_ms))
+        .collect();
+    assert_eq!(
+        parked,
+        vec![
+            (
+                ReadingSeq::Device {
+                    boot: Some(9),
+                    seq: 4
+                },
+                400,
+                "bad value".to_owned(),
+                7
+            ),
+            (ReadingSeq::Hub(0), 400, "bad value".to_owned(), 7),
+        ]
+    );
+}
+
+fn booted(boot: Option<u32>, seq: u32) -> NewReading {
+    let mut r = reading("d", Some(seq), None, &[("v", OwnedValue::I64(1))]);
+    r.boot = boot;
+    r
+}
+
+#[test]
+fn a_rebooted_device_gets_its_new_readings_stored_and_each_boot_its_own_ack() {
+    for (name, mut h) in harnesses() {
+        let store = Store::open(h.open()).unwrap();
+        let first: Vec<_> = (0..50).map(|s| booted(Some(1), s)).collect();
+        store.append(&first).unwrap();
+        drop(store);
+        let store = Store::open(h.open()).unwrap();
+        // Rebooted: its counter starts again, with a new boot. Nothing is taken for a duplicate.
+        let second: Vec<_> = (0..50).map(|s| booted(Some(2), s)).collect();
+        let applied = store.append(&second).unwrap();
+        assert!(
+            applied
+                .iter()
+                .all(|a| matches!(a.outcome, Outcome::Stored { .. })),
+            "{name}: 50 of 50 stored"
+        );
+        let ack = applied[0].ack.clone().unwrap();
+        assert_eq!((ack.boot, ack.seq), (Some(2), 49), "{name}");
+        // A late retransmission of the first boot is still known, and answered for its boot.
+        let late = store.append(&[booted(Some(1), 10)]).unwrap();
+        assert_eq!(late[0].outcome, Outcome::Duplicate { seq: 10 }, "{name}");
+        let ack = late[0].ack.clone().unwrap();
+        assert_eq!((ack.boot, ack.seq), (Some(1), 49), "{name}");
+        let device = store.device("d").unwrap().unwrap();
+        assert_eq!(
+            (
+                device.record.readings,
+                device.record.last_seq,
+                device.record.runs.current_boot()
+            ),
+            (100, Some(49), Some(2)),
+            "{name}"
+        );
+        let page = store
+            .readings(&query("d", Order::Oldest, 1000))
+            .unwrap()
+            .unwrap();
+        let mut ids: Vec<_> = page
+            .readings
+            .iter()
+            .map(|r| (r.seq.boot(), r.seq.device_seq()))
+            .collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 100, "{name}: no two readings share (boot, seq)");
+    }
+}
+
+#[test]
+fn a_reading_rejected_for_its_content_is_settled_so_the_ack_goes_on() {
+    let store = Store::open(Arc::new(MemoryEngine::new())).unwrap();
+    let rejected = |seq| {
+        Ingest::Rejected(RejectedReading {
+            device: "d".into(),
+            transport: Transport::Mqtt,
+            wire: Wire::Json,
+            seq,
+            boot: None,
+            received_ms: 1,
+        })
+    };
+    let mut items = vec![rejected(1)];
+    items.extend((2..=1200).map(|s| Ingest::Reading(booted(None, s))));
+    let applied = store.apply(&items).unwrap();
+    assert_eq!(applied[0].outcome, Outcome::Rejected { seq: 1 });
+    assert!(
+        applied
+            .iter()
+            .all(|a| a.ack.as_ref().map(|a| a.seq) == Some(1200))
+    );
+    // Sent again, it is rejected again (and taken for no new reading).
+    let again = store.apply(&[rejected(1)]).unwrap();
+    assert_eq!(again[0].outcome, Outcome::Rejected { seq: 1 });
+    assert_eq!(again[0].ack.as_ref().map(|a| a.seq), Some(1200));
+    // A valid reading under a rejected seq is not stored: the seq is settled.
+    let dup = store.append(&[booted(None, 1)]).unwrap();
+    assert_eq!(dup[0].outcome, Outcome::Duplicate { seq: 1 });
+    let device = store.device("d").unwrap().unwrap();
+    assert_eq!((device.record.readings, device.record.rejected), (1199, 1));
+}
+
+#[test]
+fn a_binary_device_s_telemetry_counts_in_the_boot_of_its_hello() {
+    let store = Store::open(Arc::new(MemoryEngine::new())).unwrap();
+    let hello = |boot| {
+        Ingest::Hello(DeviceHello {
+            device: "d".into(),
+            transport: Transport::Serial,
+            firmware: "fw".into(),
+            protocol_version: 2,
+            boot,
+            received_ms: 1,
+        })
+    };
+    let binary = |seq| {
+        let mut r = booted(None, seq);
+        r.wire = Wire::Binary;
+        Ingest::Reading(r)
+    };
+    let applied = store
+        .apply(&[hello(Some(5)), binary(0), binary(1)])
+        .unwrap();
+    assert_eq!(
+        applied[2].outcome,
+        Outcome::Stored {
+            offset: 1,
+            seq: ReadingSeq::Device {
+                boot: Some(5),
+                seq: 1
+            }
+        }
+    );
+    assert_eq!(applied[2].ack.as_ref().map(|a| a.boot), Some(Some(5)));
+    // Rebooted: a new Hello, the counter from 0 again.
+    let applied = store.apply(&[hello(Some(6)), binary(0)]).unwrap();
+    assert!(matches!(applied[1].outcome, Outcome::Stored { .. }));
+    // A JSON reading has only its own boot.
+    let json = store.append(&[booted(None, 0)]).unwrap();
+    assert!(matches!(json[0].outcome, Outcome::Stored { .. }));
+}
+
+#[test]
+fn a_store_of_schema_2_opens_and_its_devices_keep_their_duplicate_detection() {
+    use super::records::{DeviceRecordV1, DeviceRecordV2};
+    use super::sequence::WindowV1;
+    for (name, mut h) in harnesses() {
+        let store = Store::open(h.open()).unwrap();
+        let batch: Vec<_> = (0..10).map(|s| booted(None, s)).collect();
+        store.append(&batch).unwrap();
+        drop(store);
+        // Rewrite it as schema 2 left it: its device record in the old layout.
+        let engine = h.open();
+        let old = DeviceRecordV2 {
+            v1: DeviceRecordV1 {
+                name: "d".into(),
+                transport: Transport::Mqtt,
+                first_seen_ms: 1,
+                last_seen_ms: 1,
+                last_seq: Some(9),
+                readings: 10,
+                firmware: None,
+                labels: BTreeMap::new(),
+                metrics: vec![0],
+                protocol_version: None,
+                seq_window: Some(WindowV1 {
+                    base: 9,
+                    bits: vec![0; 128],
+                    missing: vec![],
+                    given_up: 0,
+                }),
+                duplicates: 0,
+            },
+            display_name: Some("hall".into()),
+            wire: Wire::Json,
+        };
+        let mut batch = WriteBatch::new();
+        batch.put(
+            Table::Devices,
+            0u32.to_be_bytes().to_vec(),
+            records::encode(&old).unwrap(),
+        );
+        batch.put(
+            Table::Meta,
+            records::META_SCHEMA_VERSION.to_vec(),
+            2u32.to_be_bytes().to_vec(),
+        );
+        engine.commit(&batch).unwrap();
+        drop(engine);
+
+        let store = Store::open(h.open()).unwrap();
+        let device = store.device("d").unwrap().unwrap();
+        assert_eq!(
+            (
+                device.record.display_name.as_deref(),
+                device.record.readings
+            ),
+            (Some("hall"), 10),
+            "{name}"
+        );
+        let applied = store.append(&[booted(None, 5), booted(None, 10)]).unwrap();
+        assert_eq!(applied[0].outcome, Outcome::Duplicate { seq: 5 }, "{name}");
+        assert!(
+            matches!(applied[1].outcome, Outcome::Stored { .. }),
+            "{name}"
+        );
+        let snap = store.engine.snapshot().unwrap();
+        assert_eq!(
+            snap.get(Table::Meta, records::META_SCHEMA_VERSION).unwrap(),
+            Some(SCHEMA_VERSION.to_be_bytes().to_vec()),
+            "{name}"
+        );
+        let written = snap.get(Table::Devices, &0u32.to_be_bytes()).unwrap();
+        assert_eq!(
+            written.as_deref().map(|b| &b[..2]),
+            Some(&[0u8, 3][..]),
+            "{name}: written back in the new layout"
+        );
+        let page = store
+            .readings(&query("d", Order::Oldest, 100))
+            .unwrap()
+            .unwrap();
+        assert_eq!(page.readings.len(), 11, "{name}");
+    }
 }

@@ -149,6 +149,10 @@ pub struct WriterStats {
     pub in_hand: AtomicU64,
     /// Readings refused because the store was full (policy `reject_new`).
     pub refused: AtomicU64,
+    /// Readings with a seq refused for their content: settled, never stored, their device told.
+    pub rejected: AtomicU64,
+    /// Seqs the store gave up waiting for (a device left more open gaps than it keeps).
+    pub gave_up: AtomicU64,
     /// Sizes and durations of commits.
     pub commit: crate::metrics::CommitMetrics,
 }
@@ -320,6 +324,15 @@ impl StoreWriter {
         self.stats
             .duplicates
             .fetch_add(duplicates as u64, Ordering::Relaxed);
+        let rejected = applied
+            .iter()
+            .filter(|a| matches!(a.outcome, Outcome::Rejected { .. }))
+            .count();
+        self.stats
+            .rejected
+            .fetch_add(rejected as u64, Ordering::Relaxed);
+        let gave_up: u64 = applied.iter().map(|a| a.given_up).sum();
+        self.stats.gave_up.fetch_add(gave_up, Ordering::Relaxed);
         let refused = applied
             .iter()
             .filter(|a| a.outcome == Outcome::Refused)
@@ -457,6 +470,9 @@ fn publish(live: &Live, presence: &Presence, items: Vec<Ingest>, applied: &[Appl
             Ingest::Hello(h) => {
                 note_heard(&mut heard, &h.device, h.received_ms);
             }
+            Ingest::Rejected(r) => {
+                note_heard(&mut heard, &r.device, r.received_ms);
+            }
             Ingest::CommandResult(c) => {
                 if let Outcome::CommandResult {
                     id,
@@ -505,6 +521,7 @@ mod tests {
             transport: Transport::Mqtt,
             wire: crate::store::Wire::Json,
             seq: Some(seq),
+            boot: None,
             timestamp_ms: None,
             received_ms: 1,
             metrics: vec![("v".into(), OwnedValue::I64(seq as i64))],
@@ -540,14 +557,17 @@ mod tests {
             let expected = if i < 50 {
                 Outcome::Stored {
                     offset: i as u64,
-                    seq,
+                    seq: crate::store::ReadingSeq::Device { boot: None, seq },
                 }
             } else {
                 Outcome::Duplicate { seq }
             };
             assert_eq!(applied[0].outcome, expected);
-            let ack = applied[0].ack.unwrap();
-            assert!(ack >= seq, "the ack covers the reading once it is durable");
+            let ack = applied[0].ack.as_ref().unwrap();
+            assert!(
+                ack.seq >= seq,
+                "the ack covers the reading once it is durable"
+            );
         }
         assert_eq!(stats.readings.load(Ordering::Relaxed), 50);
         assert_eq!(stats.duplicates.load(Ordering::Relaxed), 10);
@@ -630,7 +650,7 @@ mod tests {
                 applied[0].outcome,
                 Outcome::Stored {
                     offset: seq as u64,
-                    seq
+                    seq: crate::store::sequence::ReadingSeq::Device { boot: None, seq }
                 }
             );
         }

@@ -8,7 +8,9 @@
 //! Readings are in offset order, so each device's readings are in its order. The key names the
 //! hub, the sink and the batch's first and last offsets: a batch sent again (a retry, or after a
 //! restart, which resends the persisted in-flight batch as it was) carries the same key, and a
-//! receiver that has seen the key can drop the batch. `(device, seq)` identifies each reading too.
+//! receiver that has seen the key can drop the batch. `(device, boot, seq)` identifies each reading
+//! a device numbered too (`boot` only when the device sends one); a reading it did not number has
+//! a `hub_seq` instead of `seq`, and only the key and offset tell it apart.
 
 use std::collections::BTreeMap;
 
@@ -19,18 +21,26 @@ use crate::api::params::rfc3339;
 use crate::api::schema::MetricValue;
 use crate::store::Reading;
 
-/// A reading as it goes upstream, pushed or pulled.
+/// A reading as it goes upstream, pushed or pulled. `(device, boot, seq)` identifies a reading the
+/// device numbered; one it did not number has a `hub_seq` instead, and no `seq`.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamReading {
+    /// The device's boot number, when it sends one: its seqs count within a boot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot: Option<u32>,
     /// The device id.
     pub device: String,
+    /// The hub's number of a reading the device sent without a seq (apart from its seqs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hub_seq: Option<u32>,
     /// Values by metric name.
     pub metrics: BTreeMap<String, MetricValue>,
     /// The hub offset: a number that only grows.
     pub offset: u64,
-    /// The device's sequence number (assigned by the hub when the device sends none).
-    pub seq: u32,
+    /// The device's sequence number, when it sent one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u32>,
     /// Timestamp (the device's, else the hub's receive time), RFC 3339 UTC.
     #[schema(format = DateTime)]
     pub ts: String,
@@ -39,10 +49,12 @@ pub struct UpstreamReading {
 impl From<&Reading> for UpstreamReading {
     fn from(r: &Reading) -> Self {
         UpstreamReading {
+            boot: r.seq.boot(),
             device: r.device.clone(),
+            hub_seq: r.seq.hub_seq(),
             metrics: MetricValue::map(&r.metrics),
             offset: r.offset,
-            seq: r.seq,
+            seq: r.seq.device_seq(),
             ts: rfc3339(r.timestamp_ms),
         }
     }
@@ -92,7 +104,10 @@ mod tests {
             .map(|offset| Reading {
                 offset,
                 device: "t1".into(),
-                seq: offset as u32,
+                seq: crate::store::ReadingSeq::Device {
+                    boot: None,
+                    seq: offset as u32,
+                },
                 timestamp_ms: 1_700_000_000_000 + offset,
                 metrics: vec![("temp".into(), OwnedValue::F64(21.5))],
             })

@@ -406,6 +406,7 @@ mod tests {
                 transport: Transport::Mqtt,
                 wire: Wire::Json,
                 seq: Some(i as u32),
+                boot: None,
                 timestamp_ms: Some(timestamp_ms(i)),
                 received_ms: 0,
                 metrics: vec![("pad".into(), OwnedValue::Str("x".repeat(200)))],

@@ -464,22 +464,27 @@ async fn export_streams_every_reading_as_csv_and_ndjson() {
     let (ct, text) = fetch(&hub, "/api/v1/devices/exp/readings", "text/csv").await;
     assert!(ct.starts_with("text/csv"), "{ct}");
     let rows = parse_csv(&text);
-    assert_eq!(rows[0], ["ts", "offset", "seq", "metric", "value"]);
+    assert_eq!(
+        rows[0],
+        ["ts", "offset", "boot", "seq", "hub_seq", "metric", "value"]
+    );
     let values: usize = sent.iter().map(|r| r.metrics.len()).sum();
     assert_eq!(rows.len() - 1, values, "one row per metric value");
     let mut seen = BTreeMap::new();
     let mut last_ts = u64::MAX;
     for row in &rows[1..] {
-        assert_eq!(row.len(), 5, "{row:?}");
-        let seq: u64 = row[2].parse().unwrap();
+        assert_eq!(row.len(), 7, "{row:?}");
+        // The device numbers its readings and sends no boot: no boot, no hub number.
+        assert!(row[2].is_empty() && row[4].is_empty(), "{row:?}");
+        let seq: u64 = row[3].parse().unwrap();
         let r = by_seq[&seq];
         let ts = time_of(&row[0]);
         assert_eq!(ts, r.ts, "{row:?}");
         assert!(ts <= last_ts, "newest first");
         last_ts = ts;
-        let (_, v) = r.metrics.iter().find(|(m, _)| *m == row[3]).unwrap();
-        assert!(v.matches_csv(&row[4]), "{row:?} should hold {v:?}");
-        *seen.entry((seq, row[3].clone())).or_insert(0) += 1;
+        let (_, v) = r.metrics.iter().find(|(m, _)| *m == row[5]).unwrap();
+        assert!(v.matches_csv(&row[6]), "{row:?} should hold {v:?}");
+        *seen.entry((seq, row[5].clone())).or_insert(0) += 1;
     }
     assert_eq!(seen.len(), values, "every value exactly once");
     assert!(seen.values().all(|n| *n == 1));
@@ -543,7 +548,7 @@ async fn export_streams_every_reading_as_csv_and_ndjson() {
         "*/*",
     )
     .await;
-    assert_eq!(text, "ts,offset,seq,metric,value\r\n");
+    assert_eq!(text, "ts,offset,boot,seq,hub_seq,metric,value\r\n");
 
     // Buckets export too: CSV columns start, count and the aggregates; every bucket, no limit.
     let width = 15_000;

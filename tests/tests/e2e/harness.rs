@@ -313,6 +313,51 @@ pub fn mosquitto_pub(port: u16, topic: &str, payload: &[u8], qos: u8) {
     );
 }
 
+/// Publishes each of `lines` as one message, in order, over one connection of the real
+/// `mosquitto_pub` (its `-l` mode): a burst of many messages without a process each.
+pub fn mosquitto_pub_lines(port: u16, topic: &str, lines: &[String], qos: u8) {
+    use std::io::Write;
+    let mut child = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", topic])
+        .args(["-q", &qos.to_string(), "-l"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_pub (Debian package mosquitto-clients) must be installed");
+    let mut stdin = child.stdin.take().expect("stdin");
+    for line in lines {
+        assert!(!line.contains('\n'), "one message a line");
+        writeln!(stdin, "{line}").expect("write to mosquitto_pub");
+    }
+    drop(stdin);
+    let out = child.wait_with_output().expect("mosquitto_pub ends");
+    assert!(
+        out.status.success(),
+        "mosquitto_pub failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The sum of the samples of `/metrics` family `name` whose labels contain `labels`.
+pub async fn metric(hub: &Hub, name: &str, labels: &str) -> f64 {
+    let text = hub
+        .client()
+        .get(hub.url("/metrics"))
+        .bearer_auth(hub.token())
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))
+        .filter(|l| l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Polls `check` until it returns `Some`, or panics with `what` after the deadline.
 pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where
@@ -446,6 +491,16 @@ impl Subscriber {
                     .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
                     .collect()
             })
+            .collect()
+    }
+}
+
+impl Subscriber {
+    /// The JSON acks (`devices/{id}/ack`) received so far.
+    pub fn json_acks(&self) -> Vec<device_protocol::json::JsonAck> {
+        self.payloads()
+            .iter()
+            .filter_map(|p| serde_json::from_slice(p).ok())
             .collect()
     }
 }

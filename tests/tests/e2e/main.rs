@@ -4,6 +4,7 @@ mod acks;
 mod api;
 mod authz;
 mod backup;
+mod boots;
 mod broker_gate;
 
 mod cli;

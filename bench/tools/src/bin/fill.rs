@@ -52,6 +52,7 @@ fn reading(device: String, seq: u64, timestamp_ms: u64) -> NewReading {
         transport: Transport::Mqtt,
         wire: Wire::Binary,
         seq: Some(seq as u32),
+        boot: None,
         timestamp_ms: Some(timestamp_ms),
         received_ms: timestamp_ms,
         metrics: vec![

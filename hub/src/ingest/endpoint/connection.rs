@@ -31,10 +31,10 @@ use tokio_util::sync::CancellationToken;
 use super::router::{self, Session};
 use super::wire::{FLUSH_AT, Outbound, PacketReader, PacketWriter, Version, WireError};
 use super::{Context, Identity};
-use crate::ingest::reply::{self, MAX_TOLD_DEVICES, Reply};
+use crate::ingest::reply::{self, MAX_TOLD_DEVICES, Reply, Told};
 use crate::ingest::{CommandHandoff, DropReason, Rejection, decode, now_ms};
-use crate::store::Applied;
 use crate::store::writer::{CommitFailed, Submission};
+use crate::store::{Applied, Ingest};
 
 /// Publishes of one connection read and not yet acknowledged (waiting for their commit). Room
 /// for two of the writer's batches, so one device can fill the next commit while one is on disk:
@@ -514,6 +514,11 @@ impl Reader<'_> {
             );
             match decoded {
                 Ok((item, reply)) => {
+                    // A reading refused for its content is counted as skipped, and still goes to
+                    // the store to be settled, so its device can be told.
+                    if let Some((reason, detail)) = reply.rejection() {
+                        context.stats.reject(reason, &publish.topic, detail);
+                    }
                     published.item = Some(batch.items.len());
                     published.reply = reply;
                     batch.items.push(item);
@@ -551,7 +556,11 @@ impl Reader<'_> {
                 .await
                 .map_err(|_| ConnectionError::Stopping)?;
             let (done_tx, done_rx) = oneshot::channel();
-            let count = batch.items.len() as u64;
+            let count = batch
+                .items
+                .iter()
+                .filter(|item| !matches!(item, Ingest::Rejected(_)))
+                .count() as u64;
             let submission = Submission {
                 items: batch.items,
                 done_tx: Some(done_tx),
@@ -583,7 +592,7 @@ struct Writer<'a> {
     context: &'a Context,
     session: &'a Arc<Session>,
     /// The last ack each device was told on this connection.
-    told: HashMap<String, u32>,
+    told: HashMap<String, Told>,
     idle: Duration,
 }
 
@@ -680,11 +689,14 @@ impl Writer<'_> {
                 continue;
             };
             // Best effort: a device that lost its ack sends the reading again and is answered.
-            let routed = self.context.router.publish(
-                &message.topic,
-                Bytes::from(message.payload),
-                QoS::AtMostOnce,
-            );
+            let mut routed = Ok(());
+            for payload in message.payloads {
+                routed = routed.and(self.context.router.publish(
+                    &message.topic,
+                    Bytes::from(payload),
+                    QoS::AtMostOnce,
+                ));
+            }
             if routed.is_ok()
                 && let Some((device, ack)) = message.ack
             {
