@@ -65,6 +65,12 @@ pub struct SubmissionSender {
     max_bytes: u32,
 }
 
+/// Room reserved in the writer's queue (see [`SubmissionSender::room`]); given back when dropped.
+#[derive(Debug)]
+pub struct QueueRoom {
+    permit: OwnedSemaphorePermit,
+}
+
 /// The store writer has stopped: nothing more can be submitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the store writer has stopped")]
@@ -105,6 +111,49 @@ impl SubmissionSender {
             .send(Queued {
                 submission,
                 _bytes: bytes,
+            })
+            .await
+            .map_err(|_| WriterGone)
+    }
+
+    /// Room for about `bytes` of items, waited for before the items are made: a reader that
+    /// waits for room then waits holding the raw bytes it read, not the items decoded from them
+    /// (a thousand connections waiting at once would otherwise hold a thousand batches outside
+    /// the queue's bound). [`SubmissionSender::send_in`] sends into it.
+    pub async fn room(&self, bytes: usize) -> Result<QueueRoom, WriterGone> {
+        let want = u32::try_from(bytes)
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.max_bytes);
+        let permit = self
+            .bytes
+            .clone()
+            .acquire_many_owned(want)
+            .await
+            .map_err(|_| WriterGone)?;
+        Ok(QueueRoom { permit })
+    }
+
+    /// Queues `submission` in `room`, taking more room (waiting for it) if the items came out
+    /// larger than reserved, and giving back what they do not need.
+    pub async fn send_in(&self, room: QueueRoom, submission: Submission) -> Result<(), WriterGone> {
+        let want = self.bytes_of(&submission);
+        let mut permit = room.permit;
+        let have = u32::try_from(permit.num_permits()).unwrap_or(u32::MAX);
+        if want > have {
+            let more = self
+                .bytes
+                .clone()
+                .acquire_many_owned(want - have)
+                .await
+                .map_err(|_| WriterGone)?;
+            permit.merge(more);
+        } else if want < have {
+            drop(permit.split((have - want) as usize));
+        }
+        self.tx
+            .send(Queued {
+                submission,
+                _bytes: permit,
             })
             .await
             .map_err(|_| WriterGone)

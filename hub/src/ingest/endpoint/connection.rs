@@ -33,7 +33,7 @@ use super::wire::{FLUSH_AT, Outbound, PacketReader, PacketWriter, Version, WireE
 use super::{Context, Identity};
 use crate::ingest::reply::{self, MAX_TOLD_DEVICES, Reply, Told};
 use crate::ingest::{CommandHandoff, DropReason, Rejection, decode, now_ms};
-use crate::store::writer::{CommitFailed, Submission};
+use crate::store::writer::{CommitFailed, QueueRoom, Submission};
 use crate::store::{Applied, Ingest};
 
 /// Publishes of one connection read and not yet acknowledged (waiting for their commit). Room
@@ -358,12 +358,11 @@ impl Reader<'_> {
                 Packet::Publish(publish) => {
                     // The rest of the burst already read goes with it, up to a packet that is not
                     // a publish, which is handled after the batch (in order).
-                    let mut batch = Batch::default();
-                    self.add(&mut batch, publish);
+                    let mut burst = vec![publish];
                     let mut after = None;
-                    while batch.publishes.len() < MAX_BATCH {
+                    while burst.len() < MAX_BATCH {
                         match reader.buffered()? {
-                            Some(Packet::Publish(publish)) => self.add(&mut batch, publish),
+                            Some(Packet::Publish(publish)) => burst.push(publish),
                             Some(other) => {
                                 after = Some(other);
                                 break;
@@ -371,7 +370,7 @@ impl Reader<'_> {
                             None => break,
                         }
                     }
-                    self.submit(batch).await?;
+                    self.take(burst).await?;
                     if let Some(packet) = after
                         && self.handle(packet).await?
                     {
@@ -391,11 +390,7 @@ impl Reader<'_> {
     /// DISCONNECT.
     async fn handle(&self, packet: Packet) -> Result<bool, ConnectionError> {
         match packet {
-            Packet::Publish(publish) => {
-                let mut batch = Batch::default();
-                self.add(&mut batch, publish);
-                self.submit(batch).await?;
-            }
+            Packet::Publish(publish) => self.take(vec![publish]).await?,
             Packet::PubAck(ack) => {
                 if let Some(command) = self.session.acked(ack.pkid) {
                     self.context.router.tell(CommandHandoff::Delivered(command));
@@ -537,10 +532,28 @@ impl Reader<'_> {
         batch.publishes.push(published);
     }
 
-    /// Hands a batch's readings to the store writer as one submission, and queues their
-    /// acknowledgements behind its commit. Waits while the connection's budget is spent or the
-    /// writer's queue is full: that is the back-pressure.
-    async fn submit(&self, batch: Batch) -> Result<(), ConnectionError> {
+    /// Decodes a burst of publishes and submits it, once the writer's queue has room for about
+    /// what they will decode to: while the queue is full the connection waits holding the few raw
+    /// bytes it read, and reads no more.
+    async fn take(&self, burst: Vec<Publish>) -> Result<(), ConnectionError> {
+        let estimate: usize = burst.iter().map(decoded_estimate).sum();
+        let room = self
+            .context
+            .submissions_tx
+            .room(estimate)
+            .await
+            .map_err(|_| ConnectionError::Stopping)?;
+        let mut batch = Batch::default();
+        for publish in burst {
+            self.add(&mut batch, publish);
+        }
+        self.submit(batch, room).await
+    }
+
+    /// Hands a batch's readings to the store writer as one submission (in `room`), and queues
+    /// their acknowledgements behind its commit. Waits while the connection's budget is spent or
+    /// the writer's queue is full: that is the back-pressure.
+    async fn submit(&self, batch: Batch, room: QueueRoom) -> Result<(), ConnectionError> {
         let context = self.context;
         let mut unacked = Unacked {
             done_rx: None,
@@ -567,7 +580,7 @@ impl Reader<'_> {
             };
             context
                 .submissions_tx
-                .send(submission)
+                .send_in(room, submission)
                 .await
                 .map_err(|_| ConnectionError::Stopping)?;
             context
@@ -585,6 +598,12 @@ impl Reader<'_> {
             .await
             .map_err(|_| WireError::Io(std::io::ErrorKind::BrokenPipe.into()).into())
     }
+}
+
+/// About the bytes a publish decodes to (see [`Ingest::approx_bytes`]): the item, its device id
+/// and metric names and values, which take about twice the JSON or postcard that carried them.
+fn decoded_estimate(publish: &Publish) -> usize {
+    std::mem::size_of::<Ingest>() + publish.topic.len() + 2 * publish.payload.len()
 }
 
 /// The writing half of a connection.
