@@ -328,6 +328,14 @@ pub trait Engine: Send + Sync + 'static {
         Ok(false)
     }
 
+    /// Drops the engine's page cache, so the memory a load filled it with goes back to the system
+    /// (its pages lie scattered through the heap, where they keep much more than their own size
+    /// from being returned); `Ok(false)` when the engine keeps no such cache or cannot now (open
+    /// readers). Call it when idle: the cache fills again with what is read next.
+    fn release_memory(&self) -> Result<bool, EngineError> {
+        Ok(false)
+    }
+
     /// Whether the file system holding the engine's files has room for `bytes` more now; asked
     /// while commits fail with [`EngineError::DiskFull`], to know when to try again. Writes
     /// nothing that stays.

@@ -11,6 +11,7 @@
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{RwLock, RwLockReadGuard};
 
 use redb::{Database, ReadTransaction, ReadableDatabase, TableDefinition};
@@ -45,6 +46,8 @@ pub struct RedbEngine {
     db: RwLock<Handle>,
     path: PathBuf,
     cache_bytes: usize,
+    /// Snapshots alive: a reopen would cut their reads off.
+    snapshots: AtomicUsize,
 }
 
 /// The open database and how many times it was opened, so that of two calls that met the same
@@ -73,6 +76,7 @@ impl RedbEngine {
             }),
             path: path.to_owned(),
             cache_bytes,
+            snapshots: AtomicUsize::new(0),
         })
     }
 
@@ -170,6 +174,12 @@ impl RedbSnapshot<'_> {
     }
 }
 
+impl Drop for RedbSnapshot<'_> {
+    fn drop(&mut self) {
+        self.engine.snapshots.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl Snapshot for RedbSnapshot<'_> {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
         self.checked((|| {
@@ -211,8 +221,13 @@ impl Snapshot for RedbSnapshot<'_> {
 
 impl Engine for RedbEngine {
     fn snapshot(&self) -> Result<Box<dyn Snapshot + '_>, EngineError> {
-        let (txn, generation) = self
-            .with_db(|db, generation| Ok((db.begin_read().map_err(engine_error)?, generation)))?;
+        // Counted under the handle's read lock, so `release_memory` (under its write lock) sees
+        // every snapshot that could read from the database it would close.
+        let (txn, generation) = self.with_db(|db, generation| {
+            let txn = db.begin_read().map_err(engine_error)?;
+            self.snapshots.fetch_add(1, Ordering::AcqRel);
+            Ok((txn, generation))
+        })?;
         Ok(Box::new(RedbSnapshot {
             txn,
             engine: self,
@@ -300,6 +315,33 @@ impl Engine for RedbEngine {
             self.recover(e, generation);
         }
         outcome
+    }
+
+    /// redb has no call to empty its cache: the database is closed and opened again, which takes
+    /// milliseconds (quick repair is on and the last commit was clean), only while no snapshot
+    /// is open and, holding the handle, while nothing else runs.
+    fn release_memory(&self) -> Result<bool, EngineError> {
+        let mut handle = self
+            .db
+            .write()
+            .map_err(|_| EngineError::engine("database lock poisoned"))?;
+        if self.snapshots.load(Ordering::Acquire) > 0 {
+            return Ok(false);
+        }
+        let Some(db) = handle.db.take() else {
+            return Ok(false);
+        };
+        handle.generation += 1;
+        let closed = db.close();
+        match open_database(&self.path, self.cache_bytes) {
+            Ok(db) => {
+                handle.db = Some(db);
+                closed.map_err(engine_error)?;
+                Ok(true)
+            }
+            // `handle` reopens it at the next call.
+            Err(e) => Err(e),
+        }
     }
 
     fn has_room(&self, bytes: u64) -> Result<bool, EngineError> {

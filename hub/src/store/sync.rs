@@ -448,6 +448,12 @@ impl Store {
         self.engine.file_budget(max_disk, file_bytes)
     }
 
+    /// Drops the engine's page cache (see [`super::Engine::release_memory`]).
+    pub fn release_memory(&self) -> Result<bool, StoreError> {
+        let _writer = self.writer.lock().map_err(|_| StoreError::Poisoned)?;
+        Ok(self.engine.release_memory()?)
+    }
+
     /// Gives free space back to the file system (see [`super::Engine::compact`]).
     pub fn compact(&self) -> Result<bool, StoreError> {
         let _writer = self.writer.lock().map_err(|_| StoreError::Poisoned)?;

@@ -799,6 +799,45 @@ fn redb_reuses_the_space_of_deleted_readings_and_compaction_shrinks_the_file() {
 }
 
 #[test]
+fn redb_empties_its_cache_only_while_no_snapshot_reads_and_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open_engine(EngineKind::Redb, dir.path(), 1 << 20).unwrap();
+    let store = Store::open(engine.clone()).unwrap();
+    let batch: Vec<NewReading> = (0..500u32)
+        .map(|seq| {
+            reading(
+                "d",
+                Some(seq),
+                None,
+                &[("v", OwnedValue::I64(i64::from(seq)))],
+            )
+        })
+        .collect();
+    store.append(&batch).unwrap();
+    {
+        // A reader is in the middle of something: closing the file under it would fail it.
+        let _snapshot = engine.snapshot().unwrap();
+        assert!(!store.release_memory().unwrap());
+    }
+    assert!(store.release_memory().unwrap());
+    // Everything is still there, and the store takes more.
+    assert_eq!(store.next_offset().unwrap(), 500);
+    assert!(store.device("d").unwrap().is_some());
+    store
+        .append(&[reading(
+            "d",
+            Some(500),
+            None,
+            &[("v", OwnedValue::I64(500))],
+        )])
+        .unwrap();
+    assert_eq!(store.next_offset().unwrap(), 501);
+    // Engines without such a cache have nothing to release.
+    let memory = Store::open(Arc::new(MemoryEngine::new())).unwrap();
+    assert!(!memory.release_memory().unwrap());
+}
+
+#[test]
 fn a_parked_reading_keeps_its_numbering() {
     let store = Store::open(Arc::new(MemoryEngine::new())).unwrap();
     let mut numbered = reading("b", Some(4), None, &[("v", OwnedValue::I64(1))]);
