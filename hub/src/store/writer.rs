@@ -133,20 +133,19 @@ impl SubmissionSender {
         Ok(QueueRoom { permit })
     }
 
-    /// Queues `submission` in `room`, taking more room (waiting for it) if the items came out
-    /// larger than reserved, and giving back what they do not need.
+    /// Queues `submission` in `room`, giving back what its items do not need. Items that came out
+    /// larger than reserved take more room only if it is free now: waiting for it while holding
+    /// the reservation could leave every reader holding part of the queue and waiting for the
+    /// rest, with nothing queued for the writer to free (so the bound is as good as the
+    /// estimate the room was reserved by).
     pub async fn send_in(&self, room: QueueRoom, submission: Submission) -> Result<(), WriterGone> {
         let want = self.bytes_of(&submission);
         let mut permit = room.permit;
         let have = u32::try_from(permit.num_permits()).unwrap_or(u32::MAX);
         if want > have {
-            let more = self
-                .bytes
-                .clone()
-                .acquire_many_owned(want - have)
-                .await
-                .map_err(|_| WriterGone)?;
-            permit.merge(more);
+            if let Ok(more) = self.bytes.clone().try_acquire_many_owned(want - have) {
+                permit.merge(more);
+            }
         } else if want < have {
             drop(permit.split((have - want) as usize));
         }
@@ -654,6 +653,36 @@ mod tests {
         drop(tx);
         writer.await.unwrap();
         assert_eq!(store.next_offset().unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn readers_holding_room_that_proved_too_small_never_wait_on_each_other() {
+        let submission = |seq| Submission {
+            items: vec![Ingest::Reading(reading(seq))],
+            done_tx: None,
+        };
+        let one = Ingest::Reading(reading(0)).approx_bytes();
+        let (tx, mut rx) = queue(1_000, one);
+        // Two readers reserved half the queue each, then decoded more than they reserved: the
+        // queue is all reserved, so waiting for the rest would wait for ever (nothing is queued
+        // for the writer to free). Both go in.
+        let first = tx.room(one / 2).await.unwrap();
+        let second = tx.room(one / 2).await.unwrap();
+        for (seq, room) in [(0, first), (1, second)] {
+            tokio::time::timeout(Duration::from_secs(5), tx.send_in(room, submission(seq)))
+                .await
+                .expect("a reader waited on another's reservation")
+                .unwrap();
+        }
+        assert!(rx.recv().await.is_some() && rx.recv().await.is_some());
+        // A reservation larger than its items gives the rest back at once.
+        let big = tx.room(one * 10).await.unwrap();
+        tx.send_in(big, submission(2)).await.unwrap();
+        drop(rx.recv().await);
+        assert!(
+            tx.try_send(submission(3)),
+            "the unused room was not given back"
+        );
     }
 
     #[tokio::test]

@@ -600,10 +600,11 @@ impl Reader<'_> {
     }
 }
 
-/// About the bytes a publish decodes to (see [`Ingest::approx_bytes`]): the item, its device id
-/// and metric names and values, which take about twice the JSON or postcard that carried them.
+/// About the bytes a publish decodes to (see [`Ingest::approx_bytes`]), erring high: the item,
+/// its device id, and its metrics, each a name and a value of some 56 bytes that postcard carries
+/// in a few (JSON in more).
 fn decoded_estimate(publish: &Publish) -> usize {
-    std::mem::size_of::<Ingest>() + publish.topic.len() + 2 * publish.payload.len()
+    std::mem::size_of::<Ingest>() + publish.topic.len() + 6 * publish.payload.len()
 }
 
 /// The writing half of a connection.
