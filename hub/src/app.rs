@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::{self, ApiState, RequestIds};
 use crate::auth::clients::{ClientEntry, ClientIdentities};
 use crate::auth::{self, AuthError, Scope, TokenRegistry, pki};
+use crate::clock::now_ms;
 use crate::commands::{self, CommandSettings, Transports};
 use crate::config::{Broker, Config};
 use crate::files;
@@ -29,7 +30,7 @@ use crate::ingest::mqtt::{Link, MqttIngest, MqttSettings};
 use crate::ingest::serial::{SerialIngest, SerialSettings};
 use crate::live::{Live, Presence};
 
-use crate::ingest::{IngestStats, now_ms};
+use crate::ingest::IngestStats;
 use crate::store::writer::{StoreWriter, WriterStats};
 use crate::store::{self, Store, StoreError, TokenRecord};
 use crate::sync::retention::{Retention, RetentionSettings, RetentionStats};

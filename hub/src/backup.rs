@@ -93,7 +93,7 @@ pub fn backup_in_place(
 ) -> Result<Summary, BackupError> {
     let root = data_dir.join("backups");
     files::create_private_dir(&root).map_err(io(&root))?;
-    let name = crate::api::params::rfc3339(now_ms)
+    let name = crate::clock::rfc3339(now_ms)
         .replace([':', '-'], "")
         .replace(".", "-");
     let summary = backup(store, kind, data_dir, &root.join(name))?;

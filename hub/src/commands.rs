@@ -30,8 +30,9 @@ use serde_json::{Map, Value as Json};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::now_ms;
 use crate::ingest::serial::SerialDownlink;
-use crate::ingest::{CommandHandoff, DownlinkError, Handed, MqttDownlink, now_ms};
+use crate::ingest::{CommandHandoff, DownlinkError, Handed, MqttDownlink};
 use crate::live::{DeviceChange, Event, Live, Presence};
 use crate::store::{CommandRecord, CommandState, Store, StoreError, Transition, Transport, Wire};
 

@@ -84,7 +84,7 @@ pub async fn watch(
             continue;
         }
         if said_at.is_none() {
-            let since = crate::ingest::now_ms().saturating_sub(stalled.as_millis() as u64);
+            let since = crate::clock::now_ms().saturating_sub(stalled.as_millis() as u64);
             liveness
                 .stalled_since_ms
                 .store(since.max(1), Ordering::Relaxed);
@@ -122,7 +122,7 @@ mod tests {
         ));
         // Nothing waits: never a stall, however long.
         tokio::time::sleep(Duration::from_secs(30)).await;
-        assert_eq!(liveness.stalled_for(crate::ingest::now_ms()), None);
+        assert_eq!(liveness.stalled_for(crate::clock::now_ms()), None);
         // A reading waits and nothing commits.
         tx.send(crate::store::writer::Submission {
             items: Vec::new(),
@@ -131,21 +131,21 @@ mod tests {
         .await
         .unwrap();
         tokio::time::sleep(Duration::from_secs(3)).await;
-        assert_eq!(liveness.stalled_for(crate::ingest::now_ms()), None);
+        assert_eq!(liveness.stalled_for(crate::clock::now_ms()), None);
         tokio::time::sleep(Duration::from_secs(4)).await;
-        assert!(liveness.stalled_for(crate::ingest::now_ms()).is_some());
+        assert!(liveness.stalled_for(crate::clock::now_ms()).is_some());
         // A commit finishes: moving again.
         writer.commits.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_secs(2)).await;
-        assert_eq!(liveness.stalled_for(crate::ingest::now_ms()), None);
+        assert_eq!(liveness.stalled_for(crate::clock::now_ms()), None);
         // The writer waits for room on a full file system: the store says so, not the watch.
-        store.space().set_full(crate::ingest::now_ms());
+        store.space().set_full(crate::clock::now_ms());
         tokio::time::sleep(Duration::from_secs(30)).await;
-        assert_eq!(liveness.stalled_for(crate::ingest::now_ms()), None);
+        assert_eq!(liveness.stalled_for(crate::clock::now_ms()), None);
         // Room again, and the readings still wait with no commit: a stall once more.
         store.space().set_room();
         tokio::time::sleep(Duration::from_secs(7)).await;
-        assert!(liveness.stalled_for(crate::ingest::now_ms()).is_some());
+        assert!(liveness.stalled_for(crate::clock::now_ms()).is_some());
         shutdown.cancel();
         task.await.unwrap();
     }

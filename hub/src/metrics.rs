@@ -8,69 +8,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-/// A histogram with fixed bucket bounds.
-#[derive(Debug)]
-pub struct Histogram {
-    bounds: &'static [f64],
-    buckets: Vec<AtomicU64>,
-    count: AtomicU64,
-    /// The sum, in millionths of the unit, so it fits an atomic integer.
-    sum_micros: AtomicU64,
-}
+pub use crate::histogram::Histogram;
 
-impl Histogram {
-    /// An empty histogram over `bounds` (ascending upper bounds; `+Inf` is implied).
-    pub fn new(bounds: &'static [f64]) -> Self {
-        Histogram {
-            bounds,
-            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
-            count: AtomicU64::new(0),
-            sum_micros: AtomicU64::new(0),
-        }
-    }
-
-    /// Records one value.
-    pub fn observe(&self, value: f64) {
-        if let Some(i) = self.bounds.iter().position(|b| value <= *b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add((value.max(0.0) * 1e6) as u64, Ordering::Relaxed);
-    }
-
-    /// Writes its `_bucket`, `_sum` and `_count` lines, with `labels` (`a="b",` or empty).
-    pub fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let mut cumulative = 0;
-        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
-            cumulative += bucket.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{bound}\"}} {cumulative}");
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {count}");
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let labels = labels.trim_end_matches(',');
-        if labels.is_empty() {
-            let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
-        } else {
-            let _ = writeln!(
-                out,
-                "{name}_sum{{{labels}}} {sum}\n{name}_count{{{labels}}} {count}"
-            );
-        }
-    }
-}
-
-/// Bounds of commit latency, seconds.
-pub const COMMIT_SECONDS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-];
-/// Bounds of commit sizes, items.
-pub const BATCH_ITEMS: &[f64] = &[
-    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
-];
 /// Bounds of API request latency, seconds.
 pub const REQUEST_SECONDS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -78,24 +18,6 @@ pub const REQUEST_SECONDS: &[f64] = &[
 
 /// Most distinct (route, method, status) series; more are counted under `route="other"`.
 const MAX_REQUEST_SERIES: usize = 512;
-
-/// The store writer's commits.
-#[derive(Debug)]
-pub struct CommitMetrics {
-    /// Items per commit.
-    pub batch_items: Histogram,
-    /// How long a commit took, fsync included.
-    pub seconds: Histogram,
-}
-
-impl Default for CommitMetrics {
-    fn default() -> Self {
-        CommitMetrics {
-            batch_items: Histogram::new(BATCH_ITEMS),
-            seconds: Histogram::new(COMMIT_SECONDS),
-        }
-    }
-}
 
 /// API requests by route, method and status.
 #[derive(Debug, Default)]

@@ -76,7 +76,7 @@ pub(super) async fn create(
             &store,
             target.engine,
             &target.data_dir,
-            crate::ingest::now_ms(),
+            crate::clock::now_ms(),
         )
     })
     .await

@@ -21,7 +21,6 @@ use serde_json::{Map, Value};
 use super::ApiState;
 use super::devices::{json_rejection, query, require, visible_device};
 use super::error::ApiError;
-use super::params;
 use super::schema::DeviceId;
 use crate::auth::{Identity, Scope};
 use crate::commands::{CommandError, CommandRequest};
@@ -153,11 +152,11 @@ impl CommandView {
             id,
             args: serde_json::from_str(&r.args).unwrap_or(Value::Object(Map::new())),
             state: r.state.into(),
-            created: params::rfc3339(r.created_ms),
-            expires: params::rfc3339(r.expires_ms),
+            created: crate::clock::rfc3339(r.created_ms),
+            expires: crate::clock::rfc3339(r.expires_ms),
             timeout_ms: r.result_timeout_ms,
-            delivered: r.delivered_ms.map(params::rfc3339),
-            finished: r.finished_ms.map(params::rfc3339),
+            delivered: r.delivered_ms.map(crate::clock::rfc3339),
+            finished: r.finished_ms.map(crate::clock::rfc3339),
             result: r.result.and_then(|text| serde_json::from_str(&text).ok()),
             error: r.error,
             error_code: r.error_code,

@@ -17,10 +17,11 @@ use utoipa::{IntoParams, ToSchema};
 use super::ApiState;
 use super::error::ApiError;
 use super::params;
-use super::schema::{DeviceId, MetricValue, TransportName, WireName};
+use super::schema::{DeviceId, TransportName, WireName};
 use crate::auth::{Identity, Scope};
 use crate::live::Presence;
 use crate::store::{Device, DevicePatch};
+use crate::values::MetricValue;
 
 /// Labels one device may carry.
 pub const MAX_LABELS: usize = 32;
@@ -91,10 +92,10 @@ impl DeviceSummary {
         let r = &device.record;
         DeviceSummary {
             display_name: r.display_name.clone(),
-            first_seen: params::rfc3339(r.first_seen_ms),
+            first_seen: crate::clock::rfc3339(r.first_seen_ms),
             id: r.name.clone(),
             labels: r.labels.clone(),
-            last_seen: params::rfc3339(r.last_seen_ms),
+            last_seen: crate::clock::rfc3339(r.last_seen_ms),
             online: presence.is_online(&r.name),
             transport: r.transport.into(),
         }
@@ -514,7 +515,7 @@ pub(super) async fn latest(
         .map(|v| {
             let latest = LatestValue {
                 offset: v.offset,
-                ts: params::rfc3339(v.timestamp_ms),
+                ts: crate::clock::rfc3339(v.timestamp_ms),
                 value: MetricValue(v.value),
             };
             (v.metric, latest)

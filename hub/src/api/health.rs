@@ -65,7 +65,7 @@ pub(super) async fn healthz() -> Json<Health> {
     ),
 )]
 pub(super) async fn readyz(State(state): State<ApiState>) -> Response {
-    let now_ms = crate::ingest::now_ms();
+    let now_ms = crate::clock::now_ms();
     let mqtt_up = *state.mqtt_link.borrow() == Link::Up;
     let store_ok = state.store.next_offset().is_ok();
     let full_since = state.store.space().full_since_ms();

@@ -57,7 +57,7 @@ pub(super) async fn metrics(
         let oldest = store.oldest_offset()?.unwrap_or(head);
         let mut lags = Vec::new();
         for (name, position) in &positions {
-            let (readings, seconds) = store.lag(position, crate::ingest::now_ms())?;
+            let (readings, seconds) = store.lag(position, crate::clock::now_ms())?;
             lags.push((name.clone(), position.kind, readings, seconds));
         }
         let parked = store.parked_count()?;
@@ -153,7 +153,7 @@ pub(super) async fn metrics(
         "",
         sources
             .liveness
-            .stalled_for(crate::ingest::now_ms())
+            .stalled_for(crate::clock::now_ms())
             .unwrap_or(0.0),
     );
     family(

@@ -359,7 +359,7 @@ async fn authenticate(State(state): State<ApiState>, request: Request, next: Nex
     // A token, when one is sent, decides (a bad one is refused even with a good certificate);
     // without one, a client certificate that `[[api.clients]]` names is the identity.
     let identity = match token {
-        Some(token) => token.and_then(|t| state.tokens.authenticate(t, crate::ingest::now_ms())),
+        Some(token) => token.and_then(|t| state.tokens.authenticate(t, crate::clock::now_ms())),
         None => connection
             .as_ref()
             .and_then(|c| c.client_cert.as_deref())

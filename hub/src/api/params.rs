@@ -24,23 +24,6 @@ fn span_ms(text: &str) -> Option<u64> {
     n.parse::<u64>().ok()?.checked_mul(unit_ms)
 }
 
-/// Formats unix milliseconds as RFC 3339 in UTC with milliseconds: `2026-11-21T10:00:00.000Z`.
-pub fn rfc3339(ms: u64) -> String {
-    let Ok(t) = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) else {
-        return String::new();
-    };
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.millisecond()
-    )
-}
-
 /// Parses a time bound: RFC 3339, unix milliseconds, or relative to `now_ms` (`-15m`, `-1h`, `-7d`).
 pub fn parse_time(name: &str, text: &str, now_ms: u64) -> Result<u64, ApiError> {
     let bad = || {
@@ -214,6 +197,7 @@ pub fn format(given: Option<&str>, accept: Option<&str>) -> Result<Format, ApiEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::rfc3339;
 
     #[test]
     fn timestamps_format_and_parse_every_accepted_form() {

@@ -34,13 +34,14 @@ use super::ApiState;
 use super::devices::{DEFAULT_PAGE, query, require, visible_device};
 use super::error::ApiError;
 use super::params::{self, Format};
-use super::schema::{DeviceId, MetricValue};
+use super::schema::DeviceId;
 use crate::auth::{Identity, Scope};
-use crate::ingest::now_ms;
+use crate::clock::now_ms;
 use crate::store::downsample::{MAX_BUCKETS_IN_RANGE, buckets_in_range};
 use crate::store::{
     Agg, AggValue, Bucket, DownsampleQuery, Order, Reading, ReadingsQuery, Store, StoreError,
 };
+use crate::values::MetricValue;
 
 /// Readings (or buckets) read from the store per export page.
 pub const EXPORT_PAGE: usize = 1_000;
@@ -166,7 +167,7 @@ impl From<&Reading> for ReadingJson {
             metrics: MetricValue::map(&r.metrics),
             offset: r.offset,
             seq: r.seq.device_seq(),
-            ts: params::rfc3339(r.timestamp_ms),
+            ts: crate::clock::rfc3339(r.timestamp_ms),
         }
     }
 }
@@ -230,7 +231,7 @@ impl BucketJson {
     fn new(b: &Bucket, aggs: &[Agg]) -> Self {
         let mut out = BucketJson {
             count: b.count,
-            start: params::rfc3339(b.start_ms),
+            start: crate::clock::rfc3339(b.start_ms),
             ..BucketJson::default()
         };
         for agg in aggs {
@@ -512,7 +513,7 @@ impl Source {
         match (page, format) {
             (Page::Raw { readings, .. }, Format::Csv) => {
                 for r in readings {
-                    let ts = params::rfc3339(r.timestamp_ms);
+                    let ts = crate::clock::rfc3339(r.timestamp_ms);
                     let cell = |n: Option<u32>| n.map(|n| n.to_string()).unwrap_or_default();
                     let (boot, seq) = (cell(r.seq.boot()), cell(r.seq.device_seq()));
                     let hub_seq = cell(r.seq.hub_seq());
@@ -527,7 +528,7 @@ impl Source {
             (Page::Buckets { buckets, .. }, Format::Csv) => {
                 let aggs = self.aggs();
                 for b in buckets {
-                    let _ = write!(out, "{},{}", params::rfc3339(b.start_ms), b.count);
+                    let _ = write!(out, "{},{}", crate::clock::rfc3339(b.start_ms), b.count);
                     for agg in aggs.iter().filter(|a| **a != Agg::Count) {
                         out.push(',');
                         match b.get(*agg) {

@@ -1,65 +1,9 @@
 //! Types shared by several API bodies and parameters, with the OpenAPI schema each one has.
 
-use device_protocol::OwnedValue;
-use serde::{Serialize, Serializer};
-use utoipa::openapi::RefOr;
-use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaType, Type};
-use utoipa::{IntoParams, PartialSchema, ToSchema};
+use serde::Serialize;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::store::Transport;
-
-/// A metric value as a device sent it: a JSON number (integers stay integers), boolean or string.
-///
-/// A float that is not finite (only a binary device can send one) is written as `null`, as JSON
-/// has no spelling for it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MetricValue(pub OwnedValue);
-
-impl MetricValue {
-    /// A reading's metrics, by name, as the API and upstream bodies write them.
-    pub fn map(
-        metrics: &[(String, OwnedValue)],
-    ) -> std::collections::BTreeMap<String, MetricValue> {
-        metrics
-            .iter()
-            .map(|(n, v)| (n.clone(), MetricValue(v.clone())))
-            .collect()
-    }
-}
-
-impl Serialize for MetricValue {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match &self.0 {
-            // serde_json writes a non-finite float as null.
-            OwnedValue::F64(f) => serializer.serialize_f64(*f),
-            OwnedValue::I64(i) => serializer.serialize_i64(*i),
-            OwnedValue::Bool(b) => serializer.serialize_bool(*b),
-            OwnedValue::Str(s) => serializer.serialize_str(s),
-        }
-    }
-}
-
-// Written by hand: a derived untagged enum would say `oneOf` integer/number, which an integer
-// matches twice, so every integer value would fail validation.
-impl PartialSchema for MetricValue {
-    fn schema() -> RefOr<Schema> {
-        ObjectBuilder::new()
-            .schema_type(SchemaType::from_iter([
-                Type::Number,
-                Type::Boolean,
-                Type::String,
-                Type::Null,
-            ]))
-            .description(Some(
-                "A metric value as the device sent it: a number (integers stay integers), a \
-                 boolean or a string; null for a float that is not finite.",
-            ))
-            .build()
-            .into()
-    }
-}
-
-impl ToSchema for MetricValue {}
 
 /// The transport a device last used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
@@ -113,25 +57,4 @@ pub struct DeviceId {
         example = "greenhouse-1"
     )]
     id: String,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn metric_values_serialize_as_plain_json() {
-        let values = [
-            OwnedValue::F64(21.5),
-            OwnedValue::F64(f64::NAN),
-            OwnedValue::I64(-3),
-            OwnedValue::Bool(true),
-            OwnedValue::Str("eco".into()),
-        ]
-        .map(MetricValue);
-        assert_eq!(
-            serde_json::to_string(&values).unwrap(),
-            r#"[21.5,null,-3,true,"eco"]"#
-        );
-    }
 }

@@ -52,11 +52,10 @@ use tokio_util::sync::CancellationToken;
 use super::ApiState;
 use super::devices::require;
 use super::error::ApiError;
-use super::params;
-use super::schema::MetricValue;
 use crate::auth::tokens::pattern_matches;
 use crate::auth::{Identity, Scope};
 use crate::live::{Event, Live, LiveReading};
+use crate::values::MetricValue;
 
 /// Largest message (and frame) a client may send.
 pub const MAX_CLIENT_MESSAGE: usize = 4096;
@@ -469,7 +468,7 @@ impl Session {
                 "subscriptions": ids,
                 "device": reading.device,
                 "offset": reading.offset,
-                "ts": params::rfc3339(reading.timestamp_ms),
+                "ts": crate::clock::rfc3339(reading.timestamp_ms),
                 "metrics": metrics,
             });
             let numbering = [
@@ -512,7 +511,7 @@ impl Session {
                 "device": device,
                 "event": change.name(),
                 "reason": reason,
-                "ts": params::rfc3339(*at_ms),
+                "ts": crate::clock::rfc3339(*at_ms),
             }),
             Event::Command { device, id, state } => json!({
                 "type": "command",

@@ -20,7 +20,7 @@ use super::devices::{json_rejection, query, require};
 use super::error::ApiError;
 use super::params;
 use crate::auth::{Identity, Scope};
-use crate::ingest::now_ms;
+use crate::clock::now_ms;
 use crate::store::sync::{FollowerKind, SyncPosition};
 use crate::sync::body::UpstreamReading;
 
@@ -175,7 +175,7 @@ fn follower_state(
         lag_readings,
         lag_seconds,
         name: name.to_owned(),
-        updated: params::rfc3339(position.updated_ms),
+        updated: crate::clock::rfc3339(position.updated_ms),
     })
 }
 
@@ -438,7 +438,7 @@ pub(super) async fn status(
                     crate::config::SinkKind::Mqtt => "mqtt",
                 }
                 .into(),
-                last_delivery: (last > 0).then(|| params::rfc3339(last)),
+                last_delivery: (last > 0).then(|| crate::clock::rfc3339(last)),
                 parked: stats.parked.load(Ordering::Relaxed),
             });
         }
@@ -543,7 +543,7 @@ pub(super) async fn parked(
         parked: parked
             .iter()
             .map(|p| ParkedReading {
-                parked: params::rfc3339(p.parked_ms),
+                parked: crate::clock::rfc3339(p.parked_ms),
                 reading: UpstreamReading::from(&p.reading),
                 reason: p.reason.clone(),
                 sink: p.sink.clone(),

@@ -17,7 +17,6 @@ use utoipa::{IntoParams, ToSchema};
 use super::ApiState;
 use super::devices::{json_rejection, require};
 use super::error::ApiError;
-use super::params;
 use crate::auth::tokens::{ID_LEN, TokenInfo, TokenSpec};
 use crate::auth::{Identity, Scope};
 
@@ -77,11 +76,11 @@ impl TokenSummary {
     pub fn new(token: &TokenInfo) -> Self {
         let r = &token.record;
         TokenSummary {
-            created: params::rfc3339(r.created_ms),
+            created: crate::clock::rfc3339(r.created_ms),
             devices: r.devices.clone(),
-            expires: r.expires_ms.map(params::rfc3339),
+            expires: r.expires_ms.map(crate::clock::rfc3339),
             id: token.id.clone(),
-            last_used: r.last_used_ms.map(params::rfc3339),
+            last_used: r.last_used_ms.map(crate::clock::rfc3339),
             name: r.name.clone(),
             revoked: r.revoked,
             scopes: r.scopes.clone(),
@@ -164,7 +163,7 @@ pub(super) async fn create(
         expires: body.expires,
     };
     let record = spec
-        .validate(crate::ingest::now_ms())
+        .validate(crate::clock::now_ms())
         .map_err(|e| ApiError::BadRequest(e.0))?;
     let tokens = state.tokens.clone();
     let (secret, info) = tokio::task::spawn_blocking(move || tokens.create_token(record))

@@ -216,7 +216,7 @@ fn token_local(registry: &TokenRegistry, action: TokenAction) -> Result<(), CliE
     match action {
         TokenAction::Create(spec) => {
             let record = spec
-                .validate(crate::ingest::now_ms())
+                .validate(crate::clock::now_ms())
                 .map_err(|e| CliError::Invalid(e.0))?;
             let (secret, info) = registry.create_token(record)?;
             eprintln!(
@@ -398,7 +398,7 @@ fn status_screen(
         (metric(second, family, having) - metric(first, family, having)).max(0.0) / seconds
     };
     let up = metric(second, "process_start_time_seconds", "");
-    let uptime = (crate::ingest::now_ms() / 1000).saturating_sub(up as u64);
+    let uptime = (crate::clock::now_ms() / 1000).saturating_sub(up as u64);
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -504,7 +504,7 @@ pub async fn backup(config: &Config, out: Option<&Path>) -> Result<PathBuf, CliE
                 &store,
                 config.data.engine,
                 &config.data.dir,
-                crate::ingest::now_ms(),
+                crate::clock::now_ms(),
             )?;
             eprintln!(
                 "no hub runs on {}: backup made from the store directly",

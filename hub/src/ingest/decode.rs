@@ -387,7 +387,7 @@ mod tests {
         let r = json_telemetry("x", last.as_bytes(), 1024, 0).unwrap();
         assert_eq!(r.timestamp_ms, Some(MAX_TIMESTAMP_MS));
         assert_eq!(
-            crate::api::params::rfc3339(MAX_TIMESTAMP_MS),
+            crate::clock::rfc3339(MAX_TIMESTAMP_MS),
             "9999-12-31T23:59:59.999Z"
         );
         for ts in [MAX_TIMESTAMP_MS + 1, u64::MAX] {

@@ -245,25 +245,6 @@ impl MqttDownlink {
     }
 }
 
-/// A wait between half of `max` and `max`, varied by the clock's nanoseconds, so connections that
-/// failed together do not retry in step.
-pub(crate) fn jitter(max: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let fraction = 0.5 + f64::from(nanos % 1000) / 2000.0;
-    max.mul_f64(fraction)
-}
-
-/// Unix time in milliseconds from the hub's clock.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,12 +38,13 @@ use std::time::Duration;
 
 use std::collections::{HashMap, VecDeque};
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, PubAck, PubRec, Publish, QoS};
+use rumqttc::{AsyncClient, Event, Outgoing, Packet, PubAck, PubRec, Publish, QoS};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::reply::{DeviceMessage, MAX_TOLD_DEVICES, Reply, Told, decode_message, reply_message};
-use super::{DownlinkError, IngestStats, decode, jitter, now_ms};
+use super::{DownlinkError, IngestStats, decode};
+use crate::clock::{jitter, now_ms};
 use crate::store::Applied;
 use crate::store::writer::{CommitFailed, Submission, SubmissionSender};
 
@@ -185,27 +186,6 @@ impl BrokerDownlink {
     }
 }
 
-/// Options to reach `host:port` as `client_id`, over TLS and with credentials when given; the
-/// session settings are the caller's. Shared with the sync uplink to a cloud broker.
-pub fn client_options(
-    client_id: &str,
-    host: &str,
-    port: u16,
-    tls: Option<&Arc<rustls::ClientConfig>>,
-    credentials: Option<&(String, String)>,
-) -> MqttOptions {
-    let mut options = MqttOptions::new(client_id, host, port);
-    if let Some(tls) = tls {
-        options.set_transport(rumqttc::Transport::tls_with_config(
-            rumqttc::TlsConfiguration::Rustls(tls.clone()),
-        ));
-    }
-    if let Some((user, password)) = credentials {
-        options.set_credentials(user.clone(), password.clone());
-    }
-    options
-}
-
 impl MqttIngest {
     /// A client that submits readings to `submissions_tx` and reports its link on `link_tx`.
     pub fn new(
@@ -215,7 +195,7 @@ impl MqttIngest {
         link_tx: tokio::sync::watch::Sender<Link>,
     ) -> Self {
         let s = &settings;
-        let mut options = client_options(
+        let mut options = crate::mqtt_client::client_options(
             &s.client_id,
             &s.host,
             s.port,

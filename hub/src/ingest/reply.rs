@@ -26,8 +26,9 @@ use device_protocol::{
     Ack, Downlink, GaveUp, MAX_RANGES, MAX_STR_LEN, Rejected, SeqRange, SeqRanges, TimeSync,
 };
 
+use super::Rejection;
 use super::decode::{self, Topic};
-use super::{Rejection, now_ms};
+use crate::clock::now_ms;
 use crate::store::{Applied, Ingest, Outcome, Transport};
 
 /// What the device is told once its message is durable.

@@ -51,7 +51,8 @@ use tokio_serial::{DataBits, FlowControl, Parity, SerialPortBuilderExt, SerialSt
 use tokio_util::sync::CancellationToken;
 
 use super::reply::{self, Told};
-use super::{DownlinkError, IngestStats, Rejection, decode, jitter, now_ms};
+use super::{DownlinkError, IngestStats, Rejection, decode};
+use crate::clock::{jitter, now_ms};
 use crate::store::writer::{CommitFailed, Submission, SubmissionSender};
 use crate::store::{Applied, DeviceStatus, Ingest, Transport};
 

@@ -27,6 +27,8 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
+use crate::histogram::Histogram;
+
 use super::{Applied, Ingest, Outcome, Store, StoreError};
 use crate::live::{DeviceChange, Event, Live, LiveReading, Presence};
 
@@ -64,6 +66,33 @@ pub struct SubmissionSender {
     bytes: Arc<Semaphore>,
     max_bytes: u32,
 }
+
+/// The store writer's commits.
+#[derive(Debug)]
+pub struct CommitMetrics {
+    /// Items per commit.
+    pub batch_items: Histogram,
+    /// How long a commit took, fsync included.
+    pub seconds: Histogram,
+}
+
+impl Default for CommitMetrics {
+    fn default() -> Self {
+        CommitMetrics {
+            batch_items: Histogram::new(BATCH_ITEMS),
+            seconds: Histogram::new(COMMIT_SECONDS),
+        }
+    }
+}
+
+/// Bounds of commit latency, seconds.
+pub const COMMIT_SECONDS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+/// Bounds of commit sizes, items.
+pub const BATCH_ITEMS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
+];
 
 /// Room reserved in the writer's queue (see [`SubmissionSender::room`]); given back when dropped.
 #[derive(Debug)]
@@ -202,7 +231,7 @@ pub struct WriterStats {
     /// Seqs the store gave up waiting for (a device left more open gaps than it keeps).
     pub gave_up: AtomicU64,
     /// Sizes and durations of commits.
-    pub commit: crate::metrics::CommitMetrics,
+    pub commit: CommitMetrics,
 }
 
 /// The store writer task.
@@ -354,7 +383,7 @@ impl StoreWriter {
         };
         if let Some(since) = self.store.space().set_room() {
             tracing::info!(
-                full_for_s = crate::ingest::now_ms().saturating_sub(since) / 1000,
+                full_for_s = crate::clock::now_ms().saturating_sub(since) / 1000,
                 "the store has room again: readings are stored and acknowledged again"
             );
         }
@@ -421,7 +450,7 @@ impl StoreWriter {
         queue: &mpsc::Receiver<Queued>,
     ) -> bool {
         let space = self.store.space();
-        let now = crate::ingest::now_ms();
+        let now = crate::clock::now_ms();
         if space.set_full(now) {
             tracing::warn!(
                 error = %err,
@@ -458,7 +487,7 @@ impl StoreWriter {
             if notice.due() {
                 let since = space.full_since_ms().unwrap_or(now);
                 tracing::warn!(
-                    full_for_s = crate::ingest::now_ms().saturating_sub(since) / 1000,
+                    full_for_s = crate::clock::now_ms().saturating_sub(since) / 1000,
                     waiting = count + (queue.max_capacity() - queue.capacity()),
                     "the file system holding the store is still full: readings are not acknowledged"
                 );
@@ -499,7 +528,7 @@ fn publish(live: &Live, presence: &Presence, items: Vec<Ingest>, applied: &[Appl
                 device: item.device().to_owned(),
                 change: DeviceChange::New,
                 reason: "registered",
-                at_ms: crate::ingest::now_ms(),
+                at_ms: crate::clock::now_ms(),
             });
         }
         match item {

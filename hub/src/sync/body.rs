@@ -17,9 +17,9 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::api::params::rfc3339;
-use crate::api::schema::MetricValue;
+use crate::clock::rfc3339;
 use crate::store::Reading;
+use crate::values::MetricValue;
 
 /// A reading as it goes upstream, pushed or pulled. `(device, boot, seq)` identifies a reading the
 /// device numbered; one it did not number has a `hub_seq` instead, and no `seq`.

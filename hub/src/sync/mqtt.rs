@@ -105,7 +105,7 @@ impl MqttUplink {
             .username
             .clone()
             .map(|user| (user, config.password.clone().unwrap_or_default()));
-        let mut options = crate::ingest::mqtt::client_options(
+        let mut options = crate::mqtt_client::client_options(
             &config.client_id_for(hub_id),
             &host,
             port,

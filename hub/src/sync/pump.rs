@@ -28,8 +28,8 @@ use super::compress::compress;
 use super::http::HttpUplink;
 use super::mqtt::MqttUplink;
 use super::{Batch, Delivery};
+use crate::clock::now_ms;
 use crate::config::{Compression, SinkConfig, SinkKind};
-use crate::ingest::now_ms;
 use crate::store::sync::{FollowerKind, SyncPosition};
 use crate::store::{Reading, Store, StoreError};
 

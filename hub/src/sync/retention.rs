@@ -27,8 +27,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::now_ms;
 use crate::config::FullPolicy;
-use crate::ingest::now_ms;
 use crate::store::{Store, StoreError, Usage};
 
 /// Most readings deleted in one transaction, so a delete never holds the writer for long.

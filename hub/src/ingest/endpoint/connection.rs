@@ -31,8 +31,9 @@ use tokio_util::sync::CancellationToken;
 use super::router::{self, Session};
 use super::wire::{FLUSH_AT, Outbound, PacketReader, PacketWriter, Version, WireError};
 use super::{Context, Identity};
+use crate::clock::now_ms;
 use crate::ingest::reply::{self, MAX_TOLD_DEVICES, Reply, Told};
-use crate::ingest::{CommandHandoff, DropReason, Rejection, decode, now_ms};
+use crate::ingest::{CommandHandoff, DropReason, Rejection, decode};
 use crate::store::writer::{CommitFailed, QueueRoom, Submission};
 use crate::store::{Applied, Ingest};
 
