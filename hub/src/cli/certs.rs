@@ -1,0 +1,82 @@
+//! `hub certs ...`: certificates signed by the hub's CA.
+
+use super::*;
+
+/// Which kind of certificate `hub certs` issues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertKind {
+    /// An API client (an app).
+    Client,
+    /// A device.
+    Device,
+}
+
+/// Issues a certificate for `name`, signed by the hub's CA, valid for `days`, and writes
+/// `NAME.crt` and `NAME.key` (mode 0600) in `out` (default `<data.dir>/tls/clients/` or
+/// `tls/devices/`). Returns the paths of the certificate and the key.
+pub fn issue_cert(
+    config: &Config,
+    kind: CertKind,
+    name: &str,
+    days: u32,
+    out: Option<&Path>,
+) -> Result<(PathBuf, PathBuf), CliError> {
+    if !device_protocol::is_valid_id(name) {
+        let what = match kind {
+            CertKind::Client => "--name",
+            CertKind::Device => "--id",
+        };
+        return Err(CliError::Invalid(format!(
+            "{what}: {name:?} is not 1 to 64 of A-Z a-z 0-9 . _ -"
+        )));
+    }
+    if days == 0 || days > pki::MAX_ISSUE_DAYS {
+        return Err(CliError::Invalid(format!(
+            "--days: 1 to {}",
+            pki::MAX_ISSUE_DAYS
+        )));
+    }
+    let tls_dir = config.tls_dir();
+    let (ca_cert, ca_key) = (tls_dir.join("ca.crt"), tls_dir.join("ca.key"));
+    for path in [&ca_cert, &ca_key] {
+        if !path.exists() {
+            return Err(CliError::NoCa(path.clone()));
+        }
+    }
+    let out = match out {
+        Some(dir) => dir.to_owned(),
+        None => tls_dir.join(match kind {
+            CertKind::Client => "clients",
+            CertKind::Device => "devices",
+        }),
+    };
+    if !out.is_dir() {
+        files::create_private_dir(&out).map_err(|source| CliError::File {
+            path: out.clone(),
+            source,
+        })?;
+    }
+    let cert_path = out.join(format!("{name}.crt"));
+    let key_path = out.join(format!("{name}.key"));
+    for path in [&cert_path, &key_path] {
+        if path.exists() {
+            return Err(CliError::Exists(path.clone()));
+        }
+    }
+    // The role goes into the certificate: the API never takes a device's certificate for a
+    // client's, whatever its name.
+    let role = match kind {
+        CertKind::Client => pki::Role::Client,
+        CertKind::Device => pki::Role::Device,
+    };
+    let issued = pki::issue_client(&ca_cert, &ca_key, name, days, role)?;
+    let write = |path: &PathBuf, text: &str| {
+        files::write_private(path, text.as_bytes()).map_err(|source| CliError::File {
+            path: path.clone(),
+            source,
+        })
+    };
+    write(&key_path, &issued.key_pem)?;
+    write(&cert_path, &issued.cert_pem)?;
+    Ok((cert_path, key_path))
+}
