@@ -13,6 +13,7 @@
 //! ingest.
 
 pub mod decode;
+pub mod downlink;
 pub mod endpoint;
 pub mod mqtt;
 pub mod reply;
