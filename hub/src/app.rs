@@ -31,9 +31,9 @@ use crate::ingest::serial::{SerialIngest, SerialSettings};
 use crate::live::{Live, Presence};
 
 use crate::ingest::IngestStats;
+use crate::store::retention::{Retention, RetentionSettings, RetentionStats};
 use crate::store::writer::{StoreWriter, WriterStats};
 use crate::store::{self, Store, StoreError, TokenRecord};
-use crate::sync::retention::{Retention, RetentionSettings, RetentionStats};
 use crate::sync::supervisor::SinkSupervisor;
 use crate::sync::{self, SyncState};
 

@@ -26,6 +26,7 @@ pub mod memory;
 mod readings;
 pub mod records;
 mod redb_engine;
+pub mod retention;
 pub mod rollup;
 #[cfg(test)]
 mod rollup_tests;

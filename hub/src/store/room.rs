@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 /// Turn-taking between the store writer and retention.
 #[derive(Debug, Default)]
 pub struct Room {
-    /// Set by retention while live data is above its low mark (see [`crate::sync::retention`]).
+    /// Set by retention while live data is above its low mark (see [`super::retention`]).
     tight: AtomicBool,
     /// Rounds retention has begun.
     begun: AtomicU64,

@@ -1,17 +1,16 @@
-//! Upstream sync: push sinks that follow the readings log, and retention that deletes what every
-//! follower has passed.
+//! Upstream sync: push sinks that follow the readings log (retention, which deletes what every
+//! follower has passed, is the store's: `store/retention.rs`).
 //!
 //! A sink ([`pump`]) reads batches in offset order from the store, hands each to its uplink
 //! ([`http`] or [`mqtt`]), and moves its persisted position only once the receiver took the
 //! batch (a 2xx, a PUBACK). Data flows one way: the store is only read here, except for the
-//! positions, parked readings and retention's deletes.
+//! positions and parked readings.
 
 pub mod body;
 pub mod compress;
 pub mod http;
 pub mod mqtt;
 pub mod pump;
-pub mod retention;
 pub mod supervisor;
 
 use std::time::Duration;
@@ -91,7 +90,7 @@ pub struct SyncState {
     /// The running sinks (they change when the configuration is reloaded).
     pub sinks: std::sync::Arc<std::sync::RwLock<Vec<SinkHandle>>>,
     /// Retention's counters.
-    pub retention: std::sync::Arc<retention::RetentionStats>,
+    pub retention: std::sync::Arc<crate::store::retention::RetentionStats>,
     /// The quota.
     pub max_disk: u64,
 }
