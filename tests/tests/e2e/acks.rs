@@ -69,6 +69,23 @@ async fn json_devices_get_cumulative_acks_and_retransmissions_are_stored_once() 
     assert_eq!(sorted, vec![0, 1, 2, 3, 4]);
 }
 
+/// Publishes `payload` on `topic` (QoS 1) again and again until a message on `down` is `answered`.
+async fn publish_until(
+    what: &str,
+    port: u16,
+    topic: &str,
+    payload: &[u8],
+    down: &Subscriber,
+    answered: impl Fn(&Vec<u8>) -> bool,
+) {
+    eventually(what, || async {
+        mosquitto_pub(port, topic, payload, 1);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        down.payloads().iter().any(&answered).then_some(())
+    })
+    .await;
+}
+
 fn telemetry(seq: u32, value: f64) -> Vec<u8> {
     let mut readings = Fields::new();
     readings
@@ -101,14 +118,14 @@ async fn binary_devices_get_time_sync_and_acks_on_their_down_topic() {
     })
     .to_vec()
     .unwrap();
-    eventually("a time sync after hello", || async {
-        mosquitto_pub(port, "devices/b1/up", &hello, 1);
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        down.payloads()
-            .iter()
-            .any(|p| matches!(Downlink::decode(p), Ok(Downlink::TimeSync(_))))
-            .then_some(())
-    })
+    publish_until(
+        "a time sync after hello",
+        port,
+        "devices/b1/up",
+        &hello,
+        &down,
+        |p| matches!(Downlink::decode(p), Ok(Downlink::TimeSync(_))),
+    )
     .await;
     for seq in 0..3 {
         mosquitto_pub(
@@ -325,23 +342,23 @@ async fn devices_of_protocol_version_1_are_still_understood() {
         0x01, 0xac, 0x02, 0x00, 0x01, 0x04, b't', b'e', b'm', b'p', 0x00,
         0x00, 0x00, 0x00, 0x00, 0x00, 0x80, 0x35, 0x40,
     ];
-    eventually("a time sync after the version 1 Hello", || async {
-        mosquitto_pub(port, "devices/old-1/up", &hello_v1, 1);
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        down.payloads()
-            .iter()
-            .any(|p| matches!(Downlink::decode(p), Ok(Downlink::TimeSync(_))))
-            .then_some(())
-    })
+    publish_until(
+        "a time sync after the version 1 Hello",
+        port,
+        "devices/old-1/up",
+        &hello_v1,
+        &down,
+        |p| matches!(Downlink::decode(p), Ok(Downlink::TimeSync(_))),
+    )
     .await;
-    eventually("the version 1 ack of seq 300", || async {
-        mosquitto_pub(port, "devices/old-1/up", &telemetry_v1, 1);
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        down.payloads()
-            .iter()
-            .any(|p| p == &[0x00, 0xac, 0x02])
-            .then_some(())
-    })
+    publish_until(
+        "the version 1 ack of seq 300",
+        port,
+        "devices/old-1/up",
+        &telemetry_v1,
+        &down,
+        |p| p == &[0x00, 0xac, 0x02],
+    )
     .await;
     let (_, device) = hub.get("/api/v1/devices/old-1").await;
     assert_eq!(device["firmware"], "1.2.3");
@@ -362,14 +379,14 @@ async fn devices_of_protocol_version_1_are_still_understood() {
     })
     .to_vec()
     .unwrap();
-    eventually("a time sync after the version 2 Hello", || async {
-        mosquitto_pub(port, "devices/new-1/up", &hello, 1);
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        down.payloads()
-            .iter()
-            .any(|p| matches!(Downlink::decode(p), Ok(Downlink::TimeSync(_))))
-            .then_some(())
-    })
+    publish_until(
+        "a time sync after the version 2 Hello",
+        port,
+        "devices/new-1/up",
+        &hello,
+        &down,
+        |p| matches!(Downlink::decode(p), Ok(Downlink::TimeSync(_))),
+    )
     .await;
     eventually("an ack for boot 7", || async {
         mosquitto_pub(port, "devices/new-1/up", &telemetry(0, 1.5), 1);
