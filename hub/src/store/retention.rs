@@ -47,8 +47,12 @@ const MEASURE_SPACING: u32 = 100;
 const LOSS_LOG_EVERY: Duration = Duration::from_secs(10);
 /// No reading for this long counts as idle, for compaction.
 const IDLE_AFTER: Duration = Duration::from_secs(60);
-/// No new reading for this long: the store's cache is emptied (once per idle period).
+/// No new reading for this long after a load: the store's cache is emptied.
 const RELEASE_AFTER: Duration = Duration::from_secs(10);
+/// Readings since the cache was last emptied that make a load: fewer (a trickle of devices
+/// reporting now and then) leave the cache alone, so a quiet hub does not reopen its store after
+/// every pause.
+const RELEASE_AFTER_READINGS: u64 = 10_000;
 
 /// What retention keeps to.
 #[derive(Debug, Clone)]
@@ -96,8 +100,8 @@ pub struct Retention {
     /// The head offset when it last moved, and when.
     last_activity: (u64, Instant),
     compacted_at: Option<u64>,
-    /// The head at which the store's cache was last emptied.
-    released_at: Option<u64>,
+    /// The head when the store's cache was last emptied (or tried to be).
+    released_at: u64,
     /// When readings were last checked for their age.
     age_checked: Option<Instant>,
     /// Unsynced readings deleted since the last log line about them, and when that was.
@@ -116,7 +120,7 @@ impl Retention {
             measure_took: Duration::ZERO,
             last_activity: (0, Instant::now()),
             compacted_at: None,
-            released_at: None,
+            released_at: 0,
             age_checked: None,
             unlogged_loss: 0,
             loss_logged: None,
@@ -363,8 +367,10 @@ impl Retention {
         }
         // The cache a load filled pins far more of the heap than its own size: let it go soon
         // after the load, and the memory with it (the allocator is trimmed every few seconds).
-        if self.last_activity.1.elapsed() >= RELEASE_AFTER && self.released_at != Some(head) {
-            self.released_at = Some(head);
+        if self.last_activity.1.elapsed() >= RELEASE_AFTER
+            && head >= self.released_at + RELEASE_AFTER_READINGS
+        {
+            self.released_at = head;
             if self.store.release_memory()? {
                 tracing::debug!("store cache emptied while idle");
             }
