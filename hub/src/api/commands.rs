@@ -7,8 +7,6 @@
 //! A device that is offline gets the command when it comes back, within the command's `ttl`; a
 //! request with `ttl` `0s` is refused with `409` instead of waiting.
 
-use std::time::Duration;
-
 use axum::Extension;
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -21,10 +19,10 @@ use serde_json::{Map, Value};
 use super::ApiState;
 use super::devices::{json_rejection, query, require, visible_device};
 use super::error::ApiError;
+use super::params;
 use super::schema::DeviceId;
 use crate::auth::{Identity, Scope};
 use crate::commands::{CommandError, CommandRequest};
-use crate::config::HumanDuration;
 use crate::store::{CommandRecord, CommandState};
 use utoipa::{IntoParams, ToSchema};
 
@@ -167,14 +165,6 @@ impl CommandView {
     }
 }
 
-fn duration(name: &str, text: &str) -> Result<Duration, ApiError> {
-    HumanDuration::parse(text).map(|d| d.0).map_err(|_| {
-        ApiError::BadRequest(format!(
-            "`{name}`: {text:?} is not a duration like 500ms, 30s, 10m, 1h"
-        ))
-    })
-}
-
 impl From<CommandError> for ApiError {
     fn from(e: CommandError) -> Self {
         match e {
@@ -229,7 +219,7 @@ pub(super) async fn send(
     let Json(body) = body.map_err(json_rejection)?;
     let wait = match &p.wait {
         Some(text) => {
-            let wait = duration("wait", text)?;
+            let wait = params::duration("wait", text)?;
             if wait > state.max_wait {
                 return Err(ApiError::BadRequest(format!(
                     "`wait` is at most {} s",
@@ -247,12 +237,12 @@ pub(super) async fn send(
         ttl: body
             .ttl
             .as_deref()
-            .map(|t| duration("ttl", t))
+            .map(|t| params::duration("ttl", t))
             .transpose()?,
         timeout: body
             .timeout
             .as_deref()
-            .map(|t| duration("timeout", t))
+            .map(|t| params::duration("timeout", t))
             .transpose()?,
         requested_by: identity.name.clone(),
     };

@@ -65,6 +65,8 @@ pub use backup::{BackupMade, Backups};
 pub struct ApiState {
     /// The store (reads only).
     pub store: Store,
+    /// When new readings are durable (the pull's `wait`).
+    pub durable: crate::store::durable::Durable,
     /// Bearer tokens.
     pub tokens: TokenRegistry,
     /// Largest page.

@@ -299,6 +299,7 @@ mod tests {
             tokio::sync::mpsc::channel(1).1,
         );
         let state = ApiState {
+            durable: crate::store::durable::channel(store.next_offset().unwrap()).1,
             store,
             tokens,
             max_page: 1000,

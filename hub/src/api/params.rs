@@ -62,6 +62,17 @@ pub fn decode_cursor(text: &str) -> Result<Position, ApiError> {
 }
 
 /// A page size: `default` when absent, 1 to `max` otherwise.
+/// A duration parameter (`500ms`, `30s`, `10m`, `1h`).
+pub fn duration(name: &str, text: &str) -> Result<std::time::Duration, ApiError> {
+    crate::config::HumanDuration::parse(text)
+        .map(|d| d.0)
+        .map_err(|_| {
+            ApiError::BadRequest(format!(
+                "`{name}`: {text:?} is not a duration like 500ms, 30s, 10m, 1h"
+            ))
+        })
+}
+
 pub fn limit(given: Option<usize>, default: usize, max: usize) -> Result<usize, ApiError> {
     match given {
         None => Ok(default.min(max)),

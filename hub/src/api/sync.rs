@@ -13,6 +13,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 use utoipa::{IntoParams, ToSchema};
 
 use super::ApiState;
@@ -28,6 +29,8 @@ use crate::sync::body::UpstreamReading;
 const DEFAULT_PULL: usize = 1000;
 /// Most registered pull consumers (each holds back retention and is a metric series).
 const MAX_CONSUMERS: usize = 32;
+/// Longest `wait` of a pull.
+const MAX_PULL_WAIT: Duration = Duration::from_secs(60);
 /// Parked readings listed when the client gives no limit.
 const DEFAULT_PARKED: usize = 100;
 
@@ -42,6 +45,10 @@ pub(super) struct PullParams {
     /// Most readings in the answer (1 to the hub's `api.max_page`; default 1000).
     #[param(minimum = 1)]
     limit: Option<usize>,
+    /// How long to hold the request when no reading follows `cursor` yet (`30s`; at most
+    /// 60 s): it is answered as soon as one is durable. Absent: answered at once.
+    #[param(example = "30s")]
+    wait: Option<String>,
 }
 
 /// A page of a pull.
@@ -88,8 +95,19 @@ pub(super) async fn pull(
     require(&identity, Scope::Read, "read")?;
     let params = query(params)?;
     let limit = params::limit(params.limit, DEFAULT_PULL, state.max_page)?;
-    let store = state.store.clone();
     let cursor = params.cursor;
+    if let Some(text) = &params.wait {
+        let wait = params::duration("wait", text)?;
+        if wait > MAX_PULL_WAIT {
+            return Err(ApiError::BadRequest(format!(
+                "`wait` is at most {} s",
+                MAX_PULL_WAIT.as_secs()
+            )));
+        }
+        let from = cursor.map_or(0, |c| c.saturating_add(1));
+        wait_for_readings(&state, from, wait).await;
+    }
+    let store = state.store.clone();
     let (readings, oldest, head) = tokio::task::spawn_blocking(move || {
         let head = store.next_offset()?;
         let oldest = store.oldest_offset()?;
@@ -111,6 +129,19 @@ pub(super) async fn pull(
             .map(UpstreamReading::from)
             .collect(),
     }))
+}
+
+/// Holds a pull until a reading at or after `from` is durable, `wait` ends or the hub stops.
+async fn wait_for_readings(state: &ApiState, from: u64, wait: Duration) {
+    let mut durable = state.durable.clone();
+    let deadline = tokio::time::Instant::now() + wait;
+    while durable.next_offset() <= from {
+        tokio::select! {
+            _ = durable.committed() => {}
+            _ = tokio::time::sleep_until(deadline) => break,
+            _ = state.shutdown.cancelled() => break,
+        }
+    }
 }
 
 fn store_failed(e: crate::store::StoreError) -> ApiError {

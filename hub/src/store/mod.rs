@@ -21,6 +21,7 @@ mod catalog;
 pub mod commands;
 mod devices;
 pub mod downsample;
+pub mod durable;
 pub mod engine;
 pub mod memory;
 mod readings;

@@ -23,12 +23,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
 use crate::config::FullPolicy;
+use crate::store::durable::Durable;
 use crate::store::{Store, StoreError, Usage};
 
 /// Most readings deleted in one transaction, so a delete never holds the writer for long.
@@ -109,6 +109,11 @@ pub struct Retention {
     loss_logged: Option<Instant>,
 }
 
+/// A retention round panicked: retention cannot go on (it lost its state with the round).
+#[derive(Debug, thiserror::Error)]
+#[error("a retention round died: {0}")]
+pub struct RetentionDied(String);
+
 impl Retention {
     /// Retention of `store`.
     pub fn new(store: Store, settings: RetentionSettings, stats: Arc<RetentionStats>) -> Self {
@@ -127,14 +132,18 @@ impl Retention {
         }
     }
 
-    /// Runs rounds until `shutdown`: every [`ROUND`], and after each commit `committed` reports.
-    pub async fn run(mut self, committed: Arc<Notify>, shutdown: CancellationToken) {
+    /// Runs rounds until `shutdown`: every [`ROUND`], and after each commit `durable` announces.
+    pub async fn run(
+        mut self,
+        mut durable: Durable,
+        shutdown: CancellationToken,
+    ) -> Result<(), RetentionDied> {
         let mut full = crate::store::space::FullNotice::default();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(ROUND) => {}
-                _ = committed.notified() => {}
+                _ = durable.committed() => {}
             }
             let mut this = self;
             let joined = tokio::task::spawn_blocking(move || {
@@ -158,12 +167,10 @@ impl Retention {
                         }
                     }
                 }
-                Err(_) => {
-                    tracing::error!("retention round died; retention stops");
-                    break;
-                }
+                Err(e) => return Err(RetentionDied(e.to_string())),
             }
         }
+        Ok(())
     }
 
     /// One round; blocks.

@@ -241,7 +241,7 @@ pub struct StoreWriter {
     batch_window: Duration,
     stats: Arc<WriterStats>,
     live: Option<(Live, Arc<Presence>)>,
-    committed: Option<Arc<tokio::sync::Notify>>,
+    announcer: Option<super::durable::Announcer>,
     /// Set once the writer gave up waiting for room at shutdown (said once).
     gave_up: std::sync::atomic::AtomicBool,
 }
@@ -261,14 +261,14 @@ impl StoreWriter {
             batch_window,
             stats,
             live: None,
-            committed: None,
+            announcer: None,
             gave_up: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    /// Wakes `committed` after every commit (retention watches the store grow).
-    pub fn notifying(mut self, committed: Arc<tokio::sync::Notify>) -> Self {
-        self.committed = Some(committed);
+    /// Announces every commit to the store's followers (see [`super::durable`]).
+    pub fn announcing(mut self, announcer: super::durable::Announcer) -> Self {
+        self.announcer = Some(announcer);
         self
     }
 
@@ -423,8 +423,11 @@ impl StoreWriter {
         // Taken before retention hears of the commit: a round it starts for this commit must
         // count, or the next commit would wait for a round nothing starts.
         let turn = self.store.room().committed();
-        if let Some(committed) = &self.committed {
-            committed.notify_one();
+        if let Some(announcer) = &self.announcer {
+            match self.store.next_offset() {
+                Ok(next) => announcer.committed(next),
+                Err(e) => tracing::error!(error = %e, "cannot read the store's next offset"),
+            }
         }
         if let Some((live, presence)) = &self.live {
             publish(live, presence, items, &applied);
@@ -801,13 +804,13 @@ mod tests {
         room.finish_round(first);
         // Retention's side of the turns, with rounds started only by commits (no timer), so a
         // commit that waited for a round nothing starts would wait forever.
-        let committed = Arc::new(tokio::sync::Notify::new());
+        let (announcer, durable) = crate::store::durable::channel(0);
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let rounds = tokio::spawn({
-            let (store, committed, seen) = (store.clone(), committed.clone(), seen.clone());
+            let (store, mut durable, seen) = (store.clone(), durable, seen.clone());
             async move {
                 loop {
-                    committed.notified().await;
+                    durable.committed().await;
                     let round = store.room().begin_round();
                     seen.lock().unwrap().push(store.next_offset().unwrap());
                     store.room().finish_round(round);
@@ -817,7 +820,7 @@ mod tests {
         let (tx, rx) = queue(16, 1 << 20);
         let stats = Arc::new(WriterStats::default());
         let writer = StoreWriter::new(store.clone(), 1, Duration::ZERO, stats)
-            .notifying(committed)
+            .announcing(announcer)
             .run(rx);
         let writer = tokio::spawn(writer);
         let mut answers = Vec::new();

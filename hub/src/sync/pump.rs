@@ -30,11 +30,10 @@ use super::mqtt::MqttUplink;
 use super::{Batch, Delivery};
 use crate::clock::now_ms;
 use crate::config::{Compression, SinkConfig, SinkKind};
+use crate::store::durable::Durable;
 use crate::store::sync::{FollowerKind, SyncPosition};
 use crate::store::{Reading, Store, StoreError};
 
-/// How often an idle sink looks for new readings.
-const POLL: Duration = Duration::from_millis(100);
 /// How long a sink waits before trying the store again after it failed.
 const STORE_RETRY: Duration = Duration::from_secs(5);
 
@@ -165,6 +164,7 @@ async fn on_store<T: Send + 'static>(
 pub struct Sink {
     settings: SinkSettings,
     store: Store,
+    durable: Durable,
     uplink: Uplink,
     stats: Arc<SinkStats>,
     /// Consecutive failed deliveries.
@@ -176,16 +176,18 @@ pub struct Sink {
 }
 
 impl Sink {
-    /// A sink following `store` through `uplink`.
+    /// A sink following `store` through `uplink`, woken by `durable` when readings arrive.
     pub fn new(
         settings: SinkSettings,
         store: Store,
+        durable: Durable,
         uplink: Uplink,
         stats: Arc<SinkStats>,
     ) -> Self {
         Sink {
             settings,
             store,
+            durable,
             uplink,
             stats,
             failures: 0,
@@ -315,13 +317,21 @@ impl Sink {
                 .read_and_send(position, from, backlog_end, Region::Backlog, shutdown)
                 .await;
         }
-        let wait = match position.ahead {
-            Some(_) if behind > 0 => self.backlog_ready.saturating_duration_since(now).min(POLL),
-            _ => POLL,
-        };
+        // Nothing to send now: wait for the next commit, or for the moment the backlog's pacing
+        // or a partial batch's wait ends, whichever comes first.
+        let unsent = head > position.next || position.ahead.is_some_and(|(_, end)| head > end);
+        if !unsent {
+            self.pending_since = None;
+        }
+        let paced = (position.ahead.is_some() && behind > 0).then_some(self.backlog_ready);
+        let filling = self
+            .pending_since
+            .map(|since| since + self.settings.batch_wait);
+        let deadline = paced.into_iter().chain(filling).min();
         tokio::select! {
             _ = shutdown.cancelled() => Err(Stop::Shutdown),
-            _ = tokio::time::sleep(wait) => Ok(()),
+            _ = self.durable.committed() => Ok(()),
+            _ = sleep_until(deadline) => Ok(()),
         }
     }
 
@@ -510,6 +520,14 @@ fn advance(position: &mut SyncPosition, region: Region, last: u64) {
                 position.ahead = Some((start, end.max(last + 1)));
             }
         }
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -7,6 +7,7 @@
 //! current delivery step, when it stops.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
@@ -19,6 +20,7 @@ use super::pump::{Sink, SinkSettings, SinkStats, Uplink};
 use super::{SinkHandle, SyncError, hub_id};
 use crate::config::{SinkConfig, SinkKind, SyncConfig};
 use crate::store::Store;
+use crate::store::durable::Durable;
 
 struct Running {
     kind: SinkKind,
@@ -28,18 +30,39 @@ struct Running {
     task: JoinHandle<()>,
 }
 
+/// A sink's task ended without being told to.
+#[derive(Debug, thiserror::Error)]
+#[error("sink {0:?} stopped unexpectedly")]
+pub struct SinkEnded(String);
+
+/// The name of the first running sink whose task ends; never, while none does.
+async fn first_ended(running: &mut HashMap<String, Running>) -> String {
+    std::future::poll_fn(|cx| {
+        for (name, sink) in running.iter_mut() {
+            if std::pin::Pin::new(&mut sink.task).poll(cx).is_ready() {
+                return std::task::Poll::Ready(name.clone());
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
 /// The sinks' supervisor.
 pub struct SinkSupervisor {
     store: Store,
+    durable: Durable,
     handles: Arc<RwLock<Vec<SinkHandle>>>,
     running: HashMap<String, Running>,
 }
 
 impl SinkSupervisor {
-    /// A supervisor of no sink yet; `handles` is what the API sees of the running ones.
-    pub fn new(store: Store, handles: Arc<RwLock<Vec<SinkHandle>>>) -> Self {
+    /// A supervisor of no sink yet; `handles` is what the API sees of the running ones, and
+    /// `durable` says when the store has new readings for them.
+    pub fn new(store: Store, durable: Durable, handles: Arc<RwLock<Vec<SinkHandle>>>) -> Self {
         SinkSupervisor {
             store,
+            durable,
             handles,
             running: HashMap::new(),
         }
@@ -59,15 +82,24 @@ impl SinkSupervisor {
         Ok(())
     }
 
-    /// Follows configuration changes until `shutdown`, then stops every sink.
+    /// Follows configuration changes until `shutdown`, then stops every sink. A sink that ends
+    /// on its own (it only ends when told to, so it panicked) ends the supervisor with an error:
+    /// the hub stops and is restarted, rather than go on without that sink.
     pub async fn run(
         mut self,
         mut configs: watch::Receiver<SyncConfig>,
         shutdown: CancellationToken,
-    ) {
+    ) -> Result<(), SinkEnded> {
+        let mut ended = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                name = first_ended(&mut self.running) => {
+                    // Its handle is done: it must not be awaited again below.
+                    self.running.remove(&name);
+                    ended = Some(SinkEnded(name));
+                    break;
+                }
                 changed = configs.changed() => {
                     if changed.is_err() {
                         shutdown.cancelled().await;
@@ -82,6 +114,7 @@ impl SinkSupervisor {
             running.stop.cancel();
             let _ = running.task.await;
         }
+        ended.map_or(Ok(()), Err)
     }
 
     /// Moves the running sinks to `config`.
@@ -164,7 +197,13 @@ impl SinkSupervisor {
         let stats = Arc::new(SinkStats::default());
         let settings = SinkSettings::new(kind, &config, hub_id);
         let stop = CancellationToken::new();
-        let sink = Sink::new(settings, self.store.clone(), uplink, stats.clone());
+        let sink = Sink::new(
+            settings,
+            self.store.clone(),
+            self.durable.clone(),
+            uplink,
+            stats.clone(),
+        );
         let task = tokio::spawn(sink.run(stop.clone()));
         if let Ok(mut handles) = self.handles.write() {
             handles.retain(|h| h.name != config.name);

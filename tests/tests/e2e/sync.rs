@@ -425,7 +425,15 @@ async fn after_an_outage_fresh_readings_go_first_while_the_backlog_drains() {
     })
     .await;
     receiver.answer(Answer::Take);
-    // A fresh reading arrives while 1000 wait: it is delivered before the backlog has drained.
+    // The sink sees how far behind it is once the cloud takes its batch again; a reading stored
+    // before that is part of the backlog.
+    eventually("the sink far behind", || async {
+        hub.log()
+            .contains("sink is far behind: fresh readings go first")
+            .then_some(())
+    })
+    .await;
+    // A fresh reading arrives while ~1000 wait: it is delivered before the backlog has drained.
     publish(&hub, &["fresh"], 0, 1);
     eventually("the fresh reading delivered", || async {
         receiver
@@ -590,6 +598,51 @@ impl Relay {
             self.generation.fetch_add(1, Ordering::SeqCst);
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pull_with_wait_is_answered_as_soon_as_a_reading_is_durable() {
+    let root = tempfile::tempdir().unwrap();
+    let hub = Hub::start(root.path(), &[]);
+    publish(&hub, &["w-1"], 0, 1);
+    let (status, page) = hub.get("/api/v1/sync/readings").await;
+    assert_eq!(status, 200, "{page}");
+    let cursor = page["next_cursor"].as_u64().unwrap();
+    // Nothing after the cursor yet: the request is held until the next reading is durable.
+    let held = {
+        let path = format!("/api/v1/sync/readings?cursor={cursor}&wait=30s");
+        let hub = &hub;
+        async move { hub.get(&path).await }
+    };
+    let publisher = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        publish(&hub, &["w-1"], 1, 1);
+    };
+    let ((status, page), ()) = tokio::join!(held, publisher);
+    assert_eq!(status, 200, "{page}");
+    let readings = page["readings"].as_array().unwrap();
+    assert_eq!(readings.len(), 1, "{page}");
+    assert_eq!(readings[0]["seq"], 1, "{page}");
+    assert_eq!(page["next_cursor"].as_u64(), Some(cursor + 1), "{page}");
+    // A wait that ends with nothing new answers an empty page with the same cursor.
+    let (status, page) = hub
+        .get(&format!(
+            "/api/v1/sync/readings?cursor={}&wait=200ms",
+            cursor + 1
+        ))
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["readings"], json!([]), "{page}");
+    assert_eq!(page["next_cursor"].as_u64(), Some(cursor + 1), "{page}");
+    // Bad waits are refused with the reason.
+    for bad in ["61s", "soon", "-1s"] {
+        let (status, body) = hub
+            .get(&format!("/api/v1/sync/readings?wait={bad}"))
+            .await;
+        assert_eq!(status, 400, "wait={bad}: {body}");
+        assert!(body.to_string().contains("wait"), "{body}");
+    }
+    hub.stop();
 }
 
 #[tokio::test(flavor = "multi_thread")]
