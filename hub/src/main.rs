@@ -1,5 +1,6 @@
 //! `hub`: parse the command line, load the configuration, run. Nothing else lives here.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -397,11 +398,16 @@ fn serve(config: Config, reload: hub::app::Reload) -> anyhow::Result<()> {
             let mqtt = bound.mqtt.map(|a| a.to_string()).unwrap_or_else(|| "external".into());
             let host = if bound.api.ip().is_loopback() { "localhost".to_owned() } else { bound.api.ip().to_string() };
             let dir = data_dir.display();
-            println!("hub ready: api=https://{} mqtt={mqtt} data={dir}", bound.api);
-            println!(
+            // A closed stdout (a reader that went away) must not stop the hub: the lines are a
+            // courtesy, the log says the same.
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "hub ready: api=https://{} mqtt={mqtt} data={dir}", bound.api);
+            let _ = writeln!(
+                out,
                 "try: curl --cacert {dir}/tls/ca.crt -H \"Authorization: Bearer $(cat {dir}/admin.token)\" https://{host}:{}/api/v1/devices",
                 bound.api.port()
             );
+            let _ = out.flush();
             hub::notify::ready();
         })
         .await?;

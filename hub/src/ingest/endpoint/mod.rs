@@ -51,9 +51,10 @@ const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 /// Longest wait after a failed accept.
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// Reads the TLS listener's configuration: the server certificate, and the device CA (with its
-/// CRLs) as a required client-certificate verifier. Called at start and on each SIGHUP.
-pub type TlsLoader = Box<dyn Fn() -> Result<rustls::ServerConfig, AuthError> + Send + Sync>;
+/// The TLS listener's configuration: the server certificate, and the device CA (with its CRLs)
+/// as a required client-certificate verifier, without ALPN. `app` reads it again on SIGHUP; new
+/// connections take the newest, open ones keep theirs.
+pub type DeviceTls = tokio::sync::watch::Receiver<Arc<rustls::ServerConfig>>;
 
 /// Settings of one listener.
 #[derive(Debug, Clone)]
@@ -183,12 +184,11 @@ pub struct MqttEndpoint {
     context: Arc<Context>,
 }
 
-/// The TLS listener and how to read its configuration again.
+/// The TLS listener and its configuration.
 struct DeviceListener {
     listener: TcpListener,
     settings: ListenerSettings,
-    load_tls: TlsLoader,
-    tls: Arc<rustls::ServerConfig>,
+    tls: DeviceTls,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, EndpointError> {
@@ -198,10 +198,10 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, EndpointError> {
 }
 
 impl MqttEndpoint {
-    /// Binds the listeners and reads the TLS material, so any of them failing fails start-up.
+    /// Binds the listeners, so any of them failing fails start-up.
     pub async fn bind(
         settings: EndpointSettings,
-        load_tls: Option<TlsLoader>,
+        tls: Option<DeviceTls>,
         submissions_tx: SubmissionSender,
         stats: Arc<IngestStats>,
         handoffs: mpsc::Sender<CommandHandoff>,
@@ -211,16 +211,12 @@ impl MqttEndpoint {
             tracing::warn!(listen = %settings.plain.listen, "the plain MQTT listener is open beyond loopback and authenticates no one: any host that reaches it may publish as any device");
         }
         let plain = bind(settings.plain.listen).await?;
-        let devices = match (settings.devices.clone(), load_tls) {
-            (Some(listener_settings), Some(load_tls)) => {
-                let tls = load(&load_tls)?;
-                Some(DeviceListener {
-                    listener: bind(listener_settings.listen).await?,
-                    settings: listener_settings,
-                    load_tls,
-                    tls,
-                })
-            }
+        let devices = match (settings.devices.clone(), tls) {
+            (Some(listener_settings), Some(tls)) => Some(DeviceListener {
+                listener: bind(listener_settings.listen).await?,
+                settings: listener_settings,
+                tls,
+            }),
             _ => None,
         };
         let max_sessions = settings.plain.max_connections
@@ -383,31 +379,21 @@ async fn accept_plain(
 }
 
 async fn accept_devices(
-    mut devices: DeviceListener,
+    devices: DeviceListener,
     context: Arc<Context>,
     numbers: Arc<AtomicU64>,
     connections: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hangups = signal(SignalKind::hangup())
-        .inspect_err(|e| tracing::warn!(error = %e, "MQTT endpoint: cannot listen for SIGHUP: certificates are read at start only"))
-        .ok();
     let slots = Arc::new(Semaphore::new(devices.settings.max_connections));
     let mut backoff = ACCEPT_BACKOFF_MIN;
     let max_packet = devices.settings.max_packet;
     loop {
-        let accepted = tokio::select! {
-            _ = hangup(&mut hangups) => {
-                devices.reload_tls();
-                continue;
-            }
-            accepted = accept_with_slots(&devices.listener, &slots, &mut backoff, &shutdown) => accepted,
-        };
+        let accepted = accept_with_slots(&devices.listener, &slots, &mut backoff, &shutdown).await;
         let Some((stream, peer, permit)) = accepted else {
             break;
         };
-        let acceptor = tokio_rustls::TlsAcceptor::from(devices.tls.clone());
+        let acceptor = tokio_rustls::TlsAcceptor::from(devices.tls.borrow().clone());
         let context = context.clone();
         let stop = shutdown.clone();
         let number = numbers.fetch_add(1, Ordering::Relaxed);
@@ -460,43 +446,6 @@ async fn accept_devices(
             )
             .await;
         });
-    }
-}
-
-impl DeviceListener {
-    /// On SIGHUP: new connections get the certificates, keys and CRLs read again, open ones keep
-    /// theirs; a reload that fails keeps the running configuration and says why.
-    fn reload_tls(&mut self) {
-        match load(&self.load_tls) {
-            Ok(tls) => {
-                self.tls = tls;
-                tracing::info!(
-                    "SIGHUP: the MQTT device listener's certificates, keys and CRLs reloaded"
-                );
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "SIGHUP: the MQTT device listener's reload failed; the previous TLS configuration stays")
-            }
-        }
-    }
-}
-
-/// Loads the TLS configuration for MQTT: no ALPN (the API's `http/1.1` would refuse a client
-/// offering `mqtt`).
-fn load(load_tls: &TlsLoader) -> Result<Arc<rustls::ServerConfig>, AuthError> {
-    let mut tls = load_tls()?;
-    tls.alpn_protocols.clear();
-    Ok(Arc::new(tls))
-}
-
-/// The next SIGHUP; never, where SIGHUP cannot be listened for.
-async fn hangup(hangups: &mut Option<tokio::signal::unix::Signal>) {
-    let arrived = match hangups {
-        Some(signals) => signals.recv().await.is_some(),
-        None => false,
-    };
-    if !arrived {
-        std::future::pending::<()>().await;
     }
 }
 

@@ -6,6 +6,10 @@
 //! on its own before shutdown is a failure: the root is cancelled and `run` returns an error, so
 //! the process exits non-zero and systemd restarts it.
 
+mod chores;
+mod reload;
+pub mod tasks;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,7 +17,6 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::api::{self, ApiState, RequestIds};
 use crate::auth::clients::{ClientEntry, ClientIdentities};
@@ -36,6 +39,9 @@ use crate::store::writer::{StoreWriter, WriterStats};
 use crate::store::{self, Store, StoreError, TokenRecord};
 use crate::sync::supervisor::SinkSupervisor;
 use crate::sync::{self, SyncState};
+pub use reload::{ConfigSource, LogLevel, Reload};
+use reload::{Reloader, TlsSource};
+use tasks::{Stage, Supervisor};
 
 /// How long shutdown waits for open API requests.
 const API_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -75,9 +81,9 @@ pub enum AppError {
     /// A sink's configuration cannot be used.
     #[error(transparent)]
     Sync(#[from] crate::sync::SyncError),
-    /// A task stopped before shutdown.
-    #[error("task `{0}` stopped unexpectedly")]
-    TaskFailed(&'static str),
+    /// A task stopped before shutdown, or failed while the hub stopped.
+    #[error("task `{0}` stopped unexpectedly: {1}")]
+    TaskFailed(&'static str, String),
 }
 
 /// Addresses the hub ended up listening on (useful when configured with port 0).
@@ -87,19 +93,6 @@ pub struct Bound {
     pub api: SocketAddr,
     /// The MQTT endpoint's plain listener, when it runs.
     pub mqtt: Option<SocketAddr>,
-}
-
-/// Reads the configuration again (file, environment, flags).
-pub type ConfigSource = Box<dyn Fn() -> Result<Config, crate::config::ConfigError> + Send + Sync>;
-/// Applies a new log filter (`log.level`).
-pub type LogLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
-
-/// How the hub reads its configuration again on SIGHUP, and applies what can change live.
-pub struct Reload {
-    /// Reads the configuration again.
-    pub config: ConfigSource,
-    /// Applies a new log filter.
-    pub log_level: LogLevel,
 }
 
 /// Runs the hub until `shutdown` is cancelled. `on_ready` is called once everything listens.
@@ -153,9 +146,13 @@ pub async fn run(
         client_ca,
         crls: config.api.crls.clone(),
         client_auth: config.api.client_auth,
+        mqtt: false,
     };
-    let (tls_tx, tls_rx) = watch::channel(Arc::new(tls_source.load()?));
-    let gate_tls = gate_tls(&config, &tls_source);
+    let gate_tls = match gate_tls(&config, &tls_source) {
+        Some(source) => Some(source.channel("MQTT device")?),
+        None => None,
+    };
+    let (api_tls, tls_rx) = tls_source.channel("api")?;
 
     let api_listener = tokio::net::TcpListener::bind(&config.api.listen)
         .await
@@ -203,11 +200,11 @@ pub async fn run(
         crate::store::writer::queue(config.ingest.queue, config.ingest.queue_bytes.0 as usize);
     let (link_tx, link_rx) = watch::channel(Link::Down);
 
-    let tasks = TaskTracker::new();
+    let mut tasks = Supervisor::default();
     let ingest_shutdown = CancellationToken::new();
     let api_shutdown = CancellationToken::new();
 
-    let committed = Arc::new(tokio::sync::Notify::new());
+    let (announcer, durable) = store::durable::channel(store.next_offset()?);
     let writer = StoreWriter::new(
         store.clone(),
         config.ingest.batch_max,
@@ -215,11 +212,9 @@ pub async fn run(
         writer_stats.clone(),
     )
     .publishing(live.clone(), presence.clone())
-    .notifying(committed.clone());
-    let writer_task = tasks.spawn(writer.run(submissions_rx));
+    .announcing(announcer);
+    tasks.spawn("store-writer", Stage::Store, writer.run(submissions_rx));
 
-    // Ingest tasks report their name when they end; before shutdown, that is a failure.
-    let mut ingest_tasks = tokio::task::JoinSet::new();
     let mut transports = Transports {
         mqtt: None,
         serial: Vec::new(),
@@ -249,18 +244,16 @@ pub async fn run(
                 link_tx,
             );
             transports.mqtt = Some(MqttDownlink::Broker(mqtt.downlink()));
-            let stop = ingest_shutdown.clone();
-            ingest_tasks.spawn(async move {
-                mqtt.run(stop).await;
-                "mqtt-ingest"
-            });
+            tasks.spawn(
+                "mqtt-ingest",
+                Stage::Ingest,
+                mqtt.run(ingest_shutdown.clone()),
+            );
         }
         None => {
             let endpoint = MqttEndpoint::bind(
                 endpoint_settings(&config)?,
-                gate_tls.map(|tls| -> crate::ingest::endpoint::TlsLoader {
-                    Box::new(move || tls.load())
-                }),
+                gate_tls.as_ref().map(|(_, tls)| tls.clone()),
                 submissions_tx.clone(),
                 ingest_stats.clone(),
                 handoffs_tx.clone(),
@@ -275,11 +268,11 @@ pub async fn run(
             transports.mqtt = Some(MqttDownlink::Endpoint(endpoint.downlink()));
             // The endpoint is the link: up as soon as it listens.
             link_tx.send_replace(Link::Up);
-            let stop = ingest_shutdown.clone();
-            ingest_tasks.spawn(async move {
-                endpoint.run(stop).await;
-                "mqtt-endpoint"
-            });
+            tasks.spawn(
+                "mqtt-endpoint",
+                Stage::Ingest,
+                endpoint.run(ingest_shutdown.clone()),
+            );
         }
     }
     for port in &config.serial {
@@ -294,21 +287,25 @@ pub async fn run(
             serial_stats.clone(),
         );
         transports.serial.push(serial.downlink());
-        let stop = ingest_shutdown.clone();
-        ingest_tasks.spawn(async move {
-            serial.run(stop).await;
-            "serial-ingest"
-        });
+        tasks.spawn(
+            "serial-ingest",
+            Stage::Ingest,
+            serial.run(ingest_shutdown.clone()),
+        );
     }
     let liveness = Arc::new(crate::liveness::IngestLiveness::default());
-    tasks.spawn(crate::liveness::watch(
-        liveness.clone(),
-        store.clone(),
-        writer_stats.clone(),
-        submissions_tx.downgrade(),
-        config.ingest.stall_after.0,
-        api_shutdown.clone(),
-    ));
+    tasks.spawn(
+        "liveness",
+        Stage::Services,
+        crate::liveness::watch(
+            liveness.clone(),
+            store.clone(),
+            writer_stats.clone(),
+            submissions_tx.downgrade(),
+            config.ingest.stall_after.0,
+            api_shutdown.clone(),
+        ),
+    );
     // The ingest tasks now hold every sender: when they end, the writer drains and ends.
     drop(submissions_tx);
 
@@ -330,21 +327,34 @@ pub async fn run(
         handoffs_rx,
     );
     // Commands and presence stop with the API: both serve it, and neither holds data to flush.
-    let dispatcher_task = tasks.spawn(dispatcher.run(api_shutdown.clone()));
-    let presence_task = tasks.spawn(sweep_presence(
-        presence.clone(),
-        live.clone(),
-        config.devices.offline_after.0,
-        api_shutdown.clone(),
-    ));
-
-    let token_use_task = tasks.spawn(save_token_use(tokens.clone(), api_shutdown.clone()));
+    tasks.spawn(
+        "command-dispatcher",
+        Stage::Services,
+        dispatcher.run(api_shutdown.clone()),
+    );
+    tasks.spawn(
+        "presence-sweep",
+        Stage::Services,
+        chores::sweep_presence(
+            presence.clone(),
+            live.clone(),
+            config.devices.offline_after.0,
+            api_shutdown.clone(),
+        ),
+    );
+    tasks.spawn(
+        "token-use",
+        Stage::Services,
+        chores::save_token_use(tokens.clone(), api_shutdown.clone()),
+    );
 
     // Sync and retention read the store until the API stops: after ingest has been flushed.
-    let (sync_state, sync_configs) = start_sync(&config, &store, committed, &tasks, &api_shutdown)?;
+    let (sync_state, sync_configs) =
+        start_sync(&config, &store, &durable, &mut tasks, &api_shutdown)?;
 
     let state = ApiState {
         store: store.clone(),
+        durable,
         tokens,
         max_page: config.api.max_page,
         mqtt_link: link_rx,
@@ -383,63 +393,58 @@ pub async fn run(
         body_timeout: config.api.body_timeout.0,
         drain_timeout: API_DRAIN_TIMEOUT,
     };
-    let reload_task = tasks.spawn(reload_tls_on_hangup(
-        tls_source,
-        tls_tx,
-        api_shutdown.clone(),
-    ));
-    let config_task = tasks.spawn(reload_config_on_hangup(
-        config.clone(),
-        reload,
-        sync_configs,
-        api_shutdown.clone(),
-    ));
-    let mut api_task = tasks.spawn(api::server::serve(
-        api_listener,
-        tls_rx,
-        api::router(state),
-        limits,
-        api_shutdown.clone(),
-    ));
-    tasks.close();
+    let mut tls = vec![api_tls];
+    tls.extend(gate_tls.map(|(reload, _)| reload));
+    let reloader = Reloader {
+        tls,
+        config: reload,
+        running: config.clone(),
+        sinks: sync_configs,
+    };
+    tasks.spawn(
+        "reload",
+        Stage::Services,
+        reloader.run(api_shutdown.clone()),
+    );
+    tasks.spawn(
+        "api",
+        Stage::Services,
+        api::server::serve(
+            api_listener,
+            tls_rx,
+            api::router(state),
+            limits,
+            api_shutdown.clone(),
+        ),
+    );
 
     if let Some(secret_path) = token_created {
         tracing::info!(path = %secret_path.display(), "made the admin token");
     }
+    tracing::debug!(tasks = ?tasks.names(), "tasks started");
     on_ready(Bound {
         api: api_addr,
         mqtt: mqtt_bound,
     });
 
-    let failure = tokio::select! {
-        _ = shutdown.cancelled() => None,
-        ended = ingest_tasks.join_next() => Some(match ended {
-            Some(Ok(name)) => name,
-            _ => "ingest",
-        }),
-        _ = &mut api_task => Some("api"),
-    };
-    if let Some(task) = failure {
-        tracing::error!(task, "a task stopped unexpectedly; shutting down");
+    let mut failures = Vec::new();
+    if let Some(failure) = tasks.watch(&shutdown).await {
+        tracing::error!(task = %failure.task, error = %failure.why, "a task stopped unexpectedly; shutting down");
+        failures.push(failure);
     }
     tracing::info!("shutting down: stopping ingest");
     ingest_shutdown.cancel();
-    while ingest_tasks.join_next().await.is_some() {}
+    failures.extend(tasks.drain(Stage::Ingest).await);
     // The ingest tasks held the only senders: the writer now commits what is queued and ends.
-    let _ = writer_task.await;
-    tracing::info!(next_offset = store.next_offset()?, "store flushed");
-    api_shutdown.cancel();
-    if failure != Some("api") {
-        let _ = api_task.await;
+    failures.extend(tasks.drain(Stage::Store).await);
+    match store.next_offset() {
+        Ok(next_offset) => tracing::info!(next_offset, "store flushed"),
+        Err(e) => tracing::error!(error = %e, "cannot read the store's next offset"),
     }
-    let _ = reload_task.await;
-    let _ = config_task.await;
-    let _ = dispatcher_task.await;
-    let _ = presence_task.await;
-    let _ = token_use_task.await;
-    tasks.wait().await;
-    match failure {
-        Some(task) => Err(AppError::TaskFailed(task)),
+    api_shutdown.cancel();
+    failures.extend(tasks.drain(Stage::Services).await);
+    match failures.into_iter().next() {
+        Some(failure) => Err(AppError::TaskFailed(failure.task, failure.why)),
         None => Ok(()),
     }
 }
@@ -449,20 +454,24 @@ pub async fn run(
 fn start_sync(
     config: &Config,
     store: &Store,
-    committed: Arc<tokio::sync::Notify>,
-    tasks: &TaskTracker,
+    durable: &store::durable::Durable,
+    tasks: &mut Supervisor,
     shutdown: &CancellationToken,
 ) -> Result<(SyncState, watch::Sender<crate::config::SyncConfig>), AppError> {
     let names: Vec<&str> = config.sync.sinks().map(|(_, s)| s.name.as_str()).collect();
     sync::forget_removed_sinks(store, &names)?;
     let handles = Arc::new(std::sync::RwLock::new(Vec::new()));
-    let mut supervisor = SinkSupervisor::new(store.clone(), handles.clone());
+    let mut supervisor = SinkSupervisor::new(store.clone(), durable.clone(), handles.clone());
     supervisor.start(&config.sync)?;
     if !names.is_empty() {
         tracing::info!(hub_id = %sync::hub_id(&config.sync.hub_id), sinks = names.len(), "upstream sync started");
     }
     let (configs_tx, configs_rx) = watch::channel(config.sync.clone());
-    tasks.spawn(supervisor.run(configs_rx, shutdown.clone()));
+    tasks.spawn(
+        "sink-supervisor",
+        Stage::Services,
+        supervisor.run(configs_rx, shutdown.clone()),
+    );
     let retention = Arc::new(RetentionStats::default());
     let settings = RetentionSettings {
         max_disk: config.data.max_disk.0,
@@ -470,7 +479,10 @@ fn start_sync(
         max_age: (!config.data.max_age.0.is_zero()).then_some(config.data.max_age.0),
     };
     tasks.spawn(
-        Retention::new(store.clone(), settings, retention.clone()).run(committed, shutdown.clone()),
+        "retention",
+        Stage::Services,
+        Retention::new(store.clone(), settings, retention.clone())
+            .run(durable.clone(), shutdown.clone()),
     );
     Ok((
         SyncState {
@@ -480,48 +492,6 @@ fn start_sync(
         },
         configs_tx,
     ))
-}
-
-/// Where the API's TLS material comes from, to build it at start and again on SIGHUP.
-struct TlsSource {
-    /// Where the certificates' expiry goes, for `/metrics`, and under which names (server
-    /// certificate, client CA).
-    expiry: crate::metrics::Expiry,
-    expiry_names: (&'static str, &'static str),
-    cert: PathBuf,
-    key: PathBuf,
-    client_ca: PathBuf,
-    crls: Vec<PathBuf>,
-    client_auth: crate::config::ClientAuth,
-}
-
-impl TlsSource {
-    /// Reads the files and builds the server configuration; warns of certificates near expiry.
-    fn load(&self) -> Result<rustls::ServerConfig, AuthError> {
-        let config = auth::tls::server_config(
-            &auth::tls::TlsPaths {
-                cert: &self.cert,
-                key: &self.key,
-                client_ca: &self.client_ca,
-                crls: &self.crls,
-            },
-            self.client_auth,
-        )?;
-        let server = auth::tls::check_expiry(&self.cert, "server certificate");
-        let client_ca = (self.client_auth != crate::config::ClientAuth::Off)
-            .then(|| auth::tls::check_expiry(&self.client_ca, "client CA"))
-            .flatten();
-        if let Ok(mut expiry) = self.expiry.lock() {
-            let (server_name, ca_name) = self.expiry_names;
-            for (name, at) in [(server_name, server), (ca_name, client_ca)] {
-                match at {
-                    Some(at) => expiry.insert(name, at),
-                    None => expiry.remove(name),
-                };
-            }
-        }
-        Ok(config)
-    }
 }
 
 /// Where the MQTT device listener's TLS comes from, when `[mqtt.devices] listen` asks for it: the
@@ -540,6 +510,7 @@ fn gate_tls(config: &Config, api: &TlsSource) -> Option<TlsSource> {
             .unwrap_or_else(|| config.tls_dir().join("ca.crt")),
         crls: d.crls.clone(),
         client_auth: crate::config::ClientAuth::Required,
+        mqtt: true,
     })
 }
 
@@ -573,125 +544,6 @@ fn endpoint_settings(config: &Config) -> Result<EndpointSettings, EndpointError>
     })
 }
 
-/// On SIGHUP, reads certificates, keys and CRLs again; new connections use them, open ones keep
-/// theirs. A reload that fails keeps the running configuration and says why.
-async fn reload_tls_on_hangup(
-    source: TlsSource,
-    tls_tx: watch::Sender<Arc<rustls::ServerConfig>>,
-    shutdown: CancellationToken,
-) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP: certificates are read at start only");
-        shutdown.cancelled().await;
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = hangups.recv() => match source.load() {
-                Ok(config) => {
-                    tls_tx.send_replace(Arc::new(config));
-                    tracing::info!("SIGHUP: certificates, keys and CRLs reloaded");
-                }
-                Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed; the previous TLS configuration stays"),
-            },
-        }
-    }
-}
-
-/// On SIGHUP: reads the configuration again; applies the log level and the sinks, and names the
-/// sections that changed but need a restart. A configuration that does not load changes nothing.
-async fn reload_config_on_hangup(
-    mut running: Config,
-    reload: Option<Reload>,
-    sync_configs: watch::Sender<crate::config::SyncConfig>,
-    shutdown: CancellationToken,
-) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Some(reload), Ok(mut hangups)) = (reload, signal(SignalKind::hangup())) else {
-        shutdown.cancelled().await;
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = hangups.recv() => {}
-        }
-        let fresh = match (reload.config)() {
-            Ok(fresh) => fresh,
-            Err(e) => {
-                tracing::error!(error = %e, "SIGHUP: the configuration does not load; nothing changed");
-                continue;
-            }
-        };
-        if fresh.log.level != running.log.level {
-            match (reload.log_level)(&fresh.log.level) {
-                Ok(()) => tracing::info!(level = %fresh.log.level, "SIGHUP: log level changed"),
-                Err(e) => tracing::error!(error = %e, "SIGHUP: the log level could not change"),
-            }
-        }
-        if sync_configs.send_replace(fresh.sync.clone()) != fresh.sync {
-            tracing::info!("SIGHUP: sinks reconfigured");
-        }
-        let restart: Vec<&str> = [
-            ("data", section(&fresh.data) != section(&running.data)),
-            ("ingest", section(&fresh.ingest) != section(&running.ingest)),
-            ("mqtt", section(&fresh.mqtt) != section(&running.mqtt)),
-            ("api", section(&fresh.api) != section(&running.api)),
-            ("serial", section(&fresh.serial) != section(&running.serial)),
-            (
-                "devices",
-                section(&fresh.devices) != section(&running.devices),
-            ),
-            (
-                "commands",
-                section(&fresh.commands) != section(&running.commands),
-            ),
-            ("log.format", fresh.log.format != running.log.format),
-        ]
-        .into_iter()
-        .filter_map(|(name, changed)| changed.then_some(name))
-        .collect();
-        if !restart.is_empty() {
-            tracing::warn!(sections = ?restart, "SIGHUP: these changes take effect at the next restart (certificates were reloaded)");
-        }
-        running = fresh;
-    }
-}
-
-/// A configuration section as TOML, to see whether it changed.
-fn section<T: serde::Serialize>(value: &T) -> Option<toml::Value> {
-    toml::Value::try_from(value).ok()
-}
-
-/// How often the tokens' last-used times are saved: the time a token list shows is exact, the
-/// saved one (what a restart after a crash shows) may lag by this much.
-pub const TOKEN_USE_SAVE_PERIOD: Duration = Duration::from_secs(60);
-
-/// Saves the tokens' last-used times once a period, off the request path, and once more when the
-/// hub stops.
-async fn save_token_use(tokens: TokenRegistry, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(TOKEN_USE_SAVE_PERIOD);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        let stopping = tokio::select! {
-            _ = shutdown.cancelled() => true,
-            _ = tick.tick() => false,
-        };
-        let registry = tokens.clone();
-        match tokio::task::spawn_blocking(move || registry.save_last_used()).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot save when tokens were last used"),
-            Err(_) => tracing::warn!("saving when tokens were last used panicked"),
-        }
-        if stopping {
-            break;
-        }
-    }
-}
-
 /// The client certificates that are identities: `[[api.clients]]`, and the first-run admin
 /// certificate while the client CA is the hub's own (a CA the operator chose may issue an
 /// "admin" certificate that means something else).
@@ -718,28 +570,6 @@ fn client_identities(config: &Config) -> ClientIdentities {
         });
     }
     clients
-}
-
-/// Marks silent devices offline, about ten times per `offline_after` (at most once a second).
-async fn sweep_presence(
-    presence: Arc<Presence>,
-    live: Live,
-    offline_after: Duration,
-    shutdown: CancellationToken,
-) {
-    let period = (offline_after / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tick.tick() => {
-                for event in presence.sweep(now_ms()) {
-                    live.event(event);
-                }
-            }
-        }
-    }
 }
 
 /// Makes the admin token on first run and writes it to `<data.dir>/admin.token` (mode 0600).
