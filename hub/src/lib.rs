@@ -11,6 +11,7 @@ pub mod cli;
 pub mod clock;
 pub mod commands;
 pub mod config;
+pub mod exposition;
 pub mod files;
 pub mod histogram;
 pub mod ingest;

@@ -243,6 +243,21 @@ impl Presence {
     }
 }
 
+impl crate::exposition::Collect for Presence {
+    fn collect(
+        &self,
+        out: &mut crate::exposition::Exposition,
+    ) -> Result<(), crate::exposition::CollectError> {
+        out.single(
+            "hub_devices_online",
+            "gauge",
+            "Devices online now.",
+            self.online_count(),
+        );
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -101,6 +101,21 @@ pub async fn watch(
     }
 }
 
+impl crate::exposition::Collect for IngestLiveness {
+    fn collect(
+        &self,
+        out: &mut crate::exposition::Exposition,
+    ) -> Result<(), crate::exposition::CollectError> {
+        out.single(
+            "hub_ingest_stalled_seconds",
+            "gauge",
+            "How long readings have waited with no commit finishing, once past ingest.stall_after; 0 while ingest moves.",
+            self.stalled_for(crate::clock::now_ms()).unwrap_or(0.0),
+        );
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,13 +1,15 @@
-//! Prometheus metrics: the counters every part already keeps, rendered in the text exposition
-//! format when `/metrics` is asked, plus the few measurements kept here (histograms of commits
-//! and API requests).
+//! Prometheus metrics: the collectors `app` registers (each part's own, see
+//! [`crate::exposition::Collect`]), the process's (build, memory, start, certificates' expiry),
+//! and the API requests' counters and latency.
 //!
 //! Nothing here allocates per event: counters are atomics, histograms fixed arrays of atomics,
 //! and API requests are counted in a map bounded by the routes (unmatched paths share one label).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use crate::exposition::{Collect, CollectError, Exposition, escape};
 
 pub use crate::histogram::Histogram;
 
@@ -50,9 +52,8 @@ impl RequestMetrics {
     }
 
     /// Writes the request counters and latency histograms.
-    pub fn render(&self, out: &mut String) {
-        family(
-            out,
+    pub fn render(&self, out: &mut Exposition) {
+        out.family(
             "hub_api_requests_total",
             "counter",
             "API requests answered, by route template, method and status.",
@@ -60,14 +61,13 @@ impl RequestMetrics {
         if let Ok(series) = self.series.lock() {
             for ((route, method, status), n) in series.iter() {
                 let _ = writeln!(
-                    out,
+                    out.text(),
                     "hub_api_requests_total{{route=\"{}\",method=\"{method}\",status=\"{status}\"}} {n}",
                     escape(route)
                 );
             }
         }
-        family(
-            out,
+        out.family(
             "hub_api_request_duration_seconds",
             "histogram",
             "Time to answer an API request (to the response head), by route template and method.",
@@ -75,38 +75,10 @@ impl RequestMetrics {
         if let Ok(latency) = self.latency.lock() {
             for ((route, method), histogram) in latency.iter() {
                 let labels = format!("route=\"{}\",method=\"{method}\",", escape(route));
-                histogram.render(out, "hub_api_request_duration_seconds", &labels);
+                histogram.render(out.text(), "hub_api_request_duration_seconds", &labels);
             }
         }
     }
-}
-
-/// Writes the `# HELP` and `# TYPE` lines of a family.
-pub fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-/// Writes one sample; `labels` is `a="b",c="d"` or empty.
-pub fn sample(out: &mut String, name: &str, labels: &str, value: impl std::fmt::Display) {
-    if labels.is_empty() {
-        let _ = writeln!(out, "{name} {value}");
-    } else {
-        let _ = writeln!(out, "{name}{{{labels}}} {value}");
-    }
-}
-
-/// A family with a single unlabelled sample.
-pub fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
-    family(out, name, kind, help);
-    sample(out, name, "", value);
-}
-
-/// Escapes a label value (backslash, quote, newline).
-pub fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// The process's resident memory, from `/proc/self/status` (Linux), in bytes.
@@ -151,21 +123,75 @@ mod tests {
 /// Unix time at which each certificate expires, by name; updated whenever they are loaded.
 pub type Expiry = std::sync::Arc<Mutex<BTreeMap<&'static str, i64>>>;
 
-/// What `/metrics` reads besides the API's own state: the counters of ingest and the store
-/// writer, and the certificates' expiry.
+/// The process's own: build, resident memory, start time, and when certificates expire.
 #[derive(Debug, Default)]
-pub struct Sources {
-    /// Ingest counters by transport.
-    pub ingest: Vec<(&'static str, std::sync::Arc<crate::ingest::IngestStats>)>,
-    /// The store writer's counters and commit histograms.
-    pub writer: std::sync::Arc<crate::store::writer::WriterStats>,
-    /// Whether ingest is stalled.
-    pub liveness: std::sync::Arc<crate::liveness::IngestLiveness>,
-    /// Unix time at which each certificate of the API expires (`server`, `client_ca`), as of
-    /// the last load.
-    pub certificates: Expiry,
-    /// API requests.
-    pub requests: RequestMetrics,
+pub struct ProcessMetrics {
     /// Unix time the process started, seconds.
     pub started: u64,
+    /// Unix time at which each certificate of the API and the device listener expires, as of
+    /// the last load.
+    pub certificates: Expiry,
+}
+
+impl Collect for ProcessMetrics {
+    fn collect(&self, out: &mut Exposition) -> Result<(), CollectError> {
+        out.family("hub_build_info", "gauge", "The hub's version (always 1).");
+        out.sample(
+            "hub_build_info",
+            concat!("version=\"", env!("CARGO_PKG_VERSION"), "\""),
+            1,
+        );
+        if let Some(rss) = resident_bytes() {
+            out.single(
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory of the process.",
+                rss,
+            );
+        }
+        out.single(
+            "process_start_time_seconds",
+            "gauge",
+            "When the process started, unix seconds.",
+            self.started,
+        );
+        out.family(
+            "hub_certificate_expiry_timestamp_seconds",
+            "gauge",
+            "When a certificate of the API expires (the earliest in its file), unix seconds.",
+        );
+        if let Ok(certificates) = self.certificates.lock() {
+            for (name, not_after) in certificates.iter() {
+                out.sample(
+                    "hub_certificate_expiry_timestamp_seconds",
+                    &format!("certificate=\"{name}\""),
+                    not_after,
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What `/metrics` shows besides the API's own counters: the collectors of the parts, in the
+/// order registered.
+#[derive(Default)]
+pub struct Registry {
+    collectors: Vec<Arc<dyn Collect>>,
+}
+
+impl Registry {
+    /// Adds a part's collector.
+    pub fn register(&mut self, collector: Arc<dyn Collect>) -> &mut Self {
+        self.collectors.push(collector);
+        self
+    }
+
+    /// Writes every collector's families. Blocks: some read the store.
+    pub fn collect(&self, out: &mut Exposition) -> Result<(), CollectError> {
+        for collector in &self.collectors {
+            collector.collect(out)?;
+        }
+        Ok(())
+    }
 }

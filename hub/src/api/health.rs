@@ -69,7 +69,7 @@ pub(super) async fn readyz(State(state): State<ApiState>) -> Response {
     let mqtt_up = *state.mqtt_link.borrow() == Link::Up;
     let store_ok = state.store.next_offset().is_ok();
     let full_since = state.store.space().full_since_ms();
-    let stalled = state.metrics.liveness.stalled_for(now_ms);
+    let stalled = state.liveness.stalled_for(now_ms);
     let readiness = Readiness {
         mqtt: if mqtt_up { "connected" } else { "disconnected" },
         store: match (store_ok, full_since) {

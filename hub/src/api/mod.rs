@@ -93,8 +93,12 @@ pub struct ApiState {
     pub limits: Arc<Limits>,
     /// Sinks and retention, for the sync routes.
     pub sync: Arc<crate::sync::SyncState>,
-    /// Counters for `/metrics` kept outside the API, and the API's own.
-    pub metrics: Arc<crate::metrics::Sources>,
+    /// The parts' collectors for `/metrics`.
+    pub metrics: Arc<crate::metrics::Registry>,
+    /// The API's requests, by route and status.
+    pub requests: Arc<crate::metrics::RequestMetrics>,
+    /// Whether ingest is stalled (readiness).
+    pub liveness: Arc<crate::liveness::IngestLiveness>,
     /// Backups of the running hub.
     pub backups: Arc<backup::Backups>,
 }
@@ -210,7 +214,7 @@ async fn request_id(State(state): State<ApiState>, mut request: Request, next: N
         None => next.run(request).await,
     };
     let status = response.status();
-    state.metrics.requests.record(
+    state.requests.record(
         &route,
         method.as_str(),
         status.as_u16(),

@@ -314,7 +314,9 @@ mod tests {
             clients: Arc::new(crate::auth::clients::ClientIdentities::default()),
             limits: Arc::new(crate::api::Limits::new(0, 1)),
             sync: Arc::new(crate::sync::SyncState::default()),
-            metrics: Arc::new(crate::metrics::Sources::default()),
+            metrics: Arc::new(crate::metrics::Registry::default()),
+            requests: Arc::new(crate::metrics::RequestMetrics::default()),
+            liveness: Arc::new(crate::liveness::IngestLiveness::default()),
             backups: Arc::new(crate::api::Backups {
                 data_dir: dir.path().to_owned(),
                 engine: crate::store::EngineKind::Redb,

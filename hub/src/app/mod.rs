@@ -352,6 +352,29 @@ pub async fn run(
     let (sync_state, sync_configs) =
         start_sync(&config, &store, &durable, &mut tasks, &api_shutdown)?;
 
+    let sync_state = Arc::new(sync_state);
+    // What `/metrics` shows, part by part.
+    let mut metrics = crate::metrics::Registry::default();
+    metrics
+        .register(Arc::new(crate::metrics::ProcessMetrics {
+            started: now_ms() / 1000,
+            certificates,
+        }))
+        .register(Arc::new(crate::ingest::metrics::IngestMetrics {
+            transports: vec![("mqtt", ingest_stats), ("serial", serial_stats)],
+        }))
+        .register(liveness.clone())
+        .register(writer_stats)
+        .register(Arc::new(crate::store::metrics::StoreMetrics {
+            store: store.clone(),
+            retention: sync_state.retention.clone(),
+            max_disk: config.data.max_disk.0,
+        }))
+        .register(presence.clone())
+        .register(Arc::new(crate::sync::metrics::SyncMetrics {
+            store: store.clone(),
+            state: sync_state.clone(),
+        }));
     let state = ApiState {
         store: store.clone(),
         durable,
@@ -370,20 +393,15 @@ pub async fn run(
             config.api.rate_limit,
             config.api.rate_burst,
         )),
-        sync: Arc::new(sync_state),
+        sync: sync_state.clone(),
         backups: Arc::new(api::Backups {
             data_dir: data_dir.clone(),
             engine: config.data.engine,
             running: tokio::sync::Mutex::new(()),
         }),
-        metrics: Arc::new(crate::metrics::Sources {
-            ingest: vec![("mqtt", ingest_stats), ("serial", serial_stats)],
-            writer: writer_stats,
-            liveness,
-            certificates,
-            requests: crate::metrics::RequestMetrics::default(),
-            started: now_ms() / 1000,
-        }),
+        metrics: Arc::new(metrics),
+        requests: Arc::new(crate::metrics::RequestMetrics::default()),
+        liveness,
     };
 
     let limits = api::server::ServerLimits {

@@ -15,6 +15,7 @@
 pub mod decode;
 pub mod downlink;
 pub mod endpoint;
+pub mod metrics;
 pub mod mqtt;
 pub mod reply;
 pub mod serial;

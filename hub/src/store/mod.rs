@@ -24,6 +24,7 @@ pub mod downsample;
 pub mod durable;
 pub mod engine;
 pub mod memory;
+pub mod metrics;
 mod readings;
 pub mod records;
 mod redb_engine;

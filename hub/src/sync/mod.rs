@@ -9,6 +9,7 @@
 pub mod body;
 pub mod compress;
 pub mod http;
+pub mod metrics;
 pub mod mqtt;
 pub mod pump;
 pub mod supervisor;

@@ -636,9 +636,7 @@ async fn a_pull_with_wait_is_answered_as_soon_as_a_reading_is_durable() {
     assert_eq!(page["next_cursor"].as_u64(), Some(cursor + 1), "{page}");
     // Bad waits are refused with the reason.
     for bad in ["61s", "soon", "-1s"] {
-        let (status, body) = hub
-            .get(&format!("/api/v1/sync/readings?wait={bad}"))
-            .await;
+        let (status, body) = hub.get(&format!("/api/v1/sync/readings?wait={bad}")).await;
         assert_eq!(status, 400, "wait={bad}: {body}");
         assert!(body.to_string().contains("wait"), "{body}");
     }
