@@ -31,6 +31,8 @@ use crate::ingest::serial::{SerialIngest, SerialSettings};
 use crate::live::{Live, Presence};
 
 use crate::ingest::IngestStats;
+use crate::ingest::mapped::TopicMaps;
+use crate::ingest::topics::DeviceTopics;
 use crate::store::retention::{Retention, RetentionSettings, RetentionStats};
 use crate::store::writer::{StoreWriter, WriterStats};
 use crate::store::{self, Store, StoreError, TokenRecord};
@@ -75,6 +77,9 @@ pub enum AppError {
     /// A sink's configuration cannot be used.
     #[error(transparent)]
     Sync(#[from] crate::sync::SyncError),
+    /// A `[[mqtt.map]]` cannot be used (`validate` lists the same problems first).
+    #[error("{}", .0.join("; "))]
+    TopicMaps(Vec<String>),
     /// A task stopped before shutdown.
     #[error("task `{0}` stopped unexpectedly")]
     TaskFailed(&'static str),
@@ -192,6 +197,9 @@ pub async fn run(
     };
 
     let ingest_stats = Arc::new(IngestStats::default());
+    let topics = Arc::new(DeviceTopics::new(
+        TopicMaps::compile(&config.mqtt.map).map_err(AppError::TopicMaps)?,
+    ));
     let serial_stats = Arc::new(IngestStats::default());
     let live = Live::new();
     let presence = Arc::new(Presence::new(config.devices.offline_after.0));
@@ -243,6 +251,7 @@ pub async fn run(
                     inflight: config.mqtt.inflight,
                     max_payload: config.ingest.max_payload.0 as usize,
                     subscribe_qos: rumqttc::QoS::AtLeastOnce,
+                    topics: topics.clone(),
                 },
                 submissions_tx.clone(),
                 ingest_stats.clone(),
@@ -257,7 +266,7 @@ pub async fn run(
         }
         None => {
             let endpoint = MqttEndpoint::bind(
-                endpoint_settings(&config)?,
+                endpoint_settings(&config, topics.clone())?,
                 gate_tls.map(|tls| -> crate::ingest::endpoint::TlsLoader {
                     Box::new(move || tls.load())
                 }),
@@ -368,6 +377,7 @@ pub async fn run(
         }),
         metrics: Arc::new(crate::metrics::Sources {
             ingest: vec![("mqtt", ingest_stats), ("serial", serial_stats)],
+            topics: topics.clone(),
             writer: writer_stats,
             liveness,
             certificates,
@@ -544,7 +554,10 @@ fn gate_tls(config: &Config, api: &TlsSource) -> Option<TlsSource> {
 }
 
 /// The MQTT endpoint's settings from `[mqtt]` and `[mqtt.devices]`.
-fn endpoint_settings(config: &Config) -> Result<EndpointSettings, EndpointError> {
+fn endpoint_settings(
+    config: &Config,
+    topics: Arc<DeviceTopics>,
+) -> Result<EndpointSettings, EndpointError> {
     // `validate` has checked the addresses.
     let address = |text: &str| {
         text.parse::<SocketAddr>().map_err(|_| EndpointError::Bind {
@@ -570,6 +583,7 @@ fn endpoint_settings(config: &Config) -> Result<EndpointSettings, EndpointError>
         devices,
         connect_timeout: d.connect_timeout.0,
         max_payload: config.ingest.max_payload.0 as usize,
+        topics,
     })
 }
 
