@@ -7,8 +7,13 @@ connection drops (the broker or hub killed), it reconnects and sends again only 
 that were never acknowledged. Prints one JSON line at the end: {"acked": n, "sent": n,
 "connections": n} and exits 0 when every reading was acknowledged before the deadline, else 1.
 
+With PAHO_FORM=tasmota in the environment it publishes as a Tasmota device instead: reading n
+is `{"Time":"...","COUNTER":{"C1":n}}` on tele/<device>/SENSOR (no seq: the hub numbers it).
+
 Usage: paho_publisher.py HOST PORT DEVICE COUNT QOS [WINDOW] [DEADLINE_S] [MQTT_VERSION: 3 or 5]
 """
+
+import os
 
 import json
 import sys
@@ -24,7 +29,8 @@ def main():
     window = int(sys.argv[6]) if len(sys.argv) > 6 else 50
     deadline = time.monotonic() + (float(sys.argv[7]) if len(sys.argv) > 7 else 120.0)
     v5 = len(sys.argv) > 8 and sys.argv[8] == "5"
-    topic = f"devices/{device}/telemetry"
+    tasmota = os.environ.get("PAHO_FORM") == "tasmota"
+    topic = f"tele/{device}/SENSOR" if tasmota else f"devices/{device}/telemetry"
     acked = set()
     lock = threading.Condition()
     sent = 0
@@ -102,7 +108,12 @@ def main():
                 )
                 if state["lost"] or time.monotonic() > deadline:
                     break
-            payload = json.dumps({"seq": seq, "metrics": {"v": seq}})
+            if tasmota:
+                payload = json.dumps(
+                    {"Time": "2026-01-01T00:00:00", "COUNTER": {"C1": seq}}
+                )
+            else:
+                payload = json.dumps({"seq": seq, "metrics": {"v": seq}})
             # Not under the lock: paho's network thread holds its own lock while it calls
             # on_publish, which takes ours.
             info = client.publish(topic, payload, qos=qos)

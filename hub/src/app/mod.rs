@@ -34,6 +34,8 @@ use crate::ingest::serial::{SerialIngest, SerialSettings};
 use crate::live::{Live, Presence};
 
 use crate::ingest::IngestStats;
+use crate::ingest::mapped::TopicMaps;
+use crate::ingest::topics::DeviceTopics;
 use crate::store::retention::{Retention, RetentionSettings, RetentionStats};
 use crate::store::writer::{StoreWriter, WriterStats};
 use crate::store::{self, Store, StoreError, TokenRecord};
@@ -81,6 +83,9 @@ pub enum AppError {
     /// A sink's configuration cannot be used.
     #[error(transparent)]
     Sync(#[from] crate::sync::SyncError),
+    /// A `[[mqtt.map]]` cannot be used (`validate` lists the same problems first).
+    #[error("{}", .0.join("; "))]
+    TopicMaps(Vec<String>),
     /// A task stopped before shutdown, or failed while the hub stopped.
     #[error("task `{0}` stopped unexpectedly: {1}")]
     TaskFailed(&'static str, String),
@@ -189,6 +194,9 @@ pub async fn run(
     };
 
     let ingest_stats = Arc::new(IngestStats::default());
+    let topics = Arc::new(DeviceTopics::new(
+        TopicMaps::compile(&config.mqtt.map).map_err(AppError::TopicMaps)?,
+    ));
     let serial_stats = Arc::new(IngestStats::default());
     let live = Live::new();
     let presence = Arc::new(Presence::new(config.devices.offline_after.0));
@@ -238,6 +246,7 @@ pub async fn run(
                     inflight: config.mqtt.inflight,
                     max_payload: config.ingest.max_payload.0 as usize,
                     subscribe_qos: rumqttc::QoS::AtLeastOnce,
+                    topics: topics.clone(),
                 },
                 submissions_tx.clone(),
                 ingest_stats.clone(),
@@ -252,7 +261,7 @@ pub async fn run(
         }
         None => {
             let endpoint = MqttEndpoint::bind(
-                endpoint_settings(&config)?,
+                endpoint_settings(&config, topics.clone())?,
                 gate_tls.as_ref().map(|(_, tls)| tls.clone()),
                 submissions_tx.clone(),
                 ingest_stats.clone(),
@@ -363,6 +372,7 @@ pub async fn run(
         .register(Arc::new(crate::ingest::metrics::IngestMetrics {
             transports: vec![("mqtt", ingest_stats), ("serial", serial_stats)],
         }))
+        .register(topics.clone())
         .register(liveness.clone())
         .register(writer_stats)
         .register(Arc::new(crate::store::metrics::StoreMetrics {
@@ -533,7 +543,10 @@ fn gate_tls(config: &Config, api: &TlsSource) -> Option<TlsSource> {
 }
 
 /// The MQTT endpoint's settings from `[mqtt]` and `[mqtt.devices]`.
-fn endpoint_settings(config: &Config) -> Result<EndpointSettings, EndpointError> {
+fn endpoint_settings(
+    config: &Config,
+    topics: Arc<DeviceTopics>,
+) -> Result<EndpointSettings, EndpointError> {
     // `validate` has checked the addresses.
     let address = |text: &str| {
         text.parse::<SocketAddr>().map_err(|_| EndpointError::Bind {
@@ -559,6 +572,7 @@ fn endpoint_settings(config: &Config) -> Result<EndpointSettings, EndpointError>
         devices,
         connect_timeout: d.connect_timeout.0,
         max_payload: config.ingest.max_payload.0 as usize,
+        topics,
     })
 }
 

@@ -14,7 +14,7 @@ mod tests;
 mod units;
 mod validate;
 
-pub use mqtt::{Broker, MqttConfig, MqttDevicesConfig};
+pub use mqtt::{Broker, MapPreset, MqttConfig, MqttDevicesConfig, PayloadForm, TopicMapConfig};
 pub use sync::{Compression, SinkConfig, SinkKind, SyncConfig};
 pub use units::{ByteSize, HumanDuration};
 

@@ -38,6 +38,65 @@ pub struct MqttConfig {
     pub max_connections: usize,
     /// The TLS listener for devices (`[mqtt.devices]`).
     pub devices: MqttDevicesConfig,
+    /// Existing topic layouts read as device telemetry (`[[mqtt.map]]`, any number; the first
+    /// whose topic matches a message takes it).
+    pub map: Vec<TopicMapConfig>,
+}
+
+/// `[[mqtt.map]]`: an existing topic layout (Tasmota, Shelly, Zigbee2MQTT, or one described
+/// here) whose messages become readings of the device named in the topic. Every key but `preset`
+/// overrides what the preset says; without a preset, `topic` and `payload` are needed.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicMapConfig {
+    /// The topic, one `{device}` level and any other `{name}` levels, no wildcards, e.g.
+    /// `tele/{device}/SENSOR`.
+    pub topic: Option<String>,
+    /// A built-in layout: `tasmota`, `shelly` (Gen2 and later) or `zigbee2mqtt`.
+    pub preset: Option<MapPreset>,
+    /// `json` (an object whose fields are the metrics) or `value` (a bare number, bool or
+    /// string: one metric, named by `metric`).
+    pub payload: Option<PayloadForm>,
+    /// `json`: the fields kept (nested names joined with `.`; a name keeps everything under it);
+    /// default: all of them.
+    pub fields: Option<Vec<String>>,
+    /// `json`: fields left out (same names as `fields`).
+    pub skip: Option<Vec<String>>,
+    /// `json`: the field holding the reading's time (RFC 3339 with a zone, or unix seconds);
+    /// without it (or when the field is absent) the reading is stamped when it arrives.
+    pub ts_field: Option<String>,
+    /// `value`: the metric's name, fixed or from topic levels (`{name}`); `json`: a prefix put
+    /// before every field's name, joined with `.`.
+    pub metric: Option<String>,
+    /// Put before the `{device}` level to make the hub's device id, e.g. `z2m-`.
+    pub device_prefix: Option<String>,
+    /// A topic with the same `{device}` that says whether the device is online (`Online` /
+    /// `Offline`, `true` / `false`, `{"state":"online"}`): often the device's MQTT last will.
+    /// Presets name theirs; `""` turns it off.
+    pub status_topic: Option<String>,
+}
+
+/// The built-in topic layouts of `[[mqtt.map]] preset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MapPreset {
+    /// Tasmota: `tele/{device}/SENSOR`, JSON; status on `tele/{device}/LWT`.
+    Tasmota,
+    /// Shelly Gen2 and later, "generic status update over MQTT": `{device}/status/{component}`,
+    /// JSON, metrics named `{component}.{field}`; status on `{device}/online`.
+    Shelly,
+    /// Zigbee2MQTT: `zigbee2mqtt/{device}`, JSON; status on `zigbee2mqtt/{device}/availability`.
+    Zigbee2mqtt,
+}
+
+/// How a mapped topic's payload is read (`[[mqtt.map]] payload`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadForm {
+    /// A JSON object: each field (nested ones flattened) is a metric.
+    Json,
+    /// A bare number, bool or string: one metric.
+    Value,
 }
 
 /// `[mqtt.devices]`: the endpoint's TLS listener, that devices connect to with a certificate of
@@ -88,6 +147,7 @@ impl Default for MqttConfig {
             allow_insecure_listen: false,
             max_connections: 1000,
             devices: MqttDevicesConfig::default(),
+            map: Vec::new(),
         }
     }
 }

@@ -59,6 +59,9 @@ impl Config {
         if !(1..=100_000).contains(&self.mqtt.max_connections) {
             problems.push("mqtt.max_connections: must be 1 to 100000".into());
         }
+        if let Err(found) = crate::ingest::mapped::TopicMaps::compile(&self.mqtt.map) {
+            problems.extend(found);
+        }
         if self.mqtt.inflight == 0 {
             problems.push("mqtt.inflight: must be at least 1".into());
         }

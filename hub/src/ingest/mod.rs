@@ -7,6 +7,9 @@
 //! - `reply`: what an MQTT message becomes for the store, and what its device is told after.
 //! - `decode`: turns what devices send into store items, or a reason to skip it.
 //! - `serial`: serial ports with device-protocol frames; acks written back on the line.
+//! - `mapped`: existing MQTT topic layouts (`[[mqtt.map]]`: Tasmota, Shelly, Zigbee2MQTT).
+//! - `topics`: which MQTT topics the hub reads and what their messages become, for both MQTT
+//!   transports.
 
 //!
 //! Bad input is counted by reason and logged at most once a second per reason; it never stops
@@ -15,10 +18,12 @@
 pub mod decode;
 pub mod downlink;
 pub mod endpoint;
+pub mod mapped;
 pub mod metrics;
 pub mod mqtt;
 pub mod reply;
 pub mod serial;
+pub mod topics;
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -42,8 +42,9 @@ use rumqttc::{AsyncClient, Event, Outgoing, Packet, PubAck, PubRec, Publish, QoS
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::reply::{DeviceMessage, MAX_TOLD_DEVICES, Reply, Told, decode_message, reply_message};
-use super::{DownlinkError, IngestStats, decode};
+use super::reply::{DeviceMessage, MAX_TOLD_DEVICES, Reply, Told, reply_message};
+use super::topics::DeviceTopics;
+use super::{DownlinkError, IngestStats};
 use crate::clock::{jitter, now_ms};
 use crate::store::Applied;
 use crate::store::writer::{CommitFailed, Submission, SubmissionSender};
@@ -85,6 +86,8 @@ pub struct MqttSettings {
     /// is durable, so the broker redelivers what a crash took); 0 for the embedded one, which lives
     /// and dies with the hub, so QoS 1 would add a round trip per message and nothing else.
     pub subscribe_qos: QoS,
+    /// The topics subscribed to, and what their messages become.
+    pub topics: Arc<DeviceTopics>,
 }
 
 /// Connection state, for readiness.
@@ -296,13 +299,11 @@ impl MqttIngest {
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     backoff = RECONNECT_MIN;
-                    let filters = [
-                        decode::TELEMETRY_FILTER,
-                        decode::UP_FILTER,
-                        decode::COMMAND_RESULTS_FILTER,
-                        decode::STATUS_FILTER,
-                    ]
-                    .map(|f| rumqttc::SubscribeFilter::new(f.to_owned(), s.subscribe_qos));
+                    let filters = s
+                        .topics
+                        .filters()
+                        .into_iter()
+                        .map(|f| rumqttc::SubscribeFilter::new(f, s.subscribe_qos));
                     if let Err(e) = client.try_subscribe_many(filters) {
                         tracing::warn!(error = %e, "could not queue the subscription");
                     }
@@ -421,7 +422,7 @@ impl Core {
         shutdown: &CancellationToken,
     ) -> bool {
         let received_ms = now_ms();
-        let decoded = decode_message(
+        let decoded = self.settings.topics.decode(
             &publish.topic,
             &publish.payload,
             self.settings.max_payload,

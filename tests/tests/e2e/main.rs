@@ -19,6 +19,7 @@ mod hardening;
 mod harness;
 mod ingest;
 mod live;
+mod mapped;
 mod metrics;
 mod mqtt_door;
 mod mqtt_door_external;

@@ -43,7 +43,20 @@ impl Peer {
 }
 
 pub(crate) fn paho_publisher(port: u16, device: &str, count: u32, qos: u8, version: u8) -> Peer {
+    paho_publisher_with(port, device, count, qos, version, &[])
+}
+
+/// [`paho_publisher`] with variables in its environment (`PAHO_FORM=tasmota`: a Tasmota device).
+pub(crate) fn paho_publisher_with(
+    port: u16,
+    device: &str,
+    count: u32,
+    qos: u8,
+    version: u8,
+    env: &[(&str, &str)],
+) -> Peer {
     let child = python_peer("paho_publisher.py")
+        .envs(env.iter().copied())
         .args([
             "127.0.0.1",
             &port.to_string(),

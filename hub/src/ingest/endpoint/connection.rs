@@ -211,8 +211,8 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(()) => Ok(admitted.client_id),
         Err(e) => {
             // The will is published only when a connection ends without a DISCONNECT.
-            if let Some((device, payload)) = admitted.will {
-                submit_will(context, &device, &payload).await;
+            if let Some((topic, payload)) = admitted.will {
+                submit_will(context, &topic, &payload).await;
             }
             Err(e)
         }
@@ -225,14 +225,15 @@ struct Admitted {
     client_id: String,
     clean: bool,
     keep_alive: u16,
-    /// The device and payload of the will (on `devices/{id}/status`).
+    /// The topic and payload of the will.
     will: Option<(String, Bytes)>,
 }
 
 /// Checks a CONNECT. A device (TLS, certificate) connects as itself: its client id is its device
 /// id (an empty one becomes it). A local client may take any client id; an empty one gets a
-/// fresh id for a clean session and is refused for a persistent one (MQTT 3.1.1 3.1.3-8). A will
-/// must be a device's status (`devices/{id}/status`), a device's own.
+/// fresh id for a clean session and is refused for a persistent one (MQTT 3.1.1 3.1.3-8). A
+/// device's will must be its own status (`devices/{id}/status`); a local client's may be on any
+/// topic (Tasmota, Shelly and Zigbee2MQTT always set theirs), read like any message it publishes.
 fn admit(
     identity: &Identity,
     connection: u64,
@@ -268,28 +269,28 @@ fn admit(
             }
         }
     };
-    let will = match &connect.last_will {
-        None => None,
-        Some(will) => {
-            let device = match decode::parse_topic(&will.topic) {
-                Ok(decode::Topic::Status(device)) => device,
-                _ => {
-                    return Err((
-                        ConnectReturnCode::NotAuthorized,
-                        "a will must be on a device's status topic devices/{id}/status",
-                    ));
-                }
-            };
-            if let Identity::Device(own) = identity
-                && own != device
-            {
+    let will = match (&connect.last_will, identity) {
+        (None, _) => None,
+        (Some(will), Identity::Local) => {
+            if !router::is_valid_filter(&will.topic) || will.topic.contains(['+', '#']) {
                 return Err((
                     ConnectReturnCode::NotAuthorized,
-                    "the will is not on the device's own status topic",
+                    "a will needs a valid topic",
                 ));
             }
-            Some((device.to_owned(), will.message.clone()))
+            Some((will.topic.clone(), will.message.clone()))
         }
+        (Some(will), Identity::Device(own)) => match decode::parse_topic(&will.topic) {
+            Ok(decode::Topic::Status(device)) if device == own => {
+                Some((will.topic.clone(), will.message.clone()))
+            }
+            _ => {
+                return Err((
+                    ConnectReturnCode::NotAuthorized,
+                    "a device's will must be on its own status topic devices/{id}/status",
+                ));
+            }
+        },
     };
     Ok(Admitted {
         client_id,
@@ -299,10 +300,14 @@ fn admit(
     })
 }
 
-/// Hands a will to the store writer as the device's status; nothing waits for it.
-async fn submit_will(context: &Context, device: &str, payload: &[u8]) {
-    match decode::status(device, payload, now_ms()) {
-        Ok(item) => {
+/// Hands a will to the store writer like a message the client published (a device's status,
+/// mostly); nothing waits for it.
+async fn submit_will(context: &Context, topic: &str, payload: &[u8]) {
+    let decoded = context
+        .topics
+        .decode(topic, payload, context.settings.max_payload, now_ms());
+    match decoded {
+        Ok((item, _)) => {
             let submission = Submission {
                 items: vec![item],
                 done_tx: None,
@@ -311,11 +316,7 @@ async fn submit_will(context: &Context, device: &str, payload: &[u8]) {
                 context.stats.count_accepted();
             }
         }
-        Err((reason, detail)) => {
-            context
-                .stats
-                .reject(reason, &format!("devices/{device}/status"), &detail)
-        }
+        Err((reason, detail)) => context.stats.reject(reason, topic, &detail),
     }
 }
 
@@ -502,7 +503,7 @@ impl Reader<'_> {
         {
             // Stored already: only its PUBREC was lost.
         } else {
-            let decoded = reply::decode_message(
+            let decoded = context.topics.decode(
                 &publish.topic,
                 &publish.payload,
                 context.settings.max_payload,
@@ -801,13 +802,23 @@ mod tests {
             ConnectReturnCode::NotAuthorized
         );
         let admitted = admit(&device("A"), 1, with_will("devices/A/status")).unwrap();
-        assert_eq!(admitted.will, Some(("A".into(), Bytes::from("offline"))));
-        // A local client may name any device's status, but nothing else.
-        assert!(admit(&Identity::Local, 1, with_will("devices/B/status")).is_ok());
         assert_eq!(
-            refused(&Identity::Local, with_will("alerts/x")),
+            admitted.will,
+            Some(("devices/A/status".into(), Bytes::from("offline")))
+        );
+        assert_eq!(
+            refused(&device("A"), with_will("tele/A/LWT")),
             ConnectReturnCode::NotAuthorized
         );
+        // A local client's will may be on any topic (Tasmota's tele/{name}/LWT), but one topic.
+        assert!(admit(&Identity::Local, 1, with_will("devices/B/status")).is_ok());
+        assert!(admit(&Identity::Local, 1, with_will("tele/plug/LWT")).is_ok());
+        for bad in ["tele/+/LWT", "a/#", ""] {
+            assert_eq!(
+                refused(&Identity::Local, with_will(bad)),
+                ConnectReturnCode::NotAuthorized
+            );
+        }
         let mut v5 = Connect::new("A");
         v5.protocol = Protocol::V5;
         assert!(admit(&device("A"), 1, v5).is_ok());

@@ -35,6 +35,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::topics::DeviceTopics;
 use super::{CommandHandoff, DownlinkError, Handed, IngestStats, decode};
 use crate::auth::AuthError;
 use crate::store::writer::SubmissionSender;
@@ -78,6 +79,8 @@ pub struct EndpointSettings {
     pub connect_timeout: Duration,
     /// Largest telemetry payload accepted.
     pub max_payload: usize,
+    /// The topics read, and what their messages become.
+    pub topics: Arc<DeviceTopics>,
 }
 
 /// What starting the endpoint can fail with.
@@ -122,6 +125,7 @@ pub struct Context {
     router: Arc<Router>,
     submissions_tx: SubmissionSender,
     stats: Arc<IngestStats>,
+    topics: Arc<DeviceTopics>,
 }
 
 /// Per-connection settings.
@@ -235,6 +239,7 @@ impl MqttEndpoint {
                 router: Arc::new(Router::new(max_sessions * 2, Some(handoffs))),
                 submissions_tx,
                 stats,
+                topics: settings.topics.clone(),
             }),
         })
     }
