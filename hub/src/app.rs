@@ -26,6 +26,7 @@ use crate::ingest::MqttDownlink;
 use crate::ingest::endpoint::{
     EndpointError, EndpointSettings, ListenerSettings, MAX_PLAIN_PACKET, MqttEndpoint,
 };
+use crate::ingest::modbus::ModbusBus;
 use crate::ingest::mqtt::{Link, MqttIngest, MqttSettings};
 use crate::ingest::serial::{SerialIngest, SerialSettings};
 use crate::live::{Live, Presence};
@@ -223,6 +224,7 @@ pub async fn run(
     let mut transports = Transports {
         mqtt: None,
         serial: Vec::new(),
+        modbus: Vec::new(),
     };
     let mut mqtt_bound = None;
     // The endpoint tells the command dispatcher which commands devices acknowledged.
@@ -300,6 +302,19 @@ pub async fn run(
             "serial-ingest"
         });
     }
+    // Modbus buses: a poller each, stopped with ingest and reported like the serial lines.
+    let modbus_stats = Arc::new(IngestStats::default());
+    let mut modbus_buses = Vec::new();
+    for bus in &config.modbus {
+        let poller = ModbusBus::new(bus.clone(), submissions_tx.clone(), modbus_stats.clone());
+        transports.modbus.push(poller.downlink());
+        modbus_buses.push(poller.stats());
+        let stop = ingest_shutdown.clone();
+        ingest_tasks.spawn(async move {
+            poller.run(stop).await;
+            "modbus-poller"
+        });
+    }
     let liveness = Arc::new(crate::liveness::IngestLiveness::default());
     tasks.spawn(crate::liveness::watch(
         liveness.clone(),
@@ -367,7 +382,12 @@ pub async fn run(
             running: tokio::sync::Mutex::new(()),
         }),
         metrics: Arc::new(crate::metrics::Sources {
-            ingest: vec![("mqtt", ingest_stats), ("serial", serial_stats)],
+            ingest: vec![
+                ("mqtt", ingest_stats),
+                ("serial", serial_stats),
+                ("modbus", modbus_stats),
+            ],
+            modbus: modbus_buses,
             writer: writer_stats,
             liveness,
             certificates,
@@ -640,6 +660,7 @@ async fn reload_config_on_hangup(
             ("mqtt", section(&fresh.mqtt) != section(&running.mqtt)),
             ("api", section(&fresh.api) != section(&running.api)),
             ("serial", section(&fresh.serial) != section(&running.serial)),
+            ("modbus", section(&fresh.modbus) != section(&running.modbus)),
             (
                 "devices",
                 section(&fresh.devices) != section(&running.devices),

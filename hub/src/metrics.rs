@@ -157,6 +157,8 @@ pub type Expiry = std::sync::Arc<Mutex<BTreeMap<&'static str, i64>>>;
 pub struct Sources {
     /// Ingest counters by transport.
     pub ingest: Vec<(&'static str, std::sync::Arc<crate::ingest::IngestStats>)>,
+    /// Each Modbus bus's counters.
+    pub modbus: Vec<std::sync::Arc<crate::ingest::modbus::ModbusStats>>,
     /// The store writer's counters and commit histograms.
     pub writer: std::sync::Arc<crate::store::writer::WriterStats>,
     /// Whether ingest is stalled.

@@ -468,6 +468,7 @@ pub(super) async fn metrics(
             );
         }
     }
+    modbus(&mut out, &sources.modbus);
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -488,3 +489,67 @@ fn follower_labels(name: &str, kind: FollowerKind) -> String {
     };
     format!("follower=\"{}\",kind=\"{kind}\"", escape(name))
 }
+
+/// The Modbus buses' families: failed requests by reason, polls, points and requests, and how
+/// late polls start.
+fn modbus(out: &mut String, buses: &[std::sync::Arc<crate::ingest::modbus::ModbusStats>]) {
+    use crate::ingest::modbus::Reason;
+    family(
+        out,
+        "hub_modbus_errors_total",
+        "counter",
+        "Failed Modbus requests by bus and reason: timeout, exception (the unit refused), bad_frame (bad CRC, garbled or another's answer), link_down (the port or socket failed or would not open).",
+    );
+    for bus in buses {
+        for reason in Reason::ALL {
+            sample(
+                out,
+                "hub_modbus_errors_total",
+                &format!("bus=\"{}\",reason=\"{}\"", escape(&bus.bus), reason.name()),
+                bus.errors(reason),
+            );
+        }
+    }
+    let counters: [(&str, &str, BusCounter); 3] = [
+        (
+            "hub_modbus_polls_total",
+            "Polls of Modbus devices that became a reading, by bus.",
+            |s| s.polls.load(Ordering::Relaxed),
+        ),
+        (
+            "hub_modbus_points_total",
+            "Points read in those polls, by bus.",
+            |s| s.points.load(Ordering::Relaxed),
+        ),
+        (
+            "hub_modbus_requests_total",
+            "Modbus requests sent (reads and writes, answered or not), by bus.",
+            |s| s.requests.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, read) in counters {
+        family(out, name, "counter", help);
+        for bus in buses {
+            sample(
+                out,
+                name,
+                &format!("bus=\"{}\"", escape(&bus.bus)),
+                read(bus),
+            );
+        }
+    }
+    family(
+        out,
+        "hub_modbus_poll_lateness_seconds",
+        "histogram",
+        "How late each Modbus poll started against its schedule (start + n * interval), by bus.",
+    );
+    for bus in buses {
+        let labels = format!("bus=\"{}\",", escape(&bus.bus));
+        bus.lateness
+            .render(out, "hub_modbus_poll_lateness_seconds", &labels);
+    }
+}
+
+/// Reads one counter of a Modbus bus.
+type BusCounter = fn(&crate::ingest::modbus::ModbusStats) -> u64;

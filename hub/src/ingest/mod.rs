@@ -7,6 +7,7 @@
 //! - `reply`: what an MQTT message becomes for the store, and what its device is told after.
 //! - `decode`: turns what devices send into store items, or a reason to skip it.
 //! - `serial`: serial ports with device-protocol frames; acks written back on the line.
+//! - `modbus`: Modbus RTU and TCP buses, polled; writes to their devices as commands.
 
 //!
 //! Bad input is counted by reason and logged at most once a second per reason; it never stops
@@ -15,6 +16,7 @@
 pub mod decode;
 pub mod downlink;
 pub mod endpoint;
+pub mod modbus;
 pub mod mqtt;
 pub mod reply;
 pub mod serial;

@@ -640,13 +640,13 @@ fn open(settings: &SerialSettings) -> Result<SerialStream, tokio_serial::Error> 
 /// What a path names: device numbers and inode, so a path re-pointed at another device (a fast
 /// replug, a new pseudo-terminal) is told apart from the one that was opened.
 #[cfg(unix)]
-type PathIdentity = (u64, u64, u64);
+pub(super) type PathIdentity = (u64, u64, u64);
 #[cfg(not(unix))]
-type PathIdentity = ();
+pub(super) type PathIdentity = ();
 
 /// The identity of what `path` names now, or `None` when it names nothing.
 #[cfg(unix)]
-fn path_identity(path: &Path) -> Option<PathIdentity> {
+pub(super) fn path_identity(path: &Path) -> Option<PathIdentity> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path)
         .ok()
@@ -655,13 +655,17 @@ fn path_identity(path: &Path) -> Option<PathIdentity> {
 
 /// The identity of what `path` names now, or `None` when it names nothing.
 #[cfg(not(unix))]
-fn path_identity(path: &Path) -> Option<PathIdentity> {
+pub(super) fn path_identity(path: &Path) -> Option<PathIdentity> {
     std::fs::metadata(path).ok().map(|_| ())
 }
 
 /// Waits `wait` before the next open attempt, or less if the path was missing and reappears;
 /// false on shutdown.
-async fn wait_to_reopen(path: &Path, wait: Duration, shutdown: &CancellationToken) -> bool {
+pub(super) async fn wait_to_reopen(
+    path: &Path,
+    wait: Duration,
+    shutdown: &CancellationToken,
+) -> bool {
     let deadline = Instant::now() + wait;
     let was_missing = path_identity(path).is_none();
     loop {
