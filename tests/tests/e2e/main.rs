@@ -20,6 +20,7 @@ mod harness;
 mod ingest;
 mod live;
 mod metrics;
+mod modbus;
 mod mqtt_door;
 mod mqtt_door_external;
 mod openapi;
