@@ -29,6 +29,7 @@ use crate::ingest::MqttDownlink;
 use crate::ingest::endpoint::{
     EndpointError, EndpointSettings, ListenerSettings, MAX_PLAIN_PACKET, MqttEndpoint,
 };
+use crate::ingest::modbus::ModbusBus;
 use crate::ingest::mqtt::{Link, MqttIngest, MqttSettings};
 use crate::ingest::serial::{SerialIngest, SerialSettings};
 use crate::live::{Live, Presence};
@@ -226,6 +227,7 @@ pub async fn run(
     let mut transports = Transports {
         mqtt: None,
         serial: Vec::new(),
+        modbus: Vec::new(),
     };
     let mut mqtt_bound = None;
     // The endpoint tells the command dispatcher which commands devices acknowledged.
@@ -302,6 +304,19 @@ pub async fn run(
             serial.run(ingest_shutdown.clone()),
         );
     }
+    // Modbus buses: a poller each, stopped with ingest and reported like the serial lines.
+    let modbus_stats = Arc::new(IngestStats::default());
+    let mut modbus_buses = Vec::new();
+    for bus in &config.modbus {
+        let poller = ModbusBus::new(bus.clone(), submissions_tx.clone(), modbus_stats.clone());
+        transports.modbus.push(poller.downlink());
+        modbus_buses.push(poller.stats());
+        tasks.spawn(
+            "modbus-poller",
+            Stage::Ingest,
+            poller.run(ingest_shutdown.clone()),
+        );
+    }
     let liveness = Arc::new(crate::liveness::IngestLiveness::default());
     tasks.spawn(
         "liveness",
@@ -370,7 +385,14 @@ pub async fn run(
             certificates,
         }))
         .register(Arc::new(crate::ingest::metrics::IngestMetrics {
-            transports: vec![("mqtt", ingest_stats), ("serial", serial_stats)],
+            transports: vec![
+                ("mqtt", ingest_stats),
+                ("serial", serial_stats),
+                ("modbus", modbus_stats),
+            ],
+        }))
+        .register(Arc::new(crate::ingest::modbus::ModbusMetrics {
+            buses: modbus_buses,
         }))
         .register(topics.clone())
         .register(liveness.clone())

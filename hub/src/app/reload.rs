@@ -176,6 +176,7 @@ impl Reloader {
             ("mqtt", section(&fresh.mqtt) != section(&running.mqtt)),
             ("api", section(&fresh.api) != section(&running.api)),
             ("serial", section(&fresh.serial) != section(&running.serial)),
+            ("modbus", section(&fresh.modbus) != section(&running.modbus)),
             (
                 "devices",
                 section(&fresh.devices) != section(&running.devices),

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
 pub use crate::ingest::downlink::Transports;
-use crate::ingest::downlink::{CommandOut, Refused, check_command};
+use crate::ingest::downlink::{CommandOut, Refused};
 use crate::ingest::{CommandHandoff, Handed};
 use crate::live::{DeviceChange, Event, Live, Presence};
 use crate::store::{CommandRecord, CommandState, Store, StoreError, Transition};
@@ -177,6 +177,8 @@ pub struct Commands {
     settings: Arc<CommandSettings>,
     open: Arc<OpenCount>,
     dispatch_tx: mpsc::Sender<u64>,
+    /// To check a command fits its device's transport when it is asked for.
+    transports: Transports,
 }
 
 /// Builds the handle and the dispatcher that share one queue.
@@ -198,6 +200,7 @@ pub fn new(
         settings: settings.clone(),
         open: open.clone(),
         dispatch_tx,
+        transports: transports.clone(),
     };
     let dispatcher = Dispatcher {
         store,
@@ -247,13 +250,15 @@ impl Commands {
             .device(&request.device)?
             .ok_or_else(|| CommandError::UnknownDevice(request.device.clone()))?;
         // What the device will be sent must fit its transport: checked now, not at delivery.
-        check_command(
-            &device.record.wire,
-            device.record.transport,
-            &request.name,
-            &request.args,
-        )
-        .map_err(CommandError::Invalid)?;
+        self.transports
+            .check_command(
+                &request.device,
+                &device.record.wire,
+                device.record.transport,
+                &request.name,
+                &request.args,
+            )
+            .map_err(CommandError::Invalid)?;
         if ttl.is_zero() && !self.presence.is_online(&request.device) {
             return Err(CommandError::Offline(request.device));
         }

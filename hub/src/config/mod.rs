@@ -3,10 +3,11 @@
 //! Every key has a default, so no file at all gives a working hub. Unknown keys are refused (a typo
 //! must not silently fall back to a default), and [`Config::validate`] lists every problem at once.
 //!
-//! The sections live here; `[mqtt]` and `[sync]`, the larger ones, in their own files. Loading is
+//! The sections live here; `[mqtt]`, `[sync]` and `[[modbus]]`, the larger ones, in their own files. Loading is
 //! in `load.rs`, the checks of values together in `validate.rs`, sizes and durations in `units.rs`.
 
 mod load;
+mod modbus;
 mod mqtt;
 mod sync;
 #[cfg(test)]
@@ -14,6 +15,10 @@ mod tests;
 mod units;
 mod validate;
 
+pub use modbus::{
+    ByteOrder, ModbusBusConfig, ModbusDeviceConfig, ModbusParity, ModbusTransport, PointConfig,
+    PointType, Table,
+};
 pub use mqtt::{Broker, MapPreset, MqttConfig, MqttDevicesConfig, PayloadForm, TopicMapConfig};
 pub use sync::{Compression, SinkConfig, SinkKind, SyncConfig};
 pub use units::{ByteSize, HumanDuration};
@@ -59,6 +64,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// Serial ports with devices on them (`[[serial]]`, any number).
     pub serial: Vec<SerialConfig>,
+    /// Modbus buses and the devices polled on them (`[[modbus]]`, any number).
+    pub modbus: Vec<ModbusBusConfig>,
     /// Device presence.
     pub devices: DevicesConfig,
     /// Commands for devices.

@@ -265,3 +265,91 @@ fn external_broker_urls_parse() {
     assert!(parse("mqtt://:1").is_err());
     assert!(parse("amqp://x").is_err());
 }
+
+#[test]
+fn the_documented_bus_loads() {
+    let c = load(
+        r#"
+[[modbus]]
+name = "line-1"
+transport = "rtu"
+path = "/dev/ttyUSB0"
+baud = 9600
+parity = "even"
+timeout = "500ms"
+
+[[modbus.devices]]
+id = "meter-1"
+unit = 1
+interval = "1s"
+points = [
+  { name = "voltage",  table = "input",   address = 0,  type = "f32", unit = "V" },
+  { name = "setpoint", table = "holding", address = 10, type = "i16", scale = 0.1, writable = true },
+  { name = "model", table = "holding", address = 20, type = "string", length = 8 },
+  { name = "relay", table = "coil", address = 0, type = "bool", writable = true },
+]
+
+[[modbus]]
+name = "plc"
+transport = "tcp"
+address = "192.168.1.50:502"
+
+[[modbus.devices]]
+id = "plc-1"
+unit = 0
+points = [{ name = "energy", table = "holding", address = 0, type = "u64", word_order = "little" }]
+"#,
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.modbus.len(), 2);
+    assert_eq!(c.modbus[0].devices[0].points.len(), 4);
+    assert_eq!(c.modbus[1].devices[0].interval.0.as_secs(), 1, "default 1s");
+}
+
+#[test]
+fn every_problem_of_a_bad_bus_is_named() {
+    let Err(ConfigError::Invalid(problems)) = load(
+        r#"
+[[modbus]]
+name = "line 1"
+transport = "rtu"
+baud = 12
+
+[[modbus.devices]]
+id = "meter/1"
+unit = 0
+points = [
+  { name = "v", table = "input", address = 0, type = "f32", writable = true },
+  { name = "v", table = "coil", address = 0, type = "u16" },
+  { name = "s", table = "holding", address = 65535, type = "string" },
+  { name = "k", table = "holding", address = 1, type = "u16", scale = 0 },
+]
+
+[[modbus]]
+name = "tcp"
+transport = "tcp"
+address = "no-port"
+"#,
+        &[],
+    ) else {
+        panic!("refused");
+    };
+    let all = problems.join("\n");
+    for expected in [
+        "modbus[0].name: 1 to 64",
+        "modbus[0].path: an rtu bus needs the serial port",
+        "modbus[0].baud: 12 is not 300 to 4000000",
+        "modbus[0].devices[0].id: \"meter/1\" is not 1 to 64",
+        "modbus[0].devices[0].unit: 0 is not 1 to 247",
+        "modbus[0].devices[0].points[0].writable: only holding registers and coils",
+        "modbus[0].devices[0].points[1].name: \"v\" is used twice",
+        "modbus[0].devices[0].points[1].type: a coil point cannot be u16",
+        "modbus[0].devices[0].points[2].length: a string needs its length",
+        "modbus[0].devices[0].points[3].scale: a finite number other than 0",
+        "modbus[1].address: \"no-port\" is not host:port",
+        "modbus[1].devices: a bus needs at least one",
+    ] {
+        assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+    }
+}

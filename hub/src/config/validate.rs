@@ -201,6 +201,7 @@ impl Config {
             problems.push("data.max_age: 0 (no limit) or at least 1m".into());
         }
         self.sync.problems(&mut problems);
+        super::modbus::problems(&self.modbus, &mut problems);
 
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             problems.push(format!(

@@ -1,10 +1,11 @@
 //! How a command reaches its device: encoded as the device's wire wants it (JSON on MQTT, or a
-//! `Downlink::Command` in postcard, framed on a serial line) and handed to its transport. The
-//! command dispatcher decides what to send and when; this decides how.
+//! `Downlink::Command` in postcard, framed on a serial line, a write on a Modbus bus) and handed
+//! to its transport. The command dispatcher decides what to send and when; this decides how.
 
 use device_protocol::{Downlink, Field, Fields, MAX_FRAME_LEN, Value, encode_frame};
 use serde_json::{Map, Value as Json};
 
+use super::modbus::ModbusDownlink;
 use super::serial::SerialDownlink;
 use super::{DownlinkError, Handed, MqttDownlink};
 use crate::store::{Transport, Wire};
@@ -16,6 +17,8 @@ pub struct Transports {
     pub mqtt: Option<MqttDownlink>,
     /// Each serial line.
     pub serial: Vec<SerialDownlink>,
+    /// Each Modbus bus.
+    pub modbus: Vec<ModbusDownlink>,
 }
 
 /// Why a command could not be sent now.
@@ -44,20 +47,37 @@ pub struct CommandOut<'a> {
     pub args: &'a Map<String, Json>,
 }
 
-/// Whether a command fits the device's wire and transport (checked when it is asked for, not at
-/// delivery); why not.
-pub fn check_command(
-    wire: &Wire,
-    transport: Transport,
-    name: &str,
-    args: &Map<String, Json>,
-) -> Result<(), String> {
-    message_for(wire, transport, 0, name, args).map(drop)
-}
-
 impl Transports {
+    /// Whether a command fits the device's wire and transport (checked when it is asked for, not
+    /// at delivery); why not. A Modbus device's write must name a writable point of its map.
+    pub fn check_command(
+        &self,
+        device: &str,
+        wire: &Wire,
+        transport: Transport,
+        name: &str,
+        args: &Map<String, Json>,
+    ) -> Result<(), String> {
+        if transport == Transport::Modbus {
+            return self.modbus_bus(device)?.check(device, name, args);
+        }
+        message_for(wire, transport, 0, name, args).map(drop)
+    }
+
+    /// The Modbus bus `device` is on.
+    fn modbus_bus(&self, device: &str) -> Result<&ModbusDownlink, String> {
+        self.modbus
+            .iter()
+            .find(|bus| bus.serves(device))
+            .ok_or_else(|| format!("device {device:?} is on no configured [[modbus]] bus"))
+    }
+
     /// Encodes `command` for its device and hands it to the device's transport.
     pub fn send_command(&self, command: CommandOut<'_>) -> Result<Handed, Refused> {
+        if command.transport == Transport::Modbus {
+            let bus = self.modbus_bus(command.device).map_err(Refused::Never)?;
+            return bus.send(command.device, command.id, command.name, command.args);
+        }
         let message = message_for(
             command.wire,
             command.transport,

@@ -10,6 +10,7 @@
 //! - `mapped`: existing MQTT topic layouts (`[[mqtt.map]]`: Tasmota, Shelly, Zigbee2MQTT).
 //! - `topics`: which MQTT topics the hub reads and what their messages become, for both MQTT
 //!   transports.
+//! - `modbus`: Modbus RTU and TCP buses, polled; writes to their devices as commands.
 
 //!
 //! Bad input is counted by reason and logged at most once a second per reason; it never stops
@@ -20,6 +21,7 @@ pub mod downlink;
 pub mod endpoint;
 pub mod mapped;
 pub mod metrics;
+pub mod modbus;
 pub mod mqtt;
 pub mod reply;
 pub mod serial;

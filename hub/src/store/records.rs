@@ -45,6 +45,8 @@ pub enum Transport {
     Mqtt,
     /// A serial line.
     Serial,
+    /// Polled over Modbus (RTU or TCP). Appended: records encode the variant by position.
+    Modbus,
 }
 
 /// How a device encodes its messages: what it sent last, and so what it is sent.

@@ -29,7 +29,7 @@ fn print_config_prints_a_config_that_check_config_accepts() {
 }
 
 /// `hub check-config` on a file holding `text`: its exit code and what it printed on stderr.
-fn check_config(dir: &std::path::Path, text: &str) -> (Option<i32>, String) {
+pub(crate) fn check_config(dir: &std::path::Path, text: &str) -> (Option<i32>, String) {
     let path = dir.join("hub.toml");
     std::fs::write(&path, text).unwrap();
     let out = Command::new(binary("hub"))

@@ -21,6 +21,7 @@ mod ingest;
 mod live;
 mod mapped;
 mod metrics;
+mod modbus;
 mod mqtt_door;
 mod mqtt_door_external;
 mod openapi;

@@ -44,7 +44,9 @@ mod replies;
 mod tests;
 
 use identity::Identity;
-use port::{Lost, PathIdentity, open, path_identity, wait_to_reopen};
+use port::{Lost, PathIdentity, open};
+// The Modbus RTU link watches and reopens its port the same way.
+pub(super) use port::{path_identity, wait_to_reopen};
 pub use replies::SerialDownlink;
 use replies::{LineWriter, Pending, Reply, ack_in_order, write_frames};
 

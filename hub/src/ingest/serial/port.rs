@@ -52,13 +52,13 @@ pub(super) fn open(settings: &SerialSettings) -> Result<SerialStream, tokio_seri
 /// What a path names: device numbers and inode, so a path re-pointed at another device (a fast
 /// replug, a new pseudo-terminal) is told apart from the one that was opened.
 #[cfg(unix)]
-pub(super) type PathIdentity = (u64, u64, u64);
+pub(in crate::ingest) type PathIdentity = (u64, u64, u64);
 #[cfg(not(unix))]
-pub(super) type PathIdentity = ();
+pub(in crate::ingest) type PathIdentity = ();
 
 /// The identity of what `path` names now, or `None` when it names nothing.
 #[cfg(unix)]
-pub(super) fn path_identity(path: &Path) -> Option<PathIdentity> {
+pub(in crate::ingest) fn path_identity(path: &Path) -> Option<PathIdentity> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path)
         .ok()
@@ -67,13 +67,13 @@ pub(super) fn path_identity(path: &Path) -> Option<PathIdentity> {
 
 /// The identity of what `path` names now, or `None` when it names nothing.
 #[cfg(not(unix))]
-pub(super) fn path_identity(path: &Path) -> Option<PathIdentity> {
+pub(in crate::ingest) fn path_identity(path: &Path) -> Option<PathIdentity> {
     std::fs::metadata(path).ok().map(|_| ())
 }
 
 /// Waits `wait` before the next open attempt, or less if the path was missing and reappears;
 /// false on shutdown.
-pub(super) async fn wait_to_reopen(
+pub(in crate::ingest) async fn wait_to_reopen(
     path: &Path,
     wait: Duration,
     shutdown: &CancellationToken,
