@@ -17,13 +17,25 @@ use std::time::{Duration, Instant};
 const DEADLINE: Duration = Duration::from_secs(60);
 
 /// A configuration with every task of the embedded-broker hub: a sink, a serial line (whose
-/// device is missing: it is looked for again and again) and retention.
+/// device is missing: it is looked for again and again), a Modbus bus (whose server does not
+/// answer) and retention.
 const EMBEDDED: &str = r#"
 [mqtt]
 listen = "127.0.0.1:0"
 
 [[serial]]
 path = "/nonexistent/ttyUSB-for-supervision-test"
+
+[[modbus]]
+name = "plant"
+transport = "tcp"
+address = "127.0.0.1:9"
+
+[[modbus.devices]]
+id = "meter-1"
+unit = 1
+interval = "1s"
+points = [{ name = "voltage", table = "input", address = 0, type = "f32" }]
 
 [[sync.http]]
 name = "cloud"
@@ -116,6 +128,7 @@ fn every_kind_of_task_that_fails_stops_the_hub_with_a_clear_error() {
         "store-writer",
         "mqtt-endpoint",
         "serial-ingest",
+        "modbus-poller",
         "liveness",
         "command-dispatcher",
         "presence-sweep",

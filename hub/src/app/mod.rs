@@ -8,6 +8,7 @@
 
 mod chores;
 mod reload;
+mod setup;
 pub mod tasks;
 
 use std::net::SocketAddr;
@@ -19,16 +20,13 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState, RequestIds};
-use crate::auth::clients::{ClientEntry, ClientIdentities};
-use crate::auth::{self, AuthError, Scope, TokenRegistry, pki};
+use crate::auth::{self, AuthError, TokenRegistry, pki};
 use crate::clock::now_ms;
 use crate::commands::{self, CommandSettings, Transports};
 use crate::config::{Broker, Config};
 use crate::files;
 use crate::ingest::MqttDownlink;
-use crate::ingest::endpoint::{
-    EndpointError, EndpointSettings, ListenerSettings, MAX_PLAIN_PACKET, MqttEndpoint,
-};
+use crate::ingest::endpoint::{EndpointError, MqttEndpoint};
 use crate::ingest::modbus::ModbusBus;
 use crate::ingest::mqtt::{Link, MqttIngest, MqttSettings};
 use crate::ingest::serial::{SerialIngest, SerialSettings};
@@ -39,11 +37,12 @@ use crate::ingest::mapped::TopicMaps;
 use crate::ingest::topics::DeviceTopics;
 use crate::store::retention::{Retention, RetentionSettings, RetentionStats};
 use crate::store::writer::{StoreWriter, WriterStats};
-use crate::store::{self, Store, StoreError, TokenRecord};
+use crate::store::{self, Store, StoreError};
 use crate::sync::supervisor::SinkSupervisor;
 use crate::sync::{self, SyncState};
 pub use reload::{ConfigSource, LogLevel, Reload};
 use reload::{Reloader, TlsSource};
+use setup::{client_identities, endpoint_settings, ensure_admin_token, gate_tls};
 use tasks::{Stage, Supervisor};
 
 /// How long shutdown waits for open API requests.
@@ -542,119 +541,4 @@ fn start_sync(
         },
         configs_tx,
     ))
-}
-
-/// Where the MQTT device listener's TLS comes from, when `[mqtt.devices] listen` asks for it: the
-/// API's server certificate, and device certificates required and checked against the device CA.
-fn gate_tls(config: &Config, api: &TlsSource) -> Option<TlsSource> {
-    config.mqtt.devices.listen.as_ref()?;
-    let d = &config.mqtt.devices;
-    Some(TlsSource {
-        expiry: api.expiry.clone(),
-        expiry_names: ("gate_server", "device_ca"),
-        cert: api.cert.clone(),
-        key: api.key.clone(),
-        client_ca: d
-            .ca
-            .clone()
-            .unwrap_or_else(|| config.tls_dir().join("ca.crt")),
-        crls: d.crls.clone(),
-        client_auth: crate::config::ClientAuth::Required,
-        mqtt: true,
-    })
-}
-
-/// The MQTT endpoint's settings from `[mqtt]` and `[mqtt.devices]`.
-fn endpoint_settings(
-    config: &Config,
-    topics: Arc<DeviceTopics>,
-) -> Result<EndpointSettings, EndpointError> {
-    // `validate` has checked the addresses.
-    let address = |text: &str| {
-        text.parse::<SocketAddr>().map_err(|_| EndpointError::Bind {
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            source: std::io::Error::other(format!("{text:?} is not an address:port")),
-        })
-    };
-    let d = &config.mqtt.devices;
-    let devices = match &d.listen {
-        Some(listen) => Some(ListenerSettings {
-            listen: address(listen)?,
-            max_connections: d.max_connections,
-            max_packet: d.max_packet.0 as usize,
-        }),
-        None => None,
-    };
-    Ok(EndpointSettings {
-        plain: ListenerSettings {
-            listen: address(&config.mqtt.listen)?,
-            max_connections: config.mqtt.max_connections,
-            max_packet: MAX_PLAIN_PACKET,
-        },
-        devices,
-        connect_timeout: d.connect_timeout.0,
-        max_payload: config.ingest.max_payload.0 as usize,
-        topics,
-    })
-}
-
-/// The client certificates that are identities: `[[api.clients]]`, and the first-run admin
-/// certificate while the client CA is the hub's own (a CA the operator chose may issue an
-/// "admin" certificate that means something else).
-fn client_identities(config: &Config) -> ClientIdentities {
-    let mut clients = ClientIdentities::new(
-        config
-            .api
-            .clients
-            .iter()
-            .map(|c| ClientEntry {
-                name: c.name.clone(),
-                scopes: c.scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
-                devices: c.devices.clone(),
-            })
-            .collect(),
-    )
-    // The hub's own CA signs devices' certificates too: only those marked as a client's count.
-    .marked_only(config.api.client_ca.is_none());
-    if config.api.client_ca.is_none() && !clients.names(pki::ADMIN_CLIENT_NAME) {
-        clients.push(ClientEntry {
-            name: pki::ADMIN_CLIENT_NAME.to_owned(),
-            scopes: vec![Scope::Admin],
-            devices: Vec::new(),
-        });
-    }
-    clients
-}
-
-/// Makes the admin token on first run and writes it to `<data.dir>/admin.token` (mode 0600).
-/// A later run reuses it; if the store was reset but the file kept, the token is registered again.
-fn ensure_admin_token(
-    data_dir: &std::path::Path,
-    tokens: &TokenRegistry,
-) -> Result<Option<PathBuf>, AuthError> {
-    let path = data_dir.join("admin.token");
-    let record = TokenRecord {
-        name: "admin".into(),
-        scopes: vec!["admin".into()],
-        devices: vec![],
-        created_ms: now_ms(),
-        expires_ms: None,
-        revoked: false,
-        last_used_ms: None,
-    };
-    match std::fs::read_to_string(&path) {
-        Ok(secret) => {
-            let secret = secret.trim();
-            if !tokens.contains(secret) {
-                tokens.register(secret, record)?;
-            }
-            Ok(None)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let secret = tokens.create(record)?;
-            files::write_private(&path, format!("{secret}\n").as_bytes())?;
-            Ok(Some(path))
-        }
-        Err(e) => Err(e.into()),
-    }
 }
