@@ -20,6 +20,7 @@ pub mod liveness;
 pub mod metrics;
 pub mod mqtt_client;
 pub mod notify;
+pub mod patterns;
 pub mod store;
 pub mod sync;
 pub mod values;

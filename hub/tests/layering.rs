@@ -28,6 +28,7 @@ const LEAVES: &[&str] = &[
     "histogram.rs",
     "mqtt_client.rs",
     "exposition.rs",
+    "patterns.rs",
 ];
 
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use super::{MAX_PATTERN_LEN, MAX_PATTERNS, MAX_SUBSCRIPTIONS};
 use crate::auth::Identity;
-use crate::auth::tokens::pattern_matches;
+use crate::patterns::pattern_matches;
 use crate::live::{Event, LiveReading};
 use crate::values::MetricValue;
 
