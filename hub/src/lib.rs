@@ -14,6 +14,7 @@ pub mod config;
 pub mod exposition;
 pub mod files;
 pub mod histogram;
+pub mod http_client;
 pub mod ingest;
 pub mod live;
 pub mod liveness;

@@ -29,6 +29,7 @@ const LEAVES: &[&str] = &[
     "mqtt_client.rs",
     "exposition.rs",
     "patterns.rs",
+    "http_client.rs",
 ];
 
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -88,7 +88,7 @@ impl RunningHub {
         };
         let exchange = async {
             let tls = Some((self.tls.clone(), self.server_name.clone()));
-            let mut sender = crate::sync::http::connect(self.addr, tls)
+            let mut sender = crate::http_client::connect(self.addr, tls)
                 .await
                 .map_err(|e| unreachable(e.to_string()))?;
             let mut request = Request::builder()

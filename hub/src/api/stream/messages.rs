@@ -16,8 +16,8 @@ use tokio::sync::mpsc;
 
 use super::{MAX_PATTERN_LEN, MAX_PATTERNS, MAX_SUBSCRIPTIONS};
 use crate::auth::Identity;
-use crate::patterns::pattern_matches;
 use crate::live::{Event, LiveReading};
+use crate::patterns::pattern_matches;
 use crate::values::MetricValue;
 
 /// What a client may send.

@@ -11,7 +11,6 @@
 //! config into an uplink, `connection` opens connections, `answer` says what an answer means.
 
 mod answer;
-mod connection;
 mod setup;
 #[cfg(test)]
 pub(crate) mod test_receiver;
@@ -29,11 +28,10 @@ use hyper::client::conn::http1::SendRequest;
 use rustls::pki_types::ServerName;
 
 use self::answer::{Answer, read_capped};
-use self::connection::describe;
-pub use self::connection::{ConnectError, connect};
 pub(super) use self::setup::tls_config;
 use super::{Batch, Delivery};
 use crate::config::Compression;
+use crate::http_client::{connect, describe};
 
 /// Most bytes of an answer's body read (for the reason of a refusal or a retry).
 pub const MAX_ANSWER: usize = 64 << 10;

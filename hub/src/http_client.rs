@@ -1,5 +1,5 @@
-//! Opening an HTTP/1.1 connection, plain or over TLS: shared by the uplink and the CLI's client
-//! of a running hub.
+//! Opening an HTTP/1.1 connection, plain or over TLS: shared by the sinks' uplink and the CLI's
+//! client of a running hub. A leaf.
 //!
 //! Invariants: the connection runs in its own task, which ends when the sender is dropped or the
 //! peer closes; Nagle is off (batches are small and latency matters).
@@ -61,7 +61,7 @@ where
 }
 
 /// A hyper error with its cause (hyper's own text alone is often "connection error").
-pub(super) fn describe(e: &hyper::Error) -> String {
+pub fn describe(e: &hyper::Error) -> String {
     match std::error::Error::source(e) {
         Some(source) => format!("{e}: {source}"),
         None => e.to_string(),
