@@ -155,6 +155,20 @@ enum CertsCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Revoke a certificate the hub's CA issued: a device's (`--id`) or a client's (`--name`).
+    /// The CA's revocation list (`tls/ca.crl`) is written again; a running hub applies it on
+    /// SIGHUP (`systemctl reload hub`), for the API and the MQTT device listener.
+    Revoke {
+        /// The device whose certificate (`tls/devices/ID.crt`) is revoked.
+        #[arg(long, conflicts_with = "name", required_unless_present = "name")]
+        id: Option<String>,
+        /// The API client whose certificate (`tls/clients/NAME.crt`) is revoked.
+        #[arg(long)]
+        name: Option<String>,
+        /// The certificate file, when it is not where `hub certs` wrote it.
+        #[arg(long)]
+        cert: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -295,11 +309,53 @@ fn certs(config: &Config, action: CertsCommand) -> ExitCode {
         CertsCommand::IssueDevice { id, days, out } => {
             cli::issue_cert(config, CertKind::Device, id, *days, out.as_deref())
         }
+        CertsCommand::Revoke { id, name, cert } => {
+            return revoke_cert(config, id.as_deref(), name.as_deref(), cert.as_deref());
+        }
     };
     match result {
         Ok((cert, key)) => {
             println!("{}", cert.display());
             println!("{}", key.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hub: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// `hub certs revoke`: a device's certificate (`id`) or a client's (`name`).
+fn revoke_cert(
+    config: &Config,
+    id: Option<&str>,
+    name: Option<&str>,
+    cert: Option<&std::path::Path>,
+) -> ExitCode {
+    let (kind, who) = match (id, name) {
+        (Some(id), _) => (CertKind::Device, id),
+        (None, Some(name)) => (CertKind::Client, name),
+        (None, None) => {
+            eprintln!("hub: certs revoke needs --id (a device) or --name (an API client)");
+            return ExitCode::from(2);
+        }
+    };
+    match cli::revoke_cert(config, kind, who, cert) {
+        Ok(revoked) => {
+            let state = if revoked.already {
+                "was revoked already"
+            } else {
+                "revoked"
+            };
+            println!("{who}: certificate {} {state}", revoked.serial);
+            println!("revocation list: {}", revoked.crl.display());
+            if let Some(moved) = &revoked.moved_to {
+                println!("moved to {}", moved.display());
+            }
+            println!(
+                "a running hub applies it on SIGHUP: systemctl reload hub (or kill -HUP its pid)"
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {

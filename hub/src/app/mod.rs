@@ -150,6 +150,11 @@ pub async fn run(
         key: tls_key,
         client_ca,
         crls: config.api.crls.clone(),
+        own_crl: config
+            .api
+            .client_ca
+            .is_none()
+            .then(|| auth::revocation::crl_path(&config.tls_dir())),
         client_auth: config.api.client_auth,
         mqtt: false,
     };

@@ -37,6 +37,9 @@ pub struct TlsSource {
     pub key: PathBuf,
     pub client_ca: PathBuf,
     pub crls: Vec<PathBuf>,
+    /// The hub's own CA's revocation list (`hub certs revoke`), while the listener trusts that
+    /// CA: read at each load when it exists (it may be made after the hub started).
+    pub own_crl: Option<PathBuf>,
     pub client_auth: ClientAuth,
     /// Whether the listener speaks MQTT: no ALPN then (the API's `http/1.1` would refuse a
     /// client offering `mqtt`).
@@ -46,12 +49,14 @@ pub struct TlsSource {
 impl TlsSource {
     /// Reads the files and builds the server configuration; warns of certificates near expiry.
     pub fn load(&self) -> Result<Arc<rustls::ServerConfig>, AuthError> {
+        let mut crls = self.crls.clone();
+        crls.extend(self.own_crl.iter().filter(|crl| crl.exists()).cloned());
         let mut config = auth::tls::server_config(
             &auth::tls::TlsPaths {
                 cert: &self.cert,
                 key: &self.key,
                 client_ca: &self.client_ca,
-                crls: &self.crls,
+                crls: &crls,
             },
             self.client_auth,
         )?;

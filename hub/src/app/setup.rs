@@ -33,6 +33,10 @@ pub(super) fn gate_tls(config: &Config, api: &TlsSource) -> Option<TlsSource> {
             .clone()
             .unwrap_or_else(|| config.tls_dir().join("ca.crt")),
         crls: d.crls.clone(),
+        own_crl: d
+            .ca
+            .is_none()
+            .then(|| crate::auth::revocation::crl_path(&config.tls_dir())),
         client_auth: crate::config::ClientAuth::Required,
         mqtt: true,
     })

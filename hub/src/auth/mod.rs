@@ -3,6 +3,7 @@
 
 pub mod clients;
 pub mod pki;
+pub mod revocation;
 pub mod tls;
 pub mod tokens;
 

@@ -80,3 +80,76 @@ pub fn issue_cert(
     write(&cert_path, &issued.cert_pem)?;
     Ok((cert_path, key_path))
 }
+
+/// What `hub certs revoke` did.
+#[derive(Debug)]
+pub struct CertRevoked {
+    /// The certificate's serial, hex.
+    pub serial: String,
+    /// Whether it was revoked before already.
+    pub already: bool,
+    /// The revocation list written.
+    pub crl: PathBuf,
+    /// Where the revoked certificate and key went (`NAME.crt.revoked`), so the name can be
+    /// issued again.
+    pub moved_to: Option<PathBuf>,
+}
+
+/// Revokes the certificate of `name` issued by `hub certs` (`tls/clients/NAME.crt` or
+/// `tls/devices/NAME.crt`), or the one in `cert` (a PEM file the hub's CA issued), and writes the
+/// CA's revocation list. A running hub applies it on SIGHUP. The revoked certificate and key are
+/// renamed `NAME.crt.revoked` and `NAME.key.revoked`, so the name can be issued a new one.
+pub fn revoke_cert(
+    config: &Config,
+    kind: CertKind,
+    name: &str,
+    cert: Option<&Path>,
+) -> Result<CertRevoked, CliError> {
+    if !device_protocol::is_valid_id(name) {
+        return Err(CliError::Invalid(format!(
+            "{name:?} is not 1 to 64 of A-Z a-z 0-9 . _ -"
+        )));
+    }
+    let tls_dir = config.tls_dir();
+    for path in [tls_dir.join("ca.crt"), tls_dir.join("ca.key")] {
+        if !path.exists() {
+            return Err(CliError::NoCa(path));
+        }
+    }
+    let issued_dir = tls_dir.join(match kind {
+        CertKind::Client => "clients",
+        CertKind::Device => "devices",
+    });
+    let (cert_path, issued_here) = match cert {
+        Some(path) => (path.to_owned(), false),
+        None => (issued_dir.join(format!("{name}.crt")), true),
+    };
+    let pem = std::fs::read_to_string(&cert_path).map_err(|source| CliError::File {
+        path: cert_path.clone(),
+        source,
+    })?;
+    let now = i64::try_from(crate::clock::now_ms() / 1000).unwrap_or(i64::MAX);
+    let revoked = crate::auth::revocation::revoke(&tls_dir, &pem, name, now)?;
+    let mut moved_to = None;
+    if issued_here {
+        for file in [format!("{name}.crt"), format!("{name}.key")] {
+            let from = issued_dir.join(&file);
+            let to = issued_dir.join(format!("{file}.revoked"));
+            if from.exists() {
+                std::fs::rename(&from, &to).map_err(|source| CliError::File {
+                    path: from.clone(),
+                    source,
+                })?;
+                if file.ends_with(".crt") {
+                    moved_to = Some(to);
+                }
+            }
+        }
+    }
+    Ok(CertRevoked {
+        serial: revoked.serial,
+        already: revoked.already,
+        crl: revoked.crl,
+        moved_to,
+    })
+}

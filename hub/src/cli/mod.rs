@@ -33,7 +33,7 @@ mod token;
 mod watch;
 
 pub use backup::{backup, restore};
-pub use certs::{CertKind, issue_cert};
+pub use certs::{CertKind, CertRevoked, issue_cert, revoke_cert};
 use running::RunningHub;
 pub use status::status;
 pub use token::{TokenAction, table, token};

@@ -406,6 +406,94 @@ async fn missing_foreign_and_expired_certificates_fail_the_handshake_and_sighup_
     hub.stop();
 }
 
+/// `hub certs revoke` in the data directory `data`, with `args`.
+fn revoke(data: &Path, args: &[&str]) -> Output {
+    Command::new(binary("hub"))
+        .arg("--data-dir")
+        .arg(data)
+        .args(["certs", "revoke"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_certificate_revoked_with_hub_certs_revoke_is_refused_after_sighup() {
+    let root = tempfile::tempdir().unwrap();
+    let (hub, gate) = start_hub(root.path(), "");
+    let lost = issue_device(&hub, "dev-lost");
+    let kept = issue_device(&hub, "dev-kept");
+    assert_succeeded(&publish_reading(gate, &lost, "dev-lost", 0), "before");
+    assert_succeeded(&publish_reading(gate, &kept, "dev-kept", 0), "before");
+    wait_for_readings(&hub, "dev-lost", 1).await;
+
+    let out = revoke(&hub.data, &["--id", "dev-lost"]);
+    assert_succeeded(&out, "hub certs revoke");
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        said.contains("revoked") && said.contains("SIGHUP"),
+        "{said}"
+    );
+    assert!(hub.data.join("tls/ca.crl").exists());
+    // Its files moved aside, so the id can be issued again; revoking it again changes nothing.
+    let moved = hub.data.join("tls/devices/dev-lost.crt.revoked");
+    assert!(moved.exists());
+    let again = revoke(
+        &hub.data,
+        &["--id", "dev-lost", "--cert", &moved.display().to_string()],
+    );
+    assert_succeeded(&again, "revoking again");
+    assert!(String::from_utf8_lossy(&again.stdout).contains("was revoked already"));
+    // Bad input: a device that has no certificate, a certificate of another CA.
+    let none = revoke(&hub.data, &["--id", "dev-never"]);
+    assert!(!none.status.success());
+    let foreign_ca = TestCa::new("someone else's CA");
+    let foreign = root.path().join("foreign.pem");
+    std::fs::write(&foreign, foreign_ca.client("dev-kept", &["dev-kept"], 30)).unwrap();
+    let refused = revoke(
+        &hub.data,
+        &["--id", "dev-kept", "--cert", &foreign.display().to_string()],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("not issued by this hub's CA"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    // SIGHUP: the revoked certificate fails the handshake, the others still get in.
+    hub.hangup();
+    eventually("the gate's reload", || async {
+        hub.log()
+            .contains("the MQTT device listener's certificates, keys and CRLs reloaded")
+            .then_some(())
+    })
+    .await;
+    let revoked = DeviceTls {
+        ca: lost.ca.clone(),
+        cert: Some((
+            moved.clone(),
+            hub.data.join("tls/devices/dev-lost.key.revoked"),
+        )),
+    };
+    assert_refused(
+        &publish_reading(gate, &revoked, "dev-lost", 1),
+        "a revoked certificate",
+    );
+    assert_succeeded(
+        &publish_reading(gate, &kept, "dev-kept", 1),
+        "another device",
+    );
+    // A new certificate for the same id works.
+    let renewed = issue_device(&hub, "dev-lost");
+    assert_succeeded(
+        &publish_reading(gate, &renewed, "dev-lost", 2),
+        "a new certificate",
+    );
+    wait_for_readings(&hub, "dev-lost", 2).await;
+    hub.stop();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connection_that_says_nothing_is_closed_after_the_connect_timeout() {
     use tokio::io::AsyncReadExt;
