@@ -125,7 +125,7 @@ pub(super) async fn metrics(
             );
         }
     }
-    sources.topics.stats().render(&mut out);
+    sources.topics.render(&mut out);
     family(
         &mut out,
         "hub_ingest_dropped_total",

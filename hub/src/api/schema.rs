@@ -13,6 +13,8 @@ pub enum TransportName {
     Mqtt,
     /// A serial line.
     Serial,
+    /// Sparkplug B (an edge node or one of its devices).
+    Sparkplug,
 }
 
 impl From<Transport> for TransportName {
@@ -20,6 +22,7 @@ impl From<Transport> for TransportName {
         match t {
             Transport::Mqtt => TransportName::Mqtt,
             Transport::Serial => TransportName::Serial,
+            Transport::Sparkplug => TransportName::Sparkplug,
         }
     }
 }

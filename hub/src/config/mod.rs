@@ -14,7 +14,9 @@ mod tests;
 mod units;
 mod validate;
 
-pub use mqtt::{Broker, MapPreset, MqttConfig, MqttDevicesConfig, PayloadForm, TopicMapConfig};
+pub use mqtt::{
+    Broker, MapPreset, MqttConfig, MqttDevicesConfig, PayloadForm, SparkplugConfig, TopicMapConfig,
+};
 pub use sync::{Compression, SinkConfig, SinkKind, SyncConfig};
 pub use units::{ByteSize, HumanDuration};
 

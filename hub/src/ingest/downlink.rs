@@ -1,11 +1,14 @@
-//! How a command reaches its device: encoded as the device's wire wants it (JSON on MQTT, or a
-//! `Downlink::Command` in postcard, framed on a serial line) and handed to its transport. The
-//! command dispatcher decides what to send and when; this decides how.
+//! How a command reaches its device: encoded as the device's wire wants it (JSON on MQTT, a
+//! `Downlink::Command` in postcard, framed on a serial line, or a Sparkplug B DCMD/NCMD) and
+//! handed to its transport. The command dispatcher decides what to send and when; this decides how.
+
+use std::sync::Arc;
 
 use device_protocol::{Downlink, Field, Fields, MAX_FRAME_LEN, Value, encode_frame};
 use serde_json::{Map, Value as Json};
 
 use super::serial::SerialDownlink;
+use super::sparkplug::Sparkplug;
 use super::{DownlinkError, Handed, MqttDownlink};
 use crate::store::{Transport, Wire};
 
@@ -16,6 +19,8 @@ pub struct Transports {
     pub mqtt: Option<MqttDownlink>,
     /// Each serial line.
     pub serial: Vec<SerialDownlink>,
+    /// The Sparkplug B host (its commands leave through `mqtt`), when enabled.
+    pub sparkplug: Option<Arc<Sparkplug>>,
 }
 
 /// Why a command could not be sent now.
@@ -52,12 +57,24 @@ pub fn check_command(
     name: &str,
     args: &Map<String, Json>,
 ) -> Result<(), String> {
+    if transport == Transport::Sparkplug {
+        return match (args.get("value"), args.len()) {
+            (Some(Json::Bool(_) | Json::Number(_) | Json::String(_)), 1) => Ok(()),
+            _ => Err(
+                "a Sparkplug B command sets one metric: {\"name\": METRIC, \"args\": {\"value\": a number, bool or string}}"
+                    .into(),
+            ),
+        };
+    }
     message_for(wire, transport, 0, name, args).map(drop)
 }
 
 impl Transports {
     /// Encodes `command` for its device and hands it to the device's transport.
     pub fn send_command(&self, command: CommandOut<'_>) -> Result<Handed, Refused> {
+        if command.transport == Transport::Sparkplug {
+            return self.send_sparkplug(command);
+        }
         let message = message_for(
             command.wire,
             command.transport,
@@ -99,6 +116,30 @@ impl Transports {
                 "the command does not fit the device's transport".into(),
             )),
             Err(DownlinkError::NotConnected | DownlinkError::Busy) => Err(Refused::Later),
+        }
+    }
+}
+
+impl Transports {
+    /// A command for a Sparkplug B device or edge node, as DCMD or NCMD.
+    fn send_sparkplug(&self, command: CommandOut<'_>) -> Result<Handed, Refused> {
+        let Some(sparkplug) = &self.sparkplug else {
+            return Err(Refused::Never(
+                "Sparkplug B is not enabled ([mqtt.sparkplug])".into(),
+            ));
+        };
+        let (topic, payload) = sparkplug
+            .command(command.device, command.name, command.args)
+            .map_err(Refused::Never)?;
+        match &self.mqtt {
+            Some(mqtt) => match mqtt.publish_command(topic, payload, command.id) {
+                Ok(handed) => Ok(handed),
+                Err(DownlinkError::TooLarge) => Err(Refused::Never(
+                    "the command does not fit the device's transport".into(),
+                )),
+                Err(DownlinkError::NotConnected | DownlinkError::Busy) => Err(Refused::Later),
+            },
+            None => Err(Refused::Later),
         }
     }
 }

@@ -45,6 +45,9 @@ pub enum Transport {
     Mqtt,
     /// A serial line.
     Serial,
+    /// Sparkplug B, through the embedded or an external broker (appended: postcard numbers
+    /// variants by position).
+    Sparkplug,
 }
 
 /// How a device encodes its messages: what it sent last, and so what it is sent.
