@@ -204,6 +204,31 @@ def main():
           "once the reading is durable (README, Delivery). Every broker runs with its defaults.")
         w("")
 
+    # ---------- mapped ----------
+    if S.get("mapped"):
+        mp = S["mapped"]
+        w("## Mapped topics against the plain telemetry path")
+        w("")
+        w("100 devices, QoS 1, 100 PUBLISHes unacknowledged per connection, a fresh hub for each run (its config: "
+          "`[[mqtt.map]] preset = \"tasmota\"`), through the hub's own endpoint. Plain: the JSON envelope on "
+          "`devices/{id}/telemetry`; mapped: a Tasmota `SENSOR` object with the same four values on "
+          "`tele/{id}/SENSOR`. Readings stored per second over the window; the ratio is taken within each repeat.")
+        w("")
+        w("| path | durable/s | hub CPU (cores) | lost |")
+        w("| --- | --- | --- | --- |")
+        for case, label in (("json qos1 100", "plain devices/{id}/telemetry"), ("tasmota qos1 100", "mapped tele/{id}/SENSOR")):
+            c = mp.get(case)
+            if c:
+                md = c["median"]
+                w(f"| {label} | {fmt(md.get('stored_per_s'))} | {fmt(md.get('hub_cpu_cores'), 2)} | {fmt(md.get('lost'))} |")
+        ratio = mp.get("ratio")
+        if ratio:
+            each = ", ".join(f"{r['ratio']:.2f}" for r in res.get("runs", [])
+                             if r.get("section") == "mapped" and r.get("case") == "ratio" and r.get("ratio") is not None)
+            w("")
+            w(f"Mapped / plain: **{fmt(ratio['median'].get('ratio'), 2)}** (median of {ratio['n']}; each repeat: {each}).")
+        w("")
+
     # ---------- engines ----------
     if S.get("engines"):
         w("## Store engines with retention deleting")

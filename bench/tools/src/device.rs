@@ -39,6 +39,9 @@ pub enum Format {
     Json,
     /// postcard `Uplink::Telemetry` on `devices/{id}/up`.
     Binary,
+    /// A Tasmota sensor's `{"Time":..,"AM2301":{..},..}` on `tele/{id}/SENSOR` (a mapped topic:
+    /// the hub needs `[[mqtt.map]] preset = "tasmota"`). No seq, so no hub ack: `--window 0`.
+    Tasmota,
 }
 
 /// The CLI spelling of a value.
@@ -52,6 +55,7 @@ impl Name for Format {
         match self {
             Format::Json => "json",
             Format::Binary => "binary",
+            Format::Tasmota => "tasmota",
         }
     }
 }
@@ -138,8 +142,12 @@ impl Device {
     ) -> anyhow::Result<Device> {
         let name = ids.first().context("a connection without devices")?.clone();
         let (up, ack) = match plan.format {
-            Format::Json => ("telemetry", "ack"),
+            Format::Json | Format::Tasmota => ("telemetry", "ack"),
             Format::Binary => ("up", "down"),
+        };
+        let up_topic = |id: &str| match plan.format {
+            Format::Tasmota => format!("tele/{id}/SENSOR"),
+            Format::Json | Format::Binary => format!("devices/{id}/{up}"),
         };
         let subscribe: Vec<String> = if plan.window > 0 {
             ids.iter().map(|id| format!("devices/{id}/{ack}")).collect()
@@ -156,7 +164,7 @@ impl Device {
             .iter()
             .map(|id| Lane {
                 id: id.clone(),
-                topic: format!("devices/{id}/{up}"),
+                topic: up_topic(id),
                 seq: 0,
                 last_acked: 0,
                 last_progress: Instant::now(),
@@ -363,6 +371,7 @@ impl Device {
 /// The seq of a hub ack (`{"seq":n}`, or a postcard `Downlink::Ack`).
 fn ack_seq(format: Format, payload: &[u8]) -> Option<u32> {
     match format {
+        Format::Tasmota => None,
         Format::Json => {
             let text = std::str::from_utf8(payload).ok()?;
             let rest = &text[text.find("\"seq\"")? + 5..];
@@ -398,6 +407,10 @@ pub fn encode(plan: &Plan, seq: u64, timestamp_ms: u64, out: &mut Vec<u8>) -> an
             }
             out.extend_from_slice(b"}}");
         }
+        Format::Tasmota => write!(
+            out,
+            "{{\"Time\":\"2026-11-21T10:00:00\",\"AM2301\":{{\"Temperature\":{temperature:.2},\"Humidity\":{humidity:.1}}},\"Battery\":{battery:.3},\"Door\":{door}}}"
+        )?,
         Format::Binary => {
             let mut readings = Fields::new();
             let sent = crate::now_us() as i64;
@@ -469,6 +482,16 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn tasmota_readings_carry_the_same_four_metrics() {
+        let mut out = Vec::new();
+        encode(&plan(Format::Tasmota), 3, 0, &mut out).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(value["AM2301"]["Humidity"], 40.3);
+        assert_eq!(value["Door"], false);
+        assert!(value["Time"].is_string() && value["Battery"].is_number());
     }
 
     #[test]

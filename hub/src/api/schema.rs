@@ -15,6 +15,8 @@ pub enum TransportName {
     Serial,
     /// Polled over Modbus (RTU or TCP).
     Modbus,
+    /// Sparkplug B (an edge node or one of its devices).
+    Sparkplug,
 }
 
 impl From<Transport> for TransportName {
@@ -23,6 +25,7 @@ impl From<Transport> for TransportName {
             Transport::Mqtt => TransportName::Mqtt,
             Transport::Serial => TransportName::Serial,
             Transport::Modbus => TransportName::Modbus,
+            Transport::Sparkplug => TransportName::Sparkplug,
         }
     }
 }

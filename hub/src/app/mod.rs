@@ -201,6 +201,7 @@ pub async fn run(
     let ingest_stats = Arc::new(IngestStats::default());
     let topics = Arc::new(DeviceTopics::new(
         TopicMaps::compile(&config.mqtt.map).map_err(AppError::TopicMaps)?,
+        config.mqtt.sparkplug.enabled,
     ));
     let serial_stats = Arc::new(IngestStats::default());
     let live = Live::new();
@@ -232,6 +233,7 @@ pub async fn run(
         mqtt: None,
         serial: Vec::new(),
         modbus: Vec::new(),
+        sparkplug: topics.sparkplug(),
     };
     let mut mqtt_bound = None;
     // The endpoint tells the command dispatcher which commands devices acknowledged.

@@ -19,7 +19,9 @@ pub use modbus::{
     ByteOrder, ModbusBusConfig, ModbusDeviceConfig, ModbusParity, ModbusTransport, PointConfig,
     PointType, Table,
 };
-pub use mqtt::{Broker, MapPreset, MqttConfig, MqttDevicesConfig, PayloadForm, TopicMapConfig};
+pub use mqtt::{
+    Broker, MapPreset, MqttConfig, MqttDevicesConfig, PayloadForm, SparkplugConfig, TopicMapConfig,
+};
 pub use sync::{Compression, SinkConfig, SinkKind, SyncConfig};
 pub use units::{ByteSize, HumanDuration};
 

@@ -41,6 +41,17 @@ pub struct MqttConfig {
     /// Existing topic layouts read as device telemetry (`[[mqtt.map]]`, any number; the first
     /// whose topic matches a message takes it).
     pub map: Vec<TopicMapConfig>,
+    /// Sparkplug B edge nodes (`[mqtt.sparkplug]`).
+    pub sparkplug: SparkplugConfig,
+}
+
+/// `[mqtt.sparkplug]`: the hub reads Sparkplug B edge nodes on `spBv1.0/#` as a host
+/// application (readings, births and deaths, Rebirth requests, commands as NCMD/DCMD).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SparkplugConfig {
+    /// Read `spBv1.0/...`; off by default.
+    pub enabled: bool,
 }
 
 /// `[[mqtt.map]]`: an existing topic layout (Tasmota, Shelly, Zigbee2MQTT, or one described
@@ -148,6 +159,7 @@ impl Default for MqttConfig {
             max_connections: 1000,
             devices: MqttDevicesConfig::default(),
             map: Vec::new(),
+            sparkplug: SparkplugConfig::default(),
         }
     }
 }

@@ -59,8 +59,16 @@ impl Config {
         if !(1..=100_000).contains(&self.mqtt.max_connections) {
             problems.push("mqtt.max_connections: must be 1 to 100000".into());
         }
-        if let Err(found) = crate::ingest::mapped::TopicMaps::compile(&self.mqtt.map) {
-            problems.extend(found);
+        match crate::ingest::mapped::TopicMaps::compile(&self.mqtt.map) {
+            Err(found) => problems.extend(found),
+            Ok(maps) if self.mqtt.sparkplug.enabled => {
+                if let Some(filter) = maps.overlap(crate::ingest::sparkplug::FILTER) {
+                    problems.push(format!(
+                        "mqtt.map: {filter} would take Sparkplug B's topics (spBv1.0/...), which [mqtt.sparkplug] reads"
+                    ));
+                }
+            }
+            Ok(_) => {}
         }
         if self.mqtt.inflight == 0 {
             problems.push("mqtt.inflight: must be at least 1".into());

@@ -1,12 +1,16 @@
 //! How a command reaches its device: encoded as the device's wire wants it (JSON on MQTT, or a
-//! `Downlink::Command` in postcard, framed on a serial line, a write on a Modbus bus) and handed
-//! to its transport. The command dispatcher decides what to send and when; this decides how.
+//! `Downlink::Command` in postcard, framed on a serial line, a write on a Modbus bus, or a
+//! Sparkplug B DCMD/NCMD) and handed to its transport. The command dispatcher decides what to
+//! send and when; this decides how.
+
+use std::sync::Arc;
 
 use device_protocol::{Downlink, Field, Fields, MAX_FRAME_LEN, Value, encode_frame};
 use serde_json::{Map, Value as Json};
 
 use super::modbus::ModbusDownlink;
 use super::serial::SerialDownlink;
+use super::sparkplug::Sparkplug;
 use super::{DownlinkError, Handed, MqttDownlink};
 use crate::store::{Transport, Wire};
 
@@ -19,6 +23,8 @@ pub struct Transports {
     pub serial: Vec<SerialDownlink>,
     /// Each Modbus bus.
     pub modbus: Vec<ModbusDownlink>,
+    /// The Sparkplug B host (its commands leave through `mqtt`), when enabled.
+    pub sparkplug: Option<Arc<Sparkplug>>,
 }
 
 /// Why a command could not be sent now.
@@ -49,7 +55,8 @@ pub struct CommandOut<'a> {
 
 impl Transports {
     /// Whether a command fits the device's wire and transport (checked when it is asked for, not
-    /// at delivery); why not. A Modbus device's write must name a writable point of its map.
+    /// at delivery); why not. A Modbus device's write must name a writable point of its map; a
+    /// Sparkplug B command sets one metric.
     pub fn check_command(
         &self,
         device: &str,
@@ -58,10 +65,17 @@ impl Transports {
         name: &str,
         args: &Map<String, Json>,
     ) -> Result<(), String> {
-        if transport == Transport::Modbus {
-            return self.modbus_bus(device)?.check(device, name, args);
+        match transport {
+            Transport::Modbus => self.modbus_bus(device)?.check(device, name, args),
+            Transport::Sparkplug => match (args.get("value"), args.len()) {
+                (Some(Json::Bool(_) | Json::Number(_) | Json::String(_)), 1) => Ok(()),
+                _ => Err(
+                    "a Sparkplug B command sets one metric: {\"name\": METRIC, \"args\": {\"value\": a number, bool or string}}"
+                        .into(),
+                ),
+            },
+            _ => message_for(wire, transport, 0, name, args).map(drop),
         }
-        message_for(wire, transport, 0, name, args).map(drop)
     }
 
     /// The Modbus bus `device` is on.
@@ -77,6 +91,9 @@ impl Transports {
         if command.transport == Transport::Modbus {
             let bus = self.modbus_bus(command.device).map_err(Refused::Never)?;
             return bus.send(command.device, command.id, command.name, command.args);
+        }
+        if command.transport == Transport::Sparkplug {
+            return self.send_sparkplug(command);
         }
         let message = message_for(
             command.wire,
@@ -119,6 +136,30 @@ impl Transports {
                 "the command does not fit the device's transport".into(),
             )),
             Err(DownlinkError::NotConnected | DownlinkError::Busy) => Err(Refused::Later),
+        }
+    }
+}
+
+impl Transports {
+    /// A command for a Sparkplug B device or edge node, as DCMD or NCMD.
+    fn send_sparkplug(&self, command: CommandOut<'_>) -> Result<Handed, Refused> {
+        let Some(sparkplug) = &self.sparkplug else {
+            return Err(Refused::Never(
+                "Sparkplug B is not enabled ([mqtt.sparkplug])".into(),
+            ));
+        };
+        let (topic, payload) = sparkplug
+            .command(command.device, command.name, command.args)
+            .map_err(Refused::Never)?;
+        match &self.mqtt {
+            Some(mqtt) => match mqtt.publish_command(topic, payload, command.id) {
+                Ok(handed) => Ok(handed),
+                Err(DownlinkError::TooLarge) => Err(Refused::Never(
+                    "the command does not fit the device's transport".into(),
+                )),
+                Err(DownlinkError::NotConnected | DownlinkError::Busy) => Err(Refused::Later),
+            },
+            None => Err(Refused::Later),
         }
     }
 }

@@ -8,6 +8,7 @@
 //! - `decode`: turns what devices send into store items, or a reason to skip it.
 //! - `serial`: serial ports with device-protocol frames; acks written back on the line.
 //! - `mapped`: existing MQTT topic layouts (`[[mqtt.map]]`: Tasmota, Shelly, Zigbee2MQTT).
+//! - `sparkplug`: Sparkplug B edge nodes (`[mqtt.sparkplug]`), the hub as their host application.
 //! - `topics`: which MQTT topics the hub reads and what their messages become, for both MQTT
 //!   transports.
 //! - `modbus`: Modbus RTU and TCP buses, polled; writes to their devices as commands.
@@ -25,6 +26,7 @@ pub mod modbus;
 pub mod mqtt;
 pub mod reply;
 pub mod serial;
+pub mod sparkplug;
 pub mod topics;
 
 use std::sync::Mutex;
@@ -227,6 +229,15 @@ pub enum MqttDownlink {
     Endpoint(endpoint::EndpointDownlink),
     /// The hub's client of an external broker.
     Broker(mqtt::BrokerDownlink),
+}
+
+impl std::fmt::Debug for MqttDownlink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MqttDownlink::Endpoint(_) => "MqttDownlink::Endpoint",
+            MqttDownlink::Broker(_) => "MqttDownlink::Broker",
+        })
+    }
 }
 
 impl MqttDownlink {

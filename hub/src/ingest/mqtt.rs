@@ -212,6 +212,12 @@ impl MqttIngest {
             .set_inflight(s.inflight)
             .set_max_packet_size(super::endpoint::MAX_PLAIN_PACKET + 1024, 64 << 10);
         let (client, eventloop) = AsyncClient::new(options, REQUEST_QUEUE);
+        settings
+            .topics
+            .attach(super::MqttDownlink::Broker(BrokerDownlink {
+                client: client.clone(),
+                link_rx: link_tx.subscribe(),
+            }));
         MqttIngest {
             core: Core {
                 settings,
@@ -431,7 +437,12 @@ impl Core {
 
         let (done_tx, done_rx) = oneshot::channel();
         let reply = match decoded {
-            Ok((item, reply)) => {
+            // Nothing to store (a Sparkplug command, the hub's own among them): acked at once.
+            Ok((items, _)) if items.is_empty() => {
+                let _ = done_tx.send(Ok(Vec::new()));
+                Reply::Nothing
+            }
+            Ok((items, reply)) => {
                 // A reading refused for its content is counted as skipped, and still goes to the
                 // store to be settled, so its device can be told.
                 let rejected = reply.rejection();
@@ -440,7 +451,7 @@ impl Core {
                 }
                 let accepted = rejected.is_none();
                 let submission = Submission {
-                    items: vec![item],
+                    items,
                     done_tx: Some(done_tx),
                 };
                 tokio::select! {

@@ -1,13 +1,16 @@
 //! Which MQTT topics the hub reads, and what a message on one becomes: the hub's own device
-//! topics (`devices/{id}/...`, see [`super::reply`]) first, then the mapped topics of
+//! topics (`devices/{id}/...`, see [`super::reply`]) first, then Sparkplug B's (`spBv1.0/...`,
+//! [`super::sparkplug`]) when `[mqtt.sparkplug]` is enabled, then the mapped topics of
 //! `[[mqtt.map]]` ([`super::mapped`]). Shared by the hub's endpoint and its client of an external
 //! broker, so both read the same topics the same way; the client subscribes to [`DeviceTopics::filters`].
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::mapped::{Mapped, TopicMaps};
 use super::reply::{Reply, decode_message};
-use super::{Rejection, decode};
+use super::sparkplug::Sparkplug;
+use super::{MqttDownlink, Rejection, decode};
 use crate::store::Ingest;
 
 /// The topics the hub reads.
@@ -15,6 +18,7 @@ use crate::store::Ingest;
 pub struct DeviceTopics {
     maps: TopicMaps,
     stats: MappedStats,
+    sparkplug: Option<Arc<Sparkplug>>,
 }
 
 /// Outcomes of messages on mapped topics, for `/metrics`.
@@ -75,22 +79,38 @@ impl crate::exposition::Collect for DeviceTopics {
                 stats.refused(reason),
             );
         }
+        if let Some(sparkplug) = &self.sparkplug {
+            sparkplug.stats().render(out);
+        }
         Ok(())
     }
 }
 
 impl DeviceTopics {
-    /// The hub's own topics and `maps`.
-    pub fn new(maps: TopicMaps) -> Self {
+    /// The hub's own topics, `maps`, and Sparkplug B's when `sparkplug`.
+    pub fn new(maps: TopicMaps, sparkplug: bool) -> Self {
         DeviceTopics {
             maps,
             stats: MappedStats::default(),
+            sparkplug: sparkplug.then(|| Arc::new(Sparkplug::default())),
         }
     }
 
     /// The counters of mapped topics.
     pub fn stats(&self) -> &MappedStats {
         &self.stats
+    }
+
+    /// The Sparkplug B host, when enabled.
+    pub fn sparkplug(&self) -> Option<Arc<Sparkplug>> {
+        self.sparkplug.clone()
+    }
+
+    /// Where messages to devices go (Sparkplug's Rebirth requests); set by the MQTT transport.
+    pub fn attach(&self, downlink: MqttDownlink) {
+        if let Some(sparkplug) = &self.sparkplug {
+            sparkplug.attach(downlink);
+        }
     }
 
     /// The filters a subscription to an external broker needs: the hub's own, then the maps'.
@@ -103,30 +123,39 @@ impl DeviceTopics {
         ]
         .map(str::to_owned)
         .into_iter()
+        .chain(
+            self.sparkplug
+                .as_ref()
+                .map(|_| super::sparkplug::FILTER.to_owned()),
+        )
         .chain(self.maps.filters())
         .collect()
     }
 
-    /// What a message published on `topic` becomes, with the reply due once it is durable; or
-    /// why it is skipped.
+    /// What a message published on `topic` becomes (no item, or several for Sparkplug), with
+    /// the reply due once it is durable; or why it is skipped.
     pub fn decode(
         &self,
         topic: &str,
         payload: &[u8],
         max_payload: usize,
         received_ms: u64,
-    ) -> Result<(Ingest, Reply), (Rejection, String)> {
-        match decode_message(topic, payload, max_payload, received_ms) {
-            Err((Rejection::BadTopic, detail)) if !self.maps.is_empty() => {
-                match self.maps.decode(topic, payload, max_payload, received_ms) {
-                    Some(mapped) => {
-                        self.stats.count(&mapped);
-                        mapped.map(|m| (m.into_item(), Reply::Nothing))
-                    }
-                    None => Err((Rejection::BadTopic, detail)),
-                }
+    ) -> Result<(Vec<Ingest>, Reply), (Rejection, String)> {
+        let detail = match decode_message(topic, payload, max_payload, received_ms) {
+            Err((Rejection::BadTopic, detail)) => detail,
+            decoded => return decoded.map(|(item, reply)| (vec![item], reply)),
+        };
+        if let Some(sparkplug) = &self.sparkplug
+            && let Some(decoded) = sparkplug.decode(topic, payload, max_payload, received_ms)
+        {
+            return decoded.map(|items| (items, Reply::Nothing));
+        }
+        match self.maps.decode(topic, payload, max_payload, received_ms) {
+            Some(mapped) => {
+                self.stats.count(&mapped);
+                mapped.map(|m| (vec![m.into_item()], Reply::Nothing))
             }
-            decoded => decoded,
+            None => Err((Rejection::BadTopic, detail)),
         }
     }
 }

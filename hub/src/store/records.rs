@@ -47,6 +47,9 @@ pub enum Transport {
     Serial,
     /// Polled over Modbus (RTU or TCP). Appended: records encode the variant by position.
     Modbus,
+    /// Sparkplug B, through the embedded or an external broker (appended: postcard numbers
+    /// variants by position).
+    Sparkplug,
 }
 
 /// How a device encodes its messages: what it sent last, and so what it is sent.

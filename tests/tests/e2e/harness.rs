@@ -358,6 +358,26 @@ pub async fn metric(hub: &Hub, name: &str, labels: &str) -> f64 {
         .sum()
 }
 
+/// Writes `text` as `root/hub.toml`; its path, for `--config`.
+pub fn write_config(root: &Path, text: &str) -> String {
+    let path = root.join("hub.toml");
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+/// Starts a hub with the configuration `text` behind the broker on `port`, and waits until it
+/// is subscribed (ready).
+pub async fn hub_behind(root: &Path, port: u16, text: &str) -> Hub {
+    let config = write_config(root, text);
+    let broker = format!("mqtt://127.0.0.1:{port}");
+    let hub = Hub::start(root, &["--config", &config, "--mqtt-broker", &broker]);
+    eventually("subscribed", || async {
+        (hub.get("/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    hub
+}
+
 /// Polls `check` until it returns `Some`, or panics with `what` after the deadline.
 pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where
@@ -701,7 +721,13 @@ pub async fn wait_for_readings(hub: &Hub, device: &str, n: u64) {
 /// makes it and sets `E2E_PYTHON`; without it, `python3` from the PATH, which must then have
 /// the packages of `tests/py/requirements.txt`).
 pub fn python_peer(script: &str) -> Command {
-    let python = std::env::var_os("E2E_PYTHON")
+    python_peer_in("E2E_PYTHON", script)
+}
+
+/// [`python_peer`] with the Python named by the variable `venv` (`E2E_SPB_PYTHON`: the venv of
+/// `tests/py/requirements-sparkplug.txt`, whose mqtt-spb-wrapper pins an older paho-mqtt).
+pub fn python_peer_in(venv: &str, script: &str) -> Command {
+    let python = std::env::var_os(venv)
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("python3"));
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))

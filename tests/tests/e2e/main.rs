@@ -27,5 +27,6 @@ mod mqtt_door_external;
 mod openapi;
 mod security;
 mod serial;
+mod sparkplug;
 mod sync;
 mod tokens;

@@ -6,7 +6,10 @@
 
 use serde_json::Value;
 
-use crate::harness::{Hub, Mosquitto, eventually, free_port, metric, mosquitto_pub, restartable};
+use crate::harness::{
+    Hub, Mosquitto, eventually, free_port, hub_behind, metric, mosquitto_pub, restartable,
+    write_config,
+};
 use crate::mqtt_door::{kill_while_flowing, paho_publisher_with};
 
 /// The three presets; Zigbee2MQTT devices get the prefix `z2m-`.
@@ -26,12 +29,6 @@ const TASMOTA_ENERGY: &str = r#"{"Time":"2019-12-15T20:36:05","ENERGY":{"TotalSt
 const TASMOTA_AM2301: &str = r#"{"Time":"2019-05-28T12:32:50","AM2301":{"Temperature":24.6,"Humidity":51.4},"TempUnit":"C"}"#;
 const SHELLY_SWITCH: &str = r#"{"id":0, "source":"timer", "output":true, "apower":8.9, "voltage":237.5, "current":0.041, "aenergy":{"total":6.532,"by_minute":[45.199,47.141,88.397],"minute_ts":1654511972}, "temperature":{"tC":23.5, "tF":74.4}}"#;
 const Z2M_WEATHER: &str = r#"{"battery":93,"humidity":47.8,"linkquality":147,"power_outage_count":4,"pressure":1005.5,"temperature":23.1,"voltage":2975,"power_on_behavior":null,"update":{"state":"idle"}}"#;
-
-fn config(root: &std::path::Path, text: &str) -> String {
-    let path = root.join("hub.toml");
-    std::fs::write(&path, text).unwrap();
-    path.display().to_string()
-}
 
 async fn device(hub: &Hub, id: &str) -> Value {
     eventually(&format!("device {id}"), || async {
@@ -188,7 +185,7 @@ async fn presets_through(hub: &Hub, port: u16) {
 #[tokio::test(flavor = "multi_thread")]
 async fn presets_with_real_payloads_through_the_embedded_endpoint() {
     let root = tempfile::tempdir().unwrap();
-    let config = config(root.path(), PRESETS);
+    let config = write_config(root.path(), PRESETS);
     let hub = Hub::start(root.path(), &["--config", &config]);
     presets_through(&hub, hub.mqtt_port()).await;
 }
@@ -197,23 +194,14 @@ async fn presets_with_real_payloads_through_the_embedded_endpoint() {
 async fn presets_with_real_payloads_through_mosquitto() {
     let root = tempfile::tempdir().unwrap();
     let mosquitto = Mosquitto::start(root.path());
-    let broker = format!("mqtt://127.0.0.1:{}", mosquitto.port);
-    let config = config(root.path(), PRESETS);
-    let hub = Hub::start(
-        root.path(),
-        &["--config", &config, "--mqtt-broker", &broker],
-    );
-    eventually("subscribed", || async {
-        (hub.get("/readyz").await.0 == 200).then_some(())
-    })
-    .await;
+    let hub = hub_behind(root.path(), mosquitto.port, PRESETS).await;
     presets_through(&hub, mosquitto.port).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn json_form_with_fields_and_time_and_value_form() {
     let root = tempfile::tempdir().unwrap();
-    let config = config(
+    let config = write_config(
         root.path(),
         r#"
 [[mqtt.map]]
@@ -257,7 +245,7 @@ async fn acknowledged_mapped_readings_survive_kill_9() {
     let root = tempfile::tempdir().unwrap();
     let port = free_port();
     let mqtt = format!("127.0.0.1:{port}");
-    let config = config(root.path(), "[[mqtt.map]]\npreset = \"tasmota\"\n");
+    let config = write_config(root.path(), "[[mqtt.map]]\npreset = \"tasmota\"\n");
     let mut base = restartable("--mqtt-listen", &mqtt).to_vec();
     base.extend(["--config", config.as_str()]);
     let hub = Hub::start_in(root.path(), &base, &[]);

@@ -198,9 +198,12 @@ async fn main() -> anyhow::Result<()> {
     if args.devices == 0 {
         bail!("--devices must be at least 1");
     }
-    let window = args
-        .window
-        .unwrap_or_else(|| (8192 / args.devices as u64).max(8));
+    let window = match (args.format, args.window) {
+        // Mapped topics carry no seq: the hub never acks them, only PUBACKs (QoS 1).
+        (Format::Tasmota, None | Some(0)) => 0,
+        (Format::Tasmota, Some(_)) => bail!("--format tasmota gets no hub acks: --window 0"),
+        (_, window) => window.unwrap_or_else(|| (8192 / args.devices as u64).max(8)),
+    };
     let plan = Plan {
         format: args.format,
         qos: mqtt::qos(args.qos)?,

@@ -307,9 +307,10 @@ async fn submit_will(context: &Context, topic: &str, payload: &[u8]) {
         .topics
         .decode(topic, payload, context.settings.max_payload, now_ms());
     match decoded {
-        Ok((item, _)) => {
+        Ok((items, _)) if items.is_empty() => {}
+        Ok((items, _)) => {
             let submission = Submission {
-                items: vec![item],
+                items,
                 done_tx: None,
             };
             if context.submissions_tx.send(submission).await.is_ok() {
@@ -510,16 +511,19 @@ impl Reader<'_> {
                 now_ms(),
             );
             match decoded {
-                Ok((item, reply)) => {
+                Ok((items, reply)) => {
                     // A reading refused for its content is counted as skipped, and still goes to
                     // the store to be settled, so its device can be told.
                     if let Some((reason, detail)) = reply.rejection() {
                         context.stats.reject(reason, &publish.topic, detail);
                     }
-                    published.item = Some(batch.items.len());
-                    published.reply = reply;
-                    batch.items.push(item);
-                    batch.bytes += publish.payload.len();
+                    // Nothing to store (a Sparkplug command echoed back): acknowledged only.
+                    if !items.is_empty() {
+                        published.item = Some(batch.items.len());
+                        published.reply = reply;
+                        batch.items.extend(items);
+                        batch.bytes += publish.payload.len();
+                    }
                 }
                 // Skipped for good: acknowledged, so the client does not send it again forever.
                 Err((reason, detail)) => context.stats.reject(reason, &publish.topic, &detail),

@@ -155,6 +155,12 @@ pub struct EndpointDownlink {
 }
 
 impl EndpointDownlink {
+    /// A handle on `router` alone, for tests of what is sent through it.
+    #[cfg(test)]
+    pub fn on(router: Arc<Router>) -> Self {
+        EndpointDownlink { router }
+    }
+
     /// Queues `payload` on `topic` at QoS 1 for every session subscribed to it; fails when none is.
     pub fn publish(&self, topic: String, payload: Vec<u8>) -> Result<(), DownlinkError> {
         self.router
@@ -225,6 +231,14 @@ impl MqttEndpoint {
         };
         let max_sessions = settings.plain.max_connections
             + settings.devices.as_ref().map_or(0, |d| d.max_connections);
+        // Persistent sessions of devices that went away are kept up to twice the connections,
+        // the oldest forgotten first.
+        let router = Arc::new(Router::new(max_sessions * 2, Some(handoffs)));
+        settings
+            .topics
+            .attach(super::MqttDownlink::Endpoint(EndpointDownlink {
+                router: router.clone(),
+            }));
         Ok(MqttEndpoint {
             plain,
             plain_settings: settings.plain.clone(),
@@ -234,9 +248,7 @@ impl MqttEndpoint {
                     connect_timeout: settings.connect_timeout,
                     max_payload: settings.max_payload,
                 },
-                // Persistent sessions of devices that went away are kept up to twice the
-                // connections, the oldest forgotten first.
-                router: Arc::new(Router::new(max_sessions * 2, Some(handoffs))),
+                router,
                 submissions_tx,
                 stats,
                 topics: settings.topics.clone(),
