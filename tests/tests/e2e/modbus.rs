@@ -362,6 +362,12 @@ async fn modbus_rtu_units_share_a_line_and_a_replugged_adapter_is_picked_up() {
     until_more_readings(&hub, "meter-3", from3, 10).await;
     server.tell("answer 2");
     until_online(&hub, "meter-2", true).await;
+    // An exception on the line: counted, and the unit offline until it answers again.
+    server.tell("exception 1");
+    until_online(&hub, "meter-1", false).await;
+    assert!(errors(&hub, "exception").await >= 2.0);
+    server.tell("answer 1");
+    until_online(&hub, "meter-1", true).await;
 
     // A write on the line, read back.
     let (status, body) = write(&hub, "meter-3", "relay", json!(false)).await;
