@@ -72,7 +72,8 @@ pub enum Event {
         device: String,
         /// What changed.
         change: DeviceChange,
-        /// Why: `seen`, `reported`, `silent`, `link_down`, `registered`.
+        /// Why: `seen`, `reported`, `silent`, `link_down`, `registered`; for a Modbus device also
+        /// `timeout`, `exception`, `bad_frame` (see `ingest::modbus`).
         reason: &'static str,
         /// When (hub clock, unix ms).
         at_ms: u64,

@@ -163,7 +163,8 @@ pub struct DeviceStatus {
     pub transport: Transport,
     /// Reachable or not.
     pub online: bool,
-    /// Why, for the device event: `announced`, `last_will`, `link_down`.
+    /// Why, for the device event: `announced`, `last_will`, `link_down`; a Modbus device that
+    /// stopped answering: `timeout`, `exception`, `bad_frame`.
     pub reason: &'static str,
     /// When the hub learnt it.
     pub received_ms: u64,

@@ -117,6 +117,13 @@ fn start_hub(root: &Path, text: &str) -> Hub {
     Hub::start(root, &["--config", &config])
 }
 
+/// A `[[modbus]]` bus "plant" on the TCP server at `port`, with `devices` on it.
+fn tcp_bus(port: u16, devices: String) -> String {
+    format!(
+        "[[modbus]]\nname = \"plant\"\ntransport = \"tcp\"\naddress = \"127.0.0.1:{port}\"\ntimeout = \"300ms\"\n\n{devices}"
+    )
+}
+
 /// `[[modbus.devices]]` tables for `units` (ids `meter-{unit}`) with `points`.
 fn devices(units: &[u8], interval: &str, points: &str) -> String {
     units
@@ -191,10 +198,7 @@ async fn modbus_tcp_reads_every_type_and_writes_with_read_back() {
     let _server = ModbusPeer::tcp(port, "1");
     let hub = start_hub(
         root.path(),
-        &format!(
-            "[[modbus]]\nname = \"plant\"\ntransport = \"tcp\"\naddress = \"127.0.0.1:{port}\"\n\n{}",
-            devices(&[1], "200ms", METER_POINTS)
-        ),
+        &tcp_bus(port, devices(&[1], "200ms", METER_POINTS)),
     );
     let m = latest(&hub, "meter-1", 14).await;
     let value = |name: &str| m[name]["value"].clone();
@@ -295,10 +299,7 @@ async fn modbus_units_that_fail_go_offline_without_holding_up_the_others() {
     let mut server = ModbusPeer::tcp(port, "1,2,3");
     let hub = start_hub(
         root.path(),
-        &format!(
-            "[[modbus]]\nname = \"plant\"\ntransport = \"tcp\"\naddress = \"127.0.0.1:{port}\"\ntimeout = \"300ms\"\n\n{}",
-            devices(&[1, 2, 3], "200ms", LINE_POINTS)
-        ),
+        &tcp_bus(port, devices(&[1, 2, 3], "200ms", LINE_POINTS)),
     );
     for unit in 1..=3 {
         let m = latest(&hub, &format!("meter-{unit}"), 3).await;
@@ -361,6 +362,12 @@ async fn modbus_rtu_units_share_a_line_and_a_replugged_adapter_is_picked_up() {
     until_more_readings(&hub, "meter-3", from3, 10).await;
     server.tell("answer 2");
     until_online(&hub, "meter-2", true).await;
+    // An exception on the line: counted, and the unit offline until it answers again.
+    server.tell("exception 1");
+    until_online(&hub, "meter-1", false).await;
+    assert!(errors(&hub, "exception").await >= 2.0);
+    server.tell("answer 1");
+    until_online(&hub, "meter-1", true).await;
 
     // A write on the line, read back.
     let (status, body) = write(&hub, "meter-3", "relay", json!(false)).await;
@@ -393,10 +400,7 @@ async fn modbus_readings_seen_before_a_kill_9_are_there_after_it() {
     let root = tempfile::tempdir().unwrap();
     let port = free_port();
     let _server = ModbusPeer::tcp(port, "1");
-    let config = format!(
-        "[[modbus]]\nname = \"plant\"\ntransport = \"tcp\"\naddress = \"127.0.0.1:{port}\"\n\n{}",
-        devices(&[1], "50ms", LINE_POINTS)
-    );
+    let config = tcp_bus(port, devices(&[1], "50ms", LINE_POINTS));
     let hub = start_hub(root.path(), &config);
     until_more_readings(&hub, "meter-1", 0, 20).await;
     // The API shows only durable readings: all of these must survive.
@@ -417,6 +421,89 @@ async fn modbus_readings_seen_before_a_kill_9_are_there_after_it() {
     );
     // And polling goes on where it left off.
     until_more_readings(&hub, "meter-1", before.len() as u64, 5).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn modbus_readings_show_in_the_stream_downsampling_and_the_pull_api() {
+    let root = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _server = ModbusPeer::tcp(port, "1");
+    let hub = start_hub(
+        root.path(),
+        &tcp_bus(port, devices(&[1], "100ms", LINE_POINTS)),
+    );
+    // The stream: `hub watch` prints each durable reading as the stream sends it.
+    let watch = std::process::Command::new(crate::harness::binary("hub"))
+        .args(["--api-listen", &hub.api.to_string(), "--data-dir"])
+        .arg(&hub.data)
+        .args([
+            "watch",
+            "--json",
+            "--device",
+            "meter-*",
+            "--no-events",
+            "--count",
+            "3",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = tokio::task::spawn_blocking(move || watch.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The subscription's acknowledgement, then three readings.
+    let readings: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|m: &Value| m["type"] == "reading")
+        .collect();
+    assert_eq!(readings.len(), 3, "{text}");
+    assert!(
+        readings
+            .iter()
+            .all(|r| r["device"] == "meter-1" && close(&r["metrics"]["voltage"], 230.5)),
+        "{text}"
+    );
+
+    // Downsampled: one-minute buckets of the voltage.
+    until_more_readings(&hub, "meter-1", 0, 5).await;
+    let (status, body) = hub
+        .get("/api/v1/devices/meter-1/readings?metric=voltage&bucket=1m&agg=avg,min,max,count&from=-1h")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let buckets = body["buckets"].as_array().unwrap();
+    assert!(!buckets.is_empty(), "{body}");
+    assert!(
+        buckets
+            .iter()
+            .all(|b| close(&b["avg"], 230.5) && close(&b["max"], 230.5)),
+        "{body}"
+    );
+
+    // The cloud's pull: the readings are there, in offset order, with the device's id.
+    let (status, page) = hub.get("/api/v1/sync/readings?limit=1000").await;
+    assert_eq!(status, 200, "{page}");
+    let pulled: Vec<&Value> = page["readings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["device"] == "meter-1")
+        .collect();
+    assert!(pulled.len() >= 5, "{page}");
+    assert!(
+        pulled
+            .iter()
+            .all(|r| close(&r["metrics"]["voltage"], 230.5)),
+        "{page}"
+    );
 }
 
 #[test]

@@ -365,6 +365,111 @@ mod tests {
         }
     }
 
+    /// A socat joining two pseudo-terminals, `dir/hub` and `dir/dev`: the line. Killed on drop.
+    struct Line(std::process::Child);
+
+    impl Line {
+        async fn plug(dir: &std::path::Path) -> Line {
+            let end = |name: &str| format!("pty,raw,echo=0,link={}", dir.join(name).display());
+            let child = std::process::Command::new("socat")
+                .args([end("hub"), end("dev")])
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("socat is installed");
+            let line = Line(child);
+            for _ in 0..1000 {
+                if dir.join("hub").exists() && dir.join("dev").exists() {
+                    return line;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("socat made no pseudo-terminals");
+        }
+    }
+
+    impl Drop for Line {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// CRC-16/MODBUS, written out here so the test does not trust the code under test.
+    fn crc16(bytes: &[u8]) -> u16 {
+        let mut crc = 0xFFFF_u16;
+        for &b in bytes {
+            crc ^= u16::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xA001
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        crc
+    }
+
+    /// A unit's answer to "read one holding register": `value`.
+    fn answer(unit: u8, value: u16) -> Vec<u8> {
+        let [hi, lo] = value.to_be_bytes();
+        let mut frame = vec![unit, 3, 2, hi, lo];
+        frame.extend(crc16(&frame).to_le_bytes());
+        frame
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_garbled_answer_is_a_bad_frame_and_a_late_one_is_not_taken_for_the_next() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _line = Line::plug(dir.path()).await;
+        let mut config = line(19_200, ModbusParity::None, 1);
+        config.path = Some(dir.path().join("hub"));
+        config.timeout = HumanDuration(Duration::from_millis(300));
+        let mut link = Link::open(&config).await.expect("open the hub's end");
+        let mut unit = tokio_serial::new(dir.path().join("dev").to_string_lossy(), 19_200)
+            .open_native_async()
+            .expect("open the units' end");
+        let mut request = [0u8; 8];
+
+        // A good answer.
+        let (read, ()) = tokio::join!(link.read(1, Table::Holding, 0, 1), async {
+            unit.read_exact(&mut request).await.expect("the request");
+            unit.write_all(&answer(1, 42)).await.expect("answer");
+        });
+        assert_eq!(read.expect("read"), Values::Registers(vec![42]));
+        assert_eq!(
+            request[..6],
+            [1, 3, 0, 0, 0, 1],
+            "unit 1 reads holding 0, one register"
+        );
+        assert_eq!(crc16(&request[..6]).to_le_bytes(), request[6..]);
+
+        // Its CRC spoiled: a bad frame, told apart from silence.
+        let (read, ()) = tokio::join!(link.read(1, Table::Holding, 0, 1), async {
+            unit.read_exact(&mut request).await.expect("the request");
+            let mut bad = answer(1, 42);
+            bad[5] ^= 0xFF;
+            unit.write_all(&bad).await.expect("answer");
+        });
+        assert!(matches!(read, Err(Failure::BadFrame(_))), "{read:?}");
+        assert!(!link.is_spent(), "a line stays open");
+
+        // Unit 2 answers too late...
+        let (read, ()) = tokio::join!(link.read(2, Table::Holding, 0, 1), async {
+            unit.read_exact(&mut request).await.expect("the request");
+        });
+        assert!(matches!(read, Err(Failure::Timeout)), "{read:?}");
+        unit.write_all(&answer(2, 99)).await.expect("late answer");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // ...and its answer is not taken for unit 3's.
+        let (read, ()) = tokio::join!(link.read(3, Table::Holding, 0, 1), async {
+            unit.read_exact(&mut request).await.expect("the request");
+            unit.write_all(&answer(3, 7)).await.expect("answer");
+        });
+        assert_eq!(read.expect("read"), Values::Registers(vec![7]));
+    }
+
     #[test]
     fn the_gap_is_three_and_a_half_characters() {
         // 9600 8N1: 10 bits a character, 3.5 characters = 3.646 ms.

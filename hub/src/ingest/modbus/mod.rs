@@ -153,6 +153,7 @@ impl ModbusBus {
         let bus = self.config.name.clone();
         let mut backoff = REOPEN_MIN;
         let mut in_outage = false;
+        let mut opened_before = false;
         while !shutdown.is_cancelled() {
             let opened = tokio::select! {
                 biased;
@@ -178,21 +179,30 @@ impl ModbusBus {
                     continue;
                 }
             };
-            if in_outage || backoff == REOPEN_MIN {
+            if in_outage || !opened_before {
                 tracing::info!(bus, devices = devices.len(), "modbus bus open");
+            } else {
+                tracing::debug!(bus, "modbus connection opened again");
             }
+            opened_before = true;
             in_outage = false;
+            let polls_before = self.stats.polls.load(Ordering::Relaxed);
             self.connected.store(true, Ordering::Relaxed);
             let end = self.session(link, &mut devices, &shutdown).await;
             self.connected.store(false, Ordering::Relaxed);
-            self.refuse_queued_writes().await;
+            // A bus that answered was healthy: its next failure starts the back-off afresh.
+            if self.stats.polls.load(Ordering::Relaxed) != polls_before {
+                backoff = REOPEN_MIN;
+            }
             match end {
                 End::Stop => break,
-                End::Spent => backoff = REOPEN_MIN,
+                // Reconnected at once; queued writes wait for the new connection.
+                End::Spent => {}
                 End::Lost(why) => {
                     self.stats.count_error(Reason::Link);
                     tracing::warn!(bus, error = %why, "modbus bus lost; opening it again");
                     in_outage = true;
+                    self.refuse_queued_writes().await;
                     self.all_offline(&mut devices).await;
                     let wait = jitter(backoff);
                     backoff = (backoff * 2).min(REOPEN_MAX);

@@ -97,8 +97,19 @@ pub fn decode(point: &PointConfig, registers: &[u16]) -> Option<OwnedValue> {
         Raw::Int(n) => n as f64,
         Raw::Float(x) => x,
     };
-    let value = value * point.scale.unwrap_or(1.0) + point.offset.unwrap_or(0.0);
+    let value = scaled_by(value, point.scale.unwrap_or(1.0)) + point.offset.unwrap_or(0.0);
     value.is_finite().then_some(OwnedValue::F64(value))
+}
+
+/// `raw * scale`, with a decimal scale (0.1, 0.01...) applied as a division by its inverse: -126
+/// x 0.1 is -12.600000000000001 in floats, -126 / 10 is -12.6, the number the device meant.
+fn scaled_by(raw: f64, scale: f64) -> f64 {
+    let inverse = 1.0 / scale;
+    if scale.abs() < 1.0 && (inverse - inverse.round()).abs() < 1e-9 {
+        raw / inverse.round()
+    } else {
+        raw * scale
+    }
 }
 
 /// What a write puts on the wire.

@@ -67,6 +67,16 @@ fn scale_and_offset_apply_to_numbers() {
         panic!("a float")
     };
     assert!((x - 25.2).abs() < 1e-9, "{x}");
+    // A decimal scale gives the decimal the device meant, not its nearest float product.
+    p.offset = None;
+    assert_eq!(
+        decode(&p, &[(-126i16) as u16]),
+        Some(OwnedValue::F64(-12.6))
+    );
+    p.scale = Some(0.25);
+    assert_eq!(decode(&p, &[10]), Some(OwnedValue::F64(2.5)));
+    p.scale = Some(0.1);
+    p.offset = Some(-40.0);
     // Undone for a write, rounded to the nearest raw value.
     assert_eq!(encode(&p, &json!(25.2)), Ok(Encoded::Registers(vec![652])));
     assert_eq!(
