@@ -41,6 +41,24 @@ pub struct LiveReading {
     pub metrics: Vec<(String, OwnedValue)>,
 }
 
+impl LiveReading {
+    /// The reading in its JSON form, with `metrics` (those a listener asked for).
+    pub fn json(
+        &self,
+        metrics: std::collections::BTreeMap<String, crate::values::MetricValue>,
+    ) -> crate::values::ReadingJson {
+        crate::values::ReadingJson {
+            boot: self.seq.boot(),
+            device: self.device.clone(),
+            hub_seq: self.seq.hub_seq(),
+            metrics,
+            offset: self.offset,
+            seq: self.seq.device_seq(),
+            ts: crate::clock::rfc3339(self.timestamp_ms),
+        }
+    }
+}
+
 /// What happened to a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceChange {

@@ -1,11 +1,42 @@
-//! The JSON form of a metric value, one for every part that writes readings as JSON: the API's
-//! bodies, the live stream and the upstream sinks' bodies. Imports no part of the hub.
+//! The JSON form of a reading and of a metric value, one for every part that writes readings as
+//! JSON: the API's pages and exports, the pull API and the upstream sinks' bodies, and the live
+//! stream. Imports no part of the hub: the store and the live feed build it from their readings.
+
+use std::collections::BTreeMap;
 
 use device_protocol::OwnedValue;
 use serde::{Serialize, Serializer};
 use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaType, Type};
 use utoipa::{PartialSchema, ToSchema};
+
+// Fields are in alphabetical order: the bytes stay what they were when the bodies were built as
+// `serde_json` maps, which sort their keys.
+/// A reading. `(device, boot, seq)` identifies a reading the device numbered; one it did not
+/// number has a `hub_seq` instead, and no `seq`.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReadingJson {
+    /// The device's boot number, when it sends one: its seqs count within a boot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot: Option<u32>,
+    /// The device id.
+    pub device: String,
+    /// The hub's number of a reading the device sent without a seq (a numbering of the device's
+    /// own, apart from its seqs; a retransmission of such a reading cannot be recognised).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hub_seq: Option<u32>,
+    /// Values by metric name.
+    pub metrics: BTreeMap<String, MetricValue>,
+    /// The hub offset: a number that only grows.
+    pub offset: u64,
+    /// The device's sequence number, when it sent one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u32>,
+    /// Timestamp (the device's, else the hub's receive time), RFC 3339 UTC.
+    #[schema(format = DateTime)]
+    pub ts: String,
+}
 
 /// A metric value as a device sent it: a JSON number (integers stay integers), boolean or string.
 ///
@@ -16,9 +47,7 @@ pub struct MetricValue(pub OwnedValue);
 
 impl MetricValue {
     /// A reading's metrics, by name, as the API and upstream bodies write them.
-    pub fn map(
-        metrics: &[(String, OwnedValue)],
-    ) -> std::collections::BTreeMap<String, MetricValue> {
+    pub fn map(metrics: &[(String, OwnedValue)]) -> BTreeMap<String, MetricValue> {
         metrics
             .iter()
             .map(|(n, v)| (n.clone(), MetricValue(v.clone())))

@@ -83,6 +83,8 @@ pub struct ApiState {
     pub live: crate::live::Live,
     /// Longest `wait` of a command request.
     pub max_wait: std::time::Duration,
+    /// Longest `wait` of a pull.
+    pub max_pull_wait: std::time::Duration,
     /// Free places for stream (WebSocket) clients.
     pub stream_slots: Arc<tokio::sync::Semaphore>,
     /// Cancelled when the hub stops, so long-lived connections (streams) end.

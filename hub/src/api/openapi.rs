@@ -309,6 +309,7 @@ mod tests {
             presence,
             live,
             max_wait: std::time::Duration::from_secs(60),
+            max_pull_wait: std::time::Duration::from_secs(60),
             stream_slots: Arc::new(tokio::sync::Semaphore::new(1)),
             shutdown: tokio_util::sync::CancellationToken::new(),
             clients: Arc::new(crate::auth::clients::ClientIdentities::default()),

@@ -23,14 +23,12 @@ use super::params;
 use crate::auth::{Identity, Scope};
 use crate::clock::now_ms;
 use crate::store::sync::{FollowerKind, SyncPosition};
-use crate::sync::body::UpstreamReading;
+use crate::values::ReadingJson;
 
 /// Page size of a pull when the client gives none.
 const DEFAULT_PULL: usize = 1000;
 /// Most registered pull consumers (each holds back retention and is a metric series).
 const MAX_CONSUMERS: usize = 32;
-/// Longest `wait` of a pull.
-const MAX_PULL_WAIT: Duration = Duration::from_secs(60);
 /// Parked readings listed when the client gives no limit.
 const DEFAULT_PARKED: usize = 100;
 
@@ -46,7 +44,8 @@ pub(super) struct PullParams {
     #[param(minimum = 1)]
     limit: Option<usize>,
     /// How long to hold the request when no reading follows `cursor` yet (`30s`; at most
-    /// 60 s): it is answered as soon as one is durable. Absent: answered at once.
+    /// `api.max_pull_wait`, 60 s unless configured): it is answered as soon as one is durable.
+    /// Absent: answered at once.
     #[param(example = "30s")]
     wait: Option<String>,
 }
@@ -67,7 +66,7 @@ pub struct PullPage {
     #[schema(required = true)]
     pub oldest: Option<u64>,
     /// The readings, oldest first.
-    pub readings: Vec<UpstreamReading>,
+    pub readings: Vec<ReadingJson>,
 }
 
 /// Pull readings.
@@ -98,10 +97,10 @@ pub(super) async fn pull(
     let cursor = params.cursor;
     if let Some(text) = &params.wait {
         let wait = params::duration("wait", text)?;
-        if wait > MAX_PULL_WAIT {
+        if wait > state.max_pull_wait {
             return Err(ApiError::BadRequest(format!(
-                "`wait` is at most {} s",
-                MAX_PULL_WAIT.as_secs()
+                "`wait` is at most {} s (api.max_pull_wait)",
+                state.max_pull_wait.as_secs()
             )));
         }
         let from = cursor.map_or(0, |c| c.saturating_add(1));
@@ -126,7 +125,7 @@ pub(super) async fn pull(
         readings: readings
             .iter()
             .filter(|r| identity.may_access(&r.device))
-            .map(UpstreamReading::from)
+            .map(ReadingJson::from)
             .collect(),
     }))
 }
@@ -523,7 +522,7 @@ pub struct ParkedReading {
     #[schema(format = DateTime)]
     pub parked: String,
     /// The reading.
-    pub reading: UpstreamReading,
+    pub reading: ReadingJson,
     /// What the receiver said (at most 512 bytes).
     pub reason: String,
     /// The sink whose receiver refused it.
@@ -575,7 +574,7 @@ pub(super) async fn parked(
             .iter()
             .map(|p| ParkedReading {
                 parked: crate::clock::rfc3339(p.parked_ms),
-                reading: UpstreamReading::from(&p.reading),
+                reading: ReadingJson::from(&p.reading),
                 reason: p.reason.clone(),
                 sink: p.sink.clone(),
                 status: p.status,

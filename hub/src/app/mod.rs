@@ -424,6 +424,7 @@ pub async fn run(
         presence: presence.clone(),
         live: live.clone(),
         max_wait: config.commands.max_wait.0,
+        max_pull_wait: config.api.max_pull_wait.0,
         stream_slots: Arc::new(tokio::sync::Semaphore::new(api::STREAM_CLIENTS)),
         shutdown: api_shutdown.clone(),
         clients: Arc::new(client_identities(&config)),

@@ -258,6 +258,9 @@ pub struct ApiConfig {
     pub crls: Vec<PathBuf>,
     /// Most readings or devices in one page.
     pub max_page: usize,
+    /// Longest `wait` of a pull (`GET /sync/readings?wait=`): a proxy in front of the hub may
+    /// cut idle requests sooner.
+    pub max_pull_wait: HumanDuration,
     /// Most concurrent connections.
     pub max_connections: usize,
     /// Most concurrent connections from one client address, so one address cannot take every
@@ -299,6 +302,7 @@ impl Default for ApiConfig {
             tls_key: None,
             client_ca: None,
             max_page: 1000,
+            max_pull_wait: HumanDuration(Duration::from_secs(60)),
             max_connections: 256,
             max_connections_per_address: 64,
             header_timeout: HumanDuration(Duration::from_secs(10)),

@@ -119,6 +119,9 @@ impl Config {
         if !(1..=100_000).contains(&self.api.max_page) {
             problems.push("api.max_page: must be 1 to 100000".into());
         }
+        if self.api.max_pull_wait.0 > std::time::Duration::from_secs(3600) {
+            problems.push("api.max_pull_wait: at most 1h".into());
+        }
         for (i, serial) in self.serial.iter().enumerate() {
             if serial.path.as_os_str().is_empty() {
                 problems.push(format!("serial[{i}].path: must not be empty"));

@@ -277,3 +277,17 @@ pub struct Applied {
     /// Seqs its arrival made the store give up waiting for.
     pub given_up: u64,
 }
+
+impl From<&Reading> for crate::values::ReadingJson {
+    fn from(r: &Reading) -> Self {
+        crate::values::ReadingJson {
+            boot: r.seq.boot(),
+            device: r.device.clone(),
+            hub_seq: r.seq.hub_seq(),
+            metrics: crate::values::MetricValue::map(&r.metrics),
+            offset: r.offset,
+            seq: r.seq.device_seq(),
+            ts: crate::clock::rfc3339(r.timestamp_ms),
+        }
+    }
+}

@@ -12,53 +12,10 @@
 //! a device numbered too (`boot` only when the device sends one); a reading it did not number has
 //! a `hub_seq` instead of `seq`, and only the key and offset tell it apart.
 
-use std::collections::BTreeMap;
-
 use serde::Serialize;
-use utoipa::ToSchema;
 
-use crate::clock::rfc3339;
 use crate::store::Reading;
-use crate::values::MetricValue;
-
-/// A reading as it goes upstream, pushed or pulled. `(device, boot, seq)` identifies a reading the
-/// device numbered; one it did not number has a `hub_seq` instead, and no `seq`.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamReading {
-    /// The device's boot number, when it sends one: its seqs count within a boot.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub boot: Option<u32>,
-    /// The device id.
-    pub device: String,
-    /// The hub's number of a reading the device sent without a seq (apart from its seqs).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub hub_seq: Option<u32>,
-    /// Values by metric name.
-    pub metrics: BTreeMap<String, MetricValue>,
-    /// The hub offset: a number that only grows.
-    pub offset: u64,
-    /// The device's sequence number, when it sent one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub seq: Option<u32>,
-    /// Timestamp (the device's, else the hub's receive time), RFC 3339 UTC.
-    #[schema(format = DateTime)]
-    pub ts: String,
-}
-
-impl From<&Reading> for UpstreamReading {
-    fn from(r: &Reading) -> Self {
-        UpstreamReading {
-            boot: r.seq.boot(),
-            device: r.device.clone(),
-            hub_seq: r.seq.hub_seq(),
-            metrics: MetricValue::map(&r.metrics),
-            offset: r.offset,
-            seq: r.seq.device_seq(),
-            ts: rfc3339(r.timestamp_ms),
-        }
-    }
-}
+use crate::values::ReadingJson;
 
 #[derive(Serialize)]
 struct BatchBody<'a> {
@@ -67,7 +24,7 @@ struct BatchBody<'a> {
     key: &'a str,
     first_offset: u64,
     last_offset: u64,
-    readings: Vec<UpstreamReading>,
+    readings: Vec<ReadingJson>,
 }
 
 /// The idempotency key of the batch from `first` to `last` of `sink` on `hub`.
@@ -86,7 +43,7 @@ pub fn batch_body(hub: &str, sink: &str, readings: &[Reading]) -> (String, Vec<u
         key: &key,
         first_offset: first,
         last_offset: last,
-        readings: readings.iter().map(UpstreamReading::from).collect(),
+        readings: readings.iter().map(ReadingJson::from).collect(),
     };
     // Serializing these types cannot fail (string keys, no maps with other keys).
     let json = serde_json::to_vec(&body).unwrap_or_default();

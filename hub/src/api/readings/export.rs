@@ -16,11 +16,12 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::json::{BucketJson, ReadingJson};
+use super::json::BucketJson;
 use super::{EXPORT_CHUNKS, Page, Source, not_found, read_page};
 use crate::api::error::ApiError;
 use crate::api::params::Format;
 use crate::store::{Agg, AggValue, Store, StoreError};
+use crate::values::ReadingJson;
 
 impl Source {
     /// The first line of a CSV export.

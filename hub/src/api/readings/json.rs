@@ -4,8 +4,6 @@
 //! Invariants: fields are in alphabetical order, so the bytes stay what they were when the bodies
 //! were `serde_json` maps; a bucket carries `count` and the aggregates asked for, and only those.
 
-use std::collections::BTreeMap;
-
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -13,8 +11,8 @@ use utoipa::ToSchema;
 use super::{Page, Source, not_found, read_page};
 use crate::api::error::ApiError;
 use crate::api::params;
-use crate::store::{Agg, AggValue, Bucket, Reading, Store};
-use crate::values::MetricValue;
+use crate::store::{Agg, AggValue, Bucket, Store};
+use crate::values::{MetricValue, ReadingJson};
 
 /// A page of raw readings.
 #[derive(Debug, Serialize, ToSchema)]
@@ -31,43 +29,6 @@ pub struct ReadingsPage {
 
 // Fields are in alphabetical order, here and in every body of this module: the bytes stay what
 // they were when the bodies were built as `serde_json` maps, which sort their keys.
-/// A reading (also each line of an NDJSON export). `(device, boot, seq)` identifies a reading the
-/// device numbered; one it did not number has a `hub_seq` instead, and no `seq`.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ReadingJson {
-    /// The device's boot number, when it sends one: its seqs count within a boot.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    boot: Option<u32>,
-    /// The hub's number of a reading the device sent without a seq (a numbering of the device's
-    /// own, apart from its seqs; a retransmission of such a reading cannot be recognised).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    hub_seq: Option<u32>,
-    /// Values by metric name.
-    metrics: BTreeMap<String, MetricValue>,
-    /// The hub offset: a number that only grows.
-    offset: u64,
-    /// The device's sequence number, when it sent one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    seq: Option<u32>,
-    /// Timestamp (the device's, else the hub's receive time), RFC 3339 UTC.
-    #[schema(format = DateTime)]
-    ts: String,
-}
-
-impl From<&Reading> for ReadingJson {
-    fn from(r: &Reading) -> Self {
-        ReadingJson {
-            boot: r.seq.boot(),
-            hub_seq: r.seq.hub_seq(),
-            metrics: MetricValue::map(&r.metrics),
-            offset: r.offset,
-            seq: r.seq.device_seq(),
-            ts: crate::clock::rfc3339(r.timestamp_ms),
-        }
-    }
-}
-
 /// A page of buckets of one metric.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -7,18 +7,19 @@
 //! restricted to some devices sees only those; a reading carries only the metrics its
 //! subscriptions match.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::ws::Message;
-use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::{MAX_PATTERN_LEN, MAX_PATTERNS, MAX_SUBSCRIPTIONS};
 use crate::auth::Identity;
 use crate::live::{Event, LiveReading};
 use crate::patterns::pattern_matches;
-use crate::values::MetricValue;
+use crate::values::{MetricValue, ReadingJson};
 
 /// What a client may send.
 #[derive(Debug, Deserialize)]
@@ -55,6 +56,17 @@ impl Subscription {
     fn wants_metric(&self, metric: &str) -> bool {
         self.metrics.iter().any(|p| pattern_matches(p, metric))
     }
+}
+
+/// A reading as the stream sends it: the one JSON form of a reading, with the subscriptions it
+/// matched, and only the metrics they asked for.
+#[derive(Serialize)]
+struct StreamReading<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    subscriptions: &'a [String],
+    #[serde(flatten)]
+    reading: ReadingJson,
 }
 
 /// The state of one connection's reading side.
@@ -203,7 +215,7 @@ impl Session {
                 continue;
             }
             let mut ids = Vec::new();
-            let mut metrics = Map::new();
+            let mut metrics = BTreeMap::new();
             for sub in &self.subscriptions {
                 if !sub.readings || !sub.wants_device(&reading.device) {
                     continue;
@@ -212,7 +224,7 @@ impl Session {
                 for (name, value) in &reading.metrics {
                     if sub.wants_metric(name) {
                         matched = true;
-                        metrics.insert(name.clone(), json!(MetricValue(value.clone())));
+                        metrics.insert(name.clone(), MetricValue(value.clone()));
                     }
                 }
                 if matched {
@@ -222,25 +234,15 @@ impl Session {
             if metrics.is_empty() {
                 continue;
             }
-            let mut message = json!({
-                "type": "reading",
-                "subscriptions": ids,
-                "device": reading.device,
-                "offset": reading.offset,
-                "ts": crate::clock::rfc3339(reading.timestamp_ms),
-                "metrics": metrics,
-            });
-            let numbering = [
-                ("seq", reading.seq.device_seq()),
-                ("boot", reading.seq.boot()),
-                ("hub_seq", reading.seq.hub_seq()),
-            ];
-            for (key, value) in numbering {
-                if let Some(value) = value {
-                    message[key] = json!(value);
-                }
+            let message = StreamReading {
+                kind: "reading",
+                subscriptions: &ids,
+                reading: reading.json(metrics),
+            };
+            match serde_json::to_string(&message) {
+                Ok(text) => self.offer(Message::Text(text.into())),
+                Err(e) => tracing::warn!(error = %e, "a reading could not be written as JSON"),
             }
-            self.send_json(message);
         }
     }
 
