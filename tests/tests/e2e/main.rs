@@ -30,3 +30,4 @@ mod serial;
 mod sparkplug;
 mod sync;
 mod tokens;
+mod upgrade;
