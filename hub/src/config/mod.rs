@@ -9,6 +9,7 @@
 mod load;
 mod modbus;
 mod mqtt;
+mod rules;
 mod sync;
 #[cfg(test)]
 mod tests;
@@ -20,6 +21,9 @@ pub use modbus::{
     PointType, Table,
 };
 pub use mqtt::{Broker, MapPreset, MqttConfig, MqttDevicesConfig, PayloadForm, TopicMapConfig};
+pub use rules::{
+    ActionConfig, ChangeConfig, CommandActionConfig, MqttActionConfig, RateConfig, RuleConfig,
+};
 pub use sync::{Compression, SinkConfig, SinkKind, SyncConfig};
 pub use units::{ByteSize, HumanDuration};
 
@@ -74,6 +78,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Upstream sync.
     pub sync: SyncConfig,
+    /// Alert rules (`[[rules]]`, any number; reloaded on SIGHUP).
+    pub rules: Vec<RuleConfig>,
 }
 
 /// `[devices]`
