@@ -139,6 +139,7 @@ pub(super) struct NewRule {
 #[utoipa::path(
     get,
     path = "/rules",
+    operation_id = "list_rules",
     security(("bearer" = ["admin"])),
     tag = "rules",
     responses(
@@ -164,6 +165,7 @@ pub(super) async fn list(
 #[utoipa::path(
     post,
     path = "/rules",
+    operation_id = "put_rule",
     security(("bearer" = ["admin"])),
     tag = "rules",
     request_body = NewRule,
@@ -204,6 +206,7 @@ pub(super) async fn put(
 #[utoipa::path(
     get,
     path = "/rules/{name}",
+    operation_id = "get_rule",
     security(("bearer" = ["admin"])),
     tag = "rules",
     params(RuleName),
@@ -234,6 +237,7 @@ pub(super) async fn get(
 #[utoipa::path(
     delete,
     path = "/rules/{name}",
+    operation_id = "delete_rule",
     security(("bearer" = ["admin"])),
     tag = "rules",
     params(RuleName),
@@ -374,6 +378,7 @@ pub(super) struct AlertsView {
 #[utoipa::path(
     get,
     path = "/alerts",
+    operation_id = "list_alerts",
     security(("bearer" = ["read"])),
     tag = "rules",
     params(AlertParams),
