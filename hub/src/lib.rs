@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod mqtt_client;
 pub mod notify;
 pub mod patterns;
+pub mod rules;
 pub mod store;
 pub mod sync;
 pub mod values;

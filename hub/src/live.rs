@@ -105,6 +105,25 @@ pub enum Event {
         /// Its new state.
         state: CommandState,
     },
+    /// An alert was notified as firing or resolved (see `rules`).
+    Alert(Arc<AlertNote>),
+}
+
+/// An alert transition, as live listeners get it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertNote {
+    /// The device.
+    pub device: String,
+    /// The rule.
+    pub rule: String,
+    /// `firing` or `resolved`.
+    pub state: &'static str,
+    /// The transition's number for this alert.
+    pub transition: u64,
+    /// The value that moved it, if any.
+    pub value: Option<f64>,
+    /// When (hub clock, unix ms).
+    pub at_ms: u64,
 }
 
 impl Event {
@@ -112,6 +131,7 @@ impl Event {
     pub fn device(&self) -> &str {
         match self {
             Event::Device { device, .. } | Event::Command { device, .. } => device,
+            Event::Alert(note) => &note.device,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The arrows the design forbids stay out: data flows ingest -> store -> (api, sync), and the
+//! The arrows the design forbids stay out: data flows ingest -> store -> (api, sync, rules), and the
 //! helpers every part shares (clock, values, histogram, MQTT client set-up) are leaves.
 //!
 //! Reads the hub's sources and fails on any `crate::<part>` path, outside comments, that a part
@@ -15,10 +15,24 @@ use std::path::{Path, PathBuf};
 const FORBIDDEN: &[(&str, &[&str])] = &[
     (
         "store",
-        &["ingest", "api", "sync", "metrics", "commands", "app", "cli"],
+        &[
+            "ingest", "api", "sync", "metrics", "commands", "app", "cli", "rules",
+        ],
     ),
-    ("sync", &["ingest", "api", "commands", "app", "cli"]),
-    ("ingest", &["api", "sync", "commands", "app", "cli"]),
+    (
+        "sync",
+        &["ingest", "api", "commands", "app", "cli", "rules"],
+    ),
+    (
+        "ingest",
+        &["api", "sync", "commands", "app", "cli", "rules"],
+    ),
+    // Rules follow the store like sync: they act through commands, the live stream and the
+    // shared clients, never through ingest, the API or the sinks.
+    (
+        "rules",
+        &["ingest", "api", "sync", "metrics", "auth", "app", "cli"],
+    ),
 ];
 
 /// Leaf modules: they import no part of the hub at all.

@@ -135,6 +135,8 @@ fn every_kind_of_task_that_fails_stops_the_hub_with_a_clear_error() {
         "token-use",
         "sink-supervisor",
         "retention",
+        "rules",
+        "webhooks",
         "reload",
         "api",
     ] {

@@ -19,6 +19,7 @@ mod openapi;
 pub mod params;
 mod ratelimit;
 mod readings;
+mod rules;
 pub mod schema;
 pub mod server;
 mod stream;
@@ -103,6 +104,8 @@ pub struct ApiState {
     pub liveness: Arc<crate::liveness::IngestLiveness>,
     /// Backups of the running hub.
     pub backups: Arc<backup::Backups>,
+    /// The alert rules.
+    pub rules: crate::rules::RulesHandle,
 }
 
 /// Request ids: a random prefix per process and a counter, so ids are unique and cheap.
@@ -182,7 +185,10 @@ fn routes(state: &ApiState) -> OpenApiRouter<ApiState> {
         .routes(routes!(sync::commit, sync::remove))
         .routes(routes!(sync::status))
         .routes(routes!(sync::parked))
-        .routes(routes!(backup::create));
+        .routes(routes!(backup::create))
+        .routes(routes!(rules::list, rules::put))
+        .routes(routes!(rules::get, rules::delete))
+        .routes(routes!(rules::alerts));
     // Every body the API takes is small (commands, device labels): one bound for all of them.
     let v1 = v1.layer(axum::extract::DefaultBodyLimit::max(MAX_BODY));
     let authenticated = openapi::authenticated(

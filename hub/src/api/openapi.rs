@@ -53,6 +53,7 @@ const BEARER: &str = "bearer";
         (name = "tokens", description = "Bearer tokens: make, list, revoke (admin scope)."),
         (name = "sync", description = "Upstream sync: cloud pull by offset, consumers, sink status, parked readings."),
         (name = "backups", description = "Consistent backups of the running hub (admin scope)."),
+        (name = "rules", description = "Alert rules (admin scope) and the alerts they raise."),
         (name = "health", description = "Liveness, readiness and metrics."),
         (name = "meta", description = "This description."),
     ),
@@ -298,6 +299,7 @@ mod tests {
             crate::commands::Transports::default(),
             tokio::sync::mpsc::channel(1).1,
         );
+        let store_for_rules = store.clone();
         let state = ApiState {
             durable: crate::store::durable::channel(store.next_offset().unwrap()).1,
             store,
@@ -323,6 +325,11 @@ mod tests {
                 engine: crate::store::EngineKind::Redb,
                 running: tokio::sync::Mutex::new(()),
             }),
+            rules: crate::rules::RulesHandle::new(
+                store_for_rules,
+                watch::channel(Vec::new()).1,
+                watch::channel(0).0,
+            ),
         };
         Fixture {
             _dir: dir,

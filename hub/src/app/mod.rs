@@ -339,6 +339,8 @@ pub async fn run(
     // The ingest tasks now hold every sender: when they end, the writer drains and ends.
     drop(submissions_tx);
 
+    // Alert actions publish through the same MQTT door as commands.
+    let alert_mqtt = transports.mqtt.clone();
     let c = &config.commands;
     let (commands, dispatcher) = commands::new(
         store.clone(),
@@ -383,6 +385,17 @@ pub async fn run(
         start_sync(&config, &store, &durable, &mut tasks, &api_shutdown)?;
 
     let sync_state = Arc::new(sync_state);
+    let rules = start_rules(
+        &config,
+        &store,
+        &durable,
+        &live,
+        &presence,
+        &commands,
+        alert_mqtt,
+        &mut tasks,
+        &api_shutdown,
+    )?;
     // What `/metrics` shows, part by part.
     let mut metrics = crate::metrics::Registry::default();
     metrics
@@ -412,7 +425,8 @@ pub async fn run(
         .register(Arc::new(crate::sync::metrics::SyncMetrics {
             store: store.clone(),
             state: sync_state.clone(),
-        }));
+        }))
+        .register(rules.stats.clone());
     let state = ApiState {
         store: store.clone(),
         durable,
@@ -441,6 +455,7 @@ pub async fn run(
         metrics: Arc::new(metrics),
         requests: Arc::new(crate::metrics::RequestMetrics::default()),
         liveness,
+        rules: rules.handle,
     };
 
     let limits = api::server::ServerLimits {
@@ -457,6 +472,7 @@ pub async fn run(
         config: reload,
         running: config.clone(),
         sinks: sync_configs,
+        rules: rules.config_tx,
     };
     tasks.spawn(
         "reload",
@@ -504,6 +520,74 @@ pub async fn run(
         Some(failure) => Err(AppError::TaskFailed(failure.task, failure.why)),
         None => Ok(()),
     }
+}
+
+/// What the rest of the hub keeps of the rules.
+struct RulesParts {
+    stats: Arc<crate::rules::RulesStats>,
+    handle: crate::rules::RulesHandle,
+    config_tx: watch::Sender<Vec<crate::config::RuleConfig>>,
+}
+
+/// Starts the rules task and the webhook sender. They follow the store's commits and stop with
+/// the API (after ingest has been flushed, so the last readings are evaluated first).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the handles the rules use, passed once"
+)]
+fn start_rules(
+    config: &Config,
+    store: &Store,
+    durable: &store::durable::Durable,
+    live: &Live,
+    presence: &Arc<Presence>,
+    commands: &commands::Commands,
+    mqtt: Option<MqttDownlink>,
+    tasks: &mut Supervisor,
+    shutdown: &CancellationToken,
+) -> Result<RulesParts, AppError> {
+    use crate::rules::{Actions, Publisher, RulesHandle, RulesStats, RulesTask};
+    let (config_tx, config_rx) = watch::channel(config.rules.clone());
+    let (changed_tx, changed_rx) = watch::channel(0u64);
+    let stats = Arc::new(RulesStats::new(store.clone()));
+    let outbox_wake = Arc::new(tokio::sync::Notify::new());
+    let publisher = mqtt.map(|mqtt| {
+        Arc::new(move |topic: String, payload: Vec<u8>| {
+            mqtt.publish(topic, payload).map_err(|e| e.to_string())
+        }) as Publisher
+    });
+    let mut tls = auth::tls::client_config(None, None)?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let task = RulesTask {
+        store: store.clone(),
+        live: live.clone(),
+        presence: presence.clone(),
+        durable: durable.clone(),
+        config_rx: config_rx.clone(),
+        changed_rx,
+        actions: Actions {
+            hub: sync::hub_id(&config.sync.hub_id),
+            commands: Some(commands.clone()),
+            publisher,
+            live: live.clone(),
+            stats: stats.actions.clone(),
+        },
+        outbox_wake: outbox_wake.clone(),
+        stats: stats.clone(),
+    };
+    tasks.spawn("rules", Stage::Services, task.run(shutdown.clone()));
+    let sender = crate::rules::webhook::WebhookSender::new(
+        store.clone(),
+        Some(Arc::new(tls)),
+        outbox_wake,
+        stats.webhooks.clone(),
+    );
+    tasks.spawn("webhooks", Stage::Services, sender.run(shutdown.clone()));
+    Ok(RulesParts {
+        stats,
+        handle: RulesHandle::new(store.clone(), config_rx, changed_tx),
+        config_tx,
+    })
 }
 
 /// Starts every configured sink (under their supervisor) and retention; what the API shows of

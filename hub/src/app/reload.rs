@@ -1,6 +1,6 @@
 //! SIGHUP: the one task that reads certificates and configuration again and hands them to the
-//! parts over `watch` channels: the API's TLS, the MQTT device listener's TLS, the sinks, and the
-//! log level. What cannot change live is named in the log as needing a restart.
+//! parts over `watch` channels: the API's TLS, the MQTT device listener's TLS, the sinks, the
+//! rules, and the log level. What cannot change live is named in the log as needing a restart.
 //!
 //! Invariant: a reload that fails changes nothing of what failed (the previous TLS configuration
 //! or configuration stays) and says why at ERROR; the parts never see a half-read configuration.
@@ -132,6 +132,8 @@ pub struct Reloader {
     pub running: Config,
     /// Where new sink configurations go.
     pub sinks: watch::Sender<SyncConfig>,
+    /// Where the configuration's new rules go.
+    pub rules: watch::Sender<Vec<crate::config::RuleConfig>>,
 }
 
 impl Reloader {
@@ -174,6 +176,9 @@ impl Reloader {
         }
         if self.sinks.send_replace(fresh.sync.clone()) != fresh.sync {
             tracing::info!("SIGHUP: sinks reconfigured");
+        }
+        if self.rules.send_replace(fresh.rules.clone()) != fresh.rules {
+            tracing::info!(rules = fresh.rules.len(), "SIGHUP: rules reloaded");
         }
         let restart: Vec<&str> = [
             ("data", section(&fresh.data) != section(&running.data)),

@@ -9,6 +9,7 @@
 mod load;
 mod modbus;
 mod mqtt;
+mod rules;
 mod sync;
 #[cfg(test)]
 mod tests;
@@ -21,6 +22,9 @@ pub use modbus::{
 };
 pub use mqtt::{
     Broker, MapPreset, MqttConfig, MqttDevicesConfig, PayloadForm, SparkplugConfig, TopicMapConfig,
+};
+pub use rules::{
+    ActionConfig, ChangeConfig, CommandActionConfig, MqttActionConfig, RateConfig, RuleConfig,
 };
 pub use sync::{Compression, SinkConfig, SinkKind, SyncConfig};
 pub use units::{ByteSize, HumanDuration};
@@ -76,6 +80,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Upstream sync.
     pub sync: SyncConfig,
+    /// Alert rules (`[[rules]]`, any number; reloaded on SIGHUP).
+    pub rules: Vec<RuleConfig>,
 }
 
 /// `[devices]`

@@ -213,6 +213,7 @@ impl Config {
         }
         self.sync.problems(&mut problems);
         super::modbus::problems(&self.modbus, &mut problems);
+        problems.extend(crate::rules::config_problems(&self.rules));
 
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             problems.push(format!(

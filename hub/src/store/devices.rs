@@ -71,6 +71,19 @@ impl Store {
             .collect())
     }
 
+    /// A device's labels; `None` for an unknown device. No copy of the rest of its record.
+    pub fn device_labels(
+        &self,
+        id: &str,
+    ) -> Result<Option<std::collections::BTreeMap<String, String>>, StoreError> {
+        let cat = self.catalog()?;
+        Ok(cat
+            .device_numbers
+            .get(id)
+            .and_then(|n| cat.devices.get(n))
+            .map(|record| record.labels.clone()))
+    }
+
     /// How many devices the store knows.
     pub fn device_count(&self) -> Result<usize, StoreError> {
         Ok(self.catalog()?.devices.len())

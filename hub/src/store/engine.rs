@@ -36,11 +36,20 @@ pub enum Table {
     /// Per-minute aggregates of each metric of each device: device number, metric number,
     /// minute since the epoch (all BE) -> encoded rollup; see `store::rollup`.
     Rollups,
+    /// Rules added through the API: rule name -> encoded rule (its definition as JSON text).
+    Rules,
+    /// The state of each alert: rule name, 0, device id -> encoded alert record.
+    Alerts,
+    /// Alert transitions, oldest first: event number (u64 BE) -> encoded alert event.
+    AlertHistory,
+    /// Webhook notifications not yet taken by their receiver: entry number (u64 BE) -> encoded
+    /// entry.
+    Outbox,
 }
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Table; 11] = [
+    pub const ALL: [Table; 15] = [
         Table::Meta,
         Table::Readings,
         Table::DeviceTime,
@@ -52,6 +61,10 @@ impl Table {
         Table::SyncPositions,
         Table::Parked,
         Table::Rollups,
+        Table::Rules,
+        Table::Alerts,
+        Table::AlertHistory,
+        Table::Outbox,
     ];
 
     /// The table's name on disk.
@@ -68,6 +81,10 @@ impl Table {
             Table::SyncPositions => "sync_positions",
             Table::Parked => "parked",
             Table::Rollups => "rollups",
+            Table::Rules => "rules",
+            Table::Alerts => "alerts",
+            Table::AlertHistory => "alert_history",
+            Table::Outbox => "outbox",
         }
     }
 

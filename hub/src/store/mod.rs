@@ -13,8 +13,9 @@
 //! Here: the store's handle, opening (schema and upgrade) and its errors. Beside it, one job a
 //! file: `types.rs` (what goes in and comes out), `catalog.rs` (interned names), `apply.rs`
 //! (committing a batch), `devices.rs`, `readings.rs` (reads and downsampling), `tokens.rs`, and
-//! the `impl Store` files of commands and sync.
+//! the `impl Store` files of commands, sync and alerts.
 
+pub mod alerts;
 mod apply;
 pub mod backup;
 mod catalog;
@@ -315,6 +316,17 @@ impl Store {
 
     fn catalog(&self) -> Result<std::sync::RwLockReadGuard<'_, Catalog>, StoreError> {
         self.catalog.read().map_err(|_| StoreError::Poisoned)
+    }
+
+    /// How many entries `table` holds: walks it, so for the small tables only.
+    fn entries(&self, table: Table) -> Result<u64, StoreError> {
+        let snap = self.engine.snapshot()?;
+        let mut count = 0u64;
+        snap.scan(table, &KeyRange::all(), Direction::Forward, &mut |_, _| {
+            count += 1;
+            ControlFlow::Continue(())
+        })?;
+        Ok(count)
     }
 
     /// The offset the next stored reading will get.

@@ -349,18 +349,7 @@ impl Store {
 
     /// Parked readings held, in all.
     pub fn parked_count(&self) -> Result<u64, StoreError> {
-        let snap = self.engine.snapshot()?;
-        let mut count = 0u64;
-        snap.scan(
-            Table::Parked,
-            &KeyRange::all(),
-            Direction::Forward,
-            &mut |_, _| {
-                count += 1;
-                ControlFlow::Continue(())
-            },
-        )?;
-        Ok(count)
+        self.entries(Table::Parked)
     }
 
     /// Deletes the oldest readings, at most `max` in one commit, stopping at the first for which

@@ -100,6 +100,9 @@ async fn every_route_answers_every_kind_of_caller_as_described() {
                     .replace("{id}", &token_id)
                     .replace("{name}", CONSUMER)
             };
+            // A rule of that name exists before each call, so one the matrix deleted is back.
+            let rule_route = template == "/api/v1/rules/{name}";
+            let hub_ref = &hub;
             let call = |c: reqwest::Client, token: Option<String>| {
                 let url = hub.url(&path);
                 let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
@@ -111,6 +114,16 @@ async fn every_route_answers_every_kind_of_caller_as_described() {
                     _ => None,
                 };
                 async move {
+                    if rule_route {
+                        let rule = json!({"name": CONSUMER, "metric": "v", "above": 1.0});
+                        let (status, _) = hub_ref
+                            .send(reqwest::Method::POST, "/api/v1/rules", Some(&rule))
+                            .await;
+                        assert!(
+                            status == 200 || status == 201,
+                            "the matrix's rule: {status}"
+                        );
+                    }
                     let mut request = c.request(method, url);
                     if let Some(token) = token {
                         request = request.bearer_auth(token);

@@ -25,6 +25,7 @@ mod modbus;
 mod mqtt_door;
 mod mqtt_door_external;
 mod openapi;
+mod rules;
 mod security;
 mod serial;
 mod sparkplug;

@@ -281,6 +281,16 @@ impl Session {
                 "id": id,
                 "state": state.name(),
             }),
+            Event::Alert(note) => json!({
+                "type": "alert",
+                "subscriptions": ids,
+                "device": note.device,
+                "rule": note.rule,
+                "state": note.state,
+                "transition": note.transition,
+                "value": note.value,
+                "ts": crate::clock::rfc3339(note.at_ms),
+            }),
         };
         self.send_json(message);
     }

@@ -70,28 +70,7 @@ pub(super) struct Answer {
 
 /// Reads at most [`MAX_ANSWER`] bytes of the body; whether it was read to its end.
 pub(super) async fn read_capped(response: Response<Incoming>) -> (Vec<u8>, bool) {
-    use hyper::body::Body as _;
-    let mut incoming = response.into_body();
-    let mut body = Vec::new();
-    loop {
-        let frame =
-            std::future::poll_fn(|cx| std::pin::Pin::new(&mut incoming).poll_frame(cx)).await;
-        match frame {
-            None => return (body, true),
-            Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data() {
-                    let room = MAX_ANSWER - body.len();
-                    if data.len() > room {
-                        // The rest is not wanted; dropping it closes the connection.
-                        body.extend_from_slice(&data[..room]);
-                        return (body, false);
-                    }
-                    body.extend_from_slice(&data);
-                }
-            }
-            Some(Err(_)) => return (body, false),
-        }
-    }
+    crate::http_client::read_capped(response, MAX_ANSWER).await
 }
 
 /// The start of a body, as text for a reason.
@@ -107,16 +86,5 @@ pub(super) fn retry_after(
     value: Option<&HeaderValue>,
     now: time::OffsetDateTime,
 ) -> Option<Duration> {
-    let text = value?.to_str().ok()?.trim();
-    let wait = match text.parse::<u64>() {
-        Ok(seconds) => Duration::from_secs(seconds),
-        Err(_) => {
-            let at =
-                time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc2822)
-                    .ok()?;
-            // A date already past means now.
-            Duration::try_from(at - now).unwrap_or(Duration::ZERO)
-        }
-    };
-    Some(wait.min(RETRY_AFTER_MAX))
+    crate::http_client::retry_after(value, now, RETRY_AFTER_MAX)
 }

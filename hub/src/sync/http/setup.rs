@@ -5,11 +5,9 @@
 //! the bearer token (`token`, or `token_file` read once and trimmed) is never logged or put in an
 //! error, its header value marked sensitive.
 
-use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use axum::http::Uri;
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use rustls::pki_types::ServerName;
 
@@ -38,45 +36,11 @@ fn config_error(config: &SinkConfig, reason: impl Into<String>) -> SyncError {
 impl HttpUplink {
     /// An uplink for `config`; fails on an unusable URL, certificate or token file.
     pub fn new(config: &SinkConfig) -> Result<Self, SyncError> {
-        let uri: Uri = config
-            .url
-            .parse()
-            .map_err(|e| config_error(config, format!("url {:?}: {e}", config.url)))?;
-        let authority = uri
-            .authority()
-            .ok_or_else(|| config_error(config, format!("url {:?}: no host", config.url)))?;
-        if authority.as_str().contains('@') {
-            return Err(config_error(
-                config,
-                "url: no credentials in the URL; give token or token_file",
-            ));
-        }
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let tls = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => {
-                return Err(config_error(
-                    config,
-                    format!("url {:?}: must start with https:// or http://", config.url),
-                ));
-            }
-        };
-        if !tls && !is_loopback(&host) {
-            return Err(config_error(
-                config,
-                format!(
-                    "url {:?}: http:// only to a loopback receiver; use https://",
-                    config.url
-                ),
-            ));
-        }
-        let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
-        let tls = if tls {
+        let target = crate::http_client::Target::parse(&config.url)
+            .map_err(|reason| config_error(config, reason))?;
+        let host = target.host.clone();
+        let port = target.port;
+        let tls = if target.tls {
             let mut client = tls_config(config)?;
             client.alpn_protocols = vec![b"http/1.1".to_vec()];
             let server_name = ServerName::try_from(host.clone())
@@ -85,10 +49,10 @@ impl HttpUplink {
         } else {
             None
         };
-        let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        let path = target.path.clone();
 
         let mut headers = HeaderMap::new();
-        let host_header = HeaderValue::from_str(authority.as_str())
+        let host_header = HeaderValue::from_str(&target.authority)
             .map_err(|e| config_error(config, format!("url host: {e}")))?;
         headers.insert(header::HOST, host_header);
         headers.insert(
@@ -118,11 +82,6 @@ impl HttpUplink {
             alarm: None,
         })
     }
-}
-
-fn is_loopback(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost")
-        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The bearer token of `config`: `token`, or `token_file` read once and trimmed.
