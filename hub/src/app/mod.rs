@@ -440,6 +440,7 @@ pub async fn run(
         metrics: Arc::new(metrics),
         requests: Arc::new(crate::metrics::RequestMetrics::default()),
         liveness,
+        sessions: Arc::new(api::dashboard::Sessions::new()?),
     };
 
     let limits = api::server::ServerLimits {
