@@ -21,9 +21,18 @@ function report(error) {
   for (const fn of listeners) fn(error);
 }
 
+// Bodies of GET answers that carried an ETag, by path, so a repeated poll asks with
+// If-None-Match and a 304 costs no body. The page does this itself rather than leave it to the
+// browser's cache, which (among other things) stores nothing from a host whose certificate it
+// does not trust. Bounded: the oldest entry goes first.
+const MAX_CACHED = 500;
+const cached = new Map(); // path -> { etag, json }
+
 /** GET or send JSON; returns the parsed body (or null for 204). */
 export async function api(path, { method = "GET", body, signal } = {}) {
   const init = { method, credentials: "same-origin", signal, headers: {} };
+  const hit = method === "GET" ? cached.get(path) : undefined;
+  if (hit) init.headers["if-none-match"] = hit.etag;
   if (body !== undefined) {
     init.headers["content-type"] = "application/json";
     init.body = JSON.stringify(body);
@@ -44,11 +53,18 @@ export async function api(path, { method = "GET", body, signal } = {}) {
   }
   if (troubled) report(null);
   if (response.status === 204) return null;
+  if (response.status === 304 && hit) return hit.json;
   const text = await response.text();
   let json = null;
   try { json = text ? JSON.parse(text) : null; } catch { json = null; }
   if (!response.ok) {
     throw new ApiError("http", response.status, (json && (json.detail || json.title)) || response.statusText);
+  }
+  const etag = response.headers.get("etag");
+  if (method === "GET" && etag && json !== null) {
+    cached.delete(path);
+    cached.set(path, { etag, json });
+    if (cached.size > MAX_CACHED) cached.delete(cached.keys().next().value);
   }
   return json;
 }

@@ -4,7 +4,7 @@
 // from here and their results (only with the `command` scope); and online/offline events.
 
 import { api } from "./api.js";
-import { h, fmtValue, ago } from "./ui.js";
+import { h, fmtValue, ago, ready } from "./ui.js";
 import { listen } from "./live.js";
 import { Chart } from "./chart.js";
 
@@ -85,7 +85,7 @@ export async function devicePage(main, signal, id, identity) {
     const [from, to] = bounds();
     csv.href = `${path}/readings?${new URLSearchParams({ format: "csv", from: String(Math.floor(from)), to: String(Math.ceil(to)) })}`;
     await Promise.all([...charts.entries()].map(([m, c]) => drawChart(m, c)));
-    main.dataset.ready = "device";
+    ready(main, "device");
   }
 
   // Online/offline events, newest first.

@@ -4,7 +4,7 @@
 // quota, and each sink's and pull consumer's lag.
 
 import { api, allDevices } from "./api.js";
-import { h, fmtValue, ago, fmtBytes, every } from "./ui.js";
+import { h, fmtValue, ago, fmtBytes, every, ready } from "./ui.js";
 import { listen } from "./live.js";
 
 /** Devices whose latest values the page loads (the rest show them once they report). */
@@ -130,5 +130,5 @@ export async function fleetPage(main, signal) {
   await Promise.all([loadDevices(), loadStatus()]);
   every(REFRESH_MS, signal, loadDevices);
   every(STATUS_MS, signal, loadStatus);
-  main.dataset.ready = "fleet";
+  ready(main, "fleet");
 }

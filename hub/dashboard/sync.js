@@ -2,7 +2,7 @@
 // each pull consumer (cursor, lag), refreshed every few seconds.
 
 import { api } from "./api.js";
-import { h, ago, fmtBytes, every } from "./ui.js";
+import { h, ago, fmtBytes, every, ready } from "./ui.js";
 
 const REFRESH_MS = 5000;
 
@@ -33,7 +33,7 @@ export async function syncPage(main, signal) {
     consumers.replaceChildren(...(s.consumers.length ? s.consumers.map((c) => h("tr", {},
       h("td", {}, c.name), h("td", {}, c.cursor ?? "—"),
       h("td", {}, `${c.lag_readings} (${c.lag_seconds} s)`), h("td", {}, ago(c.updated)))) : [empty(4, "No pull consumers registered.")]));
-    main.dataset.ready = "sync";
+    ready(main, "sync");
   }
   await load();
   every(REFRESH_MS, signal, load);

@@ -54,3 +54,10 @@ export function every(ms, signal, fn) {
   const id = setInterval(() => { fn().catch(() => {}); }, ms);
   signal.addEventListener("abort", () => clearInterval(id));
 }
+
+/** Marks the page `name` as shown: on `main` (for tests) and as a performance mark (for the
+ * bench: `performance.getEntriesByName("ready-fleet")`). */
+export function ready(main, name) {
+  main.dataset.ready = name;
+  performance.mark(`ready-${name}`);
+}
