@@ -300,6 +300,26 @@ def main():
             w(f"| {case} | {fmt(md.get('points_per_s'))} | {fmt(md.get('hub_cpu_cores'), 2)} | {fmt(md.get('hub_cpu_us_per_point'), 1)} us | {fmt(md.get('server_cpu_cores'), 2)} | {ms(md.get('lateness_p50_ms'))} | {ms(md.get('lateness_p99_ms'))} | {mb(md.get('VmRSS_kb'))} | {fmt(md.get('errors'))} |")
         w("")
 
+    # ---------- dashboard ----------
+    if S.get("dashboard"):
+        w("## Dashboard")
+        w("")
+        w("The release hub with a store filled by `fill`: 100 devices reporting every 5 minutes and `dense-0` "
+          "every 10 s, over the last 7 days (262,080 readings). Headless chromium (Selenium, `bench/dashboard.py`), "
+          "times from the page's own performance marks: navigation to a usable fleet page (every device listed "
+          "with its latest values), navigation to `dense-0`'s page (1 h charts), and a click on 7d to its 7-day "
+          "charts drawn (buckets sized to the chart's width). Then the fleet page left open for a minute while "
+          "`dense-0` reports every 10 s: the share of the ETag routes' requests (detail, latest, readings) that "
+          "the hub answered 304.")
+        w("")
+        w("| page bytes (gzip) | fleet page | device page | 7-day chart | 7-day points | ETag requests in 1 min | 304 share |")
+        w("| --- | --- | --- | --- | --- | --- | --- |")
+        for case, c in S["dashboard"].items():
+            md = c["median"]
+            total = (md.get("etag_200") or 0) + (md.get("etag_304") or 0)
+            w(f"| {fmt(md.get('page_bytes'))} | {ms(md.get('fleet_ms'))} | {ms(md.get('device_ms'))} | {ms(md.get('chart_7d_ms'))} | {fmt(md.get('buckets_7d'))} | {fmt(total)} | {fmt(md.get('rate_304'), 3)} |")
+        w("")
+
     # ---------- rest ----------
     if S.get("rest"):
         w("## REST latency")

@@ -1,5 +1,5 @@
-//! Prepares the assets of the API docs page (`/docs`), so the binary carries only what the page
-//! needs, already compressed.
+//! Prepares the assets of the two pages the hub serves, so the binary carries only what they
+//! need, already compressed: the API docs page (`/docs`) and the dashboard (`/`).
 //!
 //! Swagger UI comes from the release that the `utoipa-swagger-ui-vendored` crate carries as a zip
 //! (so nothing is downloaded at build time except by cargo). Of its 4.3 MB `dist` folder the page
@@ -9,8 +9,13 @@
 //! run a stale one after an upgrade. The page itself (`index.html`) is written here too, with
 //! those names filled in.
 //!
-//! Output in `OUT_DIR/docs/`: the gzipped assets, `index.html`, and `assets.rs`, a table that
-//! `src/api/docs.rs` includes.
+//! The dashboard's sources are in `dashboard/` (plain JS modules, a stylesheet, and uPlot with its
+//! licence in `dashboard/vendor/`). A module names another as `"./name.js"`; those names are
+//! replaced by the hashed ones, leaves first (the order of [`DASHBOARD`]), so a module's hash
+//! covers the names of what it imports and a changed leaf renames everything that imports it.
+//!
+//! Output in `OUT_DIR/docs/` and `OUT_DIR/dashboard/`: the gzipped assets, `index.html`, and
+//! `assets.rs`, a table that `src/api/docs.rs` (or `src/api/dashboard/assets.rs`) includes.
 
 use std::error::Error;
 use std::fmt::Write as _;
@@ -46,14 +51,39 @@ const OURS: &[(&str, &str)] = &[
     ("hub-docs.css", "text/css; charset=utf-8"),
 ];
 
+const JS: &str = "text/javascript; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// The dashboard's files in `dashboard/`, leaves first: a module may import only those above it.
+const DASHBOARD: &[(&str, &str)] = &[
+    // uPlot 1.6.32 (MIT), as released (`dist/`), with its licence.
+    ("vendor/uPlot.iife.min.js", JS),
+    ("vendor/uPlot.min.css", CSS),
+    ("vendor/uPlot-LICENSE.txt", TEXT),
+    ("style.css", CSS),
+    ("api.js", JS),
+    ("ui.js", JS),
+    ("live.js", JS),
+    ("chart.js", JS),
+    ("fleet.js", JS),
+    ("device.js", JS),
+    ("sync.js", JS),
+    ("app.js", JS),
+];
+
 fn main() -> Result<()> {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
-    let source = manifest.join("src/api/docs");
-    let out = PathBuf::from(std::env::var("OUT_DIR")?).join("docs");
-    std::fs::create_dir_all(&out)?;
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     println!("cargo::rerun-if-changed=build.rs");
-    println!("cargo::rerun-if-changed={}", source.display());
+    docs(&manifest, &out_dir.join("docs"))?;
+    dashboard(&manifest, &out_dir.join("dashboard"))
+}
 
+/// The docs page: Swagger UI's files and ours.
+fn docs(manifest: &Path, out: &Path) -> Result<()> {
+    let source = manifest.join("src/api/docs");
+    println!("cargo::rerun-if-changed={}", source.display());
     let zip = Zip::new(utoipa_swagger_ui_vendored::SWAGGER_UI_VENDORED)?;
     let mut assets = Vec::new();
     for (suffix, name, content_type) in FROM_SWAGGER_UI {
@@ -64,10 +94,48 @@ fn main() -> Result<()> {
         let bytes = std::fs::read(source.join(name))?;
         assets.push(Asset::new(name, content_type, bytes));
     }
+    write_page(&source.join("index.html"), &assets, out, "docs page")
+}
 
-    // The page, with the hashed asset names in place of `{name}` placeholders.
-    let mut page = std::fs::read_to_string(source.join("index.html"))?;
-    for asset in &assets {
+/// The dashboard: each file with the hashed names of the modules it imports, then hashed itself.
+fn dashboard(manifest: &Path, out: &Path) -> Result<()> {
+    let source = manifest.join("dashboard");
+    println!("cargo::rerun-if-changed={}", source.display());
+    println!(
+        "cargo::rerun-if-changed={}",
+        source.join("vendor").display()
+    );
+    let mut assets: Vec<Asset> = Vec::new();
+    for (path, content_type) in DASHBOARD {
+        let mut bytes = std::fs::read(source.join(path))?;
+        if *content_type == JS && !path.starts_with("vendor/") {
+            let mut text = String::from_utf8(bytes)?;
+            for earlier in &assets {
+                text = text.replace(
+                    &format!("\"./{}\"", earlier.name),
+                    &format!("\"./{}\"", earlier.served_name),
+                );
+            }
+            for (at, _) in text.match_indices("from \"./") {
+                let target = text[at + 8..].split('"').next().unwrap_or("");
+                if !assets.iter().any(|a| a.served_name == target) {
+                    return Err(format!("{path}: imports {target}, not listed before it").into());
+                }
+            }
+            bytes = text.into_bytes();
+        }
+        let name = path.rsplit('/').next().unwrap_or(path);
+        assets.push(Asset::new(name, content_type, bytes));
+    }
+    write_page(&source.join("index.html"), &assets, out, "dashboard")
+}
+
+/// Writes `index.html` (from `page`, with `{name}` placeholders replaced by the served names),
+/// every asset gzipped, and `assets.rs`, the table of them.
+fn write_page(page: &Path, assets: &[Asset], out: &Path, what: &str) -> Result<()> {
+    std::fs::create_dir_all(out)?;
+    let mut page = std::fs::read_to_string(page)?;
+    for asset in assets {
         page = page.replace(&format!("{{{}}}", asset.name), &asset.served_name);
     }
     if let Some(at) = page.find("{") {
@@ -76,12 +144,12 @@ fn main() -> Result<()> {
     }
     std::fs::write(out.join("index.html"), page)?;
 
-    let mut table = String::from(
-        "/// The docs page's assets: served name, content type, gzipped bytes.\n\
-         pub const ASSETS: &[(&str, &str, &[u8])] = &[\n",
+    let mut table = format!(
+        "/// The {what}'s assets: served name, content type, gzipped bytes.\n\
+         pub const ASSETS: &[(&str, &str, &[u8])] = &[\n"
     );
     let mut total = 0;
-    for asset in &assets {
+    for asset in assets {
         let gz = gzip(&asset.bytes)?;
         total += gz.len();
         let file = out.join(format!("{}.gz", asset.served_name));

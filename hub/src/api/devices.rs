@@ -315,6 +315,7 @@ pub(super) async fn list(
     params(DeviceId),
     responses(
         (status = 200, description = "The device.", body = DeviceDetail),
+        (status = 304, description = "Not modified: `If-None-Match` names the current `ETag`."),
         (status = 400, description = "The id is not a device id."),
         (status = 403, description = "The token lacks the `read` scope."),
         (status = 404, description = "No such device, or not one the token may see."),
@@ -491,6 +492,7 @@ pub(super) fn json_rejection(e: JsonRejection) -> ApiError {
     params(DeviceId),
     responses(
         (status = 200, description = "The latest values.", body = LatestValues),
+        (status = 304, description = "Not modified: `If-None-Match` names the current `ETag`."),
         (status = 400, description = "The id is not a device id."),
         (status = 403, description = "The token lacks the `read` scope."),
         (status = 404, description = "No such device, or not one the token may see."),

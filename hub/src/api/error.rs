@@ -15,6 +15,8 @@ pub enum ApiError {
     Unauthorized,
     /// 403: valid credentials without the needed scope.
     Forbidden(&'static str),
+    /// 403: a request with the session cookie that does not come from the hub's own pages.
+    ForeignOrigin,
     /// 404: no such thing (or not visible to this identity).
     NotFound(String),
     /// 406: the client refuses every representation the route has.
@@ -114,6 +116,15 @@ impl ApiError {
                 StatusCode::FORBIDDEN,
                 "Forbidden",
                 Some(format!("this identity lacks the `{scope}` scope")),
+            ),
+            ApiError::ForeignOrigin => (
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                Some(
+                    "with the session cookie, a write or a stream must come from the hub's own \
+                     pages (its `Origin`), and nothing from another site's"
+                        .to_owned(),
+                ),
             ),
             ApiError::NotFound(d) => (StatusCode::NOT_FOUND, "Not found", Some(d.clone())),
             ApiError::NotAcceptable(d) => (

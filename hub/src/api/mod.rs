@@ -1,15 +1,19 @@
 //! The HTTPS API: `router` builds the routes over the store (so tests call it without a socket),
 //! `server` serves it over TLS.
 //!
-//! Every `/api/v1` route needs a bearer token; `/healthz` needs nothing, and neither do the static
-//! files of the docs page (`docs`: they hold no data and no secret). Every response carries
+//! Every `/api/v1` route needs a bearer token or the dashboard's session cookie (with the
+//! `Origin` checks of `dashboard`); `/healthz` needs nothing, and neither do the static files of
+//! the docs page and of the dashboard (`docs`, `dashboard`: they hold no data and no secret), nor
+//! signing in and out (`/api/v1/session`, which authenticates by itself). Every response carries
 //! `x-request-id`, and every error is `application/problem+json` with that id.
 //!
 //! The routes and their OpenAPI description come from one registration (see [`routes`] and
 //! `openapi`), served at `/api/v1/openapi.json` and browsable at `/docs`.
 
 mod backup;
+mod caching;
 mod commands;
+pub mod dashboard;
 mod devices;
 pub mod docs;
 pub mod error;
@@ -22,6 +26,7 @@ mod readings;
 mod rules;
 pub mod schema;
 pub mod server;
+mod static_files;
 mod stream;
 mod sync;
 pub mod tokens;
@@ -106,6 +111,8 @@ pub struct ApiState {
     pub backups: Arc<backup::Backups>,
     /// The alert rules.
     pub rules: crate::rules::RulesHandle,
+    /// The dashboard's sessions.
+    pub sessions: Arc<dashboard::Sessions>,
 }
 
 /// Request ids: a random prefix per process and a counter, so ids are unique and cheap.
@@ -151,6 +158,7 @@ pub fn router(state: ApiState) -> Router {
     let (api, spec) = routes(&state).split_for_parts();
     let spec = openapi::finish(spec, state.max_page);
     api.merge(docs::router())
+        .merge(dashboard::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(Extension(openapi::SpecJson::new(&spec)))
         .layer(middleware::from_fn_with_state(state.clone(), request_id))
@@ -188,7 +196,9 @@ fn routes(state: &ApiState) -> OpenApiRouter<ApiState> {
         .routes(routes!(backup::create))
         .routes(routes!(rules::list, rules::put))
         .routes(routes!(rules::get, rules::delete))
-        .routes(routes!(rules::alerts));
+        .routes(routes!(rules::alerts))
+        .routes(routes!(dashboard::signin::whoami))
+        .route_layer(middleware::from_fn(caching::etag));
     // Every body the API takes is small (commands, device labels): one bound for all of them.
     let v1 = v1.layer(axum::extract::DefaultBodyLimit::max(MAX_BODY));
     let authenticated = openapi::authenticated(
@@ -198,8 +208,14 @@ fn routes(state: &ApiState) -> OpenApiRouter<ApiState> {
             .routes(routes!(metrics::metrics)),
         state,
     );
+    // Signing in and out authenticate by themselves (see `dashboard::signin`). Merged, not
+    // nested: nesting would replace the description of `GET /api/v1/session` (in `v1`), where
+    // merging joins the operations of one path.
+    let session =
+        OpenApiRouter::default().routes(routes!(dashboard::signin::open, dashboard::signin::close));
     OpenApiRouter::with_openapi(openapi::base())
         .merge(authenticated)
+        .merge(session)
         .routes(routes!(health::healthz))
 }
 
@@ -360,7 +376,8 @@ where
     }
 }
 
-/// Resolves the bearer token to an [`Identity`] or answers 401.
+/// Resolves the bearer token (or the session cookie, or the client certificate) to an
+/// [`Identity`] or answers 401.
 async fn authenticate(State(state): State<ApiState>, request: Request, next: Next) -> Response {
     let now = std::time::Instant::now();
     let connection = request.extensions().get::<server::Connection>().cloned();
@@ -370,14 +387,28 @@ async fn authenticate(State(state): State<ApiState>, request: Request, next: Nex
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
     });
+    let cookie = dashboard::session::cookie_value(request.headers());
+    let client_cert = connection.as_ref().and_then(|c| c.client_cert.as_deref());
     // A token, when one is sent, decides (a bad one is refused even with a good certificate);
-    // without one, a client certificate that `[[api.clients]]` names is the identity.
-    let identity = match token {
-        Some(token) => token.and_then(|t| state.tokens.authenticate(t, crate::clock::now_ms())),
-        None => connection
-            .as_ref()
-            .and_then(|c| c.client_cert.as_deref())
-            .and_then(|cert| state.clients.identify(cert)),
+    // then the session cookie (a stale one is refused, so the page learns it must sign in
+    // again); without either, a client certificate that `[[api.clients]]` names is the identity.
+    let now_ms = crate::clock::now_ms();
+    let identity = match (token, cookie) {
+        (Some(token), _) => token.and_then(|t| state.tokens.authenticate(t, now_ms)),
+        (None, Some(cookie)) => {
+            let authority = request.uri().authority().map(|a| a.as_str());
+            if !dashboard::cookie_request_allowed(request.method(), request.headers(), authority) {
+                return ApiError::ForeignOrigin.into_response();
+            }
+            state.sessions.identity(
+                cookie,
+                &state.tokens,
+                &state.clients,
+                client_cert.map(Vec::as_slice),
+                now_ms,
+            )
+        }
+        (None, None) => client_cert.and_then(|cert| state.clients.identify(cert)),
     };
     let Some(identity) = identity else {
         // Failed attempts are limited per address, so tokens cannot be guessed at line rate.

@@ -52,6 +52,7 @@ const BEARER: &str = "bearer";
         (name = "stream", description = "Live readings and events over a WebSocket."),
         (name = "tokens", description = "Bearer tokens: make, list, revoke (admin scope)."),
         (name = "sync", description = "Upstream sync: cloud pull by offset, consumers, sink status, parked readings."),
+        (name = "session", description = "The dashboard's session cookie: sign in with a token or a client certificate, sign out."),
         (name = "backups", description = "Consistent backups of the running hub (admin scope)."),
         (name = "rules", description = "Alert rules (admin scope) and the alerts they raise."),
         (name = "health", description = "Liveness, readiness and metrics."),
@@ -330,6 +331,7 @@ mod tests {
                 watch::channel(Vec::new()).1,
                 watch::channel(0).0,
             ),
+            sessions: Arc::new(crate::api::dashboard::Sessions::new().unwrap()),
         };
         Fixture {
             _dir: dir,
@@ -395,8 +397,9 @@ mod tests {
         paths
     }
 
-    /// The docs page's static files: served, public, and deliberately not in the description.
-    const DOCS: [&str; 3] = ["/docs", "/docs/", "/docs/{file}"];
+    /// The docs page's and the dashboard's static files: served, public, and deliberately not in
+    /// the description.
+    const DOCS: [&str; 5] = ["/docs", "/docs/", "/docs/{file}", "/", "/assets/{file}"];
 
     const METHODS: [&str; 5] = ["get", "put", "post", "delete", "patch"];
 
@@ -519,6 +522,15 @@ mod tests {
                 if path == "/healthz" {
                     assert!(op.get("security").is_none(), "{path}");
                     assert_eq!(status, StatusCode::OK, "{path}");
+                    continue;
+                }
+                // Signing in and out authenticate by themselves: nothing to sign in with, or no
+                // session to end, is a 401 too.
+                if path == "/api/v1/session" && method != "get" {
+                    assert!(op.get("security").is_none(), "{method} {path}");
+                    assert!(op["responses"]["401"].is_object(), "{method} {path}");
+                    assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}");
+                    assert_eq!(headers["content-type"], "application/problem+json");
                     continue;
                 }
                 // The bearer scheme, with the scope the operation needs, if any.

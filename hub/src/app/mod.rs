@@ -456,6 +456,7 @@ pub async fn run(
         requests: Arc::new(crate::metrics::RequestMetrics::default()),
         liveness,
         rules: rules.handle,
+        sessions: Arc::new(api::dashboard::Sessions::new()?),
     };
 
     let limits = api::server::ServerLimits {

@@ -10,6 +10,7 @@ mod broker_gate;
 mod cli;
 mod commands;
 mod crash;
+mod dashboard;
 mod disk_full;
 mod downsample;
 

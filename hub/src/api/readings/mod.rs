@@ -83,6 +83,7 @@ enum Source {
                 (String = "application/x-ndjson"),
             ),
         ),
+        (status = 304, description = "Not modified: `If-None-Match` names the current `ETag` (JSON pages only)."),
         (status = 400, description = "A parameter is wrong, unknown or does not fit the others; the detail names it."),
         (status = 403, description = "The token lacks the `read` scope."),
         (status = 404, description = "No such device, or not one the token may see."),

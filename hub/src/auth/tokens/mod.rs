@@ -237,15 +237,35 @@ impl TokenRegistry {
     /// The identity of a presented secret, if it is a live token. Notes the time of use in
     /// memory only (see [`TokenRegistry::save_last_used`]).
     pub fn authenticate(&self, secret: &str, now_ms: u64) -> Option<Identity> {
+        self.authenticate_handle(secret, now_ms)
+            .map(|(identity, _)| identity)
+    }
+
+    /// Like [`TokenRegistry::authenticate`], and also a handle on the token, by which
+    /// [`TokenRegistry::identity_of`] finds it again without the secret (a dashboard session
+    /// keeps the handle, never the secret), and when the token expires.
+    pub fn authenticate_handle(
+        &self,
+        secret: &str,
+        now_ms: u64,
+    ) -> Option<(Identity, TokenHandle)> {
         if !secret.starts_with(TOKEN_PREFIX) || secret.len() > 128 {
             return None;
         }
-        let hash = self.hash(secret);
+        let handle = TokenHandle(self.hash(secret));
+        let identity = self.identity_of(&handle, now_ms)?;
+        Some((identity, handle))
+    }
+
+    /// The identity of the token `handle` names, if it is still live (not revoked, not expired):
+    /// a session made from a token ends when the token does.
+    pub fn identity_of(&self, handle: &TokenHandle, now_ms: u64) -> Option<Identity> {
+        let hash = &handle.0;
         let map = self.read();
         // The map is keyed by a keyed hash, so the look-up's timing says nothing about the secret;
         // the final comparison is constant-time all the same.
-        let (stored, entry) = map.get_key_value(&hash)?;
-        if !constant_time_eq(stored, &hash) {
+        let (stored, entry) = map.get_key_value(hash)?;
+        if !constant_time_eq(stored, hash) {
             return None;
         }
         let record = &entry.record;
@@ -262,6 +282,24 @@ impl TokenRegistry {
                 .collect(),
             devices: record.devices.clone(),
         })
+    }
+
+    /// When the token `handle` names expires (unix ms), if it does.
+    pub fn expires_ms(&self, handle: &TokenHandle) -> Option<u64> {
+        self.read()
+            .get(&handle.0)
+            .and_then(|entry| entry.record.expires_ms)
+    }
+}
+
+/// Names a token by its keyed hash, without its secret. Not shown to anyone: a session keeps it
+/// in memory to find its token again.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenHandle(Vec<u8>);
+
+impl std::fmt::Debug for TokenHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TokenHandle({})", token_id(&self.0))
     }
 }
 
