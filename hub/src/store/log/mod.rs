@@ -118,6 +118,9 @@ struct Writer {
     checkpointed_lsn: u64,
     /// When the oldest change of the tail was committed.
     tail_since: Option<Instant>,
+    /// Whether the last checkpoint failed (a full disk, mostly): the next commit checkpoints
+    /// first, and fails as it does, so a full disk is told to the writer at once.
+    checkpoint_failed: bool,
 }
 
 /// An engine whose commits go to a log first; see the module doc.
@@ -218,6 +221,7 @@ impl LoggedEngine {
             next_lsn: expected,
             checkpointed_lsn,
             tail_since: (!tail.is_empty()).then(Instant::now),
+            checkpoint_failed: false,
         };
         Ok(LoggedEngine {
             inner,
@@ -310,8 +314,12 @@ impl LoggedEngine {
         batch: &WriteBatch,
     ) -> Result<(), EngineError> {
         let held = self.tail.read().map_err(|_| poisoned())?.bytes();
-        if held >= self.config.checkpoint_bytes.saturating_mul(4) {
-            // Checkpoints have been failing: the tail may not grow further.
+        if writer.checkpoint_failed
+            || held >= self.config.checkpoint_bytes.saturating_mul(4)
+            || !self.has_reserve()
+        {
+            // The engine may not be able to take the tail: it must now, or this commit fails
+            // (nothing of it written), as a commit straight into the engine would.
             self.checkpoint(writer)?;
         }
         let lsn = writer.next_lsn;
@@ -336,8 +344,15 @@ impl LoggedEngine {
         if held >= self.config.checkpoint_bytes || since.elapsed() >= self.config.checkpoint_every {
             // The commit is durable whatever becomes of the checkpoint: a failed one is tried
             // again at the next commit.
-            if let Err(e) = self.checkpoint(writer) {
-                tracing::warn!(error = %e, tail_bytes = held, "log checkpoint failed; the log keeps every reading and the checkpoint is tried again");
+            match self.checkpoint(writer) {
+                Ok(()) => {}
+                // The next commit meets it again and fails with it: the writer tells.
+                Err(e) if e.is_disk_full() => {
+                    tracing::debug!(error = %e, "log checkpoint found the disk full")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, tail_bytes = held, "log checkpoint failed; the log keeps every reading and the next commit tries it again")
+                }
             }
         }
         Ok(())
@@ -380,6 +395,25 @@ impl LoggedEngine {
     /// Folds the tail into the inner engine in one transaction, then recycles the segments
     /// that only held folded records.
     fn checkpoint(&self, writer: &mut Writer) -> Result<(), EngineError> {
+        writer.checkpoint_failed = true;
+        self.fold_and_recycle(writer)?;
+        writer.checkpoint_failed = false;
+        Ok(())
+    }
+
+    /// Whether the file system has room for a checkpoint of a full tail and a new segment
+    /// (`statvfs`; cheap, asked before each commit). When it cannot tell, it says yes.
+    fn has_reserve(&self) -> bool {
+        let reserve = (self.config.checkpoint_bytes as u64)
+            .saturating_mul(2)
+            .saturating_add(self.config.segment_bytes);
+        match rustix::fs::statvfs(&self.dir) {
+            Ok(stat) => stat.f_bavail.saturating_mul(stat.f_frsize) >= reserve,
+            Err(_) => true,
+        }
+    }
+
+    fn fold_and_recycle(&self, writer: &mut Writer) -> Result<(), EngineError> {
         let tail = self.tail.read().map_err(|_| poisoned())?.clone();
         let upto = writer.next_lsn - 1;
         self.stops_at(Stage::BeforeFold)?;

@@ -53,6 +53,10 @@ const ROOM_TO_RETRY_BYTES: u64 = 4 << 20;
 const FLUSH_LOG_BYTES: usize = 16 << 10;
 /// About the log bytes of an item (a reading of four float metrics takes about 50).
 const LOG_BYTES_PER_ITEM: usize = 56;
+/// With a flush window: a commit waits no longer once nothing arrived for this long. Devices
+/// that keep few readings unacknowledged (a window) send nothing more until acked, so waiting
+/// on would only stall them; many devices each on its own clock keep arriving within it.
+const FLUSH_IDLE: Duration = Duration::from_millis(50);
 
 /// The store writer's commits.
 #[derive(Debug)]
@@ -172,10 +176,12 @@ impl StoreWriter {
             let started = tokio::time::Instant::now();
             let batch_ends = started + self.batch_window;
             let flush_ends = started + self.flush_window;
+            let mut last_arrival = started;
             while count < self.batch_max {
-                // The flush window waits only while less than a few pages' worth is gathered.
+                // The flush window waits only while less than a few pages' worth is gathered
+                // and items keep coming.
                 let until = if count * LOG_BYTES_PER_ITEM < FLUSH_LOG_BYTES {
-                    batch_ends.max(flush_ends)
+                    batch_ends.max(flush_ends.min(last_arrival + FLUSH_IDLE))
                 } else {
                     batch_ends
                 };
@@ -189,6 +195,7 @@ impl StoreWriter {
                 };
                 match next {
                     Some(next) => {
+                        last_arrival = tokio::time::Instant::now();
                         count += next.submission.items.len();
                         batch.push(next);
                     }
