@@ -229,6 +229,29 @@ def main():
             w(f"Mapped / plain: **{fmt(ratio['median'].get('ratio'), 2)}** (median of {ratio['n']}; each repeat: {each}).")
         w("")
 
+    # ---------- wear ----------
+    if S.get("wear"):
+        wr = S["wear"]
+        w("## Bytes written to the device per stored reading (write paths)")
+        w("")
+        w("`write_bytes` of the hub's `/proc/PID/io` (counted as pages are dirtied: a page written twice before it "
+          "reaches the disk counts once) over the measured window, per reading stored in it; JSON QoS 1, 100 devices, "
+          "a fresh hub each run. `log`: the log-first path (`data.write_path = \"log\"`, its default flush window "
+          "and checkpoints, which fall inside the window); `log-flush-0s`: the same with `ingest.flush_window = \"0s\"` "
+          "(each commit at once); `direct`: each commit a redb transaction (`data.write_path = \"direct\"`).")
+        w("")
+        w("| write path | load | bytes written / reading | durable/s | hub CPU (cores) | hub peak RSS | lost |")
+        w("| --- | --- | --- | --- | --- | --- | --- |")
+        for path in ("log", "log-flush-0s", "direct"):
+            for load in ("1/s", "flat out"):
+                c = wr.get(f"{path}, 100 devices {load}")
+                if c:
+                    md = c["median"]
+                    w(f"| {path} | {'1 reading/s each' if load == '1/s' else 'flat out'} | "
+                      f"{fmt(md.get('hub_device_bytes_per_stored'))} (median of {c['n']}) | {fmt(md.get('stored_per_s'))} | "
+                      f"{fmt(md.get('hub_cpu_cores'), 2)} | {mb(md.get('hub_peak_rss_kb'))} | {fmt(md.get('lost'))} |")
+        w("")
+
     # ---------- engines ----------
     if S.get("engines"):
         w("## Store engines with retention deleting")

@@ -164,6 +164,16 @@ pub fn restore(
             }
         }
     }
+    // The log of the replaced store holds records of that store, not of the backup: replayed on
+    // the backup they would store its readings again. Kept beside like the rest.
+    let log = crate::store::log_dir(data_dir);
+    if log.exists() {
+        let aside = data_dir.join("log.before-restore");
+        if aside.exists() {
+            std::fs::remove_dir_all(&aside).map_err(io(&aside))?;
+        }
+        std::fs::rename(&log, &aside).map_err(io(&log))?;
+    }
     // The store file is copied under a temporary name and renamed, so a failed restore never
     // leaves half a store where the hub would open it.
     let partial = target.with_extension("restoring");
@@ -184,6 +194,47 @@ mod tests {
 
     fn store_in(dir: &Path) -> Store {
         Store::open(crate::store::open_engine(EngineKind::Redb, dir, 1 << 20).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_restore_over_a_logged_store_never_replays_that_store_s_log_on_the_backup() {
+        let root = tempfile::tempdir().unwrap();
+        let data = root.path().join("data");
+        files::create_private_dir(&data).unwrap();
+        let config = crate::store::LogConfig {
+            checkpoint_bytes: 1 << 30,
+            ..Default::default()
+        };
+        let open = || {
+            crate::store::open(
+                EngineKind::Redb,
+                &data,
+                1 << 20,
+                crate::store::WritePath::Log,
+                config,
+            )
+            .unwrap()
+        };
+        // Hub-numbered readings: replayed twice, they would be stored twice.
+        let reading = |n: u64| NewReading {
+            device: "d".into(),
+            transport: Transport::Mqtt,
+            wire: Wire::Json,
+            seq: None,
+            boot: None,
+            timestamp_ms: Some(n),
+            received_ms: n,
+            metrics: vec![("v".into(), OwnedValue::I64(n as i64))],
+        };
+        let store = open();
+        store.append(&[reading(1), reading(2)]).unwrap();
+        let made = backup_in_place(&store, EngineKind::Redb, &data, 1_000_000).unwrap();
+        store.append(&[reading(3)]).unwrap();
+        drop(store);
+        restore(&made.dir, EngineKind::Redb, &data, true).unwrap();
+        assert!(data.join("log.before-restore").exists());
+        let restored = open();
+        assert_eq!(restored.next_offset().unwrap(), 2);
     }
 
     #[test]

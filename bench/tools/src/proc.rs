@@ -38,3 +38,12 @@ pub fn written_bytes(pid: u32) -> Option<u64> {
         .find_map(|l| l.strip_prefix("wchar:"))
         .and_then(|v| v.trim().parse().ok())
 }
+
+/// Bytes `pid` caused to be sent to a storage device (`write_bytes` of `/proc/PID/io`: counted
+/// when a page is first dirtied, so a page written again before it reaches the disk counts once).
+pub fn device_write_bytes(pid: u32) -> Option<u64> {
+    let io = fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+}

@@ -115,8 +115,13 @@ pub async fn run(
         source,
     })?;
 
-    let engine = store::open_engine(config.data.engine, &data_dir, config.data.cache.0 as usize)?;
-    let store = Store::open(engine)?;
+    let store = store::open(
+        config.data.engine,
+        &data_dir,
+        config.data.cache.0 as usize,
+        config.data.write_path,
+        config.data.log_config(),
+    )?;
     tracing::info!(
         engine = store.engine_name(),
         readings = store.next_offset()?,
@@ -225,6 +230,10 @@ pub async fn run(
         config.ingest.batch_window.0,
         writer_stats.clone(),
     )
+    .flushing(match config.data.write_path {
+        store::WritePath::Log => config.ingest.flush_window.0,
+        store::WritePath::Direct => Duration::ZERO,
+    })
     .publishing(live.clone(), presence.clone())
     .announcing(announcer);
     tasks.spawn("store-writer", Stage::Store, writer.run(submissions_rx));

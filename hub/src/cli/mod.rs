@@ -149,9 +149,14 @@ fn open_store(config: &Config) -> Result<Store, CliError> {
         listen: config.api.listen.clone(),
         source,
     };
-    let engine = store::open_engine(config.data.engine, dir, config.data.cache.0 as usize)
-        .map_err(store_err)?;
-    Store::open(engine).map_err(store_err)
+    store::open(
+        config.data.engine,
+        dir,
+        config.data.cache.0 as usize,
+        config.data.write_path,
+        config.data.log_config(),
+    )
+    .map_err(store_err)
 }
 
 #[cfg(test)]

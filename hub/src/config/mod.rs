@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::EngineKind;
+use crate::store::{EngineKind, WritePath};
 
 /// The annotated example configuration; `hub print-config` prints it.
 pub const EXAMPLE: &str = include_str!("../../../deploy/hub.example.toml");
@@ -151,6 +151,24 @@ pub struct DataConfig {
     pub full_policy: FullPolicy,
     /// Readings older than this are deleted, synced or not; 0 keeps them until the quota.
     pub max_age: HumanDuration,
+    /// How commits reach the disk: `log` (log first, checkpoints into the engine) or `direct`.
+    pub write_path: WritePath,
+    /// With the log: a checkpoint folds the log into the engine once the changes held in memory
+    /// since the last one reach this much.
+    pub checkpoint_bytes: ByteSize,
+    /// ... or once the oldest of them is this old.
+    pub checkpoint_every: HumanDuration,
+}
+
+impl DataConfig {
+    /// The log's sizes and times.
+    pub fn log_config(&self) -> crate::store::LogConfig {
+        crate::store::LogConfig {
+            checkpoint_bytes: self.checkpoint_bytes.0 as usize,
+            checkpoint_every: self.checkpoint_every.0,
+            ..crate::store::LogConfig::default()
+        }
+    }
 }
 
 impl Default for DataConfig {
@@ -162,6 +180,9 @@ impl Default for DataConfig {
             max_disk: ByteSize(2 << 30),
             full_policy: FullPolicy::DropOldest,
             max_age: HumanDuration(Duration::ZERO),
+            write_path: WritePath::Direct,
+            checkpoint_bytes: ByteSize(crate::store::LogConfig::default().checkpoint_bytes as u64),
+            checkpoint_every: HumanDuration(crate::store::LogConfig::default().checkpoint_every),
         }
     }
 }
@@ -189,6 +210,9 @@ pub struct IngestConfig {
     pub batch_max: usize,
     /// How long a commit waits after its first reading for more to share its fsync.
     pub batch_window: HumanDuration,
+    /// With `data.write_path = "log"`: how long a commit may wait after its first reading for
+    /// a page's worth of log to share its write (at high rates pages fill by themselves).
+    pub flush_window: HumanDuration,
     /// Largest accepted telemetry payload.
     pub max_payload: ByteSize,
     /// Readings waiting this long with no commit finishing is a stall: said at WARN, in
@@ -215,6 +239,7 @@ impl Default for IngestConfig {
             // 6.4 ms, against 11 and 15 ms p50 with a 2 ms window, which saved CPU at 10k/s only
             // (0.48 cores instead of 0.86).
             batch_window: HumanDuration(Duration::ZERO),
+            flush_window: HumanDuration(Duration::from_secs(1)),
             max_payload: ByteSize(16 << 10),
             stall_after: HumanDuration(Duration::from_secs(10)),
         }

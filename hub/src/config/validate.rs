@@ -101,6 +101,15 @@ impl Config {
         if !(1..=65_536).contains(&self.ingest.batch_max) {
             problems.push("ingest.batch_max: must be 1 to 65536".into());
         }
+        if self.ingest.flush_window.0 > Duration::from_secs(10) {
+            problems.push("ingest.flush_window: at most 10s (acks wait for it)".into());
+        }
+        if self.data.checkpoint_bytes.0 < 64 << 10 || self.data.checkpoint_bytes.0 > 256 << 20 {
+            problems.push("data.checkpoint_bytes: between 64KiB and 256MiB".into());
+        }
+        if self.data.checkpoint_every.0 < Duration::from_secs(1) {
+            problems.push("data.checkpoint_every: at least 1s".into());
+        }
         if self.ingest.batch_window.0 > Duration::from_secs(1) {
             problems.push("ingest.batch_window: at most 1s (acks wait for it)".into());
         }

@@ -3,6 +3,15 @@
 
 use super::*;
 
+/// How [`Store::apply_as`] commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Commit {
+    /// Durably: to the log as items when there is one, else to the engine.
+    Live,
+    /// Replaying a logged record at open: laid over the engine in memory only.
+    Replay,
+}
+
 /// What became of one item of a batch, until its run's ack is read after the commit.
 pub(super) struct ItemOutcome {
     /// The device's number (0 for items without a run).
@@ -59,7 +68,25 @@ impl Store {
     /// Blocks until the batch is on disk. Retransmitted readings (same device, boot and seq) are
     /// recognised and not stored again (see [`sequence`]).
     pub fn apply(&self, items: &[Ingest]) -> Result<Vec<Applied>, StoreError> {
+        self.apply_as(items, self.refusing.load(Ordering::Relaxed), Commit::Live)
+    }
+
+    /// Applies `items` as [`Store::apply`] does, new readings refused or not as `refusing` says
+    /// (read once, so a replay meets the same answer), committed as `commit` says.
+    pub(super) fn apply_as(
+        &self,
+        items: &[Ingest],
+        refusing: bool,
+        commit: Commit,
+    ) -> Result<Vec<Applied>, StoreError> {
         let _writer = self.writer.lock().map_err(|_| StoreError::Poisoned)?;
+        // Logged as items, the batch must be computed from the state the record follows in the
+        // log: the log's turn is held from the snapshot below to the commit.
+        let log = self.engine.as_logged();
+        let mut turn = match (log, commit) {
+            (Some(log), Commit::Live) => Some(log.turn()?),
+            _ => None,
+        };
         let base = self.catalog()?;
         let mut staged = Staged::new(&base);
         let mut batch = WriteBatch::new();
@@ -102,7 +129,7 @@ impl Store {
                     continue;
                 }
             };
-            if matches!(item, Ingest::Reading(_)) && self.refusing.load(Ordering::Relaxed) {
+            if matches!(item, Ingest::Reading(_)) && refusing {
                 // Full under `reject_new`: not stored and not acknowledged, so the device keeps it.
                 outcomes.push(ItemOutcome::plain(Outcome::Refused, false));
                 continue;
@@ -264,7 +291,17 @@ impl Store {
             records::META_NEXT_OFFSET.to_vec(),
             staged.next_offset.to_be_bytes().to_vec(),
         );
-        self.engine.commit(&batch)?;
+        match (commit, log, turn.as_mut()) {
+            (Commit::Live, Some(log), Some(turn)) => {
+                log.commit_items(turn, &log_items::encode(items, refusing)?, &batch)?
+            }
+            (Commit::Replay, Some(log), _) => log.replay(&batch)?,
+            (Commit::Replay, None, _) => {
+                return Err(StoreError::Corrupt("a replay without a log".into()));
+            }
+            _ => self.engine.commit(&batch)?,
+        }
+        drop(turn);
         // Acks are cumulative: every numbered item gets its run's ack after the whole batch.
         let mut acks: HashMap<(u32, Option<u32>), Option<RunAck>> = HashMap::new();
         let applied = outcomes

@@ -353,6 +353,12 @@ pub trait Engine: Send + Sync + 'static {
         Ok(false)
     }
 
+    /// The log this engine is, when it is one (see [`super::log`]): the store then logs its
+    /// writer's batches as items and replays them at open.
+    fn as_logged(&self) -> Option<&super::log::LoggedEngine> {
+        None
+    }
+
     /// Whether the file system holding the engine's files has room for `bytes` more now; asked
     /// while commits fail with [`EngineError::DiskFull`], to know when to try again. Writes
     /// nothing that stays.

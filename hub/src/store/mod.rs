@@ -24,6 +24,8 @@ mod devices;
 pub mod downsample;
 pub mod durable;
 pub mod engine;
+pub mod log;
+mod log_items;
 pub mod memory;
 pub mod metrics;
 mod readings;
@@ -53,10 +55,12 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use device_protocol::OwnedValue;
 
+use apply::Commit;
 use catalog::{Catalog, Staged};
 pub use commands::{CommandResultIn, Transition};
 pub use downsample::{Agg, AggValue, Bucket, BucketPage, DownsampleQuery};
 pub use engine::{Direction, Engine, EngineError, KeyRange, Table, Usage, WriteBatch};
+pub use log::{LogConfig, LoggedEngine};
 use readings::*;
 pub use records::{CommandRecord, CommandState, DeviceRecord, TokenRecord, Transport, Wire};
 use records::{LatestRecord, ReadingRecord};
@@ -121,6 +125,53 @@ pub enum EngineKind {
     Sled,
 }
 
+/// How commits reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WritePath {
+    /// Log first: each commit is one write and one `fdatasync` into the log, and the engine
+    /// takes the changes in large checkpoints (see [`log`]). Written per reading: about the
+    /// reading's own bytes instead of several B-tree pages.
+    Log,
+    /// Straight into the engine: each commit is an engine transaction (the path before the log).
+    /// The default until the log meets its throughput and wear targets (issue 17).
+    #[default]
+    Direct,
+}
+
+/// The directory of the log in a data directory.
+pub fn log_dir(dir: &Path) -> std::path::PathBuf {
+    dir.join("log")
+}
+
+/// Opens the store in `dir`: the engine of `kind`, behind the log when `path` says so. A store
+/// opened directly whose log still holds records (it last ran log first) gets them replayed and
+/// folded first, so switching paths loses nothing.
+pub fn open(
+    kind: EngineKind,
+    dir: &Path,
+    cache_bytes: usize,
+    path: WritePath,
+    log_config: LogConfig,
+) -> Result<Store, StoreError> {
+    let logs = log_dir(dir);
+    match path {
+        WritePath::Log => {
+            let engine = open_engine(kind, dir, cache_bytes)?;
+            Store::open(Arc::new(LoggedEngine::open(engine, &logs, log_config)?))
+        }
+        WritePath::Direct => {
+            if logs.is_dir() {
+                let engine = open_engine(kind, dir, cache_bytes)?;
+                let log = LoggedEngine::open(engine, &logs, log_config)?;
+                drop(Store::open(Arc::new(log))?);
+                std::fs::remove_dir_all(&logs).map_err(EngineError::from)?;
+            }
+            Store::open(open_engine(kind, dir, cache_bytes)?)
+        }
+    }
+}
+
 /// Opens the engine of `kind` in `dir`.
 pub fn open_engine(
     kind: EngineKind,
@@ -158,9 +209,14 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens the store over `engine`, creating its layout on first use.
+    /// Opens the store over `engine`, creating its layout on first use. Over a
+    /// [`LoggedEngine`], the records of its log past the last checkpoint are replayed first (see
+    /// [`Store::replay_log`]).
     pub fn open(engine: Arc<dyn Engine>) -> Result<Self, StoreError> {
-        let mut catalog = Catalog::default();
+        if let Some(log) = engine.as_logged() {
+            Store::replay_log(&engine, log)?;
+        }
+        let catalog;
         // The version of an older layout found in the file, to upgrade once the catalog is read.
         let mut upgrade_from = None;
         {
@@ -190,53 +246,7 @@ impl Store {
                 }
             }
             let snap = engine.snapshot()?;
-            if let Some(v) = snap.get(Table::Meta, records::META_NEXT_OFFSET)? {
-                catalog.next_offset = records::be_u64(&v, "next offset")?;
-            }
-            let mut failure = None;
-            snap.scan(
-                Table::Metrics,
-                &KeyRange::all(),
-                Direction::Forward,
-                &mut |k, v| match (std::str::from_utf8(k), records::be_u32(v, "metric number")) {
-                    (Ok(name), Ok(number)) => {
-                        catalog.metric_numbers.insert(name.to_owned(), number);
-                        let slot = number as usize;
-                        if catalog.metric_names.len() <= slot {
-                            catalog.metric_names.resize(slot + 1, String::new());
-                        }
-                        catalog.metric_names[slot] = name.to_owned();
-                        ControlFlow::Continue(())
-                    }
-                    _ => {
-                        failure = Some(StoreError::Corrupt("metric name entry".into()));
-                        ControlFlow::Break(())
-                    }
-                },
-            )?;
-            snap.scan(
-                Table::Devices,
-                &KeyRange::all(),
-                Direction::Forward,
-                &mut |k, v| {
-                    let parsed = records::be_u32(k, "device number")
-                        .and_then(|n| Ok((n, records::decode_device(v)?)));
-                    match parsed {
-                        Ok((number, record)) => {
-                            catalog.device_numbers.insert(record.name.clone(), number);
-                            catalog.devices.insert(number, record);
-                            ControlFlow::Continue(())
-                        }
-                        Err(e) => {
-                            failure = Some(e);
-                            ControlFlow::Break(())
-                        }
-                    }
-                },
-            )?;
-            if let Some(e) = failure {
-                return Err(e);
-            }
+            catalog = read_catalog(&*snap)?;
             if let Some(found) = upgrade_from {
                 let mut batch = WriteBatch::new();
                 let marked = if found < ROLLUPS_VERSION {
@@ -263,14 +273,58 @@ impl Store {
                 );
             }
         }
-        Ok(Store {
+        Ok(Store::with_catalog(engine, catalog))
+    }
+
+    fn with_catalog(engine: Arc<dyn Engine>, catalog: Catalog) -> Self {
+        Store {
             engine,
             catalog: Arc::new(RwLock::new(catalog)),
             writer: Arc::new(Mutex::new(())),
             refusing: Arc::new(AtomicBool::new(false)),
             room: Arc::new(room::Room::default()),
             space: Arc::new(space::DiskSpace::default()),
-        })
+        }
+    }
+
+    /// Replays the records `log` found past its last checkpoint, in order, and checkpoints
+    /// them. Replaying a batch of the store writer applies its items again to the same state, so
+    /// it changes exactly what it changed the first time: the same offsets, the same duplicates,
+    /// latest values, device records and rollups.
+    fn replay_log(engine: &Arc<dyn Engine>, log: &LoggedEngine) -> Result<(), StoreError> {
+        let pending = log.take_pending()?;
+        if !pending.is_empty() {
+            let snap = engine.snapshot()?;
+            if let Some(v) = snap.get(Table::Meta, records::META_SCHEMA_VERSION)? {
+                let found = records::be_u32(&v, "schema version")?;
+                if found > SCHEMA_VERSION {
+                    return Err(StoreError::SchemaTooNew {
+                        found,
+                        supported: SCHEMA_VERSION,
+                    });
+                }
+            }
+            let catalog = read_catalog(&*snap)?;
+            drop(snap);
+            let replayer = Store::with_catalog(engine.clone(), catalog);
+            for record in pending {
+                match record.kind {
+                    log::Kind::Batch => {
+                        log.replay(&LoggedEngine::decode_batch(&record.payload)?)?;
+                        // Such a batch may name devices or metrics: read the catalog again.
+                        let snap = engine.snapshot()?;
+                        let catalog = read_catalog(&*snap)?;
+                        drop(snap);
+                        *replayer.catalog.write().map_err(|_| StoreError::Poisoned)? = catalog;
+                    }
+                    log::Kind::Items => {
+                        let (items, refusing) = log_items::decode(&record.payload)?;
+                        replayer.apply_as(&items, refusing, Commit::Replay)?;
+                    }
+                }
+            }
+        }
+        Ok(log.finish_open()?)
     }
 
     /// Whether the file system holding the store is full (set by the store writer).
@@ -333,4 +387,57 @@ impl Store {
     pub fn next_offset(&self) -> Result<u64, StoreError> {
         Ok(self.catalog()?.next_offset)
     }
+}
+
+/// The catalog (next offset, metric names, device records) as `snap` holds it.
+fn read_catalog(snap: &dyn engine::Snapshot) -> Result<Catalog, StoreError> {
+    let mut catalog = Catalog::default();
+    if let Some(v) = snap.get(Table::Meta, records::META_NEXT_OFFSET)? {
+        catalog.next_offset = records::be_u64(&v, "next offset")?;
+    }
+    let mut failure = None;
+    snap.scan(
+        Table::Metrics,
+        &KeyRange::all(),
+        Direction::Forward,
+        &mut |k, v| match (std::str::from_utf8(k), records::be_u32(v, "metric number")) {
+            (Ok(name), Ok(number)) => {
+                catalog.metric_numbers.insert(name.to_owned(), number);
+                let slot = number as usize;
+                if catalog.metric_names.len() <= slot {
+                    catalog.metric_names.resize(slot + 1, String::new());
+                }
+                catalog.metric_names[slot] = name.to_owned();
+                ControlFlow::Continue(())
+            }
+            _ => {
+                failure = Some(StoreError::Corrupt("metric name entry".into()));
+                ControlFlow::Break(())
+            }
+        },
+    )?;
+    snap.scan(
+        Table::Devices,
+        &KeyRange::all(),
+        Direction::Forward,
+        &mut |k, v| {
+            let parsed = records::be_u32(k, "device number")
+                .and_then(|n| Ok((n, records::decode_device(v)?)));
+            match parsed {
+                Ok((number, record)) => {
+                    catalog.device_numbers.insert(record.name.clone(), number);
+                    catalog.devices.insert(number, record);
+                    ControlFlow::Continue(())
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    ControlFlow::Break(())
+                }
+            }
+        },
+    )?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    Ok(catalog)
 }

@@ -47,10 +47,60 @@ impl Harness for OnDisk {
     }
 }
 
+/// An engine behind the log, with sizes small enough that segments roll over and checkpoints
+/// run within a test.
+pub(super) struct Logged {
+    pub(super) dir: tempfile::TempDir,
+    /// The engine under the log: memory (kept here across reopens) or, when `None`, redb.
+    pub(super) memory: Option<MemoryEngine>,
+    pub(super) config: LogConfig,
+}
+
+impl Logged {
+    /// Over redb, with tiny segments and checkpoints every few kilobytes.
+    pub(super) fn redb() -> Self {
+        Logged {
+            dir: tempfile::tempdir().expect("tempdir"),
+            memory: None,
+            config: LogConfig {
+                segment_bytes: 4 << 10,
+                checkpoint_bytes: 8 << 10,
+                checkpoint_every: std::time::Duration::from_secs(3600),
+                spare_segments: 2,
+            },
+        }
+    }
+
+    /// Opens the log over its engine (as [`Harness::open`]), returning the log itself.
+    pub(super) fn open_log(&mut self) -> Arc<LoggedEngine> {
+        let inner: Arc<dyn Engine> = match &self.memory {
+            Some(memory) => Arc::new(memory.reopen()),
+            None => open_engine(EngineKind::Redb, self.dir.path(), 1 << 20).expect("open redb"),
+        };
+        Arc::new(
+            LoggedEngine::open(inner, &log_dir(self.dir.path()), self.config).expect("open log"),
+        )
+    }
+}
+
+impl Harness for Logged {
+    fn open(&mut self) -> Arc<dyn Engine> {
+        self.open_log()
+    }
+}
+
 pub(super) fn harnesses() -> Vec<(&'static str, Box<dyn Harness>)> {
     #[cfg_attr(not(feature = "sled"), allow(unused_mut))]
     let mut all: Vec<(&'static str, Box<dyn Harness>)> = vec![
         ("memory", Box::new(Memory(MemoryEngine::new()))),
+        ("redb+log", Box::new(Logged::redb())),
+        (
+            "memory+log",
+            Box::new(Logged {
+                memory: Some(MemoryEngine::new()),
+                ..Logged::redb()
+            }),
+        ),
         (
             "redb",
             Box::new(OnDisk(
@@ -552,14 +602,17 @@ mod model {
     enum Op {
         /// A batch of (device index, seq or none).
         Append(Vec<(u8, Option<u32>)>),
-        /// Close and open the store again.
+        /// Close and open the store again (never cleanly: as after a kill).
         Reopen,
+        /// Fold the log into the engine now (a no-op without a log).
+        Checkpoint,
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             4 => proptest::collection::vec((0u8..3, proptest::option::weighted(0.8, 0u32..40)), 1..12).prop_map(Op::Append),
             1 => Just(Op::Reopen),
+            1 => Just(Op::Checkpoint),
         ]
     }
 
@@ -572,6 +625,23 @@ mod model {
         #[test]
         fn store_matches_a_simple_model(ops in proptest::collection::vec(op(), 1..25)) {
             let mut harness = OnDisk(tempfile::tempdir().unwrap(), EngineKind::Redb);
+            run_model(&mut harness, ops)?;
+        }
+
+        /// The same behind the log, with checkpoints every few kilobytes and at random, and
+        /// reopens that replay the log past the last one.
+        #[test]
+        fn a_logged_store_matches_the_same_model_across_checkpoints_and_reopens(
+            ops in proptest::collection::vec(op(), 1..40),
+        ) {
+            let mut harness = Logged::redb();
+            harness.config.checkpoint_bytes = 3 << 10;
+            run_model(&mut harness, ops)?;
+        }
+    }
+
+    fn run_model(harness: &mut dyn Harness, ops: Vec<Op>) -> Result<(), TestCaseError> {
+        {
             let mut store = Store::open(harness.open()).unwrap();
             // Per device: the seqs the device numbered (for dedup), every stored seq (a multiset:
             // a hub-assigned seq may equal one the device sends), and the hub's last number.
@@ -585,6 +655,11 @@ mod model {
                     Op::Reopen => {
                         drop(store);
                         store = Store::open(harness.open()).unwrap();
+                    }
+                    Op::Checkpoint => {
+                        if let Some(log) = store.engine.as_logged() {
+                            log.checkpoint_now().unwrap();
+                        }
                     }
                     Op::Append(items) => {
                         let batch: Vec<NewReading> = items
@@ -610,8 +685,18 @@ mod model {
                             };
                             match expected {
                                 Some(s) => {
-                                    let seq = if r.seq.is_some() { dev(s) } else { ReadingSeq::Hub(s) };
-                                    prop_assert_eq!(a.outcome, Outcome::Stored { offset: next_offset, seq });
+                                    let seq = if r.seq.is_some() {
+                                        dev(s)
+                                    } else {
+                                        ReadingSeq::Hub(s)
+                                    };
+                                    prop_assert_eq!(
+                                        a.outcome,
+                                        Outcome::Stored {
+                                            offset: next_offset,
+                                            seq
+                                        }
+                                    );
                                     next_offset += 1;
                                     stored.push(s);
                                     if r.seq.is_none() {
@@ -619,7 +704,12 @@ mod model {
                                     }
                                 }
                                 None => {
-                                    prop_assert_eq!(a.outcome, Outcome::Duplicate { seq: r.seq.unwrap() });
+                                    prop_assert_eq!(
+                                        a.outcome,
+                                        Outcome::Duplicate {
+                                            seq: r.seq.unwrap()
+                                        }
+                                    );
                                 }
                             }
                         }
@@ -628,7 +718,10 @@ mod model {
             }
             prop_assert_eq!(store.next_offset().unwrap(), next_offset);
             for (device, seqs) in &all {
-                let page = store.readings(&query(device, Order::Oldest, 10_000)).unwrap().unwrap();
+                let page = store
+                    .readings(&query(device, Order::Oldest, 10_000))
+                    .unwrap()
+                    .unwrap();
                 let mut stored: Vec<u32> = page
                     .readings
                     .iter()
@@ -639,8 +732,8 @@ mod model {
                 expected.sort();
                 prop_assert_eq!(stored, expected);
             }
-
         }
+        Ok(())
     }
 }
 

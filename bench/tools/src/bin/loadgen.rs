@@ -112,6 +112,8 @@ struct Sample {
     received: Option<u64>,
     hub_cpu: Option<u64>,
     own_cpu: Option<u64>,
+    /// Bytes the hub sent to the storage device so far (`write_bytes` of `/proc/PID/io`).
+    hub_device_bytes: Option<u64>,
 }
 
 struct Probe {
@@ -140,6 +142,7 @@ impl Probe {
                 .hub_pid
                 .and_then(|pid| proc::cpu_ticks(&pid.to_string())),
             own_cpu: proc::cpu_ticks("self"),
+            hub_device_bytes: self.hub_pid.and_then(proc::device_write_bytes),
         })
     }
 }
@@ -393,6 +396,10 @@ async fn main() -> anyhow::Result<()> {
         "stored_per_s": a.stored.zip(b.stored).map(|(a, b)| per_s(b - a)),
         "received_per_s": a.received.zip(b.received).map(|(a, b)| per_s((b - a) as f64)),
         "hub_cpu_cores": a.hub_cpu.zip(b.hub_cpu).map(|(a, b)| (b - a) as f64 / proc::TICKS_PER_SECOND / dt),
+        // Bytes the hub had written to the device per reading it stored over the window.
+        "hub_device_bytes_per_stored": a.hub_device_bytes.zip(b.hub_device_bytes)
+            .zip(a.stored.zip(b.stored))
+            .and_then(|((wa, wb), (sa, sb))| (sb > sa).then(|| (wb - wa) as f64 / (sb - sa))),
         "loadgen_cpu_cores": a.own_cpu.zip(b.own_cpu).map(|(a, b)| (b - a) as f64 / proc::TICKS_PER_SECOND / dt),
         "published": published,
         "acked": end.acked,

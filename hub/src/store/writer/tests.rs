@@ -256,3 +256,49 @@ async fn at_the_quota_each_commit_waits_for_a_round_begun_after_the_last() {
     writer.await.unwrap();
     rounds.abort();
 }
+
+/// Submits reading `seq` and returns its answer.
+async fn submit(
+    tx: &SubmissionSender,
+    seq: u32,
+) -> oneshot::Receiver<Result<Vec<Applied>, CommitFailed>> {
+    let (done_tx, done_rx) = oneshot::channel();
+    tx.send(Submission {
+        items: vec![Ingest::Reading(reading(seq))],
+        done_tx: Some(done_tx),
+    })
+    .await
+    .unwrap();
+    done_rx
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flush_window_gathers_readings_that_keep_coming_and_not_a_lone_one() {
+    let store = Store::open(Arc::new(MemoryEngine::new())).unwrap();
+    let stats = Arc::new(WriterStats::default());
+    let (tx, rx) = queue(128, 1 << 20);
+    let writer = StoreWriter::new(store, 2048, Duration::ZERO, stats.clone())
+        .flushing(Duration::from_secs(1));
+    let task = tokio::spawn(writer.run(rx));
+    // A reading every 10 ms for 0.5 s: all share one commit, answered only after the last.
+    let mut answers = Vec::new();
+    for seq in 0..50 {
+        answers.push(submit(&tx, seq).await);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for answer in answers {
+        answer.await.unwrap().unwrap();
+    }
+    assert_eq!(stats.commits.load(Ordering::Relaxed), 1);
+    // A lone reading waits only until nothing else came for FLUSH_IDLE.
+    let started = tokio::time::Instant::now();
+    submit(&tx, 50).await.await.unwrap().unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= FLUSH_IDLE && waited < Duration::from_secs(1),
+        "{waited:?}"
+    );
+    assert_eq!(stats.commits.load(Ordering::Relaxed), 2);
+    drop(tx);
+    task.await.unwrap();
+}
