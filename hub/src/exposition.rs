@@ -35,6 +35,9 @@ impl CollectError {
     }
 }
 
+/// A counter family read from rows of `T`: its name, its help, and how a row gives its value.
+pub type CounterFamily<'a, T> = (&'a str, &'a str, fn(&T) -> u64);
+
 /// The text of a scrape being written.
 #[derive(Debug, Default)]
 pub struct Exposition {
@@ -69,6 +72,17 @@ impl Exposition {
         self.sample(name, "", value);
     }
 
+    /// Counter families read from the same rows: for each `(name, help, read)`, one sample per
+    /// row, labelled with the row's labels and valued `read(row)`.
+    pub fn counter_families<T>(&mut self, families: &[CounterFamily<T>], rows: &[(String, &T)]) {
+        for (name, help, read) in families {
+            self.family(name, "counter", help);
+            for (labels, row) in rows {
+                self.sample(name, labels, read(row));
+            }
+        }
+    }
+
     /// The text so far, for writers of their own (histograms).
     pub fn text(&mut self) -> &mut String {
         &mut self.text
@@ -98,10 +112,16 @@ mod tests {
         out.single("a_total", "counter", "A things.", 3);
         out.family("b", "gauge", "B by kind.");
         out.sample("b", &format!("kind=\"{}\"", escape("x\"y")), 1.5);
+        out.counter_families::<u64>(
+            &[("c_total", "C.", |n| *n), ("d_total", "D.", |n| n * 2)],
+            &[("x=\"1\"".into(), &1), ("x=\"2\"".into(), &2)],
+        );
         assert_eq!(
             out.into_text(),
             "# HELP a_total A things.\n# TYPE a_total counter\na_total 3\n\
-             # HELP b B by kind.\n# TYPE b gauge\nb{kind=\"x\\\"y\"} 1.5\n"
+             # HELP b B by kind.\n# TYPE b gauge\nb{kind=\"x\\\"y\"} 1.5\n\
+             # HELP c_total C.\n# TYPE c_total counter\nc_total{x=\"1\"} 1\nc_total{x=\"2\"} 2\n\
+             # HELP d_total D.\n# TYPE d_total counter\nd_total{x=\"1\"} 2\nd_total{x=\"2\"} 4\n"
         );
     }
 }

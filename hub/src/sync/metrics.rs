@@ -18,9 +18,6 @@ pub struct SyncMetrics {
     pub state: Arc<SyncState>,
 }
 
-/// Reads one counter of a sink.
-type SinkCounter = fn(&SinkStats) -> u64;
-
 impl Collect for SyncMetrics {
     fn collect(&self, out: &mut Exposition) -> Result<(), CollectError> {
         let failed = |e: crate::store::StoreError| CollectError::new("sync", e);
@@ -57,7 +54,7 @@ impl Collect for SyncMetrics {
         for (labels, _, seconds) in &lags {
             out.sample("hub_sync_lag_seconds", labels, seconds);
         }
-        let counters: [(&str, &str, SinkCounter); 5] = [
+        let counters: [crate::exposition::CounterFamily<'_, SinkStats>; 5] = [
             (
                 "hub_sync_delivered_readings_total",
                 "Readings a sink's receiver took.",
@@ -84,16 +81,11 @@ impl Collect for SyncMetrics {
                 |s| s.parked.load(Ordering::Relaxed),
             ),
         ];
-        for (name, help, read) in counters {
-            out.family(name, "counter", help);
-            for sink in &sinks {
-                out.sample(
-                    name,
-                    &format!("sink=\"{}\"", escape(&sink.name)),
-                    read(&sink.stats),
-                );
-            }
-        }
+        let rows: Vec<(String, &SinkStats)> = sinks
+            .iter()
+            .map(|sink| (format!("sink=\"{}\"", escape(&sink.name)), &*sink.stats))
+            .collect();
+        out.counter_families(&counters, &rows);
         out.single(
             "hub_sync_parked_readings",
             "gauge",

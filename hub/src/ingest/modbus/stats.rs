@@ -110,9 +110,6 @@ pub struct ModbusMetrics {
     pub buses: Vec<std::sync::Arc<ModbusStats>>,
 }
 
-/// Reads one counter of a Modbus bus.
-type BusCounter = fn(&ModbusStats) -> u64;
-
 impl crate::exposition::Collect for ModbusMetrics {
     fn collect(
         &self,
@@ -133,7 +130,7 @@ impl crate::exposition::Collect for ModbusMetrics {
                 );
             }
         }
-        let counters: [(&str, &str, BusCounter); 3] = [
+        let counters: [crate::exposition::CounterFamily<'_, ModbusStats>; 3] = [
             (
                 "hub_modbus_polls_total",
                 "Polls of Modbus devices that became a reading, by bus.",
@@ -150,12 +147,12 @@ impl crate::exposition::Collect for ModbusMetrics {
                 |s| s.requests.load(Ordering::Relaxed),
             ),
         ];
-        for (name, help, read) in counters {
-            out.family(name, "counter", help);
-            for bus in &self.buses {
-                out.sample(name, &format!("bus=\"{}\"", escape(&bus.bus)), read(bus));
-            }
-        }
+        let rows: Vec<(String, &ModbusStats)> = self
+            .buses
+            .iter()
+            .map(|bus| (format!("bus=\"{}\"", escape(&bus.bus)), &**bus))
+            .collect();
+        out.counter_families(&counters, &rows);
         out.family(
             "hub_modbus_poll_lateness_seconds",
             "histogram",
