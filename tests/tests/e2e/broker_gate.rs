@@ -423,6 +423,26 @@ async fn a_device_certificate_revoked_with_hub_certs_revoke_is_refused_after_sig
     let (hub, gate) = start_hub(root.path(), "");
     let lost = issue_device(&hub, "dev-lost");
     let kept = issue_device(&hub, "dev-kept");
+    // An API client's certificate too: the API reads the same list.
+    let app = issue(&hub.data, "issue-client", "--name", "app-lost");
+    let app_pem = {
+        let (cert, key) = app.cert.as_ref().unwrap();
+        std::fs::read_to_string(cert).unwrap() + &std::fs::read_to_string(key).unwrap()
+    };
+    let api_get = |pem: String| {
+        let client = crate::security::client(&hub, Some(&pem));
+        let url = hub.url("/api/v1/devices");
+        let token = hub.token();
+        async move {
+            client
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }
+    };
+    assert_eq!(api_get(app_pem.clone()).await.ok(), Some(200));
     assert_succeeded(&publish_reading(gate, &lost, "dev-lost", 0), "before");
     assert_succeeded(&publish_reading(gate, &kept, "dev-kept", 0), "before");
     wait_for_readings(&hub, "dev-lost", 1).await;
@@ -483,6 +503,23 @@ async fn a_device_certificate_revoked_with_hub_certs_revoke_is_refused_after_sig
     assert_succeeded(
         &publish_reading(gate, &kept, "dev-kept", 1),
         "another device",
+    );
+    assert_succeeded(
+        &revoke(&hub.data, &["--name", "app-lost"]),
+        "hub certs revoke --name",
+    );
+    hub.hangup();
+    eventually("the API's reload", || async {
+        (hub.log()
+            .matches("SIGHUP: certificates, keys and CRLs reloaded")
+            .count()
+            >= 2)
+            .then_some(())
+    })
+    .await;
+    assert!(
+        api_get(app_pem).await.is_err(),
+        "the API took a revoked client certificate"
     );
     // A new certificate for the same id works.
     let renewed = issue_device(&hub, "dev-lost");
