@@ -33,6 +33,13 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         "rules",
         &["ingest", "api", "sync", "metrics", "auth", "app", "cli"],
     ),
+    // Home Assistant discovery follows the store like the rules.
+    (
+        "homeassistant",
+        &[
+            "ingest", "api", "sync", "commands", "metrics", "app", "cli", "rules",
+        ],
+    ),
 ];
 
 /// Leaf modules: they import no part of the hub at all.
@@ -44,6 +51,7 @@ const LEAVES: &[&str] = &[
     "exposition.rs",
     "patterns.rs",
     "http_client.rs",
+    "ratelimit.rs",
 ];
 
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -18,7 +18,7 @@ const DEADLINE: Duration = Duration::from_secs(60);
 
 /// A configuration with every task of the embedded-broker hub: a sink, a serial line (whose
 /// device is missing: it is looked for again and again), a Modbus bus (whose server does not
-/// answer) and retention.
+/// answer), retention, and Home Assistant discovery (whose broker does not answer).
 const EMBEDDED: &str = r#"
 [mqtt]
 listen = "127.0.0.1:0"
@@ -40,6 +40,10 @@ points = [{ name = "voltage", table = "input", address = 0, type = "f32" }]
 [[sync.http]]
 name = "cloud"
 url = "http://127.0.0.1:9/ingest"
+
+[homeassistant]
+enabled = true
+broker = "mqtt://127.0.0.1:9"
 "#;
 
 /// A hub behind an external broker (which does not answer: the client keeps trying).
@@ -137,6 +141,7 @@ fn every_kind_of_task_that_fails_stops_the_hub_with_a_clear_error() {
         "retention",
         "rules",
         "webhooks",
+        "homeassistant",
         "reload",
         "api",
     ] {

@@ -5,14 +5,19 @@
 //! (it ends when ingest drops its sender), then drain the API within a deadline. A task that ends
 //! on its own before shutdown is a failure: the root is cancelled and `run` returns an error, so
 //! the process exits non-zero and systemd restarts it.
+//!
+//! Beside it: `setup.rs` (what is built from the configuration first), `sinks.rs` (sync and
+//! retention), `reload.rs` (SIGHUP), `chores.rs`, `tasks.rs` (the supervisor), `error.rs`.
 
 mod chores;
+mod error;
+mod homeassistant;
 mod reload;
 mod setup;
+mod sinks;
 pub mod tasks;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,13 +25,15 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState, RequestIds};
-use crate::auth::{self, AuthError, TokenRegistry, pki};
+use crate::auth::credentials::DeviceCredentials;
+use crate::auth::{self, TokenRegistry, pki};
 use crate::clock::now_ms;
 use crate::commands::{self, CommandSettings, Transports};
 use crate::config::{Broker, Config};
 use crate::files;
 use crate::ingest::MqttDownlink;
-use crate::ingest::endpoint::{EndpointError, MqttEndpoint};
+use crate::ingest::endpoint::MqttEndpoint;
+use crate::ingest::endpoint::login::{LoginStats, Logins};
 use crate::ingest::modbus::ModbusBus;
 use crate::ingest::mqtt::{Link, MqttIngest, MqttSettings};
 use crate::ingest::serial::{SerialIngest, SerialSettings};
@@ -35,61 +42,20 @@ use crate::live::{Live, Presence};
 use crate::ingest::IngestStats;
 use crate::ingest::mapped::TopicMaps;
 use crate::ingest::topics::DeviceTopics;
-use crate::store::retention::{Retention, RetentionSettings, RetentionStats};
 use crate::store::writer::{StoreWriter, WriterStats};
-use crate::store::{self, Store, StoreError};
-use crate::sync::supervisor::SinkSupervisor;
-use crate::sync::{self, SyncState};
+use crate::store::{self, Store};
+use crate::sync;
+pub use error::AppError;
 pub use reload::{ConfigSource, LogLevel, Reload};
 use reload::{Reloader, TlsSource};
 use setup::{client_identities, endpoint_settings, ensure_admin_token, gate_tls};
+use sinks::start_sync;
 use tasks::{Stage, Supervisor};
 
 /// How long shutdown waits for open API requests.
 const API_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Command handoffs (acknowledged or lost) waiting for the dispatcher.
 const HANDOFFS: usize = 1024;
-
-/// What starting or running the hub can fail with.
-#[derive(Debug, thiserror::Error)]
-pub enum AppError {
-    /// The data directory is unusable.
-    #[error("data directory {path}: {source}")]
-    DataDir {
-        /// The directory.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The store could not be opened.
-    #[error("store: {0}")]
-    Store(#[from] StoreError),
-    /// Tokens or TLS could not be set up.
-    #[error(transparent)]
-    Auth(#[from] AuthError),
-    /// The MQTT endpoint could not start.
-    #[error(transparent)]
-    Endpoint(#[from] EndpointError),
-    /// The API listener could not bind.
-    #[error(
-        "API cannot listen on {addr}: {source} (is another hub running? choose another address with --api-listen or api.listen)"
-    )]
-    ApiBind {
-        /// The address.
-        addr: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// A sink's configuration cannot be used.
-    #[error(transparent)]
-    Sync(#[from] crate::sync::SyncError),
-    /// A `[[mqtt.map]]` cannot be used (`validate` lists the same problems first).
-    #[error("{}", .0.join("; "))]
-    TopicMaps(Vec<String>),
-    /// A task stopped before shutdown, or failed while the hub stopped.
-    #[error("task `{0}` stopped unexpectedly: {1}")]
-    TaskFailed(&'static str, String),
-}
 
 /// Addresses the hub ended up listening on (useful when configured with port 0).
 #[derive(Debug, Clone, Copy)]
@@ -131,6 +97,8 @@ pub async fn run(
 
     let tokens = TokenRegistry::open(&data_dir.join("token.key"), store.clone())?;
     let token_created = ensure_admin_token(&data_dir, &tokens)?;
+    let credentials = DeviceCredentials::open(&data_dir.join("token.key"), store.clone())?;
+    let logins = Arc::new(LoginStats::default());
 
     let (tls_cert, tls_key) = match (&config.api.tls_cert, &config.api.tls_key) {
         (Some(c), Some(k)) => (c.clone(), k.clone()),
@@ -278,7 +246,11 @@ pub async fn run(
         }
         None => {
             let endpoint = MqttEndpoint::bind(
-                endpoint_settings(&config, topics.clone())?,
+                endpoint_settings(
+                    &config,
+                    topics.clone(),
+                    Logins::new(credentials.clone(), logins.clone()),
+                )?,
                 gate_tls.as_ref().map(|(_, tls)| tls.clone()),
                 submissions_tx.clone(),
                 ingest_stats.clone(),
@@ -288,7 +260,7 @@ pub async fn run(
             let listen = endpoint.local_addr()?;
             tracing::info!(%listen, "MQTT endpoint listening (plain TCP)");
             if let Some(devices) = endpoint.devices_addr() {
-                tracing::info!(listen = %devices, "MQTT endpoint for devices listening (TLS, device certificates)");
+                tracing::info!(listen = %devices, passwords = ?config.mqtt.devices.passwords, "MQTT endpoint for devices listening (TLS, device certificates)");
             }
             mqtt_bound = Some(listen);
             transports.mqtt = Some(MqttDownlink::Endpoint(endpoint.downlink()));
@@ -386,7 +358,7 @@ pub async fn run(
     tasks.spawn(
         "token-use",
         Stage::Services,
-        chores::save_token_use(tokens.clone(), api_shutdown.clone()),
+        chores::save_token_use(tokens.clone(), credentials.clone(), api_shutdown.clone()),
     );
 
     // Sync and retention read the store until the API stops: after ingest has been flushed.
@@ -405,8 +377,15 @@ pub async fn run(
         &mut tasks,
         &api_shutdown,
     )?;
+    // The API asks the reload task to read certificates again after it revoked one.
+    let (reload_tx, reload_rx) = mpsc::channel(4);
+    let parts = (&store, &durable, &live, &presence);
+    let homeassistant = homeassistant::start(&config, parts, &mut tasks, &api_shutdown)?;
     // What `/metrics` shows, part by part.
     let mut metrics = crate::metrics::Registry::default();
+    if let Some(stats) = homeassistant {
+        metrics.register(stats);
+    }
     metrics
         .register(Arc::new(crate::metrics::ProcessMetrics {
             started: now_ms() / 1000,
@@ -423,6 +402,7 @@ pub async fn run(
             buses: modbus_buses,
         }))
         .register(topics.clone())
+        .register(logins)
         .register(liveness.clone())
         .register(writer_stats)
         .register(Arc::new(crate::store::metrics::StoreMetrics {
@@ -440,6 +420,11 @@ pub async fn run(
         store: store.clone(),
         durable,
         tokens,
+        credentials,
+        device_certs: Arc::new(api::removal::DeviceCerts {
+            tls_dir: config.tls_dir(),
+            reload_tx,
+        }),
         max_page: config.api.max_page,
         mqtt_link: link_rx,
         request_ids: Arc::new(RequestIds::new()),
@@ -483,6 +468,7 @@ pub async fn run(
         running: config.clone(),
         sinks: sync_configs,
         rules: rules.config_tx,
+        requests: reload_rx,
     };
     tasks.spawn(
         "reload",
@@ -598,49 +584,4 @@ fn start_rules(
         handle: RulesHandle::new(store.clone(), config_rx, changed_tx),
         config_tx,
     })
-}
-
-/// Starts every configured sink (under their supervisor) and retention; what the API shows of
-/// them, and where reloaded sync configurations go.
-fn start_sync(
-    config: &Config,
-    store: &Store,
-    durable: &store::durable::Durable,
-    tasks: &mut Supervisor,
-    shutdown: &CancellationToken,
-) -> Result<(SyncState, watch::Sender<crate::config::SyncConfig>), AppError> {
-    let names: Vec<&str> = config.sync.sinks().map(|(_, s)| s.name.as_str()).collect();
-    sync::forget_removed_sinks(store, &names)?;
-    let handles = Arc::new(std::sync::RwLock::new(Vec::new()));
-    let mut supervisor = SinkSupervisor::new(store.clone(), durable.clone(), handles.clone());
-    supervisor.start(&config.sync)?;
-    if !names.is_empty() {
-        tracing::info!(hub_id = %sync::hub_id(&config.sync.hub_id), sinks = names.len(), "upstream sync started");
-    }
-    let (configs_tx, configs_rx) = watch::channel(config.sync.clone());
-    tasks.spawn(
-        "sink-supervisor",
-        Stage::Services,
-        supervisor.run(configs_rx, shutdown.clone()),
-    );
-    let retention = Arc::new(RetentionStats::default());
-    let settings = RetentionSettings {
-        max_disk: config.data.max_disk.0,
-        full_policy: config.data.full_policy,
-        max_age: (!config.data.max_age.0.is_zero()).then_some(config.data.max_age.0),
-    };
-    tasks.spawn(
-        "retention",
-        Stage::Services,
-        Retention::new(store.clone(), settings, retention.clone())
-            .run(durable.clone(), shutdown.clone()),
-    );
-    Ok((
-        SyncState {
-            sinks: handles,
-            retention,
-            max_disk: config.data.max_disk.0,
-        },
-        configs_tx,
-    ))
 }

@@ -1,6 +1,6 @@
 //! Per-key rate limits: a token bucket per identity (and one per peer address for failed
-//! authentication), so one client cannot starve the others on a small gateway, and a token cannot
-//! be guessed at line rate.
+//! authentication, of the API and of the MQTT endpoint's passwords), so one client cannot starve
+//! the others on a small gateway, and a secret cannot be guessed at line rate.
 //!
 //! A bucket holds at most `burst` tokens and refills at `rate` per second; a request takes one. An
 //! empty bucket answers how long until the next token, which becomes `Retry-After`. The number of
@@ -56,14 +56,39 @@ impl RateLimiter {
             tokens: self.burst,
             updated: now,
         });
-        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.burst);
+        bucket.tokens = self.refilled(bucket, now);
         bucket.updated = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+        self.take(&mut bucket.tokens)
+    }
+
+    /// The tokens `bucket` holds at `now`.
+    fn refilled(&self, bucket: &Bucket, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
+        (bucket.tokens + elapsed * self.rate).min(self.burst)
+    }
+
+    /// Takes one of `tokens`, or says how long until there is one.
+    fn take(&self, tokens: &mut f64) -> Result<(), Duration> {
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / self.rate))
+            Err(Duration::from_secs_f64((1.0 - *tokens) / self.rate))
+        }
+    }
+
+    /// Whether `key` has a token at `now`, without taking it; `Err(wait)` as [`Self::check`].
+    /// For refusing cheaply before costly work whose failure will then take the token.
+    pub fn allows(&self, key: &str, now: Instant) -> Result<(), Duration> {
+        if self.rate <= 0.0 {
+            return Ok(());
+        }
+        let Ok(buckets) = self.buckets.lock() else {
+            return Ok(());
+        };
+        match buckets.get(key) {
+            Some(bucket) => self.take(&mut self.refilled(bucket, now)),
+            None => Ok(()),
         }
     }
 
@@ -113,6 +138,20 @@ mod tests {
             limiter.check("a", t2).unwrap();
         }
         assert!(limiter.check("a", t2).is_err());
+    }
+
+    #[test]
+    fn allows_looks_without_taking() {
+        let limiter = RateLimiter::new(1.0, 2);
+        let t0 = Instant::now();
+        for _ in 0..10 {
+            limiter.allows("a", t0).unwrap();
+        }
+        limiter.check("a", t0).unwrap();
+        limiter.check("a", t0).unwrap();
+        let wait = limiter.allows("a", t0).unwrap_err();
+        assert!(wait > Duration::from_millis(900), "{wait:?}");
+        limiter.allows("a", t0 + Duration::from_secs(1)).unwrap();
     }
 
     #[test]
