@@ -4,7 +4,8 @@
 # A store filled through the store API (fill): 100 devices with a reading every 5 minutes and
 # dense-0 with one every 10 s, over the 7 days before now (262,080 readings). On the release hub:
 #
-#   page       the page's bytes as served (gzip, the HTML and every asset it names)
+#   page       the page's bytes as served (gzip, the HTML, every asset it names and every module
+#              those import)
 #   load       headless chromium (Selenium, bench/dashboard.py): navigation to a usable fleet page,
 #              to dense-0's page with its 1 h charts, and a click on "7d" to its 7-day charts
 #   polling    the fleet page left open for a minute while dense-0 reports every 10 s
@@ -30,6 +31,27 @@ etag_requests() {
       /route="\/api\/v1\/devices\/\{id\}(\/latest|\/readings)?"/ { n += $2 } END { print n + 0 }'
 }
 
+# dashboard_bytes URL: the page's bytes as served (see above).
+dashboard_bytes() {
+  local url=$1 bytes assets next seen=" " asset
+  bytes=$(curl -sf --cacert "$HUB_DATA/tls/ca.crt" --compressed -o /dev/null -w '%{size_download}' "$url/")
+  assets=$(curl -sf --cacert "$HUB_DATA/tls/ca.crt" "$url/" | grep -o '/assets/[^"]*')
+  while [ -n "$assets" ]; do
+    next=""
+    for asset in $assets; do
+      case "$seen" in *" $asset "*) continue ;; esac
+      seen="$seen$asset "
+      bytes=$(( bytes + $(curl -sf --cacert "$HUB_DATA/tls/ca.crt" -H 'accept-encoding: gzip' -o /dev/null -w '%{size_download}' "$url$asset") ))
+      case "$asset" in
+        *.js) next="$next $(curl -sf --cacert "$HUB_DATA/tls/ca.crt" --compressed "$url$asset" |
+          grep -o 'from "\./[^"]*"' | sed 's|^from "\./|/assets/|; s|"$||')" ;;
+      esac
+    done
+    assets=$(echo "$next" | xargs)
+  done
+  echo "$bytes"
+}
+
 for repeat in $(seq "$repeats"); do
   dir=$work/dashboard-$repeat
   mkdir -p "$dir"
@@ -41,11 +63,9 @@ for repeat in $(seq "$repeats"); do
   [ -n "$token" ] || { echo "bench/run: no admin token in $HUB_DATA" >&2; exit 1; }
   url=https://localhost:$HUB_API
 
-  # The page's bytes on the wire: the HTML and every asset it names, gzip as served.
-  page_bytes=$(curl -sf --cacert "$HUB_DATA/tls/ca.crt" --compressed -o /dev/null -w '%{size_download}' "$url/")
-  for asset in $(curl -sf --cacert "$HUB_DATA/tls/ca.crt" "$url/" | grep -o '/assets/[^"]*'); do
-    page_bytes=$(( page_bytes + $(curl -sf --cacert "$HUB_DATA/tls/ca.crt" -H 'accept-encoding: gzip' -o /dev/null -w '%{size_download}' "$url$asset") ))
-  done
+  # The page's bytes on the wire: the HTML, every asset it names and every module those import
+  # (`from "./name.hash.js"`), each once, gzip as served.
+  page_bytes=$(dashboard_bytes "$url")
 
   log "dashboard: chromium loads (repeat $repeat), then the fleet page open for 60 s"
   hold_file=$dir/hold-started

@@ -67,8 +67,11 @@ const DASHBOARD: &[(&str, &str)] = &[
     ("live.js", JS),
     ("chart.js", JS),
     ("fleet.js", JS),
+    ("recent.js", JS),
+    ("commands.js", JS),
     ("device.js", JS),
     ("sync.js", JS),
+    ("alerts.js", JS),
     ("app.js", JS),
 ];
 

@@ -1,5 +1,5 @@
 // The dashboard's entry: signs in (a token pasted once, or the client certificate), routes by
-// the URL's fragment (#/, #/device/<id>, #/sync), keeps one live stream, and says plainly when
+// the URL's fragment (#/, #/device/<id>, #/alerts, #/sync), keeps one live stream, and says plainly when
 // the hub cannot be reached or the session has ended, instead of leaving a blank page.
 
 import { api, signIn, signOut, onTrouble } from "./api.js";
@@ -8,6 +8,7 @@ import * as live from "./live.js";
 import { fleetPage } from "./fleet.js";
 import { devicePage } from "./device.js";
 import { syncPage } from "./sync.js";
+import { alertsPage } from "./alerts.js";
 
 const main = document.getElementById("main");
 const banner = document.getElementById("banner");
@@ -68,9 +69,15 @@ async function route() {
   const signal = current.signal;
   delete main.dataset.ready;
   const hash = location.hash || "#/";
+  const section = hash.startsWith("#/device/") ? "#/" : hash;
+  for (const link of nav.querySelectorAll("a")) {
+    if (link.getAttribute("href") === section) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
   try {
     if (hash.startsWith("#/device/")) await devicePage(main, signal, decodeURIComponent(hash.slice(9)), identity);
     else if (hash === "#/sync") await syncPage(main, signal);
+    else if (hash === "#/alerts") await alertsPage(main, signal);
     else await fleetPage(main, signal);
   } catch (err) {
     if (signal.aborted || err.kind === "auth" || err.kind === "network") return;
@@ -87,6 +94,7 @@ async function start() {
     return;
   }
   nav.hidden = false;
+  say(""); // "Signed out." and the like are over
   who.textContent = `${identity.name} (${identity.scopes.join(", ")})`;
   live.start();
   await route();

@@ -1,21 +1,30 @@
-// The device page: its details and latest values (live), a chart per numeric metric over 1 h,
-// 24 h, 7 d or a chosen range, drawn from buckets sized so the chart gets about one per pixel,
-// with live points appended; a CSV export of the range; the command form with the commands sent
-// from here and their results (only with the `command` scope); and online/offline events.
+// The device page: its details and latest values (live); per metric over 1 h, 24 h, 7 d or a
+// chosen range, a chart of a number, a state band of a boolean (both drawn from buckets sized so
+// the chart gets about one per pixel, live points appended) or the recent values of a string; a
+// CSV export of the range; the command form with the device's recent commands and their results
+// (only with the `command` scope); and online/offline events.
 
 import { api } from "./api.js";
 import { h, fmtValue, ago, ready } from "./ui.js";
 import { listen } from "./live.js";
 import { Chart } from "./chart.js";
+import { RecentValues } from "./recent.js";
+import { commandSection } from "./commands.js";
 
 const RANGES = [["1h", 3600], ["24h", 86400], ["7d", 7 * 86400]];
 const MAX_PAGES = 4;
 const MAX_EVENTS = 50;
-const MAX_COMMANDS = 20;
 
 /** Bucket width for `seconds` of history drawn `pixels` wide: whole seconds, at least 1. */
 export function bucketFor(seconds, pixels) {
   return Math.max(1, Math.ceil(seconds / Math.max(1, pixels)));
+}
+
+/** How a metric is shown, from its latest value: "number", "state" (boolean) or "text". */
+function kindOf(latest) {
+  if (latest && typeof latest.value === "string") return "text";
+  if (latest && typeof latest.value === "boolean") return "state";
+  return "number";
 }
 
 export async function devicePage(main, signal, id, identity) {
@@ -54,13 +63,20 @@ export async function devicePage(main, signal, id, identity) {
   } }, h("label", {}, "From", fromInput), h("label", {}, "To", toInput), h("button", { type: "submit", class: "ghost" }, "Show"));
   const csv = h("a", { id: "csv", download: `${id}.csv` }, "Export CSV");
 
-  const numeric = detail.metrics.filter((m) => { const v = values.get(m); return !v || typeof v.value === "number" || typeof v.value === "boolean"; });
-  const charts = new Map();
+  const charts = new Map(); // metric -> Chart (numbers and booleans)
+  const texts = new Map(); // metric -> RecentValues (strings)
   const chartBox = h("div", { class: "charts" });
-  for (const metric of numeric) {
+  // Lines first, then state bands, then lists of strings.
+  const ORDER = { number: 0, state: 1, text: 2 };
+  const kinds = new Map(detail.metrics.map((m) => [m, kindOf(values.get(m))]));
+  const metrics = [...detail.metrics].sort((a, b) => ORDER[kinds.get(a)] - ORDER[kinds.get(b)] || a.localeCompare(b));
+  for (const metric of metrics) {
+    const kind = kinds.get(metric);
     const plot = h("div", { class: "plot" });
-    chartBox.append(h("section", { class: "chart card", "data-metric": metric }, h("h3", {}, metric), plot));
-    charts.set(metric, new Chart(plot, metric));
+    const title = kind === "text" ? `${metric} (recent values)` : metric;
+    chartBox.append(h("section", { class: `chart card chart-${kind}`, "data-metric": metric }, h("h3", {}, title), plot));
+    if (kind === "text") texts.set(metric, new RecentValues(plot, path, metric));
+    else charts.set(metric, new Chart(plot, metric, kind));
   }
   signal.addEventListener("abort", () => charts.forEach((c) => c.destroy()));
 
@@ -70,6 +86,7 @@ export async function devicePage(main, signal, id, identity) {
     const points = [];
     let cursor = null;
     for (let page = 0; page < MAX_PAGES; page++) {
+      // A boolean's avg is the share of its readings that were true.
       const q = new URLSearchParams({ metric, from: String(Math.floor(from)), to: String(Math.ceil(to)), bucket: `${bucket}s`, agg: "avg", order: "oldest", limit: "1000" });
       if (cursor) q.set("cursor", cursor);
       const answer = await api(`${path}/readings?${q}`, { signal });
@@ -84,7 +101,11 @@ export async function devicePage(main, signal, id, identity) {
     for (const b of buttons) b.setAttribute("aria-pressed", String(b.dataset.range === range.preset));
     const [from, to] = bounds();
     csv.href = `${path}/readings?${new URLSearchParams({ format: "csv", from: String(Math.floor(from)), to: String(Math.ceil(to)) })}`;
-    await Promise.all([...charts.entries()].map(([m, c]) => drawChart(m, c)));
+    await Promise.all([
+      ...[...charts.entries()].map(([m, c]) => drawChart(m, c)),
+      ...[...texts.values()].map((t) => t.load(range.preset ? null : to, signal)),
+      commandsLoaded,
+    ]);
     ready(main, "device");
   }
 
@@ -98,6 +119,7 @@ export async function devicePage(main, signal, id, identity) {
 
   const mayCommand = identity.scopes.includes("command") || identity.scopes.includes("admin");
   const commandsBox = mayCommand ? commandSection(path) : null;
+  const commandsLoaded = commandsBox ? commandsBox.load(signal) : null;
 
   main.replaceChildren(
     h("p", {}, h("a", { href: "#/" }, "← Fleet")),
@@ -108,7 +130,7 @@ export async function devicePage(main, signal, id, identity) {
       Object.entries(detail.labels).map(([k, v]) => h("span", { class: "label" }, `${k}=${v}`))),
     h("section", { class: "card" }, h("h2", {}, "Latest values"), latestBox),
     h("div", { class: "toolbar", role: "group", "aria-label": "Chart range" }, buttons, custom, csv),
-    numeric.length ? chartBox : h("p", { class: "muted" }, "No numeric metrics to chart."),
+    detail.metrics.length ? chartBox : h("p", { class: "muted" }, "No metrics yet."),
     h("div", { class: "grid2" },
       commandsBox ? commandsBox.section : null,
       h("section", { class: "card" }, h("h2", {}, "Events"), events)));
@@ -118,9 +140,12 @@ export async function devicePage(main, signal, id, identity) {
     if (m.type === "reading") {
       for (const [name, value] of Object.entries(m.metrics)) {
         values.set(name, { value, ts: m.ts });
+        if (!range.preset) continue;
         const chart = charts.get(name);
         const v = typeof value === "boolean" ? Number(value) : value;
-        if (chart && range.preset && typeof v === "number") chart.append(Date.parse(m.ts) / 1000, v);
+        if (chart && typeof v === "number") chart.append(Date.parse(m.ts) / 1000, v);
+        const text = texts.get(name);
+        if (text) text.prepend(m.ts, value);
       }
       detail.last_seen = m.ts;
       detail.online = true;
@@ -136,42 +161,4 @@ export async function devicePage(main, signal, id, identity) {
   });
   signal.addEventListener("abort", unlisten);
   await drawAll();
-}
-
-/** The command form and the commands sent from it, with their states and results. */
-function commandSection(path) {
-  const list = h("ul", { id: "commands" });
-  const entries = new Map(); // id -> li
-  const name = h("input", { id: "command-name", required: true, placeholder: "echo", pattern: "[A-Za-z0-9._-]{1,64}", "aria-label": "Command name" });
-  const args = h("textarea", { id: "command-args", rows: 2, placeholder: '{"level": 3}', "aria-label": "Arguments (JSON)" });
-  const error = h("p", { class: "muted", role: "status" });
-
-  function render(cmd) {
-    const li = h("li", { "data-command": String(cmd.id) },
-      h("b", {}, cmd.name), " ", h("span", { class: `state state-${cmd.state}` }, cmd.state), " ",
-      h("span", { class: "muted" }, cmd.created),
-      cmd.result !== undefined && cmd.result !== null ? h("pre", { class: "result" }, JSON.stringify(cmd.result)) : null,
-      cmd.error ? h("pre", { class: "result" }, cmd.error) : null);
-    const old = entries.get(cmd.id);
-    if (old) old.replaceWith(li); else list.prepend(li);
-    entries.set(cmd.id, li);
-    while (list.children.length > MAX_COMMANDS) { entries.delete(Number(list.lastChild.dataset.command)); list.lastChild.remove(); }
-  }
-
-  async function update(cid) {
-    if (!entries.has(cid)) return;
-    render(await api(`${path}/commands/${cid}`));
-  }
-
-  const form = h("form", { class: "inline", id: "command-form", onsubmit: async (e) => {
-    e.preventDefault();
-    error.textContent = "";
-    let parsed;
-    try { parsed = args.value.trim() ? JSON.parse(args.value) : undefined; } catch { error.textContent = "Arguments must be a JSON object."; return; }
-    try {
-      const cmd = await api(`${path}/commands?wait=10s`, { method: "POST", body: { name: name.value.trim(), args: parsed } });
-      render(cmd);
-    } catch (err) { error.textContent = `Not sent: ${err.message}`; }
-  } }, h("label", {}, "Command", name), h("label", {}, "Arguments (JSON)", args), h("button", { type: "submit" }, "Send"));
-  return { section: h("section", { class: "card", id: "command-card" }, h("h2", {}, "Commands"), form, error, list), update };
 }

@@ -102,7 +102,7 @@ export async function fleetPage(main, signal) {
       stat("Ingest rate", rate, "stat-rate"),
       stat("Store", quota, "stat-store"),
       stat("Readings stored", String(status.store.readings), "stat-readings"),
-      ...status.sinks.map((s) => stat(`Sink ${s.name} lag`, `${s.follower.lag_readings} (${s.follower.lag_seconds} s)`)),
+      ...status.sinks.map((s) => stat(`Sink ${s.follower.name} lag`, `${s.follower.lag_readings} (${s.follower.lag_seconds} s)`)),
       ...status.consumers.map((c) => stat(`Consumer ${c.name} lag`, `${c.lag_readings} (${c.lag_seconds} s)`)),
       ...(status.store.refusing ? [stat("Store", `refusing: ${status.store.refusing_reason}`)] : []));
   }

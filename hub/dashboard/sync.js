@@ -23,7 +23,7 @@ export async function syncPage(main, signal) {
     store.textContent = `Store: ${s.store.readings} readings, offsets ${s.store.oldest_offset ?? "—"} to ${s.store.next_offset}, ${fmtBytes(s.store.file_bytes)}${s.store.max_disk ? ` of ${fmtBytes(s.store.max_disk)}` : ""}${s.store.refusing ? `, refusing new data (${s.store.refusing_reason})` : ""}.`;
     const empty = (n, text) => h("tr", {}, h("td", { colSpan: n, class: "muted" }, text));
     sinks.replaceChildren(...(s.sinks.length ? s.sinks.map((k) => h("tr", {},
-      h("td", {}, k.name), h("td", {}, k.kind),
+      h("td", {}, k.follower.name), h("td", {}, k.kind),
       h("td", {}, k.error ? "failing" : (k.follower.lag_readings ? "catching up" : "up to date")),
       h("td", {}, `${k.follower.lag_readings} (${k.follower.lag_seconds} s)`),
       h("td", {}, `${k.delivered} in ${k.batches} batches`),

@@ -36,6 +36,13 @@ export function ago(ts) {
   return `${Math.floor(s / 86400)} d ago`;
 }
 
+/** A time as a person reads it: the time of day for today, else the date and time. */
+export function fmtTime(ts) {
+  const d = new Date(ts);
+  if (!Number.isFinite(d.getTime())) return String(ts);
+  return d.toDateString() === new Date().toDateString() ? d.toLocaleTimeString() : d.toLocaleString();
+}
+
 /** Bytes as "12.3 MB". */
 export function fmtBytes(n) {
   const units = ["B", "KB", "MB", "GB", "TB"];

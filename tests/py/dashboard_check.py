@@ -1,19 +1,26 @@
 """Drives the hub's dashboard in a real browser (Debian's chromium through chromium-driver and
 Selenium) against a running hub, and saves a screenshot of each page.
 
-Run by tests/tests/e2e/dashboard.rs, which starts the hub and an idle firmware-sim device
-(`door-1`, answering commands) and seeds readings of `door-1` and `green-1`. This script makes its
-own tokens with the admin token, then checks, each step waiting with a deadline (never a sleep):
+Run by tests/tests/e2e/dashboard.rs, which starts the hub with the rule `too-warm` (any device's
+`temp` above 50 fires, and sends the device an `echo`) and an idle firmware-sim device (`door-1`,
+answering commands), and seeds an hour of `door-1`'s readings (a number `temp`, a boolean `open`,
+a string `mode`) and a few of `green-1`. This script makes its own tokens with the admin token,
+then checks, each step waiting with a deadline (never a sleep):
 
 1. sign in with a token pasted into the form; the fleet page lists both devices;
 2. a reading published with mosquitto_pub shows on the fleet page live, then on the device
-   page's value and chart (the chart's point count grows without a reload);
-3. a command sent from the form reaches firmware-sim and its result shows;
-4. a read-only token sees no command form; a token limited to `green-*` never sees `door-1`
-   (not in the fleet, and its device page is refused);
-5. after sign-out the page shows the sign-in form and the API refuses the old cookie; after its
+   page's value and charts without a reload: a point appended to the number's line chart and to
+   the boolean's state band, and the string on top of its recent-values list;
+3. the device's recent commands are listed under the form; a command sent from the form reaches
+   firmware-sim and its result shows, and is still listed with its result after a reload;
+4. the alerts page (from the navigation) shows door-1's alert firing as the stream announces it,
+   then resolved, then firing again; the command the rule sent is on door-1's page;
+5. a read-only token sees neither the command form nor the command list; a token limited to
+   `green-*` never sees `door-1`: not in the fleet, its device page refused, none of its alerts
+   (nor its alert events) on the alerts page, while green-1's show live;
+6. after sign-out the page shows the sign-in form and the API refuses the old cookie; after its
    token is revoked a session is refused, on the page and on the WebSocket;
-6. a page of another origin (same site: https://localhost on another port, served here with the
+7. a page of another origin (same site: https://localhost on another port, served here with the
    hub's own server certificate) can neither open the stream nor post a form with the cookie.
 
 The browser trusts the hub through `--ignore-certificate-errors`, for this test browser only.
@@ -122,6 +129,21 @@ def shot(driver, out, name):
     print(f"screenshot {path}")
 
 
+def ready(driver, page):
+    wait(driver, f"the {page} page", lambda d: d.find_element(By.ID, "main").get_attribute("data-ready") == page)
+
+
+def dataset(driver, selector, key):
+    return js(driver, "const e = document.querySelector(arguments[0]); return e ? e.dataset[arguments[1]] : null",
+              selector, key)
+
+
+def rows(driver, table):
+    """The rows of an alerts table: (data-alert, data-state) of each."""
+    return js(driver, "return [...document.querySelectorAll(arguments[0] + ' tr[data-alert]')]"
+                      ".map(r => [r.dataset.alert, r.dataset.state])", table)
+
+
 def value_shown(driver, selector, metric):
     return js(driver, "const e = document.querySelector(arguments[0] + ' [data-metric=\"' + arguments[1] + '\"]');"
                       "return e ? e.textContent : null", selector, metric)
@@ -192,41 +214,119 @@ def main():
         publish(a.mqtt_port, "door-1", {"temp": 31.25})
         wait(driver, "door-1's new temp on the fleet page",
              lambda d: value_shown(d, "#fleet tr[data-device='door-1']", "temp") == "temp 31.25")
+        wait(driver, "the sink's lag at the top", lambda d: "Sink cloud lag" in d.find_element(By.ID, "main").text)
         shot(driver, a.out, "fleet.png")
 
-        # ... and on the device page: its value and its chart, appended without a reload.
+        # ... and on the device page: its value and its charts, appended without a reload.
         driver.get(a.url + "/#/device/door-1")
-        wait(driver, "the device page", lambda d: d.find_element(By.ID, "main").get_attribute("data-ready") == "device")
-        plot = "section.chart[data-metric='temp'] .plot"
-        before = int(js(driver, f"return document.querySelector(\"{plot}\").dataset.points"))
-        publish(a.mqtt_port, "door-1", {"temp": 33.5})
+        ready(driver, "device")
+        temp, open_, mode = (f"section.chart[data-metric='{m}'] .plot" for m in ("temp", "open", "mode"))
+        assert dataset(driver, temp, "kind") == "number"
+        assert dataset(driver, open_, "kind") == "state", "a boolean is a state band"
+        assert dataset(driver, mode, "kind") == "text", "a string is a list of recent values"
+        assert js(driver, f"return document.querySelectorAll(\"{open_} canvas\").length") >= 1, "the band is drawn"
+        assert js(driver, f"return document.querySelectorAll(\"{mode} canvas\").length") == 0, "no chart of a string"
+        assert int(dataset(driver, open_, "points")) > 0, "the seeded hour of open"
+        # The seeded modes: auto (45 readings), eco (45), boost (30), newest first, one entry each.
+        runs = lambda d: js(d, f"return [...document.querySelectorAll(\"{mode} li\")]"
+                               ".map(li => [li.querySelector('.text').textContent, li.dataset.count])")
+        assert runs(driver) == [["boost", "30"], ["eco", "45"], ["auto", "45"]], runs(driver)
+        assert dataset(driver, mode, "last") == "boost", "the newest mode first"
+        before = int(dataset(driver, temp, "points"))
+        band_before = int(dataset(driver, open_, "points"))
+        publish(a.mqtt_port, "door-1", {"temp": 33.5, "open": True, "mode": "manual"})
         wait(driver, "the new temp on the device page", lambda d: value_shown(d, "#latest", "temp") == "temp 33.5")
         wait(driver, "a point appended to the chart",
-             lambda d: int(js(d, f"return document.querySelector(\"{plot}\").dataset.points")) > before
-             and js(d, f"return document.querySelector(\"{plot}\").dataset.last") == "33.5")
-        assert js(driver, "return document.querySelectorAll('canvas').length") >= 1, "uPlot drew"
+             lambda d: int(dataset(d, temp, "points")) > before and dataset(d, temp, "last") == "33.5")
+        wait(driver, "a point appended to the state band",
+             lambda d: int(dataset(d, open_, "points")) > band_before and dataset(d, open_, "last") == "1")
+        wait(driver, "the new string on top of its list",
+             lambda d: dataset(d, mode, "last") == "manual" and runs(d)[0] == ["manual", "1"])
+        assert runs(driver)[1:] == [["boost", "30"], ["eco", "45"], ["auto", "45"]], runs(driver)
 
-        # 3. A command from the form reaches firmware-sim; its result shows.
+        # 3. The device's recent commands (the echoes the test sent while firmware-sim started).
+        wait(driver, "the recent commands", lambda d: js(d, "return document.querySelectorAll('#commands li').length") >= 1)
+        # A command from the form reaches firmware-sim; its result shows on top of the list.
         driver.find_element(By.ID, "command-name").send_keys("echo")
         driver.find_element(By.ID, "command-args").send_keys('{"level": 3}')
         driver.find_element(By.CSS_SELECTOR, "#command-form button[type=submit]").click()
-        wait(driver, "the command's result",
-             lambda d: js(d, "const li = document.querySelector('#commands li');"
-                             "return li && li.querySelector('.state').textContent === 'succeeded'"
-                             " && li.querySelector('.result').textContent === '{\"level\":3}'"))
+        first_command = ("const li = document.querySelector('#commands li');"
+                         "return li && li.querySelector('.state').textContent === 'succeeded'"
+                         " && li.querySelector('.result') && li.querySelector('.result').textContent === '{\"level\":3}'"
+                         " ? li.dataset.command : null")
+        sent = wait(driver, "the command's result", lambda d: js(d, first_command))
+        # It is the hub's list, not the page's memory: still there after a reload.
+        driver.refresh()
+        ready(driver, "device")
+        wait(driver, "the command listed after a reload", lambda d: js(d, first_command) == sent)
+        # Tall enough for the charts, the command list and the events in one picture.
+        driver.set_window_size(1280, 1800)
+        shot(driver, a.out, "device.png")
+        driver.set_window_size(1280, 900)
         js(driver, "delete document.getElementById('main').dataset.ready")
         driver.find_element(By.CSS_SELECTOR, "button[data-range='7d']").click()
-        wait(driver, "the 7 d chart", lambda d: d.find_element(By.ID, "main").get_attribute("data-ready") == "device")
-        shot(driver, a.out, "device.png")
+        ready(driver, "device")
+        shot(driver, a.out, "device-7d.png")
         driver.set_window_size(390, 844)
         shot(driver, a.out, "device-phone.png")
         driver.set_window_size(1280, 900)
 
+        # The sync page: the sink whose receiver is not there, and a pull consumer behind.
+        status, _ = hub.call("PUT", "/api/v1/sync/consumers/analytics", {"cursor": 60})
+        assert status == 200, status
         driver.get(a.url + "/#/sync")
-        wait(driver, "the sync page", lambda d: d.find_element(By.ID, "main").get_attribute("data-ready") == "sync")
+        ready(driver, "sync")
+        wait(driver, "the sink failing and the consumer listed",
+             lambda d: js(d, "return [...document.querySelectorAll('#sinks td')].slice(0, 3).map(t => t.textContent)")
+             == ["cloud", "http", "failing"]
+             and "analytics" in d.find_element(By.ID, "consumers").text)
         shot(driver, a.out, "sync.png")
 
-        # 5a. Sign-out: the form again, and the old cookie is refused by the API.
+        # 4. Alerts, from the navigation: door-1's fires live, resolves, fires again.
+        driver.find_element(By.CSS_SELECTOR, "nav a[href='#/alerts']").click()
+        ready(driver, "alerts")
+        assert rows(driver, "#alerts-now") == [], rows(driver, "#alerts-now")
+        publish(a.mqtt_port, "door-1", {"temp": 60.0})
+        wait(driver, "door-1's alert firing, live",
+             lambda d: ["too-warm/door-1", "firing"] in rows(d, "#alerts-now")
+             and ["too-warm/door-1", "firing"] in rows(d, "#alerts-history")
+             and "door-1" in dataset(d, "#main", "alertDevices").split())
+        publish(a.mqtt_port, "door-1", {"temp": 30.0})
+        wait(driver, "door-1's alert resolved",
+             lambda d: rows(d, "#alerts-now") == [] and ["too-warm/door-1", "resolved"] in rows(d, "#alerts-history"))
+        publish(a.mqtt_port, "door-1", {"temp": 65.0})
+        publish(a.mqtt_port, "green-1", {"temp": 55.0})
+        wait(driver, "door-1 and green-1 firing",
+             lambda d: sorted(rows(d, "#alerts-now")) == [["too-warm/door-1", "firing"], ["too-warm/green-1", "firing"]])
+        assert len(rows(driver, "#alerts-history")) == 4, rows(driver, "#alerts-history")
+        shot(driver, a.out, "alerts.png")
+        # The history a page at a time (25): 26 more firings make 30 transitions.
+        for i in range(26):
+            publish(a.mqtt_port, f"flap-{i}", {"temp": 61.0})
+        wait(driver, "a full first page", lambda d: len(rows(d, "#alerts-history")) == 25
+             and not d.find_element(By.ID, "history-older").get_attribute("disabled"))
+        newest = js(driver, "return document.querySelector('#alerts-history tr[data-number]').dataset.number")
+        assert driver.find_element(By.ID, "history-newer").get_attribute("disabled"), "no newer page"
+        driver.find_element(By.ID, "history-older").click()
+        wait(driver, "the second page", lambda d: len(rows(d, "#alerts-history")) == 5
+             and js(d, "return [...document.querySelectorAll('#alerts-history tr[data-number]')].pop().dataset.number") == "0")
+        assert driver.find_element(By.ID, "history-older").get_attribute("disabled"), "no older page"
+        driver.find_element(By.ID, "history-newer").click()
+        wait(driver, "back to the first page",
+             lambda d: js(d, "return document.querySelector('#alerts-history tr[data-number]').dataset.number") == newest)
+        filter_ = driver.find_element(By.ID, "history-filter")
+        filter_.find_element(By.CSS_SELECTOR, "option[value='resolved']").click()
+        wait(driver, "the resolved transitions only",
+             lambda d: rows(d, "#alerts-history") == [["too-warm/door-1", "resolved"]])
+        # The rule's command to door-1 is on door-1's page, answered.
+        driver.get(a.url + "/#/device/door-1")
+        ready(driver, "device")
+        wait(driver, "the rule's command, answered",
+             lambda d: js(d, "return [...document.querySelectorAll('#commands li')].some(li =>"
+                             " li.querySelector('.args') && li.querySelector('.args').textContent.includes('too-warm')"
+                             " && li.querySelector('.state').textContent === 'succeeded')"))
+
+        # 6. Sign-out: the form again, and the old cookie is refused by the API.
         old = driver.get_cookie("hub_session")["value"]
         sign_out(driver)
         status, _ = hub.call("GET", "/api/v1/session", bearer=False,
@@ -236,14 +336,17 @@ def main():
         wait(driver, "the sign-in form on reload", lambda d: d.find_elements(By.ID, "token"))
         shot(driver, a.out, "signin.png")
 
-        # 4. A read-only token: no command form.
+        # 5. A read-only token: no command form, no command list.
         sign_in(driver, a.url, reader)
         driver.get(a.url + "/#/device/door-1")
-        wait(driver, "the device page (reader)", lambda d: d.find_element(By.ID, "main").get_attribute("data-ready") == "device")
+        ready(driver, "device")
         assert not driver.find_elements(By.ID, "command-form"), "a reader sees no command form"
+        assert not driver.find_elements(By.ID, "commands"), "nor the command list"
+        assert not driver.find_elements(By.ID, "command-card")
+        assert dataset(driver, "section.chart[data-metric='temp'] .plot", "kind") == "number", "but the charts"
         sign_out(driver)
 
-        # 4. green-* only: never door-1.
+        # 5. green-* only: never door-1.
         sign_in(driver, a.url, green)
         driver.get(a.url + "/#/")
         wait(driver, "the fleet page (green)", lambda d: d.find_element(By.ID, "main").get_attribute("data-ready") == "fleet")
@@ -255,9 +358,29 @@ def main():
         driver.get(a.url + "/#/device/door-1")
         wait(driver, "door-1 refused", lambda d: "No such device" in d.find_element(By.ID, "main").text)
         shot(driver, a.out, "green-only.png")
+        # Its alerts page: green-1's alerts only, and only green-1's alert events from the stream
+        # (door-1's transitions, published first, reach this page neither by the API nor live).
+        driver.find_element(By.CSS_SELECTOR, "nav a[href='#/alerts']").click()
+        ready(driver, "alerts")
+        wait(driver, "green-1's transitions in the history",
+             lambda d: ["too-warm/green-1", "resolved"] in rows(d, "#alerts-history"))
+        # One page of green-1's own transitions, not the newest 25 of all devices filtered.
+        assert rows(driver, "#alerts-history") == [["too-warm/green-1", "resolved"], ["too-warm/green-1", "firing"]], \
+            rows(driver, "#alerts-history")
+        assert driver.find_element(By.ID, "history-older").get_attribute("disabled"), "no more pages"
+        publish(a.mqtt_port, "door-1", {"temp": 70.0})
+        publish(a.mqtt_port, "green-1", {"temp": 57.0})
+        wait(driver, "green-1's alert firing, live",
+             lambda d: rows(d, "#alerts-now") == [["too-warm/green-1", "firing"]])
+        assert dataset(driver, "#main", "alertDevices") == "green-1", "only green-1's events came"
+        assert "door-1" not in driver.find_element(By.ID, "main").text
+        status, alerts = hub.call("GET", "/api/v1/alerts")
+        assert ["too-warm/door-1", "firing"] in [[f"{x['rule']}/{x['device']}", x["state"]] for x in alerts["alerts"]], \
+            "door-1's alert does fire (the admin sees it)"
+        shot(driver, a.out, "alerts-green.png")
         sign_out(driver)
 
-        # 5b. Revocation: the session of a revoked token is refused, page and stream.
+        # 6. Revocation: the session of a revoked token is refused, page and stream.
         sign_in(driver, a.url, doomed)
         status, _ = hub.call("DELETE", f"/api/v1/tokens/{doomed_id}")
         assert status in (200, 204), status
@@ -269,7 +392,7 @@ def main():
                    "w.onopen = () => { window.wsResult = 'open'; }; w.onclose = () => { if (window.wsResult !== 'open') window.wsResult = 'refused'; };")
         wait(driver, "the stream refused after revocation", lambda d: js(d, "return window.wsResult") == "refused")
 
-        # 6. Another origin of the same site, with a live session in the browser.
+        # 7. Another origin of the same site, with a live session in the browser.
         sign_in(driver, a.url, operator)
         foreign = ForeignOrigin(a.url, os.path.join(a.data, "tls/server.crt"), os.path.join(a.data, "tls/server.key"))
         driver.get(foreign.url)

@@ -1,11 +1,15 @@
-//! `POST /api/v1/devices/{id}/commands` and `GET /api/v1/devices/{id}/commands/{cid}`: commands
-//! for devices, through [`crate::commands`].
+//! `POST /api/v1/devices/{id}/commands`, `GET /api/v1/devices/{id}/commands` and
+//! `GET /api/v1/devices/{id}/commands/{cid}`: commands for devices, through [`crate::commands`].
 //!
 //! A command is answered `202 Accepted` with its record (state `pending` or `delivered`) and a
 //! `Location`; with `?wait=10s` the request is held until the command reaches a final state
 //! (`succeeded`, `failed`, `timed_out`) or the wait ends, and a final command is answered `200`.
 //! A device that is offline gets the command when it comes back, within the command's `ttl`; a
 //! request with `ttl` `0s` is refused with `409` instead of waiting.
+//!
+//! Listing a device's commands needs the `read` scope, as reading one does: the records are the
+//! same, and with ids that only grow a reader could walk them one by one anyway, so a stricter
+//! scope on the list would protect nothing. Sending needs `command`.
 
 use axum::Extension;
 use axum::Json;
@@ -46,6 +50,35 @@ pub(super) struct NewCommand {
     #[serde(default)]
     #[schema(example = "30s", pattern = r"^[0-9]{1,9}(ms|s|m|h|d)$")]
     timeout: Option<String>,
+}
+
+/// Commands listed when the client gives no `limit`.
+const DEFAULT_LIST: usize = 20;
+
+/// Query of a device's command list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct ListParams {
+    /// The next (older) page: commands numbered below this (the previous page's
+    /// `next_cursor`).
+    #[param(minimum = 0, example = 42)]
+    cursor: Option<u64>,
+    /// Commands per page, 1 to `api.max_page` (20 unless given).
+    #[param(minimum = 1, example = 20)]
+    limit: Option<usize>,
+}
+
+/// A page of a device's commands.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct CommandList {
+    /// The device.
+    device: String,
+    /// Its commands, newest first.
+    commands: Vec<CommandView>,
+    /// The `cursor` of the next (older) page; null when this one is the last.
+    #[schema(required = true)]
+    next_cursor: Option<u64>,
 }
 
 /// Query of a command request.
@@ -298,4 +331,46 @@ pub(super) async fn get(
         Some(record) if record.device == device => Ok(Json(CommandView::new(command_id, record))),
         _ => Err(not_found()),
     }
+}
+
+/// A device's commands.
+///
+/// Newest first, a page at a time: each with its state and, once the device answered, its
+/// result. Follow `next_cursor` for older ones; a page may hold fewer than `limit` and still
+/// have a `next_cursor` (the hub looks at a bounded number of stored commands per page).
+#[utoipa::path(
+    get,
+    path = "/devices/{id}/commands",
+    operation_id = "list_commands",
+    security(("bearer" = ["read"])),
+    tag = "commands",
+    params(DeviceId, ListParams),
+    responses(
+        (status = 200, description = "A page of the device's commands, newest first.", body = CommandList),
+        (status = 400, description = "The id, `limit` or `cursor` is wrong; the detail says which."),
+        (status = 403, description = "The token lacks the `read` scope."),
+        (status = 404, description = "No such device, or not one the token may see."),
+        (status = 500, description = "The store failed; the hub's log says why."),
+    ),
+)]
+pub(super) async fn list(
+    State(state): State<ApiState>,
+    Extension(identity): Extension<Identity>,
+    Path(id): Path<String>,
+    q: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<CommandList>, ApiError> {
+    require(&identity, Scope::Read, "read")?;
+    let device = visible_device(&identity, &id)?.to_owned();
+    let p = query(q)?;
+    let limit = params::limit(p.limit, DEFAULT_LIST, state.max_page)?;
+    let page = state.commands.list(device.clone(), p.cursor, limit).await?;
+    Ok(Json(CommandList {
+        device,
+        commands: page
+            .commands
+            .into_iter()
+            .map(|(id, record)| CommandView::new(id, record))
+            .collect(),
+        next_cursor: page.next_before,
+    }))
 }

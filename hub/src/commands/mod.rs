@@ -34,7 +34,7 @@ pub use crate::ingest::downlink::Transports;
 use crate::ingest::downlink::{CommandOut, Refused};
 use crate::ingest::{CommandHandoff, Handed};
 use crate::live::{DeviceChange, Event, Live, Presence};
-use crate::store::{CommandRecord, CommandState, Store, StoreError, Transition};
+use crate::store::{CommandPage, CommandRecord, CommandState, Store, StoreError, Transition};
 
 mod dispatcher;
 pub use dispatcher::Dispatcher;
@@ -311,6 +311,25 @@ impl Commands {
             .await
             .map_err(|_| CommandError::Stopping)?
             .map_err(CommandError::from)
+    }
+
+    /// A page of `device`'s commands, newest first (see [`Store::device_commands`]); an unknown
+    /// device is an error, not an empty page.
+    pub async fn list(
+        &self,
+        device: String,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<CommandPage, CommandError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            if store.device(&device)?.is_none() {
+                return Err(CommandError::UnknownDevice(device));
+            }
+            Ok(store.device_commands(&device, before, limit)?)
+        })
+        .await
+        .map_err(|_| CommandError::Stopping)?
     }
 
     /// Waits until command `id` reaches a final state or `wait` passes; the record then.

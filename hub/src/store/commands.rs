@@ -17,6 +17,19 @@ use super::{Store, StoreError, scan_records};
 
 /// Deleted at most per transaction when old commands are pruned.
 const MAX_PRUNE_PER_COMMIT: usize = 4096;
+/// Stored commands examined at most by one [`Store::device_commands`] call: the default of
+/// `commands.keep`, so that with the default settings one call sees every stored command, and a
+/// hub that keeps more still answers each page in bounded time.
+pub const MAX_COMMANDS_SCANNED: usize = 10_000;
+
+/// One page of one device's commands, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommandPage {
+    /// The commands with their ids, newest (highest id) first.
+    pub commands: Vec<(u64, CommandRecord)>,
+    /// Where the next, older page starts (commands numbered below it); `None` when none is left.
+    pub next_before: Option<u64>,
+}
 
 /// A device's answer to a command, on its way in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,6 +236,65 @@ impl Store {
         Ok(Some(record))
     }
 
+    /// The commands of `device` numbered below `before` (all when `None`), newest first, at most
+    /// `limit`. Commands are numbered across devices, so the page is found by walking down the
+    /// numbers; at most [`MAX_COMMANDS_SCANNED`] are looked at per call, and a page cut short by
+    /// that bound still says where to go on.
+    pub fn device_commands(
+        &self,
+        device: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<CommandPage, StoreError> {
+        self.device_commands_within(device, before, limit, MAX_COMMANDS_SCANNED)
+    }
+
+    fn device_commands_within(
+        &self,
+        device: &str,
+        before: Option<u64>,
+        limit: usize,
+        budget: usize,
+    ) -> Result<CommandPage, StoreError> {
+        let snap = self.engine.snapshot()?;
+        let range = KeyRange {
+            start: Bound::Unbounded,
+            end: before.map_or(Bound::Unbounded, |b| {
+                Bound::Excluded(records::command_key(b))
+            }),
+        };
+        let mut page = CommandPage::default();
+        let mut scanned = 0;
+        let mut failure = None;
+        snap.scan(Table::Commands, &range, Direction::Reverse, &mut |k, v| {
+            let parsed = records::be_u64(k, "command id")
+                .and_then(|id| Ok((id, records::decode::<CommandRecord>(v, "command")?)));
+            let (id, record) = match parsed {
+                Ok(parsed) => parsed,
+                Err(e) => {
+                    failure = Some(e);
+                    return ControlFlow::Break(());
+                }
+            };
+            scanned += 1;
+            if record.device == device {
+                // One more than asked for: the page ends at the one before it, and a next page is
+                // promised only when there is something on it.
+                if page.commands.len() == limit {
+                    page.next_before = page.commands.last().map(|(id, _)| *id);
+                    return ControlFlow::Break(());
+                }
+                page.commands.push((id, record));
+            }
+            if scanned >= budget {
+                page.next_before = Some(id);
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        })?;
+        failure.map_or(Ok(page), Err)
+    }
+
     /// Every command not yet in a final state, oldest first.
     pub fn open_commands(&self) -> Result<Vec<(u64, CommandRecord)>, StoreError> {
         let snap = self.engine.snapshot()?;
@@ -376,6 +448,46 @@ mod tests {
             CommandState::Pending
         );
         assert_eq!(store.create_command(&command("d")).unwrap(), 6);
+    }
+
+    #[test]
+    fn a_devices_commands_are_paged_newest_first_within_the_scan_bound() {
+        let store = Store::open(Arc::new(MemoryEngine::new())).unwrap();
+        // Ids 1..=12: a, b, a, b, ... (a has the odd ids).
+        for i in 0..12 {
+            store
+                .create_command(&command(if i % 2 == 0 { "a" } else { "b" }))
+                .unwrap();
+        }
+        let ids = |page: &CommandPage| page.commands.iter().map(|(id, _)| *id).collect::<Vec<_>>();
+        let first = store.device_commands("a", None, 4).unwrap();
+        assert_eq!(ids(&first), vec![11, 9, 7, 5]);
+        assert!(first.commands.iter().all(|(_, r)| r.device == "a"));
+        assert_eq!(first.next_before, Some(5));
+        let last = store.device_commands("a", first.next_before, 4).unwrap();
+        assert_eq!((ids(&last), last.next_before), (vec![3, 1], None));
+        // A page that ends exactly at the oldest command promises no next page.
+        let exact = store.device_commands("b", Some(5), 2).unwrap();
+        assert_eq!((ids(&exact), exact.next_before), (vec![4, 2], None));
+        assert_eq!(
+            store.device_commands("nobody", None, 4).unwrap(),
+            CommandPage::default()
+        );
+
+        // The scan bound cuts a page short but says where to go on; following it finds the rest.
+        let cut = store.device_commands_within("a", None, 4, 3).unwrap();
+        assert_eq!((ids(&cut), cut.next_before), (vec![11], Some(10)));
+        let mut seen = Vec::new();
+        let mut before = None;
+        loop {
+            let page = store.device_commands_within("a", before, 4, 3).unwrap();
+            seen.extend(ids(&page));
+            match page.next_before {
+                Some(b) => before = Some(b),
+                None => break,
+            }
+        }
+        assert_eq!(seen, vec![11, 9, 7, 5, 3, 1]);
     }
 
     #[test]

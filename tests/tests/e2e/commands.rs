@@ -443,3 +443,198 @@ async fn a_device_cannot_answer_another_devices_command() {
     assert_eq!(body["result"], json!({"from": "owner"}));
     hub.stop();
 }
+
+/// GET `path` with `token`; status, content type and JSON body.
+async fn get_as(hub: &Hub, token: &str, path: &str) -> (u16, String, Value) {
+    let response = hub
+        .client()
+        .get(hub.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|c| c.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (
+        status,
+        content_type,
+        response.json().await.unwrap_or(Value::Null),
+    )
+}
+
+/// Makes a token with `scopes` limited to `devices`; its secret.
+async fn token(hub: &Hub, name: &str, scopes: &[&str], devices: &[&str]) -> String {
+    let (status, made) = hub
+        .send(
+            reqwest::Method::POST,
+            "/api/v1/tokens",
+            Some(&json!({"name": name, "scopes": scopes, "devices": devices})),
+        )
+        .await;
+    assert_eq!(status, 201, "{made}");
+    made["secret"].as_str().unwrap().to_owned()
+}
+
+/// Every command of `device` through `GET .../commands`, `limit` a page, following the cursors.
+async fn all_pages(hub: &Hub, device: &str, limit: usize) -> Vec<Value> {
+    let mut listed = Vec::new();
+    let mut cursor: Option<u64> = None;
+    for _ in 0..100 {
+        let mut path = format!("/api/v1/devices/{device}/commands?limit={limit}");
+        if let Some(c) = cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let (status, page) = hub.get(&path).await;
+        assert_eq!(status, 200, "{page}");
+        let commands = page["commands"].as_array().unwrap();
+        assert!(commands.len() <= limit, "{page}");
+        listed.extend(commands.iter().cloned());
+        match page["next_cursor"].as_u64() {
+            Some(next) => cursor = Some(next),
+            None => return listed,
+        }
+    }
+    panic!("more than 100 pages");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_devices_commands_are_listed_newest_first_with_their_results_paged_and_bounded() {
+    let root = tempfile::tempdir().unwrap();
+    let hub = Hub::start(root.path(), &[]);
+    for device in ["lst-0", "lst-1"] {
+        register_json_device(&hub, device);
+        crate::harness::wait_for_readings(&hub, device, 1).await;
+    }
+    let _devices = idle_device(&hub, "json", "lst-", &["--devices", "2"]);
+    until_answering(&hub, "lst-0").await;
+    until_answering(&hub, "lst-1").await;
+
+    // Commands for both devices, interleaved, each answered: echoes, and one failure.
+    let mut sent = Vec::new();
+    for n in 0..5 {
+        let body = final_state(
+            &hub,
+            "lst-0",
+            json!({"name": "echo", "args": {"n": n}}),
+            "succeeded",
+        )
+        .await;
+        sent.push(body);
+        final_state(&hub, "lst-1", json!({"name": "echo"}), "succeeded").await;
+    }
+    sent.push(final_state(&hub, "lst-0", json!({"name": "fail"}), "failed").await);
+
+    // Newest first, each as GET .../commands/{cid} shows it, with its result or error. (The
+    // echoes of `until_answering` come after: some may still be moving, so only the final
+    // commands sent here are compared whole.)
+    let (status, content_type, page) =
+        get_as(&hub, &hub.token(), "/api/v1/devices/lst-0/commands").await;
+    assert_eq!(
+        (status, content_type.as_str()),
+        (200, "application/json"),
+        "{page}"
+    );
+    assert_eq!(page["device"], "lst-0");
+    let listed = page["commands"].as_array().unwrap().clone();
+    let ids = |commands: &[Value]| -> Vec<u64> {
+        commands.iter().map(|c| c["id"].as_u64().unwrap()).collect()
+    };
+    let newest: Vec<Value> = sent.iter().rev().cloned().collect();
+    assert_eq!(listed[..newest.len()], newest[..], "{page}");
+    assert_eq!(listed[0]["state"], "failed");
+    assert_eq!(listed[0]["error"], "requested failure");
+    assert_eq!(listed[1]["result"], json!({"n": 4}));
+    assert!(listed.iter().all(|c| c["device"] == "lst-0"), "{page}");
+    let all_ids = ids(&listed);
+    assert!(
+        all_ids.windows(2).all(|w| w[0] > w[1]),
+        "newest first: {all_ids:?}"
+    );
+    for c in &newest {
+        let (_, one) = hub
+            .get(&format!("/api/v1/devices/lst-0/commands/{}", c["id"]))
+            .await;
+        assert_eq!(&one, c);
+    }
+    assert!(page["next_cursor"].is_null(), "one page holds them: {page}");
+
+    // Pages of 2 (and of 1), following next_cursor, give the same commands; the last page says
+    // there is no next.
+    for limit in [1, 2] {
+        let paged = all_pages(&hub, "lst-0", limit).await;
+        assert_eq!(ids(&paged), all_ids, "pages of {limit}");
+        assert_eq!(paged[..newest.len()], newest[..], "pages of {limit}");
+    }
+    let (_, first) = hub.get("/api/v1/devices/lst-0/commands?limit=2").await;
+    assert_eq!(first["commands"].as_array().unwrap().len(), 2);
+    assert_eq!(first["next_cursor"], first["commands"][1]["id"]);
+    // Below the oldest id, nothing; the largest page allowed is served.
+    let (status, none) = hub.get("/api/v1/devices/lst-0/commands?cursor=1").await;
+    assert_eq!(
+        (status, none["commands"].as_array().unwrap().len()),
+        (200, 0)
+    );
+    assert!(none["next_cursor"].is_null());
+    let (status, _) = hub.get("/api/v1/devices/lst-0/commands?limit=1000").await;
+    assert_eq!(status, 200, "limit = api.max_page");
+
+    // Bad parameters: 400, a problem naming the parameter.
+    for (query, says) in [
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("limit=ten", "limit"),
+        ("limit=-1", "limit"),
+        ("cursor=x", "cursor"),
+        ("colour=red", "colour"),
+    ] {
+        let path = format!("/api/v1/devices/lst-0/commands?{query}");
+        let (status, content_type, problem) = get_as(&hub, &hub.token(), &path).await;
+        assert_eq!(status, 400, "{query}: {problem}");
+        assert_eq!(content_type, "application/problem+json", "{query}");
+        assert_eq!(problem["status"], 400);
+        assert!(
+            problem["detail"].as_str().unwrap().contains(says),
+            "{query}: {problem}"
+        );
+    }
+
+    // No such device, or a bad id.
+    let (status, content_type, problem) =
+        get_as(&hub, &hub.token(), "/api/v1/devices/nobody/commands").await;
+    assert_eq!(
+        (status, content_type.as_str()),
+        (404, "application/problem+json"),
+        "{problem}"
+    );
+    let (status, _, _) = get_as(&hub, &hub.token(), "/api/v1/devices/bad%20id/commands").await;
+    assert_eq!(status, 400);
+
+    // Scopes and device patterns: a reader of lst-* lists; a reader of other devices gets the
+    // same 404 as for a device that does not exist; a token without `read` gets 403.
+    let reader = token(&hub, "lst-reader", &["read"], &["lst-*"]).await;
+    let (status, _, page) = get_as(&hub, &reader, "/api/v1/devices/lst-0/commands").await;
+    assert_eq!(status, 200);
+    assert_eq!(ids(page["commands"].as_array().unwrap()), all_ids);
+    let elsewhere = token(&hub, "green-reader", &["read", "command"], &["green-*"]).await;
+    let (status, _, problem) = get_as(&hub, &elsewhere, "/api/v1/devices/lst-0/commands").await;
+    assert_eq!(status, 404, "{problem}");
+    let (_, _, unknown) = get_as(&hub, &hub.token(), "/api/v1/devices/nobody/commands").await;
+    assert_eq!(problem["title"], unknown["title"]);
+    let syncer = token(&hub, "syncer", &["sync"], &[]).await;
+    let (status, _, _) = get_as(&hub, &syncer, "/api/v1/devices/lst-0/commands").await;
+    assert_eq!(status, 403);
+
+    // The list is the store's: the same after a restart.
+    assert!(hub.stop().success());
+    let hub = Hub::start(root.path(), &[]);
+    let (status, page) = hub.get("/api/v1/devices/lst-0/commands").await;
+    assert_eq!(status, 200);
+    let after = page["commands"].as_array().unwrap();
+    assert_eq!(ids(after), all_ids);
+    assert_eq!(after[..newest.len()], newest[..]);
+    hub.stop();
+}

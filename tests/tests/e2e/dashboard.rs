@@ -11,7 +11,10 @@ use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 
-use crate::harness::{Hub, Sim, binary, eventually, mosquitto_pub, python_peer, wait_for_readings};
+use crate::harness::{
+    Hub, Sim, binary, eventually, free_port, mosquitto_pub, mosquitto_pub_lines, python_peer,
+    wait_for_readings, write_config,
+};
 
 /// The `hub_session=...` pair of a sign-in's `Set-Cookie`, and the whole header.
 async fn sign_in(hub: &Hub, token: &str) -> (String, String) {
@@ -420,15 +423,109 @@ async fn latest_detail_and_readings_answer_304_to_a_matching_if_none_match() {
     assert!(csv.headers().get("etag").is_none());
 }
 
+/// The alerts a `green-*` session reads: only its devices', in full pages (the history is
+/// filtered as it is read, not after a page was cut), and a cursor only while more follow.
+#[tokio::test]
+async fn a_device_limited_session_gets_full_alert_pages_of_its_devices_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), ALERT_RULES);
+    let hub = Hub::start(dir.path(), &["--config", &config]);
+    // Six firing transitions, door and green devices interleaved.
+    for i in 0..3 {
+        for prefix in ["door", "green"] {
+            let topic = format!("devices/{prefix}-{i}/telemetry");
+            mosquitto_pub(hub.mqtt_port(), &topic, br#"{"temp":60}"#, 1);
+        }
+    }
+    eventually("six transitions", || async {
+        let (_, alerts) = hub.get("/api/v1/alerts").await;
+        (alerts["history"].as_array().map(Vec::len) == Some(6)).then_some(())
+    })
+    .await;
+    let (status, made) = hub
+        .send(
+            reqwest::Method::POST,
+            "/api/v1/tokens",
+            Some(&json!({"name": "green", "scopes": ["read"], "devices": ["green-*"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{made}");
+    let (cookie, _) = sign_in(&hub, made["secret"].as_str().unwrap()).await;
+    let read = |path: String| {
+        let request = hub.client().get(hub.url(&path)).header("cookie", &cookie);
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200, "{path}");
+            response.json::<Value>().await.unwrap()
+        }
+    };
+    let devices = |list: &Value| -> Vec<String> {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["device"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let first = read("/api/v1/alerts?limit=2".into()).await;
+    assert_eq!(devices(&first["alerts"]), ["green-0", "green-1", "green-2"]);
+    assert_eq!(
+        devices(&first["history"]),
+        ["green-2", "green-1"],
+        "{first}"
+    );
+    let cursor = first["next_cursor"].as_u64().expect("a next page");
+    let rest = read(format!("/api/v1/alerts?limit=2&cursor={cursor}")).await;
+    assert_eq!(devices(&rest["history"]), ["green-0"], "{rest}");
+    assert!(rest["next_cursor"].is_null(), "{rest}");
+    // The admin sees all six.
+    let (_, all) = hub.get("/api/v1/alerts?limit=6").await;
+    assert_eq!(devices(&all["history"]).len(), 6);
+}
+
+/// A rule for the alerts page: any device's `temp` above 50 fires, logs, and sends the device an
+/// `echo` (which door-1's firmware-sim answers, so its device page lists a command no form sent).
+const ALERT_RULES: &str = r#"
+[[rules]]
+name = "too-warm"
+metric = "temp"
+above = 50.0
+actions = [{ log = "warn" }, { command = { name = "echo", args = { reason = "too-warm" } } }]
+"#;
+
+/// An hour of door-1's history, a reading every 30 s: a number (`temp`), a boolean (`open`, which
+/// changes every 10 minutes) and a string (`mode`), so each kind of metric has something to draw.
+fn door_history(now_ms: u64) -> Vec<String> {
+    const READINGS: u64 = 120;
+    (0..READINGS)
+        .map(|i| {
+            let ts = now_ms - (READINGS - i) * 30_000;
+            let temp = 21.0 + 3.0 * (i as f64 / 12.0).sin();
+            let open = (i / 20) % 2 == 1;
+            let mode = ["auto", "eco", "boost"][(i / 45) as usize];
+            json!({"seq": i, "ts": ts, "metrics": {"temp": (temp * 100.0).round() / 100.0, "open": open, "mode": mode}})
+                .to_string()
+        })
+        .collect()
+}
+
 /// The whole page in chromium: see `tests/py/dashboard_check.py` for the checks.
 #[tokio::test]
 async fn the_dashboard_works_in_a_real_browser() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start(dir.path(), &[]);
+    // A sink whose receiver is not there, so the sync page has a sink to show failing.
+    let config = format!(
+        "{ALERT_RULES}\n[[sync.http]]\nname = \"cloud\"\nurl = \"http://127.0.0.1:{}/readings\"\n",
+        free_port()
+    );
+    let config = write_config(dir.path(), &config);
+    let hub = Hub::start(dir.path(), &["--config", &config]);
     let port = hub.mqtt_port();
-    for i in 0..3 {
-        let reading = format!(r#"{{"temp":2{i}.5,"open":false}}"#);
-        mosquitto_pub(port, "devices/door-1/telemetry", reading.as_bytes(), 1);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    mosquitto_pub_lines(port, "devices/door-1/telemetry", &door_history(now_ms), 1);
+    for _ in 0..3 {
         mosquitto_pub(
             port,
             "devices/green-1/telemetry",
@@ -436,7 +533,8 @@ async fn the_dashboard_works_in_a_real_browser() {
             1,
         );
     }
-    wait_for_readings(&hub, "door-1", 3).await;
+    wait_for_readings(&hub, "door-1", 120).await;
+    wait_for_readings(&hub, "green-1", 3).await;
     // door-0 and door-1 answer commands (door-0 never reports, so the hub never lists it).
     let _sim = Sim::from_child(
         Command::new(binary("firmware-sim"))
@@ -493,8 +591,10 @@ async fn the_dashboard_works_in_a_real_browser() {
         "fleet.png",
         "device.png",
         "sync.png",
+        "alerts.png",
         "signin.png",
         "green-only.png",
+        "alerts-green.png",
     ] {
         let bytes = std::fs::metadata(out.join(shot))
             .map(|m| m.len())
