@@ -400,10 +400,12 @@ pub(super) async fn alerts(
     let wanted: Option<AlertState> = p.state.map(AlertState::from);
     let store = state.store.clone();
     let cursor = p.cursor;
+    let reader = identity.clone();
+    // The history is filtered by device as it is read, so a limited identity gets full pages.
     let (alerts, history) = tokio::task::spawn_blocking(move || {
         Ok::<_, crate::store::StoreError>((
             store.alerts()?,
-            store.alert_history(wanted, cursor, limit)?,
+            store.alert_history_of(wanted, cursor, limit, &|d| reader.may_access(d))?,
         ))
     })
     .await
@@ -418,7 +420,6 @@ pub(super) async fn alerts(
             .collect(),
         history: history
             .into_iter()
-            .filter(|(_, e)| identity.may_access(&e.device))
             .map(|(n, e)| TransitionView::new(n, e))
             .collect(),
         next_cursor,

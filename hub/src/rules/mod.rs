@@ -8,11 +8,14 @@
 //! MQTT messages, log lines and alert events on the live stream.
 //!
 //! Invariants:
-//! - no durable reading is missed: when the broadcast lags, the task reads the readings it
-//!   missed back from the store, by offset;
-//! - a round's transitions are committed (states, history and webhook entries in one batch)
-//!   before any of their actions run, so a restart neither forgets a firing alert nor notifies it
-//!   again;
+//! - no durable reading is missed, none is evaluated twice: when the broadcast lags, the task
+//!   reads the readings it missed back from the store, by offset; the offset of the next reading
+//!   to evaluate is saved in the store with every round that changed something (and at least
+//!   every [`OFFSET_SAVE`] otherwise), so after a crash or a stop the readings stored past it
+//!   (which changed nothing durable) are evaluated, once, before new ones;
+//! - a round's transitions are committed (states, history, webhook entries and the offset in one
+//!   batch) before any of their actions run, so a restart neither forgets a firing alert nor
+//!   notifies it again;
 //! - with no rule, the task does not listen to readings at all (so the writer builds no live
 //!   readings for it).
 //!
@@ -44,17 +47,18 @@ use crate::store::Store;
 use crate::store::alerts::AlertChanges;
 use crate::store::durable::Durable;
 pub use actions::{Actions, Publisher};
-use evaluator::{Evaluator, Round};
+use evaluator::{Evaluator, Reading, Round};
 pub use handle::{RuleError, RulesHandle};
 pub use metrics::RulesStats;
 pub use rule::{Origin, config_problems};
 
 /// How often time-based conditions (`for`, minimum intervals, silence) are looked at.
 pub const TICK: Duration = Duration::from_secs(1);
-/// How often which rules select which device is worked out again (labels may change).
-const LABELS_REFRESH: Duration = Duration::from_secs(30);
 /// Readings read back from the store per step of a catch-up.
 const CATCH_UP_PAGE: usize = 1024;
+/// How often, at most, where the rules are in the readings is saved when no alert changed (it is
+/// saved with every change): after a crash, at most this much of readings is evaluated again.
+const OFFSET_SAVE: Duration = Duration::from_secs(10);
 
 /// The hub's clock, driven by tokio's (so tests can pause it), in unix milliseconds.
 #[derive(Debug, Clone, Copy)]
@@ -108,9 +112,46 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| format!("{what}: {e}"))
 }
 
-/// Receives the next message, or waits forever when not listening.
-async fn next<T: Clone>(rx: &mut Option<broadcast::Receiver<T>>) -> Result<T, RecvError> {
-    match rx {
+/// The readings the task follows while it has rules: the broadcast of committed readings, and
+/// where it is in the store's readings.
+struct Following {
+    readings_rx: broadcast::Receiver<Arc<Vec<LiveReading>>>,
+    /// The offset of the next reading to evaluate: every reading below it was evaluated.
+    next_offset: u64,
+    /// The offset the store holds (saved with the last commit), and when it was saved.
+    saved: Option<u64>,
+    saved_at: tokio::time::Instant,
+    /// The store's labels version the rule selection was worked out with.
+    labels_version: u64,
+}
+
+impl Following {
+    /// The offset to save with this round's commit: with any change (so a transition and the
+    /// readings that made it are saved together), else once per [`OFFSET_SAVE`].
+    fn offset_to_save(&mut self, with_changes: bool) -> Option<u64> {
+        let due = with_changes || self.saved_at.elapsed() >= OFFSET_SAVE;
+        if !due || self.saved == Some(self.next_offset) {
+            return None;
+        }
+        self.saved = Some(self.next_offset);
+        self.saved_at = tokio::time::Instant::now();
+        self.saved
+    }
+}
+
+/// Receives the next batch of committed readings, or waits forever when not following.
+async fn next_batch(following: &mut Option<Following>) -> Result<Arc<Vec<LiveReading>>, RecvError> {
+    match following {
+        Some(f) => f.readings_rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Receives the next device event, or waits forever once the channel closed.
+async fn next_event(
+    events_rx: &mut Option<broadcast::Receiver<Event>>,
+) -> Result<Event, RecvError> {
+    match events_rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
@@ -136,54 +177,37 @@ impl RulesTask {
                 evaluator.presence(device, false, clock.now_ms(), &labels, &mut round);
             }
         }
-        self.commit(&evaluator, round, clock.now_ms()).await?;
+        self.commit(&evaluator, round, clock.now_ms(), None).await?;
 
-        let mut readings_rx = None;
-        let mut next_offset = 0;
-        self.listen(&evaluator, &mut readings_rx, &mut next_offset);
+        let mut following = None;
+        self.follow(&mut evaluator, &mut following, &clock).await?;
         let mut events_rx = Some(self.live.events_tx.subscribe());
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut labels_at = tokio::time::Instant::now();
         loop {
             let mut round = Round::default();
             // Biased: shutdown first, then rule changes, so a batch is never evaluated against
             // rules that were already replaced.
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return Ok(()),
+                _ = shutdown.cancelled() => {
+                    // Where the rules are, so a restart evaluates only what they had not.
+                    let offset = following.as_mut().and_then(|f| f.offset_to_save(true));
+                    self.commit(&evaluator, Round::default(), clock.now_ms(), offset).await?;
+                    return Ok(());
+                }
                 Ok(()) = self.config_rx.changed() => {
                     self.load_rules(&mut evaluator, &mut round).await?;
-                    self.listen(&evaluator, &mut readings_rx, &mut next_offset);
+                    self.follow(&mut evaluator, &mut following, &clock).await?;
                 }
                 Ok(()) = self.changed_rx.changed() => {
                     self.load_rules(&mut evaluator, &mut round).await?;
-                    self.listen(&evaluator, &mut readings_rx, &mut next_offset);
+                    self.follow(&mut evaluator, &mut following, &clock).await?;
                 }
-                batch = next(&mut readings_rx) => match batch {
-                    Ok(batch) => {
-                        let now = clock.now_ms();
-                        if let Some(first) = batch.first()
-                            && first.offset > next_offset
-                        {
-                            self.catch_up(&mut evaluator, next_offset, first.offset, now, &mut round).await?;
-                        }
-                        for r in batch.iter() {
-                            if r.offset < next_offset {
-                                continue;
-                            }
-                            evaluator.reading(&r.device, r.timestamp_ms, &r.metrics, now, &labels, &mut round);
-                            next_offset = r.offset + 1;
-                        }
-                    }
-                    Err(RecvError::Lagged(_)) => {
-                        let end = self.durable.next_offset();
-                        self.catch_up(&mut evaluator, next_offset, end, clock.now_ms(), &mut round).await?;
-                        next_offset = next_offset.max(end);
-                    }
-                    Err(RecvError::Closed) => readings_rx = None,
-                },
-                event = next(&mut events_rx) => match event {
+                batch = next_batch(&mut following) => {
+                    self.on_batch(batch, &mut evaluator, &mut following, &clock, &mut round).await?;
+                }
+                event = next_event(&mut events_rx) => match event {
                     Ok(Event::Device { device, change, .. }) if change != DeviceChange::New => {
                         let online = change == DeviceChange::Online;
                         evaluator.presence(&device, online, clock.now_ms(), &labels, &mut round);
@@ -194,34 +218,117 @@ impl RulesTask {
                     }
                     Err(RecvError::Closed) => events_rx = None,
                 },
-                _ = tick.tick() => {
-                    if labels_at.elapsed() >= LABELS_REFRESH {
-                        evaluator.forget_matches();
-                        labels_at = tokio::time::Instant::now();
-                    }
-                    evaluator.tick(clock.now_ms(), &mut round);
-                }
+                _ = tick.tick() => evaluator.tick(clock.now_ms(), &mut round),
             }
-            self.commit(&evaluator, round, clock.now_ms()).await?;
+            let offset = following
+                .as_mut()
+                .and_then(|f| f.offset_to_save(!round.is_empty()));
+            self.commit(&evaluator, round, clock.now_ms(), offset)
+                .await?;
         }
     }
 
-    /// Listens to readings while there are rules (from the next durable offset on), not
-    /// otherwise.
-    fn listen(
+    /// Follows the readings while there are rules, not otherwise. On starting to follow, the
+    /// readings stored past the offset the store holds (readings committed but not evaluated
+    /// before a crash or a stop) are evaluated first; with no offset held, the rules start with
+    /// the next reading. On stopping, the offset is forgotten.
+    async fn follow(
         &self,
-        evaluator: &Evaluator,
-        readings_rx: &mut Option<broadcast::Receiver<Arc<Vec<LiveReading>>>>,
-        next_offset: &mut u64,
-    ) {
+        evaluator: &mut Evaluator,
+        following: &mut Option<Following>,
+        clock: &Clock,
+    ) -> Result<(), String> {
         let wanted = !evaluator.rules().is_empty();
-        if wanted && readings_rx.is_none() {
-            // Subscribed first, so no reading committed after the offset read can slip by.
-            *readings_rx = Some(self.live.readings_tx.subscribe());
-            *next_offset = self.durable.next_offset();
-        } else if !wanted {
-            *readings_rx = None;
+        if !wanted {
+            *following = None;
+            let store = self.store.clone();
+            return blocking("forgetting the rules' offset", move || {
+                store.forget_rules_next_offset()
+            })
+            .await;
         }
+        if following.is_some() {
+            return Ok(());
+        }
+        // Subscribed first, so no reading committed after the offsets are read can slip by.
+        let readings_rx = self.live.readings_tx.subscribe();
+        let end = self.durable.next_offset();
+        let store = self.store.clone();
+        let saved = blocking("reading the rules' offset", move || {
+            store.rules_next_offset()
+        })
+        .await?;
+        let f = following.insert(Following {
+            readings_rx,
+            next_offset: saved.map_or(end, |s| s.min(end)),
+            saved,
+            saved_at: tokio::time::Instant::now(),
+            labels_version: self.store.labels_version(),
+        });
+        if f.next_offset < end {
+            tracing::info!(
+                from = f.next_offset,
+                to = end,
+                "rules: evaluating readings stored but not evaluated yet"
+            );
+        }
+        self.catch_up(evaluator, f, end, clock).await?;
+        let offset = f.offset_to_save(true);
+        self.commit(evaluator, Round::default(), clock.now_ms(), offset)
+            .await
+    }
+
+    /// Evaluates a batch of committed readings from the broadcast, after the readings before it
+    /// that the task missed (read back from the store).
+    async fn on_batch(
+        &self,
+        batch: Result<Arc<Vec<LiveReading>>, RecvError>,
+        evaluator: &mut Evaluator,
+        following: &mut Option<Following>,
+        clock: &Clock,
+        round: &mut Round,
+    ) -> Result<(), String> {
+        let Some(f) = following.as_mut() else {
+            return Ok(());
+        };
+        // Labels changed: which rules select which device is worked out again.
+        let labels_version = self.store.labels_version();
+        if labels_version != f.labels_version {
+            f.labels_version = labels_version;
+            evaluator.forget_selection();
+        }
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(RecvError::Lagged(_)) => {
+                let end = self.durable.next_offset();
+                return self.catch_up(evaluator, f, end, clock).await;
+            }
+            Err(RecvError::Closed) => {
+                *following = None;
+                return Ok(());
+            }
+        };
+        if let Some(first) = batch.first()
+            && first.offset > f.next_offset
+        {
+            self.catch_up(evaluator, f, first.offset, clock).await?;
+        }
+        let store = self.store.clone();
+        let labels = move |device: &str| store.device_labels(device).ok().flatten();
+        let now = clock.now_ms();
+        for r in batch.iter() {
+            if r.offset < f.next_offset {
+                continue; // evaluated in the catch-up
+            }
+            let reading = Reading {
+                device: &r.device,
+                timestamp_ms: r.timestamp_ms,
+                metrics: &r.metrics,
+            };
+            evaluator.reading(&reading, now, &labels, round);
+            f.next_offset = r.offset + 1;
+        }
+        Ok(())
     }
 
     /// Reads the configuration's and the store's rules and hands them to the evaluator.
@@ -268,49 +375,59 @@ impl RulesTask {
         Ok(())
     }
 
-    /// Evaluates the durable readings from `from` up to `end` read back from the store.
+    /// Evaluates the durable readings from where `following` is up to `end`, read back from the
+    /// store a page at a time; each page's transitions are committed with the offset past it.
     async fn catch_up(
         &self,
         evaluator: &mut Evaluator,
-        mut from: u64,
+        following: &mut Following,
         end: u64,
-        now_ms: u64,
-        round: &mut Round,
+        clock: &Clock,
     ) -> Result<(), String> {
         let store = self.store.clone();
         let labels = move |device: &str| store.device_labels(device).ok().flatten();
-        while from < end {
+        while following.next_offset < end {
             let store = self.store.clone();
+            let from = following.next_offset;
             let page = blocking("reading missed readings", move || {
                 store.readings_from(from, end, CATCH_UP_PAGE)
             })
             .await?;
-            let Some(last) = page.last() else { break };
-            from = last.offset + 1;
             self.stats
                 .caught_up
                 .fetch_add(page.len() as u64, Ordering::Relaxed);
+            let now = clock.now_ms();
+            let mut round = Round::default();
             for r in &page {
-                evaluator.reading(
-                    &r.device,
-                    r.timestamp_ms,
-                    &r.metrics,
-                    now_ms,
-                    &labels,
-                    round,
-                );
+                let reading = Reading {
+                    device: &r.device,
+                    timestamp_ms: r.timestamp_ms,
+                    metrics: &r.metrics,
+                };
+                evaluator.reading(&reading, now, &labels, &mut round);
             }
+            // Past the page; past `end` when nothing is left before it (retention took them).
+            following.next_offset = page.last().map_or(end, |last| last.offset + 1);
+            let offset = following.offset_to_save(!round.is_empty());
+            self.commit(evaluator, round, now, offset).await?;
         }
         Ok(())
     }
 
     /// Commits a round's transitions, then runs their actions.
-    async fn commit(&self, evaluator: &Evaluator, round: Round, now_ms: u64) -> Result<(), String> {
+    /// With `next_offset`, also where the rules are in the readings (see [`Following`]).
+    async fn commit(
+        &self,
+        evaluator: &Evaluator,
+        round: Round,
+        now_ms: u64,
+        next_offset: Option<u64>,
+    ) -> Result<(), String> {
         let s = &self.stats;
         s.expr_errors
             .fetch_add(round.expr_errors, Ordering::Relaxed);
         s.refused.fetch_add(round.refused, Ordering::Relaxed);
-        if round.is_empty() {
+        if round.is_empty() && next_offset.is_none() {
             return Ok(());
         }
         let outbox = actions::outbox_entries(&self.actions.hub, &round.notified, now_ms);
@@ -320,6 +437,7 @@ impl RulesTask {
             forgotten: round.forgotten,
             events: round.notified.iter().map(|n| n.event.clone()).collect(),
             outbox,
+            next_offset,
         };
         let store = self.store.clone();
         let dropped = blocking("saving alerts", move || store.record_alerts(&changes)).await?;

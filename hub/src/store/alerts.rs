@@ -1,5 +1,6 @@
 //! The store's side of rules and alerts: rules added through the API, the state of each alert,
-//! the history of alert transitions and the webhook outbox.
+//! the history of alert transitions, the webhook outbox, and how far the rules have evaluated
+//! the readings.
 //!
 //! The store knows none of the rules' meaning: a rule is kept as its definition (JSON text), an
 //! alert as plain fields. Keys:
@@ -7,10 +8,12 @@
 //! - `Alerts`:       rule name, 0x00, device id
 //! - `AlertHistory`: event number u64 BE (only grows)
 //! - `Outbox`:       entry number u64 BE (only grows)
+//! - `Meta`, `rules_next_offset`: the offset of the next reading the rules have not evaluated
 //!
-//! Invariants: a round of transitions (new alert states, their history events and their outbox
-//! entries) is committed in one batch, so after a crash either all of a transition is known or
-//! none of it; history and outbox are bounded ([`MAX_ALERT_HISTORY`], [`MAX_OUTBOX`]), the oldest
+//! Invariants: a round of transitions (new alert states, their history events, their outbox
+//! entries, and the offset of the readings evaluated so far) is committed in one batch, so after
+//! a crash either all of a transition is known or none of it, and the readings past the offset
+//! changed nothing durable; history and outbox are bounded ([`MAX_ALERT_HISTORY`], [`MAX_OUTBOX`]), the oldest
 //! going first; new tables are created at open, no schema change.
 
 use std::ops::{Bound, ControlFlow};
@@ -111,6 +114,8 @@ pub struct AlertChanges {
     pub events: Vec<AlertEvent>,
     /// Webhook notifications to queue.
     pub outbox: Vec<OutboxEntry>,
+    /// Every reading below this offset has been evaluated (saved when given).
+    pub next_offset: Option<u64>,
 }
 
 fn alert_key(rule: &str, device: &str) -> Vec<u8> {
@@ -201,10 +206,36 @@ impl Store {
             &mut batch,
         )?;
         drop(snap);
+        if let Some(offset) = changes.next_offset {
+            batch.put(
+                Table::Meta,
+                records::META_RULES_NEXT_OFFSET.to_vec(),
+                offset.to_be_bytes().to_vec(),
+            );
+        }
         if !batch.is_empty() {
             self.engine.commit(&batch)?;
         }
         Ok(dropped)
+    }
+
+    /// The offset of the next reading the rules have not evaluated, if saved.
+    pub fn rules_next_offset(&self) -> Result<Option<u64>, StoreError> {
+        let snap = self.engine.snapshot()?;
+        snap.get(Table::Meta, records::META_RULES_NEXT_OFFSET)?
+            .map(|v| records::be_u64(&v, "rules next offset"))
+            .transpose()
+    }
+
+    /// Forgets how far the rules evaluated (there are no rules now: those added later start
+    /// with the readings that come after them).
+    pub fn forget_rules_next_offset(&self) -> Result<(), StoreError> {
+        if self.rules_next_offset()?.is_none() {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::new();
+        batch.delete(Table::Meta, records::META_RULES_NEXT_OFFSET.to_vec());
+        Ok(self.engine.commit(&batch)?)
     }
 
     /// Alert transitions, newest first, numbered below `before` (all when `None`), at most
@@ -214,6 +245,19 @@ impl Store {
         state: Option<AlertState>,
         before: Option<u64>,
         limit: usize,
+    ) -> Result<Vec<(u64, AlertEvent)>, StoreError> {
+        self.alert_history_of(state, before, limit, &|_| true)
+    }
+
+    /// [`Store::alert_history`] of the devices `visible` accepts only, so that a page for an
+    /// identity limited to some devices is a full page of theirs. Bounded by the history's own
+    /// bound ([`MAX_ALERT_HISTORY`]).
+    pub fn alert_history_of(
+        &self,
+        state: Option<AlertState>,
+        before: Option<u64>,
+        limit: usize,
+        visible: &dyn Fn(&str) -> bool,
     ) -> Result<Vec<(u64, AlertEvent)>, StoreError> {
         let snap = self.engine.snapshot()?;
         let range = KeyRange {
@@ -233,7 +277,7 @@ impl Store {
                     .and_then(|n| Ok((n, records::decode::<AlertEvent>(v, "alert event")?)));
                 match parsed {
                     Ok((n, event)) => {
-                        if state.is_none_or(|s| s == event.state) {
+                        if state.is_none_or(|s| s == event.state) && visible(&event.device) {
                             events.push((n, event));
                         }
                     }
@@ -433,6 +477,47 @@ mod tests {
         };
         store.record_alerts(&forget).expect("forget");
         assert!(store.alerts().expect("alerts").is_empty());
+
+        // How far the rules evaluated: saved with a round (alone, too), forgotten.
+        assert_eq!(store.rules_next_offset().expect("offset"), None);
+        let evaluated = AlertChanges {
+            next_offset: Some(42),
+            ..AlertChanges::default()
+        };
+        store.record_alerts(&evaluated).expect("offset");
+        assert_eq!(store.rules_next_offset().expect("offset"), Some(42));
+        store.forget_rules_next_offset().expect("forget");
+        assert_eq!(store.rules_next_offset().expect("offset"), None);
+    }
+
+    #[test]
+    fn a_history_page_of_some_devices_is_full_of_theirs() {
+        let store = store();
+        let events = (0..10)
+            .map(|n| AlertEvent {
+                device: if n % 2 == 0 { "a-1" } else { "b-1" }.into(),
+                ..event(n, AlertState::Firing)
+            })
+            .collect();
+        let changes = AlertChanges {
+            events,
+            ..AlertChanges::default()
+        };
+        store.record_alerts(&changes).expect("record");
+        let of_a = |d: &str| d.starts_with("a-");
+        let numbers =
+            |page: Vec<(u64, AlertEvent)>| page.iter().map(|(n, _)| *n).collect::<Vec<_>>();
+        let first = store.alert_history_of(None, None, 3, &of_a).expect("page");
+        assert!(first.iter().all(|(_, e)| e.device == "a-1"));
+        assert_eq!(numbers(first), [8, 6, 4]);
+        let rest = store
+            .alert_history_of(None, Some(4), 3, &of_a)
+            .expect("page");
+        assert_eq!(numbers(rest), [2, 0]);
+        assert_eq!(
+            numbers(store.alert_history(None, None, 3).expect("page")),
+            [9, 8, 7]
+        );
     }
 
     #[test]

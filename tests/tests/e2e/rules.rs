@@ -1,10 +1,13 @@
 //! Rules and alerts end to end: the real hub, readings over its MQTT endpoint, a webhook receiver
 //! written here (down, then 503, then taking), a restart while an alert fires, a command action
-//! answered by firmware-sim, and bad rules refused by `hub check-config` and by the API.
+//! answered by firmware-sim, bad rules refused by `hub check-config` and by the API, rules that
+//! select devices by the labels set through the API, MQTT actions received by `mosquitto_sub` on
+//! the hub's endpoint and on a real mosquitto, and readings committed but not yet evaluated when
+//! the hub is killed with SIGKILL, evaluated once after the restart.
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -15,7 +18,10 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::cli::check_config;
-use crate::harness::{Hub, Sim, binary, eventually, metric, mosquitto_pub};
+use crate::harness::{
+    Hub, Mosquitto, Sim, binary, eventually, hub_behind, metric, mosquitto_pub,
+    mosquitto_pub_lines, mosquitto_sub_subscribed, restartable,
+};
 
 /// One POST the receiver saw: its key, its body, what it answered.
 #[derive(Debug, Clone)]
@@ -83,6 +89,28 @@ fn write_config(dir: &Path, text: &str) -> String {
     path.to_str().unwrap().to_owned()
 }
 
+/// Writes the configuration of hub `gw-1` with one rule, `name`: `temp` of `devices` above 50
+/// (hysteresis 5) fires, and each transition is POSTed to `http://{addr}/hook`.
+fn webhook_rule_config(dir: &Path, name: &str, devices: &str, addr: SocketAddr) -> String {
+    write_config(
+        dir,
+        &format!(
+            r#"
+[sync]
+hub_id = "gw-1"
+
+[[rules]]
+name = "{name}"
+devices = "{devices}"
+metric = "temp"
+above = 50.0
+hysteresis = 5.0
+actions = [{{ webhook = "http://{addr}/hook" }}]
+"#
+        ),
+    )
+}
+
 fn temp(hub: &Hub, device: &str, value: f64) {
     temp_metric(hub, device, "temp", value);
 }
@@ -97,23 +125,7 @@ fn unused_addr() -> SocketAddr {
 async fn webhook_transitions_arrive_once_each_in_order_through_an_outage_and_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let addr = unused_addr();
-    let config = write_config(
-        dir.path(),
-        &format!(
-            r#"
-[sync]
-hub_id = "gw-1"
-
-[[rules]]
-name = "oven-hot"
-devices = "oven-*"
-metric = "temp"
-above = 50.0
-hysteresis = 5.0
-actions = [{{ webhook = "http://{addr}/hook" }}]
-"#
-        ),
-    );
+    let config = webhook_rule_config(dir.path(), "oven-hot", "oven-*", addr);
     let mqtt = format!("127.0.0.1:{}", crate::harness::free_port());
     let args = ["--api-listen", "127.0.0.1:0", "--mqtt-listen", &mqtt];
     let hub = Hub::start_in(dir.path(), &args, &["--config", &config]);
@@ -373,4 +385,269 @@ fn temp_metric(hub: &Hub, device: &str, metric: &str, value: f64) {
         json!({ metric: value }).to_string().as_bytes(),
         1,
     );
+}
+
+/// PATCHes a device's labels through the API.
+async fn label(hub: &Hub, device: &str, room: &str) {
+    let body = json!({ "labels": { "room": room } });
+    let (status, answer) = hub
+        .send(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/devices/{device}"),
+            Some(&body),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+}
+
+/// The devices of the firing alerts of `rule`.
+async fn firing(hub: &Hub, rule: &str) -> Vec<String> {
+    let (status, alerts) = hub.get("/api/v1/alerts?state=firing").await;
+    assert_eq!(status, 200, "{alerts}");
+    let mut devices: Vec<String> = alerts["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["rule"] == rule)
+        .map(|a| a["device"].as_str().unwrap().to_owned())
+        .collect();
+    devices.sort();
+    devices
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_select_devices_by_the_labels_set_through_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        r#"
+[[rules]]
+name = "cold-room-warm"
+labels = { room = "cold" }
+metric = "temp"
+above = 5.0
+"#,
+    );
+    let hub = Hub::start(dir.path(), &["--config", &config]);
+    // Registered by their first readings, unlabelled: the rule selects neither.
+    temp(&hub, "fridge-1", 9.0);
+    temp(&hub, "oven-1", 9.0);
+    label(&hub, "fridge-1", "cold").await;
+    label(&hub, "oven-1", "kitchen").await;
+    // Readings are evaluated in the order they were stored: once the fridge's alert is there,
+    // the oven's reading before it was evaluated too.
+    temp(&hub, "oven-1", 250.0);
+    temp(&hub, "fridge-1", 8.0);
+    eventually("the fridge's alert", || async {
+        (!firing(&hub, "cold-room-warm").await.is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(firing(&hub, "cold-room-warm").await, ["fridge-1"]);
+
+    // The oven moves into the cold room: its next reading is the rule's.
+    label(&hub, "oven-1", "cold").await;
+    temp(&hub, "oven-1", 7.0);
+    eventually("the oven's alert", || async {
+        (firing(&hub, "cold-room-warm").await.len() == 2).then_some(())
+    })
+    .await;
+    assert_eq!(firing(&hub, "cold-room-warm").await, ["fridge-1", "oven-1"]);
+    hub.stop();
+}
+
+/// A real `mosquitto_sub` on `alerts/#` at QoS 1, subscribed before it returns; what it received,
+/// as (topic, JSON payload).
+struct AlertSubscriber {
+    child: Child,
+    received: Arc<Mutex<Vec<(String, Value)>>>,
+}
+
+impl AlertSubscriber {
+    fn start(port: u16) -> AlertSubscriber {
+        let (child, lines) =
+            mosquitto_sub_subscribed(port, &["-t", "alerts/#", "-q", "1", "-F", "message %t %p"]);
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let sink = received.clone();
+        std::thread::spawn(move || {
+            for line in lines {
+                if let Some(rest) = line.strip_prefix("message ") {
+                    let (topic, payload) = rest.split_once(' ').unwrap();
+                    let payload = serde_json::from_str(payload).unwrap();
+                    sink.lock().unwrap().push((topic.to_owned(), payload));
+                }
+            }
+        });
+        AlertSubscriber { child, received }
+    }
+
+    fn received(&self) -> Vec<(String, Value)> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+impl Drop for AlertSubscriber {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const MQTT_ACTION_RULE: &str = r#"
+[sync]
+hub_id = "gw-1"
+
+[[rules]]
+name = "hot"
+devices = "oven-*"
+metric = "temp"
+above = 50.0
+hysteresis = 5.0
+actions = [{ mqtt = { topic = "alerts/{rule}/{device}", qos = 1 } }]
+"#;
+
+/// Sends an oven over the threshold and back through the broker on `readings_port`, and checks
+/// that `subscriber` got both transitions, in order, as the README describes them.
+async fn mqtt_action_delivers_both_transitions(
+    hub: &Hub,
+    readings_port: u16,
+    subscriber: &AlertSubscriber,
+) {
+    for value in [60.0, 40.0] {
+        let reading = json!({ "temp": value }).to_string();
+        mosquitto_pub(
+            readings_port,
+            "devices/oven-1/telemetry",
+            reading.as_bytes(),
+            1,
+        );
+    }
+    eventually("both transitions", || async {
+        (subscriber.received().len() >= 2).then_some(())
+    })
+    .await;
+    let received = subscriber.received();
+    assert_eq!(received.len(), 2, "{received:?}");
+    for ((topic, message), (state, transition, value)) in received
+        .iter()
+        .zip([("firing", 1, 60.0), ("resolved", 2, 40.0)])
+    {
+        assert_eq!(topic, "alerts/hot/oven-1");
+        assert_eq!(message["type"], "alert", "{message}");
+        assert_eq!(message["hub"], "gw-1", "{message}");
+        assert_eq!(message["rule"], "hot", "{message}");
+        assert_eq!(message["device"], "oven-1", "{message}");
+        assert_eq!(message["metric"], "temp", "{message}");
+        assert_eq!(message["state"], state, "{message}");
+        assert_eq!(message["transition"], transition, "{message}");
+        assert_eq!(message["value"], value, "{message}");
+        assert!(message["ts"].is_string(), "{message}");
+    }
+    let done = metric(
+        hub,
+        "hub_alert_actions_total",
+        "action=\"mqtt\",outcome=\"done\"",
+    )
+    .await;
+    assert_eq!(done, 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_actions_reach_a_subscriber_of_the_hubs_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), MQTT_ACTION_RULE);
+    let hub = Hub::start(dir.path(), &["--config", &config]);
+    let subscriber = AlertSubscriber::start(hub.mqtt_port());
+    mqtt_action_delivers_both_transitions(&hub, hub.mqtt_port(), &subscriber).await;
+    hub.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_actions_reach_a_subscriber_of_an_external_mosquitto() {
+    let dir = tempfile::tempdir().unwrap();
+    let mosquitto = Mosquitto::start(dir.path());
+    let hub = hub_behind(dir.path(), mosquitto.port, MQTT_ACTION_RULE).await;
+    let subscriber = AlertSubscriber::start(mosquitto.port);
+    mqtt_action_delivers_both_transitions(&hub, mosquitto.port, &subscriber).await;
+    hub.stop();
+}
+
+/// The distinct idempotency keys the receiver took, in the order it first took them; fails if
+/// a key came twice with different bodies (a redelivery must be the same notification).
+fn distinct_keys(receiver: &Receiver) -> Vec<String> {
+    let mut keys: Vec<String> = Vec::new();
+    let mut bodies: Vec<&Value> = Vec::new();
+    let taken = receiver.taken();
+    for hook in &taken {
+        match keys.iter().position(|k| *k == hook.key) {
+            Some(at) => assert_eq!(bodies[at], &hook.body, "{} redelivered changed", hook.key),
+            None => {
+                keys.push(hook.key.clone());
+                bodies.push(&hook.body);
+            }
+        }
+    }
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_not_yet_evaluated_at_a_kill_9_are_evaluated_once_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = unused_addr();
+    let receiver = Receiver::start(addr, true).await;
+    let config = webhook_rule_config(dir.path(), "hot", "k-b", addr);
+    let mqtt = format!("127.0.0.1:{}", crate::harness::free_port());
+    let args = restartable("--mqtt-listen", &mqtt);
+    let hub = Hub::start_in(dir.path(), &args, &["--config", &config]);
+    let port = hub.mqtt_port();
+    let burst: Vec<String> = (0..300)
+        .map(|i| json!({ "temp": i % 40 }).to_string())
+        .collect();
+    // Readings the rule does not select, the crossing, and more readings: each acknowledged
+    // (durable) before the next is sent; the hub is killed at once after the last.
+    mosquitto_pub_lines(port, "devices/k-a/telemetry", &burst, 1);
+    mosquitto_pub(port, "devices/k-b/telemetry", br#"{"temp":60}"#, 1);
+    mosquitto_pub_lines(port, "devices/k-a/telemetry", &burst, 1);
+    hub.kill9();
+
+    // After the restart the readings past the offset the rules had saved are read back and
+    // evaluated: the crossing fired once, whether it was evaluated before the kill or not.
+    let hub = Hub::start_in(dir.path(), &args, &["--config", &config]);
+    eventually("the firing notification", || async {
+        (!receiver.taken().is_empty()).then_some(())
+    })
+    .await;
+    eventually("the outbox drained", || async {
+        (metric(&hub, "hub_alert_webhook_outbox", "").await == 0.0).then_some(())
+    })
+    .await;
+    let read_back = metric(&hub, "hub_rules_caught_up_readings_total", "").await;
+    assert!(
+        read_back >= 1.0,
+        "readings read back after the restart: {read_back}"
+    );
+    assert_eq!(distinct_keys(&receiver), ["gw-1.hot.k-b.1"]);
+    assert_eq!(firing(&hub, "hot").await, ["k-b"]);
+
+    // Killed again while the alert fires: nothing is notified again; the resolution is the
+    // next transition.
+    hub.kill9();
+    let hub = Hub::start_in(dir.path(), &args, &["--config", &config]);
+    mosquitto_pub(port, "devices/k-b/telemetry", br#"{"temp":10}"#, 1);
+    eventually("the resolution", || async {
+        (distinct_keys(&receiver).len() >= 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        distinct_keys(&receiver),
+        ["gw-1.hot.k-b.1", "gw-1.hot.k-b.2"]
+    );
+    let (_, alerts) = hub.get("/api/v1/alerts").await;
+    let history: Vec<u64> = alerts["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["transition"].as_u64().unwrap())
+        .collect();
+    assert_eq!(history, [2, 1], "{alerts}");
+    hub.stop();
 }
