@@ -172,11 +172,39 @@ struct State {
     last_seen_ms: u64,
 }
 
+/// The devices' states, and when devices last came that the map had not seen.
+#[derive(Debug, Default)]
+struct Devices {
+    states: HashMap<String, State>,
+    /// Devices new to the map since it was last packed (see [`Presence::sweep`]).
+    new_since_packed: usize,
+    last_new_ms: u64,
+}
+
+/// New devices that make it worth packing the map once they stop coming.
+const PACK_AFTER_NEW: usize = 64;
+/// How long no new device has come before the map is packed.
+const PACK_WHEN_QUIET_MS: u64 = 10_000;
+
+impl Devices {
+    /// Copies the names into fresh allocations, side by side, and frees the old ones: each was
+    /// allocated when its device first came, among a load's short-lived buffers, where it kept the
+    /// freed pages around it from going back to the system (see `Store::release_memory`).
+    fn pack(&mut self) {
+        self.states = self
+            .states
+            .iter()
+            .map(|(device, state)| (device.clone(), *state))
+            .collect();
+        self.new_since_packed = 0;
+    }
+}
+
 /// Which devices are reachable now. Cheap to share; every method takes one short lock.
 #[derive(Debug)]
 pub struct Presence {
     offline_after_ms: u64,
-    devices: Mutex<HashMap<String, State>>,
+    devices: Mutex<Devices>,
 }
 
 impl Presence {
@@ -184,7 +212,7 @@ impl Presence {
     pub fn new(offline_after: Duration) -> Self {
         Presence {
             offline_after_ms: offline_after.as_millis() as u64,
-            devices: Mutex::new(HashMap::new()),
+            devices: Mutex::new(Devices::default()),
         }
     }
 
@@ -195,7 +223,7 @@ impl Presence {
         };
         for (device, last_seen_ms) in devices {
             let online = now_ms.saturating_sub(last_seen_ms) < self.offline_after_ms;
-            map.insert(
+            map.states.insert(
                 device.to_owned(),
                 State {
                     online,
@@ -208,19 +236,21 @@ impl Presence {
     /// A message from `device` at `at_ms`: its `Online` event if it was not online.
     pub fn seen(&self, device: &str, at_ms: u64) -> Option<Event> {
         let mut map = self.devices.lock().ok()?;
-        let was_online = match map.get_mut(device) {
+        let was_online = match map.states.get_mut(device) {
             Some(state) => {
                 state.last_seen_ms = state.last_seen_ms.max(at_ms);
                 std::mem::replace(&mut state.online, true)
             }
             None => {
-                map.insert(
+                map.states.insert(
                     device.to_owned(),
                     State {
                         online: true,
                         last_seen_ms: at_ms,
                     },
                 );
+                map.new_since_packed += 1;
+                map.last_new_ms = at_ms;
                 false
             }
         };
@@ -235,7 +265,7 @@ impl Presence {
     /// The transport says `device` is gone: its `Offline` event if it was online.
     pub fn gone(&self, device: &str, reason: &'static str, at_ms: u64) -> Option<Event> {
         let mut map = self.devices.lock().ok()?;
-        let state = map.get_mut(device)?;
+        let state = map.states.get_mut(device)?;
         std::mem::replace(&mut state.online, false).then(|| Event::Device {
             device: device.to_owned(),
             change: DeviceChange::Offline,
@@ -244,13 +274,19 @@ impl Presence {
         })
     }
 
-    /// Devices silent for longer than the window go offline: their events.
+    /// Devices silent for longer than the window go offline: their events. Once many new
+    /// devices have come and then stopped coming (a load is over), the map is also packed.
     pub fn sweep(&self, now_ms: u64) -> Vec<Event> {
         let Ok(mut map) = self.devices.lock() else {
             return Vec::new();
         };
+        if map.new_since_packed >= PACK_AFTER_NEW
+            && now_ms.saturating_sub(map.last_new_ms) >= PACK_WHEN_QUIET_MS
+        {
+            map.pack();
+        }
         let mut events = Vec::new();
-        for (device, state) in map.iter_mut() {
+        for (device, state) in map.states.iter_mut() {
             if state.online && now_ms.saturating_sub(state.last_seen_ms) >= self.offline_after_ms {
                 state.online = false;
                 events.push(Event::Device {
@@ -264,11 +300,18 @@ impl Presence {
         events
     }
 
+    /// Forgets `device` (removed): it is neither online nor offline until it is seen again.
+    pub fn forget(&self, device: &str) {
+        if let Ok(mut map) = self.devices.lock() {
+            map.states.remove(device);
+        }
+    }
+
     /// How many devices are online.
     pub fn online_count(&self) -> usize {
         self.devices
             .lock()
-            .map(|map| map.values().filter(|s| s.online).count())
+            .map(|map| map.states.values().filter(|s| s.online).count())
             .unwrap_or(0)
     }
 
@@ -277,7 +320,7 @@ impl Presence {
         self.devices
             .lock()
             .ok()
-            .and_then(|map| map.get(device).map(|s| s.online))
+            .and_then(|map| map.states.get(device).map(|s| s.online))
             .unwrap_or(false)
     }
 }
@@ -306,6 +349,26 @@ mod tests {
             Some(Event::Device { change, reason, .. }) => Some((change, reason)),
             _ => None,
         }
+    }
+
+    #[test]
+    fn the_map_is_packed_once_new_devices_stop_coming_and_keeps_every_state() {
+        let p = Presence::new(Duration::from_secs(60));
+        for i in 0..PACK_AFTER_NEW {
+            p.seen(&format!("d-{i}"), 1_000 + i as u64);
+        }
+        p.gone("d-0", "reported", 2_000);
+        // New devices came 1 s ago: not yet.
+        assert!(p.sweep(2_100).is_empty());
+        assert_eq!(p.devices.lock().unwrap().new_since_packed, PACK_AFTER_NEW);
+        // Quiet for 10 s: packed, with every device as it was.
+        assert!(p.sweep(1_063 + PACK_WHEN_QUIET_MS).is_empty());
+        assert_eq!(p.devices.lock().unwrap().new_since_packed, 0);
+        assert_eq!(p.online_count(), PACK_AFTER_NEW - 1);
+        assert!(!p.is_online("d-0"));
+        assert!(p.is_online("d-63"));
+        // And silence still takes them offline.
+        assert_eq!(p.sweep(70_000).len(), PACK_AFTER_NEW - 1);
     }
 
     #[test]

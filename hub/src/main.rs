@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use hub::auth::tokens::TokenSpec;
-use hub::cli::{self, CertKind, TokenAction};
+use hub::cli::{self, CertKind, CredentialAction, TokenAction};
 use hub::config::{Config, LogFormat, Overrides};
 use tokio_util::sync::CancellationToken;
 
@@ -49,6 +49,13 @@ enum Command {
     Token {
         #[command(subcommand)]
         action: TokenCommand,
+    },
+    /// Make, list, rotate and revoke devices' MQTT passwords (user name: the device id), for
+    /// devices without a certificate: through the running hub's API, or in the store when no hub
+    /// listens on api.listen.
+    DeviceCredential {
+        #[command(subcommand)]
+        action: CredentialCommand,
     },
     /// Issue certificates signed by the hub's CA (`<data.dir>/tls/ca.crt` and `ca.key`).
     Certs {
@@ -130,6 +137,35 @@ enum TokenCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum CredentialCommand {
+    /// Make a device's password and print it alone on stdout (shown this once).
+    Create {
+        /// The device id (also the MQTT user name).
+        #[arg(long)]
+        device: String,
+    },
+    /// List credentials (never their passwords).
+    List {
+        /// Print JSON, as the API's `GET /api/v1/device-credentials` answers.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace a device's password and print the new one (the old one is refused at once, and
+    /// the connection that used it closed).
+    Rotate {
+        /// The device id.
+        #[arg(long)]
+        device: String,
+    },
+    /// Revoke a device's password (refused at once; its connection closed).
+    Revoke {
+        /// The device id.
+        #[arg(long)]
+        device: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum CertsCommand {
     /// A client certificate for the API: CN and DNS name NAME; prints the paths.
     IssueClient {
@@ -197,6 +233,15 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Some(Command::Token { action }) => return token(&config, action),
+        Some(Command::DeviceCredential { action }) => {
+            let action = match action {
+                CredentialCommand::Create { device } => CredentialAction::Create(device),
+                CredentialCommand::List { json } => CredentialAction::List { json },
+                CredentialCommand::Rotate { device } => CredentialAction::Rotate(device),
+                CredentialCommand::Revoke { device } => CredentialAction::Revoke(device),
+            };
+            return operate(cli::credential(&config, action), |()| ());
+        }
         Some(Command::Certs { action }) => return certs(&config, action),
         Some(Command::Status) => {
             return operate(cli::status(&config), |screen| print!("{screen}"));
@@ -240,8 +285,7 @@ fn main() -> ExitCode {
             Config::load(config_path.as_deref(), std::env::vars(), &overrides)
         }),
         log_level: Box::new(move |level| {
-            let filter =
-                tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+            let filter = hub::config::log_filter(level).map_err(|e| e.to_string())?;
             log_filter.reload(filter).map_err(|e| e.to_string())
         }),
     };
@@ -366,15 +410,23 @@ fn revoke_cert(
 }
 
 /// The handle that changes the log filter while the hub runs.
-type LogFilter =
-    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+type LogFilter = tracing_subscriber::reload::Handle<
+    tracing_subscriber::filter::Targets,
+    tracing_subscriber::Registry,
+>;
 
 fn init_logging(config: &Config) -> LogFilter {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // RUST_LOG, when set and valid, wins over the configuration, as it always did.
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|level| hub::config::log_filter(&level).ok())
+        .or_else(|| hub::config::log_filter(&config.log.level).ok())
+        .unwrap_or_else(|| {
+            tracing_subscriber::filter::Targets::new()
+                .with_default(tracing_subscriber::filter::LevelFilter::INFO)
+        });
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     // Colours only on a terminal: a journal or a log file gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());

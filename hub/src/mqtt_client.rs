@@ -25,3 +25,14 @@ pub fn client_options(
     }
     options
 }
+
+/// A username and password as [`client_options`] takes them: the password empty when only a
+/// username is given.
+pub fn credentials(
+    username: &Option<String>,
+    password: &Option<String>,
+) -> Option<(String, String)> {
+    username
+        .clone()
+        .map(|user| (user, password.clone().unwrap_or_default()))
+}

@@ -13,6 +13,7 @@
 mod backup;
 mod caching;
 mod commands;
+pub mod credentials;
 pub mod dashboard;
 mod devices;
 pub mod docs;
@@ -21,8 +22,8 @@ mod health;
 mod metrics;
 mod openapi;
 pub mod params;
-mod ratelimit;
 mod readings;
+pub mod removal;
 mod rules;
 pub mod schema;
 pub mod server;
@@ -45,6 +46,7 @@ use utoipa_axum::routes;
 
 use crate::auth::{Identity, TokenRegistry};
 use crate::ingest::mqtt::Link;
+use crate::ratelimit;
 use crate::store::Store;
 use error::{ApiError, Problem};
 
@@ -75,6 +77,10 @@ pub struct ApiState {
     pub durable: crate::store::durable::Durable,
     /// Bearer tokens.
     pub tokens: TokenRegistry,
+    /// Devices' MQTT passwords.
+    pub credentials: crate::auth::credentials::DeviceCredentials,
+    /// Devices' certificates from the hub's CA, revoked when a device is removed.
+    pub device_certs: Arc<removal::DeviceCerts>,
     /// Largest page.
     pub max_page: usize,
     /// The MQTT link, for readiness.
@@ -180,7 +186,8 @@ fn routes(state: &ApiState) -> OpenApiRouter<ApiState> {
     let v1 = OpenApiRouter::default()
         .routes(routes!(devices::list))
         .routes(routes!(devices::detail, devices::update))
-        .routes(routes!(commands::send))
+        .routes(routes!(removal::delete))
+        .routes(routes!(commands::send, commands::list))
         .routes(routes!(commands::get))
         .routes(routes!(stream::stream))
         .routes(routes!(devices::latest))
@@ -189,6 +196,9 @@ fn routes(state: &ApiState) -> OpenApiRouter<ApiState> {
         .routes(routes!(openapi::openapi_json))
         .routes(routes!(tokens::create, tokens::list))
         .routes(routes!(tokens::revoke))
+        .routes(routes!(credentials::create, credentials::list))
+        .routes(routes!(credentials::rotate))
+        .routes(routes!(credentials::revoke))
         .routes(routes!(sync::pull))
         .routes(routes!(sync::commit, sync::remove))
         .routes(routes!(sync::status))

@@ -51,6 +51,7 @@ const BEARER: &str = "bearer";
         (name = "commands", description = "Commands for devices and their results."),
         (name = "stream", description = "Live readings and events over a WebSocket."),
         (name = "tokens", description = "Bearer tokens: make, list, revoke (admin scope)."),
+        (name = "device-credentials", description = "Devices' MQTT passwords: make, list, rotate, revoke (admin scope)."),
         (name = "sync", description = "Upstream sync: cloud pull by offset, consumers, sink status, parked readings."),
         (name = "session", description = "The dashboard's session cookie: sign in with a token or a client certificate, sign out."),
         (name = "backups", description = "Consistent backups of the running hub (admin scope)."),
@@ -301,10 +302,17 @@ mod tests {
             tokio::sync::mpsc::channel(1).1,
         );
         let store_for_rules = store.clone();
+        let credentials = crate::auth::credentials::DeviceCredentials::open(
+            &dir.path().join("token.key"),
+            store.clone(),
+        )
+        .unwrap();
         let state = ApiState {
             durable: crate::store::durable::channel(store.next_offset().unwrap()).1,
             store,
             tokens,
+            credentials,
+            device_certs: crate::api::removal::no_certs(dir.path().join("tls")),
             max_page: 1000,
             mqtt_link: watch::channel(Link::Up).1,
             request_ids: Arc::new(RequestIds::new()),

@@ -60,7 +60,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let per_address = Arc::new(super::ratelimit::OpenCounts::<std::net::IpAddr>::default());
+    let per_address = Arc::new(crate::ratelimit::OpenCounts::<std::net::IpAddr>::default());
     let mut refused_logged: Option<std::time::Instant> = None;
     let connections = TaskTracker::new();
     let mut accept_backoff = Duration::from_millis(5);

@@ -57,8 +57,9 @@ pub struct PullPage {
     /// Whether more readings follow `next_cursor` already.
     pub more: bool,
     /// The `cursor` of the next pull: the offset of the last reading looked at (readings a
-    /// device-limited token may not see are skipped, not returned). Null when nothing is held
-    /// yet and no cursor was given.
+    /// device-limited token may not see are skipped, not returned), or when the page is not full,
+    /// the last offset given so far (offsets whose readings were erased with their device are
+    /// passed too). Null when nothing is held yet and no cursor was given.
     #[schema(required = true)]
     pub next_cursor: Option<u64>,
     /// The oldest offset the hub still holds; when it is past `cursor + 1`, readings between
@@ -116,7 +117,14 @@ pub(super) async fn pull(
     .await
     .map_err(|_| ApiError::Internal)?
     .map_err(store_failed)?;
-    let next_cursor = readings.last().map(|r| r.offset).or(cursor);
+    let from = cursor.map_or(0, |c| c.saturating_add(1));
+    // A page that is not full saw every offset up to the head: it passes them all, so gaps an
+    // erased device left at the end are not looked at again and again.
+    let next_cursor = if readings.len() < limit && head > from {
+        Some(head - 1)
+    } else {
+        readings.last().map(|r| r.offset).or(cursor)
+    };
     let more = next_cursor.map_or(head > 0, |c| c.saturating_add(1) < head);
     Ok(Json(PullPage {
         more,
@@ -486,7 +494,7 @@ pub(super) async fn status(
                 max_disk: sync.max_disk,
                 next_offset,
                 oldest_offset,
-                readings: oldest_offset.map_or(0, |o| next_offset - o),
+                readings: store.reading_count()?,
                 refusing: store.is_refusing() || store.space().is_full(),
                 refusing_reason: if store.space().is_full() {
                     Some("disk_full")

@@ -181,12 +181,17 @@ pub(super) async fn create(
         scopes: summary.scopes,
         secret,
     };
-    let mut response = (StatusCode::CREATED, Json(created)).into_response();
-    // The body holds a secret: no cache, shared or private, may keep it.
+    Ok(secret_response(StatusCode::CREATED, created))
+}
+
+/// `body` as JSON with `status`, marked so that no cache, shared or private, keeps it: it holds
+/// a secret.
+pub(super) fn secret_response(status: StatusCode, body: impl Serialize) -> Response {
+    let mut response = (status, Json(body)).into_response();
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    response
 }
 
 /// List tokens.

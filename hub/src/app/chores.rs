@@ -1,5 +1,6 @@
 //! The small periodic chores `app` runs beside the parts: marking silent devices offline, and
-//! saving when tokens were last used. Each stops on its shutdown token.
+//! saving when tokens were last used (and letting idle password checks' memory go). Each stops
+//! on its shutdown token.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,6 +8,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::TokenRegistry;
+use crate::auth::credentials::DeviceCredentials;
 use crate::clock::now_ms;
 use crate::live::{Live, Presence};
 
@@ -15,8 +17,13 @@ use crate::live::{Live, Presence};
 pub const TOKEN_USE_SAVE_PERIOD: Duration = Duration::from_secs(60);
 
 /// Saves the tokens' last-used times once a period, off the request path, and once more when the
-/// hub stops.
-pub async fn save_token_use(tokens: TokenRegistry, shutdown: CancellationToken) {
+/// hub stops; and lets the password checks' working memory go when no device logged in for a
+/// period.
+pub async fn save_token_use(
+    tokens: TokenRegistry,
+    credentials: DeviceCredentials,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(TOKEN_USE_SAVE_PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -25,6 +32,9 @@ pub async fn save_token_use(tokens: TokenRegistry, shutdown: CancellationToken) 
             _ = shutdown.cancelled() => true,
             _ = tick.tick() => false,
         };
+        if credentials.release_memory(TOKEN_USE_SAVE_PERIOD) {
+            tracing::debug!("password checks idle: their working memory let go");
+        }
         let registry = tokens.clone();
         match tokio::task::spawn_blocking(move || registry.save_last_used()).await {
             Ok(Ok(_)) => {}

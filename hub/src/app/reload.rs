@@ -1,6 +1,7 @@
 //! SIGHUP: the one task that reads certificates and configuration again and hands them to the
 //! parts over `watch` channels: the API's TLS, the MQTT device listener's TLS, the sinks, the
 //! rules, and the log level. What cannot change live is named in the log as needing a restart.
+//! Certificates are also read again when the API asks, after it revoked a removed device's.
 //!
 //! Invariant: a reload that fails changes nothing of what failed (the previous TLS configuration
 //! or configuration stays) and says why at ERROR; the parts never see a half-read configuration.
@@ -104,23 +105,28 @@ pub struct TlsReload {
 }
 
 impl TlsReload {
-    fn reload(&self) {
+    /// Reads the listener's material again; `cause` (`SIGHUP`, ...) starts the log line.
+    fn reload(&self, cause: &str) {
         match self.source.load() {
             Ok(config) => {
                 self.tx.send_replace(config);
                 match self.listener {
-                    "api" => tracing::info!("SIGHUP: certificates, keys and CRLs reloaded"),
+                    "api" => tracing::info!("{cause}: certificates, keys and CRLs reloaded"),
                     listener => tracing::info!(
-                        "SIGHUP: the {listener} listener's certificates, keys and CRLs reloaded"
+                        "{cause}: the {listener} listener's certificates, keys and CRLs reloaded"
                     ),
                 }
             }
             Err(e) => {
-                tracing::error!(listener = %self.listener, error = %e, "SIGHUP: reload failed; the previous TLS configuration stays")
+                tracing::error!(listener = %self.listener, error = %e, "{cause}: reload failed; the previous TLS configuration stays")
             }
         }
     }
 }
+
+/// A request to read the listeners' TLS material again now, answered once it is done: the API
+/// sends one after revoking a removed device's certificate, so the device cannot connect again.
+pub type TlsReloadRequest = tokio::sync::oneshot::Sender<()>;
 
 /// What the reload task hands new material to.
 pub struct Reloader {
@@ -134,6 +140,8 @@ pub struct Reloader {
     pub sinks: watch::Sender<SyncConfig>,
     /// Where the configuration's new rules go.
     pub rules: watch::Sender<Vec<crate::config::RuleConfig>>,
+    /// Requests to read the listeners' TLS material again (see [`TlsReloadRequest`]).
+    pub requests: tokio::sync::mpsc::Receiver<TlsReloadRequest>,
 }
 
 impl Reloader {
@@ -145,9 +153,16 @@ impl Reloader {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = hangups.recv() => {}
+                Some(done) = self.requests.recv() => {
+                    for tls in &self.tls {
+                        tls.reload("certificate revoked");
+                    }
+                    let _ = done.send(());
+                    continue;
+                }
             }
             for tls in &self.tls {
-                tls.reload();
+                tls.reload("SIGHUP");
             }
             self.reload_config();
         }

@@ -10,8 +10,9 @@ use super::reload::TlsSource;
 use crate::auth::clients::{ClientEntry, ClientIdentities};
 use crate::auth::{AuthError, Scope, TokenRegistry, pki};
 use crate::clock::now_ms;
-use crate::config::Config;
+use crate::config::{ClientAuth, Config, PasswordAuth};
 use crate::files;
+use crate::ingest::endpoint::login::Logins;
 use crate::ingest::endpoint::{
     EndpointError, EndpointSettings, ListenerSettings, MAX_PLAIN_PACKET,
 };
@@ -19,7 +20,8 @@ use crate::ingest::topics::DeviceTopics;
 use crate::store::TokenRecord;
 
 /// Where the MQTT device listener's TLS comes from, when `[mqtt.devices] listen` asks for it: the
-/// API's server certificate, and device certificates required and checked against the device CA.
+/// API's server certificate, and device certificates checked against the device CA: required,
+/// optional when passwords are allowed, not asked for when passwords are required.
 pub(super) fn gate_tls(config: &Config, api: &TlsSource) -> Option<TlsSource> {
     config.mqtt.devices.listen.as_ref()?;
     let d = &config.mqtt.devices;
@@ -37,15 +39,21 @@ pub(super) fn gate_tls(config: &Config, api: &TlsSource) -> Option<TlsSource> {
             .ca
             .is_none()
             .then(|| crate::auth::revocation::crl_path(&config.tls_dir())),
-        client_auth: crate::config::ClientAuth::Required,
+        client_auth: match d.passwords {
+            PasswordAuth::Off => ClientAuth::Required,
+            PasswordAuth::Allow => ClientAuth::Optional,
+            PasswordAuth::Require => ClientAuth::Off,
+        },
         mqtt: true,
     })
 }
 
-/// The MQTT endpoint's settings from `[mqtt]` and `[mqtt.devices]`.
+/// The MQTT endpoint's settings from `[mqtt]` and `[mqtt.devices]`; `logins` checks devices'
+/// passwords and closes their connections when their credentials change.
 pub(super) fn endpoint_settings(
     config: &Config,
     topics: Arc<DeviceTopics>,
+    logins: Logins,
 ) -> Result<EndpointSettings, EndpointError> {
     // `validate` has checked the addresses.
     let address = |text: &str| {
@@ -73,6 +81,7 @@ pub(super) fn endpoint_settings(
         connect_timeout: d.connect_timeout.0,
         max_payload: config.ingest.max_payload.0 as usize,
         topics,
+        logins: Some(logins),
     })
 }
 

@@ -1,7 +1,8 @@
 //! Who is calling and what they may do: TLS server configuration (`tls`), bearer tokens (`tokens`),
-//! and first-run TLS material (`pki`).
+//! devices' MQTT passwords (`credentials`), and first-run TLS material (`pki`).
 
 pub mod clients;
+pub mod credentials;
 pub mod pki;
 pub mod revocation;
 pub mod tls;

@@ -81,6 +81,35 @@ pub fn revoke(tls_dir: &Path, cert_pem: &str, name: &str, now: i64) -> Result<Re
     })
 }
 
+/// Revokes the certificate `hub certs` issued to `name` (`NAME.crt` in `issued_dir`, the CA in
+/// `tls_dir`) and moves it and its key aside (`NAME.crt.revoked`, `NAME.key.revoked`), so the
+/// name can be issued a new one. `None` when there is no such certificate; with it, where the
+/// certificate went.
+pub fn revoke_issued(
+    tls_dir: &Path,
+    issued_dir: &Path,
+    name: &str,
+    now: i64,
+) -> Result<Option<(Revoked, PathBuf)>, AuthError> {
+    let cert_path = issued_dir.join(format!("{name}.crt"));
+    let pem = match std::fs::read_to_string(&cert_path) {
+        Ok(pem) => pem,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let revoked = revoke(tls_dir, &pem, name, now)?;
+    for file in [format!("{name}.key"), format!("{name}.crt")] {
+        let from = issued_dir.join(&file);
+        if from.exists() {
+            std::fs::rename(&from, issued_dir.join(format!("{file}.revoked")))?;
+        }
+    }
+    Ok(Some((
+        revoked,
+        issued_dir.join(format!("{name}.crt.revoked")),
+    )))
+}
+
 /// One revoked certificate.
 struct Entry {
     serial: String,

@@ -120,32 +120,29 @@ pub fn revoke_cert(
         CertKind::Client => "clients",
         CertKind::Device => "devices",
     });
-    let (cert_path, issued_here) = match cert {
-        Some(path) => (path.to_owned(), false),
-        None => (issued_dir.join(format!("{name}.crt")), true),
-    };
-    let pem = std::fs::read_to_string(&cert_path).map_err(|source| CliError::File {
-        path: cert_path.clone(),
-        source,
-    })?;
     let now = i64::try_from(crate::clock::now_ms() / 1000).unwrap_or(i64::MAX);
-    let revoked = crate::auth::revocation::revoke(&tls_dir, &pem, name, now)?;
-    let mut moved_to = None;
-    if issued_here {
-        for file in [format!("{name}.crt"), format!("{name}.key")] {
-            let from = issued_dir.join(&file);
-            let to = issued_dir.join(format!("{file}.revoked"));
-            if from.exists() {
-                std::fs::rename(&from, &to).map_err(|source| CliError::File {
-                    path: from.clone(),
-                    source,
-                })?;
-                if file.ends_with(".crt") {
-                    moved_to = Some(to);
-                }
-            }
+    let (revoked, moved_to) = match cert {
+        Some(path) => {
+            let pem = std::fs::read_to_string(path).map_err(|source| CliError::File {
+                path: path.to_owned(),
+                source,
+            })?;
+            (
+                crate::auth::revocation::revoke(&tls_dir, &pem, name, now)?,
+                None,
+            )
         }
-    }
+        None => match crate::auth::revocation::revoke_issued(&tls_dir, &issued_dir, name, now)? {
+            Some((revoked, moved_to)) => (revoked, Some(moved_to)),
+            None => {
+                let path = issued_dir.join(format!("{name}.crt"));
+                return Err(CliError::File {
+                    path,
+                    source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                });
+            }
+        },
+    };
     Ok(CertRevoked {
         serial: revoked.serial,
         already: revoked.already,

@@ -1,10 +1,11 @@
 //! What an operator runs next to the hub, one file per command: `hub token` (token.rs), `hub
-//! certs` (certs.rs), `hub status` (status.rs), `hub backup` and `hub restore` (backup.rs), `hub
-//! watch` (watch.rs); here, what they share: their errors, and opening the store directly.
+//! device-credential` (credential.rs), `hub certs` (certs.rs), `hub status` (status.rs), `hub
+//! backup` and `hub restore` (backup.rs), `hub watch` (watch.rs); here, what they share: their
+//! errors, printing, and opening the store directly.
 //!
 //! Commands that need the running hub go through its HTTPS API (running.rs: `api.listen`,
 //! trusting `<data.dir>/tls/ca.crt`, with the admin token of `<data.dir>/admin.token`), since the
-//! running hub holds the store's lock. Token commands, when nothing listens there, open the store
+//! running hub holds the store's lock. Token and credential commands, when nothing listens there, open the store
 //! directly and say on stderr which of the two they did. Certificate commands only read the CA's
 //! files, so they work whether or not the hub runs.
 
@@ -27,6 +28,7 @@ use crate::store::{self, Store, StoreError};
 
 mod backup;
 mod certs;
+mod credential;
 mod running;
 mod status;
 mod token;
@@ -34,6 +36,7 @@ mod watch;
 
 pub use backup::{backup, restore};
 pub use certs::{CertKind, CertRevoked, issue_cert, revoke_cert};
+pub use credential::{CredentialAction, credential};
 use running::RunningHub;
 pub use status::status;
 pub use token::{TokenAction, table, token};
@@ -136,6 +139,73 @@ impl CliError {
             _ => 1,
         }
     }
+}
+
+/// Where a managing command goes: the running hub's API, or when none listens on `api.listen`,
+/// the store directly.
+enum Target {
+    /// The running hub.
+    Hub(RunningHub),
+    /// The store of a hub that is not running.
+    Store(Store),
+}
+
+impl Target {
+    /// Finds where to go, and says on stderr which it is.
+    async fn find(config: &Config) -> Result<Target, CliError> {
+        match RunningHub::find(config).await? {
+            Some(hub) => {
+                eprintln!("hub: through the running hub at {}", hub.url(""));
+                Ok(Target::Hub(hub))
+            }
+            None => {
+                eprintln!(
+                    "hub: no hub listening on {}; using the store in {} directly",
+                    config.api.listen,
+                    config.data.dir.display()
+                );
+                Ok(Target::Store(open_store(config)?))
+            }
+        }
+    }
+}
+
+/// Runs `work` on the blocking pool (it opens or writes the store).
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, CliError> + Send + 'static,
+) -> Result<T, CliError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| CliError::Answer(e.to_string()))?
+}
+
+/// `value` as pretty JSON on stdout.
+fn print_json(value: &impl Serialize) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| CliError::Answer(e.to_string()))?;
+    println!("{text}");
+    Ok(())
+}
+
+/// `rows` (a header first) as lines of columns padded to their widest cell.
+pub fn padded(rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = Vec::new();
+    for row in rows {
+        widths.resize(widths.len().max(row.len()), 0);
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// The store of a hub that is not running.

@@ -26,21 +26,11 @@ pub async fn token(config: &Config, action: TokenAction) -> Result<(), CliError>
         TokenAction::Revoke(id) => check_id(id)?,
         TokenAction::List { .. } => {}
     }
-    match RunningHub::find(config).await? {
-        Some(hub) => {
-            eprintln!("hub: through the running hub at {}", hub.url(""));
-            token_remote(&hub, action).await
-        }
-        None => {
-            eprintln!(
-                "hub: no hub listening on {}; using the store in {} directly",
-                config.api.listen,
-                config.data.dir.display()
-            );
-            let registry = open_local(config)?;
-            tokio::task::spawn_blocking(move || token_local(&registry, action))
-                .await
-                .map_err(|e| CliError::Answer(e.to_string()))?
+    match Target::find(config).await? {
+        Target::Hub(hub) => token_remote(&hub, action).await,
+        Target::Store(store) => {
+            let registry = TokenRegistry::open(&config.data.dir.join("token.key"), store)?;
+            blocking(move || token_local(&registry, action)).await
         }
     }
 }
@@ -135,10 +125,7 @@ pub(super) fn check_id(id: &str) -> Result<(), CliError> {
 
 pub(super) fn print_list(list: &TokenList, json: bool) -> Result<(), CliError> {
     if json {
-        let text =
-            serde_json::to_string_pretty(list).map_err(|e| CliError::Answer(e.to_string()))?;
-        println!("{text}");
-        return Ok(());
+        return print_json(list);
     }
     print!("{}", table(&list.tokens));
     Ok(())
@@ -158,10 +145,11 @@ pub fn table(tokens: &[TokenSummary]) -> String {
             "LAST USED",
             "REVOKED",
         ]
-        .map(str::to_owned),
+        .map(str::to_owned)
+        .to_vec(),
     ];
     for t in tokens {
-        rows.push([
+        rows.push(vec![
             t.id.clone(),
             t.name.clone(),
             t.scopes.join(","),
@@ -176,30 +164,5 @@ pub fn table(tokens: &[TokenSummary]) -> String {
             if t.revoked { "yes" } else { "no" }.to_owned(),
         ]);
     }
-    let mut widths = [0usize; 8];
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in &rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-/// Opens the store of `config` directly, for when no hub runs.
-pub(super) fn open_local(config: &Config) -> Result<TokenRegistry, CliError> {
-    let store = open_store(config)?;
-    Ok(TokenRegistry::open(
-        &config.data.dir.join("token.key"),
-        store,
-    )?)
+    padded(&rows)
 }

@@ -6,6 +6,7 @@
 //! The sections live here; `[mqtt]`, `[sync]` and `[[modbus]]`, the larger ones, in their own files. Loading is
 //! in `load.rs`, the checks of values together in `validate.rs`, sizes and durations in `units.rs`.
 
+mod homeassistant;
 mod load;
 mod modbus;
 mod mqtt;
@@ -16,12 +17,14 @@ mod tests;
 mod units;
 mod validate;
 
+pub use homeassistant::HomeAssistantConfig;
 pub use modbus::{
     ByteOrder, ModbusBusConfig, ModbusDeviceConfig, ModbusParity, ModbusTransport, PointConfig,
     PointType, Table,
 };
 pub use mqtt::{
-    Broker, MapPreset, MqttConfig, MqttDevicesConfig, PayloadForm, SparkplugConfig, TopicMapConfig,
+    Broker, MapPreset, MqttConfig, MqttDevicesConfig, PasswordAuth, PayloadForm, SparkplugConfig,
+    TopicMapConfig,
 };
 pub use rules::{
     ActionConfig, ChangeConfig, CommandActionConfig, MqttActionConfig, RateConfig, RuleConfig,
@@ -82,6 +85,8 @@ pub struct Config {
     pub sync: SyncConfig,
     /// Alert rules (`[[rules]]`, any number; reloaded on SIGHUP).
     pub rules: Vec<RuleConfig>,
+    /// Home Assistant MQTT discovery (off unless enabled).
+    pub homeassistant: HomeAssistantConfig,
 }
 
 /// `[devices]`
@@ -364,8 +369,18 @@ pub enum ClientAuth {
 pub struct LogConfig {
     /// `pretty` or `json`.
     pub format: LogFormat,
-    /// A `RUST_LOG`-style filter; `RUST_LOG` itself wins when set.
+    /// A `RUST_LOG`-style filter of targets and levels (`info`, `hub::ingest=debug,warn`);
+    /// `RUST_LOG` itself wins when set.
     pub level: String,
+}
+
+/// Parses a log filter: comma-separated `level` or `target=level` directives. Span and field
+/// directives (`[span{field}]`) are not supported: their regex engine was half a megabyte of the
+/// binary, and a gateway's operator filters by module.
+pub fn log_filter(
+    level: &str,
+) -> Result<tracing_subscriber::filter::Targets, tracing_subscriber::filter::ParseError> {
+    level.parse()
 }
 
 impl Default for LogConfig {

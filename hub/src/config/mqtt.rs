@@ -122,6 +122,10 @@ pub struct MqttDevicesConfig {
     pub ca: Option<PathBuf>,
     /// Certificate revocation lists of that CA (PEM), any number.
     pub crls: Vec<PathBuf>,
+    /// Whether devices may log in with a user name (their id) and a password instead of a
+    /// certificate: `off` (certificates only), `allow` (either), `require` (passwords only; no
+    /// certificate is asked for).
+    pub passwords: PasswordAuth,
     /// Most devices connected at once; more wait in the listen backlog.
     pub max_connections: usize,
     /// Time allowed for the TLS handshake and the CONNECT packet.
@@ -130,12 +134,26 @@ pub struct MqttDevicesConfig {
     pub max_packet: ByteSize,
 }
 
+/// How the TLS listener for devices takes passwords (`[mqtt.devices] passwords`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PasswordAuth {
+    /// Certificates only (the TLS handshake requires one).
+    #[default]
+    Off,
+    /// A certificate, or without one, the device id and its password.
+    Allow,
+    /// The device id and its password; no certificate is asked for.
+    Require,
+}
+
 impl Default for MqttDevicesConfig {
     fn default() -> Self {
         MqttDevicesConfig {
             listen: None,
             ca: None,
             crls: Vec::new(),
+            passwords: PasswordAuth::Off,
             max_connections: 500,
             connect_timeout: HumanDuration(Duration::from_secs(10)),
             max_packet: ByteSize(64 << 10),

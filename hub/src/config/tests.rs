@@ -31,12 +31,14 @@ fn the_example_file_is_valid_and_matches_the_defaults() {
     assert_eq!(
         (
             m.listen.as_deref(),
+            m.passwords,
             m.max_connections,
             m.connect_timeout,
             m.max_packet
         ),
         (
             dm.listen.as_deref(),
+            dm.passwords,
             dm.max_connections,
             dm.connect_timeout,
             dm.max_packet
@@ -119,6 +121,27 @@ fn every_problem_is_listed_at_once() {
         "ingest.batch_max",
     ] {
         assert!(err.contains(needle), "{needle} missing from: {err}");
+    }
+}
+
+#[test]
+fn log_filters_of_targets_and_levels_are_taken_and_bad_ones_named() {
+    for good in [
+        "info",
+        "warn,hub::ingest=debug",
+        "hub=trace,rustls=off",
+        "debug",
+    ] {
+        assert!(
+            load(&format!("[log]\nlevel = {good:?}\n"), &[]).is_ok(),
+            "{good}"
+        );
+    }
+    for bad in ["hub=loud", "hub=debug=info", "hub[{id=info"] {
+        let err = load(&format!("[log]\nlevel = {bad:?}\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("log.level"), "{bad}: {err}");
     }
 }
 
@@ -212,6 +235,25 @@ fn the_devices_listener_is_checked() {
     ] {
         assert!(err.contains(needle), "{needle} missing from: {err}");
     }
+    // Passwords: off by default, taken on the TLS listener only, and only the three words.
+    assert_eq!(c.mqtt.devices.passwords, PasswordAuth::Off);
+    let c = load(
+        "[mqtt.devices]\nlisten = \"0.0.0.0:8883\"\npasswords = \"allow\"\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.mqtt.devices.passwords, PasswordAuth::Allow);
+    let err = load("[mqtt.devices]\npasswords = \"require\"\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("mqtt.devices.passwords: devices log in"),
+        "{err}"
+    );
+    let err = load("[mqtt.devices]\npasswords = \"yes\"\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("passwords"), "{err}");
 }
 
 #[test]

@@ -81,6 +81,12 @@ impl Config {
                 "mqtt.devices.listen: {listen:?} is not an address:port"
             ));
         }
+        if gate.passwords != crate::config::PasswordAuth::Off && gate.listen.is_none() {
+            problems.push(
+                "mqtt.devices.passwords: devices log in with passwords on the TLS listener only;                  give it mqtt.devices.listen (with an external broker, its own password file)"
+                    .into(),
+            );
+        }
         if !(1..=100_000).contains(&gate.max_connections) {
             problems.push("mqtt.devices.max_connections: must be 1 to 100000".into());
         }
@@ -223,8 +229,9 @@ impl Config {
         self.sync.problems(&mut problems);
         super::modbus::problems(&self.modbus, &mut problems);
         problems.extend(crate::rules::config_problems(&self.rules));
+        self.homeassistant.problems(&self.mqtt, &mut problems);
 
-        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+        if super::log_filter(&self.log.level).is_err() {
             problems.push(format!(
                 "log.level: {:?} is not a valid filter",
                 self.log.level

@@ -56,11 +56,13 @@ pub enum Rejection {
     ForbiddenFilter,
     /// A CONNECT named another client id or will topic than allowed (MQTT endpoint).
     ForbiddenConnect,
+    /// A CONNECT's user name and password were refused (MQTT endpoint's TLS listener).
+    BadLogin,
 }
 
 impl Rejection {
     /// All reasons, in a fixed order.
-    pub const ALL: [Rejection; 10] = [
+    pub const ALL: [Rejection; 11] = [
         Rejection::BadTopic,
         Rejection::BadDeviceId,
         Rejection::TooLarge,
@@ -71,6 +73,7 @@ impl Rejection {
         Rejection::ForbiddenTopic,
         Rejection::ForbiddenFilter,
         Rejection::ForbiddenConnect,
+        Rejection::BadLogin,
     ];
 
     /// A short name for logs and metrics.
@@ -86,6 +89,7 @@ impl Rejection {
             Rejection::ForbiddenTopic => "forbidden_topic",
             Rejection::ForbiddenFilter => "forbidden_filter",
             Rejection::ForbiddenConnect => "forbidden_connect",
+            Rejection::BadLogin => "bad_login",
         }
     }
 }
@@ -283,9 +287,6 @@ mod tests {
             assert_eq!(stats.rejected(reason), i as u64 + 1, "{}", reason.name());
         }
         // The last variant: adding one after it without listing it in ALL fails here.
-        assert_eq!(
-            Rejection::ForbiddenConnect as usize + 1,
-            Rejection::ALL.len()
-        );
+        assert_eq!(Rejection::BadLogin as usize + 1, Rejection::ALL.len());
     }
 }

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// Device records by number, and the numbers by name: every device that is live or removed with
+/// its readings kept (so they can be read by name); a device whose readings are being erased keeps
+/// its record (naming what is left) but not its name, which a new device may take.
 #[derive(Default)]
 pub(super) struct Catalog {
     pub(super) device_numbers: HashMap<String, u32>,
@@ -10,6 +13,35 @@ pub(super) struct Catalog {
     pub(super) metric_numbers: HashMap<String, u32>,
     pub(super) metric_names: Vec<String>,
     pub(super) next_offset: u64,
+    /// The lowest number a new device may get (see `records::META_DEVICE_FLOOR`).
+    pub(super) device_floor: u32,
+}
+
+impl Catalog {
+    /// Copies the catalog into fresh allocations and frees the old ones. Its names and records
+    /// were allocated one by one as devices came and commits changed them, each wherever the
+    /// allocator had room at the time, among a load's short-lived buffers; there they keep the
+    /// freed pages around them from going back to the system. Copied together once the load is
+    /// over, they sit side by side.
+    pub(super) fn repack(&mut self) {
+        let packed = Catalog {
+            device_numbers: self
+                .device_numbers
+                .iter()
+                .map(|(name, n)| (name.clone(), *n))
+                .collect(),
+            devices: self.devices.clone(),
+            metric_numbers: self
+                .metric_numbers
+                .iter()
+                .map(|(name, n)| (name.clone(), *n))
+                .collect(),
+            metric_names: self.metric_names.clone(),
+            next_offset: self.next_offset,
+            device_floor: self.device_floor,
+        };
+        *self = packed;
+    }
 }
 
 /// What one batch changes in the catalog, kept aside until its commit has succeeded: a failed
@@ -38,9 +70,18 @@ impl<'c> Staged<'c> {
         }
     }
 
-    /// Whether device `name` is registered, in the store or earlier in this batch.
+    /// Whether device `name` is registered (and not removed), in the store or earlier in this
+    /// batch.
     pub(super) fn knows(&self, name: &str) -> bool {
-        self.base.device_numbers.contains_key(name) || self.new_devices.contains_key(name)
+        if self.new_devices.contains_key(name) {
+            return true;
+        }
+        self.base.device_numbers.get(name).is_some_and(|n| {
+            self.devices
+                .get(n)
+                .or_else(|| self.base.devices.get(n))
+                .is_some_and(|r| r.removed.is_none())
+        })
     }
 
     /// The record of device `name`, registering a new device when it has none; with its number.
@@ -58,8 +99,10 @@ impl<'c> Staged<'c> {
         let n = match known {
             Some(n) => *n,
             None => {
-                let n = u32::try_from(self.base.devices.len() + self.new_devices.len())
-                    .map_err(|_| StoreError::Corrupt("device numbers exhausted".into()))?;
+                let n = u32::try_from(self.new_devices.len())
+                    .ok()
+                    .and_then(|new| self.base.next_device_number().checked_add(new))
+                    .ok_or_else(|| StoreError::Corrupt("device numbers exhausted".into()))?;
                 self.new_devices.insert(name.to_owned(), n);
                 n
             }
@@ -69,27 +112,14 @@ impl<'c> Staged<'c> {
             .devices
             .entry(n)
             .or_insert_with(|| match base.devices.get(&n) {
-                Some(record) => record.clone(),
-                None => DeviceRecord {
-                    name: name.to_owned(),
-                    transport,
-                    first_seen_ms: seen_ms,
-                    last_seen_ms: seen_ms,
-                    last_seq: None,
-                    readings: 0,
-                    firmware: None,
-                    labels: BTreeMap::new(),
-                    metrics: Vec::new(),
-                    protocol_version: None,
-                    runs: sequence::Runs::default(),
-                    duplicates: 0,
-                    display_name: None,
-                    wire: records::Wire::Json,
-                    hello_boot: None,
-                    hub_seq: None,
-                    rejected: 0,
-                    gave_up: 0,
+                Some(record) if record.removed.is_none() => record.clone(),
+                // A device removed with its readings kept, back: registered anew under its
+                // number, knowing the metrics of its kept readings (retention's rollups need them).
+                Some(removed) => DeviceRecord {
+                    metrics: removed.metrics.clone(),
+                    ..DeviceRecord::new(name, transport, seen_ms)
                 },
+                None => DeviceRecord::new(name, transport, seen_ms),
             });
         Ok((n, record))
     }
@@ -152,7 +182,53 @@ impl CatalogChanges {
     }
 }
 
+impl DeviceRecord {
+    /// The record of a device first seen at `seen_ms` over `transport`.
+    pub(super) fn new(name: &str, transport: Transport, seen_ms: u64) -> Self {
+        DeviceRecord {
+            name: name.to_owned(),
+            transport,
+            first_seen_ms: seen_ms,
+            last_seen_ms: seen_ms,
+            last_seq: None,
+            readings: 0,
+            firmware: None,
+            labels: BTreeMap::new(),
+            metrics: Vec::new(),
+            protocol_version: None,
+            runs: sequence::Runs::default(),
+            duplicates: 0,
+            display_name: None,
+            wire: records::Wire::Json,
+            hello_boot: None,
+            hub_seq: None,
+            rejected: 0,
+            gave_up: 0,
+            removed: None,
+        }
+    }
+}
+
 impl Catalog {
+    /// The number the next new device gets: past every record held and past the floor, so a
+    /// number is never given twice (an erased device's record is gone, its number not).
+    pub(super) fn next_device_number(&self) -> u32 {
+        let past_records = self
+            .devices
+            .last_key_value()
+            .map_or(0, |(n, _)| n.saturating_add(1));
+        past_records.max(self.device_floor)
+    }
+
+    /// The number and record of device `name` if it is live (not removed).
+    pub(super) fn live(&self, name: &str) -> Option<(u32, &DeviceRecord)> {
+        let n = *self.device_numbers.get(name)?;
+        self.devices
+            .get(&n)
+            .filter(|r| r.removed.is_none())
+            .map(|r| (n, r))
+    }
+
     /// A stored reading with its device and metric names.
     pub(super) fn resolve(&self, offset: u64, record: ReadingRecord) -> Reading {
         Reading {

@@ -1,4 +1,5 @@
-//! Reads and changes of devices: the list, one device, its latest values, its labels.
+//! Reads and changes of devices: the list, one device, its latest values, its labels. A removed
+//! device (see `removal`) is none of these: only its kept readings can still be read.
 
 use super::*;
 
@@ -10,14 +11,14 @@ impl Store {
             .device_numbers
             .keys()
             .filter(|name| after.is_none_or(|a| name.as_str() > a))
+            .filter(|name| cat.live(name).is_some())
             .collect();
         names.sort();
         Ok(names
             .into_iter()
             .take(limit)
-            .filter_map(|name| cat.device_numbers.get(name))
-            .filter_map(|n| cat.devices.get(n))
-            .map(|record| Device {
+            .filter_map(|name| cat.live(name))
+            .map(|(_, record)| Device {
                 metric_names: record.metrics.iter().map(|m| cat.metric_name(*m)).collect(),
                 record: record.clone(),
             })
@@ -34,13 +35,10 @@ impl Store {
         let _writer = self.writer.lock().map_err(|_| StoreError::Poisoned)?;
         let (number, mut record) = {
             let cat = self.catalog()?;
-            let Some(number) = cat.device_numbers.get(id).copied() else {
+            let Some((number, record)) = cat.live(id) else {
                 return Ok(None);
             };
-            let Some(record) = cat.devices.get(&number).cloned() else {
-                return Ok(None);
-            };
-            (number, record)
+            (number, record.clone())
         };
         if let Some(labels) = &patch.labels {
             record.labels = labels.clone();
@@ -58,7 +56,16 @@ impl Store {
         let mut cat = self.catalog.write().map_err(|_| StoreError::Poisoned)?;
         cat.devices.insert(number, record);
         drop(cat);
+        if patch.labels.is_some() {
+            self.labels_version.fetch_add(1, Ordering::Relaxed);
+        }
         self.device(id)
+    }
+
+    /// A number that changes whenever a device's labels change, so that what selects devices by
+    /// label (the rules) can tell, cheaply, when to look again.
+    pub fn labels_version(&self) -> u64 {
+        self.labels_version.load(Ordering::Relaxed)
     }
 
     /// Every device's id and when it was last heard from; no copies of the records, for start-up.
@@ -67,6 +74,7 @@ impl Store {
             .catalog()?
             .devices
             .values()
+            .filter(|r| r.removed.is_none())
             .map(|r| (r.name.clone(), r.last_seen_ms))
             .collect())
     }
@@ -77,36 +85,30 @@ impl Store {
         id: &str,
     ) -> Result<Option<std::collections::BTreeMap<String, String>>, StoreError> {
         let cat = self.catalog()?;
-        Ok(cat
-            .device_numbers
-            .get(id)
-            .and_then(|n| cat.devices.get(n))
-            .map(|record| record.labels.clone()))
+        Ok(cat.live(id).map(|(_, record)| record.labels.clone()))
     }
 
-    /// How many devices the store knows.
+    /// How many devices the store knows (removed ones not counted).
     pub fn device_count(&self) -> Result<usize, StoreError> {
-        Ok(self.catalog()?.devices.len())
+        let cat = self.catalog()?;
+        Ok(cat.devices.values().filter(|r| r.removed.is_none()).count())
     }
 
-    /// One device, if known.
+    /// One device, if known (and not removed).
     pub fn device(&self, id: &str) -> Result<Option<Device>, StoreError> {
         let cat = self.catalog()?;
-        Ok(cat
-            .device_numbers
-            .get(id)
-            .and_then(|n| cat.devices.get(n))
-            .map(|record| Device {
-                metric_names: record.metrics.iter().map(|m| cat.metric_name(*m)).collect(),
-                record: record.clone(),
-            }))
+        Ok(cat.live(id).map(|(_, record)| Device {
+            metric_names: record.metrics.iter().map(|m| cat.metric_name(*m)).collect(),
+            record: record.clone(),
+        }))
     }
 
-    /// The latest value of each metric of a device, by metric name; `None` for an unknown device.
+    /// The latest value of each metric of a device, by metric name; `None` for an unknown (or
+    /// removed) device.
     pub fn latest(&self, id: &str) -> Result<Option<Vec<LatestValue>>, StoreError> {
         let (device, names) = {
             let cat = self.catalog()?;
-            let Some(device) = cat.device_numbers.get(id).copied() else {
+            let Some((device, _)) = cat.live(id) else {
                 return Ok(None);
             };
             (device, cat.metric_names.clone())

@@ -45,11 +45,14 @@ pub enum Table {
     /// Webhook notifications not yet taken by their receiver: entry number (u64 BE) -> encoded
     /// entry.
     Outbox,
+    /// Devices' MQTT passwords: device id -> encoded credential (salt, keyed argon2 hash); see
+    /// `store::credentials`.
+    Credentials,
 }
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Table; 15] = [
+    pub const ALL: [Table; 16] = [
         Table::Meta,
         Table::Readings,
         Table::DeviceTime,
@@ -65,6 +68,7 @@ impl Table {
         Table::Alerts,
         Table::AlertHistory,
         Table::Outbox,
+        Table::Credentials,
     ];
 
     /// The table's name on disk.
@@ -85,6 +89,7 @@ impl Table {
             Table::Alerts => "alerts",
             Table::AlertHistory => "alert_history",
             Table::Outbox => "outbox",
+            Table::Credentials => "device_credentials",
         }
     }
 
@@ -373,16 +378,10 @@ pub trait Engine: Send + Sync + 'static {
 /// blocks, quotas and the file system's own rules all count.
 pub fn dir_has_room(dir: &std::path::Path, bytes: u64) -> Result<bool, EngineError> {
     use std::io::Write;
-    static CHUNK: [u8; 64 << 10] = [0; 64 << 10];
     let path = dir.join(".room-probe");
     let written = (|| {
         let mut file = std::fs::File::create(&path)?;
-        let mut left = bytes;
-        while left > 0 {
-            let n = left.min(CHUNK.len() as u64) as usize;
-            file.write_all(&CHUNK[..n])?;
-            left -= n as u64;
-        }
+        write_zeros(&mut file, bytes)?;
         file.flush()
     })();
     // Removed whatever happened, so the probe never holds the room it measured.
@@ -392,4 +391,18 @@ pub fn dir_has_room(dir: &std::path::Path, bytes: u64) -> Result<bool, EngineErr
         Err(e) if is_no_room(&e) => Ok(false),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Writes `bytes` zeros to `file` at its position, in chunks. The chunk is allocated (zeroed
+/// pages from the system), not a static: a static of zeros is that many bytes of the binary.
+pub fn write_zeros(file: &mut std::fs::File, bytes: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let chunk = vec![0u8; (64 << 10).min(bytes) as usize];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        file.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    Ok(())
 }

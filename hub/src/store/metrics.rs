@@ -81,14 +81,14 @@ impl Collect for StoreMetrics {
     fn collect(&self, out: &mut Exposition) -> Result<(), CollectError> {
         let failed = |e: super::StoreError| CollectError::new("store", e);
         let head = self.store.next_offset().map_err(failed)?;
-        let oldest = self.store.oldest_offset().map_err(failed)?.unwrap_or(head);
+        let held = self.store.reading_count().map_err(failed)?;
         let devices = self.store.device_count().map_err(failed)?;
         let r = &self.retention;
         out.single(
             "hub_store_readings",
             "gauge",
             "Readings held in the store.",
-            head - oldest,
+            held,
         );
         out.single(
             "hub_store_next_offset",

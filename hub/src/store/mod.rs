@@ -12,7 +12,8 @@
 //!
 //! Here: the store's handle, opening (schema and upgrade) and its errors. Beside it, one job a
 //! file: `types.rs` (what goes in and comes out), `catalog.rs` (interned names), `apply.rs`
-//! (committing a batch), `devices.rs`, `readings.rs` (reads and downsampling), `tokens.rs`, and
+//! (committing a batch), `devices.rs`, `readings.rs` (reads and downsampling), `tokens.rs`,
+//! `credentials.rs` (devices' MQTT passwords), `removal.rs` (removing a device), and
 //! the `impl Store` files of commands, sync and alerts.
 
 pub mod alerts;
@@ -20,6 +21,7 @@ mod apply;
 pub mod backup;
 mod catalog;
 pub mod commands;
+pub mod credentials;
 mod devices;
 pub mod downsample;
 pub mod durable;
@@ -31,6 +33,9 @@ pub mod metrics;
 mod readings;
 pub mod records;
 mod redb_engine;
+pub mod removal;
+#[cfg(test)]
+mod removal_tests;
 pub mod retention;
 pub mod rollup;
 #[cfg(test)]
@@ -50,14 +55,14 @@ pub mod writer;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::{Bound, ControlFlow};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use device_protocol::OwnedValue;
 
 use apply::Commit;
 use catalog::{Catalog, Staged};
-pub use commands::{CommandResultIn, Transition};
+pub use commands::{CommandPage, CommandResultIn, MAX_COMMANDS_SCANNED, Transition};
 pub use downsample::{Agg, AggValue, Bucket, BucketPage, DownsampleQuery};
 pub use engine::{Direction, Engine, EngineError, KeyRange, Table, Usage, WriteBatch};
 pub use log::{LogConfig, LoggedEngine};
@@ -163,8 +168,11 @@ pub fn open(
         WritePath::Direct => {
             if logs.is_dir() {
                 let engine = open_engine(kind, dir, cache_bytes)?;
-                let log = LoggedEngine::open(engine, &logs, log_config)?;
-                drop(Store::open(Arc::new(log))?);
+                let log = Arc::new(LoggedEngine::open(engine, &logs, log_config)?);
+                drop(Store::open(log.clone())?);
+                // What opening committed (an interrupted erase it finished) into the engine too.
+                log.checkpoint_now()?;
+                drop(log);
                 std::fs::remove_dir_all(&logs).map_err(EngineError::from)?;
             }
             Store::open(open_engine(kind, dir, cache_bytes)?)
@@ -206,6 +214,8 @@ pub struct Store {
     room: Arc<room::Room>,
     /// Whether the file system holding the store is full.
     space: Arc<space::DiskSpace>,
+    /// Bumped on each change of a device's labels (see [`Store::labels_version`]).
+    labels_version: Arc<AtomicU64>,
 }
 
 impl Store {
@@ -273,7 +283,10 @@ impl Store {
                 );
             }
         }
-        Ok(Store::with_catalog(engine, catalog))
+        let store = Store::with_catalog(engine, catalog);
+        // A removed device's erase that a crash interrupted is finished before anything reads.
+        store.finish_erases()?;
+        Ok(store)
     }
 
     fn with_catalog(engine: Arc<dyn Engine>, catalog: Catalog) -> Self {
@@ -284,6 +297,7 @@ impl Store {
             refusing: Arc::new(AtomicBool::new(false)),
             room: Arc::new(room::Room::default()),
             space: Arc::new(space::DiskSpace::default()),
+            labels_version: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -395,6 +409,9 @@ fn read_catalog(snap: &dyn engine::Snapshot) -> Result<Catalog, StoreError> {
     if let Some(v) = snap.get(Table::Meta, records::META_NEXT_OFFSET)? {
         catalog.next_offset = records::be_u64(&v, "next offset")?;
     }
+    if let Some(v) = snap.get(Table::Meta, records::META_DEVICE_FLOOR)? {
+        catalog.device_floor = records::be_u32(&v, "device floor")?;
+    }
     let mut failure = None;
     snap.scan(
         Table::Metrics,
@@ -425,7 +442,10 @@ fn read_catalog(snap: &dyn engine::Snapshot) -> Result<Catalog, StoreError> {
                 .and_then(|n| Ok((n, records::decode_device(v)?)));
             match parsed {
                 Ok((number, record)) => {
-                    catalog.device_numbers.insert(record.name.clone(), number);
+                    // A device being erased gives its name up (a new device may take it).
+                    if !record.removed.is_some_and(|r| r.erase) {
+                        catalog.device_numbers.insert(record.name.clone(), number);
+                    }
                     catalog.devices.insert(number, record);
                     ControlFlow::Continue(())
                 }

@@ -33,9 +33,18 @@ pub const META_SCHEMA_VERSION: &[u8] = b"schema_version";
 pub const META_NEXT_OFFSET: &[u8] = b"next_offset";
 /// Meta key of the next command id to assign (u64 BE).
 pub const META_NEXT_COMMAND: &[u8] = b"next_command_id";
+/// Meta key of the offset of the next reading the rules have not evaluated (u64 BE); absent
+/// while there are no rules. See `store::alerts`.
+pub const META_RULES_NEXT_OFFSET: &[u8] = b"rules_next_offset";
 /// Meta key prefix, before a device number (u32 BE), of the first unix ms from which the device's
 /// rollups are complete (u64 BE, a whole minute); see `store::rollup`.
 pub const META_ROLLUPS_FROM: &[u8] = b"rollups_from/";
+/// Meta key of the lowest device number a new device may get (u32 BE): one past the highest an
+/// erased device had, so a number is never given twice; see `store::removal`.
+pub const META_DEVICE_FLOOR: &[u8] = b"device_floor";
+/// Meta key of the offsets between the oldest reading held and the next offset that hold no
+/// reading, because a device's readings were erased there (u64 BE); see `store::removal`.
+pub const META_ERASED_GAPS: &[u8] = b"erased_gaps";
 
 /// The transport a device last used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -219,6 +228,24 @@ pub struct DeviceRecord {
     pub rejected: u64,
     /// Seqs the hub gave up waiting for.
     pub gave_up: u64,
+    /// Set when the device was removed (`DELETE /devices/{id}`): it is no longer listed, and
+    /// this record stays only to name its kept readings, or until its erase is done. Appended
+    /// (absent reads as `None`, and is not written while `None`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "appended"
+    )]
+    pub removed: Option<Removal>,
+}
+
+/// How and when a device was removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removal {
+    /// When (hub clock).
+    pub at_ms: u64,
+    /// Whether its readings are being erased (the record goes once they are); otherwise kept.
+    pub erase: bool,
 }
 
 /// The marker of a device record of layout 3 (see [`encode_device`]).
@@ -300,6 +327,7 @@ pub fn decode_device(bytes: &[u8]) -> Result<DeviceRecord, StoreError> {
         hub_seq: None,
         rejected: 0,
         gave_up: 0,
+        removed: None,
     })
 }
 

@@ -3,8 +3,9 @@
 //! deletes retention makes.
 //!
 //! Invariants:
-//! - readings are only ever deleted oldest first, so the readings held are exactly the offsets
-//!   from the oldest held to the next to assign;
+//! - readings are deleted oldest first (retention), or a removed device's all at once (see
+//!   `removal`): the readings held are the offsets from the oldest held to the next to assign,
+//!   less the erased gaps among them, which the meta table counts;
 //! - a position only says what its follower has passed; retention decides what to delete from the
 //!   positions, never the other way round.
 
@@ -115,27 +116,35 @@ fn split_parked_key(key: &[u8]) -> Option<(&str, u64)> {
     Some((std::str::from_utf8(name).ok()?, offset))
 }
 
+/// The offset of the first reading `snap` holds at or after `offset`, if any.
+pub(super) fn first_held(
+    snap: &dyn super::engine::Snapshot,
+    offset: u64,
+) -> Result<Option<u64>, StoreError> {
+    let range = KeyRange {
+        start: Bound::Included(records::reading_key(offset)),
+        end: Bound::Unbounded,
+    };
+    let mut found = None;
+    snap.scan(Table::Readings, &range, Direction::Forward, &mut |k, _| {
+        found = records::be_u64(k, "reading key").ok();
+        ControlFlow::Break(())
+    })?;
+    Ok(found)
+}
+
 impl Store {
     /// The oldest reading held, if any.
     pub fn oldest_offset(&self) -> Result<Option<u64>, StoreError> {
-        let snap = self.engine.snapshot()?;
-        let mut oldest = None;
-        snap.scan(
-            Table::Readings,
-            &KeyRange::all(),
-            Direction::Forward,
-            &mut |k, _| {
-                oldest = records::be_u64(k, "reading key").ok();
-                ControlFlow::Break(())
-            },
-        )?;
-        Ok(oldest)
+        first_held(&*self.engine.snapshot()?, 0)
     }
 
-    /// Readings held: they are the offsets from the oldest held to the next to assign.
+    /// Readings held: the offsets from the oldest held to the next to assign, less the gaps
+    /// erased devices left among them.
     pub fn reading_count(&self) -> Result<u64, StoreError> {
         let next = self.next_offset()?;
-        Ok(self.oldest_offset()?.map_or(0, |oldest| next - oldest))
+        let snap = self.engine.snapshot()?;
+        super::removal::held(&*snap, next)
     }
 
     /// Readings from offset `from` (included) up to `end` (excluded), oldest first, at most
@@ -187,17 +196,26 @@ impl Store {
     }
 
     /// How far behind `position` is: readings held that it has not passed, and the age in
-    /// seconds (by timestamp, at `now_ms`) of the oldest of them (0 when it is not behind).
+    /// seconds (by timestamp, at `now_ms`) of the oldest of them (0 when it is not behind). After
+    /// a device's readings were erased, the count takes the offsets it has not passed, at most the
+    /// readings held: gaps are counted in all, not per range.
     pub fn lag(&self, position: &SyncPosition, now_ms: u64) -> Result<(u64, u64), StoreError> {
         let head = self.next_offset()?;
         let next = position.next.max(self.oldest_offset()?.unwrap_or(head));
         let ahead = position.ahead.map_or(0, |(start, end)| end - start);
-        let readings = head.saturating_sub(next).saturating_sub(ahead);
-        let seconds = if readings > 0 {
-            self.reading_time(next)?
-                .map_or(0, |ts| now_ms.saturating_sub(ts) / 1000)
-        } else {
-            0
+        let readings = head
+            .saturating_sub(next)
+            .saturating_sub(ahead)
+            .min(self.reading_count()?);
+        let first = match readings {
+            0 => None,
+            _ => first_held(&*self.engine.snapshot()?, next)?,
+        };
+        let seconds = match first {
+            Some(offset) => self
+                .reading_time(offset)?
+                .map_or(0, |ts| now_ms.saturating_sub(ts) / 1000),
+            None => 0,
         };
         Ok((readings, seconds))
     }
@@ -352,6 +370,29 @@ impl Store {
         self.entries(Table::Parked)
     }
 
+    /// The keys of the parked copies of device `number`'s readings (at most
+    /// [`MAX_PARKED_PER_SINK`] per sink), for an erase.
+    pub(super) fn parked_of(
+        &self,
+        snap: &dyn super::engine::Snapshot,
+        number: u32,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut found = Vec::new();
+        super::scan_records::<ParkedRecord>(
+            snap,
+            Table::Parked,
+            &KeyRange::all(),
+            "parked",
+            |k, p| {
+                if p.reading.device == number {
+                    found.push(k.to_vec());
+                }
+                ControlFlow::Continue(())
+            },
+        )?;
+        Ok(found)
+    }
+
     /// Deletes the oldest readings, at most `max` in one commit, stopping at the first for which
     /// `keep(offset, timestamp_ms)` says so. The readings' index entries go with them, and the
     /// rollup rows of the minutes they were in are recomputed from the readings left, in the same
@@ -367,6 +408,7 @@ impl Store {
         let mut batch = WriteBatch::new();
         let mut deleted = Deleted::default();
         let mut rollups = super::rollup::DeletedRollups::default();
+        let mut passed = std::collections::BTreeSet::new();
         let mut failure = None;
         snap.scan(
             Table::Readings,
@@ -394,6 +436,7 @@ impl Store {
                     Table::DeviceTime,
                     records::device_time_key(record.device, record.timestamp_ms, offset),
                 );
+                passed.insert(offset);
                 rollups.note(&record);
                 deleted.readings += 1;
                 deleted.next = Some(offset + 1);
@@ -402,6 +445,15 @@ impl Store {
         )?;
         if let Some(e) = failure {
             return Err(e);
+        }
+        // Deleting the oldest passes the gaps of erased devices' readings among them.
+        if deleted.readings > 0 && super::removal::erased_gaps(&*snap)? > 0 {
+            let gaps = super::removal::gaps_after(&*snap, self.next_offset()?, &passed)?;
+            batch.put(
+                Table::Meta,
+                records::META_ERASED_GAPS.to_vec(),
+                gaps.to_be_bytes().to_vec(),
+            );
         }
         if let Some(kept_from) = deleted.next {
             let catalog = self.catalog()?;
@@ -440,6 +492,10 @@ impl Store {
     /// Drops the engine's page cache (see [`super::Engine::release_memory`]).
     pub fn release_memory(&self) -> Result<bool, StoreError> {
         let _writer = self.writer.lock().map_err(|_| StoreError::Poisoned)?;
+        self.catalog
+            .write()
+            .map_err(|_| StoreError::Poisoned)?
+            .repack();
         Ok(self.engine.release_memory()?)
     }
 

@@ -925,6 +925,18 @@ fn redb_empties_its_cache_only_while_no_snapshot_reads_and_keeps_everything() {
         )])
         .unwrap();
     assert_eq!(store.next_offset().unwrap(), 501);
+    // The catalog, copied afresh by the release, still knows the device's seqs (a resent one is
+    // a duplicate) and its metric.
+    store
+        .append(&[reading(
+            "d",
+            Some(499),
+            None,
+            &[("v", OwnedValue::I64(499))],
+        )])
+        .unwrap();
+    assert_eq!(store.next_offset().unwrap(), 501);
+    assert_eq!(store.devices(None, 10).unwrap().len(), 1);
     // Engines without such a cache have nothing to release.
     let memory = Store::open(Arc::new(MemoryEngine::new())).unwrap();
     assert!(!memory.release_memory().unwrap());

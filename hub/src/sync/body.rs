@@ -32,10 +32,20 @@ pub fn batch_key(hub: &str, sink: &str, first: u64, last: u64) -> String {
     format!("{hub}.{sink}.{first}-{last}")
 }
 
-/// The JSON body of a batch of `readings` (not empty, in offset order) and its key.
-pub fn batch_body(hub: &str, sink: &str, readings: &[Reading]) -> (String, Vec<u8>) {
-    let first = readings.first().map_or(0, |r| r.offset);
-    let last = readings.last().map_or(0, |r| r.offset);
+/// The JSON body of a batch of `readings` (not empty, in offset order) and its key. `range` is
+/// the batch's first and last offset when it was fixed before (an in-flight batch sent again
+/// after a restart: readings erased since then are missing from it, and it keeps its key all the
+/// same); otherwise the readings' own.
+pub fn batch_body(
+    hub: &str,
+    sink: &str,
+    readings: &[Reading],
+    range: Option<(u64, u64)>,
+) -> (String, Vec<u8>) {
+    let (first, last) = range.unwrap_or((
+        readings.first().map_or(0, |r| r.offset),
+        readings.last().map_or(0, |r| r.offset),
+    ));
     let key = batch_key(hub, sink, first, last);
     let body = BatchBody {
         hub,
@@ -69,7 +79,7 @@ mod tests {
                 metrics: vec![("temp".into(), OwnedValue::F64(21.5))],
             })
             .collect();
-        let (key, body) = batch_body("gw", "cloud", &readings);
+        let (key, body) = batch_body("gw", "cloud", &readings, None);
         assert_eq!(key, "gw.cloud.5-7");
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(json["key"], "gw.cloud.5-7");

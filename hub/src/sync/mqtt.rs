@@ -101,10 +101,7 @@ impl MqttUplink {
         } else {
             None
         };
-        let credentials = config
-            .username
-            .clone()
-            .map(|user| (user, config.password.clone().unwrap_or_default()));
+        let credentials = crate::mqtt_client::credentials(&config.username, &config.password);
         let mut options = crate::mqtt_client::client_options(
             &config.client_id_for(hub_id),
             &host,

@@ -259,7 +259,9 @@ impl Sink {
                 advance(position, region, last);
                 return Ok(());
             }
-            return self.send(position, readings, region, shutdown).await;
+            return self
+                .send(position, readings, region, Some((first, last)), shutdown)
+                .await;
         }
 
         let (head, oldest) =
@@ -367,7 +369,8 @@ impl Sink {
         }
         let started = Instant::now();
         let count = readings.len();
-        self.send(position, readings, region, shutdown).await?;
+        self.send(position, readings, region, None, shutdown)
+            .await?;
         if region == Region::Backlog
             && let Some(rate) = self.settings.backlog_rate
         {
@@ -378,21 +381,27 @@ impl Sink {
     }
 
     /// Delivers `readings` (one range of `region`), splitting it when the receiver refuses it for
-    /// good, and moves the position past it.
+    /// good, and moves the position past it. `range`: the batch's first and last offset when they
+    /// were saved before (an in-flight batch sent again keeps its key even if readings of it were
+    /// erased since).
     async fn send(
         &mut self,
         position: &mut SyncPosition,
         readings: Vec<Reading>,
         region: Region,
+        range: Option<(u64, u64)>,
         shutdown: &CancellationToken,
     ) -> Result<(), Stop> {
         let mut parts = vec![readings];
+        // Only the whole batch has a saved range; halves of a refused one are batches of their own.
+        let mut range = range;
         while let Some(part) = parts.pop() {
             let (Some(first), Some(last)) = (part.first(), part.last()) else {
                 continue;
             };
-            let (first, last) = (first.offset, last.offset);
-            let (key, json) = batch_body(&self.settings.hub_id, &self.settings.name, &part);
+            let fixed = range.take();
+            let (first, last) = fixed.unwrap_or((first.offset, last.offset));
+            let (key, json) = batch_body(&self.settings.hub_id, &self.settings.name, &part, fixed);
             let (body, encoding) = match compress(&json, self.settings.compression) {
                 Ok(body) => (body, self.settings.compression),
                 Err(e) => {

@@ -90,7 +90,9 @@ async fn every_route_answers_every_kind_of_caller_as_described() {
                 .and_then(|s| s.first())
                 .and_then(Value::as_str)
                 .map(str::to_owned);
-            let device_route = template.starts_with("/api/v1/devices/{id}");
+            // A device's password is managed like its other things: only where it may be seen.
+            let credential_route = template.starts_with("/api/v1/device-credentials/{id}");
+            let device_route = template.starts_with("/api/v1/devices/{id}") || credential_route;
             let path = if device_route {
                 template
                     .replace("{id}", DEVICE)
@@ -108,12 +110,29 @@ async fn every_route_answers_every_kind_of_caller_as_described() {
                 let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
                 let body = match (method.as_str(), template.as_str()) {
                     ("POST", "/api/v1/tokens") => Some(json!({"name": "t", "scopes": ["read"]})),
+                    ("POST", "/api/v1/device-credentials") => Some(json!({"device": "mx-new"})),
+                    ("POST", "/api/v1/device-credentials/{id}/rotate") => None,
                     ("POST", _) => Some(json!({"name": "echo"})),
                     ("PATCH", _) => Some(json!({})),
                     ("PUT", _) => Some(json!({"cursor": 0})),
                     _ => None,
                 };
                 async move {
+                    if credential_route {
+                        // The device has a live password before each call (201, or 409: it had).
+                        let made = json!({"device": DEVICE});
+                        let (status, _) = hub_ref
+                            .send(
+                                reqwest::Method::POST,
+                                "/api/v1/device-credentials",
+                                Some(&made),
+                            )
+                            .await;
+                        assert!(
+                            status == 201 || status == 409,
+                            "the matrix's password: {status}"
+                        );
+                    }
                     if rule_route {
                         let rule = json!({"name": CONSUMER, "metric": "v", "above": 1.0});
                         let (status, _) = hub_ref
@@ -179,6 +198,20 @@ async fn every_route_answers_every_kind_of_caller_as_described() {
                         "{at}: any identity -> {served}"
                     );
                 }
+            }
+            if template == "/api/v1/devices/{id}" && method == "delete" {
+                // The admin removed the device (its readings kept): it publishes again and is
+                // registered anew, for the routes that follow.
+                mosquitto_pub(
+                    hub.mqtt_port(),
+                    &format!("devices/{DEVICE}/telemetry"),
+                    br#"{"metrics":{"v":2}}"#,
+                    1,
+                );
+                eventually("the device registered anew", || async {
+                    (hub.get(&format!("/api/v1/devices/{DEVICE}")).await.0 == 200).then_some(())
+                })
+                .await;
             }
             checked += 1;
         }

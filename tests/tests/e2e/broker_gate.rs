@@ -16,13 +16,13 @@ use crate::harness::{DEADLINE, Hub, Mosquitto, binary, eventually, free_port, wa
 use crate::security::TestCa;
 
 /// A device's TLS files for mosquitto's clients.
-struct DeviceTls {
-    ca: PathBuf,
-    cert: Option<(PathBuf, PathBuf)>,
+pub(crate) struct DeviceTls {
+    pub(crate) ca: PathBuf,
+    pub(crate) cert: Option<(PathBuf, PathBuf)>,
 }
 
 impl DeviceTls {
-    fn args(&self) -> Vec<String> {
+    pub(crate) fn args(&self) -> Vec<String> {
         let mut args = vec!["--cafile".to_owned(), self.ca.display().to_string()];
         if let Some((cert, key)) = &self.cert {
             args.extend([
@@ -37,7 +37,7 @@ impl DeviceTls {
 }
 
 /// Starts a hub whose gate listens on a free port, with `extra` lines in `[mqtt.devices]`.
-fn start_hub(root: &Path, extra: &str) -> (Hub, u16) {
+pub(crate) fn start_hub(root: &Path, extra: &str) -> (Hub, u16) {
     let gate = free_port();
     let config = root.join("hub.toml");
     std::fs::write(
@@ -50,7 +50,7 @@ fn start_hub(root: &Path, extra: &str) -> (Hub, u16) {
 }
 
 /// `hub certs issue-device --id ID`: its certificate and key, signed by the hub's CA.
-fn issue_device(hub: &Hub, id: &str) -> DeviceTls {
+pub(crate) fn issue_device(hub: &Hub, id: &str) -> DeviceTls {
     issue(&hub.data, "issue-device", "--id", id)
 }
 
@@ -94,12 +94,18 @@ fn split_pem(dir: &Path, name: &str, pem: &str, ca: &Path) -> DeviceTls {
 
 /// `mosquitto_pub` over TLS to the gate as client `client_id`; its output (never panics on
 /// failure: refusals are what some tests want).
-fn publish(port: u16, tls: &DeviceTls, client_id: &str, topic: &str, payload: &str) -> Output {
+pub(crate) fn publish(
+    port: u16,
+    tls: &DeviceTls,
+    client_id: &str,
+    topic: &str,
+    payload: &str,
+) -> Output {
     publish_qos(port, tls, client_id, topic, payload, 1)
 }
 
 /// A reading with `seq` from device `id` on its own telemetry topic, as client `id`.
-fn publish_reading(port: u16, tls: &DeviceTls, id: &str, seq: u32) -> Output {
+pub(crate) fn publish_reading(port: u16, tls: &DeviceTls, id: &str, seq: u32) -> Output {
     let reading = format!(r#"{{"seq":{seq},"metrics":{{"v":1}}}}"#);
     publish(port, tls, id, &format!("devices/{id}/telemetry"), &reading)
 }
@@ -130,7 +136,7 @@ fn publish_qos(
 }
 
 /// Asserts a command succeeded; its stderr otherwise.
-fn assert_succeeded(out: &Output, what: &str) {
+pub(crate) fn assert_succeeded(out: &Output, what: &str) {
     assert!(
         out.status.success(),
         "{what} failed: {}",
@@ -138,7 +144,7 @@ fn assert_succeeded(out: &Output, what: &str) {
     );
 }
 
-fn assert_refused(out: &Output, what: &str) {
+pub(crate) fn assert_refused(out: &Output, what: &str) {
     assert!(
         !out.status.success(),
         "{what}: mosquitto_pub should have failed: {}",
@@ -148,14 +154,14 @@ fn assert_refused(out: &Output, what: &str) {
 
 /// A `mosquitto_sub -d` whose output lines (stdout and stderr) are collected in the background;
 /// killed when dropped.
-struct Sub {
+pub(crate) struct Sub {
     child: std::process::Child,
     lines: Arc<Mutex<Vec<String>>>,
 }
 
 impl Sub {
     /// Subscribes as `client_id` to `filter`, over TLS to the gate.
-    fn start(port: u16, tls: &DeviceTls, client_id: &str, filter: &str) -> Sub {
+    pub(crate) fn start(port: u16, tls: &DeviceTls, client_id: &str, filter: &str) -> Sub {
         // Line-buffered (stdbuf, coreutils): mosquitto_sub would otherwise keep its debug lines in
         // the pipe's buffer until it exits.
         let mut child = Command::new("stdbuf")
@@ -183,7 +189,7 @@ impl Sub {
     }
 
     /// Waits until a line `matches`; that line. Fails with everything it printed.
-    async fn wait_for(&self, what: &str, matches: fn(&str) -> bool) -> String {
+    pub(crate) async fn wait_for(&self, what: &str, matches: fn(&str) -> bool) -> String {
         let deadline = std::time::Instant::now() + DEADLINE;
         loop {
             let lines = self.lines.lock().unwrap().clone();
@@ -206,7 +212,7 @@ fn refused(line: &str) -> bool {
 }
 
 /// mosquitto_sub -d on a SUBACK granting QoS 1.
-fn granted(line: &str) -> bool {
+pub(crate) fn granted(line: &str) -> bool {
     line == "Subscribed (mid: 1): 1"
 }
 
@@ -407,7 +413,7 @@ async fn missing_foreign_and_expired_certificates_fail_the_handshake_and_sighup_
 }
 
 /// `hub certs revoke` in the data directory `data`, with `args`.
-fn revoke(data: &Path, args: &[&str]) -> Output {
+pub(crate) fn revoke(data: &Path, args: &[&str]) -> Output {
     Command::new(binary("hub"))
         .arg("--data-dir")
         .arg(data)

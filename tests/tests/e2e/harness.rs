@@ -465,6 +465,53 @@ impl Drop for Mosquitto {
     }
 }
 
+/// A real `mosquitto_sub` on the broker at `port` with `args` (topics, QoS, a will...), returned
+/// once it is subscribed (its SUBACK seen in its debug output, which `stdbuf` keeps
+/// line-buffered): the process, and the lines it prints from then on, as they come.
+pub fn mosquitto_sub_subscribed(
+    port: u16,
+    args: &[&str],
+) -> (Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = Command::new("stdbuf")
+        .args([
+            "-oL",
+            "mosquitto_sub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-d",
+        ])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto_sub (Debian package mosquitto-clients) must be installed");
+    let stdout = child.stdout.take().unwrap();
+    let (subscribed_tx, subscribed_rx) = std::sync::mpsc::channel();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+        for line in lines.by_ref() {
+            if line.contains("received SUBACK") {
+                let _ = subscribed_tx.send(());
+                break;
+            }
+        }
+        for line in lines {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    if subscribed_rx.recv_timeout(DEADLINE).is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("mosquitto_sub did not subscribe");
+    }
+    (child, lines_rx)
+}
+
 /// A `mosquitto_sub` whose output lines (payloads as hex) are collected in the background.
 pub struct Subscriber {
     child: Child,

@@ -295,41 +295,22 @@ struct WillHolder(std::process::Child);
 impl WillHolder {
     /// Connects and subscribes (to the commands Tasmota listens to); returns once subscribed.
     fn connect(port: u16, will_topic: &str, will_payload: &str) -> WillHolder {
-        use std::io::BufRead;
-        // Line-buffered, so its debug lines come as they happen, not when it exits.
-        let mut child = std::process::Command::new("stdbuf")
-            .args([
-                "-oL",
-                "mosquitto_sub",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-d",
-            ])
-            .args(["-t", "cmnd/tasmota_1A2B3C/#", "-q", "1"])
-            .args(["--will-topic", will_topic, "--will-payload", will_payload])
-            .args(["--will-qos", "1"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("mosquitto_sub (Debian package mosquitto-clients)");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if line.contains("SUBACK") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        let holder = WillHolder(child);
-        rx.recv_timeout(crate::harness::DEADLINE)
-            .expect("mosquitto_sub connected with a will and subscribed");
-        holder
+        let (child, _lines) = crate::harness::mosquitto_sub_subscribed(
+            port,
+            &[
+                "-t",
+                "cmnd/tasmota_1A2B3C/#",
+                "-q",
+                "1",
+                "--will-topic",
+                will_topic,
+                "--will-payload",
+                will_payload,
+                "--will-qos",
+                "1",
+            ],
+        );
+        WillHolder(child)
     }
 
     /// Drops the connection without a DISCONNECT (SIGKILL): its will is published.

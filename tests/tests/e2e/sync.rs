@@ -21,7 +21,7 @@ use crate::harness::{Hub, Mosquitto, Subscriber, eventually, mosquitto_pub};
 
 /// How the receiver answers.
 #[derive(Debug, Clone, PartialEq)]
-enum Answer {
+pub(crate) enum Answer {
     /// 200.
     Take,
     /// 500.
@@ -36,24 +36,24 @@ enum Answer {
 
 /// One request the receiver saw.
 #[derive(Debug, Clone)]
-struct Seen {
-    key: String,
+pub(crate) struct Seen {
+    pub(crate) key: String,
     encoding: Option<String>,
     authorization: Option<String>,
-    body: Value,
-    status: u16,
+    pub(crate) body: Value,
+    pub(crate) status: u16,
     at: std::time::Instant,
 }
 
 #[derive(Clone)]
-struct Receiver {
+pub(crate) struct Receiver {
     answer: Arc<Mutex<Answer>>,
     seen: Arc<Mutex<Vec<Seen>>>,
 }
 
 impl Receiver {
     /// Starts the receiver on a free port; it runs until the test ends.
-    async fn start(answer: Answer) -> (Receiver, SocketAddr) {
+    pub(crate) async fn start(answer: Answer) -> (Receiver, SocketAddr) {
         let receiver = Receiver {
             answer: Arc::new(Mutex::new(answer)),
             seen: Arc::new(Mutex::new(Vec::new())),
@@ -69,16 +69,16 @@ impl Receiver {
         (receiver, addr)
     }
 
-    fn answer(&self, answer: Answer) {
+    pub(crate) fn answer(&self, answer: Answer) {
         *self.answer.lock().unwrap() = answer;
     }
 
-    fn seen(&self) -> Vec<Seen> {
+    pub(crate) fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
 
     /// Readings of the batches it took (2xx), deduplicated by idempotency key, in arrival order.
-    fn taken(&self) -> Vec<Value> {
+    pub(crate) fn taken(&self) -> Vec<Value> {
         let mut keys = std::collections::HashSet::new();
         let mut readings = Vec::new();
         for seen in self.seen() {
@@ -145,7 +145,7 @@ async fn take(State(receiver): State<Receiver>, headers: HeaderMap, body: Bytes)
 }
 
 /// A config file with one http sink to `addr` (strict offset order unless `live_first_after`).
-fn http_sink_config(root: &Path, addr: SocketAddr, extra: &str) -> String {
+pub(crate) fn http_sink_config(root: &Path, addr: SocketAddr, extra: &str) -> String {
     // `extra` goes into the [[sync.http]] table.
     let path = root.join("hub.toml");
     std::fs::write(
@@ -161,7 +161,7 @@ fn http_sink_config(root: &Path, addr: SocketAddr, extra: &str) -> String {
 }
 
 /// Publishes `count` readings with seqs `from..from+count` for each device, QoS 1.
-fn publish(hub: &Hub, devices: &[&str], from: u32, count: u32) {
+pub(crate) fn publish(hub: &Hub, devices: &[&str], from: u32, count: u32) {
     for seq in from..from + count {
         for device in devices {
             mosquitto_pub(
@@ -175,7 +175,7 @@ fn publish(hub: &Hub, devices: &[&str], from: u32, count: u32) {
 }
 
 /// Publishes many readings quickly: one mosquitto_pub per device reading lines from stdin.
-fn publish_lines(port: u16, device: &str, seqs: std::ops::Range<u32>, pad: usize) {
+pub(crate) fn publish_lines(port: u16, device: &str, seqs: std::ops::Range<u32>, pad: usize) {
     use std::io::Write;
     let mut child = std::process::Command::new("mosquitto_pub")
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
@@ -203,7 +203,7 @@ fn publish_lines(port: u16, device: &str, seqs: std::ops::Range<u32>, pad: usize
 }
 
 /// Checks that `readings` hold each device's seqs `0..count` exactly once, in order per device.
-fn assert_once_in_order(readings: &[Value], devices: &[&str], count: u64) {
+pub(crate) fn assert_once_in_order(readings: &[Value], devices: &[&str], count: u64) {
     let mut by_device: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for r in readings {
         by_device
@@ -221,7 +221,7 @@ fn assert_once_in_order(readings: &[Value], devices: &[&str], count: u64) {
     }
 }
 
-async fn sync_status(hub: &Hub) -> Value {
+pub(crate) async fn sync_status(hub: &Hub) -> Value {
     let (status, body) = hub.get("/api/v1/sync/status").await;
     assert_eq!(status, 200, "{body}");
     body

@@ -88,21 +88,7 @@ pub struct TokenRegistry {
 impl TokenRegistry {
     /// Loads the HMAC key from `key_path` (making it on first run) and the tokens from `store`.
     pub fn open(key_path: &Path, store: Store) -> Result<Self, AuthError> {
-        let key_bytes = match std::fs::read(key_path) {
-            Ok(bytes) if bytes.len() == 32 => bytes,
-            Ok(_) => {
-                return Err(AuthError::Tls(format!(
-                    "{} is not a 32-byte key",
-                    key_path.display()
-                )));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let bytes = random_bytes::<32>()?.to_vec();
-                files::write_private(key_path, &bytes)?;
-                bytes
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let key_bytes = hub_key(key_path)?;
         let key = hmac::Key::new(hmac::HMAC_SHA256, &key_bytes);
         let by_hash = store
             .tokens()?
@@ -304,8 +290,27 @@ impl std::fmt::Debug for TokenHandle {
 }
 
 /// Compares two byte strings in time that depends only on their lengths.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The hub's 32-byte secret key in `key_path` (`<data.dir>/token.key`), made on first run. Tokens
+/// are hashed under it, and devices' MQTT passwords under a key derived from it (see
+/// `auth::credentials`), so a backup that keeps this file keeps both working.
+pub fn hub_key(key_path: &Path) -> Result<Vec<u8>, AuthError> {
+    match std::fs::read(key_path) {
+        Ok(bytes) if bytes.len() == 32 => Ok(bytes),
+        Ok(_) => Err(AuthError::Tls(format!(
+            "{} is not a 32-byte key",
+            key_path.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let bytes = random_bytes::<32>()?.to_vec();
+            files::write_private(key_path, &bytes)?;
+            Ok(bytes)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Random bytes from the system source.
@@ -317,6 +322,7 @@ pub fn random_bytes<const N: usize>() -> Result<[u8; N], AuthError> {
     Ok(bytes)
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex digits of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

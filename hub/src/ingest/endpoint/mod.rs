@@ -5,9 +5,12 @@
 //! - `mqtt.listen`, plain TCP, on loopback unless the operator insists: a local client may
 //!   publish on any device's uplink topics and subscribe to any filter (it only ever receives
 //!   the hub's downlinks).
-//! - `[mqtt.devices] listen`, TLS with a client certificate of the device CA (required, checked
-//!   by rustls): the certificate's common name is the device id, and the device publishes and
-//!   subscribes to its own topics only (see [`may_publish`] and [`may_subscribe`]).
+//! - `[mqtt.devices] listen`, TLS with a client certificate of the device CA (checked by rustls):
+//!   the certificate's common name is the device id, and the device publishes and subscribes to
+//!   its own topics only (see [`may_publish`] and [`may_subscribe`]). With `[mqtt.devices]
+//!   passwords` allowed or required, a device may instead connect without a certificate and log
+//!   in with its id as user name and its password ([`login`]); it is then bound to that id the
+//!   same way.
 //!
 //! The endpoint is not a general broker: what devices publish goes to the store, never to other
 //! clients; the hub's downlinks (acks, commands, time syncs) go to the sessions subscribed to them
@@ -20,6 +23,7 @@
 //! CRLs of the TLS listener are read again on SIGHUP, for new connections.
 
 pub mod connection;
+pub mod login;
 pub mod router;
 pub mod wire;
 
@@ -39,6 +43,7 @@ use super::topics::DeviceTopics;
 use super::{CommandHandoff, DownlinkError, Handed, IngestStats, decode};
 use crate::auth::AuthError;
 use crate::store::writer::SubmissionSender;
+use login::{Logins, Presented};
 use router::Router;
 
 /// Largest MQTT packet taken on the plain listener. Larger than `ingest.max_payload` on purpose:
@@ -81,6 +86,9 @@ pub struct EndpointSettings {
     pub max_payload: usize,
     /// The topics read, and what their messages become.
     pub topics: Arc<DeviceTopics>,
+    /// Devices' passwords, when the TLS listener takes them (`[mqtt.devices] passwords`); also
+    /// what closes a device's connections when its credentials change.
+    pub logins: Option<Logins>,
 }
 
 /// What starting the endpoint can fail with.
@@ -126,6 +134,7 @@ pub struct Context {
     submissions_tx: SubmissionSender,
     stats: Arc<IngestStats>,
     topics: Arc<DeviceTopics>,
+    logins: Option<Logins>,
 }
 
 /// Per-connection settings.
@@ -252,6 +261,7 @@ impl MqttEndpoint {
                 submissions_tx,
                 stats,
                 topics: settings.topics.clone(),
+                logins: settings.logins,
             }),
         })
     }
@@ -313,7 +323,7 @@ impl MqttEndpoint {
 /// Serves one accepted connection, counted as open while it lasts.
 async fn serve_counted<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     io: S,
-    identity: Identity,
+    presented: Presented,
     max_packet: usize,
     context: &Context,
     number: u64,
@@ -321,7 +331,12 @@ async fn serve_counted<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     peer: SocketAddr,
 ) {
     context.stats.connections.fetch_add(1, Ordering::Relaxed);
-    let served = connection::serve(io, identity, max_packet, context, number, shutdown).await;
+    let client = connection::Client {
+        presented,
+        peer,
+        number,
+    };
+    let served = connection::serve(io, client, max_packet, context, shutdown).await;
     context.stats.connections.fetch_sub(1, Ordering::Relaxed);
     match served {
         Ok(client) => tracing::debug!(%peer, client, "MQTT client disconnected"),
@@ -383,7 +398,7 @@ async fn accept_plain(
             let _slot = permit;
             serve_counted(
                 stream,
-                Identity::Local,
+                Presented::Local,
                 max_packet,
                 &context,
                 number,
@@ -445,16 +460,22 @@ async fn accept_devices(
                 );
                 return;
             }
-            let device = leaf
-                .and_then(|leaf| crate::auth::clients::subject_common_name(leaf.as_ref()))
-                .filter(|cn| device_protocol::is_valid_id(cn));
-            let Some(device) = device else {
-                tracing::debug!(%peer, "MQTT endpoint: the certificate's common name is not a device id");
-                return;
+            // Without a certificate (passwords allowed or required), the CONNECT must log in.
+            let presented = match leaf {
+                None => Presented::Nothing,
+                Some(leaf) => {
+                    let device = crate::auth::clients::subject_common_name(leaf.as_ref())
+                        .filter(|cn| device_protocol::is_valid_id(cn));
+                    let Some(device) = device else {
+                        tracing::debug!(%peer, "MQTT endpoint: the certificate's common name is not a device id");
+                        return;
+                    };
+                    Presented::Certificate(device)
+                }
             };
             serve_counted(
                 tls,
-                Identity::Device(device),
+                presented,
                 max_packet,
                 &context,
                 number,

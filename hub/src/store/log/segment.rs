@@ -21,7 +21,6 @@
 //! keep their CRC, so the reader also checks that `lsn` follows on (see `super::open`).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -134,7 +133,6 @@ pub fn path_of(dir: &Path, number: u64) -> PathBuf {
 /// Makes `path` a file of `bytes` zeros, written and synced (its directory is synced by the
 /// caller, after the rename that makes it a segment).
 pub fn preallocate(path: &Path, bytes: u64) -> std::io::Result<File> {
-    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
     let made = (|| {
         let mut file = OpenOptions::new()
             .read(true)
@@ -142,12 +140,7 @@ pub fn preallocate(path: &Path, bytes: u64) -> std::io::Result<File> {
             .create(true)
             .truncate(true)
             .open(path)?;
-        let mut left = bytes;
-        while left > 0 {
-            let n = left.min(ZEROS.len() as u64) as usize;
-            file.write_all(&ZEROS[..n])?;
-            left -= n as u64;
-        }
+        crate::store::engine::write_zeros(&mut file, bytes)?;
         file.sync_all()?;
         Ok(file)
     })();

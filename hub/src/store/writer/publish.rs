@@ -32,7 +32,7 @@ fn tell_heard(live: &Live, presence: &Presence, heard: &mut HashMap<String, u64>
 /// listens for them; presence is told once per device per batch.
 pub(super) fn publish(live: &Live, presence: &Presence, items: Vec<Ingest>, applied: &[Applied]) {
     let want_readings = live.readings_tx.receiver_count() > 0;
-    let mut readings = Vec::new();
+    let mut readings = Vec::with_capacity(if want_readings { items.len() } else { 0 });
     let mut heard: HashMap<String, u64> = HashMap::new();
     for (item, applied) in items.into_iter().zip(applied) {
         if applied.new_device {

@@ -34,8 +34,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::Context;
+use super::login::{Logins, Presented};
 use super::wire::{Outbound, PacketReader, PacketWriter, Version, WireError};
-use super::{Context, Identity};
 use crate::ingest::Rejection;
 use crate::ingest::reply::Reply;
 use crate::store::Applied;
@@ -86,6 +87,9 @@ pub enum ConnectionError {
     /// Another connection took the session over.
     #[error("another connection took over the client id")]
     TakenOver,
+    /// The device's password was rotated or revoked, or the device removed.
+    #[error("the device's credentials changed, or the device was removed")]
+    Revoked,
     /// The hub is stopping.
     #[error("the hub is stopping")]
     Stopping,
@@ -125,16 +129,27 @@ struct Batch {
     bytes: usize,
 }
 
-/// Serves one connection: `identity` says what it may do, `max_packet` is its listener's largest
-/// packet either way. Returns the client id when it ends cleanly.
+/// A connection before its CONNECT.
+#[derive(Debug)]
+pub struct Client {
+    /// What it showed (a certificate, or nothing).
+    pub presented: Presented,
+    /// Where it comes from.
+    pub peer: std::net::SocketAddr,
+    /// Its number, unique in this process.
+    pub number: u64,
+}
+
+/// Serves one connection: what `client` showed and its CONNECT say what it may do, `max_packet`
+/// is its listener's largest packet either way. Returns the client id when it ends cleanly.
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     io: S,
-    identity: Identity,
+    client: Client,
     max_packet: usize,
     context: &Context,
-    connection: u64,
     shutdown: &CancellationToken,
 ) -> Result<String, ConnectionError> {
+    let connection = client.number;
     let (from_client, to_client) = tokio::io::split(io);
     let mut reader = PacketReader::new(from_client, max_packet);
     let mut writer = PacketWriter::new(to_client, max_packet);
@@ -154,6 +169,23 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         receive_max: MAX_UNACKED as u16,
     };
     let asked_for_id = !connect.client_id.is_empty();
+    let logged_in = Logins::admit(
+        context.logins.as_ref(),
+        client.presented,
+        connect.login.as_ref(),
+        client.peer.ip(),
+        deadline,
+    )
+    .await;
+    let (identity, credential) = match logged_in {
+        Ok(logged_in) => logged_in,
+        Err(refusal) => {
+            let detail = format!("{}: {}", client.peer.ip(), refusal.why());
+            context.stats.reject(Rejection::BadLogin, "", &detail);
+            writer.send(&connack(refusal.code(), false, None)).await?;
+            return Err(ConnectionError::Refused(refusal.why()));
+        }
+    };
     let admitted = match admit(&identity, connection, connect) {
         Ok(admitted) => admitted,
         Err((code, why)) => {
@@ -210,6 +242,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         } else {
             ConnectionError::TakenOver
         }),
+        _ = revoked(credential.as_ref()) => Err(ConnectionError::Revoked),
         ended = half.run(&mut reader, idle) => ended,
         ended = sender.run(&mut writer, control_rx, unacked_rx) => ended,
     };
@@ -223,6 +256,14 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             }
             Err(e)
         }
+    }
+}
+
+/// Ends when `credential` (a device's watch token) is cancelled; never without one.
+async fn revoked(credential: Option<&CancellationToken>) {
+    match credential {
+        Some(token) => token.cancelled().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -1,6 +1,7 @@
 //! A connection's tests.
 
 use super::*;
+use crate::ingest::endpoint::Identity;
 use bytes::Bytes;
 use rumqttc::mqttbytes::Protocol;
 use rumqttc::mqttbytes::v4::{Connect, LastWill};
