@@ -25,8 +25,8 @@ pub(super) struct Reader<'a> {
     pub(super) identity: &'a Identity,
     pub(super) context: &'a Context,
     pub(super) session: &'a Arc<Session>,
-    pub(super) control_tx: mpsc::Sender<Outbound>,
-    pub(super) unacked_tx: mpsc::Sender<Unacked>,
+    pub(super) control_tx: mpsc::Sender<Box<Outbound>>,
+    pub(super) unacked_tx: mpsc::Sender<Box<Unacked>>,
     /// Payload bytes read and not yet acknowledged, at most [`MAX_UNACKED_BYTES`].
     pub(super) budget: Arc<Semaphore>,
 }
@@ -142,7 +142,7 @@ impl Reader<'_> {
     pub(super) async fn control(&self, packet: Outbound) -> Result<(), ConnectionError> {
         // Closed only when the writer has ended, and with it the connection.
         self.control_tx
-            .send(packet)
+            .send(Box::new(packet))
             .await
             .map_err(|_| WireError::Io(std::io::ErrorKind::BrokenPipe.into()).into())
     }
@@ -303,7 +303,7 @@ impl Reader<'_> {
             return Ok(());
         }
         self.unacked_tx
-            .send(unacked)
+            .send(Box::new(unacked))
             .await
             .map_err(|_| WireError::Io(std::io::ErrorKind::BrokenPipe.into()).into())
     }

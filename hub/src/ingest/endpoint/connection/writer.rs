@@ -34,10 +34,10 @@ impl Writer<'_> {
     pub(super) async fn run<W: AsyncWrite + Unpin>(
         mut self,
         writer: &mut PacketWriter<W>,
-        mut control_rx: mpsc::Receiver<Outbound>,
-        mut unacked_rx: mpsc::Receiver<Unacked>,
+        mut control_rx: mpsc::Receiver<Box<Outbound>>,
+        mut unacked_rx: mpsc::Receiver<Box<Unacked>>,
     ) -> Result<(), ConnectionError> {
-        let mut head: Option<Unacked> = None;
+        let mut head: Option<Box<Unacked>> = None;
         // A persistent session's waiting messages go out at once.
         self.push_downlinks(writer)?;
         loop {
@@ -61,13 +61,13 @@ impl Writer<'_> {
                 },
                 outcome = wait_commit(&mut head), if head.is_some() => {
                     if let Some(done) = head.take() {
-                        self.acknowledge(writer, done, outcome)?;
+                        self.acknowledge(writer, *done, outcome)?;
                     }
                     // Every following acknowledgement whose commit is done goes in the same write.
                     while writer.pending() < FLUSH_AT {
                         let Ok(mut next) = unacked_rx.try_recv() else { break };
                         match try_commit(&mut next) {
-                            Some(outcome) => self.acknowledge(writer, next, outcome)?,
+                            Some(outcome) => self.acknowledge(writer, *next, outcome)?,
                             None => {
                                 head = Some(next);
                                 break;

@@ -54,15 +54,22 @@ impl WireError {
     }
 }
 
-/// Bytes asked of the socket in one read.
-const READ_CHUNK: usize = 4 << 10;
-/// A read buffer larger than this is given back once it is empty.
-const KEEP_READ_BUFFER: usize = 2 * READ_CHUNK;
+/// Most bytes asked of the socket in one read: under load the socket always has more, and a buffer
+/// that grew to whatever the kernel held would stay that large for every connection.
+const MAX_READ_CHUNK: usize = 4 << 10;
+/// Fewest bytes asked of the socket in one read, and where a connection starts. Most connections
+/// carry one device's few small messages at a time: 1000 of them reading 4 KiB each held 4 MB of
+/// the hub's heap at a load's peak. A connection whose reads fill what they ask asks for more.
+const MIN_READ_CHUNK: usize = 512;
 
 /// Reads whole MQTT packets from one side of a connection, each at most `max_packet` long.
 pub struct PacketReader<R> {
     io: R,
     buf: BytesMut,
+    /// Bytes asked of the socket in the next read, between [`MIN_READ_CHUNK`] and
+    /// [`MAX_READ_CHUNK`]: doubled after a read that filled it, halved after one that brought less
+    /// than a quarter of it.
+    chunk: usize,
     max_packet: usize,
     version: Option<Version>,
 }
@@ -87,7 +94,8 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
     pub fn new(io: R, max_packet: usize) -> Self {
         PacketReader {
             io,
-            buf: BytesMut::with_capacity(1024),
+            buf: BytesMut::with_capacity(2 * MIN_READ_CHUNK),
+            chunk: MIN_READ_CHUNK,
             max_packet,
             version: None,
         }
@@ -105,15 +113,14 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
             if let Some(packet) = self.buffered()? {
                 return Ok(Some(packet));
             }
-            // At most READ_CHUNK a read: under load the socket always has more, and a buffer
-            // that grew to whatever the kernel held would stay that large for every connection.
-            if self.buf.capacity() - self.buf.len() < READ_CHUNK {
-                self.buf.reserve(READ_CHUNK);
+            if self.buf.capacity() - self.buf.len() < self.chunk {
+                self.buf.reserve(self.chunk);
             }
             let read = self
                 .io
-                .read_buf(&mut bytes::BufMut::limit(&mut self.buf, READ_CHUNK))
+                .read_buf(&mut bytes::BufMut::limit(&mut self.buf, self.chunk))
                 .await?;
+            self.chunk = next_chunk(self.chunk, read);
             if read == 0 {
                 return if self.buf.is_empty() {
                     Ok(None)
@@ -129,8 +136,8 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
     pub fn buffered(&mut self) -> Result<Option<Packet>, WireError> {
         // Everything read was taken: a buffer a large packet made large is not kept. (Packets
         // share the buffer's memory, so a fresh one also lets the old go with its last packet.)
-        if self.buf.is_empty() && self.buf.capacity() > KEEP_READ_BUFFER {
-            self.buf = BytesMut::with_capacity(READ_CHUNK);
+        if self.buf.is_empty() && self.buf.capacity() > 2 * self.chunk.max(2 * MIN_READ_CHUNK) {
+            self.buf = BytesMut::with_capacity(self.chunk);
         }
         if self.version.is_none() {
             match connect_level(&self.buf) {
@@ -168,6 +175,17 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
             }
             None => Ok(None),
         }
+    }
+}
+
+/// The bytes to ask of the socket after a read of `chunk` brought `read`.
+fn next_chunk(chunk: usize, read: usize) -> usize {
+    if read >= chunk {
+        (chunk * 2).min(MAX_READ_CHUNK)
+    } else if read < chunk / 4 {
+        (chunk / 2).max(MIN_READ_CHUNK)
+    } else {
+        chunk
     }
 }
 

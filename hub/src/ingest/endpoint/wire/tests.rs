@@ -177,3 +177,19 @@ fn chunked(chunks: &[&[u8]]) -> impl AsyncRead + Unpin + use<> {
     }
     reader
 }
+
+#[test]
+fn read_chunk_grows_with_full_reads_and_shrinks_with_small_ones() {
+    let mut chunk = MIN_READ_CHUNK;
+    for _ in 0..10 {
+        chunk = next_chunk(chunk, chunk);
+    }
+    assert_eq!(chunk, MAX_READ_CHUNK);
+    // A read of half keeps it; one of under a quarter halves it, never below the least.
+    assert_eq!(next_chunk(chunk, chunk / 2), chunk);
+    assert_eq!(next_chunk(chunk, 100), chunk / 2);
+    for _ in 0..10 {
+        chunk = next_chunk(chunk, 1);
+    }
+    assert_eq!(chunk, MIN_READ_CHUNK);
+}
