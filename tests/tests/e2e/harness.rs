@@ -152,6 +152,11 @@ impl Hub {
         }
     }
 
+    /// The hub's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// The MQTT endpoint's port.
     pub fn mqtt_port(&self) -> u16 {
         self.mqtt.expect("hub runs its MQTT endpoint").port()

@@ -29,6 +29,7 @@ mod modbus;
 mod mqtt_door;
 mod mqtt_door_external;
 mod openapi;
+mod overload;
 mod recipes;
 mod rules;
 mod security;
