@@ -471,7 +471,8 @@ const NO_THREAD_CACHES: &str = "glibc.malloc.tcache_count=0";
 /// and if it fails the hub goes on with glibc's defaults.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn without_thread_caches() {
-    use std::os::unix::process::CommandExt;
+    use std::ffi::CString;
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
     let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
     if tunables.contains("glibc.malloc.tcache_count") {
         return;
@@ -480,17 +481,47 @@ fn without_thread_caches() {
         "" => NO_THREAD_CACHES.to_owned(),
         other => format!("{other}:{NO_THREAD_CACHES}"),
     };
-    // The binary's own path, not /proc/self/exe, which would name the process "exe".
-    let Ok(exe) = std::env::current_exe() else {
+    // execve itself, not std's Command: that machinery was 65 KB of the aarch64 binary.
+    let c_string = |bytes: Vec<u8>| CString::new(bytes).ok();
+    let Some(exe) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| c_string(exe.into_os_string().into_vec()))
+    else {
         return;
     };
-    let mut args = std::env::args_os();
-    let program = args.next().unwrap_or_else(|| "hub".into());
-    let failed = std::process::Command::new(exe)
-        .arg0(program)
-        .args(args)
-        .env("GLIBC_TUNABLES", tunables)
-        .exec();
+    let args: Option<Vec<CString>> = std::env::args_os()
+        .map(|arg| c_string(arg.into_vec()))
+        .collect();
+    let env: Option<Vec<CString>> = std::env::vars_os()
+        .filter(|(name, _)| name != "GLIBC_TUNABLES")
+        .map(|(name, value)| {
+            let mut entry = name.into_vec();
+            entry.push(b'=');
+            entry.extend_from_slice(value.as_bytes());
+            c_string(entry)
+        })
+        .chain(std::iter::once(c_string(
+            format!("GLIBC_TUNABLES={tunables}").into_bytes(),
+        )))
+        .collect();
+    let (Some(args), Some(env)) = (args, env) else {
+        return;
+    };
+    let pointers = |strings: &[CString]| -> Vec<*const libc::c_char> {
+        strings
+            .iter()
+            .map(|s| s.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect()
+    };
+    let (argv, envp) = (pointers(&args), pointers(&env));
+    // SAFETY: every pointer is to a NUL-terminated string that outlives the call, and both arrays
+    // end with a null pointer, as execve requires; no other thread exists yet.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr());
+    }
+    let failed = std::io::Error::last_os_error();
     eprintln!("hub: could not restart itself with glibc's thread caches off ({failed}); going on");
 }
 
