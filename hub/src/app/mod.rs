@@ -548,8 +548,8 @@ fn start_rules(
     let stats = Arc::new(RulesStats::new(store.clone()));
     let outbox_wake = Arc::new(tokio::sync::Notify::new());
     let publisher = mqtt.map(|mqtt| {
-        Arc::new(move |topic: String, payload: Vec<u8>| {
-            mqtt.publish(topic, payload).map_err(|e| e.to_string())
+        Arc::new(move |topic: String, payload: Vec<u8>, qos| {
+            mqtt.publish(topic, payload, qos).map_err(|e| e.to_string())
         }) as Publisher
     });
     let mut tls = auth::tls::client_config(None, None)?;

@@ -121,7 +121,7 @@ pub struct CommandActionConfig {
 pub struct MqttActionConfig {
     /// The topic; `{rule}` and `{device}` are replaced.
     pub topic: String,
-    /// 0 or 1; the hub publishes at QoS 1 either way (at least once).
+    /// 0 or 1 (the default): the QoS the transition is published at.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub qos: Option<u8>,
 }

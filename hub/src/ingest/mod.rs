@@ -245,11 +245,16 @@ impl std::fmt::Debug for MqttDownlink {
 }
 
 impl MqttDownlink {
-    /// Queues `payload` on `topic` at QoS 1.
-    pub fn publish(&self, topic: String, payload: Vec<u8>) -> Result<(), DownlinkError> {
+    /// Queues `payload` on `topic` at `qos` (at most 1).
+    pub fn publish(
+        &self,
+        topic: String,
+        payload: Vec<u8>,
+        qos: rumqttc::QoS,
+    ) -> Result<(), DownlinkError> {
         match self {
-            MqttDownlink::Endpoint(endpoint) => endpoint.publish(topic, payload),
-            MqttDownlink::Broker(broker) => broker.publish(topic, payload),
+            MqttDownlink::Endpoint(endpoint) => endpoint.publish(topic, payload, qos),
+            MqttDownlink::Broker(broker) => broker.publish(topic, payload, qos),
         }
     }
 
@@ -262,9 +267,9 @@ impl MqttDownlink {
     ) -> Result<Handed, DownlinkError> {
         match self {
             MqttDownlink::Endpoint(endpoint) => endpoint.publish_command(topic, payload, command),
-            MqttDownlink::Broker(broker) => {
-                broker.publish(topic, payload).map(|()| Handed::Delivered)
-            }
+            MqttDownlink::Broker(broker) => broker
+                .publish(topic, payload, rumqttc::QoS::AtLeastOnce)
+                .map(|()| Handed::Delivered),
         }
     }
 }

@@ -178,13 +178,13 @@ pub struct BrokerDownlink {
 }
 
 impl BrokerDownlink {
-    /// Queues `payload` on `topic` at QoS 1.
-    pub fn publish(&self, topic: String, payload: Vec<u8>) -> Result<(), DownlinkError> {
+    /// Queues `payload` on `topic` at `qos`.
+    pub fn publish(&self, topic: String, payload: Vec<u8>, qos: QoS) -> Result<(), DownlinkError> {
         if *self.link_rx.borrow() != Link::Up {
             return Err(DownlinkError::NotConnected);
         }
         self.client
-            .try_publish(topic, QoS::AtLeastOnce, false, payload)
+            .try_publish(topic, qos, false, payload)
             .map_err(|_| DownlinkError::Busy)
     }
 }

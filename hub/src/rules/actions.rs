@@ -20,7 +20,7 @@ use crate::store::alerts::{AlertState, OutboxEntry};
 
 /// Publishes `payload` on `topic` through the hub's MQTT endpoint or its external broker (given
 /// by `app`, which knows the transports); why not, in words.
-pub type Publisher = Arc<dyn Fn(String, Vec<u8>) -> Result<(), String> + Send + Sync>;
+pub type Publisher = Arc<dyn Fn(String, Vec<u8>, rumqttc::QoS) -> Result<(), String> + Send + Sync>;
 
 /// What actions did, by kind and outcome.
 #[derive(Debug, Default)]
@@ -121,7 +121,7 @@ impl Actions {
                     ActionKind::Command { device, name, args } => {
                         self.command(n, device.as_deref(), name, args).await;
                     }
-                    ActionKind::Mqtt(topic) => self.publish(n, topic),
+                    ActionKind::Mqtt { topic, qos } => self.publish(n, topic, *qos),
                     ActionKind::Log(level) => {
                         self.stats.log.fetch_add(1, Ordering::Relaxed);
                         let (rule, device, state, transition, value) =
@@ -174,7 +174,7 @@ impl Actions {
         }
     }
 
-    fn publish(&self, n: &Notified, topic: &str) {
+    fn publish(&self, n: &Notified, topic: &str, qos: rumqttc::QoS) {
         let Some(publisher) = &self.publisher else {
             return;
         };
@@ -182,7 +182,7 @@ impl Actions {
             .replace("{rule}", &n.event.rule)
             .replace("{device}", &n.event.device);
         let payload = message(&self.hub, n).to_string().into_bytes();
-        match publisher(topic.clone(), payload) {
+        match publisher(topic.clone(), payload, qos) {
             Ok(()) => {
                 self.stats.mqtt[0].fetch_add(1, Ordering::Relaxed);
             }

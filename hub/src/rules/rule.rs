@@ -99,8 +99,13 @@ pub enum ActionKind {
         /// Its arguments.
         args: serde_json::Map<String, serde_json::Value>,
     },
-    /// Publish the transition on a topic (`{rule}` and `{device}` replaced).
-    Mqtt(String),
+    /// Publish the transition on a topic (`{rule}` and `{device}` replaced), at QoS 0 or 1.
+    Mqtt {
+        /// The topic, before replacing.
+        topic: String,
+        /// The QoS of the publish (1 unless the rule says 0).
+        qos: rumqttc::QoS,
+    },
     /// A log line at this level.
     Log(tracing::Level),
 }
@@ -425,7 +430,13 @@ fn action(a: &ActionConfig, key: &str, problems: &mut Vec<String>) -> Option<Act
         if mqtt.qos.is_some_and(|q| q > 1) {
             problems.push(format!("{key}.mqtt.qos: 0 or 1"));
         }
-        ActionKind::Mqtt(mqtt.topic.clone())
+        ActionKind::Mqtt {
+            topic: mqtt.topic.clone(),
+            qos: match mqtt.qos {
+                Some(0) => rumqttc::QoS::AtMostOnce,
+                _ => rumqttc::QoS::AtLeastOnce,
+            },
+        }
     } else {
         let level = match a.log.as_deref() {
             Some("info") => tracing::Level::INFO,

@@ -456,31 +456,35 @@ above = 5.0
 }
 
 /// A real `mosquitto_sub` on `alerts/#` at QoS 1, subscribed before it returns; what it received,
-/// as (topic, JSON payload).
+/// as (topic, JSON payload, the QoS it came at).
 struct AlertSubscriber {
     child: Child,
-    received: Arc<Mutex<Vec<(String, Value)>>>,
+    received: Arc<Mutex<Vec<(String, Value, u8)>>>,
 }
 
 impl AlertSubscriber {
     fn start(port: u16) -> AlertSubscriber {
-        let (child, lines) =
-            mosquitto_sub_subscribed(port, &["-t", "alerts/#", "-q", "1", "-F", "message %t %p"]);
+        let (child, lines) = mosquitto_sub_subscribed(
+            port,
+            &["-t", "alerts/#", "-q", "1", "-F", "message %q %t %p"],
+        );
         let received = Arc::new(Mutex::new(Vec::new()));
         let sink = received.clone();
         std::thread::spawn(move || {
             for line in lines {
                 if let Some(rest) = line.strip_prefix("message ") {
+                    let (qos, rest) = rest.split_once(' ').unwrap();
                     let (topic, payload) = rest.split_once(' ').unwrap();
                     let payload = serde_json::from_str(payload).unwrap();
-                    sink.lock().unwrap().push((topic.to_owned(), payload));
+                    let qos = qos.parse().unwrap();
+                    sink.lock().unwrap().push((topic.to_owned(), payload, qos));
                 }
             }
         });
         AlertSubscriber { child, received }
     }
 
-    fn received(&self) -> Vec<(String, Value)> {
+    fn received(&self) -> Vec<(String, Value, u8)> {
         self.received.lock().unwrap().clone()
     }
 }
@@ -502,11 +506,15 @@ devices = "oven-*"
 metric = "temp"
 above = 50.0
 hysteresis = 5.0
-actions = [{ mqtt = { topic = "alerts/{rule}/{device}", qos = 1 } }]
+actions = [
+  { mqtt = { topic = "alerts/{rule}/{device}", qos = 1 } },
+  { mqtt = { topic = "alerts/{rule}/{device}/quiet", qos = 0 } },
+]
 "#;
 
 /// Sends an oven over the threshold and back through the broker on `readings_port`, and checks
-/// that `subscriber` got both transitions, in order, as the README describes them.
+/// that `subscriber` got both transitions, in order, as the README describes them, from each of
+/// the rule's two actions at the QoS each asks for.
 async fn mqtt_action_delivers_both_transitions(
     hub: &Hub,
     readings_port: u16,
@@ -521,26 +529,30 @@ async fn mqtt_action_delivers_both_transitions(
             1,
         );
     }
-    eventually("both transitions", || async {
-        (subscriber.received().len() >= 2).then_some(())
+    eventually("both transitions, twice", || async {
+        (subscriber.received().len() >= 4).then_some(())
     })
     .await;
     let received = subscriber.received();
-    assert_eq!(received.len(), 2, "{received:?}");
-    for ((topic, message), (state, transition, value)) in received
-        .iter()
-        .zip([("firing", 1, 60.0), ("resolved", 2, 40.0)])
-    {
-        assert_eq!(topic, "alerts/hot/oven-1");
-        assert_eq!(message["type"], "alert", "{message}");
-        assert_eq!(message["hub"], "gw-1", "{message}");
-        assert_eq!(message["rule"], "hot", "{message}");
-        assert_eq!(message["device"], "oven-1", "{message}");
-        assert_eq!(message["metric"], "temp", "{message}");
-        assert_eq!(message["state"], state, "{message}");
-        assert_eq!(message["transition"], transition, "{message}");
-        assert_eq!(message["value"], value, "{message}");
-        assert!(message["ts"].is_string(), "{message}");
+    assert_eq!(received.len(), 4, "{received:?}");
+    for (topic, qos) in [("alerts/hot/oven-1", 1), ("alerts/hot/oven-1/quiet", 0)] {
+        let on_topic: Vec<_> = received.iter().filter(|(t, _, _)| t == topic).collect();
+        assert_eq!(on_topic.len(), 2, "{received:?}");
+        for ((_, message, got_qos), (state, transition, value)) in on_topic
+            .into_iter()
+            .zip([("firing", 1, 60.0), ("resolved", 2, 40.0)])
+        {
+            assert_eq!(*got_qos, qos, "{topic}: {message}");
+            assert_eq!(message["type"], "alert", "{message}");
+            assert_eq!(message["hub"], "gw-1", "{message}");
+            assert_eq!(message["rule"], "hot", "{message}");
+            assert_eq!(message["device"], "oven-1", "{message}");
+            assert_eq!(message["metric"], "temp", "{message}");
+            assert_eq!(message["state"], state, "{message}");
+            assert_eq!(message["transition"], transition, "{message}");
+            assert_eq!(message["value"], value, "{message}");
+            assert!(message["ts"].is_string(), "{message}");
+        }
     }
     let done = metric(
         hub,
@@ -548,7 +560,7 @@ async fn mqtt_action_delivers_both_transitions(
         "action=\"mqtt\",outcome=\"done\"",
     )
     .await;
-    assert_eq!(done, 2.0);
+    assert_eq!(done, 4.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -170,10 +170,10 @@ impl EndpointDownlink {
         EndpointDownlink { router }
     }
 
-    /// Queues `payload` on `topic` at QoS 1 for every session subscribed to it; fails when none is.
-    pub fn publish(&self, topic: String, payload: Vec<u8>) -> Result<(), DownlinkError> {
-        self.router
-            .publish(&topic, Bytes::from(payload), QoS::AtLeastOnce)
+    /// Queues `payload` on `topic` at `qos` for every session subscribed to it; fails when none
+    /// is.
+    pub fn publish(&self, topic: String, payload: Vec<u8>, qos: QoS) -> Result<(), DownlinkError> {
+        self.router.publish(&topic, Bytes::from(payload), qos)
     }
 
     /// Queues command `command` like [`EndpointDownlink::publish`], its delivery tracked where a

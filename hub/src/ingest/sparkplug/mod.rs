@@ -338,7 +338,9 @@ impl Sparkplug {
         };
         let topic = format!("{NAMESPACE}/{group}/NCMD/{edge}");
         let sent = match self.downlink.get() {
-            Some(downlink) => downlink.publish(topic, payload.encode_to_vec()),
+            Some(downlink) => {
+                downlink.publish(topic, payload.encode_to_vec(), rumqttc::QoS::AtLeastOnce)
+            }
             None => Err(super::DownlinkError::NotConnected),
         };
         match sent {
