@@ -317,6 +317,11 @@ pub struct Usage {
     pub live_bytes: u64,
 }
 
+/// Takes one change: a table, a key and its value (`None`: delete the key).
+pub type ChangeSink<'a> = dyn FnMut(Table, &[u8], Option<&[u8]>) -> Result<(), EngineError> + 'a;
+/// Gives every change of a commit to the sink it is handed (see [`Engine::commit_fed`]).
+pub type Feed<'a> = dyn FnMut(&mut ChangeSink<'_>) -> Result<(), EngineError> + 'a;
+
 /// An ordered key-value engine. All calls block: run them off the async workers.
 pub trait Engine: Send + Sync + 'static {
     /// A read view; it sees every batch committed before it was taken.
@@ -324,6 +329,22 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Applies `batch` atomically and durably.
     fn commit(&self, batch: &WriteBatch) -> Result<(), EngineError>;
+
+    /// Applies the changes `feed` gives its sink, atomically and durably, as `commit` would a
+    /// batch of them; an error from `feed` or the sink commits nothing. For a large batch that
+    /// exists elsewhere in another form (the log's tail at a checkpoint), so that it is not
+    /// copied into a [`WriteBatch`] first. By default it is.
+    fn commit_fed(&self, feed: &mut Feed<'_>) -> Result<(), EngineError> {
+        let mut batch = WriteBatch::new();
+        feed(&mut |table, key, value| {
+            match value {
+                Some(v) => batch.put(table, key.to_vec(), v.to_vec()),
+                None => batch.delete(table, key.to_vec()),
+            }
+            Ok(())
+        })?;
+        self.commit(&batch)
+    }
 
     /// The engine's name, for logs and metrics.
     fn name(&self) -> &'static str;

@@ -17,7 +17,8 @@ use std::sync::{RwLock, RwLockReadGuard};
 use redb::{Database, ReadTransaction, ReadableDatabase, TableDefinition};
 
 use super::engine::{
-    Change, Direction, Engine, EngineError, KeyRange, Snapshot, Table, Usage, Visitor, WriteBatch,
+    Change, Direction, Engine, EngineError, Feed, KeyRange, Snapshot, Table, Usage, Visitor,
+    WriteBatch,
 };
 
 fn definition(table: Table) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
@@ -236,32 +237,40 @@ impl Engine for RedbEngine {
     }
 
     fn commit(&self, batch: &WriteBatch) -> Result<(), EngineError> {
+        self.commit_fed(&mut |sink| {
+            for change in batch.changes() {
+                match change {
+                    Change::Put { table, key, value } => sink(*table, key, Some(value))?,
+                    Change::Delete { table, key } => sink(*table, key, None)?,
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn commit_fed(&self, feed: &mut Feed<'_>) -> Result<(), EngineError> {
         self.with_db(|db, _| {
             let mut txn = db.begin_write().map_err(engine_error)?;
             txn.set_quick_repair(true);
             {
                 let mut open = std::collections::BTreeMap::new();
-                for change in batch.changes() {
-                    let table = match change {
-                        Change::Put { table, .. } | Change::Delete { table, .. } => *table,
-                    };
+                feed(&mut |table, key, value| {
                     let handle = match open.entry(table) {
                         std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
                         std::collections::btree_map::Entry::Vacant(e) => {
                             e.insert(txn.open_table(definition(table)).map_err(engine_error)?)
                         }
                     };
-                    match change {
-                        Change::Put { key, value, .. } => {
-                            handle
-                                .insert(key.as_slice(), value.as_slice())
-                                .map_err(engine_error)?;
+                    match value {
+                        Some(value) => {
+                            handle.insert(key, value).map_err(engine_error)?;
                         }
-                        Change::Delete { key, .. } => {
-                            handle.remove(key.as_slice()).map_err(engine_error)?;
+                        None => {
+                            handle.remove(key).map_err(engine_error)?;
                         }
                     }
-                }
+                    Ok(())
+                })?;
             }
             // Durability::Immediate is the default: commit returns after fdatasync.
             txn.commit().map_err(engine_error)

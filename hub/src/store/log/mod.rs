@@ -418,13 +418,17 @@ impl LoggedEngine {
         let upto = writer.next_lsn - 1;
         self.stops_at(Stage::BeforeFold)?;
         if !tail.is_empty() || upto > writer.checkpointed_lsn {
-            let mut batch = tail.to_batch();
-            batch.put(
-                Table::Meta,
-                META_LOG_CHECKPOINT.to_vec(),
-                upto.to_be_bytes().to_vec(),
-            );
-            self.inner.commit(&batch)?;
+            // Streamed from the tail into the engine's transaction, never copied whole: the
+            // tail is the largest thing the hub holds.
+            self.inner.commit_fed(&mut |sink| {
+                tail.feed(&mut |table, key, value| {
+                    if (table, key) == (Table::Meta, META_LOG_CHECKPOINT) {
+                        return Ok(());
+                    }
+                    sink(table, key, value)
+                })?;
+                sink(Table::Meta, META_LOG_CHECKPOINT, Some(&upto.to_be_bytes()))
+            })?;
         }
         writer.checkpointed_lsn = upto;
         self.stops_at(Stage::AfterFold)?;
