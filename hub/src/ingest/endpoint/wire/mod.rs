@@ -113,9 +113,7 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
             if let Some(packet) = self.buffered()? {
                 return Ok(Some(packet));
             }
-            if self.buf.capacity() - self.buf.len() < self.chunk {
-                self.buf.reserve(self.chunk);
-            }
+            self.make_room(self.chunk);
             let read = self
                 .io
                 .read_buf(&mut bytes::BufMut::limit(&mut self.buf, self.chunk))
@@ -129,6 +127,19 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
                 };
             }
         }
+    }
+
+    /// Makes room for `bytes` more in the buffer: its own room reclaimed if no packet still
+    /// holds it, else a fresh buffer of what is needed with the unread bytes (part of one
+    /// packet) copied over. `reserve` doubles a buffer it cannot reclaim in place, and under load
+    /// that grew each connection's to 16 KiB: 8.9 MB of heap at the peak of 1000 connections.
+    fn make_room(&mut self, bytes: usize) {
+        if self.buf.capacity() - self.buf.len() >= bytes || self.buf.try_reclaim(bytes) {
+            return;
+        }
+        let mut fresh = BytesMut::with_capacity(self.buf.len() + bytes);
+        fresh.extend_from_slice(&self.buf);
+        self.buf = fresh;
     }
 
     /// The next packet if it is whole in what was already read; never reads the stream. Lets a
@@ -152,7 +163,7 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
                 Ok(packet) => Ok(Some(packet)),
                 // `read` checks the announced length against `max_packet` before asking for more.
                 Err(MqttError::InsufficientBytes(more)) => {
-                    self.buf.reserve(more);
+                    self.make_room(more);
                     Ok(None)
                 }
                 Err(e) => Err(WireError::Protocol(e)),
@@ -167,7 +178,7 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
                 match v5::Packet::read(&mut self.buf, Some(self.max_packet as u32)) {
                     Ok(packet) => from_v5(packet).map(Some),
                     Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(more)) => {
-                        self.buf.reserve(more);
+                        self.make_room(more);
                         Ok(None)
                     }
                     Err(e) => Err(WireError::Protocol5(e)),
