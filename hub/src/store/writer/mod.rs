@@ -47,11 +47,11 @@ const ROOM_LOOK_EVERY: Duration = Duration::from_secs(1);
 /// Room the file system must have before a batch that found it full is tried again: a commit
 /// that fails again costs the engine a reopen, and reads in flight then fail.
 const ROOM_TO_RETRY_BYTES: u64 = 4 << 20;
-/// With a flush window: the log bytes a commit waits to gather (a few pages: `fdatasync` writes
-/// whole pages, so a commit of less pays for a page anyway, and the page it ends in is written
-/// again by the next one).
+/// With a flush window: the plain log bytes a commit waits to gather (some 300 readings; the
+/// record is compressed to one or two pages). `fdatasync` writes whole pages and each record
+/// starts a page, so a commit of less pays for a page anyway.
 const FLUSH_LOG_BYTES: usize = 16 << 10;
-/// About the log bytes of an item (a reading of four float metrics takes about 50).
+/// About the plain log bytes of an item (a reading of four float metrics takes about 50).
 const LOG_BYTES_PER_ITEM: usize = 56;
 /// With a flush window: a commit waits no longer once nothing arrived for this long. Devices
 /// that keep few readings unacknowledged (a window) send nothing more until acked, so waiting
