@@ -193,3 +193,49 @@ fn read_chunk_grows_with_full_reads_and_shrinks_with_small_ones() {
     }
     assert_eq!(chunk, MIN_READ_CHUNK);
 }
+
+/// A stream of publishes that never pauses, read as a socket gives them, the packets dropped at
+/// once or held a while as a connection does: the buffer stays one read plus the unread part of a
+/// packet. `reserve` doubled it (8,116 bytes here; up to 16 KiB on a loaded hub).
+#[tokio::test]
+async fn the_read_buffer_stays_one_read_large_under_a_steady_stream() {
+    let mut wire = BytesMut::new();
+    for pkid in 1..=2000u16 {
+        let mut publish = rumqttc::mqttbytes::v4::Publish::new(
+            "devices/meter-17/telemetry",
+            QoS::AtLeastOnce,
+            vec![7u8; 37 + usize::from(pkid % 50)],
+        );
+        publish.pkid = pkid;
+        Packet::Publish(publish).write(&mut wire, 1 << 20).unwrap();
+    }
+    // As a socket gives them: whatever arrived, here pieces of 700 to 2,900 bytes.
+    let pieces: Vec<&[u8]> = {
+        let (mut rest, mut out, mut n) = (&wire[..], Vec::new(), 0usize);
+        while !rest.is_empty() {
+            let take = (700 + (n * 977) % 2200).min(rest.len());
+            let (a, b) = rest.split_at(take);
+            out.push(a);
+            rest = b;
+            n += 1;
+        }
+        out
+    };
+    for hold in [0, 1, 8, 64] {
+        let mut most = 0;
+        let mut reader = PacketReader::new(chunked(&pieces), 1024);
+        let mut held = std::collections::VecDeque::new();
+        while let Some(packet) = reader.next().await.unwrap() {
+            held.push_back(packet);
+            if held.len() > hold {
+                held.pop_front();
+            }
+            most = most.max(reader.buf.capacity());
+        }
+        // Each packet here is under 150 bytes.
+        assert!(
+            most <= MAX_READ_CHUNK + 150,
+            "holding {hold} packets, the buffer reached {most} bytes"
+        );
+    }
+}
