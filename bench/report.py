@@ -237,7 +237,8 @@ def main():
         w("`write_bytes` of the hub's `/proc/PID/io` (counted as pages are dirtied: a page written twice before it "
           "reaches the disk counts once) over the measured window, per reading stored in it; JSON QoS 1, 100 devices, "
           "a fresh hub each run. `log`: the log-first path (`data.write_path = \"log\"`, its default flush window "
-          "and checkpoints, which fall inside the window); `log-flush-0s`: the same with `ingest.flush_window = \"0s\"` "
+          "and checkpoints: the window must be long enough for several of them, `--wear-seconds` 600 by default, "
+          "and the direct path at 1 reading/s runs at most 120 s); `log-flush-0s`: the same with `ingest.flush_window = \"0s\"` "
           "(each commit at once); `direct`: each commit a redb transaction (`data.write_path = \"direct\"`).")
         w("")
         w("| write path | load | bytes written / reading | durable/s | hub CPU (cores) | hub peak RSS | lost |")
