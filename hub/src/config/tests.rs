@@ -125,6 +125,22 @@ fn every_problem_is_listed_at_once() {
 }
 
 #[test]
+fn the_log_path_s_checkpoints_must_fit_the_quota_four_times() {
+    let text = |checkpoint: &str| {
+        format!(
+            "[data]\nmax_disk = \"16MiB\"\nwrite_path = \"log\"\ncheckpoint_bytes = \"{checkpoint}\"\n"
+        )
+    };
+    assert!(load(&text("4MiB"), &[]).is_ok());
+    let err = load(&text("5MiB"), &[]).unwrap_err().to_string();
+    assert!(err.contains("data.checkpoint_bytes"), "{err}");
+    // The direct path keeps no tail: the same sizes are fine there.
+    let direct =
+        "[data]\nmax_disk = \"16MiB\"\nwrite_path = \"direct\"\ncheckpoint_bytes = \"5MiB\"\n";
+    assert!(load(direct, &[]).is_ok());
+}
+
+#[test]
 fn log_filters_of_targets_and_levels_are_taken_and_bad_ones_named() {
     for good in [
         "info",

@@ -223,6 +223,16 @@ impl Config {
         if self.data.max_disk.0 < (16 << 20) {
             problems.push("data.max_disk: at least 16MiB".into());
         }
+        // The log keeps room in the store file for a checkpoint (twice checkpoint_bytes, see
+        // `store::log`): at more than a quarter of the quota, retention would keep next to nothing.
+        if self.data.write_path == crate::store::WritePath::Log
+            && self.data.checkpoint_bytes.0.saturating_mul(4) > self.data.max_disk.0
+        {
+            problems.push(
+                "data.checkpoint_bytes: at most a quarter of data.max_disk with data.write_path = \"log\""
+                    .into(),
+            );
+        }
         if !self.data.max_age.0.is_zero() && self.data.max_age.0 < Duration::from_secs(60) {
             problems.push("data.max_age: 0 (no limit) or at least 1m".into());
         }

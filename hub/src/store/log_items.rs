@@ -427,6 +427,15 @@ mod tests {
         assert_eq!(encode(&back, true).unwrap(), encode(&items, true).unwrap());
     }
 
+    #[test]
+    fn a_record_that_claims_more_than_any_batch_is_refused_unread() {
+        // A zstd frame header (single segment, 8-byte content size) claiming 1 TiB, no blocks.
+        let mut bomb = vec![FORMAT, 0x28, 0xB5, 0x2F, 0xFD, 0xE0];
+        bomb.extend((1u64 << 40).to_le_bytes());
+        let err = decode(&bomb).unwrap_err().to_string();
+        assert!(err.contains("compressed size"), "{err}");
+    }
+
     fn readings_of_100_devices() -> Vec<Ingest> {
         (0..100u32)
             .map(|i| {

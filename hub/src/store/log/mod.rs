@@ -421,12 +421,7 @@ impl LoggedEngine {
             // Streamed from the tail into the engine's transaction, never copied whole: the
             // tail is the largest thing the hub holds.
             self.inner.commit_fed(&mut |sink| {
-                tail.feed(&mut |table, key, value| {
-                    if (table, key) == (Table::Meta, META_LOG_CHECKPOINT) {
-                        return Ok(());
-                    }
-                    sink(table, key, value)
-                })?;
+                tail.feed(sink)?;
                 sink(Table::Meta, META_LOG_CHECKPOINT, Some(&upto.to_be_bytes()))
             })?;
         }

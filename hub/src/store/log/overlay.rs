@@ -4,8 +4,8 @@
 //! The tail is a short stack of immutable layers, oldest first, each the sorted entries
 //! `(table, key) -> Some(value)` or `None` (a delete), packed in one buffer. A commit pushes a
 //! layer; layers of similar size are merged (like a binary counter), so there are O(log n) of
-//! them and each change is copied O(log n) times. A reader's view is a clone of the stack (a few `Arc`s): it never blocks
-//! the writer and never sees a later commit.
+//! them and each change is copied O(log n) times. A reader's view is a clone of the stack (a few
+//! `Arc`s): it never blocks the writer and never sees a later commit.
 //!
 //! Invariants: a newer layer wins over an older one for the same key; the bytes counted are what
 //! every layer's buffers hold, and the log bounds them (see `super::LogConfig::checkpoint_bytes`).
@@ -131,7 +131,12 @@ impl Layer {
     }
 
     fn entry(&self, i: usize) -> Entry<'_> {
-        let d = &self.data[self.index[i]..];
+        self.entry_at(self.index[i])
+    }
+
+    /// The entry whose header starts at byte `start`.
+    fn entry_at(&self, start: usize) -> Entry<'_> {
+        let d = &self.data[start..];
         let len = |at: usize| {
             let mut b = [0u8; 4];
             b.copy_from_slice(&d[at..at + 4]);
@@ -147,11 +152,8 @@ impl Layer {
     /// The place of the first entry after (`table`, `key`), or at it when `at_too`.
     fn position(&self, table: u8, key: &[u8], at_too: bool) -> usize {
         self.index.partition_point(|&start| {
-            let d = &self.data[start..];
-            let mut b = [0u8; 4];
-            b.copy_from_slice(&d[1..5]);
-            let k = &d[HEADER..HEADER + u32::from_le_bytes(b) as usize];
-            match (d[0], k).cmp(&(table, key)) {
+            let (t, k, _) = self.entry_at(start);
+            match (t, k).cmp(&(table, key)) {
                 std::cmp::Ordering::Less => true,
                 std::cmp::Ordering::Equal => !at_too,
                 std::cmp::Ordering::Greater => false,
@@ -360,16 +362,18 @@ impl<'a> Merge<'a> {
         merge
     }
 
+    /// A source's next entry, if it has one left.
+    fn current(&self, source: usize) -> Option<Entry<'a>> {
+        let (layer, lo, hi) = *self.sources.get(source)?;
+        (lo < hi).then(|| match self.direction {
+            Direction::Forward => layer.entry(lo),
+            Direction::Reverse => layer.entry(hi - 1),
+        })
+    }
+
     /// A source's next key, if it has one left.
     fn head(&self, source: usize) -> Option<&'a [u8]> {
-        let (layer, lo, hi) = *self.sources.get(source)?;
-        (lo < hi).then(|| {
-            let at = match self.direction {
-                Direction::Forward => lo,
-                Direction::Reverse => hi - 1,
-            };
-            layer.entry(at).1
-        })
+        self.current(source).map(|(_, key, _)| key)
     }
 
     /// Finds the source with the next key; on equal keys the newest (last) source.
@@ -393,16 +397,7 @@ impl<'a> Merge<'a> {
     }
 
     fn peek(&self) -> Option<(&'a [u8], Option<&'a [u8]>)> {
-        let i = self.next?;
-        let (layer, lo, hi) = *self.sources.get(i)?;
-        if lo >= hi {
-            return None;
-        }
-        let at = match self.direction {
-            Direction::Forward => lo,
-            Direction::Reverse => hi - 1,
-        };
-        let (_, key, value) = layer.entry(at);
+        let (_, key, value) = self.current(self.next?)?;
         Some((key, value))
     }
 
