@@ -291,6 +291,11 @@ def main():
             w(f"Idle before the loads: VmRSS {mb(before and before['median'].get('VmRSS_kb'))}; "
               f"idle 25 s after them: VmRSS {mb(after and after['median'].get('VmRSS_kb'))} "
               f"(the most of any repeat: {mb(after and after['max'].get('VmRSS_kb'))}).")
+        restarted = ov.get("idle, restarted on the same store")
+        if restarted:
+            w("")
+            w(f"A fresh hub on the same store, idle {mb(restarted['median'].get('VmRSS_kb'))}: the footprint "
+              "of a hub that knows the loads' devices, against which the row above measures what the loads left.")
         w("")
 
     # ---------- ws ----------
