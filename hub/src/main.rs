@@ -444,16 +444,25 @@ fn init_logging(config: &Config) -> LogFilter {
 }
 
 /// glibc gives threads that allocate their own malloc arenas (up to 8 per core), and an arena keeps
-/// what was freed in it. With the runtime's workers, the blocking pool and the broker's threads,
-/// that held over 10 MB of freed memory after a load peak (50 MB peak RSS at 18k readings/s, 39 MB
-/// with two arenas, same throughput; bench/ingest.sh). Two arenas keep the hub within its budget.
+/// what was freed in it for the threads that use it. With the runtime's workers, the blocking pool
+/// and the broker's threads, that held over 10 MB of freed memory after a load peak (50 MB peak RSS
+/// at 18k readings/s, 39 MB with two arenas, same throughput; bench/ingest.sh). One arena, where
+/// every thread reuses what any other freed, took the overload peaks down by another 6 to 9 MB
+/// (`bench/run --only overload --seconds 20`, alternating in one session: 100 devices bursting
+/// 21.3 and 21.4 MB against 27.5 and 27.7, 1000 JSON devices 36.4 and 36.3 against 46.0 and 43.7,
+/// 1000 binary devices 41.9 and 41.4 against 49.2 and 48.1) at the same ingest rate: a hub with
+/// two cores' worth of threads barely contends for the one lock.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn limit_malloc_arenas() {
+    // An operator's own setting wins, as with the thread caches below.
+    if std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc.arena_max")) {
+        return;
+    }
     // SAFETY: mallopt only tunes the allocator; it is called once, before any other thread
     // exists, with a valid option and value.
     #[allow(unsafe_code)]
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
 
