@@ -19,6 +19,7 @@
 pub mod alerts;
 mod apply;
 pub mod backup;
+pub mod block;
 mod catalog;
 pub mod commands;
 pub mod credentials;
