@@ -185,7 +185,7 @@ impl Default for DataConfig {
             max_disk: ByteSize(2 << 30),
             full_policy: FullPolicy::DropOldest,
             max_age: HumanDuration(Duration::ZERO),
-            write_path: WritePath::Direct,
+            write_path: WritePath::Log,
             checkpoint_bytes: ByteSize(crate::store::LogConfig::default().checkpoint_bytes as u64),
             checkpoint_every: HumanDuration(crate::store::LogConfig::default().checkpoint_every),
         }

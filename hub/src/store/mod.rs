@@ -135,13 +135,12 @@ pub enum EngineKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WritePath {
-    /// Log first: each commit is one write and one `fdatasync` into the log, and the engine
-    /// takes the changes in large checkpoints (see [`log`]). Written per reading: about the
-    /// reading's own bytes instead of several B-tree pages.
+    /// Log first (the default): each commit is one write and one `fdatasync` into the log, and
+    /// the engine takes the changes in large checkpoints (see [`log`]). Written per reading: a
+    /// few hundred bytes instead of several B-tree pages.
+    #[default]
     Log,
     /// Straight into the engine: each commit is an engine transaction (the path before the log).
-    /// The default until the log meets its throughput and wear targets (issue 17).
-    #[default]
     Direct,
 }
 
