@@ -450,8 +450,9 @@ fn init_logging(config: &Config) -> LogFilter {
 /// every thread reuses what any other freed, took the overload peaks down by another 6 to 9 MB
 /// (`bench/run --only overload --seconds 20`, alternating in one session: 100 devices bursting
 /// 21.3 and 21.4 MB against 27.5 and 27.7, 1000 JSON devices 36.4 and 36.3 against 46.0 and 43.7,
-/// 1000 binary devices 41.9 and 41.4 against 49.2 and 48.1) at the same ingest rate: a hub with
-/// two cores' worth of threads barely contends for the one lock.
+/// 1000 binary devices 41.9 and 41.4 against 49.2 and 48.1). The rate held with 100 devices and
+/// 1000 JSON devices; 1000 binary devices lost about 18% (medians 82k against 100k readings/s),
+/// far above what they send at 1/s, while the peak is a bar the hub must never pass.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn limit_malloc_arenas() {
     // An operator's own setting wins, as with the thread caches below.
