@@ -16,6 +16,8 @@ fn no_file_gives_the_documented_defaults() {
     assert_eq!(c.mqtt.broker().unwrap(), Broker::Embedded);
     assert_eq!(c.data.dir, PathBuf::from("./hub-data"));
     assert_eq!(c.data.engine, EngineKind::Redb);
+    // Log first: what an SD card needs (README, "The log: a write path made for flash").
+    assert_eq!(c.data.write_path, crate::store::WritePath::Log);
 }
 
 #[test]
@@ -25,6 +27,7 @@ fn the_example_file_is_valid_and_matches_the_defaults() {
     assert_eq!(c.api.listen, d.api.listen);
     assert_eq!(c.ingest.batch_max, d.ingest.batch_max);
     assert_eq!(c.data.cache, d.data.cache);
+    assert_eq!(c.data.write_path, d.data.write_path);
     let (m, dm) = (&c.mqtt.devices, &d.mqtt.devices);
     assert_eq!(c.mqtt.allow_insecure_listen, d.mqtt.allow_insecure_listen);
     assert_eq!(c.mqtt.max_connections, d.mqtt.max_connections);
