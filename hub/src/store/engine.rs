@@ -48,11 +48,17 @@ pub enum Table {
     /// Devices' MQTT passwords: device id -> encoded credential (salt, keyed argon2 hash); see
     /// `store::credentials`.
     Credentials,
+    /// Sealed readings, one device's of one checkpoint each: span (the checkpoint's first offset,
+    /// u64 BE), device number, first offset -> compressed block; see `store::sealed`.
+    Blocks,
+    /// The blocks of each device by time: device number, min timestamp, span, first offset ->
+    /// max timestamp, last offset, readings; see `store::sealed`.
+    BlockTimes,
 }
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Table; 16] = [
+    pub const ALL: [Table; 18] = [
         Table::Meta,
         Table::Readings,
         Table::DeviceTime,
@@ -69,6 +75,8 @@ impl Table {
         Table::AlertHistory,
         Table::Outbox,
         Table::Credentials,
+        Table::Blocks,
+        Table::BlockTimes,
     ];
 
     /// The table's name on disk.
@@ -90,6 +98,8 @@ impl Table {
             Table::AlertHistory => "alert_history",
             Table::Outbox => "outbox",
             Table::Credentials => "device_credentials",
+            Table::Blocks => "blocks",
+            Table::BlockTimes => "block_times",
         }
     }
 

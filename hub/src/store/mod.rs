@@ -42,6 +42,9 @@ pub mod rollup;
 #[cfg(test)]
 mod rollup_tests;
 pub mod room;
+mod sealed;
+#[cfg(test)]
+mod sealed_tests;
 pub mod sequence;
 #[cfg(feature = "sled")]
 mod sled_engine;
@@ -81,8 +84,11 @@ pub use types::*;
 /// would store readings without their rollups. Version 3 keeps a device's seqs per boot, in
 /// device records of a new layout, and tells a reading's numbering (see `records`): older
 /// records are read as they are and rewritten when they change, and an older hub refuses a
-/// version 3 store, whose device records it could not read.
-pub const SCHEMA_VERSION: u32 = 3;
+/// version 3 store, whose device records it could not read. Version 4 seals the readings each
+/// checkpoint of the log folds into compressed blocks (see `sealed`): a version 3 store is
+/// upgraded by its number alone (its rows are read as they are, beside the blocks), and an
+/// older hub refuses a version 4 store, whose sealed readings it would not see.
+pub const SCHEMA_VERSION: u32 = 4;
 /// The first version with rollups.
 const ROLLUPS_VERSION: u32 = 2;
 /// Distinct metric names a store accepts; a guard against a device inventing names without end.

@@ -27,18 +27,6 @@ pub(super) fn scan_records<T: serde::de::DeserializeOwned>(
     failure.map_or(Ok(()), Err)
 }
 
-/// The device time index range of `device`'s readings timestamped in `[from, to)` (`to` `None`:
-/// no upper bound).
-pub(super) fn device_time_range(device: u32, from: u64, to: Option<u64>) -> KeyRange {
-    KeyRange {
-        start: Bound::Included(records::device_time_key(device, from, 0)),
-        end: match to {
-            Some(to) => Bound::Excluded(records::device_time_key(device, to, 0)),
-            None => Bound::Included(records::device_time_key(device, u64::MAX, u64::MAX)),
-        },
-    }
-}
-
 /// Visits the (timestamp, offset) of `device`'s readings timestamped in `[from, to)`, in
 /// `direction` order, until `visit` breaks or fails; returns whether it broke.
 pub(super) fn scan_device_time(
@@ -49,35 +37,18 @@ pub(super) fn scan_device_time(
     direction: Direction,
     mut visit: impl FnMut(u64, u64) -> Result<ControlFlow<()>, StoreError>,
 ) -> Result<ControlFlow<()>, StoreError> {
-    let mut failure = None;
-    let mut flow = ControlFlow::Continue(());
-    snap.scan(
-        Table::DeviceTime,
-        &device_time_range(device, from, to),
+    sealed::scan_device(
+        snap,
+        device,
+        sealed::TimeRange::between(from, to),
         direction,
-        &mut |k, _| {
-            let Some((timestamp_ms, offset)) = records::split_device_time_key(k) else {
-                failure = Some(StoreError::Corrupt("device time key".into()));
-                return ControlFlow::Break(());
-            };
-            match visit(timestamp_ms, offset) {
-                Ok(step) => {
-                    flow = step;
-                    step
-                }
-                Err(e) => {
-                    failure = Some(e);
-                    ControlFlow::Break(())
-                }
-            }
-        },
-    )?;
-    failure.map_or(Ok(flow), Err)
+        |ts, offset, _| visit(ts, offset),
+    )
 }
 
 /// Visits the values of `metric` in `device`'s readings timestamped in `[from, to)`, with their
 /// timestamp and offset, in `direction` order, until `visit` breaks; returns whether it broke.
-/// Reads every reading of the range: about a microsecond each.
+/// Reads every reading of the range: about a microsecond each as rows, a tenth of that sealed.
 pub(super) fn scan_metric_values(
     snap: &dyn engine::Snapshot,
     device: u32,
@@ -87,16 +58,18 @@ pub(super) fn scan_metric_values(
     direction: Direction,
     mut visit: impl FnMut(u64, u64, &OwnedValue) -> ControlFlow<()>,
 ) -> Result<ControlFlow<()>, StoreError> {
-    scan_device_time(snap, device, from, to, direction, |timestamp_ms, offset| {
-        // No reading behind an index entry: retention removed it between the two.
-        let Some(reading) = reading_at(snap, offset)? else {
-            return Ok(ControlFlow::Continue(()));
-        };
-        Ok(match reading.metrics.iter().find(|(m, _)| *m == metric) {
-            Some((_, value)) => visit(timestamp_ms, offset, value),
-            None => ControlFlow::Continue(()),
-        })
-    })
+    sealed::scan_device(
+        snap,
+        device,
+        sealed::TimeRange::between(from, to),
+        direction,
+        |timestamp_ms, offset, reading| {
+            Ok(match reading.metrics.iter().find(|(m, _)| *m == metric) {
+                Some((_, value)) => visit(timestamp_ms, offset, value),
+                None => ControlFlow::Continue(()),
+            })
+        },
+    )
 }
 
 /// The reading at `offset`, if it is still stored.
@@ -104,10 +77,7 @@ pub(super) fn reading_at(
     snap: &dyn engine::Snapshot,
     offset: u64,
 ) -> Result<Option<ReadingRecord>, StoreError> {
-    match snap.get(Table::Readings, &records::reading_key(offset))? {
-        Some(bytes) => Ok(Some(records::decode(&bytes, "reading")?)),
-        None => Ok(None),
-    }
+    sealed::reading_at(snap, offset)
 }
 
 impl Store {
@@ -134,18 +104,12 @@ impl Store {
             (device, metric, cat.metric_names.clone())
         };
         let from = query.from_ms.unwrap_or(0);
-        let to = query.to_ms.unwrap_or(u64::MAX);
-        let mut start = Bound::Included(records::device_time_key(device, from, 0));
-        let mut end = if to == u64::MAX {
-            Bound::Included(records::device_time_key(device, u64::MAX, u64::MAX))
-        } else {
-            Bound::Excluded(records::device_time_key(device, to, 0))
-        };
+        let mut range = sealed::TimeRange::between(from, query.to_ms.filter(|to| *to != u64::MAX));
         if let Some(after) = query.after {
-            let key = records::device_time_key(device, after.timestamp_ms, after.offset);
+            let at = Bound::Excluded((after.timestamp_ms, after.offset));
             match query.order {
-                Order::Oldest => start = Bound::Excluded(key),
-                Order::Newest => end = Bound::Excluded(key),
+                Order::Oldest => range.lo = at,
+                Order::Newest => range.hi = at,
             }
         }
         let direction = match query.order {
@@ -154,31 +118,18 @@ impl Store {
         };
         let snap = self.engine.snapshot()?;
         let mut positions = Vec::new();
-        let mut failure = None;
         let mut last = None;
         let limit = query.limit;
-        snap.scan(
-            Table::DeviceTime,
-            &KeyRange { start, end },
+        let _ = sealed::scan_device(
+            &*snap,
+            device,
+            range,
             direction,
-            &mut |k, _| {
-                let Some((timestamp_ms, offset)) = records::split_device_time_key(k) else {
-                    failure = Some(StoreError::Corrupt("device time key".into()));
-                    return ControlFlow::Break(());
-                };
+            |timestamp_ms, offset, reading| {
                 last = Some(Position {
                     timestamp_ms,
                     offset,
                 });
-                let reading = match reading_at(&*snap, offset) {
-                    Ok(Some(r)) => r,
-                    // Index entry without its reading: retention removed it between the two.
-                    Ok(None) => return ControlFlow::Continue(()),
-                    Err(e) => {
-                        failure = Some(e);
-                        return ControlFlow::Break(());
-                    }
-                };
                 let seq = reading.numbering();
                 let metrics: Vec<(String, OwnedValue)> = reading
                     .metrics
@@ -187,7 +138,7 @@ impl Store {
                     .map(|(m, v)| (names.get(m as usize).cloned().unwrap_or_default(), v))
                     .collect();
                 if metrics.is_empty() {
-                    return ControlFlow::Continue(());
+                    return Ok(ControlFlow::Continue(()));
                 }
                 positions.push(Reading {
                     offset,
@@ -196,16 +147,13 @@ impl Store {
                     timestamp_ms,
                     metrics,
                 });
-                if positions.len() >= limit {
+                Ok(if positions.len() >= limit {
                     ControlFlow::Break(())
                 } else {
                     ControlFlow::Continue(())
-                }
+                })
             },
         )?;
-        if let Some(e) = failure {
-            return Err(e);
-        }
         let next = if positions.len() >= limit && limit > 0 {
             last
         } else {
@@ -218,27 +166,13 @@ impl Store {
     }
 
     /// The earliest and latest reading timestamps of a device; `None` for an unknown device or
-    /// one without readings. Two short index seeks, whatever the number of readings.
+    /// one without readings: two short index seeks and a walk of its blocks' time index.
     pub fn reading_span(&self, id: &str) -> Result<Option<(u64, u64)>, StoreError> {
         let Some(device) = self.catalog()?.device_numbers.get(id).copied() else {
             return Ok(None);
         };
         let snap = self.engine.snapshot()?;
-        let range = KeyRange::prefix(&device.to_be_bytes());
-        let mut ends = [None, None];
-        for (end, direction) in ends
-            .iter_mut()
-            .zip([Direction::Forward, Direction::Reverse])
-        {
-            snap.scan(Table::DeviceTime, &range, direction, &mut |k, _| {
-                *end = records::split_device_time_key(k).map(|(ts, _)| ts);
-                ControlFlow::Break(())
-            })?;
-        }
-        match ends {
-            [Some(first), Some(last)] => Ok(Some((first, last))),
-            _ => Ok(None),
-        }
+        sealed::time_bounds(&*snap, device)
     }
 
     /// A page of buckets of one metric of one device; `None` for an unknown device.

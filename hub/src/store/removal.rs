@@ -152,23 +152,39 @@ impl Store {
         let snap = self.engine.snapshot()?;
         let mut batch = WriteBatch::new();
         let index = keys(&*snap, Table::DeviceTime, &prefix, max)?;
-        if !index.is_empty() {
-            let mut offsets = BTreeSet::new();
-            for key in index {
-                let (_, offset) = records::split_device_time_key(&key)
-                    .ok_or_else(|| StoreError::Corrupt("device time key".into()))?;
-                // A reading retention took leaves its index entry only until the same commit.
-                if snap
-                    .get(Table::Readings, &records::reading_key(offset))?
-                    .is_some()
-                {
-                    offsets.insert(offset);
-                    batch.delete(Table::Readings, records::reading_key(offset));
-                }
-                batch.delete(Table::DeviceTime, key);
+        let mut offsets = BTreeSet::new();
+        for key in index {
+            let (_, offset) = records::split_device_time_key(&key)
+                .ok_or_else(|| StoreError::Corrupt("device time key".into()))?;
+            // A reading retention took leaves its index entry only until the same commit.
+            if snap
+                .get(Table::Readings, &records::reading_key(offset))?
+                .is_some()
+            {
+                offsets.insert(offset);
+                batch.delete(Table::Readings, records::reading_key(offset));
             }
+            batch.delete(Table::DeviceTime, key);
+        }
+        // Its sealed readings, whole blocks, up to about `max` readings.
+        if batch.is_empty() {
+            for block in sealed::device_blocks(&*snap, number)? {
+                if !offsets.is_empty() && offsets.len() + block.readings as usize > max {
+                    break;
+                }
+                offsets.extend(sealed::read_block(&*snap, &block)?.iter().map(|(o, _)| *o));
+                block.delete_in(&mut batch);
+            }
+        }
+        if !batch.is_empty() {
             let next = self.next_offset()?;
-            let gaps = gaps_after(&*snap, next, &offsets)?;
+            let gaps = gaps_after(
+                &*snap,
+                next,
+                0,
+                |offset| offsets.contains(&offset),
+                offsets.len() as u64,
+            )?;
             batch.put(
                 Table::Meta,
                 records::META_ERASED_GAPS.to_vec(),
@@ -237,29 +253,25 @@ fn keys(
     Ok(found)
 }
 
-/// The erased gaps (see the module) once the readings at `deleted` (all held in `snap`) are
-/// deleted, `next` being the next offset.
+/// The erased gaps (see the module) once the `count` readings for which `deleted` says so (all
+/// held in `snap`, none before `from`) are deleted, `next` being the next offset.
 pub(super) fn gaps_after(
     snap: &dyn engine::Snapshot,
     next: u64,
-    deleted: &BTreeSet<u64>,
+    from: u64,
+    deleted: impl Fn(u64) -> bool,
+    count: u64,
 ) -> Result<u64, StoreError> {
     // The oldest reading left: the first one held that is not deleted.
     let mut oldest_left = None;
-    snap.scan(
-        Table::Readings,
-        &KeyRange::all(),
-        Direction::Forward,
-        &mut |k, _| match records::be_u64(k, "reading key") {
-            Ok(offset) if deleted.contains(&offset) => ControlFlow::Continue(()),
-            Ok(offset) => {
-                oldest_left = Some(offset);
-                ControlFlow::Break(())
-            }
-            Err(_) => ControlFlow::Break(()),
-        },
-    )?;
-    let held_after = held(snap, next)?.saturating_sub(deleted.len() as u64);
+    sealed::scan_offsets(snap, from, u64::MAX, |offset, _| {
+        if deleted(offset) {
+            return ControlFlow::Continue(());
+        }
+        oldest_left = Some(offset);
+        ControlFlow::Break(())
+    })?;
+    let held_after = held(snap, next)?.saturating_sub(count);
     Ok(oldest_left.map_or(0, |oldest| {
         next.saturating_sub(oldest).saturating_sub(held_after)
     }))

@@ -193,18 +193,21 @@ impl Retention {
             let cutoff = now_ms().saturating_sub(max_age.as_millis() as u64);
             loop {
                 let mut unsynced = 0u64;
-                let deleted = self.store.delete_oldest(CHUNK, |offset, ts| {
-                    let keep = ts >= cutoff;
-                    if !keep && offset >= floor {
-                        unsynced += 1;
-                    }
-                    keep
-                })?;
+                let deleted = self.store.delete_oldest_each(
+                    CHUNK,
+                    |_, ts| ts >= cutoff,
+                    |offset, _| {
+                        if offset >= floor {
+                            unsynced += 1;
+                        }
+                    },
+                )?;
                 self.stats
                     .expired
                     .fetch_add(deleted.readings, Ordering::Relaxed);
                 self.count_dropped(unsynced, "older than data.max_age");
-                if deleted.readings < CHUNK as u64 {
+                // Fewer than asked can still leave more: a span of blocks goes whole.
+                if deleted.readings == 0 {
                     break;
                 }
             }

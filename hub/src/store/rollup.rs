@@ -277,17 +277,9 @@ pub(super) fn mark_devices_without_rollups(
 ) -> Result<usize, StoreError> {
     let mut marked = 0;
     for device in devices {
-        let mut newest = None;
-        snap.scan(
-            Table::DeviceTime,
-            &KeyRange::prefix(&device.to_be_bytes()),
-            Direction::Reverse,
-            &mut |k, _| {
-                newest = records::split_device_time_key(k).map(|(ts, _)| ts);
-                ControlFlow::Break(())
-            },
-        )?;
-        let Some(newest) = newest else { continue };
+        let Some((_, newest)) = super::sealed::time_bounds(snap, device)? else {
+            continue;
+        };
         // No whole minute after the end of time: never use rollups for this device.
         let from = (minute_of(newest) + 1).saturating_mul(MINUTE_MS);
         batch.put(

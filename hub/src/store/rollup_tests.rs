@@ -12,7 +12,7 @@ use proptest::prelude::*;
 
 use super::engine::{Direction, Engine, KeyRange, Table, WriteBatch};
 use super::memory::MemoryEngine;
-use super::records::{self, ReadingRecord, RollupRecord};
+use super::records::{self, RollupRecord};
 use super::rollup::{self, MINUTE_MS, minute_of};
 use super::*;
 
@@ -91,21 +91,15 @@ fn assert_same_answer(store: &Store, query: &DownsampleQuery) {
 fn assert_rows_exact(store: &Store) {
     let snap = store.engine.snapshot().unwrap();
     let mut want: BTreeMap<(u32, u32, u64), RollupRecord> = BTreeMap::new();
-    snap.scan(
-        Table::Readings,
-        &KeyRange::all(),
-        Direction::Forward,
-        &mut |k, v| {
-            let offset = records::be_u64(k, "reading key").unwrap();
-            let r: ReadingRecord = records::decode(v, "reading").unwrap();
-            for (metric, value) in rollup::first_values(&r.metrics) {
-                want.entry((r.device, metric, minute_of(r.timestamp_ms)))
-                    .and_modify(|row| row.add(r.timestamp_ms, offset, value))
-                    .or_insert_with(|| RollupRecord::of(r.timestamp_ms, offset, value));
-            }
-            ControlFlow::Continue(())
-        },
-    )
+    // Rows and sealed blocks alike.
+    super::sealed::scan_offsets(&*snap, 0, u64::MAX, |offset, r| {
+        for (metric, value) in rollup::first_values(&r.metrics) {
+            want.entry((r.device, metric, minute_of(r.timestamp_ms)))
+                .and_modify(|row| row.add(r.timestamp_ms, offset, value))
+                .or_insert_with(|| RollupRecord::of(r.timestamp_ms, offset, value));
+        }
+        ControlFlow::Continue(())
+    })
     .unwrap();
     let mut got = BTreeMap::new();
     snap.scan(

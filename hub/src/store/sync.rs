@@ -9,7 +9,7 @@
 //! - a position only says what its follower has passed; retention decides what to delete from the
 //!   positions, never the other way round.
 
-use std::ops::{Bound, ControlFlow};
+use std::ops::ControlFlow;
 
 use serde::{Deserialize, Serialize};
 
@@ -121,16 +121,7 @@ pub(super) fn first_held(
     snap: &dyn super::engine::Snapshot,
     offset: u64,
 ) -> Result<Option<u64>, StoreError> {
-    let range = KeyRange {
-        start: Bound::Included(records::reading_key(offset)),
-        end: Bound::Unbounded,
-    };
-    let mut found = None;
-    snap.scan(Table::Readings, &range, Direction::Forward, &mut |k, _| {
-        found = records::be_u64(k, "reading key").ok();
-        ControlFlow::Break(())
-    })?;
-    Ok(found)
+    super::sealed::first_held(snap, offset)
 }
 
 impl Store {
@@ -156,22 +147,9 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<Reading>, StoreError> {
         let snap = self.engine.snapshot()?;
-        let range = KeyRange {
-            start: Bound::Included(records::reading_key(from)),
-            end: Bound::Excluded(records::reading_key(end)),
-        };
         let mut stored = Vec::new();
-        let mut failure = None;
-        snap.scan(Table::Readings, &range, Direction::Forward, &mut |k, v| {
-            match records::be_u64(k, "reading key")
-                .and_then(|offset| Ok((offset, records::decode::<ReadingRecord>(v, "reading")?)))
-            {
-                Ok(entry) => stored.push(entry),
-                Err(e) => {
-                    failure = Some(e);
-                    return ControlFlow::Break(());
-                }
-            }
+        super::sealed::scan_offsets(&*snap, from, end, |offset, record| {
+            stored.push((offset, record));
             if stored.len() >= limit {
                 ControlFlow::Break(())
             } else {
@@ -179,9 +157,6 @@ impl Store {
             }
         })?;
         drop(snap);
-        if let Some(e) = failure {
-            return Err(e);
-        }
         let cat = self.catalog()?;
         Ok(stored
             .into_iter()
@@ -393,14 +368,29 @@ impl Store {
         Ok(found)
     }
 
-    /// Deletes the oldest readings, at most `max` in one commit, stopping at the first for which
-    /// `keep(offset, timestamp_ms)` says so. The readings' index entries go with them, and the
-    /// rollup rows of the minutes they were in are recomputed from the readings left, in the same
-    /// commit; latest values stay.
+    /// Deletes the oldest readings, stopping at the first for which `keep(offset, timestamp_ms)`
+    /// says so; see [`Store::delete_oldest_each`].
     pub fn delete_oldest(
         &self,
         max: usize,
+        keep: impl FnMut(u64, u64) -> bool,
+    ) -> Result<Deleted, StoreError> {
+        self.delete_oldest_each(max, keep, |_, _| {})
+    }
+
+    /// Deletes the oldest readings in one commit, stopping at the first for which
+    /// `keep(offset, timestamp_ms)` says so, and tells `each` of every reading deleted. Rows go
+    /// one by one, at most `max`; sealed readings a whole span at a time (see [`super::sealed`]),
+    /// and only when `keep` says no to every reading of it, whatever `max`. `keep` must be
+    /// monotone (once it keeps a reading it keeps every later one) and may be asked about
+    /// readings it then keeps. The readings' index entries go with them, and the rollup rows of
+    /// the minutes they were in are recomputed from the readings left, in the same commit;
+    /// latest values stay.
+    pub fn delete_oldest_each(
+        &self,
+        max: usize,
         mut keep: impl FnMut(u64, u64) -> bool,
+        mut each: impl FnMut(u64, u64),
     ) -> Result<Deleted, StoreError> {
         // One writer at a time: the commit below never waits inside the engine behind a batch.
         let _writer = self.writer.lock().map_err(|_| StoreError::Poisoned)?;
@@ -408,14 +398,17 @@ impl Store {
         let mut batch = WriteBatch::new();
         let mut deleted = Deleted::default();
         let mut rollups = super::rollup::DeletedRollups::default();
-        let mut passed = std::collections::BTreeSet::new();
+        let oldest_span = super::sealed::oldest_span(&*snap)?;
+        let rows_end = oldest_span.as_ref().map_or(u64::MAX, |(span, _)| *span);
         let mut failure = None;
+        let mut kept = false;
         snap.scan(
             Table::Readings,
-            &KeyRange::all(),
+            &KeyRange::between(records::reading_key(0), records::reading_key(rows_end)),
             Direction::Forward,
             &mut |k, v| {
                 if deleted.readings as usize >= max {
+                    kept = true;
                     return ControlFlow::Break(());
                 }
                 let parsed = records::be_u64(k, "reading key").and_then(|offset| {
@@ -429,14 +422,15 @@ impl Store {
                     }
                 };
                 if keep(offset, record.timestamp_ms) {
+                    kept = true;
                     return ControlFlow::Break(());
                 }
+                each(offset, record.timestamp_ms);
                 batch.delete(Table::Readings, k.to_vec());
                 batch.delete(
                     Table::DeviceTime,
                     records::device_time_key(record.device, record.timestamp_ms, offset),
                 );
-                passed.insert(offset);
                 rollups.note(&record);
                 deleted.readings += 1;
                 deleted.next = Some(offset + 1);
@@ -446,16 +440,41 @@ impl Store {
         if let Some(e) = failure {
             return Err(e);
         }
-        // Deleting the oldest passes the gaps of erased devices' readings among them.
-        if deleted.readings > 0 && super::removal::erased_gaps(&*snap)? > 0 {
-            let gaps = super::removal::gaps_after(&*snap, self.next_offset()?, &passed)?;
-            batch.put(
-                Table::Meta,
-                records::META_ERASED_GAPS.to_vec(),
-                gaps.to_be_bytes().to_vec(),
-            );
+        // No row before the oldest span, or every one deleted: the span, whole or not at all.
+        if let (false, Some((_, blocks))) = (kept, &oldest_span) {
+            let mut readings = Vec::new();
+            for block in blocks {
+                readings.extend(super::sealed::read_block(&*snap, block)?);
+            }
+            readings.sort_unstable_by_key(|(offset, _)| *offset);
+            if readings.iter().all(|(o, r)| !keep(*o, r.timestamp_ms)) {
+                for block in blocks {
+                    block.delete_in(&mut batch);
+                }
+                for (offset, record) in &readings {
+                    each(*offset, record.timestamp_ms);
+                    rollups.note(record);
+                    deleted.readings += 1;
+                    deleted.next = Some(offset + 1);
+                }
+            }
         }
         if let Some(kept_from) = deleted.next {
+            // Deleting the oldest passes the gaps of erased devices' readings among them.
+            if super::removal::erased_gaps(&*snap)? > 0 {
+                let gaps = super::removal::gaps_after(
+                    &*snap,
+                    self.next_offset()?,
+                    kept_from,
+                    |offset| offset < kept_from,
+                    deleted.readings,
+                )?;
+                batch.put(
+                    Table::Meta,
+                    records::META_ERASED_GAPS.to_vec(),
+                    gaps.to_be_bytes().to_vec(),
+                );
+            }
             let catalog = self.catalog()?;
             let metrics_of = |device: u32| {
                 catalog

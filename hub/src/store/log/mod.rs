@@ -418,10 +418,20 @@ impl LoggedEngine {
         let upto = writer.next_lsn - 1;
         self.stops_at(Stage::BeforeFold)?;
         if !tail.is_empty() || upto > writer.checkpointed_lsn {
+            // The tail's readings go in as compressed blocks, in place of their rows and index
+            // entries (see `store::sealed`).
+            let sealed = super::sealed::seal(&tail.puts(Table::Readings))
+                .map_err(|e| EngineError::engine(format!("sealing the log's readings: {e}")))?;
             // Streamed from the tail into the engine's transaction, never copied whole: the
             // tail is the largest thing the hub holds.
             self.inner.commit_fed(&mut |sink| {
-                tail.feed(sink)?;
+                tail.feed(&mut |table, key, value| match (table, value) {
+                    (Table::Readings | Table::DeviceTime, Some(_)) => Ok(()),
+                    _ => sink(table, key, value),
+                })?;
+                for (table, key, value) in &sealed {
+                    sink(*table, key, Some(value))?;
+                }
                 sink(Table::Meta, META_LOG_CHECKPOINT, Some(&upto.to_be_bytes()))
             })?;
         }

@@ -246,6 +246,19 @@ impl Tail {
         Ok(())
     }
 
+    /// The values the tail puts in `table`, in key order (its deletes left out), borrowed from it.
+    pub fn puts(&self, table: Table) -> Vec<(&[u8], &[u8])> {
+        let mut merge = Merge::new(&self.layers, table, &KeyRange::all(), Direction::Forward);
+        let mut puts = Vec::new();
+        while let Some((key, value)) = merge.peek() {
+            if let Some(value) = value {
+                puts.push((key, value));
+            }
+            merge.advance();
+        }
+        puts
+    }
+
     /// Every change of the tail as one batch (see [`Tail::feed`]).
     #[cfg(test)]
     pub fn to_batch(&self) -> WriteBatch {
