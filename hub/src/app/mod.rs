@@ -88,9 +88,11 @@ pub async fn run(
         config.data.write_path,
         config.data.log_config(),
     )?;
+    // Rows below this are from before the log sealed readings (see `chores::seal_old_rows`).
+    let opened_at = store.next_offset()?;
     tracing::info!(
         engine = store.engine_name(),
-        readings = store.next_offset()?,
+        readings = opened_at,
         devices = store.device_count()?,
         "store open"
     );
@@ -360,6 +362,20 @@ pub async fn run(
         Stage::Services,
         chores::save_token_use(tokens.clone(), credentials.clone(), api_shutdown.clone()),
     );
+    if config.data.write_path == store::WritePath::Log {
+        tasks.spawn(
+            "seal-old-rows",
+            Stage::Services,
+            chores::seal_old_rows(
+                store.clone(),
+                config.data.engine,
+                data_dir.clone(),
+                opened_at,
+                config.data.seal_batch,
+                api_shutdown.clone(),
+            ),
+        );
+    }
 
     // Sync and retention read the store until the API stops: after ingest has been flushed.
     let (sync_state, sync_configs) =

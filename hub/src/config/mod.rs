@@ -163,6 +163,9 @@ pub struct DataConfig {
     pub checkpoint_bytes: ByteSize,
     /// ... or once the oldest of them is this old.
     pub checkpoint_every: HumanDuration,
+    /// With the log: readings a store of an older version (or written directly) keeps as rows
+    /// are sealed into blocks in the background, this many per commit.
+    pub seal_batch: usize,
 }
 
 impl DataConfig {
@@ -188,6 +191,7 @@ impl Default for DataConfig {
             write_path: WritePath::Log,
             checkpoint_bytes: ByteSize(crate::store::LogConfig::default().checkpoint_bytes as u64),
             checkpoint_every: HumanDuration(crate::store::LogConfig::default().checkpoint_every),
+            seal_batch: 16_384,
         }
     }
 }

@@ -113,6 +113,9 @@ impl Config {
         if self.data.checkpoint_bytes.0 < 64 << 10 || self.data.checkpoint_bytes.0 > 256 << 20 {
             problems.push("data.checkpoint_bytes: between 64KiB and 256MiB".into());
         }
+        if !(1..=1_000_000).contains(&self.data.seal_batch) {
+            problems.push("data.seal_batch: between 1 and 1000000".into());
+        }
         if self.data.checkpoint_every.0 < Duration::from_secs(1) {
             problems.push("data.checkpoint_every: at least 1s".into());
         }

@@ -42,6 +42,9 @@ pub const META_ROLLUPS_FROM: &[u8] = b"rollups_from/";
 /// Meta key of the lowest device number a new device may get (u32 BE): one past the highest an
 /// erased device had, so a number is never given twice; see `store::removal`.
 pub const META_DEVICE_FLOOR: &[u8] = b"device_floor";
+/// Meta key of the backup taken before the rows of an older store were sealed into blocks
+/// (UTF-8 path), while rows are left to seal; see `store::seal_rows`.
+pub const META_SEAL_BACKUP: &[u8] = b"seal_backup";
 /// Meta key of the offsets between the oldest reading held and the next offset that hold no
 /// reading, because a device's readings were erased there (u64 BE); see `store::removal`.
 pub const META_ERASED_GAPS: &[u8] = b"erased_gaps";

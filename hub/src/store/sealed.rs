@@ -15,9 +15,10 @@
 //! by (timestamp, offset), so a reading is seen once, row or block.
 //!
 //! Invariants: a reading is in a row or in a block, never both (a checkpoint writes its blocks
-//! and leaves out its rows in one transaction); blocks are immutable: retention deletes whole spans and an erase whole
-//! blocks. Rows never fall inside a span's offsets unless they were there before it (a span is
-//! every offset of one checkpoint's tail), and the reads do not rely on even that.
+//! and leaves out its rows in one transaction, and so does sealing old rows, see `seal_rows`);
+//! spans do not interleave: every offset a span's blocks hold lies below the next span, which is
+//! what finds the span of an offset; rows may lie anywhere, the reads merge them; blocks are
+//! immutable: retention deletes whole spans and an erase whole blocks.
 
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
@@ -25,8 +26,9 @@ use super::block;
 use super::engine::Snapshot;
 use super::*;
 
-/// Readings an offset read decodes at once: a page of sync or of the pull API fits in it.
-const OFFSET_WINDOW: u64 = 4096;
+/// Readings an offset read decodes at once: a page of sync or of the pull API fits in it. Small
+/// in tests, so that their stores cross many windows.
+const OFFSET_WINDOW: u64 = if cfg!(test) { 16 } else { 4096 };
 
 /// `Blocks` key.
 pub(super) fn block_key(span: u64, device: u32, first: u64) -> Vec<u8> {
@@ -252,6 +254,20 @@ fn span_at(snap: &dyn Snapshot, offset: u64) -> Result<Option<u64>, StoreError> 
     Ok(span)
 }
 
+/// The first span after `offset`, if any.
+pub(super) fn next_span(snap: &dyn Snapshot, offset: u64) -> Result<Option<u64>, StoreError> {
+    let range = KeyRange {
+        start: Bound::Included(block_key(offset.saturating_add(1), 0, 0)),
+        end: Bound::Unbounded,
+    };
+    let mut span = None;
+    scan_blocks(snap, &range, Direction::Forward, |s, _, _, _| {
+        span = Some(s);
+        Ok(ControlFlow::Break(()))
+    })?;
+    Ok(span)
+}
+
 /// The blocks of the span holding `from` and of every later span before `end`, in key order.
 fn blocks_between(
     snap: &dyn Snapshot,
@@ -291,31 +307,41 @@ impl<'s> OffsetCursor<'s> {
             let from = self.next_from;
             let until = self.end.min(from.saturating_add(OFFSET_WINDOW));
             let mut found = Vec::new();
-            let mut later_span = None;
+            // The first offset held at or after `until`, among the blocks seen: where to go on
+            // from when the window holds nothing.
+            let mut beyond: Option<u64> = None;
+            let mut note = |offset: u64| beyond = Some(beyond.map_or(offset, |b| b.min(offset)));
             blocks_between(self.snap, from, self.end, |span, bytes| {
                 if span >= until {
-                    later_span = Some(span);
+                    note(span);
                     return Ok(ControlFlow::Break(()));
                 }
                 let summary = block::summarize(bytes).map_err(block_error)?;
-                if summary.last_offset < from || summary.first_offset >= until {
+                if summary.last_offset < from {
                     return Ok(ControlFlow::Continue(()));
                 }
-                found.extend(
-                    block::decode(bytes)
-                        .map_err(block_error)?
-                        .into_iter()
-                        .filter(|(o, _)| (from..until).contains(o)),
-                );
+                if summary.first_offset >= until {
+                    note(summary.first_offset);
+                    return Ok(ControlFlow::Continue(()));
+                }
+                for (offset, record) in block::decode(bytes).map_err(block_error)? {
+                    if offset >= until {
+                        note(offset);
+                        break;
+                    }
+                    if offset >= from {
+                        found.push((offset, record));
+                    }
+                }
                 Ok(ControlFlow::Continue(()))
             })?;
             found.sort_unstable_by_key(|(o, _)| *o);
             self.ready = found.into();
-            // Nothing in the window: go on from the next span, or stop.
-            self.next_from = match (self.ready.is_empty(), later_span) {
-                (true, Some(span)) => span,
-                (true, None) => self.end,
+            self.next_from = match (self.ready.is_empty(), beyond) {
                 (false, _) => until,
+                // Nothing in the window: on from the next reading held, or stop.
+                (true, Some(next)) => next.max(until),
+                (true, None) => self.end,
             };
         }
         Ok(self.ready.front().map(|(o, _)| *o))

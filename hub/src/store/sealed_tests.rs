@@ -43,6 +43,8 @@ enum Op {
     Erase(u8),
     /// Closes and opens the store again; `true`: straight into the engine until the next one.
     Reopen(bool),
+    /// Seals at most this many of the oldest rows (the upgrade's step; rows of the tail too).
+    SealRows(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -53,6 +55,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u64..200).prop_map(Op::Expire),
         1 => (0u8..4).prop_map(Op::Erase),
         1 => any::<bool>().prop_map(Op::Reopen),
+        1 => (1usize..40).prop_map(Op::SealRows),
     ]
 }
 
@@ -223,6 +226,14 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     model.retain(|_, m| m.0 != device);
                 }
             }
+            Op::SealRows(max) => {
+                let rows = store.rows_below(u64::MAX).unwrap();
+                let step = store.seal_rows(u64::MAX, max).unwrap();
+                prop_assert!(step.readings as usize <= max);
+                // A checkpoint the commit set off may have sealed the log's rows too.
+                prop_assert!(store.rows_below(u64::MAX).unwrap() <= rows - step.readings);
+                prop_assert!(step.readings > 0 || rows == 0);
+            }
             Op::Reopen(straight) => {
                 drop(store);
                 direct = straight;
@@ -244,6 +255,94 @@ proptest! {
         ops in proptest::collection::vec(op(), 1..30)
     ) {
         run(ops)?;
+    }
+}
+
+/// The upgrade's sealing of old rows, a step of `batch` at a time, the store dropped (as by a
+/// kill) after `steps` of them, then finished after a reopen: every reading once, none left as a
+/// row, readings appended in between untouched.
+fn seal_old_rows_cut_after(
+    readings: &[(u8, u64, i32)],
+    batch: usize,
+    steps: usize,
+) -> Result<(), TestCaseError> {
+    let mut harness = Logged::redb();
+    let mut model = BTreeMap::new();
+    let mut seqs = [0u32; 4];
+    let mut append =
+        |store: &Store, model: &mut BTreeMap<u64, Modelled>, part: &[(u8, u64, i32)]| {
+            let batch: Vec<NewReading> = part
+                .iter()
+                .map(|(d, step, v)| {
+                    seqs[*d as usize] += 1;
+                    reading(
+                        &format!("d{d}"),
+                        seqs[*d as usize],
+                        T0 + step * 1000,
+                        f64::from(*v),
+                    )
+                })
+                .collect();
+            let applied = store.append(&batch).unwrap();
+            for ((r, (_, _, v)), a) in batch.iter().zip(part).zip(applied) {
+                let Outcome::Stored { offset, .. } = a.outcome else {
+                    panic!("not stored");
+                };
+                model.insert(
+                    offset,
+                    (r.device.clone(), r.timestamp_ms.unwrap_or(0), f64::from(*v)),
+                );
+            }
+        };
+    // Rows, as the direct path (and every older store) keeps them.
+    let store = open(&mut harness, true);
+    for part in readings.chunks(17) {
+        append(&store, &mut model, part);
+    }
+    drop(store);
+    let store = open(&mut harness, false);
+    let below = store.next_offset().unwrap();
+    for _ in 0..steps {
+        if !store.seal_rows(below, batch).unwrap().more {
+            break;
+        }
+    }
+    drop(store);
+    let store = open(&mut harness, false);
+    append(&store, &mut model, &readings[..readings.len().min(5)]);
+    let below = below.min(store.next_offset().unwrap());
+    while store.seal_rows(below, batch).unwrap().more {}
+    prop_assert_eq!(store.rows_below(below).unwrap(), 0);
+    model_ignoring_values(&store, &model)
+}
+
+/// The readings by offset, as the model says of their offsets, devices and times.
+fn model_ignoring_values(
+    store: &Store,
+    model: &BTreeMap<u64, Modelled>,
+) -> Result<(), TestCaseError> {
+    let next = store.next_offset().unwrap();
+    let got: Vec<(u64, String, u64)> = store
+        .readings_from(0, next, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.offset, r.device, r.timestamp_ms))
+        .collect();
+    let want: Vec<(u64, String, u64)> = model.iter().map(|(o, m)| (*o, m.0.clone(), m.1)).collect();
+    prop_assert_eq!(got, want);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(40))]
+
+    #[test]
+    fn old_rows_sealed_a_step_at_a_time_and_cut_anywhere_lose_and_double_nothing(
+        readings in proptest::collection::vec((0u8..4, 0u64..200, -500i32..500), 1..300),
+        batch in 1usize..50,
+        steps in 0usize..20,
+    ) {
+        seal_old_rows_cut_after(&readings, batch, steps)?;
     }
 }
 
@@ -295,4 +394,38 @@ fn a_checkpoint_seals_the_log_s_readings_into_blocks_and_leaves_no_rows() {
     );
     drop(snap);
     assert_eq!(store.readings_from(0, 3000, 5000).unwrap().len(), 3000);
+}
+
+#[test]
+fn offsets_past_a_window_of_erased_readings_inside_one_span_are_still_read() {
+    let mut harness = Logged::redb();
+    harness.config.checkpoint_bytes = 64 << 20;
+    let store = Store::open(harness.open()).unwrap();
+    let mut batch = Vec::new();
+    let mut seq = 0;
+    let mut push = |device: &str, n: u32, batch: &mut Vec<NewReading>| {
+        for _ in 0..n {
+            seq += 1;
+            batch.push(reading(device, seq, T0 + u64::from(seq), 1.0));
+        }
+    };
+    push("kept", 10, &mut batch);
+    push("gone", 10_000, &mut batch);
+    push("kept", 10, &mut batch);
+    store.append(&batch).unwrap();
+    store.checkpoint().unwrap();
+    store.remove_device("gone", true, 1).unwrap().unwrap();
+    let offsets: Vec<u64> = store
+        .readings_from(0, u64::MAX, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|r| r.offset)
+        .collect();
+    let want: Vec<u64> = (0..10).chain(10_010..10_020).collect();
+    assert_eq!(offsets, want);
+    assert_eq!(store.reading_count().unwrap(), 20);
+    assert_eq!(
+        store.readings_from(11, u64::MAX, 1).unwrap()[0].offset,
+        10_010
+    );
 }

@@ -35,6 +35,7 @@ mod rules;
 mod security;
 mod serial;
 mod sparkplug;
+mod store_upgrade;
 mod sync;
 mod tokens;
 mod upgrade;

@@ -191,11 +191,23 @@ pub(crate) fn publish_lines(port: u16, device: &str, seqs: std::ops::Range<u32>,
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
-    // Strings are at most 256 bytes: the padding is spread over several metrics.
-    let pad: String = (0..pad.div_ceil(250))
-        .map(|i| format!(r#","pad{i}":"{}""#, "x".repeat(250.min(pad - i * 250))))
-        .collect();
+    // Strings are at most 256 bytes: the padding is spread over several metrics. It differs
+    // from reading to reading (xorshift letters), so that it takes its room in the store as well:
+    // the store's compressed blocks keep a repeated string once.
+    let mut state = 0x2545_f491_4f6c_dd1du64 ^ u64::from(seqs.start) ^ (device.len() as u64) << 32;
+    let mut letter = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        char::from(b'a' + (state % 26) as u8)
+    };
     for seq in seqs {
+        let pad: String = (0..pad.div_ceil(250))
+            .map(|i| {
+                let text: String = (0..250.min(pad - i * 250)).map(|_| letter()).collect();
+                format!(r#","pad{i}":"{text}""#)
+            })
+            .collect();
         writeln!(stdin, r#"{{"seq":{seq},"metrics":{{"v":{seq}{pad}}}}}"#).unwrap();
     }
     drop(stdin);

@@ -6,6 +6,11 @@
 //! `dense-0` has `--dense` readings; each device's readings are spread evenly over the `--span`
 //! (hours) before now, written in time order across devices, four metrics each (temperature,
 //! humidity, battery, door) as firmware-sim sends. Prints one JSON object.
+//!
+//! `--write-path` picks the hub's write path: `log` (the default, as the hub's) commits to the
+//! log and checkpoints into the engine, sealing readings into blocks, with a last checkpoint at
+//! the end so that the engine's file holds every reading; `direct` writes rows straight into
+//! the engine (the layout of schema 3).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -13,7 +18,7 @@ use std::time::Instant;
 use anyhow::bail;
 use clap::Parser;
 use device_protocol::OwnedValue;
-use hub::store::{self, EngineKind, NewReading, Store, Transport, Wire};
+use hub::store::{self, EngineKind, LogConfig, NewReading, Transport, Wire, WritePath};
 use serde_json::json;
 
 #[derive(Parser, Debug)]
@@ -43,6 +48,9 @@ struct Args {
     /// The engine's cache in bytes (the hub's default: 4 MiB).
     #[arg(long, default_value_t = 4 << 20)]
     cache: usize,
+    /// `log` (the hub's default) or `direct`.
+    #[arg(long, default_value = "log")]
+    write_path: String,
 }
 
 fn reading(device: String, seq: u64, timestamp_ms: u64) -> NewReading {
@@ -85,8 +93,12 @@ fn main() -> anyhow::Result<()> {
         other => bail!("unknown engine {other}"),
     };
     std::fs::create_dir_all(&args.dir)?;
-    let engine = store::open_engine(kind, &args.dir, args.cache)?;
-    let store = Store::open(engine)?;
+    let path = match args.write_path.as_str() {
+        "log" => WritePath::Log,
+        "direct" => WritePath::Direct,
+        other => bail!("unknown write path {other}"),
+    };
+    let store = store::open(kind, &args.dir, args.cache, path, LogConfig::default())?;
     if store.next_offset()? != 0 {
         bail!("{} already holds readings", args.dir.display());
     }
@@ -147,6 +159,7 @@ fn main() -> anyhow::Result<()> {
         written += batch.len() as u64;
         commits += 1;
     }
+    store.checkpoint()?;
     let seconds = started.elapsed().as_secs_f64();
     let file = args.dir.join(match kind {
         EngineKind::Redb => "store.redb",
@@ -156,6 +169,7 @@ fn main() -> anyhow::Result<()> {
     let out = json!({
         "tool": "fill",
         "engine": args.engine,
+        "write_path": args.write_path,
         "readings": written,
         "typical_devices": args.devices,
         "readings_per_typical_device": per_typical,
