@@ -394,6 +394,23 @@ impl Store {
         }
     }
 
+    /// Every table's entries and bytes (keys and values), by name: what the store keeps, for
+    /// tools that measure it. Walks the whole store.
+    pub fn table_bytes(&self) -> Result<Vec<(&'static str, u64, u64)>, StoreError> {
+        let snap = self.engine.snapshot()?;
+        let mut tables = Vec::new();
+        for table in Table::ALL {
+            let (mut entries, mut bytes) = (0u64, 0u64);
+            snap.scan(table, &KeyRange::all(), Direction::Forward, &mut |k, v| {
+                entries += 1;
+                bytes += (k.len() + v.len()) as u64;
+                ControlFlow::Continue(())
+            })?;
+            tables.push((table.name(), entries, bytes));
+        }
+        Ok(tables)
+    }
+
     /// The engine's name.
     pub fn engine_name(&self) -> &'static str {
         self.engine.name()

@@ -166,6 +166,14 @@ fn main() -> anyhow::Result<()> {
         EngineKind::Sled => "store.sled",
     });
     let file_bytes = std::fs::metadata(&file).map(|m| m.len()).ok();
+    // Bytes holding live data, as the quota counts them (the log's files included).
+    let usage = store.usage()?;
+    let tables: serde_json::Map<String, serde_json::Value> = store
+        .table_bytes()?
+        .into_iter()
+        .filter(|(_, entries, _)| *entries > 0)
+        .map(|(name, entries, bytes)| (name.to_owned(), json!({"entries": entries, "bytes": bytes})))
+        .collect();
     let out = json!({
         "tool": "fill",
         "engine": args.engine,
@@ -181,6 +189,9 @@ fn main() -> anyhow::Result<()> {
         "readings_per_s": written as f64 / seconds,
         "store_next_offset": store.next_offset()?,
         "file_bytes": file_bytes,
+        "live_bytes": usage.live_bytes,
+        "usage_file_bytes": usage.file_bytes,
+        "tables": tables,
     });
     println!("{out}");
     Ok(())
