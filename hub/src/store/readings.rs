@@ -48,7 +48,8 @@ pub(super) fn scan_device_time(
 
 /// Visits the values of `metric` in `device`'s readings timestamped in `[from, to)`, with their
 /// timestamp and offset, in `direction` order, until `visit` breaks; returns whether it broke.
-/// Reads every reading of the range: about a microsecond each as rows, a tenth of that sealed.
+/// Reads every reading of the range: about a microsecond each as rows, a fraction of that sealed
+/// (a block is read for the one metric).
 pub(super) fn scan_metric_values(
     snap: &dyn engine::Snapshot,
     device: u32,
@@ -58,17 +59,13 @@ pub(super) fn scan_metric_values(
     direction: Direction,
     mut visit: impl FnMut(u64, u64, &OwnedValue) -> ControlFlow<()>,
 ) -> Result<ControlFlow<()>, StoreError> {
-    sealed::scan_device(
+    sealed::scan_device_metric(
         snap,
         device,
+        metric,
         sealed::TimeRange::between(from, to),
         direction,
-        |timestamp_ms, offset, reading| {
-            Ok(match reading.metrics.iter().find(|(m, _)| *m == metric) {
-                Some((_, value)) => visit(timestamp_ms, offset, value),
-                None => ControlFlow::Continue(()),
-            })
-        },
+        |timestamp_ms, offset, value| Ok(visit(timestamp_ms, offset, &value)),
     )
 }
 

@@ -550,49 +550,55 @@ pub(super) fn device_blocks(snap: &dyn Snapshot, device: u32) -> Result<Vec<Bloc
     Ok(blocks)
 }
 
-/// A decoded reading waiting in [`DeviceCursor`]'s heap, ordered so that the next one to give is
-/// the greatest.
-struct Waiting {
+/// A decoded reading (or value) waiting in [`DeviceCursor`]'s heap, ordered so that the next one
+/// to give is the greatest.
+struct Waiting<T> {
     rank: (u64, u64),
     at: (u64, u64),
-    record: ReadingRecord,
+    item: T,
 }
 
-impl PartialEq for Waiting {
+impl<T> PartialEq for Waiting<T> {
     fn eq(&self, other: &Self) -> bool {
         self.rank == other.rank
     }
 }
-impl Eq for Waiting {}
-impl PartialOrd for Waiting {
+impl<T> Eq for Waiting<T> {}
+impl<T> PartialOrd for Waiting<T> {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
     }
 }
-impl Ord for Waiting {
+impl<T> Ord for Waiting<T> {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.rank.cmp(&other.rank)
     }
 }
 
+/// Reads a block's bytes into (offset, timestamp, item)s in offset order.
+type Reader<'r, T> = dyn Fn(&[u8]) -> Result<Vec<(u64, u64, T)>, StoreError> + 'r;
+
 /// One device's sealed readings in a [`TimeRange`], by (timestamp, offset) in a direction: its
 /// blocks are read in the order their bounds come, and a reading is given once no block left
-/// can hold one before it.
-struct DeviceCursor<'s> {
+/// can hold one before it. `T` is what a block's reading is read as: a record, or one metric's
+/// value.
+struct DeviceCursor<'s, T> {
     snap: &'s dyn Snapshot,
     range: TimeRange,
     direction: Direction,
     /// Blocks not read yet, the one whose bound comes first in front.
     unread: VecDeque<BlockRef>,
-    heap: BinaryHeap<Waiting>,
+    heap: BinaryHeap<Waiting<T>>,
+    read: &'s Reader<'s, T>,
 }
 
-impl<'s> DeviceCursor<'s> {
+impl<'s, T> DeviceCursor<'s, T> {
     fn new(
         snap: &'s dyn Snapshot,
         device: u32,
         range: TimeRange,
         direction: Direction,
+        read: &'s Reader<'s, T>,
     ) -> Result<Self, StoreError> {
         let mut unread: Vec<BlockRef> = device_blocks(snap, device)?
             .into_iter()
@@ -608,6 +614,7 @@ impl<'s> DeviceCursor<'s> {
             direction,
             unread: unread.into(),
             heap: BinaryHeap::new(),
+            read,
         })
     }
 
@@ -633,33 +640,31 @@ impl<'s> DeviceCursor<'s> {
             let next_block = self.unread.front().map(|b| self.rank(self.bound(b)));
             match (self.heap.peek().map(|w| w.rank), next_block) {
                 (Some(top), Some(block)) if top > block => break,
-                (Some(_), None) => break,
-                (None, None) => break,
+                (_, None) => break,
                 _ => {}
             }
             let Some(block) = self.unread.pop_front() else {
                 break;
             };
             let Some(bytes) = self.snap.get(Table::Blocks, &block.key())? else {
-                // Retention took it after the index was read: the same view holds both, so
-                // only a broken store gets here.
+                // The same view holds the index and the blocks: only a broken store gets here.
                 return Err(StoreError::Corrupt(
                     "a block named by the time index is missing".into(),
                 ));
             };
-            for (offset, record) in block::decode(&bytes).map_err(block_error)? {
-                let at = (record.timestamp_ms, offset);
+            for (offset, ts, item) in (self.read)(&bytes)? {
+                let at = (ts, offset);
                 if self.range.contains(at) {
                     let rank = self.rank(at);
-                    self.heap.push(Waiting { rank, at, record });
+                    self.heap.push(Waiting { rank, at, item });
                 }
             }
         }
         Ok(self.heap.peek().map(|w| w.at))
     }
 
-    fn pop(&mut self) -> Option<(u64, u64, ReadingRecord)> {
-        self.heap.pop().map(|w| (w.at.0, w.at.1, w.record))
+    fn pop(&mut self) -> Option<(u64, u64, T)> {
+        self.heap.pop().map(|w| (w.at.0, w.at.1, w.item))
     }
 }
 
@@ -671,9 +676,51 @@ pub(super) fn scan_device(
     device: u32,
     range: TimeRange,
     direction: Direction,
-    mut visit: impl FnMut(u64, u64, ReadingRecord) -> Result<ControlFlow<()>, StoreError>,
+    visit: impl FnMut(u64, u64, ReadingRecord) -> Result<ControlFlow<()>, StoreError>,
 ) -> Result<ControlFlow<()>, StoreError> {
-    let mut blocks = DeviceCursor::new(snap, device, range, direction)?;
+    let read = |bytes: &[u8]| -> Result<Vec<(u64, u64, ReadingRecord)>, StoreError> {
+        Ok(block::decode(bytes)
+            .map_err(block_error)?
+            .into_iter()
+            .map(|(offset, r)| (offset, r.timestamp_ms, r))
+            .collect())
+    };
+    merge_device(snap, device, range, direction, &read, Some, visit)
+}
+
+/// Visits the values of `metric` in `device`'s readings in `range` (the first in each reading
+/// that has one), as [`scan_device`] visits readings: a block is read for that metric alone.
+pub(super) fn scan_device_metric(
+    snap: &dyn Snapshot,
+    device: u32,
+    metric: u32,
+    range: TimeRange,
+    direction: Direction,
+    visit: impl FnMut(u64, u64, OwnedValue) -> Result<ControlFlow<()>, StoreError>,
+) -> Result<ControlFlow<()>, StoreError> {
+    let read = |bytes: &[u8]| block::decode_metric(bytes, metric).map_err(block_error);
+    let of_row = |record: ReadingRecord| {
+        record
+            .metrics
+            .into_iter()
+            .find(|(m, _)| *m == metric)
+            .map(|(_, v)| v)
+    };
+    merge_device(snap, device, range, direction, &read, of_row, visit)
+}
+
+/// The merge of [`scan_device`] and [`scan_device_metric`]: the device's rows by its time
+/// index, its blocks by their cursor, each reading as `T` (a row's by `of_row`, `None`: skipped).
+fn merge_device<T>(
+    snap: &dyn Snapshot,
+    device: u32,
+    range: TimeRange,
+    direction: Direction,
+    read: &Reader<'_, T>,
+    of_row: impl Fn(ReadingRecord) -> Option<T>,
+    mut visit: impl FnMut(u64, u64, T) -> Result<ControlFlow<()>, StoreError>,
+) -> Result<ControlFlow<()>, StoreError> {
+    let mut blocks = DeviceCursor::new(snap, device, range, direction, read)?;
     let before = |a: (u64, u64), b: (u64, u64)| match direction {
         Direction::Forward => a < b,
         Direction::Reverse => a > b,
@@ -686,15 +733,18 @@ pub(super) fn scan_device(
             if !before(next, at) {
                 break;
             }
-            if let Some((ts, offset, record)) = blocks.pop()
-                && visit(ts, offset, record)?.is_break()
+            if let Some((ts, offset, item)) = blocks.pop()
+                && visit(ts, offset, item)?.is_break()
             {
                 return Ok(ControlFlow::Break(()));
             }
         }
         // No row behind an index entry: retention removed it between the two.
-        match snap.get(Table::Readings, &records::reading_key(at.1))? {
-            Some(bytes) => visit(at.0, at.1, records::decode(&bytes, "reading")?),
+        let Some(bytes) = snap.get(Table::Readings, &records::reading_key(at.1))? else {
+            return Ok(ControlFlow::Continue(()));
+        };
+        match of_row(records::decode(&bytes, "reading")?) {
+            Some(item) => visit(at.0, at.1, item),
             None => Ok(ControlFlow::Continue(())),
         }
     })?;
@@ -702,8 +752,8 @@ pub(super) fn scan_device(
         return Ok(flow);
     }
     while blocks.peek()?.is_some() {
-        if let Some((ts, offset, record)) = blocks.pop()
-            && visit(ts, offset, record)?.is_break()
+        if let Some((ts, offset, item)) = blocks.pop()
+            && visit(ts, offset, item)?.is_break()
         {
             return Ok(ControlFlow::Break(()));
         }

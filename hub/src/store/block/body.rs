@@ -176,7 +176,19 @@ impl Column {
 }
 
 /// The readings of a body, checked against its header.
-pub(super) fn read(h: &BlockSummary, body: &[u8]) -> Result<Vec<(u64, ReadingRecord)>, BlockError> {
+/// A block's columns, decoded and checked against its header: what readings are assembled from.
+struct Decoded<'h> {
+    h: &'h BlockSummary,
+    offsets: Vec<i64>,
+    timestamps: Vec<i64>,
+    seqs: Vec<i64>,
+    origins: Vec<SeqOrigin>,
+    shapes: Shapes,
+    columns: Vec<Column>,
+    slots: Slots,
+}
+
+fn decoded<'h>(h: &'h BlockSummary, body: &[u8]) -> Result<Decoded<'h>, BlockError> {
     let n = h.readings;
     let mut r = Reader::new(body, "offsets");
     let mut offsets = Vec::new();
@@ -221,6 +233,36 @@ pub(super) fn read(h: &BlockSummary, body: &[u8]) -> Result<Vec<(u64, ReadingRec
     if r.remaining() != 0 {
         return Err(r.corrupt("bytes after the last column"));
     }
+    Ok(Decoded {
+        h,
+        offsets,
+        timestamps,
+        seqs,
+        origins,
+        shapes,
+        columns,
+        slots,
+    })
+}
+
+fn corrupt(what: &'static str) -> BlockError {
+    BlockError::Corrupt {
+        section: "columns",
+        what,
+    }
+}
+
+pub(super) fn read(h: &BlockSummary, body: &[u8]) -> Result<Vec<(u64, ReadingRecord)>, BlockError> {
+    let Decoded {
+        h,
+        offsets,
+        timestamps,
+        seqs,
+        origins,
+        shapes,
+        columns,
+        slots,
+    } = decoded(h, body)?;
 
     // Built with exact-size iterators, not pushes (see `get_ints`). Each column's length is
     // its count in the shapes, so every value taken exists; checked once at the end.
@@ -258,9 +300,49 @@ pub(super) fn read(h: &BlockSummary, body: &[u8]) -> Result<Vec<(u64, ReadingRec
         })
         .collect();
     if unknown || columns.iter().zip(&taken).any(|(c, &n)| c.len() != n) {
-        return Err(r.corrupt("a column's length not its shapes' count"));
+        return Err(corrupt("a column's length not its shapes' count"));
     }
     Ok(readings)
+}
+
+/// The values of `metric` (its first in each reading that has it), with each reading's offset
+/// and timestamp, in offset order: what a query of one metric needs, without building a record
+/// per reading.
+pub(super) fn read_metric(
+    h: &BlockSummary,
+    body: &[u8],
+    metric: u32,
+) -> Result<Vec<(u64, u64, OwnedValue)>, BlockError> {
+    let d = decoded(h, body)?;
+    // Only the columns of `metric` are counted: every other column is some other metric's.
+    let mut taken = vec![0usize; d.columns.len()];
+    let mut values = Vec::new();
+    for ((offset, ts), shape) in d
+        .offsets
+        .iter()
+        .zip(&d.timestamps)
+        .zip(&d.shapes.of_reading)
+    {
+        let slots = d.slots.get(*shape as usize).map_or(&[][..], Vec::as_slice);
+        let mut found = false;
+        for &(id, c) in slots {
+            if id != metric {
+                continue;
+            }
+            let (Some(column), Some(i)) = (d.columns.get(c), taken.get_mut(c)) else {
+                return Err(corrupt("a slot past the columns"));
+            };
+            if *i >= column.len() {
+                return Err(corrupt("a column's length not its shapes' count"));
+            }
+            if !found {
+                values.push((*offset as u64, *ts as u64, column.value(*i)));
+                found = true;
+            }
+            *i += 1;
+        }
+    }
+    Ok(values)
 }
 
 fn read_origins(r: &mut Reader, n: usize) -> Result<Vec<SeqOrigin>, BlockError> {

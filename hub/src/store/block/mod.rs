@@ -54,6 +54,8 @@
 //! on a shared 2-core Xeon VM: 71 ns a reading with dropping the readings, 77 ns keeping ten
 //! blocks of them alive; cloning the same readings and dropping them, the floor for any decoder
 //! that returns `ReadingRecord`s (an allocation each), takes 63 ns. Encoding: 290 ns a reading.
+//! [`decode_metric`], one metric's values without the records (what a downsampled query reads):
+//! 30 ns a reading against 66 for [`decode`] with the drop, in the same run.
 
 mod bits;
 mod body;
@@ -243,19 +245,37 @@ fn check(readings: &[(u64, ReadingRecord)]) -> Result<(), BlockError> {
 
 /// The readings of a block, exactly as given to [`encode`].
 pub fn decode(bytes: &[u8]) -> Result<Vec<(u64, ReadingRecord)>, BlockError> {
+    let mut unpacked = Vec::new();
+    let (summary, body) = open(bytes, &mut unpacked)?;
+    body::read(&summary, body)
+}
+
+/// The values of `metric` in a block, with each reading's offset and timestamp: as [`decode`]
+/// would give them (the first value of `metric` in each reading that has one), without the
+/// records. Checks what it reads as [`decode`] does.
+pub fn decode_metric(bytes: &[u8], metric: u32) -> Result<Vec<(u64, u64, OwnedValue)>, BlockError> {
+    let mut unpacked = Vec::new();
+    let (summary, body) = open(bytes, &mut unpacked)?;
+    body::read_metric(&summary, body, metric)
+}
+
+/// A block's header, and its columns' bytes (decompressed into `unpacked` when packed).
+fn open<'a>(
+    bytes: &'a [u8],
+    unpacked: &'a mut Vec<u8>,
+) -> Result<(BlockSummary, &'a [u8]), BlockError> {
     let mut r = bits::Reader::new(bytes, "format");
     let summary = header(&mut r)?;
     r.section("body");
-    let unpacked;
     let body = match r.byte()? {
         BODY_PLAIN => r.rest(),
         BODY_ZSTD => {
-            unpacked = decompress(r.rest())?;
+            *unpacked = decompress(r.rest())?;
             &unpacked[..]
         }
         _ => return Err(r.corrupt("an unknown body encoding")),
     };
-    body::read(&summary, body)
+    Ok((summary, body))
 }
 
 /// The summary of a block, from its header: what [`BlockSummary`] says of the readings

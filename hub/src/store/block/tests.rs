@@ -63,7 +63,35 @@ fn round_trip(readings: &[(u64, ReadingRecord)]) -> Vec<u8> {
     let bytes = encode(readings).unwrap();
     assert_same(&decode(&bytes).unwrap(), readings);
     assert_summary(&summarize(&bytes).unwrap(), &plain_summary(readings));
+    assert_metric_projections(&bytes, readings);
     bytes
+}
+
+/// For every metric of the readings (and one of none), [`decode_metric`] gives the first value of
+/// it in each reading that has it, with the reading's offset and timestamp.
+fn assert_metric_projections(bytes: &[u8], readings: &[(u64, ReadingRecord)]) {
+    let mut ids: Vec<u32> = readings
+        .iter()
+        .flat_map(|(_, r)| r.metrics.iter().map(|(id, _)| *id))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids.push(ids.last().map_or(0, |l| l.wrapping_add(1)));
+    for id in ids {
+        let got = decode_metric(bytes, id).unwrap();
+        let want: Vec<(u64, u64, &OwnedValue)> = readings
+            .iter()
+            .filter_map(|(o, r)| {
+                let (_, v) = r.metrics.iter().find(|(m, _)| *m == id)?;
+                Some((*o, r.timestamp_ms, v))
+            })
+            .collect();
+        assert_eq!(got.len(), want.len(), "values of metric {id}");
+        for ((go, gt, gv), (wo, wt, wv)) in got.iter().zip(&want) {
+            assert_eq!((go, gt), (wo, wt), "metric {id}");
+            assert!(same_value(gv, wv), "metric {id}: {gv:?} != {wv:?}");
+        }
+    }
 }
 
 /// The summary computed straight from the readings, as the doc of [`BlockSummary`] defines it.
@@ -1268,6 +1296,16 @@ fn measure() {
         start.elapsed()
     }));
     println!("decode and drop: {fastest:.1} ns a reading, median {median:.1}");
+    // One metric's values, as a downsampled query reads them.
+    let metric = readings[0].1.metrics[0].0;
+    let (fastest, median) = best(Box::new(|| {
+        let start = std::time::Instant::now();
+        for _ in 0..10 {
+            std::hint::black_box(decode_metric(std::hint::black_box(&bytes), metric).unwrap());
+        }
+        start.elapsed()
+    }));
+    println!("decode one metric and drop: {fastest:.1} ns a reading, median {median:.1}");
     // The floor of any decoder that returns these types: cloning the readings and dropping.
     let (fastest, median) = best(Box::new(|| {
         let start = std::time::Instant::now();
