@@ -42,6 +42,10 @@ pub const META_ROLLUPS_FROM: &[u8] = b"rollups_from/";
 /// Meta key of the lowest device number a new device may get (u32 BE): one past the highest an
 /// erased device had, so a number is never given twice; see `store::removal`.
 pub const META_DEVICE_FLOOR: &[u8] = b"device_floor";
+/// Meta key prefix, before a device number (u32 BE), of the widest time range (max - min
+/// timestamp, u64 BE) any of the device's sealed blocks ever had: a bound that lets a read by time
+/// skip the blocks that end before it; see `store::sealed`.
+pub const META_BLOCK_WIDTH: &[u8] = b"block_width/";
 /// Meta key of the backup taken before the rows of an older store were sealed into blocks
 /// (UTF-8 path), while rows are left to seal; see `store::seal_rows`.
 pub const META_SEAL_BACKUP: &[u8] = b"seal_backup";
@@ -557,6 +561,13 @@ pub fn split_rollup_key(key: &[u8]) -> Option<u64> {
 /// `Meta` key of where a device's rollups begin.
 pub fn rollups_from_key(device: u32) -> Vec<u8> {
     let mut key = META_ROLLUPS_FROM.to_vec();
+    key.extend_from_slice(&device.to_be_bytes());
+    key
+}
+
+/// Meta key of a device's widest block (see [`META_BLOCK_WIDTH`]).
+pub fn block_width_key(device: u32) -> Vec<u8> {
+    let mut key = META_BLOCK_WIDTH.to_vec();
     key.extend_from_slice(&device.to_be_bytes());
     key
 }

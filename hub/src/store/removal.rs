@@ -210,6 +210,7 @@ impl Store {
             batch.delete(Table::Parked, key);
         }
         batch.delete(Table::Meta, records::rollups_from_key(number));
+        batch.delete(Table::Meta, records::block_width_key(number));
         batch.delete(Table::Devices, prefix.to_vec());
         let floor = self.catalog()?.device_floor.max(number.saturating_add(1));
         batch.put(

@@ -86,7 +86,7 @@ impl Store {
             .iter()
             .map(|(k, v)| (k.as_slice(), v.as_slice()))
             .collect();
-        for (table, key, value) in sealed::seal(&borrowed)? {
+        for (table, key, value) in sealed::seal(&borrowed, &*snap)? {
             batch.put(table, key, value);
         }
         for (key, value) in &rows {

@@ -90,6 +90,11 @@ impl BlockRef {
         block_key(self.span, self.device, self.first)
     }
 
+    /// Its time range's width.
+    fn width(&self) -> u64 {
+        self.max_ts.saturating_sub(self.min_ts)
+    }
+
     fn time_key(&self) -> Vec<u8> {
         let mut key = Vec::with_capacity(28);
         key.extend_from_slice(&self.device.to_be_bytes());
@@ -140,8 +145,9 @@ fn block_error(e: block::BlockError) -> StoreError {
 }
 
 /// The blocks of `readings` (rows: offset key, record bytes, in offset order), one device's
-/// readings each, with their index entries: what a checkpoint writes in place of the rows.
-pub(super) fn seal(rows: &[(&[u8], &[u8])]) -> Result<Vec<Entry>, StoreError> {
+/// readings each, with their index entries and each device's widest block where it grows (as
+/// `snap` has it): what a checkpoint writes in place of the rows.
+pub(super) fn seal(rows: &[(&[u8], &[u8])], snap: &dyn Snapshot) -> Result<Vec<Entry>, StoreError> {
     let mut by_device: BTreeMap<u32, Vec<(u64, &[u8])>> = BTreeMap::new();
     let mut span = None;
     for (key, value) in rows {
@@ -155,7 +161,8 @@ pub(super) fn seal(rows: &[(&[u8], &[u8])]) -> Result<Vec<Entry>, StoreError> {
         return Ok(Vec::new());
     };
     let mut out = Vec::new();
-    for rows in by_device.into_values() {
+    for (device, rows) in by_device {
+        let blocks_from = out.len();
         let mut readings = Vec::with_capacity(rows.len().min(block::BLOCK_READINGS));
         let mut values = 0;
         let mut strings = 0;
@@ -178,8 +185,28 @@ pub(super) fn seal(rows: &[(&[u8], &[u8])]) -> Result<Vec<Entry>, StoreError> {
         if !readings.is_empty() {
             out.extend(sealed_block(span, &readings)?);
         }
+        let widest = out[blocks_from..]
+            .iter()
+            .filter(|(table, ..)| *table == Table::BlockTimes)
+            .map(|(_, key, value)| BlockRef::from_time_entry(key, value).map(|b| b.width()))
+            .try_fold(0, |w, b| b.map(|b| w.max(b)))?;
+        if block_width(snap, device)?.is_none_or(|known| widest > known) {
+            out.push((
+                Table::Meta,
+                records::block_width_key(device),
+                widest.to_be_bytes().to_vec(),
+            ));
+        }
     }
     Ok(out)
+}
+
+/// The widest time range of `device`'s blocks, if it has had any (see
+/// [`records::META_BLOCK_WIDTH`]).
+fn block_width(snap: &dyn Snapshot, device: u32) -> Result<Option<u64>, StoreError> {
+    snap.get(Table::Meta, &records::block_width_key(device))?
+        .map(|v| records::be_u64(&v, "block width"))
+        .transpose()
 }
 
 /// A reading's values and string bytes, as the block's caps count them.
@@ -535,12 +562,53 @@ impl TimeRange {
 
 /// `device`'s blocks, by the time index.
 pub(super) fn device_blocks(snap: &dyn Snapshot, device: u32) -> Result<Vec<BlockRef>, StoreError> {
+    blocks_by_time(snap, &KeyRange::prefix(&device.to_be_bytes()))
+}
+
+/// `device`'s blocks that may hold a reading of `range`: only the index entries of blocks that
+/// begin late enough to reach it (by the device's widest block) and before it ends are read.
+fn device_blocks_in(
+    snap: &dyn Snapshot,
+    device: u32,
+    range: &TimeRange,
+) -> Result<Vec<BlockRef>, StoreError> {
+    let lo = match range.lo {
+        Bound::Included((ts, _)) | Bound::Excluded((ts, _)) => ts,
+        Bound::Unbounded => 0,
+    };
+    let hi = match range.hi {
+        Bound::Included((ts, _)) | Bound::Excluded((ts, _)) => ts,
+        Bound::Unbounded => u64::MAX,
+    };
+    let from = match block_width(snap, device)? {
+        Some(width) => lo.saturating_sub(width),
+        None => 0,
+    };
+    let key = |ts: u64| {
+        let mut key = device.to_be_bytes().to_vec();
+        key.extend_from_slice(&ts.to_be_bytes());
+        key
+    };
+    let index = KeyRange {
+        start: Bound::Included(key(from)),
+        end: match engine::prefix_successor(&key(hi)) {
+            Some(end) => Bound::Excluded(end),
+            None => Bound::Unbounded,
+        },
+    };
+    Ok(blocks_by_time(snap, &index)?
+        .into_iter()
+        .filter(|b| range.meets((b.min_ts, b.first), (b.max_ts, b.last)))
+        .collect())
+}
+
+/// The blocks whose time index entries lie in `index`.
+fn blocks_by_time(snap: &dyn Snapshot, index: &KeyRange) -> Result<Vec<BlockRef>, StoreError> {
     let mut blocks = Vec::new();
-    let range = KeyRange::prefix(&device.to_be_bytes());
     let _ = try_scan(
         snap,
         Table::BlockTimes,
-        &range,
+        index,
         Direction::Forward,
         |k, v| {
             blocks.push(BlockRef::from_time_entry(k, v)?);
@@ -600,10 +668,7 @@ impl<'s, T> DeviceCursor<'s, T> {
         direction: Direction,
         read: &'s Reader<'s, T>,
     ) -> Result<Self, StoreError> {
-        let mut unread: Vec<BlockRef> = device_blocks(snap, device)?
-            .into_iter()
-            .filter(|b| range.meets((b.min_ts, b.first), (b.max_ts, b.last)))
-            .collect();
+        let mut unread = device_blocks_in(snap, device, &range)?;
         match direction {
             Direction::Forward => unread.sort_by_key(|b| (b.min_ts, b.first)),
             Direction::Reverse => unread.sort_by_key(|b| std::cmp::Reverse((b.max_ts, b.last))),
@@ -777,9 +842,41 @@ pub(super) fn time_bounds(
             ControlFlow::Break(())
         })?;
     }
-    for block in device_blocks(snap, device)? {
-        ends[0] = Some(ends[0].map_or(block.min_ts, |t: u64| t.min(block.min_ts)));
-        ends[1] = Some(ends[1].map_or(block.max_ts, |t: u64| t.max(block.max_ts)));
+    // The earliest: the first block by its min timestamp. The latest: the greatest max among
+    // the blocks that begin within the widest block's width of the last one's beginning.
+    let prefix = KeyRange::prefix(&device.to_be_bytes());
+    let mut first = None;
+    let _ = try_scan(
+        snap,
+        Table::BlockTimes,
+        &prefix,
+        Direction::Forward,
+        |k, v| {
+            first = Some(BlockRef::from_time_entry(k, v)?.min_ts);
+            Ok(ControlFlow::Break(()))
+        },
+    )?;
+    let width = block_width(snap, device)?;
+    let mut last: Option<u64> = None;
+    let _ = try_scan(
+        snap,
+        Table::BlockTimes,
+        &prefix,
+        Direction::Reverse,
+        |k, v| {
+            let block = BlockRef::from_time_entry(k, v)?;
+            if let (Some(latest), Some(width)) = (last, width)
+                && block.min_ts.saturating_add(width) < latest
+            {
+                return Ok(ControlFlow::Break(()));
+            }
+            last = Some(last.map_or(block.max_ts, |l| l.max(block.max_ts)));
+            Ok(ControlFlow::Continue(()))
+        },
+    )?;
+    if let (Some(first), Some(last)) = (first, last) {
+        ends[0] = Some(ends[0].map_or(first, |t: u64| t.min(first)));
+        ends[1] = Some(ends[1].map_or(last, |t: u64| t.max(last)));
     }
     match ends {
         [Some(first), Some(last)] => Ok(Some((first, last))),

@@ -420,8 +420,11 @@ impl LoggedEngine {
         if !tail.is_empty() || upto > writer.checkpointed_lsn {
             // The tail's readings go in as compressed blocks, in place of their rows and index
             // entries (see `store::sealed`).
-            let sealed = super::sealed::seal(&tail.puts(Table::Readings))
-                .map_err(|e| EngineError::engine(format!("sealing the log's readings: {e}")))?;
+            let sealed = {
+                let view = self.snapshot()?;
+                super::sealed::seal(&tail.puts(Table::Readings), &*view)
+                    .map_err(|e| EngineError::engine(format!("sealing the log's readings: {e}")))?
+            };
             // Streamed from the tail into the engine's transaction, never copied whole: the
             // tail is the largest thing the hub holds.
             self.inner.commit_fed(&mut |sink| {
