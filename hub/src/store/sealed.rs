@@ -20,7 +20,7 @@
 //! what finds the span of an offset; rows may lie anywhere, the reads merge them; blocks are
 //! immutable: retention deletes whole spans and an erase whole blocks.
 
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 
 use super::block;
 use super::engine::Snapshot;
@@ -148,20 +148,25 @@ fn block_error(e: block::BlockError) -> StoreError {
 /// readings each, with their index entries and each device's widest block where it grows (as
 /// `snap` has it): what a checkpoint writes in place of the rows.
 pub(super) fn seal(rows: &[(&[u8], &[u8])], snap: &dyn Snapshot) -> Result<Vec<Entry>, StoreError> {
-    let mut by_device: BTreeMap<u32, Vec<(u64, &[u8])>> = BTreeMap::new();
-    let mut span = None;
+    // One list sorted by device then offset, not a list per device: a thousand devices made a
+    // thousand growing lists at every checkpoint.
+    let mut by_device: Vec<(u32, u64, &[u8])> = Vec::with_capacity(rows.len());
     for (key, value) in rows {
         let offset = records::be_u64(key, "reading key")?;
         let (device, _) = postcard::take_from_bytes::<u32>(value)
             .map_err(|e| StoreError::Corrupt(format!("reading: {e}")))?;
-        span = Some(span.map_or(offset, |s: u64| s.min(offset)));
-        by_device.entry(device).or_default().push((offset, value));
+        by_device.push((device, offset, value));
     }
-    let Some(span) = span else {
+    let Some(span) = by_device.iter().map(|(_, offset, _)| *offset).min() else {
         return Ok(Vec::new());
     };
+    by_device.sort_unstable_by_key(|(device, offset, _)| (*device, *offset));
     let mut out = Vec::new();
-    for (device, rows) in by_device {
+    for rows in by_device.chunk_by(|a, b| a.0 == b.0) {
+        let Some(&(device, ..)) = rows.first() else {
+            continue;
+        };
+        let rows = rows.iter().map(|(_, offset, bytes)| (*offset, *bytes));
         let blocks_from = out.len();
         let mut readings = Vec::with_capacity(rows.len().min(block::BLOCK_READINGS));
         let mut values = 0;

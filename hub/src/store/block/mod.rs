@@ -181,7 +181,7 @@ pub fn encode(readings: &[(u64, ReadingRecord)]) -> Result<Vec<u8>, BlockError> 
         return Err(BlockError::TooLarge { bytes: plain.len() });
     }
     // Compression that fails (it cannot, short of memory) only costs the gain.
-    match zstd::bulk::compress(&plain, ZSTD_LEVEL) {
+    match compress(&plain) {
         Ok(packed) if packed.len() < plain.len() => {
             out.push(BODY_ZSTD);
             out.extend_from_slice(&packed);
@@ -297,6 +297,29 @@ thread_local! {
     /// each time).
     static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
         const { std::cell::RefCell::new(None) };
+}
+
+thread_local! {
+    /// A compression context kept by each thread that encodes blocks (the log's checkpoints: the
+    /// store writer's): a checkpoint of a thousand devices seals a thousand small blocks, and a
+    /// context made and freed for each churned the heap at the peaks of ingest.
+    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// `plain` as one zstd frame (level [`ZSTD_LEVEL`], its size declared).
+fn compress(plain: &[u8]) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        // Never borrowed twice: nothing in here encodes a block.
+        let Ok(mut slot) = cell.try_borrow_mut() else {
+            return zstd::bulk::compress(plain, ZSTD_LEVEL);
+        };
+        let compressor = match &mut *slot {
+            Some(c) => c,
+            empty => empty.insert(zstd::bulk::Compressor::new(ZSTD_LEVEL)?),
+        };
+        compressor.compress(plain)
+    })
 }
 
 /// The columns of a zstd frame, refused before any allocation when the frame does not declare
