@@ -96,7 +96,15 @@ pub fn backup_in_place(
     let name = crate::clock::rfc3339(now_ms)
         .replace([':', '-'], "")
         .replace(".", "-");
-    let summary = backup(store, kind, data_dir, &root.join(name))?;
+    let dest = root.join(name);
+    let summary = match backup(store, kind, data_dir, &dest) {
+        Ok(summary) => summary,
+        Err(e) => {
+            // A backup cut short (a full disk, mostly) is no backup: its room goes back.
+            let _ = std::fs::remove_dir_all(&dest);
+            return Err(e);
+        }
+    };
     let mut existing: Vec<PathBuf> = std::fs::read_dir(&root)
         .map_err(io(&root))?
         .filter_map(|e| e.ok().map(|e| e.path()))

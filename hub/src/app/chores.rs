@@ -71,6 +71,8 @@ pub async fn sweep_presence(
     }
 }
 
+/// Room left free beside the backup taken before sealing old rows: ingest's own.
+const BACKUP_MARGIN: u64 = 256 << 20;
 /// How often sealing old rows says how far it got.
 const SEAL_PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
@@ -113,6 +115,18 @@ async fn seal_rows_once(
     let backup = tokio::task::spawn_blocking(move || -> Result<String, String> {
         if let Some(dir) = prepared.seal_backup().map_err(|e| e.to_string())? {
             return Ok(dir);
+        }
+        // The backup takes about the store's live bytes, outside the quota: taken on a disk
+        // without room for it, it would leave none for ingest.
+        let live = prepared.usage().map_err(|e| e.to_string())?.live_bytes;
+        let need = live.saturating_add(BACKUP_MARGIN);
+        if let Ok(stat) = rustix::fs::statvfs(&data_dir) {
+            let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+            if free < need {
+                return Err(format!(
+                    "the file system has {free} bytes free, the backup needs about {need}"
+                ));
+            }
         }
         let summary = crate::backup::backup_in_place(&prepared, kind, &data_dir, now_ms())
             .map_err(|e| e.to_string())?;
