@@ -24,13 +24,13 @@ use crate::mqtt_door::paho_publisher;
 const TMPFS_SIZE: &str = "16m";
 
 /// A tmpfs mounted for the test, unmounted (and its mount point removed) when dropped.
-struct Tmpfs {
+pub(crate) struct Tmpfs {
     dir: PathBuf,
 }
 
 impl Tmpfs {
     /// Mounts a tmpfs at `dir`; `None` (with the reason) when this user may not mount.
-    fn mount(dir: &Path) -> Result<Tmpfs, String> {
+    pub(crate) fn mount(dir: &Path) -> Result<Tmpfs, String> {
         std::fs::create_dir_all(dir).unwrap();
         let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={TMPFS_SIZE}"), "tmpfs"])
@@ -60,7 +60,7 @@ impl Drop for Tmpfs {
 }
 
 /// Whether a failed mount must fail the test: under CI, or as root.
-fn must_mount() -> bool {
+pub(crate) fn must_mount() -> bool {
     let root = Command::new("id")
         .arg("-u")
         .output()

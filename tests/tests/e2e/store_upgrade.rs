@@ -114,3 +114,50 @@ async fn old_rows_are_sealed_after_a_backup_and_a_kill_9_midway_loses_and_double
     check_every_reading_once(&hub, "up-", DEVICES, COUNT).await;
     hub.stop();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_room_for_the_backup_old_rows_stay_rows_and_nothing_is_lost() {
+    let root = tempfile::tempdir().unwrap();
+    // The data on a 16 MB file system: far from room for a backup and its 256 MB margin.
+    let _tmpfs = match crate::disk_full::Tmpfs::mount(&root.path().join("hub-data")) {
+        Ok(tmpfs) => tmpfs,
+        Err(why) if !crate::disk_full::must_mount() => {
+            eprintln!(
+                "SKIPPED without_room_for_the_backup_...: mounting a tmpfs needs root ({why})"
+            );
+            return;
+        }
+        Err(why) => panic!("mounting a tmpfs failed (root, or CI): {why}"),
+    };
+    let mqtt = format!("127.0.0.1:{}", crate::harness::free_port());
+    let base = restartable("--mqtt-listen", &mqtt);
+    let direct = write_config(root.path(), "[data]\nwrite_path = \"direct\"\n");
+    let hub = Hub::start_in(root.path(), &base, &["--config", &direct]);
+    let lines: Vec<String> = (0..300)
+        .map(|seq| format!(r#"{{"seq":{seq},"metrics":{{"t":{seq}}}}}"#))
+        .collect();
+    mosquitto_pub_lines(hub.mqtt_port(), "devices/nr-0/telemetry", &lines, 1);
+    wait_for_readings(&hub, "nr-0", 300).await;
+    hub.stop();
+
+    let log = write_config(root.path(), "[data]\ncheckpoint_bytes = \"1MiB\"\n");
+    let hub = Hub::start_in(root.path(), &base, &["--config", &log]);
+    crate::harness::eventually("the hub's word on the backup", || async {
+        hub.log()
+            .contains("cannot back the store up before sealing its old rows")
+            .then_some(())
+    })
+    .await;
+    let backups = root.path().join("hub-data/backups");
+    let left = std::fs::read_dir(&backups).map_or(0, |d| d.count());
+    assert_eq!(left, 0, "no backup, whole or partial, is left");
+    check_every_reading_once(&hub, "nr-", 1, 300).await;
+    // Ingest goes on, on the log path, beside the rows.
+    let more: Vec<String> = (300..310)
+        .map(|seq| format!(r#"{{"seq":{seq},"metrics":{{"t":{seq}}}}}"#))
+        .collect();
+    mosquitto_pub_lines(hub.mqtt_port(), "devices/nr-0/telemetry", &more, 1);
+    wait_for_readings(&hub, "nr-0", 310).await;
+    check_every_reading_once(&hub, "nr-", 1, 310).await;
+    hub.stop();
+}
