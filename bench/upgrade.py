@@ -2,9 +2,10 @@
 """The upgrade in place to store schema 4, measured: a store of READINGS readings kept as rows (the
 layout of schema 3 and older: `fill --write-path direct`) is opened by the hub on the log path,
 which seals the rows into blocks in the background after a backup. The hub is killed with SIGKILL
-once, midway, and started again; it goes on and finishes. Prints one JSON object: time to
-"hub ready" at each start, the sealing's time, the peak RSS of each run (VmHWM), the store file
-before and after, and the readings the hub counts before and after.
+once, midway, and started again; it goes on and finishes, and compacts the file once idle for a
+minute. Prints one JSON object: time to "hub ready" at each start, the sealing's time, the peak
+RSS of each run (VmHWM), the store file before, when sealed and after the compaction, and the
+readings the hub counts before and after.
 
 Usage: bench/upgrade.py [--readings N] [--kill-after SECONDS] (release binaries in target/release:
 `cargo build --release -p hub -p hub-bench`).
@@ -132,6 +133,11 @@ def main():
         sealed_in = wait_for(second, "every old row is sealed", 3600)
         count_after = second.readings()
         done = [l for l in second.text().splitlines() if "every old row is sealed" in l]
+        sealed_file = os.path.getsize(os.path.join(data, "store.redb"))
+        # The file keeps its size (redb reuses the freed pages) until the hub, idle for a minute,
+        # compacts it.
+        compacted_in = wait_for(second, "store compacted while idle", 900)
+        compacted = [l for l in second.text().splitlines() if "store compacted while idle" in l]
         second.stop()
         after = os.path.getsize(os.path.join(data, "store.redb"))
         backups = os.path.join(data, "backups")
@@ -155,6 +161,9 @@ def main():
             "done_line": done[-1] if done else None,
             "readings_before": count_before,
             "readings_after": count_after,
+            "store_bytes_when_sealed": sealed_file,
+            "compacted_after_s": compacted_in,
+            "compacted_line": compacted[-1] if compacted else None,
             "store_bytes_after": after,
             "bytes_per_reading_after": after / args.readings,
             "backup_bytes": backup_bytes,

@@ -172,7 +172,9 @@ fn main() -> anyhow::Result<()> {
         .table_bytes()?
         .into_iter()
         .filter(|(_, entries, _)| *entries > 0)
-        .map(|(name, entries, bytes)| (name.to_owned(), json!({"entries": entries, "bytes": bytes})))
+        .map(|(name, entries, bytes)| {
+            (name.to_owned(), json!({"entries": entries, "bytes": bytes}))
+        })
         .collect();
     let out = json!({
         "tool": "fill",
