@@ -441,21 +441,26 @@ impl Store {
             return Err(e);
         }
         // No row before the oldest span, or every one deleted: the span, whole or not at all.
+        // A block at a time, twice (asked, then deleted), not the span's readings all at once:
+        // a span of a large checkpoint decodes to megabytes, and retention runs beside ingest.
         if let (false, Some((_, blocks))) = (kept, &oldest_span) {
-            let mut readings = Vec::new();
+            let mut whole = true;
             for block in blocks {
-                readings.extend(super::sealed::read_block(&*snap, block)?);
-            }
-            readings.sort_unstable_by_key(|(offset, _)| *offset);
-            if readings.iter().all(|(o, r)| !keep(*o, r.timestamp_ms)) {
-                for block in blocks {
-                    block.delete_in(&mut batch);
+                let readings = super::sealed::read_block(&*snap, block)?;
+                if readings.iter().any(|(o, r)| keep(*o, r.timestamp_ms)) {
+                    whole = false;
+                    break;
                 }
-                for (offset, record) in &readings {
-                    each(*offset, record.timestamp_ms);
-                    rollups.note(record);
-                    deleted.readings += 1;
-                    deleted.next = Some(offset + 1);
+            }
+            if whole {
+                for block in blocks {
+                    for (offset, record) in super::sealed::read_block(&*snap, block)? {
+                        each(offset, record.timestamp_ms);
+                        rollups.note(&record);
+                        deleted.readings += 1;
+                        deleted.next = deleted.next.max(Some(offset + 1));
+                    }
+                    block.delete_in(&mut batch);
                 }
             }
         }
