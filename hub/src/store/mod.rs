@@ -283,12 +283,20 @@ impl Store {
                 );
                 drop(snap);
                 engine.commit(&batch)?;
-                tracing::info!(
-                    from = found,
-                    to = SCHEMA_VERSION,
-                    devices_before_rollups = marked,
-                    "store upgraded; downsampled queries read raw readings for the time before each device's rollups began"
-                );
+                if found < ROLLUPS_VERSION {
+                    tracing::info!(
+                        from = found,
+                        to = SCHEMA_VERSION,
+                        devices_before_rollups = marked,
+                        "store upgraded; downsampled queries read raw readings for the time before each device's rollups began"
+                    );
+                } else {
+                    tracing::info!(
+                        from = found,
+                        to = SCHEMA_VERSION,
+                        "store upgraded; on the log path, the readings it keeps as rows are sealed into blocks in the background"
+                    );
+                }
             }
         }
         let store = Store::with_catalog(engine, catalog);
