@@ -519,17 +519,8 @@ impl TimeRange {
     }
 
     fn contains(&self, at: (u64, u64)) -> bool {
-        let above = match self.lo {
-            Bound::Included(lo) => at >= lo,
-            Bound::Excluded(lo) => at > lo,
-            Bound::Unbounded => true,
-        };
-        let below = match self.hi {
-            Bound::Included(hi) => at <= hi,
-            Bound::Excluded(hi) => at < hi,
-            Bound::Unbounded => true,
-        };
-        above && below
+        // A reading is a block of one.
+        self.meets(at, at)
     }
 
     /// Whether a block spanning `[low, high]` may hold a reading of the range.
