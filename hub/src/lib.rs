@@ -19,6 +19,7 @@ pub mod http_client;
 pub mod ingest;
 pub mod live;
 pub mod liveness;
+pub mod memory;
 pub mod metrics;
 pub mod mqtt_client;
 pub mod notify;

@@ -551,12 +551,7 @@ async fn trim_memory(shutdown: CancellationToken) {
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
-        // SAFETY: malloc_trim only returns free memory of the allocator to the system; any
-        // thread may call it at any time.
-        #[allow(unsafe_code)]
-        unsafe {
-            libc::malloc_trim(0);
-        }
+        hub::memory::give_back();
     }
 }
 
@@ -597,6 +592,9 @@ fn serve(config: Config, reload: hub::app::Reload) -> anyhow::Result<()> {
             );
             let _ = out.flush();
             hub::notify::ready();
+            // Opening the store, its log's replay and the TLS set-up leave about 3 MB free in the
+            // heap; without this, a fresh hub held them until the first period's trim.
+            hub::memory::give_back();
         })
         .await?;
         Ok(())

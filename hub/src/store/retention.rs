@@ -382,6 +382,7 @@ impl Retention {
         {
             self.released_at = head;
             if self.store.release_memory()? {
+                crate::memory::give_back();
                 tracing::debug!("store cache emptied while idle");
             }
         }
@@ -389,6 +390,17 @@ impl Retention {
             return Ok(());
         }
         self.compacted_at = Some(head);
+        self.compact_if_worth_it()?;
+        // Walking the file (and compacting it) filled the cache again with pages no reader asked
+        // for: measured after a load, an idle hub went from 11.8 to 15.7 MB at this step.
+        if self.store.release_memory()? {
+            crate::memory::give_back();
+        }
+        Ok(())
+    }
+
+    /// Compacts the file when it holds much free space.
+    fn compact_if_worth_it(&mut self) -> Result<(), StoreError> {
         let usage = self.store.usage()?;
         let free = usage.file_bytes.saturating_sub(usage.live_bytes);
         if free < (16 << 20).max(usage.file_bytes / 4) {
