@@ -302,6 +302,7 @@ impl MqttEndpoint {
             connections.clone(),
             shutdown.clone(),
         );
+        let pack = router::pack_when_quiet(self.context.router.clone(), shutdown.clone());
         match self.devices {
             Some(devices) => {
                 let tls = accept_devices(
@@ -311,9 +312,11 @@ impl MqttEndpoint {
                     connections.clone(),
                     shutdown.clone(),
                 );
-                tokio::join!(plain, tls);
+                tokio::join!(plain, tls, pack);
             }
-            None => plain.await,
+            None => {
+                tokio::join!(plain, pack);
+            }
         }
         connections.close();
         connections.wait().await;

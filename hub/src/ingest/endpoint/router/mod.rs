@@ -20,6 +20,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rumqttc::mqttbytes::QoS;
@@ -36,6 +37,11 @@ pub const MAX_QUEUED: usize = 128;
 pub const MAX_INFLIGHT_DOWN: usize = 16;
 /// QoS 2 publishes of one session answered with PUBREC and awaiting their PUBREL.
 pub const MAX_AWAITING_RELEASE: usize = 256;
+/// Sessions left by their connections that make it worth packing the routes (see
+/// [`Router::pack_when_quiet`]).
+const PACK_AFTER_DEPARTURES: usize = 64;
+/// How long no session has come or gone before the routes are packed.
+const PACK_WHEN_QUIET: Duration = Duration::from_secs(10);
 
 /// A message for a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,7 +70,7 @@ pub struct Session {
     pub wake: Notify,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct SessionState {
     persistent: bool,
     /// The connection serving it: its number and how to close it.
@@ -98,6 +104,19 @@ impl Session {
             }),
             wake: Notify::new(),
         }
+    }
+
+    /// The session in fresh allocations when only the router holds it (no connection serves it,
+    /// no downlink is being offered to it), else itself.
+    fn packed(self: &Arc<Self>) -> Arc<Self> {
+        if Arc::strong_count(self) > 1 {
+            return self.clone();
+        }
+        Arc::new(Session {
+            client_id: self.client_id.clone(),
+            state: Mutex::new(self.state().clone()),
+            wake: Notify::new(),
+        })
     }
 
     fn state(&self) -> MutexGuard<'_, SessionState> {
@@ -266,6 +285,10 @@ struct Routes {
     wildcard: HashSet<String>,
     /// Order numbers for disconnections.
     departures: u64,
+    /// Sessions left by their connections since the routes were last packed.
+    departed_since_packed: usize,
+    /// When a session last came or went.
+    last_change: Option<Instant>,
 }
 
 impl Router {
@@ -333,6 +356,7 @@ impl Router {
                 routes
                     .sessions
                     .insert(client_id.to_owned(), session.clone());
+                routes.last_change = Some(Instant::now());
                 (session, false)
             }
         };
@@ -366,6 +390,8 @@ impl Router {
             state.left = routes.departures;
             state.persistent
         };
+        routes.last_change = Some(Instant::now());
+        routes.departed_since_packed += 1;
         if !persistent
             && routes
                 .sessions
@@ -502,6 +528,44 @@ impl Router {
     pub fn sessions(&self) -> usize {
         self.routes().sessions.len()
     }
+
+    /// Packs the routes when at least [`PACK_AFTER_DEPARTURES`] sessions have been left by their
+    /// connections since the last time and no session has come or gone for [`PACK_WHEN_QUIET`]
+    /// before `now`; whether it did.
+    ///
+    /// Packing copies the persistent sessions no connection holds, and the maps that route to
+    /// sessions, into fresh allocations side by side, and frees the old ones. Each session was
+    /// allocated as its device connected, among that connection's buffers, and once the
+    /// connection closed it kept the freed pages around it from going back to the system (as
+    /// `store::Catalog::repack` and `live::Devices::pack` do for theirs); and a map keeps the
+    /// size it grew to when its entries go (1000 clean sessions left 212 KB of empty tables).
+    pub fn pack_when_quiet(&self, now: Instant) -> bool {
+        let mut routes = self.routes();
+        let quiet = routes
+            .last_change
+            .is_none_or(|at| now.saturating_duration_since(at) >= PACK_WHEN_QUIET);
+        if routes.departed_since_packed < PACK_AFTER_DEPARTURES || !quiet {
+            return false;
+        }
+        routes.pack();
+        true
+    }
+}
+
+/// Checks every second whether the router's routes are worth packing, until `shutdown`.
+pub async fn pack_when_quiet(router: Arc<Router>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        if router.pack_when_quiet(Instant::now()) {
+            crate::memory::give_back();
+            tracing::debug!("MQTT sessions packed after their connections left");
+        }
+    }
 }
 
 /// QoS 1 messages sent and not acknowledged go back to the front of the queue, to be sent again.
@@ -512,6 +576,22 @@ fn requeue_inflight(state: &mut SessionState) {
 }
 
 impl Routes {
+    /// See [`Router::pack_when_quiet`].
+    fn pack(&mut self) {
+        self.sessions = self
+            .sessions
+            .iter()
+            .map(|(id, session)| (id.clone(), session.packed()))
+            .collect();
+        self.exact = self
+            .exact
+            .iter()
+            .map(|(filter, ids)| (filter.clone(), ids.iter().cloned().collect()))
+            .collect();
+        self.wildcard = self.wildcard.iter().cloned().collect();
+        self.departed_since_packed = 0;
+    }
+
     fn unroute(&mut self, filter: &str, client_id: &str) {
         if let Some(ids) = self.exact.get_mut(filter) {
             ids.remove(client_id);

@@ -177,3 +177,79 @@ fn a_command_is_told_back_when_acknowledged_or_lost_with_its_session() {
         Ok(false)
     );
 }
+
+#[test]
+fn packing_moves_the_sessions_no_connection_holds_and_keeps_what_they_hold() {
+    let router = Router::new(1000, None);
+    let mut connected = Vec::new();
+    for n in 0..PACK_AFTER_DEPARTURES as u64 + 2 {
+        let id = format!("d{n}");
+        let session = router
+            .connect(&id, false, n, CancellationToken::new())
+            .session;
+        router.subscribe(
+            &session,
+            &[(format!("devices/{id}/commands"), QoS::AtLeastOnce)],
+        );
+        connected.push(session);
+    }
+    router.subscribe(&connected[0], &[("devices/+/ack".into(), QoS::AtMostOnce)]);
+    // All but the last leave; a command waits for the first.
+    let staying = connected.pop().unwrap();
+    for (n, session) in connected.iter().enumerate() {
+        router.disconnected(session, n as u64);
+    }
+    router
+        .publish("devices/d0/commands", payload("go"), QoS::AtLeastOnce)
+        .unwrap();
+    let before: Vec<*const Session> = connected.iter().map(Arc::as_ptr).collect();
+    drop(connected);
+
+    let left = Instant::now();
+    assert!(!router.pack_when_quiet(left), "not before it is quiet");
+    assert!(router.pack_when_quiet(left + PACK_WHEN_QUIET));
+    assert!(
+        !router.pack_when_quiet(left + PACK_WHEN_QUIET * 2),
+        "once per wave of departures"
+    );
+
+    let routes = router.routes();
+    let moved = routes.sessions.get("d0").unwrap().clone();
+    assert!(!before.contains(&Arc::as_ptr(&moved)), "a fresh allocation");
+    let kept = routes.sessions.get(&staying.client_id).unwrap().clone();
+    assert!(
+        Arc::ptr_eq(&kept, &staying),
+        "a connection's session stays put"
+    );
+    drop(routes);
+    assert_eq!(router.sessions(), PACK_AFTER_DEPARTURES + 2);
+
+    // The moved session resumes with its queue and routes: the command, then a wildcard ack.
+    let resumed = router.connect("d0", false, 100, CancellationToken::new());
+    assert!(resumed.session_present);
+    assert!(Arc::ptr_eq(&resumed.session, &moved));
+    let waiting = resumed.session.take_sendable().messages;
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(waiting[0].payload, payload("go"));
+    router
+        .publish("devices/d9/ack", payload("a"), QoS::AtMostOnce)
+        .unwrap();
+    assert_eq!(resumed.session.take_sendable().messages.len(), 1);
+    router
+        .publish("devices/d5/commands", payload("c"), QoS::AtLeastOnce)
+        .unwrap();
+    let d5 = router.connect("d5", false, 101, CancellationToken::new());
+    assert_eq!(d5.session.take_sendable().messages.len(), 1);
+}
+
+#[test]
+fn a_few_departures_do_not_pack() {
+    let router = Router::new(1000, None);
+    for n in 0..PACK_AFTER_DEPARTURES as u64 - 1 {
+        let session = router
+            .connect(&format!("d{n}"), false, n, CancellationToken::new())
+            .session;
+        router.disconnected(&session, n);
+    }
+    assert!(!router.pack_when_quiet(Instant::now() + PACK_WHEN_QUIET * 2));
+}
