@@ -29,3 +29,8 @@ pub mod rules;
 pub mod store;
 pub mod sync;
 pub mod values;
+
+// The hub's allocator under test, so the stores' and the router's packings run as in the binary.
+#[cfg(test)]
+#[global_allocator]
+static ALLOCATOR: memory::Allocator = memory::Allocator;

@@ -191,11 +191,12 @@ impl Devices {
     /// allocated when its device first came, among a load's short-lived buffers, where it kept the
     /// freed pages around it from going back to the system (see `Store::release_memory`).
     fn pack(&mut self) {
-        self.states = self
-            .states
-            .iter()
-            .map(|(device, state)| (device.clone(), *state))
-            .collect();
+        self.states = crate::memory::packed(|| {
+            self.states
+                .iter()
+                .map(|(device, state)| (device.clone(), *state))
+                .collect()
+        });
         self.new_since_packed = 0;
     }
 }

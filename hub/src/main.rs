@@ -10,6 +10,11 @@ use hub::cli::{self, CertKind, CredentialAction, TokenAction};
 use hub::config::{Config, LogFormat, Overrides};
 use tokio_util::sync::CancellationToken;
 
+/// The system allocator, with long-lived records packed side by side after a load (see
+/// `hub::memory`).
+#[global_allocator]
+static ALLOCATOR: hub::memory::Allocator = hub::memory::Allocator;
+
 /// Edge/IoT device API hub.
 #[derive(Debug, Parser)]
 #[command(version, about)]

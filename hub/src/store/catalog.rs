@@ -22,9 +22,9 @@ impl Catalog {
     /// were allocated one by one as devices came and commits changed them, each wherever the
     /// allocator had room at the time, among a load's short-lived buffers; there they keep the
     /// freed pages around them from going back to the system. Copied together once the load is
-    /// over, they sit side by side.
+    /// over, they sit side by side (see [`crate::memory::packed`]).
     pub(super) fn repack(&mut self) {
-        let packed = Catalog {
+        let packed = crate::memory::packed(|| Catalog {
             device_numbers: self
                 .device_numbers
                 .iter()
@@ -39,7 +39,7 @@ impl Catalog {
             metric_names: self.metric_names.clone(),
             next_offset: self.next_offset,
             device_floor: self.device_floor,
-        };
+        });
         *self = packed;
     }
 }

@@ -578,17 +578,22 @@ fn requeue_inflight(state: &mut SessionState) {
 impl Routes {
     /// See [`Router::pack_when_quiet`].
     fn pack(&mut self) {
-        self.sessions = self
-            .sessions
-            .iter()
-            .map(|(id, session)| (id.clone(), session.packed()))
-            .collect();
-        self.exact = self
-            .exact
-            .iter()
-            .map(|(filter, ids)| (filter.clone(), ids.iter().cloned().collect()))
-            .collect();
-        self.wildcard = self.wildcard.iter().cloned().collect();
+        let (sessions, exact, wildcard) = crate::memory::packed(|| {
+            let sessions = self
+                .sessions
+                .iter()
+                .map(|(id, session)| (id.clone(), session.packed()))
+                .collect();
+            let exact = self
+                .exact
+                .iter()
+                .map(|(filter, ids)| (filter.clone(), ids.iter().cloned().collect()))
+                .collect();
+            (sessions, exact, self.wildcard.iter().cloned().collect())
+        });
+        self.sessions = sessions;
+        self.exact = exact;
+        self.wildcard = wildcard;
         self.departed_since_packed = 0;
     }
 
