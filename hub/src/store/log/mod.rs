@@ -201,7 +201,7 @@ impl LoggedEngine {
             .iter()
             .position(|p| p.kind == Kind::Items)
             .unwrap_or(pending.len());
-        let mut tail = Tail::default();
+        let mut tail = Tail::limited(config.checkpoint_bytes);
         for record in pending.drain(..store_needed) {
             tail.push(Layer::of(&batch::decode(&record.payload)?));
         }
@@ -440,7 +440,7 @@ impl LoggedEngine {
         }
         writer.checkpointed_lsn = upto;
         self.stops_at(Stage::AfterFold)?;
-        *self.tail.write().map_err(|_| poisoned())? = Tail::default();
+        *self.tail.write().map_err(|_| poisoned())? = Tail::limited(self.config.checkpoint_bytes);
         writer.tail_since = None;
         self.stops_at(Stage::BeforeRecycle)?;
         // Every record so far is folded: every segment but the one being written is free.
