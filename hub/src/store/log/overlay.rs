@@ -202,7 +202,7 @@ impl Layer {
 #[derive(Debug, Clone)]
 pub struct Tail {
     layers: Vec<Arc<Layer>>,
-    /// The bytes past which large layers are no longer merged (see [`Tail::limited`]).
+    /// Twice the largest layer a merge may make (see [`Tail::limited`]).
     merge_limit: usize,
 }
 
@@ -213,11 +213,14 @@ impl Default for Tail {
 }
 
 impl Tail {
-    /// An empty tail that stops merging its large layers (over an eighth of `bytes` together)
-    /// once a merge would take it past `bytes`: the log checkpoints the tail at that size, and the
-    /// checkpoint folds the layers however many they are, while a merge holds its layers' bytes
-    /// twice until it is done (measured with 1000 devices flat out: 4.5 MB of a 28 MB heap peak
-    /// was the tail's last merge before a checkpoint). Small merges go on, so the layers stay few.
+    /// An empty tail that never merges two layers into one of over half `bytes`: the log
+    /// checkpoints the tail at that size, and the checkpoint folds the layers however many they
+    /// are, while a merge holds its layers' bytes twice until it is done (measured with 1000
+    /// devices flat out: 4.5 MB of a 28 MB heap peak was the tail's last merge before a
+    /// checkpoint). Only the largest merges are skipped, so what repeats across layers (device
+    /// records, latest values, rollups) does not fill the tail early: skipping every merge of
+    /// over an eighth that would take the tail past `bytes` wrote 48.0 bytes a reading with 100
+    /// devices flat out, against 41.2 merging all and 42.9 with this rule (one run each).
     pub fn limited(bytes: usize) -> Self {
         Tail {
             layers: Vec::new(),
@@ -237,7 +240,7 @@ impl Tail {
                 break;
             }
             let merged = self.layers[n - 2].bytes() + self.layers[n - 1].bytes();
-            if merged > self.merge_limit / 8 && self.bytes() + merged > self.merge_limit {
+            if merged > self.merge_limit / 2 {
                 break;
             }
             let (Some(newer), Some(older)) = (self.layers.pop(), self.layers.pop()) else {
@@ -575,7 +578,7 @@ mod tests {
     }
 
     #[test]
-    fn a_limited_tail_stops_merging_large_layers_before_its_limit() {
+    fn a_limited_tail_never_merges_into_a_layer_over_half_its_limit() {
         let limit = 64 << 10;
         let (mut limited, mut unlimited) = (Tail::limited(limit), Tail::default());
         let value = [7u8; 240];
@@ -592,7 +595,7 @@ mod tests {
         // held: nearly twice the tail's bytes for a moment.
         assert!(largest(&unlimited) > limit / 2, "{}", largest(&unlimited));
         let largest = largest(&limited);
-        // No merge took the tail past its limit: a merge's layer and its two inputs fit in it.
+        // No merge made a layer of over half the limit.
         assert!(largest <= limit / 2, "largest layer {largest} bytes");
         for n in 0..256u32 {
             let key = n.to_be_bytes();
