@@ -37,9 +37,10 @@ pub fn give_back() {
     }
 }
 
-/// Regions: each packing part (catalog, presence, sessions) holds one with its last packing's
-/// copies while filling the next; a packing that finds none free goes on in the heap.
-const REGIONS: usize = 4;
+/// Regions: two for each packing part (catalog, presence, sessions), which holds one with its
+/// last packing's copies while it fills the next; a packing that finds none free goes on in the
+/// heap. Only address space: a region takes memory as it is written.
+const REGIONS: usize = 6;
 /// Address space reserved per region. A packing that needs more goes on in the heap.
 const REGION_BYTES: usize = 32 << 20;
 
